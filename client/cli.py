@@ -1,0 +1,321 @@
+"""`lookalike`: the list administrator's command line, and the contract scripts rely on.
+
+With --json, `add` and `check` print one JSON object per image on stdout; an image
+that fails prints {"path", "error"}, the rest carry on, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from client.errors import LookalikeError
+from client.lookalike_pb import lookalike_pb2 as pb
+from client.stub import DEFAULT_SERVER, LookalikeClient
+from client.types import AddResult, CheckResult, ListInfo, image_message
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif"}
+MODEL_CHOICES = ("sscd", "sscd-distilled")
+
+
+def _is_url(text: str) -> bool:
+    return text.lower().startswith(("http://", "https://"))
+
+
+def expand_inputs(inputs: Sequence[str]) -> Iterator[str]:
+    """URLs as given, files as given, folders recursed (image files, sorted, hidden skipped)."""
+    for item in inputs:
+        path = Path(item)
+        if _is_url(item) or not path.is_dir():
+            yield item
+            continue
+        for root, folders, files in os.walk(path):
+            folders[:] = sorted(f for f in folders if not f.startswith("."))
+            for name in sorted(files):
+                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    yield str(Path(root) / name)
+
+
+def _image(item: str) -> pb.Image:
+    """What to send for one input; raises OSError for an unreadable file."""
+    return pb.Image(url=item) if _is_url(item) else image_message(Path(item))
+
+
+def _parse_meta(pairs: Sequence[str]) -> dict[str, str]:
+    meta = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--meta expects key=value, got {pair!r}")
+        meta[key] = value
+    return meta
+
+
+class Output:
+    """Prints results as JSON lines or readable text, and remembers failures."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.failures = 0
+
+    def emit(self, record: dict[str, Any], text: str) -> None:
+        print(json.dumps(record, ensure_ascii=False) if self.as_json else text, flush=True)
+
+    def fail(self, path: str, error: Exception) -> None:
+        self.failures += 1
+        message = str(error) if isinstance(error, LookalikeError) else f"{type(error).__name__}: {error}"
+        record = {"path": path, "error": message}
+        if isinstance(error, LookalikeError):
+            record["code"] = error.code
+            record["reason"] = error.reason
+        self.emit(record, f"{path}\tERROR\t{message}")
+
+
+def _progress(total: int, label: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc=label, file=sys.stderr, disable=not enabled, leave=False)
+
+
+def _streamed(items: list[str], output: Output, make_request: Any) -> tuple[list[str], Iterator[Any]]:
+    """Requests for readable inputs; unreadable ones are reported at once and skipped."""
+    sent: list[str] = []
+
+    def requests() -> Iterator[Any]:
+        for item in items:
+            try:
+                request = make_request(_image(item))
+            except OSError as error:
+                output.fail(item, error)
+                continue
+            sent.append(item)
+            yield request
+
+    return sent, requests()
+
+
+def cmd_add(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    items = list(expand_inputs(args.inputs))
+    meta = _parse_meta(args.meta)
+    sent, requests = _streamed(items, output, lambda image: pb.AddEntryRequest(list=args.list, image=image, meta=meta))
+    with _progress(len(items), f"adding to {args.list}", not args.quiet) as bar:
+        for index, result in client.add_many(requests):
+            path = sent[index]
+            bar.update(1)
+            if isinstance(result, LookalikeError):
+                output.fail(path, result)
+            else:
+                output.emit(add_record(path, result), f"{path}\t{result.id}{'  (duplicate)' if result.duplicate else ''}")
+
+
+def add_record(path: str, result: AddResult) -> dict[str, Any]:
+    return {"path": path, "id": result.id, "sha256": result.sha256, "duplicate": result.duplicate}
+
+
+def check_record(path: str, result: CheckResult) -> dict[str, Any]:
+    return {
+        "path": path,
+        "sha256": result.sha256,
+        "decision": result.decision,
+        "request_id": result.id,
+        "matches": [
+            {
+                "list": m.list,
+                "id": m.id,
+                "score": round(m.score, 6),
+                "meta": m.meta,
+                "decision": m.decision,
+                "evidence": {k: v for k, v in asdict(m.evidence).items() if v is not None},
+            }
+            for m in result.matches
+        ],
+        "pdq": result.hashes.pdq,
+        "pdq_quality": result.hashes.pdq_quality,
+    }
+
+
+def cmd_check(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    lists = [name for name in args.lists.split(",") if name]
+    items = list(expand_inputs(args.inputs))
+    meta = _parse_meta(args.meta)
+
+    def request(image: pb.Image) -> pb.CheckRequest:
+        message = pb.CheckRequest(image=image, lists=lists, meta=meta, top_k=args.top_k)
+        if args.min_score is not None:
+            message.min_score = args.min_score
+        return message
+
+    sent, requests = _streamed(items, output, request)
+    with _progress(len(items), "checking", not args.quiet) as bar:
+        for index, result in client.check_many(requests):
+            path = sent[index]
+            bar.update(1)
+            if isinstance(result, LookalikeError):
+                output.fail(path, result)
+                continue
+            best = result.matches[0] if result.matches else None
+            text = f"{path}\t{result.decision}"
+            if best is not None:
+                text += f"\t{best.list}/{best.id}\tscore {best.score:.3f}"
+            output.emit(check_record(path, result), text)
+
+
+def cmd_remove(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    for entry_id in args.ids:
+        try:
+            client.remove(args.list, entry_id)
+        except LookalikeError as error:
+            output.failures += 1
+            output.emit({"id": entry_id, "error": str(error), "code": error.code}, f"{entry_id}\tERROR\t{error}")
+            continue
+        output.emit({"id": entry_id, "removed": True}, f"{entry_id}\tremoved")
+
+
+def list_record(info: ListInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "count": info.entry_count,
+        "description": info.description,
+        "review_threshold": info.review_threshold,
+        "reject_threshold": info.reject_threshold,
+        "model": info.model,
+        "created": info.created.isoformat(),
+    }
+
+
+def _list_text(info: ListInfo) -> str:
+    return (
+        f"{info.name}\t{info.entry_count} entries\tmodel {info.model}\t"
+        f"review ≥ {info.review_threshold:g}\treject ≥ {info.reject_threshold:g}\t{info.description}"
+    )
+
+
+def cmd_lists(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    if args.lists_command == "create":
+        info = client.create_list(
+            args.name,
+            description=args.description,
+            review_threshold=args.review_threshold,
+            reject_threshold=args.reject_threshold,
+            model=args.model or "",
+        )
+        output.emit(list_record(info), f"created {_list_text(info)}")
+    elif args.lists_command == "ls":
+        for info in client.lists():
+            output.emit(list_record(info), _list_text(info))
+    elif args.lists_command == "show":
+        info = client.get_list(args.name)
+        output.emit(list_record(info), _list_text(info))
+    elif args.lists_command == "update":
+        info = client.update_list(
+            args.name,
+            description=args.description,
+            review_threshold=args.review_threshold,
+            reject_threshold=args.reject_threshold,
+        )
+        output.emit(list_record(info), f"updated {_list_text(info)}")
+    elif args.lists_command == "rm":
+        deleted = client.delete_list(args.name)
+        output.emit({"name": args.name, "deleted": True, "entries_deleted": deleted},
+                    f"deleted {args.name} ({deleted} entries)")
+
+
+def cmd_entry(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    entry = client.get_entry(args.list, args.id)
+    record = {
+        "list": entry.list, "id": entry.id, "meta": entry.meta, "created": entry.created.isoformat(),
+        "model": entry.model, **asdict(entry.hashes),
+    }
+    output.emit(record, "\n".join(f"{k}\t{v}" for k, v in record.items()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--server", default=os.environ.get("LOOKALIKE_SERVER", DEFAULT_SERVER),
+        help=f"HOST:PORT of the server (env LOOKALIKE_SERVER; default {DEFAULT_SERVER})",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON, one object per line")
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    parser = argparse.ArgumentParser(prog="lookalike", description="Near-duplicate image disallow lists.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("serve", help="run the server (see `lookalike serve --help`)", add_help=False)
+
+    lists = commands.add_parser("lists", help="create, show and delete lists")
+    lists_commands = lists.add_subparsers(dest="lists_command", required=True, metavar="ACTION")
+    create = lists_commands.add_parser("create", parents=[common], help="create a list")
+    create.add_argument("name")
+    create.add_argument("--review-threshold", type=float, help="score from which a match goes to review")
+    create.add_argument("--reject-threshold", type=float, help="score from which a match is rejected")
+    create.add_argument("--model", choices=MODEL_CHOICES, help="embedding model (default: the server's)")
+    create.add_argument("--description", default="")
+    lists_commands.add_parser("ls", parents=[common], help="list all lists")
+    show = lists_commands.add_parser("show", parents=[common], help="show one list")
+    show.add_argument("name")
+    update = lists_commands.add_parser("update", parents=[common], help="change thresholds or description")
+    update.add_argument("name")
+    update.add_argument("--review-threshold", type=float)
+    update.add_argument("--reject-threshold", type=float)
+    update.add_argument("--description")
+    remove_list = lists_commands.add_parser("rm", parents=[common], help="delete a list and all its entries")
+    remove_list.add_argument("name")
+
+    add = commands.add_parser("add", parents=[common], help="add images (files, folders, URLs) to a list")
+    add.add_argument("list")
+    add.add_argument("inputs", nargs="+", metavar="PATH|DIR|URL")
+    add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="meta for every entry")
+
+    check = commands.add_parser("check", parents=[common], help="check images against lists")
+    check.add_argument("lists", metavar="LIST[,LIST...]")
+    check.add_argument("inputs", nargs="+", metavar="PATH|DIR|URL")
+    check.add_argument("--top-k", type=int, default=0, help="show up to N nearest entries, even below review")
+    check.add_argument("--min-score", type=float, help="show matches scoring at least S")
+    check.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="meta echoed back")
+
+    remove = commands.add_parser("remove", parents=[common], help="remove entries by id")
+    remove.add_argument("list")
+    remove.add_argument("ids", nargs="+", metavar="ID")
+
+    entry = commands.add_parser("entry", parents=[common], help="show one entry")
+    entry.add_argument("list")
+    entry.add_argument("id")
+    return parser
+
+
+HANDLERS = {"add": cmd_add, "check": cmd_check, "remove": cmd_remove, "lists": cmd_lists, "entry": cmd_entry}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        try:
+            from server.app import main as serve
+        except ImportError as error:
+            print(f"lookalike serve needs the server packages ({error}); install lookalike[server]", file=sys.stderr)
+            return 2
+        return serve(argv[1:])
+    args = build_parser().parse_args(argv)
+    output = Output(args.json)
+    try:
+        with LookalikeClient(args.server) as client:
+            HANDLERS[args.command](client, args, output)
+    except LookalikeError as error:
+        if args.json:
+            print(json.dumps({"error": str(error), "code": error.code, "reason": error.reason}), flush=True)
+        print(f"lookalike: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 1 if output.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

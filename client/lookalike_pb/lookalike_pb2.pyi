@@ -1,0 +1,331 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DECISION_UNSPECIFIED: _ClassVar[Decision]
+    ACCEPT: _ClassVar[Decision]
+    REVIEW: _ClassVar[Decision]
+    REJECT: _ClassVar[Decision]
+DECISION_UNSPECIFIED: Decision
+ACCEPT: Decision
+REVIEW: Decision
+REJECT: Decision
+
+class Image(_message.Message):
+    __slots__ = ("data", "base64", "url")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    BASE64_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    base64: str
+    url: str
+    def __init__(self, data: _Optional[bytes] = ..., base64: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+
+class Hashes(_message.Message):
+    __slots__ = ("sha256", "pdq", "pdq_quality", "phash")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    PDQ_FIELD_NUMBER: _ClassVar[int]
+    PDQ_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    PHASH_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    pdq: str
+    pdq_quality: int
+    phash: str
+    def __init__(self, sha256: _Optional[str] = ..., pdq: _Optional[str] = ..., pdq_quality: _Optional[int] = ..., phash: _Optional[str] = ...) -> None: ...
+
+class ItemError(_message.Message):
+    __slots__ = ("code", "message", "reason")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    reason: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListInfo(_message.Message):
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "entry_count", "created")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REJECT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    review_threshold: float
+    reject_threshold: float
+    model: str
+    entry_count: int
+    created: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., entry_count: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateListRequest(_message.Message):
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REJECT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    review_threshold: float
+    reject_threshold: float
+    model: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
+
+class GetListRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListListsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListListsResponse(_message.Message):
+    __slots__ = ("lists",)
+    LISTS_FIELD_NUMBER: _ClassVar[int]
+    lists: _containers.RepeatedCompositeFieldContainer[ListInfo]
+    def __init__(self, lists: _Optional[_Iterable[_Union[ListInfo, _Mapping]]] = ...) -> None: ...
+
+class UpdateListRequest(_message.Message):
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    REJECT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    review_threshold: float
+    reject_threshold: float
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ...) -> None: ...
+
+class DeleteListRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteListResponse(_message.Message):
+    __slots__ = ("name", "entries_deleted")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    entries_deleted: int
+    def __init__(self, name: _Optional[str] = ..., entries_deleted: _Optional[int] = ...) -> None: ...
+
+class AddEntryRequest(_message.Message):
+    __slots__ = ("list", "image", "meta", "id")
+    class MetaEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    image: Image
+    meta: _containers.ScalarMap[str, str]
+    id: str
+    def __init__(self, list: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., meta: _Optional[_Mapping[str, str]] = ..., id: _Optional[str] = ...) -> None: ...
+
+class AddEntryResponse(_message.Message):
+    __slots__ = ("list", "id", "sha256", "duplicate", "hashes")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    id: str
+    sha256: str
+    duplicate: bool
+    hashes: Hashes
+    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., sha256: _Optional[str] = ..., duplicate: _Optional[bool] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ...) -> None: ...
+
+class AddEntriesResult(_message.Message):
+    __slots__ = ("index", "entry", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    entry: AddEntryResponse
+    error: ItemError
+    def __init__(self, index: _Optional[int] = ..., entry: _Optional[_Union[AddEntryResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class GetEntryRequest(_message.Message):
+    __slots__ = ("list", "id")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    id: str
+    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class Entry(_message.Message):
+    __slots__ = ("list", "id", "hashes", "meta", "created", "model")
+    class MetaEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    id: str
+    hashes: Hashes
+    meta: _containers.ScalarMap[str, str]
+    created: _timestamp_pb2.Timestamp
+    model: str
+    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ..., meta: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class RemoveEntryRequest(_message.Message):
+    __slots__ = ("list", "id")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    id: str
+    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class RemoveEntryResponse(_message.Message):
+    __slots__ = ("list", "id")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    id: str
+    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class CheckRequest(_message.Message):
+    __slots__ = ("image", "lists", "meta", "top_k", "min_score", "request_id")
+    class MetaEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LISTS_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    image: Image
+    lists: _containers.RepeatedScalarFieldContainer[str]
+    meta: _containers.ScalarMap[str, str]
+    top_k: int
+    min_score: float
+    request_id: str
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., lists: _Optional[_Iterable[str]] = ..., meta: _Optional[_Mapping[str, str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RequestInfo(_message.Message):
+    __slots__ = ("request_id", "timestamp")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    timestamp: _timestamp_pb2.Timestamp
+    def __init__(self, request_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SuggestedActions(_message.Message):
+    __slots__ = ("reject", "review")
+    REJECT_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_FIELD_NUMBER: _ClassVar[int]
+    reject: bool
+    review: bool
+    def __init__(self, reject: _Optional[bool] = ..., review: _Optional[bool] = ...) -> None: ...
+
+class Evidence(_message.Message):
+    __slots__ = ("exact_sha256", "pdq_distance", "embedding_similarity", "model", "signals")
+    EXACT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PDQ_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    exact_sha256: bool
+    pdq_distance: int
+    embedding_similarity: float
+    model: str
+    signals: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, exact_sha256: _Optional[bool] = ..., pdq_distance: _Optional[int] = ..., embedding_similarity: _Optional[float] = ..., model: _Optional[str] = ..., signals: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Match(_message.Message):
+    __slots__ = ("list", "id", "meta", "score", "evidence", "decision")
+    class MetaEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    id: str
+    meta: _containers.ScalarMap[str, str]
+    score: float
+    evidence: Evidence
+    decision: Decision
+    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ..., score: _Optional[float] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., decision: _Optional[_Union[Decision, str]] = ...) -> None: ...
+
+class CheckResponse(_message.Message):
+    __slots__ = ("id", "request", "sha256", "decision", "suggested_actions", "matches", "meta", "hashes")
+    class MetaEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTED_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    request: RequestInfo
+    sha256: str
+    decision: Decision
+    suggested_actions: SuggestedActions
+    matches: _containers.RepeatedCompositeFieldContainer[Match]
+    meta: _containers.ScalarMap[str, str]
+    hashes: Hashes
+    def __init__(self, id: _Optional[str] = ..., request: _Optional[_Union[RequestInfo, _Mapping]] = ..., sha256: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., suggested_actions: _Optional[_Union[SuggestedActions, _Mapping]] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., meta: _Optional[_Mapping[str, str]] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ...) -> None: ...
+
+class CheckStreamResult(_message.Message):
+    __slots__ = ("index", "response", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    response: CheckResponse
+    error: ItemError
+    def __init__(self, index: _Optional[int] = ..., response: _Optional[_Union[CheckResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,188 @@
+"""Typed results of Lookalike calls, decoupled from the protobuf messages."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from client.lookalike_pb import lookalike_pb2 as pb
+
+DECISION_NAMES = {pb.ACCEPT: "accept", pb.REVIEW: "review", pb.REJECT: "reject", pb.DECISION_UNSPECIFIED: "accept"}
+
+
+@dataclass(frozen=True)
+class Url:
+    """An image the server fetches itself."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class Base64:
+    """An image as base64 text (a `data:` URI prefix is accepted)."""
+
+    text: str
+
+
+ImageInput = bytes | str | os.PathLike[str] | Url | Base64 | Any
+"""bytes, a path, an http(s) URL string, `Url`, `Base64`, or a PIL image."""
+
+
+def image_message(image: ImageInput) -> pb.Image:
+    """The protobuf `Image` for whatever the caller handed us (PIL is only duck-typed)."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        return pb.Image(data=bytes(image))
+    if isinstance(image, Url):
+        return pb.Image(url=image.url)
+    if isinstance(image, Base64):
+        return pb.Image(base64=image.text)
+    if isinstance(image, str) and image.lower().startswith(("http://", "https://")):
+        return pb.Image(url=image)
+    if isinstance(image, str | os.PathLike):
+        with open(image, "rb") as handle:
+            return pb.Image(data=handle.read())
+    if hasattr(image, "save") and hasattr(image, "mode"):
+        import io
+
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return pb.Image(data=buffer.getvalue())
+    raise TypeError(f"cannot send {type(image).__name__} as an image: pass bytes, a path, a URL or a PIL image")
+
+
+def _time(stamp: Any) -> datetime:
+    return datetime.fromtimestamp(stamp.seconds + stamp.nanos / 1e9, tz=UTC)
+
+
+@dataclass(frozen=True)
+class Hashes:
+    sha256: str
+    pdq: str
+    pdq_quality: int
+    phash: str
+
+    @classmethod
+    def from_pb(cls, message: pb.Hashes) -> Hashes:
+        return cls(message.sha256, message.pdq, message.pdq_quality, message.phash)
+
+
+@dataclass(frozen=True)
+class ListInfo:
+    name: str
+    description: str
+    review_threshold: float
+    reject_threshold: float
+    model: str
+    entry_count: int
+    created: datetime
+
+    @classmethod
+    def from_pb(cls, message: pb.ListInfo) -> ListInfo:
+        return cls(
+            message.name,
+            message.description,
+            message.review_threshold,
+            message.reject_threshold,
+            message.model,
+            message.entry_count,
+            _time(message.created),
+        )
+
+
+@dataclass(frozen=True)
+class AddResult:
+    list: str
+    id: str
+    sha256: str
+    duplicate: bool
+    hashes: Hashes
+
+    @classmethod
+    def from_pb(cls, message: pb.AddEntryResponse) -> AddResult:
+        return cls(message.list, message.id, message.sha256, message.duplicate, Hashes.from_pb(message.hashes))
+
+
+@dataclass(frozen=True)
+class Entry:
+    list: str
+    id: str
+    hashes: Hashes
+    meta: dict[str, str]
+    created: datetime
+    model: str
+
+    @classmethod
+    def from_pb(cls, message: pb.Entry) -> Entry:
+        return cls(
+            message.list, message.id, Hashes.from_pb(message.hashes), dict(message.meta), _time(message.created),
+            message.model,
+        )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    exact_sha256: bool
+    pdq_distance: int | None
+    embedding_similarity: float | None
+    model: str
+    signals: tuple[str, ...]
+
+    @classmethod
+    def from_pb(cls, message: pb.Evidence) -> Evidence:
+        return cls(
+            message.exact_sha256,
+            message.pdq_distance if message.HasField("pdq_distance") else None,
+            message.embedding_similarity if message.HasField("embedding_similarity") else None,
+            message.model,
+            tuple(message.signals),
+        )
+
+
+@dataclass(frozen=True)
+class Match:
+    list: str
+    id: str
+    meta: dict[str, str]
+    score: float
+    evidence: Evidence
+    decision: str
+
+    @classmethod
+    def from_pb(cls, message: pb.Match) -> Match:
+        return cls(
+            message.list, message.id, dict(message.meta), message.score, Evidence.from_pb(message.evidence),
+            DECISION_NAMES[message.decision],
+        )
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """A check's reply: the decision, the matches best first, and the image's hashes."""
+
+    id: str
+    timestamp: datetime
+    sha256: str
+    decision: str
+    reject: bool
+    review: bool
+    matches: list[Match]
+    meta: dict[str, str]
+    hashes: Hashes
+    raw: pb.CheckResponse = field(repr=False, compare=False)
+
+    @classmethod
+    def from_pb(cls, message: pb.CheckResponse) -> CheckResult:
+        return cls(
+            message.id,
+            _time(message.request.timestamp),
+            message.sha256,
+            DECISION_NAMES[message.decision],
+            message.suggested_actions.reject,
+            message.suggested_actions.review,
+            [Match.from_pb(m) for m in message.matches],
+            dict(message.meta),
+            Hashes.from_pb(message.hashes),
+            message,
+        )

@@ -1,0 +1,351 @@
+"""The gRPC servicer: protobuf in, service calls, protobuf out; errors mapped in one place."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import timestamp_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from client.errors import Cancelled, LookalikeError
+from client.lookalike_pb import lookalike_pb2 as pb
+from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
+from server.config import ServerConfig
+from server.fingerprint import Hashes
+from server.service import REJECT, REVIEW, AddRequest, CheckResult, LookalikeService, Match
+from server.sources import image_bytes
+from server.store import AddOutcome, EntryRecord, ListRecord
+
+log = logging.getLogger(__name__)
+ERROR_DOMAIN = "lookalike.v1"
+DECISIONS = {"accept": pb.ACCEPT, "review": pb.REVIEW, "reject": pb.REJECT}
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _status_for(error: LookalikeError) -> status_pb2.Status:
+    code = getattr(code_pb2, error.code, code_pb2.UNKNOWN)
+    detail = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)
+    status = status_pb2.Status(code=code, message=error.message)
+    status.details.add().Pack(detail)
+    return status
+
+
+def _item_error(error: Exception) -> pb.ItemError:
+    if isinstance(error, LookalikeError):
+        return pb.ItemError(code=error.code, message=error.message, reason=error.reason)
+    log.exception("item failed", exc_info=error)
+    return pb.ItemError(code="INTERNAL", message="internal error; see the server log", reason="INTERNAL")
+
+
+def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Map domain errors to status codes with ErrorInfo; never echo internal errors."""
+
+    @functools.wraps(method)
+    def wrapper(self: LookalikeServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except LookalikeError as error:
+            context.abort_with_status(rpc_status.to_status(_status_for(error)))
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            log.exception("%s failed (incident %s)", method.__name__, incident)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the server log")
+
+    return wrapper
+
+
+def stream_rpc(method: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+    """`rpc` for methods that yield: errors before or between items end the stream cleanly."""
+
+    @functools.wraps(method)
+    def wrapper(self: LookalikeServicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from method(self, request, context)
+        except LookalikeError as error:
+            context.abort_with_status(rpc_status.to_status(_status_for(error)))
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            log.exception("%s failed (incident %s)", method.__name__, incident)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the server log")
+
+    return wrapper
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def list_info(record: ListRecord) -> pb.ListInfo:
+    return pb.ListInfo(
+        name=record.name,
+        description=record.description,
+        review_threshold=record.review_threshold,
+        reject_threshold=record.reject_threshold,
+        model=record.model,
+        entry_count=record.entry_count,
+        created=timestamp(record.created),
+    )
+
+
+def hashes_message(hashes: Hashes) -> pb.Hashes:
+    return pb.Hashes(sha256=hashes.sha256_hex, pdq=hashes.pdq_hex, pdq_quality=hashes.pdq_quality, phash=hashes.phash_hex)
+
+
+def entry_message(list_name: str, entry: EntryRecord) -> pb.Entry:
+    return pb.Entry(
+        list=list_name,
+        id=entry.id,
+        hashes=pb.Hashes(sha256=entry.sha256, pdq=entry.pdq, pdq_quality=entry.pdq_quality, phash=entry.phash),
+        meta=entry.meta,
+        created=timestamp(entry.created),
+        model=entry.model,
+    )
+
+
+def match_message(match: Match) -> pb.Match:
+    evidence = pb.Evidence(
+        exact_sha256=match.evidence.exact_sha256, model=match.evidence.model, signals=match.evidence.signals()
+    )
+    if match.evidence.pdq_distance is not None:
+        evidence.pdq_distance = match.evidence.pdq_distance
+    if match.evidence.embedding_similarity is not None:
+        evidence.embedding_similarity = match.evidence.embedding_similarity
+    return pb.Match(
+        list=match.list,
+        id=match.entry.id,
+        meta=match.entry.meta,
+        score=match.score,
+        evidence=evidence,
+        decision=DECISIONS[match.decision],
+    )
+
+
+def check_response(result: CheckResult) -> pb.CheckResponse:
+    return pb.CheckResponse(
+        id=result.request_id,
+        request=pb.RequestInfo(request_id=result.request_id, timestamp=timestamp(result.timestamp)),
+        sha256=result.hashes.sha256_hex,
+        decision=DECISIONS[result.decision],
+        suggested_actions=pb.SuggestedActions(reject=result.decision == REJECT, review=result.decision == REVIEW),
+        matches=[match_message(m) for m in result.matches],
+        meta=result.meta,
+        hashes=hashes_message(result.hashes),
+    )
+
+
+def add_response(list_name: str, outcome: AddOutcome) -> pb.AddEntryResponse:
+    entry = outcome.entry
+    return pb.AddEntryResponse(
+        list=list_name,
+        id=entry.id,
+        sha256=entry.sha256,
+        duplicate=outcome.duplicate,
+        hashes=pb.Hashes(sha256=entry.sha256, pdq=entry.pdq, pdq_quality=entry.pdq_quality, phash=entry.phash),
+    )
+
+
+def _optional(message: Any, name: str) -> Any:
+    return getattr(message, name) if message.HasField(name) else None
+
+
+class LookalikeServicer(pb_grpc.LookalikeServicer):
+    """Thin translation layer over `LookalikeService`."""
+
+    def __init__(self, service: LookalikeService, config: ServerConfig, executor: ThreadPoolExecutor) -> None:
+        self.service = service
+        self.config = config
+        self.executor = executor
+
+    def _image(self, image: pb.Image) -> bytes:
+        kind = image.WhichOneof("source")
+        return image_bytes(kind, getattr(image, kind) if kind else b"", self.config)
+
+    # Lists ---------------------------------------------------------------
+
+    @rpc
+    def CreateList(self, request: pb.CreateListRequest, context: grpc.ServicerContext) -> pb.ListInfo:
+        record = self.service.create_list(
+            request.name,
+            request.description,
+            _optional(request, "review_threshold"),
+            _optional(request, "reject_threshold"),
+            request.model,
+        )
+        return list_info(record)
+
+    @rpc
+    def GetList(self, request: pb.GetListRequest, context: grpc.ServicerContext) -> pb.ListInfo:
+        return list_info(self.service.store.get_list(request.name))
+
+    @rpc
+    def ListLists(self, request: pb.ListListsRequest, context: grpc.ServicerContext) -> pb.ListListsResponse:
+        return pb.ListListsResponse(lists=[list_info(r) for r in sorted(self.service.store.lists(), key=lambda r: r.name)])
+
+    @rpc
+    def UpdateList(self, request: pb.UpdateListRequest, context: grpc.ServicerContext) -> pb.ListInfo:
+        record = self.service.store.update_list(
+            request.name,
+            _optional(request, "description"),
+            _optional(request, "review_threshold"),
+            _optional(request, "reject_threshold"),
+        )
+        return list_info(record)
+
+    @rpc
+    def DeleteList(self, request: pb.DeleteListRequest, context: grpc.ServicerContext) -> pb.DeleteListResponse:
+        record = self.service.delete_list(request.name)
+        return pb.DeleteListResponse(name=record.name, entries_deleted=record.entry_count)
+
+    # Entries -------------------------------------------------------------
+
+    def _add_request(self, request: pb.AddEntryRequest) -> AddRequest:
+        return AddRequest(data=self._image(request.image), meta=dict(request.meta), id=request.id)
+
+    @rpc
+    def AddEntry(self, request: pb.AddEntryRequest, context: grpc.ServicerContext) -> pb.AddEntryResponse:
+        (outcome,) = self.service.add_entries(request.list, [self._add_request(request)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return add_response(request.list, outcome)
+
+    @stream_rpc
+    def AddEntries(
+        self, requests: Iterator[pb.AddEntryRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.AddEntriesResult]:
+        def prepare(request: pb.AddEntryRequest) -> Any:
+            return self.service.prepare_add(request.list, self._add_request(request))
+
+        def finish(prepared: list[tuple[_Numbered, Any]]) -> Iterator[pb.AddEntriesResult]:
+            outcomes = self.service.store_prepared([p for _, p in prepared])
+            for (item, _), outcome in zip(prepared, outcomes):
+                yield self._numbered_add(item, outcome)
+
+        yield from self._pipeline(requests, context, prepare, finish)
+
+    @staticmethod
+    def _numbered_add(item: _Numbered, outcome: AddOutcome | Exception) -> pb.AddEntriesResult:
+        if isinstance(outcome, Exception):
+            return pb.AddEntriesResult(index=item.index, error=_item_error(outcome))
+        return pb.AddEntriesResult(index=item.index, entry=add_response(item.message.list, outcome))
+
+    @rpc
+    def GetEntry(self, request: pb.GetEntryRequest, context: grpc.ServicerContext) -> pb.Entry:
+        return entry_message(request.list, self.service.store.get_entry(request.list, request.id))
+
+    @rpc
+    def RemoveEntry(self, request: pb.RemoveEntryRequest, context: grpc.ServicerContext) -> pb.RemoveEntryResponse:
+        entry = self.service.remove_entry(request.list, request.id)
+        return pb.RemoveEntryResponse(list=request.list, id=entry.id)
+
+    # Checks --------------------------------------------------------------
+
+    def _check(self, request: pb.CheckRequest) -> CheckResult:
+        return self.service.check(
+            self._image(request.image),
+            list(request.lists),
+            dict(request.meta),
+            request.top_k,
+            _optional(request, "min_score"),
+            request.request_id,
+        )
+
+    @rpc
+    def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
+        return check_response(self._check(request))
+
+    @stream_rpc
+    def CheckStream(
+        self, requests: Iterator[pb.CheckRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.CheckStreamResult]:
+        def finish(done: list[tuple[Any, Any]]) -> Iterator[pb.CheckStreamResult]:
+            for request, outcome in done:
+                if isinstance(outcome, Exception):
+                    yield pb.CheckStreamResult(index=request.index, error=_item_error(outcome))
+                else:
+                    yield pb.CheckStreamResult(index=request.index, response=check_response(outcome))
+
+        yield from self._pipeline(requests, context, self._check, finish)
+
+    # Streams ---------------------------------------------------------------
+
+    def _pipeline(
+        self,
+        requests: Iterator[Any],
+        context: grpc.ServicerContext,
+        prepare: Callable[[Any], Any],
+        finish: Callable[[list[tuple[Any, Any]]], Iterable[Any]],
+    ) -> Iterator[Any]:
+        """Prepare stream items concurrently, finish them in order, in batches of what is ready.
+
+        A reader thread pulls requests so that a client which waits for replies
+        before sending more never deadlocks us; the bounded queue and window keep
+        memory flat however fast a client sends.
+        """
+        depth = max(2, 2 * self.config.cpu_slots)
+        incoming: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        end = object()
+
+        def read() -> None:
+            try:
+                for position, message in enumerate(requests):
+                    incoming.put(_Numbered(position, message))
+            except Exception:  # noqa: BLE001 - a cancelled stream ends the reading
+                pass
+            finally:
+                incoming.put(end)
+
+        threading.Thread(target=read, name="stream-reader", daemon=True).start()
+        window: deque[tuple[_Numbered, Future[Any]]] = deque()
+        ended = False
+
+        def run(item: _Numbered) -> Any:
+            if not context.is_active():
+                return Cancelled("stream cancelled by the client", "CANCELLED")
+            try:
+                return prepare(item.message)
+            except Exception as error:  # noqa: BLE001 - reported per item
+                return error
+
+        while not ended or window:
+            while not ended and len(window) < depth:
+                try:
+                    item = incoming.get(block=not window)
+                except queue.Empty:
+                    break
+                if item is end:
+                    ended = True
+                    break
+                window.append((item, self.executor.submit(run, item)))
+            if not window:
+                continue
+            window[0][1].result()
+            ready = []
+            while window and window[0][1].done():
+                item, future = window.popleft()
+                ready.append((item, future.result()))
+            yield from finish(ready)
+            if not context.is_active():
+                return
+
+
+class _Numbered:
+    """A stream request and its position, so replies can say which they answer."""
+
+    __slots__ = ("index", "message")
+
+    def __init__(self, index: int, message: Any) -> None:
+        self.index = index
+        self.message = message

@@ -1,0 +1,123 @@
+"""Assembling and running the server: store, indexes, servicer, health, reflection, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from client.lookalike_pb import lookalike_pb2 as pb
+from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
+from index import configure_threads
+from server.api import LookalikeServicer
+from server.config import ServerConfig, parse_config
+from server.embedder import EmbedderPool
+from server.fingerprint import Fingerprinter
+from server.service import LookalikeService
+from server.store import Store
+
+log = logging.getLogger("lookalike")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Lookalike"].full_name
+
+
+@dataclass
+class RunningServer:
+    """A started server and what it needs to stop cleanly."""
+
+    server: grpc.Server
+    port: int
+    service: LookalikeService
+    health: health.HealthServicer
+    executor: ThreadPoolExecutor
+    _stop_snapshots: threading.Event
+    _snapshotter: threading.Thread | None = None
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish, snapshot indexes, close LMDB."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self._stop_snapshots.set()
+        if self._snapshotter is not None:
+            self._snapshotter.join()
+        self.executor.shutdown(wait=True)
+        saved = self.service.indexes.snapshot_all(min_changes=1)
+        log.info("stopped; %d index snapshots written", saved)
+        self.service.store.close()
+
+
+def create_server(config: ServerConfig) -> RunningServer:
+    """Bind, load indexes, then report SERVING; tests pass port 0 and read `.port`."""
+    configure_threads(1)
+    store = Store(config.data, config.map_size)
+    fingerprinter = Fingerprinter(config.max_pixels, EmbedderPool(threads=1))
+    service = LookalikeService(store, fingerprinter, config.default_model, config.cpu_slots)
+    executor = ThreadPoolExecutor(max_workers=max(2, 2 * config.cpu_slots), thread_name_prefix="fingerprint")
+    options = [
+        ("grpc.max_receive_message_length", config.max_request_bytes),
+        ("grpc.max_send_message_length", config.max_request_bytes),
+    ]
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="grpc"),
+        options=options,
+        maximum_concurrent_rpcs=config.threads * 4,
+    )
+    health_servicer = health.HealthServicer()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    pb_grpc.add_LookalikeServicer_to_server(LookalikeServicer(service, config, executor), server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as error:
+        store.close()
+        raise SystemExit(f"cannot listen on {config.listen}: {error}") from None
+    server.start()
+    service.load()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    stop_snapshots = threading.Event()
+    running = RunningServer(server, port, service, health_servicer, executor, stop_snapshots)
+    running._snapshotter = threading.Thread(
+        target=_snapshot_loop, args=(service, config, stop_snapshots), name="snapshots", daemon=True
+    )
+    running._snapshotter.start()
+    return running
+
+
+def _snapshot_loop(service: LookalikeService, config: ServerConfig, stop: threading.Event) -> None:
+    """Snapshot indexes that fell far behind, so a restart replays little."""
+    while not stop.wait(config.snapshot_interval):
+        try:
+            service.indexes.snapshot_all(min_changes=config.snapshot_min_changes)
+        except Exception:
+            log.exception("index snapshot failed; will retry")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`lookalike serve`: run until SIGTERM or SIGINT, then shut down gracefully."""
+    config = parse_config(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    running = create_server(config)
+    log.info("serving on %s (port %d), data in %s", config.listen, running.port, config.data.resolve())
+    stopping.wait()
+    log.info("shutting down (grace %.0f s)", config.grace)
+    running.stop(config.grace)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

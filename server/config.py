@@ -1,0 +1,111 @@
+"""The server's settings: one frozen object from flags, then `LOOKALIKE_*` environment, then defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from server.embedder import MODELS
+from server.scoring import DEFAULT_MODEL
+
+ENV_PREFIX = "LOOKALIKE_"
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:50051"
+    data: Path = Path("lookalike-data")
+    map_size: int = 64 * 1024 * MiB
+    """LMDB map size: address space reserved, not disk used."""
+    max_request_bytes: int = 32 * MiB
+    max_pixels: int = 64_000_000
+    threads: int = 16
+    """gRPC worker threads (requests in flight)."""
+    cpu_slots: int = max(1, os.cpu_count() or 1)
+    """Images fingerprinted at once: one per core, more only oversubscribes."""
+    default_model: str = DEFAULT_MODEL
+    allow_private_urls: bool = False
+    url_timeout: float = 10.0
+    url_max_bytes: int = 32 * MiB
+    url_max_redirects: int = 3
+    snapshot_interval: float = 60.0
+    """Seconds between checks for index snapshots to write."""
+    snapshot_min_changes: int = 1000
+    grace: float = 10.0
+    """Seconds in-flight requests get at shutdown."""
+    log_level: str = "INFO"
+
+
+_HELP = {
+    "listen": "HOST:PORT to listen on",
+    "data": "data folder (LMDB)",
+    "map_size": "LMDB map size in bytes",
+    "max_request_bytes": "largest request message in bytes",
+    "max_pixels": "largest image in pixels (width × height)",
+    "threads": "gRPC worker threads",
+    "cpu_slots": "images fingerprinted at once",
+    "default_model": f"model of lists created without one ({', '.join(MODELS)})",
+    "allow_private_urls": "let the server fetch image URLs on loopback/private addresses",
+    "url_timeout": "seconds allowed for fetching an image URL",
+    "url_max_bytes": "largest image fetched from a URL in bytes",
+    "url_max_redirects": "redirects followed when fetching a URL",
+    "snapshot_interval": "seconds between index snapshot passes",
+    "snapshot_min_changes": "changes after which a list's index is snapshotted",
+    "grace": "seconds in-flight requests get at shutdown",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Flags win over `LOOKALIKE_<NAME>` variables, which win over defaults."""
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="lookalike serve", description="Run the Lookalike gRPC server.")
+    defaults = ServerConfig()
+    for item in fields(ServerConfig):
+        flag = "--" + item.name.replace("_", "-")
+        env_name = ENV_PREFIX + item.name.upper()
+        default = getattr(defaults, item.name)
+        help_text = f"{_HELP[item.name]} (env {env_name}; default {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, default=None, help=help_text)
+    args = parser.parse_args(list(argv))
+    values = {}
+    for item in fields(ServerConfig):
+        raw = getattr(args, item.name)
+        if raw is None:
+            raw = environ.get(ENV_PREFIX + item.name.upper())
+        if raw is None:
+            continue
+        default = getattr(defaults, item.name)
+        try:
+            if isinstance(default, bool):
+                values[item.name] = raw if isinstance(raw, bool) else _parse_bool(raw)
+            elif isinstance(default, int):
+                values[item.name] = int(raw)
+            elif isinstance(default, float):
+                values[item.name] = float(raw)
+            elif isinstance(default, Path):
+                values[item.name] = Path(raw)
+            else:
+                values[item.name] = str(raw)
+        except ValueError:
+            parser.error(f"--{item.name.replace('_', '-')}: invalid value {raw!r}")
+    config = ServerConfig(**values)
+    if config.default_model not in MODELS:
+        parser.error(f"--default-model must be one of {', '.join(MODELS)}")
+    return config

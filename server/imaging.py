@@ -1,0 +1,116 @@
+"""Turning untrusted image bytes into one RGB picture, the same way every time.
+
+Every fingerprint is computed from the picture this module returns, so a listed
+image and a later upload of it go through identical decoding: EXIF orientation
+applied, first frame only, transparency flattened onto white, 16-bit and CMYK
+brought to 8-bit RGB. JPEGs are decoded in Pillow's draft mode (DCT scaling) to
+about the size the hashes need, which is several times cheaper than a full
+decode and moves PDQ by a few bits at most.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from client.errors import InvalidArgument, ResourceExhausted
+
+# Pillow's own bomb guard is global and warns before it raises; we check the
+# header's pixel count against our configured limit ourselves instead.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+DRAFT_SHORT_SIDE = 512
+"""Short side that JPEG draft decoding keeps at least: enough for PDQ's 64×64
+downsampling and for the embedding's 288-pixel input."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded picture and what was learnt while decoding it."""
+
+    rgb: Image.Image
+    format: str
+    original_size: tuple[int, int]
+
+
+def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode untrusted bytes into an 8-bit RGB picture, or raise a typed error."""
+    if not data:
+        raise InvalidArgument("image is empty (0 bytes)", "IMAGE_EMPTY")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width <= 0 or height <= 0:
+                raise InvalidArgument(f"image has no pixels ({width}×{height})", "IMAGE_EMPTY")
+            if width * height > max_pixels:
+                raise ResourceExhausted(
+                    f"image is {width}×{height} = {width * height:,} pixels; "
+                    f"the server accepts at most {max_pixels:,}",
+                    "IMAGE_TOO_MANY_PIXELS",
+                )
+            image_format = image.format or "unknown"
+            if image_format == "JPEG":
+                image.draft("RGB", _draft_request(width, height))
+            image.seek(0)
+            image.load()
+            rgb = _to_rgb(_apply_orientation(image))
+    except (InvalidArgument, ResourceExhausted):
+        raise
+    except UnidentifiedImageError:
+        raise InvalidArgument(
+            "image format not recognised; send JPEG, PNG, WebP, GIF, BMP or TIFF bytes",
+            "IMAGE_UNDECODABLE",
+        ) from None
+    except Image.DecompressionBombError as error:
+        raise ResourceExhausted(str(error), "IMAGE_TOO_MANY_PIXELS") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error) as error:
+        raise InvalidArgument(
+            f"image could not be decoded ({type(error).__name__}: {error})", "IMAGE_UNDECODABLE"
+        ) from None
+    except MemoryError:
+        raise ResourceExhausted("image too large to decode in memory", "IMAGE_TOO_LARGE") from None
+    return DecodedImage(rgb=rgb, format=image_format, original_size=(width, height))
+
+
+def _draft_request(width: int, height: int) -> tuple[int, int]:
+    """The (w, h) to ask draft() for so the short side stays ≥ DRAFT_SHORT_SIDE."""
+    scale = DRAFT_SHORT_SIDE / min(width, height)
+    if scale >= 1:
+        return width, height
+    return max(1, int(width * scale + 0.999)), max(1, int(height * scale + 0.999))
+
+
+def _apply_orientation(image: Image.Image) -> Image.Image:
+    """Rotate per EXIF; a corrupt EXIF block leaves the picture as stored."""
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except Exception:  # noqa: BLE001 - any EXIF parsing failure means "no orientation"
+        return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB; transparency composited onto white, high bit depths scaled."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "RGB":
+        return image
+    return image.convert("RGB")

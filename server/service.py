@@ -1,0 +1,303 @@
+"""Lookalike's operations, free of gRPC: lists, entries and checks.
+
+The servicer translates protobuf to these calls and back; tests and benchmarks
+can reason about behaviour here. CPU-heavy fingerprinting runs outside every
+lock, limited to a few at a time so the box is never oversubscribed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from client.errors import InvalidArgument, NotFound
+from index import ListIndex
+from server.embedder import MODELS
+from server.fingerprint import Fingerprint, Fingerprinter, Hashes
+from server.indexes import IndexRegistry
+from server.scoring import (
+    DEFAULT_REJECT_THRESHOLD,
+    DEFAULT_REVIEW_THRESHOLD,
+    PDQ_MIN_QUALITY,
+    PDQ_SEARCH_RADIUS,
+    Evidence,
+    score,
+)
+from server.store import (
+    AddOutcome,
+    EntryRecord,
+    ListRecord,
+    NewEntry,
+    Store,
+    validate_entry_id,
+    validate_list_name,
+    validate_meta,
+)
+
+ACCEPT, REVIEW, REJECT = "accept", "review", "reject"
+_STRICTNESS = {ACCEPT: 0, REVIEW: 1, REJECT: 2}
+EMBEDDING_CANDIDATES = 10
+"""Nearest embeddings fetched per list and check when the caller asks for fewer."""
+MAX_TOP_K = 1000
+
+
+@dataclass(frozen=True)
+class Match:
+    list: str
+    entry: EntryRecord
+    score: float
+    evidence: Evidence
+    decision: str
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    request_id: str
+    timestamp: float
+    hashes: Hashes
+    decision: str
+    matches: list[Match]
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PreparedAdd:
+    record: ListRecord
+    entry: NewEntry
+
+
+@dataclass(frozen=True)
+class AddRequest:
+    data: bytes
+    meta: dict[str, str]
+    id: str = ""
+
+
+def decide(value: float, record: ListRecord) -> str:
+    if value >= record.reject_threshold:
+        return REJECT
+    if value >= record.review_threshold:
+        return REVIEW
+    return ACCEPT
+
+
+def hamming(a: bytes, b: bytes) -> int:
+    return int(np.unpackbits(np.bitwise_xor(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8))).sum())
+
+
+class LookalikeService:
+    """Lists, entries and checks over one store, its indexes and a fingerprinter."""
+
+    def __init__(self, store: Store, fingerprinter: Fingerprinter, default_model: str, cpu_slots: int) -> None:
+        self.store = store
+        self.indexes = IndexRegistry(store)
+        self.fingerprinter = fingerprinter
+        self.default_model = default_model
+        self._cpu = threading.BoundedSemaphore(max(1, cpu_slots))
+
+    def load(self) -> None:
+        """Load every list's index (snapshot + replay); the server is not ready before."""
+        self.indexes.load_all()
+        for model in {record.model for record in self.store.lists()}:
+            self.fingerprinter.embedders.get(model)
+
+    # Lists ---------------------------------------------------------------
+
+    def create_list(
+        self,
+        name: str,
+        description: str = "",
+        review_threshold: float | None = None,
+        reject_threshold: float | None = None,
+        model: str = "",
+    ) -> ListRecord:
+        model = model or self.default_model
+        if model not in MODELS:
+            raise InvalidArgument(f"model {model!r} is unknown; use one of {', '.join(MODELS)}", "MODEL_UNKNOWN")
+        review = DEFAULT_REVIEW_THRESHOLD if review_threshold is None else review_threshold
+        reject = DEFAULT_REJECT_THRESHOLD if reject_threshold is None else reject_threshold
+        if reject_threshold is None and review > reject:
+            reject = review
+        record = self.store.create_list(name, description, review, reject, model)
+        self.indexes.created(record.uid)
+        return record
+
+    def delete_list(self, name: str) -> ListRecord:
+        record = self.store.get_list(name)
+        with self.indexes.writing(record.uid):
+            record = self.store.delete_list(name)
+            self.indexes.dropped(record.uid)
+        return record
+
+    def _list_and_index(self, name: str) -> tuple[ListRecord, ListIndex]:
+        record = self.store.get_list(name)
+        index = self.indexes.get(record.uid)
+        if index is None:
+            raise NotFound(f"list {name!r} does not exist", "LIST_NOT_FOUND")
+        return record, index
+
+    # Entries -------------------------------------------------------------
+
+    def fingerprint(self, data: bytes) -> Fingerprint:
+        with self._cpu:
+            return self.fingerprinter.fingerprint(data)
+
+    def embedding(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
+        if model in fingerprint.embeddings:
+            return fingerprint.embeddings[model]
+        with self._cpu:
+            return self.fingerprinter.embedding(fingerprint, model)
+
+    def add_entries(self, list_name: str, requests: Sequence[AddRequest]) -> list[AddOutcome | Exception]:
+        """Fingerprint and store several images in one transaction; per-item errors are returned."""
+        prepared: list[PreparedAdd | Exception] = []
+        for request in requests:
+            try:
+                prepared.append(self.prepare_add(list_name, request))
+            except Exception as error:  # noqa: BLE001 - reported per item
+                prepared.append(error)
+        return self.store_prepared(prepared)
+
+    def prepare_add(self, list_name: str, request: AddRequest) -> PreparedAdd:
+        """The CPU-heavy half of an add: validate, fingerprint, embed. No lock held."""
+        record, _ = self._list_and_index(list_name)
+        if request.id:
+            validate_entry_id(request.id)
+        validate_meta(request.meta)
+        fingerprint = self.fingerprint(request.data)
+        hashes = fingerprint.hashes
+        # Same bytes already listed: the add is a no-op, so skip the model.
+        known = self.store.seq_for_digest(record.uid, hashes.sha256) is not None
+        embedding = None if known else self.embedding(fingerprint, record.model)
+        entry = NewEntry(
+            id=request.id,
+            sha256=hashes.sha256_hex,
+            pdq=hashes.pdq_hex,
+            pdq_quality=hashes.pdq_quality,
+            phash=hashes.phash_hex,
+            model=record.model,
+            embedding=embedding,
+            meta=dict(request.meta),
+        )
+        return PreparedAdd(record, entry)
+
+    def store_prepared(self, prepared: Sequence[PreparedAdd | Exception]) -> list[AddOutcome | Exception]:
+        """The committing half: consecutive adds to one list share a transaction."""
+        results: list[AddOutcome | Exception] = []
+        position = 0
+        while position < len(prepared):
+            item = prepared[position]
+            if isinstance(item, Exception):
+                results.append(item)
+                position += 1
+                continue
+            run = [item]
+            while position + len(run) < len(prepared):
+                following = prepared[position + len(run)]
+                if isinstance(following, Exception) or following.record.uid != item.record.uid:
+                    break
+                run.append(following)
+            try:
+                results.extend(self._store_entries(item.record, [p.entry for p in run]))
+            except Exception as error:  # noqa: BLE001 - the whole run failed (list deleted, storage full)
+                results.extend([error] * len(run))
+            position += len(run)
+        return results
+
+    def _store_entries(self, record: ListRecord, items: Sequence[NewEntry]) -> list[AddOutcome | Exception]:
+        with self.indexes.writing(record.uid) as index:
+            if index is None:
+                raise NotFound(f"list {record.name!r} does not exist", "LIST_NOT_FOUND")
+            results = self.store.add_entries(record.name, items)
+            added = [r for r in results if isinstance(r, AddOutcome) and not r.duplicate]
+            if added:
+                self.indexes.apply_adds(index, [(r.entry, r.embedding) for r in added], max(r.change for r in added))
+        return results
+
+    def remove_entry(self, list_name: str, entry_id: str) -> EntryRecord:
+        record, _ = self._list_and_index(list_name)
+        with self.indexes.writing(record.uid) as index:
+            entry, change = self.store.remove_entry(list_name, entry_id)
+            if index is not None:
+                index.remove(np.array([entry.seq], dtype=np.int64), change)
+        return entry
+
+    # Checks --------------------------------------------------------------
+
+    def check(
+        self,
+        data: bytes,
+        lists: Sequence[str] = (),
+        meta: dict[str, str] | None = None,
+        top_k: int = 0,
+        min_score: float | None = None,
+        request_id: str = "",
+    ) -> CheckResult:
+        """Match one image against the named lists (all when none); the strictest list decides."""
+        if top_k < 0 or top_k > MAX_TOP_K:
+            raise InvalidArgument(f"top_k must lie in [0, {MAX_TOP_K}], got {top_k}", "TOP_K_OUT_OF_RANGE")
+        if min_score is not None and not 0.0 <= min_score <= 1.0:
+            raise InvalidArgument(f"min_score must lie in [0, 1], got {min_score}", "MIN_SCORE_OUT_OF_RANGE")
+        for name in lists:
+            validate_list_name(name)
+        targets = [self._list_and_index(name) for name in dict.fromkeys(lists)] if lists else [
+            (record, index) for record in self.store.lists() if (index := self.indexes.get(record.uid)) is not None
+        ]
+        fingerprint = self.fingerprint(data)
+        candidates: list[Match] = []
+        for record, index in targets:
+            candidates.extend(self._match_list(record, index, fingerprint, max(top_k, EMBEDDING_CANDIDATES)))
+        candidates.sort(key=lambda m: (-m.score, m.list, m.entry.seq))
+        decision = max((m.decision for m in candidates), key=_STRICTNESS.__getitem__, default=ACCEPT)
+        if min_score is not None:
+            shown = [m for m in candidates if m.score >= min_score]
+        elif top_k:
+            shown = [m for m in candidates if m.score > 0]
+        else:
+            shown = [m for m in candidates if m.decision != ACCEPT]
+        return CheckResult(
+            request_id=request_id or uuid.uuid4().hex,
+            timestamp=time.time(),
+            hashes=fingerprint.hashes,
+            decision=decision,
+            matches=shown[: top_k or MAX_TOP_K],
+            meta=dict(meta or {}),
+        )
+
+    def _match_list(self, record: ListRecord, index: ListIndex, fingerprint: Fingerprint, k: int) -> list[Match]:
+        hashes = fingerprint.hashes
+        exact = self.store.seq_for_digest(record.uid, hashes.sha256)
+        pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(hashes.pdq, PDQ_SEARCH_RADIUS)}
+        similarities: dict[int, float] = {}
+        if index.vector_count:
+            vector = self.embedding(fingerprint, record.model)
+            similarities = {hit.id: hit.similarity for hit in index.search_vectors(vector, k)}
+        seqs = set(pdq_hits) | set(similarities) | ({exact} if exact is not None else set())
+        if not seqs:
+            return []
+        entries = self.store.entries_by_seq(record.uid, sorted(seqs))
+        missing = [seq for seq in entries if seq not in similarities]
+        if missing and record.model in fingerprint.embeddings:
+            query = fingerprint.embeddings[record.model]
+            for seq, stored in self.store.embeddings(record.uid, missing).items():
+                similarities[seq] = float(np.dot(query, stored))
+        matches = []
+        for seq, entry in entries.items():
+            distance = pdq_hits.get(seq)
+            if distance is None and entry.pdq:
+                distance = hamming(hashes.pdq, bytes.fromhex(entry.pdq))
+            evidence = Evidence(
+                exact_sha256=seq == exact,
+                pdq_distance=distance,
+                pdq_quality=min(hashes.pdq_quality, entry.pdq_quality) if entry.pdq else 0,
+                embedding_similarity=similarities.get(seq),
+                model=entry.model,
+            )
+            value = score(evidence)
+            matches.append(Match(record.name, entry, value, evidence, decide(value, record)))
+        return matches

@@ -1,0 +1,436 @@
+"""LMDB: the source of truth for lists, entries, fingerprints, meta and index snapshots.
+
+Every write is one transaction that also appends to the list's change log, so an
+index snapshot can name the last change it holds and a restart replays only what
+came after. Records are JSON (settings, meta) and raw bytes (embeddings, index
+snapshots); nothing is pickled. Every persisted name is a constant here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import lmdb
+import numpy as np
+
+from client.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+
+FORMAT_VERSION = 1
+"""Bumped whenever a stored layout changes incompatibly."""
+
+DB_META = b"meta"
+DB_LISTS = b"lists"
+DB_ENTRIES = b"entries"
+DB_ENTRY_IDS = b"entry_ids"
+DB_DIGESTS = b"digests"
+DB_VECTORS = b"vectors"
+DB_CHANGES = b"changes"
+DB_SNAPSHOTS = b"snapshots"
+KEY_FORMAT_VERSION = b"format_version"
+KEY_NEXT_LIST_UID = b"next_list_uid"
+
+OP_ADD = b"A"
+OP_REMOVE = b"R"
+
+LIST_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
+ENTRY_ID_MAX = 256
+META_MAX_ITEMS = 64
+META_MAX_CHARS = 4096
+
+_UID = struct.Struct(">I")
+_SEQ = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class ListRecord:
+    uid: int
+    name: str
+    description: str
+    review_threshold: float
+    reject_threshold: float
+    model: str
+    created: float
+    entry_count: int = 0
+    next_seq: int = 1
+    next_change: int = 1
+
+
+@dataclass(frozen=True)
+class EntryRecord:
+    """An entry's fingerprints and meta; the picture itself is never stored."""
+
+    id: str
+    seq: int
+    sha256: str
+    pdq: str
+    pdq_quality: int
+    phash: str
+    model: str
+    meta: dict[str, str] = field(default_factory=dict)
+    created: float = 0.0
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """What an add asks to store; `id` empty means generate one."""
+
+    id: str
+    sha256: str
+    pdq: str
+    pdq_quality: int
+    phash: str
+    model: str
+    embedding: np.ndarray | None
+    meta: dict[str, str]
+
+
+@dataclass(frozen=True)
+class AddOutcome:
+    entry: EntryRecord
+    duplicate: bool
+    change: int  # 0 for a duplicate: nothing changed
+    embedding: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Change:
+    number: int
+    op: bytes
+    seq: int
+
+
+def validate_list_name(name: str) -> None:
+    if not LIST_NAME.match(name):
+        raise InvalidArgument(
+            f"list name {name!r} is invalid: use 1-64 lowercase letters, digits, '-' or '_'", "LIST_NAME_INVALID"
+        )
+
+
+def validate_thresholds(review: float, reject: float) -> None:
+    if not (0.0 <= review <= 1.0 and 0.0 <= reject <= 1.0):
+        raise InvalidArgument(
+            f"thresholds must lie in [0, 1] (review {review}, reject {reject})", "THRESHOLD_OUT_OF_RANGE"
+        )
+    if review > reject:
+        raise InvalidArgument(
+            f"review threshold {review} is above reject threshold {reject}; review must be ≤ reject",
+            "THRESHOLD_ORDER",
+        )
+
+
+def validate_entry_id(entry_id: str) -> None:
+    if len(entry_id) > ENTRY_ID_MAX or not entry_id.isprintable() or entry_id != entry_id.strip():
+        raise InvalidArgument(
+            f"entry id {entry_id[:40]!r} is invalid: up to {ENTRY_ID_MAX} printable characters, "
+            "no leading or trailing spaces",
+            "ENTRY_ID_INVALID",
+        )
+
+
+def validate_meta(meta: dict[str, str]) -> None:
+    if len(meta) > META_MAX_ITEMS or sum(len(k) + len(v) for k, v in meta.items()) > META_MAX_CHARS:
+        raise InvalidArgument(
+            f"meta too large: at most {META_MAX_ITEMS} keys and {META_MAX_CHARS} characters in all",
+            "META_TOO_LARGE",
+        )
+
+
+def _list_key(name: str) -> bytes:
+    return name.encode()
+
+
+def _seq_key(uid: int, seq: int) -> bytes:
+    return _UID.pack(uid) + _SEQ.pack(seq)
+
+
+def _prefix(uid: int) -> bytes:
+    return _UID.pack(uid)
+
+
+class Store:
+    """Lists and entries in one LMDB environment under the data folder."""
+
+    def __init__(self, path: Path, map_size: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=16, max_readers=512, subdir=True)
+        self._meta = self.env.open_db(DB_META)
+        self._lists = self.env.open_db(DB_LISTS)
+        self._entries = self.env.open_db(DB_ENTRIES)
+        self._entry_ids = self.env.open_db(DB_ENTRY_IDS)
+        self._digests = self.env.open_db(DB_DIGESTS)
+        self._vectors = self.env.open_db(DB_VECTORS)
+        self._changes = self.env.open_db(DB_CHANGES)
+        self._snapshots = self.env.open_db(DB_SNAPSHOTS)
+        self._check_format()
+
+    def close(self) -> None:
+        self.env.close()
+
+    def _check_format(self) -> None:
+        with self._write() as txn:
+            stored = txn.get(KEY_FORMAT_VERSION, db=self._meta)
+            if stored is None:
+                txn.put(KEY_FORMAT_VERSION, str(FORMAT_VERSION).encode(), db=self._meta)
+            elif int(stored) != FORMAT_VERSION:
+                raise FailedPrecondition(
+                    f"data folder {self.path} holds format version {int(stored)}; this server reads "
+                    f"version {FORMAT_VERSION}",
+                    "DATA_FORMAT_VERSION",
+                )
+
+    def _write(self) -> lmdb.Transaction:
+        return self.env.begin(write=True)
+
+    # Lists ---------------------------------------------------------------
+
+    def create_list(
+        self, name: str, description: str, review_threshold: float, reject_threshold: float, model: str
+    ) -> ListRecord:
+        validate_list_name(name)
+        validate_thresholds(review_threshold, reject_threshold)
+        with self._guard(), self._write() as txn:
+            if txn.get(_list_key(name), db=self._lists) is not None:
+                raise AlreadyExists(f"list {name!r} already exists", "LIST_EXISTS")
+            uid = int(txn.get(KEY_NEXT_LIST_UID, default=b"1", db=self._meta))
+            txn.put(KEY_NEXT_LIST_UID, str(uid + 1).encode(), db=self._meta)
+            record = ListRecord(uid, name, description, review_threshold, reject_threshold, model, time.time())
+            self._put_list(txn, record)
+        return record
+
+    def _put_list(self, txn: lmdb.Transaction, record: ListRecord) -> None:
+        txn.put(_list_key(record.name), json.dumps(asdict(record)).encode(), db=self._lists)
+
+    def _get_list(self, txn: lmdb.Transaction, name: str) -> ListRecord:
+        raw = txn.get(_list_key(name), db=self._lists)
+        if raw is None:
+            validate_list_name(name)
+            raise NotFound(f"list {name!r} does not exist", "LIST_NOT_FOUND")
+        return ListRecord(**json.loads(raw))
+
+    def get_list(self, name: str) -> ListRecord:
+        with self.env.begin() as txn:
+            return self._get_list(txn, name)
+
+    def lists(self) -> list[ListRecord]:
+        with self.env.begin() as txn:
+            return [ListRecord(**json.loads(raw)) for _, raw in txn.cursor(db=self._lists)]
+
+    def update_list(
+        self,
+        name: str,
+        description: str | None = None,
+        review_threshold: float | None = None,
+        reject_threshold: float | None = None,
+    ) -> ListRecord:
+        with self._guard(), self._write() as txn:
+            record = self._get_list(txn, name)
+            record = replace(
+                record,
+                description=record.description if description is None else description,
+                review_threshold=record.review_threshold if review_threshold is None else review_threshold,
+                reject_threshold=record.reject_threshold if reject_threshold is None else reject_threshold,
+            )
+            validate_thresholds(record.review_threshold, record.reject_threshold)
+            self._put_list(txn, record)
+        return record
+
+    def delete_list(self, name: str) -> ListRecord:
+        """Delete a list and everything stored under it, in one transaction."""
+        with self._guard(), self._write() as txn:
+            record = self._get_list(txn, name)
+            txn.delete(_list_key(name), db=self._lists)
+            prefix = _prefix(record.uid)
+            for db in (self._entries, self._entry_ids, self._digests, self._vectors, self._changes, self._snapshots):
+                cursor = txn.cursor(db=db)
+                if cursor.set_range(prefix):
+                    while cursor.key().startswith(prefix):
+                        if not cursor.delete():
+                            break
+        return record
+
+    # Entries -------------------------------------------------------------
+
+    def add_entries(self, name: str, items: Sequence[NewEntry]) -> list[AddOutcome | Exception]:
+        """Store several entries in one transaction: idempotent by sha256.
+
+        Each item gets its outcome or its own error (an id already used by other
+        bytes); the good ones are committed together.
+        """
+        results: list[AddOutcome | Exception] = []
+        with self._guard(), self._write() as txn:
+            record = self._get_list(txn, name)
+            prefix = _prefix(record.uid)
+            seq, change, count = record.next_seq, record.next_change, record.entry_count
+            for item in items:
+                existing = txn.get(prefix + bytes.fromhex(item.sha256), db=self._digests)
+                if existing is not None:
+                    entry = self._entry(txn, record.uid, _SEQ.unpack(existing)[0])
+                    results.append(AddOutcome(entry, duplicate=True, change=0, embedding=None))
+                    continue
+                entry_id = item.id or uuid.uuid4().hex
+                if txn.get(prefix + entry_id.encode(), db=self._entry_ids) is not None:
+                    results.append(
+                        AlreadyExists(
+                            f"entry id {entry_id!r} is already used on list {name!r} by other bytes",
+                            "ENTRY_ID_EXISTS",
+                        )
+                    )
+                    continue
+                entry = EntryRecord(
+                    entry_id, seq, item.sha256, item.pdq, item.pdq_quality, item.phash,
+                    item.model if item.embedding is not None else "", item.meta, time.time(),
+                )
+                key = _seq_key(record.uid, seq)
+                txn.put(key, json.dumps(asdict(entry)).encode(), db=self._entries)
+                txn.put(prefix + entry_id.encode(), _SEQ.pack(seq), db=self._entry_ids)
+                txn.put(prefix + bytes.fromhex(item.sha256), _SEQ.pack(seq), db=self._digests)
+                if item.embedding is not None:
+                    txn.put(key, np.ascontiguousarray(item.embedding, dtype=np.float32).tobytes(), db=self._vectors)
+                txn.put(_seq_key(record.uid, change), OP_ADD + _SEQ.pack(seq), db=self._changes)
+                results.append(AddOutcome(entry, duplicate=False, change=change, embedding=item.embedding))
+                seq, change, count = seq + 1, change + 1, count + 1
+            self._put_list(txn, replace(record, next_seq=seq, next_change=change, entry_count=count))
+        return results
+
+    def remove_entry(self, name: str, entry_id: str) -> tuple[EntryRecord, int]:
+        """Remove an entry; returns it and the change number of the removal."""
+        with self._guard(), self._write() as txn:
+            record = self._get_list(txn, name)
+            prefix = _prefix(record.uid)
+            raw_seq = txn.get(prefix + entry_id.encode(), db=self._entry_ids)
+            if raw_seq is None:
+                raise NotFound(f"entry {entry_id!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
+            seq = _SEQ.unpack(raw_seq)[0]
+            entry = self._entry(txn, record.uid, seq)
+            key = _seq_key(record.uid, seq)
+            txn.delete(key, db=self._entries)
+            txn.delete(key, db=self._vectors)
+            txn.delete(prefix + entry_id.encode(), db=self._entry_ids)
+            txn.delete(prefix + bytes.fromhex(entry.sha256), db=self._digests)
+            change = record.next_change
+            txn.put(_seq_key(record.uid, change), OP_REMOVE + _SEQ.pack(seq), db=self._changes)
+            self._put_list(txn, replace(record, next_change=change + 1, entry_count=record.entry_count - 1))
+        return entry, change
+
+    def _entry(self, txn: lmdb.Transaction, uid: int, seq: int) -> EntryRecord:
+        raw = txn.get(_seq_key(uid, seq), db=self._entries)
+        if raw is None:
+            raise NotFound(f"entry #{seq} is gone", "ENTRY_NOT_FOUND")
+        return EntryRecord(**json.loads(raw))
+
+    def get_entry(self, name: str, entry_id: str) -> EntryRecord:
+        with self.env.begin() as txn:
+            record = self._get_list(txn, name)
+            raw_seq = txn.get(_prefix(record.uid) + entry_id.encode(), db=self._entry_ids)
+            if raw_seq is None:
+                raise NotFound(f"entry {entry_id!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
+            return self._entry(txn, record.uid, _SEQ.unpack(raw_seq)[0])
+
+    def entries_by_seq(self, uid: int, seqs: Sequence[int]) -> dict[int, EntryRecord]:
+        """Entries still present, by sequence number (matching reads their meta)."""
+        found: dict[int, EntryRecord] = {}
+        with self.env.begin() as txn:
+            for seq in seqs:
+                raw = txn.get(_seq_key(uid, seq), db=self._entries)
+                if raw is not None:
+                    found[seq] = EntryRecord(**json.loads(raw))
+        return found
+
+    def seq_for_digest(self, uid: int, sha256: bytes) -> int | None:
+        with self.env.begin() as txn:
+            raw = txn.get(_prefix(uid) + sha256, db=self._digests)
+        return None if raw is None else int(_SEQ.unpack(raw)[0])
+
+    def embeddings(self, uid: int, seqs: Sequence[int]) -> dict[int, np.ndarray]:
+        found: dict[int, np.ndarray] = {}
+        with self.env.begin() as txn:
+            for seq in seqs:
+                raw = txn.get(_seq_key(uid, seq), db=self._vectors)
+                if raw is not None:
+                    found[seq] = np.frombuffer(raw, dtype=np.float32)
+        return found
+
+    def iter_entries(self, uid: int) -> Iterator[tuple[EntryRecord, np.ndarray | None]]:
+        """Every entry of a list with its embedding, in sequence order."""
+        prefix = _prefix(uid)
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self._entries)
+            vectors = txn.cursor(db=self._vectors)
+            if not cursor.set_range(prefix):
+                return
+            for key, raw in cursor:
+                if not key.startswith(prefix):
+                    break
+                vector = vectors.get(key)
+                yield EntryRecord(**json.loads(raw)), None if vector is None else np.frombuffer(vector, np.float32)
+
+    # Change log and index snapshots ---------------------------------------
+
+    def changes_after(self, uid: int, after: int) -> list[Change]:
+        prefix = _prefix(uid)
+        changes: list[Change] = []
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self._changes)
+            if cursor.set_range(_seq_key(uid, after + 1)):
+                for key, value in cursor:
+                    if not key.startswith(prefix):
+                        break
+                    changes.append(Change(_SEQ.unpack(key[4:])[0], value[:1], _SEQ.unpack(value[1:])[0]))
+        return changes
+
+    def save_snapshot(self, uid: int, change: int, blob: bytes) -> bool:
+        """Store an index snapshot and drop the change log it covers.
+
+        Returns False when the list was deleted meanwhile (nothing written).
+        """
+        prefix = _prefix(uid)
+        with self._guard(), self._write() as txn:
+            if not any(ListRecord(**json.loads(raw)).uid == uid for _, raw in txn.cursor(db=self._lists)):
+                return False
+            txn.put(prefix, _SEQ.pack(change) + blob, db=self._snapshots)
+            cursor = txn.cursor(db=self._changes)
+            if cursor.set_range(prefix):
+                while cursor.key().startswith(prefix) and _SEQ.unpack(cursor.key()[4:])[0] <= change:
+                    if not cursor.delete():
+                        break
+        return True
+
+    def load_snapshot(self, uid: int) -> tuple[int, bytes] | None:
+        with self.env.begin() as txn:
+            raw = txn.get(_prefix(uid), db=self._snapshots)
+        if raw is None:
+            return None
+        return int(_SEQ.unpack(raw[:8])[0]), bytes(raw[8:])
+
+    def snapshot_change(self, uid: int) -> int:
+        """The change the stored snapshot reflects (0 when none), without reading it whole."""
+        with self.env.begin(buffers=True) as txn:
+            raw = txn.get(_prefix(uid), db=self._snapshots)
+            return 0 if raw is None else int(_SEQ.unpack(bytes(raw[:8]))[0])
+
+    def _guard(self) -> _MapFullGuard:
+        return _MapFullGuard(self.path)
+
+
+class _MapFullGuard:
+    """Turns LMDB's full map into a clean RESOURCE_EXHAUSTED (the write is rolled back)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        if isinstance(error, lmdb.MapFullError):
+            raise ResourceExhausted(
+                f"the data folder's LMDB map is full; restart the server with a larger --map-size", "STORAGE_FULL"
+            ) from None
