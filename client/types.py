@@ -32,6 +32,8 @@ ImageInput = bytes | str | os.PathLike[str] | Url | Base64 | Any
 
 def image_message(image: ImageInput) -> pb.Image:
     """The protobuf `Image` for whatever the caller handed us (PIL is only duck-typed)."""
+    if isinstance(image, pb.Image):
+        return image
     if isinstance(image, bytes | bytearray | memoryview):
         return pb.Image(data=bytes(image))
     if isinstance(image, Url):

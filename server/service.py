@@ -252,12 +252,12 @@ class LookalikeService:
         candidates: list[Match] = []
         for record, index in targets:
             candidates.extend(self._match_list(record, index, fingerprint, max(top_k, EMBEDDING_CANDIDATES)))
-        candidates.sort(key=lambda m: (-m.score, m.list, m.entry.seq))
+        candidates.sort(key=lambda m: (-m.score, -(m.evidence.embedding_similarity or -1.0), m.list, m.entry.seq))
         decision = max((m.decision for m in candidates), key=_STRICTNESS.__getitem__, default=ACCEPT)
         if min_score is not None:
             shown = [m for m in candidates if m.score >= min_score]
         elif top_k:
-            shown = [m for m in candidates if m.score > 0]
+            shown = candidates
         else:
             shown = [m for m in candidates if m.decision != ACCEPT]
         return CheckResult(

@@ -1,0 +1,101 @@
+"""Shared fixtures: a real server on a free loopback port, real photos, real edits."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from client import LookalikeClient
+from server.app import RunningServer, create_server
+from server.config import ServerConfig
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = Path(os.environ.get("LOOKALIKE_CORPUS", REPO.parent / "shared" / "corpus" / "dev"))
+
+
+def corpus_photos() -> list[Path]:
+    """The dev corpus, or a skip saying where it was looked for."""
+    photos = sorted(CORPUS.glob("*.jpg")) if CORPUS.is_dir() else []
+    if not photos:
+        pytest.skip(f"photo corpus not found at {CORPUS} (set LOOKALIKE_CORPUS)")
+    return photos
+
+
+def near_duplicate_groups() -> list[set[str]]:
+    """File names the corpus README says are the same picture (never split them)."""
+    table = CORPUS.parent / "NEAR_DUPLICATES.tsv"
+    groups: list[set[str]] = []
+    if table.exists():
+        for line in table.read_text().splitlines()[1:]:
+            a, b = line.split("\t")[:2]
+            groups.append({a, b})
+    return groups
+
+
+def distinct_photos(count: int, seed: int = 0, exclude: set[str] | None = None) -> list[Path]:
+    """`count` seeded photos, no two of them near-duplicates of each other."""
+    photos = corpus_photos()
+    rng = random.Random(seed)
+    rng.shuffle(photos)
+    taken: list[Path] = []
+    blocked = set(exclude or ())
+    for photo in photos:
+        if photo.name in blocked:
+            continue
+        taken.append(photo)
+        for group in near_duplicate_groups():
+            if photo.name in group:
+                blocked |= group
+        blocked.add(photo.name)
+        if len(taken) == count:
+            break
+    return taken
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 85) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@dataclass
+class ServerHandle:
+    """A real server on loopback and a client for it; `restart()` keeps the data folder."""
+
+    config: ServerConfig
+    running: RunningServer
+    client: LookalikeClient
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    def stop(self) -> None:
+        self.client.close()
+        self.running.stop(grace=1)
+
+    def restart(self) -> None:
+        self.stop()
+        self.running = create_server(self.config)
+        self.client = LookalikeClient(self.address)
+
+
+def start_server(data: Path, **overrides: object) -> ServerHandle:
+    settings: dict[str, object] = {"listen": "127.0.0.1:0", "data": data, "map_size": 1 << 30, "allow_private_urls": True}
+    config = ServerConfig(**{**settings, **overrides})  # type: ignore[arg-type]
+    running = create_server(config)
+    return ServerHandle(config, running, LookalikeClient(f"127.0.0.1:{running.port}"))
+
+
+@pytest.fixture
+def lookalike(tmp_path: Path) -> Iterator[ServerHandle]:
+    handle = start_server(tmp_path / "data")
+    yield handle
+    handle.stop()
