@@ -134,7 +134,12 @@ class ListIndex:
         pdq_blob = np.frombuffer(data, dtype=np.uint8, count=pdq_len, offset=start)
         vector_blob = np.frombuffer(data, dtype=np.uint8, count=vector_len, offset=start + pdq_len)
         index = cls(dim)
-        index._pdq = faiss.deserialize_index_binary(pdq_blob)
-        index._vectors = faiss.deserialize_index(vector_blob)
+        try:
+            index._pdq = faiss.deserialize_index_binary(pdq_blob)
+            index._vectors = faiss.deserialize_index(vector_blob)
+        except RuntimeError as error:  # FAISS reports a corrupt blob as RuntimeError
+            raise ValueError(f"index snapshot is corrupt: {error}") from None
+        if index._pdq.d != PDQ_BITS or index._vectors.d != dim:
+            raise ValueError(f"index snapshot holds {index._pdq.d}-bit codes and {index._vectors.d}-d vectors")
         index.change = int(change)
         return index

@@ -35,16 +35,16 @@ def model_path(model: str) -> Path:
     return Path(paths[model])
 
 
-def embedding_input(rgb: Image.Image) -> np.ndarray:
-    """The model input for a picture: short side 288, aspect kept (capped), uint8 HWC."""
+def embedding_input(rgb: Image.Image) -> Image.Image:
+    """The picture the model sees: short side 288, aspect kept (capped)."""
     width, height = rgb.size
     scale = SHORT_SIDE / min(width, height)
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
     cap = round(SHORT_SIDE * MAX_ASPECT)
     new_w, new_h = min(new_w, cap), min(new_h, cap)
     if (new_w, new_h) != (width, height):
-        rgb = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.asarray(rgb, dtype=np.uint8)
+        rgb = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    return rgb
 
 
 class Embedder:
@@ -66,9 +66,10 @@ class Embedder:
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name
 
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """512 float32, unit length, for one uint8 HWC image."""
-        (batch,) = self._session.run([self._output], {self._input: pixels[np.newaxis]})
+    def embed(self, picture: Image.Image) -> np.ndarray:
+        """512 float32, unit length, for one picture prepared by `embedding_input`."""
+        pixels = np.asarray(picture, dtype=np.uint8)[np.newaxis]
+        (batch,) = self._session.run([self._output], {self._input: pixels})
         vector = np.asarray(batch[0], dtype=np.float32)
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm > 0 else vector

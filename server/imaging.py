@@ -25,6 +25,9 @@ from client.errors import InvalidArgument, ResourceExhausted
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+"""Decoders we let untrusted bytes reach (the JPEG one also reads phones' MPO files)."""
+
 DRAFT_SHORT_SIDE = 512
 """Short side that JPEG draft decoding keeps at least: enough for PDQ's 64×64
 downsampling and for the embedding's 288-pixel input."""
@@ -46,7 +49,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
             width, height = image.size
             if width <= 0 or height <= 0:
                 raise InvalidArgument(f"image has no pixels ({width}×{height})", "IMAGE_EMPTY")
@@ -57,7 +60,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
                     "IMAGE_TOO_MANY_PIXELS",
                 )
             image_format = image.format or "unknown"
-            if image_format == "JPEG":
+            if image_format in ("JPEG", "MPO"):
                 image.draft("RGB", _draft_request(width, height))
             image.seek(0)
             image.load()

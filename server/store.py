@@ -39,7 +39,7 @@ KEY_NEXT_LIST_UID = b"next_list_uid"
 OP_ADD = b"A"
 OP_REMOVE = b"R"
 
-LIST_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
+LIST_NAME = re.compile(r"^[a-z0-9_-]{1,64}\Z")  # \Z: `$` would also accept a trailing newline
 ENTRY_ID_MAX = 256
 META_MAX_ITEMS = 64
 META_MAX_CHARS = 4096
@@ -126,9 +126,10 @@ def validate_thresholds(review: float, reject: float) -> None:
 
 
 def validate_entry_id(entry_id: str) -> None:
-    if len(entry_id) > ENTRY_ID_MAX or not entry_id.isprintable() or entry_id != entry_id.strip():
+    # Bytes, not characters: the id is part of an LMDB key (at most 511 bytes).
+    if not entry_id.isprintable() or len(entry_id.encode()) > ENTRY_ID_MAX or entry_id != entry_id.strip():
         raise InvalidArgument(
-            f"entry id {entry_id[:40]!r} is invalid: up to {ENTRY_ID_MAX} printable characters, "
+            f"entry id {entry_id[:40]!r} is invalid: up to {ENTRY_ID_MAX} bytes (UTF-8) of printable characters, "
             "no leading or trailing spaces",
             "ENTRY_ID_INVALID",
         )
@@ -209,9 +210,9 @@ class Store:
         txn.put(_list_key(record.name), json.dumps(asdict(record)).encode(), db=self._lists)
 
     def _get_list(self, txn: lmdb.Transaction, name: str) -> ListRecord:
+        validate_list_name(name)  # before the lookup: LMDB refuses an empty key with its own error
         raw = txn.get(_list_key(name), db=self._lists)
         if raw is None:
-            validate_list_name(name)
             raise NotFound(f"list {name!r} does not exist", "LIST_NOT_FOUND")
         return ListRecord(**json.loads(raw))
 
@@ -432,5 +433,5 @@ class _MapFullGuard:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
         if isinstance(error, lmdb.MapFullError):
             raise ResourceExhausted(
-                f"the data folder's LMDB map is full; restart the server with a larger --map-size", "STORAGE_FULL"
+                "the data folder's LMDB map is full; restart the server with a larger --map-size", "STORAGE_FULL"
             ) from None

@@ -1,0 +1,371 @@
+"""index.list_index.ListIndex against a numpy brute-force oracle.
+
+Every search is checked against the obvious O(n) computation on the same seeded
+data: Hamming distances over unpacked bits for PDQ, a matrix product for the
+embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import faiss
+import numpy as np
+import pytest
+
+from index.list_index import (
+    _HEADER,
+    EMBEDDING_DIM,
+    PDQ_BITS,
+    PDQ_BYTES,
+    HashHit,
+    IndexCheckpoint,
+    ListIndex,
+    configure_threads,
+)
+
+N_ENTRIES = 400
+N_QUERIES = 12
+RADII = (0, 10, 31, 63)
+TOP_K = 10
+
+
+# Oracle ------------------------------------------------------------------------
+
+
+def hamming(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Bit distances from one packed query to each packed code, in numpy only."""
+    return np.unpackbits(np.bitwise_xor(codes, query[None, :]), axis=1).sum(axis=1).astype(np.int64)
+
+
+def oracle_pdq(ids: np.ndarray, codes: np.ndarray, query: np.ndarray, max_distance: int) -> dict[int, int]:
+    distances = hamming(codes, query)
+    return {int(i): int(d) for i, d in zip(ids, distances, strict=True) if d <= max_distance}
+
+
+def oracle_top_k(ids: np.ndarray, vectors: np.ndarray, query: np.ndarray, k: int) -> tuple[list[int], np.ndarray]:
+    similarities = vectors @ query
+    order = np.argsort(-similarities, kind="stable")[:k]
+    return [int(ids[i]) for i in order], similarities[order]
+
+
+def as_dict(hits: list[HashHit]) -> dict[int, int]:
+    result = {hit.id: hit.distance for hit in hits}
+    assert len(result) == len(hits), "an id was returned twice"
+    return result
+
+
+# Data --------------------------------------------------------------------------
+
+
+def flip_bits(rng: np.random.Generator, code: np.ndarray, k: int) -> np.ndarray:
+    bits = np.unpackbits(code)
+    positions = rng.choice(PDQ_BITS, size=k, replace=False)
+    bits[positions] ^= 1
+    return np.packbits(bits)
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = EMBEDDING_DIM) -> np.ndarray:
+    matrix = rng.standard_normal((n, dim)).astype(np.float32)
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+
+class Data:
+    """Random codes and vectors with planted near neighbours of the queries."""
+
+    def __init__(self, seed: int = 7) -> None:
+        rng = np.random.default_rng(seed)
+        # Ids are sparse and large, as entry sequence numbers are after deletes.
+        self.ids = rng.permutation(np.unique(rng.integers(1, 10**12, size=N_ENTRIES * 2, dtype=np.int64)))[:N_ENTRIES]
+        assert len(self.ids) == N_ENTRIES
+        self.codes = rng.integers(0, 256, size=(N_ENTRIES, PDQ_BYTES), dtype=np.uint8)
+        self.vectors = unit(rng, N_ENTRIES)
+        self.pdq_queries = rng.integers(0, 256, size=(N_QUERIES, PDQ_BYTES), dtype=np.uint8)
+        self.vector_queries = unit(rng, N_QUERIES)
+        # For each query, plant entries at several Hamming distances around the
+        # radii (both sides of each boundary) and several similar vectors.
+        slot = 0
+        for q in range(N_QUERIES):
+            for k in (0, 1, 9, 10, 11, 30, 31, 32, 62, 63, 64):
+                self.codes[slot] = flip_bits(rng, self.pdq_queries[q], k)
+                slot += 1
+            for strength in (0.1, 0.3, 0.5):
+                noisy = self.vector_queries[q] + strength * rng.standard_normal(EMBEDDING_DIM).astype(np.float32) / 4
+                self.vectors[slot % N_ENTRIES] = noisy / np.linalg.norm(noisy)
+                slot += 1
+        assert slot < N_ENTRIES
+
+    def index(self) -> ListIndex:
+        index = ListIndex()
+        index.add(self.ids, self.codes, self.vectors, change=N_ENTRIES)
+        return index
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_faiss_thread() -> Iterator[None]:
+    """As the server runs it: OpenMP start-up per search would dominate these tiny indexes."""
+    before = faiss.omp_get_max_threads()
+    configure_threads(1)
+    yield
+    configure_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data() -> Data:
+    return Data()
+
+
+# PDQ -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("radius", RADII)
+def test_pdq_range_search_returns_exactly_the_oracles_entries_within_radius_inclusive(data: Data, radius: int) -> None:
+    index = data.index()
+    for query in data.pdq_queries:
+        expected = oracle_pdq(data.ids, data.codes, query, radius)
+        assert as_dict(index.search_pdq(query.tobytes(), radius)) == expected
+
+
+def test_planted_pdq_neighbours_exist_at_and_just_beyond_each_radius(data: Data) -> None:
+    """The data set really tests the boundaries: hits at d == radius and misses at radius + 1."""
+    distances = np.concatenate([hamming(data.codes, q) for q in data.pdq_queries])
+    for radius in RADII:
+        assert (distances == radius).any()
+        assert (distances == radius + 1).any()
+
+
+def test_pdq_entry_at_exactly_max_distance_is_returned_and_one_beyond_is_not() -> None:
+    rng = np.random.default_rng(1)
+    query = rng.integers(0, 256, size=PDQ_BYTES, dtype=np.uint8)
+    at = flip_bits(rng, query, 31)
+    beyond = flip_bits(rng, query, 32)
+    index = ListIndex()
+    index.add(np.array([5, 6]), np.stack([at, beyond]), None, change=1)
+    assert index.search_pdq(query.tobytes(), 31) == [HashHit(5, 31)]
+    assert index.search_pdq(at.tobytes(), 0) == [HashHit(5, 0)]
+
+
+def test_pdq_search_of_a_query_far_from_everything_returns_nothing(data: Data) -> None:
+    index = data.index()
+    query = np.bitwise_not(data.codes[0])  # 256 bits from codes[0], ~128 from the rest
+    expected = oracle_pdq(data.ids, data.codes, query, 63)
+    assert as_dict(index.search_pdq(query.tobytes(), 63)) == expected
+
+
+# Embeddings ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, TOP_K, N_ENTRIES])
+def test_vector_top_k_equals_oracle_top_k(data: Data, k: int) -> None:
+    index = data.index()
+    for query in data.vector_queries:
+        expected_ids, expected_similarities = oracle_top_k(data.ids, data.vectors, query, k)
+        hits = index.search_vectors(query, k)
+        assert [hit.id for hit in hits] == expected_ids
+        np.testing.assert_allclose([hit.similarity for hit in hits], expected_similarities, atol=1e-5)
+
+
+def test_planted_vector_neighbours_rank_first(data: Data) -> None:
+    index = data.index()
+    hits = index.search_vectors(data.vector_queries[0], 3)
+    # Query 0's eleven planted codes take slots 0-10, its three vectors slots 11-13.
+    assert [hit.id for hit in hits] == [int(i) for i in data.ids[11:14]]
+    assert all(hit.similarity > 0.25 for hit in hits)
+
+
+def test_vector_search_with_k_larger_than_the_index_returns_every_entry_once(data: Data) -> None:
+    index = data.index()
+    hits = index.search_vectors(data.vector_queries[0], N_ENTRIES * 3)
+    assert sorted(hit.id for hit in hits) == sorted(int(i) for i in data.ids)
+
+
+def test_vector_search_with_k_zero_returns_nothing(data: Data) -> None:
+    assert data.index().search_vectors(data.vector_queries[0], 0) == []
+
+
+# Removal and one-sided adds ------------------------------------------------------------
+
+
+def test_removed_ids_disappear_from_both_searches_and_the_others_stay(data: Data) -> None:
+    index = data.index()
+    removed = data.ids[::3]
+    kept_mask = np.ones(N_ENTRIES, dtype=bool)
+    kept_mask[::3] = False
+    kept_ids, kept_codes, kept_vectors = data.ids[kept_mask], data.codes[kept_mask], data.vectors[kept_mask]
+
+    index.remove(removed, change=N_ENTRIES + 1)
+
+    assert index.pdq_count == index.vector_count == int(kept_mask.sum())
+    assert index.change == N_ENTRIES + 1
+    removed_set = {int(i) for i in removed}
+    for query in data.pdq_queries:
+        hits = as_dict(index.search_pdq(query.tobytes(), 63))
+        assert hits == oracle_pdq(kept_ids, kept_codes, query, 63)
+        assert not removed_set & hits.keys()
+    for query in data.vector_queries:
+        hits = index.search_vectors(query, TOP_K)
+        assert [hit.id for hit in hits] == oracle_top_k(kept_ids, kept_vectors, query, TOP_K)[0]
+        assert not removed_set & {hit.id for hit in hits}
+
+
+def test_removing_unknown_ids_is_ignored() -> None:
+    index = ListIndex()
+    rng = np.random.default_rng(3)
+    index.add(np.array([1, 2]), rng.integers(0, 256, (2, PDQ_BYTES), dtype=np.uint8), unit(rng, 2), change=2)
+    index.remove(np.array([99, 100]), change=3)
+    assert (index.pdq_count, index.vector_count, index.change) == (2, 2, 3)
+
+
+def test_adding_with_no_vectors_adds_to_the_pdq_side_only() -> None:
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 256, (3, PDQ_BYTES), dtype=np.uint8)
+    index = ListIndex()
+    index.add(np.array([10, 11, 12]), codes, None, change=3)
+    assert (index.pdq_count, index.vector_count) == (3, 0)
+    assert index.search_pdq(codes[1].tobytes(), 0) == [HashHit(11, 0)]
+    assert index.search_vectors(unit(rng, 1)[0], 5) == []
+
+
+def test_adding_with_no_pdq_codes_adds_to_the_vector_side_only() -> None:
+    rng = np.random.default_rng(5)
+    vectors = unit(rng, 3)
+    index = ListIndex()
+    index.add(np.array([20, 21, 22]), None, vectors, change=3)
+    assert (index.pdq_count, index.vector_count) == (0, 3)
+    assert index.search_pdq(bytes(PDQ_BYTES), PDQ_BITS) == []
+    assert index.search_vectors(vectors[2], 1)[0].id == 22
+
+
+def test_change_only_moves_forward() -> None:
+    rng = np.random.default_rng(6)
+    index = ListIndex()
+    index.add(np.array([1]), rng.integers(0, 256, (1, PDQ_BYTES), dtype=np.uint8), unit(rng, 1), change=9)
+    index.add(np.array([2]), rng.integers(0, 256, (1, PDQ_BYTES), dtype=np.uint8), unit(rng, 1), change=4)
+    index.remove(np.array([1]), change=5)
+    assert index.checkpoint() == IndexCheckpoint(change=9, pdq_count=1, vector_count=1)
+
+
+# Empty ------------------------------------------------------------------------------
+
+
+def test_an_empty_index_returns_nothing_from_both_searches() -> None:
+    index = ListIndex()
+    rng = np.random.default_rng(8)
+    assert index.search_pdq(bytes(PDQ_BYTES), 0) == []
+    assert index.search_pdq(bytes(PDQ_BYTES), PDQ_BITS) == []
+    assert index.search_vectors(unit(rng, 1)[0], 10) == []
+    assert index.checkpoint() == IndexCheckpoint(0, 0, 0)
+
+
+def test_an_index_emptied_by_removal_returns_nothing_from_both_searches() -> None:
+    rng = np.random.default_rng(9)
+    codes, vectors = rng.integers(0, 256, (2, PDQ_BYTES), dtype=np.uint8), unit(rng, 2)
+    index = ListIndex()
+    index.add(np.array([1, 2]), codes, vectors, change=2)
+    index.remove(np.array([1, 2]), change=4)
+    assert index.search_pdq(codes[0].tobytes(), PDQ_BITS) == []
+    assert index.search_vectors(vectors[0], 10) == []
+
+
+# Serialisation -----------------------------------------------------------------------
+
+
+def test_serialize_then_deserialize_gives_identical_searches_and_checkpoint(data: Data) -> None:
+    index = data.index()
+    index.remove(data.ids[:5], change=N_ENTRIES + 5)
+    checkpoint, blob = index.serialize()
+    assert checkpoint == IndexCheckpoint(N_ENTRIES + 5, N_ENTRIES - 5, N_ENTRIES - 5)
+
+    restored = ListIndex.deserialize(blob)
+
+    assert restored.checkpoint() == checkpoint
+    assert restored.change == index.change
+    for query in data.pdq_queries:
+        for radius in RADII:
+            assert as_dict(restored.search_pdq(query.tobytes(), radius)) == as_dict(
+                index.search_pdq(query.tobytes(), radius)
+            )
+    for query in data.vector_queries:
+        assert restored.search_vectors(query, TOP_K) == index.search_vectors(query, TOP_K)
+
+
+def test_a_deserialized_index_still_accepts_adds_and_removes(data: Data) -> None:
+    restored = ListIndex.deserialize(data.index().serialize()[1])
+    rng = np.random.default_rng(10)
+    code, vector = rng.integers(0, 256, (1, PDQ_BYTES), dtype=np.uint8), unit(rng, 1)
+    restored.add(np.array([-7 + 10**13]), code, vector, change=N_ENTRIES + 1)
+    assert HashHit(10**13 - 7, 0) in restored.search_pdq(code[0].tobytes(), 0)
+    assert restored.search_vectors(vector[0], 1)[0].id == 10**13 - 7
+    restored.remove(np.array([int(data.ids[0]), 10**13 - 7]), change=N_ENTRIES + 2)
+    assert restored.checkpoint() == IndexCheckpoint(N_ENTRIES + 2, N_ENTRIES - 1, N_ENTRIES - 1)
+
+
+def test_an_empty_index_round_trips() -> None:
+    checkpoint, blob = ListIndex().serialize()
+    restored = ListIndex.deserialize(blob)
+    assert restored.checkpoint() == checkpoint == IndexCheckpoint(0, 0, 0)
+    assert restored.search_pdq(bytes(PDQ_BYTES), PDQ_BITS) == []
+
+
+def _small_blob() -> bytes:
+    rng = np.random.default_rng(11)
+    index = ListIndex()
+    index.add(np.array([1, 2, 3]), rng.integers(0, 256, (3, PDQ_BYTES), dtype=np.uint8), unit(rng, 3), change=3)
+    return index.serialize()[1]
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"LKIX", id="header-cut"),
+        pytest.param(np.random.default_rng(12).bytes(5000), id="random-garbage"),
+        pytest.param(b"\x00" * 4096, id="zeros"),
+    ],
+)
+def test_deserialize_of_garbage_raises_value_error(blob: bytes) -> None:
+    with pytest.raises(ValueError):
+        ListIndex.deserialize(blob)
+
+
+def test_deserialize_of_truncated_bytes_raises_value_error() -> None:
+    blob = _small_blob()
+    for length in (len(blob) - 1, len(blob) // 2, 30, 10):
+        with pytest.raises(ValueError):
+            ListIndex.deserialize(blob[:length])
+
+
+def test_deserialize_of_bytes_with_trailing_junk_raises_value_error() -> None:
+    with pytest.raises(ValueError):
+        ListIndex.deserialize(_small_blob() + b"\x00")
+
+
+def test_deserialize_of_wrong_magic_or_version_raises_value_error() -> None:
+    blob = _small_blob()
+    with pytest.raises(ValueError, match="format"):
+        ListIndex.deserialize(b"XXXX" + blob[4:])
+    with pytest.raises(ValueError, match="format"):
+        ListIndex.deserialize(blob[:4] + (99).to_bytes(2, "big") + blob[6:])
+
+
+def test_deserialize_of_a_valid_header_over_a_corrupt_body_raises_value_error() -> None:
+    """The header checks out, but the FAISS blobs inside it are garbage."""
+    blob = bytearray(_small_blob())
+    blob[_HEADER.size :] = np.random.default_rng(13).bytes(len(blob) - _HEADER.size)
+    with pytest.raises(ValueError):
+        ListIndex.deserialize(bytes(blob))
+
+
+def test_deserialize_of_swapped_blobs_raises_value_error() -> None:
+    blob = _small_blob()
+    magic, version, change, pdq_len, vector_len = _HEADER.unpack_from(blob)
+    pdq_blob = blob[_HEADER.size : _HEADER.size + pdq_len]
+    vector_blob = blob[_HEADER.size + pdq_len :]
+    swapped = _HEADER.pack(magic, version, change, vector_len, pdq_len) + vector_blob + pdq_blob
+    with pytest.raises(ValueError):
+        ListIndex.deserialize(swapped)
+
+
+def test_deserialize_with_another_embedding_dimension_raises_value_error() -> None:
+    with pytest.raises(ValueError):
+        ListIndex.deserialize(_small_blob(), dim=256)
