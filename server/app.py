@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from client.errors import LookalikeError
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from index import configure_threads
@@ -111,7 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
-    running = create_server(config)
+    try:
+        running = create_server(config)
+    except LookalikeError as error:
+        log.error("cannot start: %s", error.message)
+        return 1
     log.info("serving on %s (port %d), data in %s", config.listen, running.port, config.data.resolve())
     stopping.wait()
     log.info("shutting down (grace %.0f s)", config.grace)

@@ -8,6 +8,7 @@ snapshots); nothing is pickled. Every persisted name is a constant here.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import struct
@@ -33,6 +34,7 @@ DB_DIGESTS = b"digests"
 DB_VECTORS = b"vectors"
 DB_CHANGES = b"changes"
 DB_SNAPSHOTS = b"snapshots"
+LOCK_FILE = "lookalike.lock"
 KEY_FORMAT_VERSION = b"format_version"
 KEY_NEXT_LIST_UID = b"next_list_uid"
 
@@ -161,6 +163,16 @@ class Store:
     def __init__(self, path: Path, map_size: int) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
+        # One server per data folder: a second would keep its own indexes and miss the first's writes.
+        self._lock_file = (path / LOCK_FILE).open("a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise FailedPrecondition(
+                f"data folder {path} is in use by another Lookalike server; stop it or use another --data",
+                "DATA_FOLDER_IN_USE",
+            ) from None
         self.env = lmdb.open(str(path), map_size=map_size, max_dbs=16, max_readers=512, subdir=True)
         self._meta = self.env.open_db(DB_META)
         self._lists = self.env.open_db(DB_LISTS)
@@ -170,10 +182,15 @@ class Store:
         self._vectors = self.env.open_db(DB_VECTORS)
         self._changes = self.env.open_db(DB_CHANGES)
         self._snapshots = self.env.open_db(DB_SNAPSHOTS)
-        self._check_format()
+        try:
+            self._check_format()
+        except FailedPrecondition:
+            self.close()
+            raise
 
     def close(self) -> None:
         self.env.close()
+        self._lock_file.close()
 
     def _check_format(self) -> None:
         with self._write() as txn:

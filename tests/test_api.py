@@ -291,3 +291,13 @@ def test_top_k_and_min_score_show_entries_below_review(lookalike: ServerHandle) 
         client.check(query, ["banned"], min_score=2.0)
     with pytest.raises(InvalidArgument):
         client.check(query, ["banned"], top_k=-1)
+
+
+def test_a_second_server_on_the_same_data_folder_is_refused(lookalike: ServerHandle) -> None:
+    from client.errors import FailedPrecondition
+    from tests.conftest import start_server
+
+    with pytest.raises(FailedPrecondition) as error:
+        start_server(lookalike.config.data)
+    assert error.value.reason == "DATA_FOLDER_IN_USE"
+    assert lookalike.client.lists() == []
