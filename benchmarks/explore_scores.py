@@ -3,9 +3,10 @@
 Splits the development corpus (seeded, near-duplicate pairs kept together) into listed
 originals and distractors, makes one edited copy of every image per edit family, and
 fingerprints everything with both SSCD models (cached under /tmp, so reruns are cheap).
-Then prints, per model, positive-score quantiles per family, negative-score tails, recall at
-zero false positives, PDQ/pHash figures, a background-normalisation experiment and a
-candidate fused score.
+Then prints, per model, positive-score quantiles per family, negative-score tails (ordinary
+negatives, and a harder tier: other shots of the same scene, see SCENES), recall above those
+tails, PDQ/pHash figures, a background-normalisation experiment, the reject-threshold
+trade-off and the candidate fused score (FUSED_COS, PDQ_POINTS).
 
     PYTHONPATH=. python benchmarks/explore_scores.py [--originals N] [--distractors N] [--workers 2]
 """
@@ -16,6 +17,7 @@ import argparse
 import hashlib
 import multiprocessing
 import random
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -97,9 +99,10 @@ class Cache:
         self.rows: dict[str, tuple] = {}
         if path.exists():
             with np.load(path) as npz:
-                for i, key in enumerate(npz["keys"]):
-                    self.rows[str(key)] = (npz["pdq"][i].tobytes(), int(npz["quality"][i]), npz["phash"][i].tobytes(),
-                                           npz["emb0"][i], npz["emb1"][i])
+                arrays = {name: npz[name] for name in npz.files}  # each member read once
+            for i, key in enumerate(arrays["keys"]):
+                self.rows[str(key)] = (arrays["pdq"][i].tobytes(), int(arrays["quality"][i]),
+                                       arrays["phash"][i].tobytes(), arrays["emb0"][i], arrays["emb1"][i])
 
     def save(self) -> None:
         keys = sorted(self.rows)
@@ -139,6 +142,7 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def q(values: np.ndarray, p: float) -> float:
+    """Quantile p of values (nan when empty)."""
     return float(np.quantile(values, p)) if len(values) else float("nan")
 
 
@@ -164,96 +168,154 @@ def main() -> None:
     report(cache, originals, distractors, groups)
 
 
+
+
+
+SCENES = {  # different shots of one scene: not "the same picture", but a harder tier of negatives
+    "chessboard": re.compile(r"opencv__data__(left|right)\d\d\.|calibration__left"),
+    "stereo": re.compile(r"opencv__data__(left|right)\.jpg"),
+    "mvtb-seq": re.compile(r"pypi_mvtb__seq__"),
+    "campus": re.compile(r"pypi_mvtb__campus__"),
+    "mosaic": re.compile(r"pypi_mvtb__mosaic__"),
+    "leuven": re.compile(r"opencv__data__leuven"),
+    "ela": re.compile(r"opencv__data__ela_"),  # a tampered copy of one photo, absent from NEAR_DUPLICATES
+}
+PDQ_MIN_QUALITY = 50
+
+
+def scene_of(name: str) -> str:
+    """The same-scene series a file belongs to, or the file itself."""
+    return next((key for key, pattern in SCENES.items() if pattern.search(name)), name)
+
+
+def _line(label: str, values: list[object]) -> None:
+    """One table row: a label then right-aligned numbers."""
+    cells = [f"{float(v):>7.3f}" if isinstance(v, (float, np.floating)) else f"{v!s:>7}" for v in values]
+    print(f"  {label:23s}" + "".join(cells))
+
+
+class Study:
+    """Queries (every edit, plus unedited distractors) against listed originals, with truth masks."""
+
+    def __init__(self, cache: Cache, originals: list[str], distractors: list[str], groups: dict[str, int]) -> None:
+        listed = set(originals)
+        self.q_keys = [(s, f) for s in originals + distractors for f in FAMILIES] + [(d, ORIGINAL) for d in distractors]
+        self.q_rows = [cache.rows[f"{s}|{f}"] for s, f in self.q_keys]
+        self.o_rows = [cache.rows[f"{o}|{ORIGINAL}"] for o in originals]
+        self.b_rows = [cache.rows[f"{d}|{ORIGINAL}"] for d in distractors]
+        self.is_pos = np.array([s in listed for s, _ in self.q_keys])
+        self.pos_fam = np.array([f for s, f in self.q_keys if s in listed])
+        qg, og = np.array([groups[s] for s, _ in self.q_keys]), np.array([groups[o] for o in originals])
+        self.bg_group, self.q_group, self.o_group = np.array([groups[d] for d in distractors]), qg, og
+        qs, os_ = np.array([scene_of(s) for s, _ in self.q_keys]), np.array([scene_of(o) for o in originals])
+        self.same, self.oo_same = qg[:, None] == og[None, :], og[:, None] == og[None, :]
+        self.scene = (qs[:, None] == os_[None, :]) & ~self.same
+        self.oo_scene = (os_[:, None] == os_[None, :]) & ~self.oo_same
+        self.q_quality = np.array([r[1] for r in self.q_rows])
+        self.o_quality = np.array([r[1] for r in self.o_rows])
+
+    def tiers(self, S: np.ndarray, SO: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-query best similarity: positives (true original), ordinary and same-scene negatives."""
+        best = lambda M, mask: np.where(mask, M, -np.inf).max(1)  # noqa: E731
+        neg_q, pos = ~self.is_pos, self.is_pos
+        ordinary = np.concatenate([best(S, ~self.same & ~self.scene)[neg_q], best(SO, ~self.oo_same & ~self.oo_scene)])
+        scene = np.concatenate([best(S, self.scene)[neg_q], best(SO, self.oo_scene)])
+        pairs = np.concatenate([S[neg_q][~self.scene[neg_q]], SO[~self.oo_same & ~self.oo_scene]])
+        return {"pos": best(S, self.same)[pos], "ord": ordinary, "scene": scene[np.isfinite(scene)], "pairs": pairs,
+                "wrong": best(S, ~self.same & ~self.scene)[pos]}
+
+    def family_table(self, t: dict[str, np.ndarray], sign: float = 1.0) -> None:
+        """Positive quantiles per family and recall above the ordinary / same-scene negative tails."""
+        o, sc = t["ord"], t["scene"]
+        cuts = (o.max(), q(o, 0.999), max(o.max(), sc.max()))
+        _line("family", ["worst", "p01", "p05", "p50", "R>maxO", "R>O999", "R>maxSc"])
+        for f in FAMILIES + ["ALL"]:
+            v = t["pos"] if f == "ALL" else t["pos"][self.pos_fam == f]
+            qs = [sign * q(v, p) for p in (0.0, 0.01, 0.05, 0.5)]
+            _line(f, [*qs, *[float((v > c).mean()) for c in cuts]])
+        pairs = t["pairs"]
+        print(f"  ordinary negatives n={len(o)}: best {sign * o.max():.3f} p99.9 {sign * cuts[1]:.3f} "
+              f"p99 {sign * q(o, .99):.3f} p50 {sign * q(o, .5):.3f}; pairs n={len(pairs)}: 1e-5 tail "
+              f"{sign * q(pairs, 1 - 1e-5):.3f} 1e-4 {sign * q(pairs, 1 - 1e-4):.3f}; same-scene n={len(sc)}: best "
+              f"{sign * sc.max():.3f} p90 {sign * q(sc, .9):.3f}; edits' best wrong original {sign * t['wrong'].max():.3f}")
+
+
 def report(cache: Cache, originals: list[str], distractors: list[str], groups: dict[str, int]) -> None:
     """Print every table from cached fingerprints."""
-    rows = lambda keys: [cache.rows[k] for k in keys]  # noqa: E731
-    orig_rows = rows(f"{o}|{ORIGINAL}" for o in originals)
-    orig_group = np.array([groups[o] for o in originals])
-    # queries: every edit of every image, plus unedited distractors
-    q_keys = [(s, f) for s in originals + distractors for f in FAMILIES] + [(d, ORIGINAL) for d in distractors]
-    q_rows = rows(f"{s}|{f}" for s, f in q_keys)
-    q_family = np.array([f for _, f in q_keys])
-    q_positive = np.array([s in set(originals) for s, _ in q_keys])
-    q_group = np.array([groups[s] for s, _ in q_keys])
-    same = q_group[:, None] == orig_group[None, :]  # query's true original(s)
-    oo_same = orig_group[:, None] == orig_group[None, :]  # originals vs originals, incl. self
-    bg_rows = rows(f"{d}|{ORIGINAL}" for d in distractors)
-    bg_group = np.array([groups[d] for d in distractors])
-    results: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-    def line(label: str, values: list[object]) -> None:
-        print(f"  {label:24s}" + "".join(f"{v:>7.3f}" if isinstance(v, float) else f"{v!s:>7}" for v in values))
-
+    st = Study(cache, originals, distractors, groups)
+    sims: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for m, model in enumerate(MODELS):
-        O = np.array([r[3 + m] for r in orig_rows])
-        Q = np.array([r[3 + m] for r in q_rows])
-        B = np.array([r[3 + m] for r in bg_rows])
-        S = Q @ O.T
-        pos_true = np.where(same, S, -1).max(1)[q_positive]
-        pos_wrong = np.where(same, -1, S).max(1)[q_positive]
-        neg_q = S.max(1)[~q_positive]
-        OO = O @ O.T
-        neg_oo = np.where(oo_same, -1, OO).max(1)
-        neg = np.concatenate([neg_q, neg_oo])
-        results[model] = (pos_true, q_family[q_positive], neg)
-        nmax = neg.max()
-        print(f"\n== {model}: positives (cosine to true original) per family; recall@0FP = share > max neg {nmax:.3f}")
-        line("family", ["min", "p01", "p05", "p50", "R@0FP", "R@p999", "R@p99"])
-        thresholds = (nmax, q(neg, 0.999), q(neg, 0.99))
-        for fam in FAMILIES + ["ALL"]:
-            v = pos_true if fam == "ALL" else pos_true[q_family[q_positive] == fam]
-            line(fam, [v.min(), q(v, .01), q(v, .05), q(v, .5), *[float((v > t).mean()) for t in thresholds]])
-        print(f"  negatives n={len(neg)}: max {nmax:.3f}  p99.9 {q(neg, .999):.3f}  p99 {q(neg, .99):.3f}  "
-              f"p50 {q(neg, .5):.3f} | distractor-queries max {neg_q.max():.3f}, orig-vs-orig max {neg_oo.max():.3f}"
-              f" | positives' best wrong original max {pos_wrong.max():.3f}")
-        # background normalisation: subtract mean of the query's top-k cosines to distractor originals
-        print("  background norm (s - beta*mean top-k cos to distractor originals, own group left out):")
-        QB = np.where(q_group[:, None] == bg_group[None, :], -1, Q @ B.T)
-        OB = np.where(orig_group[:, None] == bg_group[None, :], -1, O @ B.T)
-        base_sep = pos_true.min() - nmax
-        line("k/beta", ["sep", "R@0FP", "R@p999", "p01pos", "maxneg"])
-        line("raw", [base_sep, float((pos_true > nmax).mean()), float((pos_true > thresholds[1]).mean()),
-                     q(pos_true, .01), nmax])
-        for k in (5, 10, 20):
-            for beta in (0.5, 1.0):
-                bq = beta * np.sort(QB, 1)[:, -k:].mean(1)
-                bo = beta * np.sort(OB, 1)[:, -k:].mean(1)
-                adj_pos = pos_true - bq[q_positive]
-                adj_neg = np.concatenate([neg_q - bq[~q_positive], neg_oo - bo])
-                line(f"k={k} b={beta}", [adj_pos.min() - adj_neg.max(), float((adj_pos > adj_neg.max()).mean()),
-                                         float((adj_pos > q(adj_neg, .999)).mean()), q(adj_pos, .01), adj_neg.max()])
-
-    for name, idx, threshold in (("PDQ", 0, 31), ("pHash", 2, 10)):
-        O, Q = bits(r[idx] for r in orig_rows), bits(r[idx] for r in q_rows)
-        D = hamming(Q, O)
-        pos_true = np.where(same, D, 999).min(1)[q_positive]
-        neg_q = D.min(1)[~q_positive]
-        neg_oo = np.where(oo_same, 999, hamming(O, O)).min(1)
-        neg = np.concatenate([neg_q, neg_oo])
-        print(f"\n== {name}: share of positives with distance <= {threshold} / < min negative ({neg.min():.0f});"
-              f" p50 distance")
-        line("family", [f"<={threshold}", "<minN", "p50"])
-        for fam in FAMILIES + ["ALL"]:
-            v = pos_true if fam == "ALL" else pos_true[q_family[q_positive] == fam]
-            line(fam, [float((v <= threshold).mean()), float((v < neg.min()).mean()), q(v, .5)])
-        print(f"  negatives n={len(neg)}: min {neg.min():.0f}  p0.1 {q(neg, .001):.0f}  p1 {q(neg, .01):.0f}"
-              f"  p50 {q(neg, .5):.0f}; positives' best wrong original min "
-              f"{np.where(same, 999, D).min(1)[q_positive].min():.0f}")
-        if name == "PDQ":
-            quality = np.array([r[1] for r in q_rows])
-            low = np.concatenate([neg_q[quality[~q_positive] < 50], []])
-            print(f"  negatives from queries with PDQ quality < 50: n={len(low)}, min distance "
-                  f"{low.min() if len(low) else float('nan'):.0f}")
-            pdq_pos, pdq_neg = pos_true, neg
-    fused(results, pdq_pos, pdq_neg, q_family[q_positive])
+        O, Q, B = (np.array([r[3 + m] for r in rows]) for rows in (st.o_rows, st.q_rows, st.b_rows))
+        S, SO = Q @ O.T, O @ O.T
+        sims[model] = (S, SO)
+        t = st.tiers(S, SO)
+        print(f"\n== {model} cosine: edit vs its true original; R>x = share above the negatives' tail x")
+        st.family_table(t)
+        print("  background norm: s - beta * mean(top-k cos of the query to distractor originals, own group out)")
+        QB = np.where(st.q_group[:, None] == st.bg_group[None, :], -1, Q @ B.T)
+        OB = np.where(st.o_group[:, None] == st.bg_group[None, :], -1, O @ B.T)
+        _line("variant", ["sepO", "R>maxO", "R>O999", "R>maxSc", "maxO", "maxSc"])
+        for k, beta in [(0, 0.0)] + [(k, b) for k in (5, 10, 20) for b in (0.5, 1.0)]:
+            bq = beta * np.sort(QB, 1)[:, -k:].mean(1) if k else np.zeros(len(Q))
+            bo = beta * np.sort(OB, 1)[:, -k:].mean(1) if k else np.zeros(len(O))
+            a = st.tiers(S - bq[:, None], SO - bo[:, None])
+            top = max(a["ord"].max(), a["scene"].max())
+            _line("raw" if not k else f"k={k} beta={beta}",
+                  [a["pos"].min() - a["ord"].max(), float((a["pos"] > a["ord"].max()).mean()),
+                   float((a["pos"] > q(a["ord"], .999)).mean()), float((a["pos"] > top).mean()),
+                   a["ord"].max(), a["scene"].max()])
+    for name, idx in (("pdq", 0), ("phash", 2)):
+        O, Q = bits(r[idx] for r in st.o_rows), bits(r[idx] for r in st.q_rows)
+        sims[name] = (-hamming(Q, O), -hamming(O, O))
+        print(f"\n== {name} Hamming distance (shown positive; R>x = share closer than x)")
+        st.family_table(st.tiers(*sims[name]), sign=-1.0)
+    ok = (st.q_quality[:, None] >= PDQ_MIN_QUALITY) & (st.o_quality[None, :] >= PDQ_MIN_QUALITY)
+    print(f"  pdq quality < {PDQ_MIN_QUALITY}: {int((st.q_quality < PDQ_MIN_QUALITY).sum())} queries, "
+          f"{int((st.o_quality < PDQ_MIN_QUALITY).sum())} originals; ordinary negatives' min distance with both "
+          f">= {PDQ_MIN_QUALITY}: {-st.tiers(np.where(ok, sims['pdq'][0], -999), sims['pdq'][1])['ord'].max():.0f}")
+    fused(st, sims)
 
 
-def fused(results: dict, pdq_pos: np.ndarray, pdq_neg: np.ndarray, fam: np.ndarray) -> None:
-    """Try a fused score: piecewise-linear cosine map, max'ed with a PDQ map."""
-    print("\n== fused score: s = max(map_cos(cos), map_pdq(d)); review >= 0.5, reject >= 0.8")
-    print("  (note: pdq_neg/pos here are per-query minima, cos are per-query maxima; pairing is approximate)")
-    for model, (pos, _, neg) in results.items():
-        print(f"  {model}: neg max {neg.max():.3f}, suggested review cos ~ max(neg)+margin, reject cos ~ higher")
+def ramp(x: np.ndarray, points: list[tuple[float, float]]) -> np.ndarray:
+    """Piecewise-linear map through (x, y) points, clamped at both ends."""
+    xs, ys = zip(*sorted(points))
+    return np.interp(x, xs, ys)
+
+
+FUSED_COS = {  # cosine anchors per model: score 0, 0.5 (review), 0.8 (reject), 1
+    MODEL_SSCD_DISTILLED: [(0.45, 0.0), (0.62, 0.5), (0.92, 0.8), (0.98, 1.0)],
+    MODEL_SSCD: [(0.40, 0.0), (0.55, 0.5), (0.92, 0.8), (0.98, 1.0)],
+}
+PDQ_POINTS = [(0, 1.0), (31, 0.8), (50, 0.5), (70, 0.0)]  # Hamming distance anchors
+
+
+def fused(st: Study, sims: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Fused score per (query, original) = max(cos ramp, PDQ ramp where both PDQ qualities suffice)."""
+    (D, DO), ok_q, ok_o = sims["pdq"], st.q_quality >= PDQ_MIN_QUALITY, st.o_quality >= PDQ_MIN_QUALITY
+    P = np.where(ok_q[:, None] & ok_o[None, :], ramp(-D, PDQ_POINTS), 0.0)
+    PO = np.where(ok_o[:, None] & ok_o[None, :], ramp(-DO, PDQ_POINTS), 0.0)
+    print("\n== reject-threshold trade-off: cosine c (or PDQ <= 31): same-scene queries over it / recall of edits")
+    pdq31 = np.where(ok_q[:, None] & ok_o[None, :], -D <= 31, False)
+    pdq31_o = np.where(ok_o[:, None] & ok_o[None, :], -DO <= 31, False)
+    for model in FUSED_COS:
+        S, SO = sims[model]
+        cells = []
+        for c in (0.70, 0.75, 0.80, 0.85, 0.90):
+            t = st.tiers(((S >= c) | pdq31).astype(float), ((SO >= c) | pdq31_o).astype(float))
+            cells.append(f"c={c:.2f}: {int(t['scene'].sum())}/{int(t['ord'].sum())} FR, R={t['pos'].mean():.2f}")
+        print(f"  {model:15s} " + " | ".join(cells))
+    print(f"\n== fused = max(cos ramp, PDQ ramp {PDQ_POINTS}); review >= 0.5, reject >= 0.8")
+    for model, points in FUSED_COS.items():
+        S, SO = sims[model]
+        for label, (F, FO) in (("cos only", (ramp(S, points), ramp(SO, points))),
+                               ("cos+pdq", (np.maximum(ramp(S, points), P), np.maximum(ramp(SO, points), PO)))):
+            t = st.tiers(F, FO)
+            print(f"  {model} {label}, cos anchors {points}: ordinary negatives review {int((t['ord'] >= .5).sum())}"
+                  f"/{len(t['ord'])} reject {int((t['ord'] >= .8).sum())} (max {t['ord'].max():.3f}); same-scene "
+                  f"review {int((t['scene'] >= .5).sum())}/{len(t['scene'])} reject {int((t['scene'] >= .8).sum())}")
+            rows = [(f, t["pos"] if f == "ALL" else t["pos"][st.pos_fam == f]) for f in FAMILIES + ["ALL"]]
+            print("    R@0.5: " + " ".join(f"{f[:8]}={(v >= .5).mean():.2f}" for f, v in rows))
+            print("    R@0.8: " + " ".join(f"{f[:8]}={(v >= .8).mean():.2f}" for f, v in rows))
 
 
 if __name__ == "__main__":

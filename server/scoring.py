@@ -36,11 +36,15 @@ class Curve:
         return float(np.interp(value, self.xs, self.scores))
 
 
+# Read off benchmarks/explore_scores.py over the dev corpus (3648 negatives, 21 edit
+# families): the best unrelated cosine stays below each curve's 0.5 knot, other
+# shots of the same scene reach 0.89, so reject (0.8) needs a near-exact copy.
 EMBEDDING_CURVES: dict[str, Curve] = {
-    MODEL_SSCD: Curve((0.0, 0.30, 0.40, 0.55, 1.0), (0.0, 0.0, 0.5, 0.8, 1.0)),
-    MODEL_SSCD_DISTILLED: Curve((0.0, 0.40, 0.50, 0.65, 1.0), (0.0, 0.0, 0.5, 0.8, 1.0)),
+    MODEL_SSCD: Curve((0.40, 0.55, 0.92, 0.98), (0.0, 0.5, 0.8, 1.0)),
+    MODEL_SSCD_DISTILLED: Curve((0.45, 0.62, 0.92, 0.98), (0.0, 0.5, 0.8, 1.0)),
 }
-PDQ_CURVE = Curve((0.0, 10.0, 31.0, 50.0, 256.0), (1.0, 0.9, 0.6, 0.0, 0.0))
+# Unrelated photos never came closer than 88 bits, other shots of one scene 64.
+PDQ_CURVE = Curve((0.0, 31.0, 50.0, 70.0), (1.0, 0.8, 0.5, 0.0))
 
 
 @dataclass(frozen=True)
