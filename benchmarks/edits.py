@@ -16,8 +16,30 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 Edit = Callable[[Image.Image, random.Random], Image.Image]
 
 _JPEG_KEY = "lookalike_jpeg"
-_WORDS = ("when", "you", "see", "it", "lol", "monday", "mood", "best", "day", "ever", "wait",
-          "for", "this", "one", "cat", "vibes", "no", "way", "true", "story", "me", "irl")
+_WORDS = (
+    "when",
+    "you",
+    "see",
+    "it",
+    "lol",
+    "monday",
+    "mood",
+    "best",
+    "day",
+    "ever",
+    "wait",
+    "for",
+    "this",
+    "one",
+    "cat",
+    "vibes",
+    "no",
+    "way",
+    "true",
+    "story",
+    "me",
+    "irl",
+)
 
 
 def _encode(image: Image.Image, image_format: str, **options: int) -> bytes:
@@ -94,8 +116,10 @@ def _crop(image: Image.Image, rng: random.Random, removed: float) -> Image.Image
 
 def _crop_family(removed: float) -> Edit:
     """A crop edit removing a fixed share of the area."""
+
     def edit(image: Image.Image, rng: random.Random) -> Image.Image:
         return _crop(image, rng, removed)
+
     edit.__doc__ = f"Keep a random window with {100 - round(removed * 100)} % of the area."
     return edit
 
@@ -193,7 +217,8 @@ def _sticker(draw: ImageDraw.ImageDraw, box: tuple[int, int, int], rng: random.R
     elif kind == "star":
         angles = np.linspace(-np.pi / 2, 1.5 * np.pi, 10, endpoint=False)
         radii = np.where(np.arange(10) % 2 == 0, 0.5, 0.22)
-        draw.polygon([at(0.5 + r * np.cos(a), 0.5 + r * np.sin(a)) for r, a in zip(radii, angles)], fill=_colour(rng))
+        points = [at(0.5 + r * np.cos(a), 0.5 + r * np.sin(a)) for r, a in zip(radii, angles, strict=True)]
+        draw.polygon(points, fill=_colour(rng))
     elif kind == "heart":
         colour = (rng.randint(180, 255), rng.randint(0, 60), rng.randint(40, 120))
         draw.ellipse((*at(0, 0), *at(0.55, 0.55)), fill=colour)
@@ -241,8 +266,12 @@ def screenshot(image: Image.Image, rng: random.Random) -> Image.Image:
     draw.text((cw * 0.04, 2), f"{rng.randint(1, 12)}:{rng.randint(0, 59):02d}", font=_font(status * 2 // 3), fill=ink)
     draw.rectangle((cw * 0.85, status * 0.3, cw * 0.95, status * 0.75), outline=ink, width=2)
     draw.ellipse((cw * 0.03, status + header * 0.2, cw * 0.03 + header * 0.6, status + header * 0.8), fill=_colour(rng))
-    draw.text((cw * 0.03 + header * 0.8, status + header * 0.25), _words(rng, 1, 2).lower(),
-              font=_font(header * 2 // 5), fill=ink)
+    draw.text(
+        (cw * 0.03 + header * 0.8, status + header * 0.25),
+        _words(rng, 1, 2).lower(),
+        font=_font(header * 2 // 5),
+        fill=ink,
+    )
     for i in range(5):
         cx, cy = cw * (0.1 + 0.2 * i), ch - header / 2
         draw.ellipse((cx - header * 0.2, cy - header * 0.2, cx + header * 0.2, cy + header * 0.2), outline=ink, width=2)
@@ -264,27 +293,44 @@ def combo_crop_flip_shrink(image: Image.Image, rng: random.Random) -> Image.Imag
 
 def _chain(count: int) -> Edit:
     """An edit chaining `count` distinct simple families, chosen by the rng."""
+
     def edit(image: Image.Image, rng: random.Random) -> Image.Image:
         for name in rng.sample(sorted(SIMPLE_FAMILIES), count):
             image = SIMPLE_FAMILIES[name](image, rng)
         return image
+
     edit.__doc__ = f"{count} random simple families chained."
     return edit
 
 
 EDIT_FAMILIES: dict[str, Edit] = {
-    "resize_jpeg": resize_jpeg, "thumbnail_q30": thumbnail_q30,
-    "crop_10": _crop_family(0.10), "crop_30": _crop_family(0.30), "crop_50": _crop_family(0.50),
-    "pad_border": pad_border, "rotate_small": rotate_small, "rotate_90": rotate_90, "flip_h": flip_h,
-    "aspect": aspect, "colour_jitter": colour_jitter, "grayscale": grayscale, "blur": blur, "noise": noise,
-    "text_caption": text_caption, "emoji_overlay": emoji_overlay, "watermark": watermark,
-    "screenshot": screenshot, "combo_crop_flip_shrink": combo_crop_flip_shrink,
-    "combo_2": _chain(2), "combo_3": _chain(3),
+    "resize_jpeg": resize_jpeg,
+    "thumbnail_q30": thumbnail_q30,
+    "crop_10": _crop_family(0.10),
+    "crop_30": _crop_family(0.30),
+    "crop_50": _crop_family(0.50),
+    "pad_border": pad_border,
+    "rotate_small": rotate_small,
+    "rotate_90": rotate_90,
+    "flip_h": flip_h,
+    "aspect": aspect,
+    "colour_jitter": colour_jitter,
+    "grayscale": grayscale,
+    "blur": blur,
+    "noise": noise,
+    "text_caption": text_caption,
+    "emoji_overlay": emoji_overlay,
+    "watermark": watermark,
+    "screenshot": screenshot,
+    "combo_crop_flip_shrink": combo_crop_flip_shrink,
+    "combo_2": _chain(2),
+    "combo_3": _chain(3),
 }
 """Every edit family by name, in the order reports list them."""
 
 SIMPLE_FAMILIES: dict[str, Edit] = {
-    name: edit for name, edit in EDIT_FAMILIES.items()
+    name: edit
+    for name, edit in EDIT_FAMILIES.items()
     if name not in ("thumbnail_q30", "screenshot", "combo_crop_flip_shrink", "combo_2", "combo_3")
 }
 """Families that `combo_2` and `combo_3` draw from (no thumbnail, screenshot or combos)."""

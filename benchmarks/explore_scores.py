@@ -101,16 +101,27 @@ class Cache:
             with np.load(path) as npz:
                 arrays = {name: npz[name] for name in npz.files}  # each member read once
             for i, key in enumerate(arrays["keys"]):
-                self.rows[str(key)] = (arrays["pdq"][i].tobytes(), int(arrays["quality"][i]),
-                                       arrays["phash"][i].tobytes(), arrays["emb0"][i], arrays["emb1"][i])
+                self.rows[str(key)] = (
+                    arrays["pdq"][i].tobytes(),
+                    int(arrays["quality"][i]),
+                    arrays["phash"][i].tobytes(),
+                    arrays["emb0"][i],
+                    arrays["emb1"][i],
+                )
 
     def save(self) -> None:
         keys = sorted(self.rows)
         rows = [self.rows[k] for k in keys]
         tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=np.array(keys), pdq=np.array([np.frombuffer(r[0], np.uint8) for r in rows]),
-                 quality=np.array([r[1] for r in rows]), phash=np.array([np.frombuffer(r[2], np.uint8) for r in rows]),
-                 emb0=np.array([r[3] for r in rows], np.float32), emb1=np.array([r[4] for r in rows], np.float32))
+        np.savez(
+            tmp,
+            keys=np.array(keys),
+            pdq=np.array([np.frombuffer(r[0], np.uint8) for r in rows]),
+            quality=np.array([r[1] for r in rows]),
+            phash=np.array([np.frombuffer(r[2], np.uint8) for r in rows]),
+            emb0=np.array([r[3] for r in rows], np.float32),
+            emb1=np.array([r[4] for r in rows], np.float32),
+        )
         tmp.replace(self.path)
 
 
@@ -127,8 +138,11 @@ def fill(cache: Cache, sources: list[str], workers: int) -> None:
             if done % 10 == 0 or done == len(todo):
                 cache.save()
                 rate = (time.time() - start) / done
-                print(f"  fingerprinted {done}/{len(todo)} sources, ETA {rate * (len(todo) - done) / 60:.1f} min",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  fingerprinted {done}/{len(todo)} sources, ETA {rate * (len(todo) - done) / 60:.1f} min",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 def bits(packed: Iterable[bytes]) -> np.ndarray:
@@ -166,9 +180,6 @@ def main() -> None:
     cache = Cache(Path(f"/tmp/lookalike_explore_{version}.npz"))
     fill(cache, originals + distractors, args.workers)
     report(cache, originals, distractors, groups)
-
-
-
 
 
 SCENES = {  # different shots of one scene: not "the same picture", but a harder tier of negatives
@@ -221,8 +232,13 @@ class Study:
         ordinary = np.concatenate([best(S, ~self.same & ~self.scene)[neg_q], best(SO, ~self.oo_same & ~self.oo_scene)])
         scene = np.concatenate([best(S, self.scene)[neg_q], best(SO, self.oo_scene)])
         pairs = np.concatenate([S[neg_q][~self.scene[neg_q]], SO[~self.oo_same & ~self.oo_scene]])
-        return {"pos": best(S, self.same)[pos], "ord": ordinary, "scene": scene[np.isfinite(scene)], "pairs": pairs,
-                "wrong": best(S, ~self.same & ~self.scene)[pos]}
+        return {
+            "pos": best(S, self.same)[pos],
+            "ord": ordinary,
+            "scene": scene[np.isfinite(scene)],
+            "pairs": pairs,
+            "wrong": best(S, ~self.same & ~self.scene)[pos],
+        }
 
     def family_table(self, t: dict[str, np.ndarray], sign: float = 1.0) -> None:
         """Positive quantiles per family and recall above the ordinary / same-scene negative tails."""
@@ -234,10 +250,12 @@ class Study:
             qs = [sign * q(v, p) for p in (0.0, 0.01, 0.05, 0.5)]
             _line(f, [*qs, *[float((v > c).mean()) for c in cuts]])
         pairs = t["pairs"]
-        print(f"  ordinary negatives n={len(o)}: best {sign * o.max():.3f} p99.9 {sign * cuts[1]:.3f} "
-              f"p99 {sign * q(o, .99):.3f} p50 {sign * q(o, .5):.3f}; pairs n={len(pairs)}: 1e-5 tail "
-              f"{sign * q(pairs, 1 - 1e-5):.3f} 1e-4 {sign * q(pairs, 1 - 1e-4):.3f}; same-scene n={len(sc)}: best "
-              f"{sign * sc.max():.3f} p90 {sign * q(sc, .9):.3f}; edits' best wrong original {sign * t['wrong'].max():.3f}")
+        print(
+            f"  ordinary negatives n={len(o)}: best {sign * o.max():.3f} p99.9 {sign * cuts[1]:.3f} "
+            f"p99 {sign * q(o, 0.99):.3f} p50 {sign * q(o, 0.5):.3f}; pairs n={len(pairs)}: 1e-5 tail "
+            f"{sign * q(pairs, 1 - 1e-5):.3f} 1e-4 {sign * q(pairs, 1 - 1e-4):.3f}; same-scene n={len(sc)}: best "
+            f"{sign * sc.max():.3f} p90 {sign * q(sc, 0.9):.3f}; edits' best wrong original {sign * t['wrong'].max():.3f}"
+        )
 
 
 def report(cache: Cache, originals: list[str], distractors: list[str], groups: dict[str, int]) -> None:
@@ -260,25 +278,34 @@ def report(cache: Cache, originals: list[str], distractors: list[str], groups: d
             bo = beta * np.sort(OB, 1)[:, -k:].mean(1) if k else np.zeros(len(O))
             a = st.tiers(S - bq[:, None], SO - bo[:, None])
             top = max(a["ord"].max(), a["scene"].max())
-            _line("raw" if not k else f"k={k} beta={beta}",
-                  [a["pos"].min() - a["ord"].max(), float((a["pos"] > a["ord"].max()).mean()),
-                   float((a["pos"] > q(a["ord"], .999)).mean()), float((a["pos"] > top).mean()),
-                   a["ord"].max(), a["scene"].max()])
+            _line(
+                "raw" if not k else f"k={k} beta={beta}",
+                [
+                    a["pos"].min() - a["ord"].max(),
+                    float((a["pos"] > a["ord"].max()).mean()),
+                    float((a["pos"] > q(a["ord"], 0.999)).mean()),
+                    float((a["pos"] > top).mean()),
+                    a["ord"].max(),
+                    a["scene"].max(),
+                ],
+            )
     for name, idx in (("pdq", 0), ("phash", 2)):
         O, Q = bits(r[idx] for r in st.o_rows), bits(r[idx] for r in st.q_rows)
         sims[name] = (-hamming(Q, O), -hamming(O, O))
         print(f"\n== {name} Hamming distance (shown positive; R>x = share closer than x)")
         st.family_table(st.tiers(*sims[name]), sign=-1.0)
     ok = (st.q_quality[:, None] >= PDQ_MIN_QUALITY) & (st.o_quality[None, :] >= PDQ_MIN_QUALITY)
-    print(f"  pdq quality < {PDQ_MIN_QUALITY}: {int((st.q_quality < PDQ_MIN_QUALITY).sum())} queries, "
-          f"{int((st.o_quality < PDQ_MIN_QUALITY).sum())} originals; ordinary negatives' min distance with both "
-          f">= {PDQ_MIN_QUALITY}: {-st.tiers(np.where(ok, sims['pdq'][0], -999), sims['pdq'][1])['ord'].max():.0f}")
+    print(
+        f"  pdq quality < {PDQ_MIN_QUALITY}: {int((st.q_quality < PDQ_MIN_QUALITY).sum())} queries, "
+        f"{int((st.o_quality < PDQ_MIN_QUALITY).sum())} originals; ordinary negatives' min distance with both "
+        f">= {PDQ_MIN_QUALITY}: {-st.tiers(np.where(ok, sims['pdq'][0], -999), sims['pdq'][1])['ord'].max():.0f}"
+    )
     fused(st, sims)
 
 
 def ramp(x: np.ndarray, points: list[tuple[float, float]]) -> np.ndarray:
     """Piecewise-linear map through (x, y) points, clamped at both ends."""
-    xs, ys = zip(*sorted(points))
+    xs, ys = zip(*sorted(points), strict=False)
     return np.interp(x, xs, ys)
 
 
@@ -307,15 +334,19 @@ def fused(st: Study, sims: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     print(f"\n== fused = max(cos ramp, PDQ ramp {PDQ_POINTS}); review >= 0.5, reject >= 0.8")
     for model, points in FUSED_COS.items():
         S, SO = sims[model]
-        for label, (F, FO) in (("cos only", (ramp(S, points), ramp(SO, points))),
-                               ("cos+pdq", (np.maximum(ramp(S, points), P), np.maximum(ramp(SO, points), PO)))):
+        for label, (F, FO) in (
+            ("cos only", (ramp(S, points), ramp(SO, points))),
+            ("cos+pdq", (np.maximum(ramp(S, points), P), np.maximum(ramp(SO, points), PO))),
+        ):
             t = st.tiers(F, FO)
-            print(f"  {model} {label}, cos anchors {points}: ordinary negatives review {int((t['ord'] >= .5).sum())}"
-                  f"/{len(t['ord'])} reject {int((t['ord'] >= .8).sum())} (max {t['ord'].max():.3f}); same-scene "
-                  f"review {int((t['scene'] >= .5).sum())}/{len(t['scene'])} reject {int((t['scene'] >= .8).sum())}")
+            print(
+                f"  {model} {label}, cos anchors {points}: ordinary negatives review {int((t['ord'] >= 0.5).sum())}"
+                f"/{len(t['ord'])} reject {int((t['ord'] >= 0.8).sum())} (max {t['ord'].max():.3f}); same-scene "
+                f"review {int((t['scene'] >= 0.5).sum())}/{len(t['scene'])} reject {int((t['scene'] >= 0.8).sum())}"
+            )
             rows = [(f, t["pos"] if f == "ALL" else t["pos"][st.pos_fam == f]) for f in FAMILIES + ["ALL"]]
-            print("    R@0.5: " + " ".join(f"{f[:8]}={(v >= .5).mean():.2f}" for f, v in rows))
-            print("    R@0.8: " + " ".join(f"{f[:8]}={(v >= .8).mean():.2f}" for f, v in rows))
+            print("    R@0.5: " + " ".join(f"{f[:8]}={(v >= 0.5).mean():.2f}" for f, v in rows))
+            print("    R@0.8: " + " ".join(f"{f[:8]}={(v >= 0.8).mean():.2f}" for f, v in rows))
 
 
 if __name__ == "__main__":

@@ -111,7 +111,9 @@ def cmd_add(client: LookalikeClient, args: argparse.Namespace, output: Output) -
             if isinstance(result, LookalikeError):
                 output.fail(path, result)
             else:
-                output.emit(add_record(path, result), f"{path}\t{result.id}{'  (duplicate)' if result.duplicate else ''}")
+                output.emit(
+                    add_record(path, result), f"{path}\t{result.id}{'  (duplicate)' if result.duplicate else ''}"
+                )
 
 
 def add_record(path: str, result: AddResult) -> dict[str, Any]:
@@ -222,15 +224,20 @@ def cmd_lists(client: LookalikeClient, args: argparse.Namespace, output: Output)
         output.emit(list_record(info), f"updated {_list_text(info)}")
     elif args.lists_command == "rm":
         deleted = client.delete_list(args.name)
-        output.emit({"name": args.name, "deleted": True, "entries_deleted": deleted},
-                    f"deleted {args.name} ({deleted} entries)")
+        output.emit(
+            {"name": args.name, "deleted": True, "entries_deleted": deleted}, f"deleted {args.name} ({deleted} entries)"
+        )
 
 
 def cmd_entry(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
     entry = client.get_entry(args.list, args.id)
     record = {
-        "list": entry.list, "id": entry.id, "meta": entry.meta, "created": entry.created.isoformat(),
-        "model": entry.model, **asdict(entry.hashes),
+        "list": entry.list,
+        "id": entry.id,
+        "meta": entry.meta,
+        "created": entry.created.isoformat(),
+        "model": entry.model,
+        **asdict(entry.hashes),
     }
     output.emit(record, "\n".join(f"{k}\t{v}" for k, v in record.items()))
 
@@ -238,7 +245,8 @@ def cmd_entry(client: LookalikeClient, args: argparse.Namespace, output: Output)
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--server", default=os.environ.get("LOOKALIKE_SERVER", DEFAULT_SERVER),
+        "--server",
+        default=os.environ.get("LOOKALIKE_SERVER", DEFAULT_SERVER),
         help=f"HOST:PORT of the server (env LOOKALIKE_SERVER; default {DEFAULT_SERVER})",
     )
     common.add_argument("--json", action="store_true", help="print JSON, one object per line")

@@ -44,14 +44,14 @@ def translate(error: grpc.RpcError) -> LookalikeError:
     return error_for_code(code.name, message or code.name, reason)
 
 
-def _call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def _call[T](function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return function(*args, **kwargs)
     except grpc.RpcError as error:
         raise translate(error) from None
 
 
-def _stream(responses: Iterator[T]) -> Iterator[T]:
+def _stream[T](responses: Iterator[T]) -> Iterator[T]:
     try:
         yield from responses
     except grpc.RpcError as error:
@@ -150,9 +150,7 @@ class LookalikeClient:
         request = pb.AddEntryRequest(list=list_name, image=image_message(image), meta=dict(meta or {}), id=id)
         return AddResult.from_pb(_call(self._stub.AddEntry, request, timeout=self.timeout))
 
-    def add_many(
-        self, requests: Iterable[pb.AddEntryRequest]
-    ) -> Iterator[tuple[int, AddResult | LookalikeError]]:
+    def add_many(self, requests: Iterable[pb.AddEntryRequest]) -> Iterator[tuple[int, AddResult | LookalikeError]]:
         """Bulk add over one stream: yields (position, result or per-item error) in order."""
         for reply in _stream(self._stub.AddEntries(iter(requests))):
             if reply.HasField("error"):

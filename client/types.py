@@ -118,7 +118,11 @@ class Entry:
     @classmethod
     def from_pb(cls, message: pb.Entry) -> Entry:
         return cls(
-            message.list, message.id, Hashes.from_pb(message.hashes), dict(message.meta), _time(message.created),
+            message.list,
+            message.id,
+            Hashes.from_pb(message.hashes),
+            dict(message.meta),
+            _time(message.created),
             message.model,
         )
 
@@ -154,7 +158,11 @@ class Match:
     @classmethod
     def from_pb(cls, message: pb.Match) -> Match:
         return cls(
-            message.list, message.id, dict(message.meta), message.score, Evidence.from_pb(message.evidence),
+            message.list,
+            message.id,
+            dict(message.meta),
+            message.score,
+            Evidence.from_pb(message.evidence),
             DECISION_NAMES[message.decision],
         )
 

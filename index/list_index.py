@@ -55,8 +55,8 @@ class ListIndex:
 
     def __init__(self, dim: int = EMBEDDING_DIM) -> None:
         self.dim = dim
-        self._pdq = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(PDQ_BITS))
-        self._vectors = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._pdq: faiss.IndexBinary = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(PDQ_BITS))
+        self._vectors: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._lock = threading.RLock()
         self.change = 0
 
@@ -96,7 +96,8 @@ class ListIndex:
                 return []
             # FAISS keeps distances strictly below the radius: ask for one more.
             lims, distances, labels = self._pdq.range_search(query, max_distance + 1)
-        return [HashHit(int(i), int(d)) for i, d in zip(labels[lims[0] : lims[1]], distances[lims[0] : lims[1]])]
+        found = slice(lims[0], lims[1])
+        return [HashHit(int(i), int(d)) for i, d in zip(labels[found], distances[found], strict=True)]
 
     def search_vectors(self, vector: np.ndarray, k: int) -> list[VectorHit]:
         """The k entries of highest inner product (cosine, for unit vectors)."""
@@ -105,7 +106,7 @@ class ListIndex:
             if self._vectors.ntotal == 0 or k <= 0:
                 return []
             similarities, labels = self._vectors.search(query, min(k, int(self._vectors.ntotal)))
-        return [VectorHit(int(i), float(s)) for i, s in zip(labels[0], similarities[0]) if i >= 0]
+        return [VectorHit(int(i), float(s)) for i, s in zip(labels[0], similarities[0], strict=True) if i >= 0]
 
     def checkpoint(self) -> IndexCheckpoint:
         with self._lock:

@@ -52,7 +52,11 @@ def main() -> int:
     if "--check" in sys.argv:
         with tempfile.TemporaryDirectory() as tmp:
             generate(Path(tmp))
-            stale = [p.name for p in Path(tmp).iterdir() if not (OUT / p.name).exists() or (OUT / p.name).read_text() != p.read_text()]
+            stale = [
+                p.name
+                for p in Path(tmp).iterdir()
+                if not (OUT / p.name).exists() or (OUT / p.name).read_text() != p.read_text()
+            ]
         if stale:
             print(f"generated stubs are stale: {', '.join(stale)}; run scripts/gen_proto.py", file=sys.stderr)
             return 1

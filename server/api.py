@@ -101,7 +101,9 @@ def list_info(record: ListRecord) -> pb.ListInfo:
 
 
 def hashes_message(hashes: Hashes) -> pb.Hashes:
-    return pb.Hashes(sha256=hashes.sha256_hex, pdq=hashes.pdq_hex, pdq_quality=hashes.pdq_quality, phash=hashes.phash_hex)
+    return pb.Hashes(
+        sha256=hashes.sha256_hex, pdq=hashes.pdq_hex, pdq_quality=hashes.pdq_quality, phash=hashes.phash_hex
+    )
 
 
 def entry_message(list_name: str, entry: EntryRecord) -> pb.Entry:
@@ -161,7 +163,7 @@ def _optional(message: Any, name: str) -> Any:
     return getattr(message, name) if message.HasField(name) else None
 
 
-class LookalikeServicer(pb_grpc.LookalikeServicer):
+class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     """Thin translation layer over `LookalikeService`."""
 
     def __init__(self, service: LookalikeService, config: ServerConfig, executor: ThreadPoolExecutor) -> None:
@@ -192,7 +194,9 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
 
     @rpc
     def ListLists(self, request: pb.ListListsRequest, context: grpc.ServicerContext) -> pb.ListListsResponse:
-        return pb.ListListsResponse(lists=[list_info(r) for r in sorted(self.service.store.lists(), key=lambda r: r.name)])
+        return pb.ListListsResponse(
+            lists=[list_info(r) for r in sorted(self.service.store.lists(), key=lambda r: r.name)]
+        )
 
     @rpc
     def UpdateList(self, request: pb.UpdateListRequest, context: grpc.ServicerContext) -> pb.ListInfo:
@@ -230,7 +234,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):
 
         def finish(prepared: list[tuple[_Numbered, Any]]) -> Iterator[pb.AddEntriesResult]:
             outcomes = self.service.store_prepared([p for _, p in prepared])
-            for (item, _), outcome in zip(prepared, outcomes):
+            for (item, _), outcome in zip(prepared, outcomes, strict=True):
                 yield self._numbered_add(item, outcome)
 
         yield from self._pipeline(requests, context, prepare, finish)

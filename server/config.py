@@ -84,7 +84,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
         else:
             parser.add_argument(flag, default=None, help=help_text)
     args = parser.parse_args(list(argv))
-    values = {}
+    values: dict[str, object] = {}
     for item in fields(ServerConfig):
         raw = getattr(args, item.name)
         if raw is None:
@@ -105,7 +105,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
                 values[item.name] = str(raw)
         except ValueError:
             parser.error(f"--{item.name.replace('_', '-')}: invalid value {raw!r}")
-    config = ServerConfig(**values)
+    config = ServerConfig(**values)  # type: ignore[arg-type]
     if config.default_model not in MODELS:
         parser.error(f"--default-model must be one of {', '.join(MODELS)}")
     return config

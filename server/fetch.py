@@ -38,9 +38,7 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 1 << 20  # bounds each read's buffer whatever max_bytes is
 _PRIVATE_HINT = "the server refuses private addresses unless started with --allow-private-urls"
 # Cloud instance-metadata endpoints hand out credentials: refused even with allow_private.
-_METADATA = frozenset(
-    {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
-)
+_METADATA = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
 _METADATA_WHAT = "the cloud metadata address"
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # embeds an IPv4 address in the low 32 bits
 # Keep every printable ASCII character; percent-encode the rest (non-ASCII paths).
@@ -258,9 +256,7 @@ def _tls_context() -> ssl.SSLContext:
 class _PinnedConnection(http.client.HTTPConnection):
     """HTTP(S) to `host` (Host header, SNI, certificate name) over a socket to checked addresses."""
 
-    def __init__(
-        self, host: str, port: int, addrs: list[Addr], deadline: float, tls: ssl.SSLContext | None
-    ) -> None:
+    def __init__(self, host: str, port: int, addrs: list[Addr], deadline: float, tls: ssl.SSLContext | None) -> None:
         super().__init__(host, port)
         self.default_port = 443 if tls is not None else 80  # keeps ":443" out of the Host header
         self._addrs = addrs

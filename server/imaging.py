@@ -55,8 +55,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
                 raise InvalidArgument(f"image has no pixels ({width}×{height})", "IMAGE_EMPTY")
             if width * height > max_pixels:
                 raise ResourceExhausted(
-                    f"image is {width}×{height} = {width * height:,} pixels; "
-                    f"the server accepts at most {max_pixels:,}",
+                    f"image is {width}×{height} = {width * height:,} pixels; the server accepts at most {max_pixels:,}",
                     "IMAGE_TOO_MANY_PIXELS",
                 )
             image_format = image.format or "unknown"

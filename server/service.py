@@ -23,7 +23,6 @@ from server.indexes import IndexRegistry
 from server.scoring import (
     DEFAULT_REJECT_THRESHOLD,
     DEFAULT_REVIEW_THRESHOLD,
-    PDQ_MIN_QUALITY,
     PDQ_SEARCH_RADIUS,
     Evidence,
     score,
@@ -245,9 +244,13 @@ class LookalikeService:
             raise InvalidArgument(f"min_score must lie in [0, 1], got {min_score}", "MIN_SCORE_OUT_OF_RANGE")
         for name in lists:
             validate_list_name(name)
-        targets = [self._list_and_index(name) for name in dict.fromkeys(lists)] if lists else [
-            (record, index) for record in self.store.lists() if (index := self.indexes.get(record.uid)) is not None
-        ]
+        targets = (
+            [self._list_and_index(name) for name in dict.fromkeys(lists)]
+            if lists
+            else [
+                (record, index) for record in self.store.lists() if (index := self.indexes.get(record.uid)) is not None
+            ]
+        )
         fingerprint = self.fingerprint(data)
         candidates: list[Match] = []
         for record, index in targets:

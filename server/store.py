@@ -231,7 +231,7 @@ class Store:
         raw = txn.get(_list_key(name), db=self._lists)
         if raw is None:
             raise NotFound(f"list {name!r} does not exist", "LIST_NOT_FOUND")
-        return ListRecord(**json.loads(raw))
+        return ListRecord(**json.loads(bytes(raw)))
 
     def get_list(self, name: str) -> ListRecord:
         with self.env.begin() as txn:
@@ -239,7 +239,7 @@ class Store:
 
     def lists(self) -> list[ListRecord]:
         with self.env.begin() as txn:
-            return [ListRecord(**json.loads(raw)) for _, raw in txn.cursor(db=self._lists)]
+            return [ListRecord(**json.loads(bytes(raw))) for _, raw in txn.cursor(db=self._lists)]
 
     def update_list(
         self,
@@ -269,7 +269,7 @@ class Store:
             for db in (self._entries, self._entry_ids, self._digests, self._vectors, self._changes, self._snapshots):
                 cursor = txn.cursor(db=db)
                 if cursor.set_range(prefix):
-                    while cursor.key().startswith(prefix):
+                    while bytes(cursor.key()).startswith(prefix):
                         if not cursor.delete():
                             break
         return record
@@ -303,8 +303,15 @@ class Store:
                     )
                     continue
                 entry = EntryRecord(
-                    entry_id, seq, item.sha256, item.pdq, item.pdq_quality, item.phash,
-                    item.model if item.embedding is not None else "", item.meta, time.time(),
+                    entry_id,
+                    seq,
+                    item.sha256,
+                    item.pdq,
+                    item.pdq_quality,
+                    item.phash,
+                    item.model if item.embedding is not None else "",
+                    item.meta,
+                    time.time(),
                 )
                 key = _seq_key(record.uid, seq)
                 txn.put(key, json.dumps(asdict(entry)).encode(), db=self._entries)
@@ -342,7 +349,7 @@ class Store:
         raw = txn.get(_seq_key(uid, seq), db=self._entries)
         if raw is None:
             raise NotFound(f"entry #{seq} is gone", "ENTRY_NOT_FOUND")
-        return EntryRecord(**json.loads(raw))
+        return EntryRecord(**json.loads(bytes(raw)))
 
     def get_entry(self, name: str, entry_id: str) -> EntryRecord:
         with self.env.begin() as txn:
@@ -359,7 +366,7 @@ class Store:
             for seq in seqs:
                 raw = txn.get(_seq_key(uid, seq), db=self._entries)
                 if raw is not None:
-                    found[seq] = EntryRecord(**json.loads(raw))
+                    found[seq] = EntryRecord(**json.loads(bytes(raw)))
         return found
 
     def seq_for_digest(self, uid: int, sha256: bytes) -> int | None:
@@ -388,7 +395,8 @@ class Store:
                 if not key.startswith(prefix):
                     break
                 vector = vectors.get(key)
-                yield EntryRecord(**json.loads(raw)), None if vector is None else np.frombuffer(vector, np.float32)
+                embedding = None if vector is None else np.frombuffer(vector, np.float32)
+                yield EntryRecord(**json.loads(bytes(raw))), embedding
 
     # Change log and index snapshots ---------------------------------------
 
@@ -411,12 +419,12 @@ class Store:
         """
         prefix = _prefix(uid)
         with self._guard(), self._write() as txn:
-            if not any(ListRecord(**json.loads(raw)).uid == uid for _, raw in txn.cursor(db=self._lists)):
+            if not any(ListRecord(**json.loads(bytes(raw))).uid == uid for _, raw in txn.cursor(db=self._lists)):
                 return False
             txn.put(prefix, _SEQ.pack(change) + blob, db=self._snapshots)
             cursor = txn.cursor(db=self._changes)
             if cursor.set_range(prefix):
-                while cursor.key().startswith(prefix) and _SEQ.unpack(cursor.key()[4:])[0] <= change:
+                while bytes(cursor.key()).startswith(prefix) and _SEQ.unpack(cursor.key()[4:])[0] <= change:
                     if not cursor.delete():
                         break
         return True

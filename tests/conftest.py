@@ -88,7 +88,12 @@ class ServerHandle:
 
 
 def start_server(data: Path, **overrides: object) -> ServerHandle:
-    settings: dict[str, object] = {"listen": "127.0.0.1:0", "data": data, "map_size": 1 << 30, "allow_private_urls": True}
+    settings: dict[str, object] = {
+        "listen": "127.0.0.1:0",
+        "data": data,
+        "map_size": 1 << 30,
+        "allow_private_urls": True,
+    }
     config = ServerConfig(**{**settings, **overrides})  # type: ignore[arg-type]
     running = create_server(config)
     return ServerHandle(config, running, LookalikeClient(f"127.0.0.1:{running.port}"))

@@ -12,11 +12,7 @@ HEAVY = ("faiss", "onnxruntime", "lmdb", "PIL", "numpy")
 
 
 def test_the_thin_client_imports_nothing_heavy() -> None:
-    code = (
-        "import sys, client, client.cli;"
-        f"loaded = [m for m in {HEAVY!r} if m in sys.modules];"
-        "print(','.join(loaded))"
-    )
+    code = f"import sys, client, client.cli;loaded = [m for m in {HEAVY!r} if m in sys.modules];print(','.join(loaded))"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert completed.stdout.strip() == ""
 

@@ -31,8 +31,19 @@ def run(server: ServerHandle, *args: str, env: dict[str, str] | None = None) -> 
 
 
 def test_list_commands(lookalike: ServerHandle) -> None:
-    code, (created,), _ = run(lookalike, "lists", "create", "banned", "--review-threshold", "0.4",
-                              "--reject-threshold", "0.9", "--description", "takedowns", "--json")
+    code, (created,), _ = run(
+        lookalike,
+        "lists",
+        "create",
+        "banned",
+        "--review-threshold",
+        "0.4",
+        "--reject-threshold",
+        "0.9",
+        "--description",
+        "takedowns",
+        "--json",
+    )
     assert code == 0
     assert created["name"] == "banned" and created["review_threshold"] == 0.4 and created["model"] == "sscd-distilled"
     run(lookalike, "lists", "create", "full", "--model", "sscd", "--json")
@@ -74,8 +85,15 @@ def test_add_check_remove_contract(lookalike: ServerHandle, tmp_path: Path) -> N
     with Image.open(photos[0]) as image:
         (queries / "shrunk.jpg").write_bytes(jpeg_bytes(image.convert("RGB").resize((200, 150)), quality=50))
     (queries / "other.jpg").write_bytes(photos[3].read_bytes())
-    code, checks, _ = run(lookalike, "check", "banned", str(queries / "shrunk.jpg"), str(queries / "other.jpg"),
-                          str(tmp_path / "missing.jpg"), "--json")
+    code, checks, _ = run(
+        lookalike,
+        "check",
+        "banned",
+        str(queries / "shrunk.jpg"),
+        str(queries / "other.jpg"),
+        str(tmp_path / "missing.jpg"),
+        "--json",
+    )
     assert code == 1
     results = {Path(x["path"]).name: x for x in checks}
     shrunk, other, missing = results["shrunk.jpg"], results["other.jpg"], results["missing.jpg"]
@@ -99,7 +117,9 @@ def test_add_check_remove_contract(lookalike: ServerHandle, tmp_path: Path) -> N
 
 
 def test_server_flag_and_unreachable_server(lookalike: ServerHandle) -> None:
-    code, lists, _ = run(lookalike, "lists", "ls", "--json", "--server", lookalike.address, env={"LOOKALIKE_SERVER": ""})
+    code, lists, _ = run(
+        lookalike, "lists", "ls", "--json", "--server", lookalike.address, env={"LOOKALIKE_SERVER": ""}
+    )
     assert code == 0 and lists == []
     code, _, stderr = run(lookalike, "lists", "ls", "--server", "127.0.0.1:1")
     assert code == 1 and "UNAVAILABLE" in stderr

@@ -289,8 +289,19 @@ def test_unsupported_schemes_refused(url: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["", "not a url", "example.invalid/x", "http://", "http:///path", "http://h:99999/", "http://h:port/",
-     "http://[::1/", "http://exa mple.invalid/", "http://h/\x00", "http://a..b/"],
+    [
+        "",
+        "not a url",
+        "example.invalid/x",
+        "http://",
+        "http:///path",
+        "http://h:99999/",
+        "http://h:port/",
+        "http://[::1/",
+        "http://exa mple.invalid/",
+        "http://h/\x00",
+        "http://a..b/",
+    ],
 )
 def test_malformed_urls_refused(url: str) -> None:
     _fails(InvalidArgument, "URL_INVALID", url)
@@ -370,10 +381,28 @@ def https_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tu
         pytest.skip("openssl command not available to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
     )
     names: list[str] = []
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

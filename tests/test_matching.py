@@ -5,7 +5,6 @@ Real photos from the dev corpus, real edits, the real SSCD model, a real server.
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 
@@ -65,7 +64,9 @@ def test_edits_of_listed_photos_are_flagged_and_unrelated_photos_accepted_across
         ids[path.name] = client.add("banned", path, meta={"file": path.name}).id
 
     queries = [(path, family, edited(path, family, seed)) for seed, family in enumerate(ISSUE_EDITS) for path in listed]
-    strangers = [(path, family, edited(path, family, seed)) for seed, family in enumerate(ISSUE_EDITS) for path in unrelated]
+    strangers = [
+        (path, family, edited(path, family, seed)) for seed, family in enumerate(ISSUE_EDITS) for path in unrelated
+    ]
     strangers += [(path, "original", path.read_bytes()) for path in unrelated]
 
     def verdicts() -> tuple[list[str], list[str]]:
