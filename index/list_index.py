@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import faiss
@@ -88,16 +89,22 @@ class ListIndex:
             self._vectors.remove_ids(selector)
             self.change = max(self.change, change)
 
-    def search_pdq(self, code: bytes, max_distance: int) -> list[HashHit]:
-        """Entries whose PDQ code is within `max_distance` bits (inclusive)."""
-        query = np.frombuffer(code, dtype=np.uint8).reshape(1, PDQ_BYTES)
+    def search_pdq(self, codes: Sequence[bytes], max_distance: int) -> list[HashHit]:
+        """Entries within `max_distance` bits (inclusive) of any of `codes`, each at its
+        smallest distance (codes are one picture's variants, e.g. its rotations)."""
+        if not codes:
+            return []
+        query = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(codes), PDQ_BYTES)
         with self._lock:
             if self._pdq.ntotal == 0:
                 return []
             # FAISS keeps distances strictly below the radius: ask for one more.
-            lims, distances, labels = self._pdq.range_search(query, max_distance + 1)
-        found = slice(lims[0], lims[1])
-        return [HashHit(int(i), int(d)) for i, d in zip(labels[found], distances[found], strict=True)]
+            _, distances, labels = self._pdq.range_search(query, max_distance + 1)
+        nearest: dict[int, int] = {}
+        for label, distance in zip(labels.tolist(), distances.astype(np.int64).tolist(), strict=True):
+            if distance < nearest.get(label, PDQ_BITS + 1):
+                nearest[label] = distance
+        return [HashHit(label, distance) for label, distance in nearest.items()]
 
     def search_vectors(self, vector: np.ndarray, k: int) -> list[VectorHit]:
         """The k entries of highest inner product (cosine, for unit vectors)."""

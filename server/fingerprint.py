@@ -51,13 +51,17 @@ class Fingerprint:
     image: DecodedImage
     model_input: Image.Image
     """The picture at the embedding's input size; pHash is taken from it too."""
+    pdq_variants: tuple[bytes, ...]
+    """PDQ of the picture's eight rotations and mirrors: a turned re-upload still matches."""
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def pdq_hash(rgb: Image.Image) -> tuple[bytes, int]:
-    """PDQ's 256 bits, packed most significant bit first, and its quality (0–100)."""
-    bits, quality = pdqhash.compute(np.asarray(rgb, dtype=np.uint8))
-    return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes(), int(quality)
+def pdq_hashes(rgb: Image.Image) -> tuple[tuple[bytes, ...], int]:
+    """PDQ's 256 bits (packed, most significant bit first) of the picture and of its
+    seven rotations and mirrors, in PDQ's dihedral order (the picture itself first),
+    and the quality (0–100). All eight cost what one does."""
+    variants, quality = pdqhash.compute_dihedral(np.asarray(rgb, dtype=np.uint8))
+    return tuple(np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes() for bits in variants), int(quality)
 
 
 def phash(rgb: Image.Image) -> bytes:
@@ -75,15 +79,15 @@ class Fingerprinter:
 
     def fingerprint(self, data: bytes) -> Fingerprint:
         decoded = decode_image(data, self.max_pixels)
-        pdq, quality = pdq_hash(decoded.rgb)
+        variants, quality = pdq_hashes(decoded.rgb)
         model_input = embedding_input(decoded.rgb)
         hashes = Hashes(
             sha256=hashlib.sha256(data).digest(),
-            pdq=pdq,
+            pdq=variants[0],
             pdq_quality=quality,
             phash=phash(model_input),
         )
-        return Fingerprint(hashes=hashes, image=decoded, model_input=model_input)
+        return Fingerprint(hashes=hashes, image=decoded, model_input=model_input, pdq_variants=variants)
 
     def embedding(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
         """The image's embedding under `model`, computed once per fingerprint."""

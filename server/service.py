@@ -275,7 +275,8 @@ class LookalikeService:
     def _match_list(self, record: ListRecord, index: ListIndex, fingerprint: Fingerprint, k: int) -> list[Match]:
         hashes = fingerprint.hashes
         exact = self.store.seq_for_digest(record.uid, hashes.sha256)
-        pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(hashes.pdq, PDQ_SEARCH_RADIUS)}
+        variants = fingerprint.pdq_variants
+        pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(variants, PDQ_SEARCH_RADIUS)}
         similarities: dict[int, float] = {}
         if index.vector_count:
             vector = self.embedding(fingerprint, record.model)
@@ -293,7 +294,8 @@ class LookalikeService:
         for seq, entry in entries.items():
             distance = pdq_hits.get(seq)
             if distance is None and entry.pdq:
-                distance = hamming(hashes.pdq, bytes.fromhex(entry.pdq))
+                stored = bytes.fromhex(entry.pdq)
+                distance = min(hamming(variant, stored) for variant in variants)
             evidence = Evidence(
                 exact_sha256=seq == exact,
                 pdq_distance=distance,

@@ -123,7 +123,7 @@ def test_pdq_range_search_returns_exactly_the_oracles_entries_within_radius_incl
     index = data.index()
     for query in data.pdq_queries:
         expected = oracle_pdq(data.ids, data.codes, query, radius)
-        assert as_dict(index.search_pdq(query.tobytes(), radius)) == expected
+        assert as_dict(index.search_pdq([query.tobytes()], radius)) == expected
 
 
 def test_planted_pdq_neighbours_exist_at_and_just_beyond_each_radius(data: Data) -> None:
@@ -141,15 +141,15 @@ def test_pdq_entry_at_exactly_max_distance_is_returned_and_one_beyond_is_not() -
     beyond = flip_bits(rng, query, 32)
     index = ListIndex()
     index.add(np.array([5, 6]), np.stack([at, beyond]), None, change=1)
-    assert index.search_pdq(query.tobytes(), 31) == [HashHit(5, 31)]
-    assert index.search_pdq(at.tobytes(), 0) == [HashHit(5, 0)]
+    assert index.search_pdq([query.tobytes()], 31) == [HashHit(5, 31)]
+    assert index.search_pdq([at.tobytes()], 0) == [HashHit(5, 0)]
 
 
 def test_pdq_search_of_a_query_far_from_everything_returns_nothing(data: Data) -> None:
     index = data.index()
     query = np.bitwise_not(data.codes[0])  # 256 bits from codes[0], ~128 from the rest
     expected = oracle_pdq(data.ids, data.codes, query, 63)
-    assert as_dict(index.search_pdq(query.tobytes(), 63)) == expected
+    assert as_dict(index.search_pdq([query.tobytes()], 63)) == expected
 
 
 # Embeddings ------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def test_removed_ids_disappear_from_both_searches_and_the_others_stay(data: Data
     assert index.change == N_ENTRIES + 1
     removed_set = {int(i) for i in removed}
     for query in data.pdq_queries:
-        hits = as_dict(index.search_pdq(query.tobytes(), 63))
+        hits = as_dict(index.search_pdq([query.tobytes()], 63))
         assert hits == oracle_pdq(kept_ids, kept_codes, query, 63)
         assert not removed_set & hits.keys()
     for query in data.vector_queries:
@@ -222,7 +222,7 @@ def test_adding_with_no_vectors_adds_to_the_pdq_side_only() -> None:
     index = ListIndex()
     index.add(np.array([10, 11, 12]), codes, None, change=3)
     assert (index.pdq_count, index.vector_count) == (3, 0)
-    assert index.search_pdq(codes[1].tobytes(), 0) == [HashHit(11, 0)]
+    assert index.search_pdq([codes[1].tobytes()], 0) == [HashHit(11, 0)]
     assert index.search_vectors(unit(rng, 1)[0], 5) == []
 
 
@@ -232,7 +232,7 @@ def test_adding_with_no_pdq_codes_adds_to_the_vector_side_only() -> None:
     index = ListIndex()
     index.add(np.array([20, 21, 22]), None, vectors, change=3)
     assert (index.pdq_count, index.vector_count) == (0, 3)
-    assert index.search_pdq(bytes(PDQ_BYTES), PDQ_BITS) == []
+    assert index.search_pdq([bytes(PDQ_BYTES)], PDQ_BITS) == []
     assert index.search_vectors(vectors[2], 1)[0].id == 22
 
 
@@ -251,8 +251,8 @@ def test_change_only_moves_forward() -> None:
 def test_an_empty_index_returns_nothing_from_both_searches() -> None:
     index = ListIndex()
     rng = np.random.default_rng(8)
-    assert index.search_pdq(bytes(PDQ_BYTES), 0) == []
-    assert index.search_pdq(bytes(PDQ_BYTES), PDQ_BITS) == []
+    assert index.search_pdq([bytes(PDQ_BYTES)], 0) == []
+    assert index.search_pdq([bytes(PDQ_BYTES)], PDQ_BITS) == []
     assert index.search_vectors(unit(rng, 1)[0], 10) == []
     assert index.checkpoint() == IndexCheckpoint(0, 0, 0)
 
@@ -263,7 +263,7 @@ def test_an_index_emptied_by_removal_returns_nothing_from_both_searches() -> Non
     index = ListIndex()
     index.add(np.array([1, 2]), codes, vectors, change=2)
     index.remove(np.array([1, 2]), change=4)
-    assert index.search_pdq(codes[0].tobytes(), PDQ_BITS) == []
+    assert index.search_pdq([codes[0].tobytes()], PDQ_BITS) == []
     assert index.search_vectors(vectors[0], 10) == []
 
 
@@ -282,8 +282,8 @@ def test_serialize_then_deserialize_gives_identical_searches_and_checkpoint(data
     assert restored.change == index.change
     for query in data.pdq_queries:
         for radius in RADII:
-            assert as_dict(restored.search_pdq(query.tobytes(), radius)) == as_dict(
-                index.search_pdq(query.tobytes(), radius)
+            assert as_dict(restored.search_pdq([query.tobytes()], radius)) == as_dict(
+                index.search_pdq([query.tobytes()], radius)
             )
     for query in data.vector_queries:
         assert restored.search_vectors(query, TOP_K) == index.search_vectors(query, TOP_K)
@@ -294,7 +294,7 @@ def test_a_deserialized_index_still_accepts_adds_and_removes(data: Data) -> None
     rng = np.random.default_rng(10)
     code, vector = rng.integers(0, 256, (1, PDQ_BYTES), dtype=np.uint8), unit(rng, 1)
     restored.add(np.array([-7 + 10**13]), code, vector, change=N_ENTRIES + 1)
-    assert HashHit(10**13 - 7, 0) in restored.search_pdq(code[0].tobytes(), 0)
+    assert HashHit(10**13 - 7, 0) in restored.search_pdq([code[0].tobytes()], 0)
     assert restored.search_vectors(vector[0], 1)[0].id == 10**13 - 7
     restored.remove(np.array([int(data.ids[0]), 10**13 - 7]), change=N_ENTRIES + 2)
     assert restored.checkpoint() == IndexCheckpoint(N_ENTRIES + 2, N_ENTRIES - 1, N_ENTRIES - 1)
@@ -304,7 +304,7 @@ def test_an_empty_index_round_trips() -> None:
     checkpoint, blob = ListIndex().serialize()
     restored = ListIndex.deserialize(blob)
     assert restored.checkpoint() == checkpoint == IndexCheckpoint(0, 0, 0)
-    assert restored.search_pdq(bytes(PDQ_BYTES), PDQ_BITS) == []
+    assert restored.search_pdq([bytes(PDQ_BYTES)], PDQ_BITS) == []
 
 
 def _small_blob() -> bytes:
@@ -369,3 +369,15 @@ def test_deserialize_of_swapped_blobs_raises_value_error() -> None:
 def test_deserialize_with_another_embedding_dimension_raises_value_error() -> None:
     with pytest.raises(ValueError):
         ListIndex.deserialize(_small_blob(), dim=256)
+
+
+def test_pdq_search_over_several_codes_reports_each_entry_at_its_smallest_distance() -> None:
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 256, size=(3, PDQ_BYTES), dtype=np.uint8)
+    index = ListIndex()
+    index.add(np.array([1, 2, 3], dtype=np.int64), codes, None, change=1)
+    variant = codes[2].copy()
+    variant[0] ^= 0b111  # 3 bits away from entry 3
+    hits = index.search_pdq([codes[0].tobytes(), variant.tobytes()], 10)
+    assert sorted((h.id, h.distance) for h in hits) == [(1, 0), (3, 3)]
+    assert index.search_pdq([], 10) == []
