@@ -286,7 +286,8 @@ def report(results: dict[str, Any], meta: dict[str, Any]) -> str:
             f"reject {values['recall_reject']:.3f}; false reviews {values['false_reviews']}, "
             f"false rejects {values['false_rejects']} of {values['negatives']} negatives"
         )
-    family_names = sorted(next(iter(results["default_thresholds"].values()), {}).get("recall_by_family", {}))
+    first: dict[str, Any] = next(iter(results["default_thresholds"].values()), {})
+    family_names = sorted(first.get("recall_by_family", {}))
     columns = ["family", *[f"fused:{m}@default" for m in results["default_thresholds"]], *signals]
     family_rows = []
     for family in family_names:

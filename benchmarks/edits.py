@@ -207,7 +207,11 @@ def text_caption(image: Image.Image, rng: random.Random) -> Image.Image:
 def _sticker(draw: ImageDraw.ImageDraw, box: tuple[int, int, int], rng: random.Random) -> None:
     """Draw one sticker (smiley, star, heart or rounded tile) in the square at (x, y) of side s."""
     x, y, s = box
-    at = lambda px, py: (x + px * s, y + py * s)  # noqa: E731 - unit-square coordinates
+
+    def at(px: float, py: float) -> tuple[float, float]:
+        """Unit-square coordinates inside the sticker's square."""
+        return (x + px * s, y + py * s)
+
     kind = rng.choice(("smiley", "star", "heart", "tile"))
     if kind == "smiley":
         draw.ellipse((*at(0, 0), *at(1, 1)), fill=(255, 204, 0), outline=(0, 0, 0), width=max(1, s // 30))

@@ -294,8 +294,8 @@ class LookalikeService:
         for seq, entry in entries.items():
             distance = pdq_hits.get(seq)
             if distance is None and entry.pdq:
-                stored = bytes.fromhex(entry.pdq)
-                distance = min(hamming(variant, stored) for variant in variants)
+                listed = bytes.fromhex(entry.pdq)
+                distance = min(hamming(variant, listed) for variant in variants)
             evidence = Evidence(
                 exact_sha256=seq == exact,
                 pdq_distance=distance,

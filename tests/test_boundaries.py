@@ -36,3 +36,13 @@ def test_generated_stubs_match_the_proto() -> None:
         [sys.executable, str(REPO / "scripts" / "gen_proto.py"), "--check"], capture_output=True, text=True, cwd=REPO
     )
     assert completed.returncode == 0, completed.stderr
+
+
+def test_ruff_finds_nothing() -> None:
+    completed = subprocess.run([sys.executable, "-m", "ruff", "check", "."], capture_output=True, text=True, cwd=REPO)
+    assert completed.returncode == 0, completed.stdout
+
+
+def test_mypy_strict_finds_nothing() -> None:
+    completed = subprocess.run([sys.executable, "-m", "mypy"], capture_output=True, text=True, cwd=REPO)
+    assert completed.returncode == 0, completed.stdout
