@@ -76,16 +76,16 @@ class Query:
 
 
 def series_key(name: str) -> str:
-    """Photos of one series (a package's numbered shots, left/right pairs) share a key.
+    """Photos of one series (numbered shots, left/right pairs, one test image shipped by
+    two packages) share a key.
 
     Such shots show one scene, so a split must keep them on one side, or a "false
-    positive" is really a true match. Generic rule, no per-file list: package, then
-    the file name without digits, separators and a trailing side marker.
+    positive" is really a true match. Generic rule, no per-file list: the file's own
+    name (folders and package dropped) without digits, separators and a side marker.
     """
-    parts = name.rsplit(".", 1)[0].lower().split("__")
-    last = re.sub(r"[\d._-]+", "", parts[-1])
-    last = re.sub(r"(left|right|l|r|a|b)$", "", last)
-    return f"{parts[0]}/{last}"
+    last = name.rsplit(".", 1)[0].lower().split("__")[-1]
+    last = re.sub(r"[\d._-]+", "", last)
+    return re.sub(r"(left|right|l|r|a|b)$", "", last)
 
 
 def split_corpus(photos: Sequence[Path], seed: int, listed_share: float) -> tuple[list[Path], list[Path]]:

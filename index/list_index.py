@@ -106,14 +106,20 @@ class ListIndex:
                 nearest[label] = distance
         return [HashHit(label, distance) for label, distance in nearest.items()]
 
-    def search_vectors(self, vector: np.ndarray, k: int) -> list[VectorHit]:
-        """The k entries of highest inner product (cosine, for unit vectors)."""
-        query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
+    def search_vectors(self, vectors: np.ndarray, k: int) -> list[VectorHit]:
+        """The k entries of highest inner product (cosine, for unit vectors) with any of
+        `vectors` (one picture's views: whole, region), each at its best similarity."""
+        queries = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
             if self._vectors.ntotal == 0 or k <= 0:
                 return []
-            similarities, labels = self._vectors.search(query, min(k, int(self._vectors.ntotal)))
-        return [VectorHit(int(i), float(s)) for i, s in zip(labels[0], similarities[0], strict=True) if i >= 0]
+            similarities, labels = self._vectors.search(queries, min(k, int(self._vectors.ntotal)))
+        best: dict[int, float] = {}
+        for label, similarity in zip(labels.ravel().tolist(), similarities.ravel().tolist(), strict=True):
+            if label >= 0 and similarity > best.get(label, -2.0):
+                best[label] = similarity
+        ranked = sorted(best.items(), key=lambda item: -item[1])[:k]
+        return [VectorHit(label, min(1.0, similarity)) for label, similarity in ranked]
 
     def checkpoint(self) -> IndexCheckpoint:
         with self._lock:

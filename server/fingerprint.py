@@ -16,6 +16,7 @@ from PIL import Image
 
 from server.embedder import EmbedderPool, embedding_input
 from server.imaging import DecodedImage, decode_image
+from server.regions import content_box
 
 PDQ_BYTES = 32
 PHASH_BYTES = 8
@@ -53,7 +54,10 @@ class Fingerprint:
     """The picture at the embedding's input size; pHash is taken from it too."""
     pdq_variants: tuple[bytes, ...]
     """PDQ of the picture's eight rotations and mirrors: a turned re-upload still matches."""
+    region_input: Image.Image | None = None
+    """The picture found inside a larger canvas (screenshot, border), at model input size."""
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    region_embeddings: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def pdq_hashes(rgb: Image.Image) -> tuple[tuple[bytes, ...], int]:
@@ -81,18 +85,33 @@ class Fingerprinter:
         decoded = decode_image(data, self.max_pixels)
         variants, quality = pdq_hashes(decoded.rgb)
         model_input = embedding_input(decoded.rgb)
+        box = content_box(decoded.rgb)
+        region_input = embedding_input(decoded.rgb.crop(box)) if box is not None else None
         hashes = Hashes(
             sha256=hashlib.sha256(data).digest(),
             pdq=variants[0],
             pdq_quality=quality,
             phash=phash(model_input),
         )
-        return Fingerprint(hashes=hashes, image=decoded, model_input=model_input, pdq_variants=variants)
+        return Fingerprint(
+            hashes=hashes, image=decoded, model_input=model_input, pdq_variants=variants, region_input=region_input
+        )
 
     def embedding(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
-        """The image's embedding under `model`, computed once per fingerprint."""
+        """The picture's embedding under `model` (what an entry stores), computed once."""
         vector = fingerprint.embeddings.get(model)
         if vector is None:
             vector = self.embedders.get(model).embed(fingerprint.model_input)
             fingerprint.embeddings[model] = vector
         return vector
+
+    def views(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
+        """The embeddings a check searches with: the whole picture, then its region if found."""
+        whole = self.embedding(fingerprint, model)
+        if fingerprint.region_input is None:
+            return whole[np.newaxis]
+        region = fingerprint.region_embeddings.get(model)
+        if region is None:
+            region = self.embedders.get(model).embed(fingerprint.region_input)
+            fingerprint.region_embeddings[model] = region
+        return np.stack([whole, region])

@@ -152,6 +152,10 @@ class LookalikeService:
         with self._cpu:
             return self.fingerprinter.embedding(fingerprint, model)
 
+    def views(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
+        with self._cpu:
+            return self.fingerprinter.views(fingerprint, model)
+
     def add_entries(self, list_name: str, requests: Sequence[AddRequest]) -> list[AddOutcome | Exception]:
         """Fingerprint and store several images in one transaction; per-item errors are returned."""
         prepared: list[PreparedAdd | Exception] = []
@@ -278,18 +282,18 @@ class LookalikeService:
         variants = fingerprint.pdq_variants
         pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(variants, PDQ_SEARCH_RADIUS)}
         similarities: dict[int, float] = {}
+        views: np.ndarray | None = None
         if index.vector_count:
-            vector = self.embedding(fingerprint, record.model)
-            similarities = {hit.id: hit.similarity for hit in index.search_vectors(vector, k)}
+            views = self.views(fingerprint, record.model)
+            similarities = {hit.id: hit.similarity for hit in index.search_vectors(views, k)}
         seqs = set(pdq_hits) | set(similarities) | ({exact} if exact is not None else set())
         if not seqs:
             return []
         entries = self.store.entries_by_seq(record.uid, sorted(seqs))
         missing = [seq for seq in entries if seq not in similarities]
-        if missing and record.model in fingerprint.embeddings:
-            query = fingerprint.embeddings[record.model]
+        if missing and views is not None:
             for seq, stored in self.store.embeddings(record.uid, missing).items():
-                similarities[seq] = float(np.dot(query, stored))
+                similarities[seq] = float(np.max(views @ stored))
         matches = []
         for seq, entry in entries.items():
             distance = pdq_hits.get(seq)

@@ -381,3 +381,15 @@ def test_pdq_search_over_several_codes_reports_each_entry_at_its_smallest_distan
     hits = index.search_pdq([codes[0].tobytes(), variant.tobytes()], 10)
     assert sorted((h.id, h.distance) for h in hits) == [(1, 0), (3, 3)]
     assert index.search_pdq([], 10) == []
+
+
+def test_vector_search_over_several_views_reports_each_entry_at_its_best_similarity() -> None:
+    rng = np.random.default_rng(9)
+    vectors = rng.normal(size=(50, EMBEDDING_DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = ListIndex()
+    index.add(np.arange(50, dtype=np.int64), None, vectors, change=1)
+    views = np.stack([vectors[3], vectors[7]])
+    hits = index.search_vectors(views, 2)
+    assert sorted(h.id for h in hits) == [3, 7]
+    assert all(h.similarity == pytest.approx(1.0, abs=1e-5) for h in hits)

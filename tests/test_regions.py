@@ -1,0 +1,138 @@
+"""server.regions.content_box: the picture inside a screenshot-like or padded canvas, else None."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from server.regions import Box, content_box
+from tests.conftest import CORPUS, corpus_photos
+
+PHOTOS = ("skimage__chelsea.jpg", "opencv__data__baboon.jpg", "skimage__astronaut.jpg")
+
+
+def photo(name: str) -> Image.Image:
+    corpus_photos()  # skips with a message when the corpus is absent
+    path = CORPUS / name
+    if not path.exists():
+        pytest.skip(f"{name} not in the corpus at {CORPUS}")
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def jpeg_roundtrip(image: Image.Image, quality: int = 85) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def iou(a: Box, b: Box) -> float:
+    width = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def screenshot(picture: Image.Image, dark: bool) -> tuple[Image.Image, Box]:
+    """A phone screenshot: status and header bars, the picture, lines of text, a navigation bar."""
+    if dark:
+        background, bar, ink = (18, 18, 18), (40, 40, 40), (230, 230, 230)
+    else:
+        background, bar, ink = (255, 255, 255), (240, 240, 240), (20, 20, 20)
+    width, height = 720, 1280
+    canvas = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((0, 0, width, 135), fill=bar)
+    draw.rectangle((0, height - 90, width, height), fill=bar)
+    draw.text((30, 4), "12:34", font=ImageFont.load_default(size=30), fill=ink)
+    draw.ellipse((20, 60, 74, 114), fill=(200, 60, 90))
+    draw.text((90, 70), "someone", font=ImageFont.load_default(size=36), fill=ink)
+    for i in range(5):
+        x = 72 + 144 * i
+        draw.ellipse((x - 18, height - 63, x + 18, height - 27), outline=ink, width=2)
+    scale = (width - 16) / picture.width
+    pasted = picture.resize((width - 16, round(picture.height * scale)), Image.Resampling.LANCZOS)
+    left, top = 8, 143
+    canvas.paste(pasted, (left, top))
+    y = top + pasted.height + 10
+    font = ImageFont.load_default(size=28)
+    while y + 28 < height - 94:
+        draw.text((30, y), "when you see it lol monday mood", font=font, fill=ink)
+        y += 45
+    return jpeg_roundtrip(canvas), (left, top, left + pasted.width, top + pasted.height)
+
+
+def padded(picture: Image.Image, colour: tuple[int, int, int]) -> tuple[Image.Image, Box]:
+    """The picture on a solid border of 10-20 % per side."""
+    left, right = round(picture.width * 0.15), round(picture.width * 0.2)
+    top, bottom = round(picture.height * 0.1), round(picture.height * 0.12)
+    canvas = Image.new("RGB", (picture.width + left + right, picture.height + top + bottom), colour)
+    canvas.paste(picture, (left, top))
+    return jpeg_roundtrip(canvas), (left, top, left + picture.width, top + picture.height)
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+@pytest.mark.parametrize("name", PHOTOS)
+def test_a_photo_in_a_screenshot_is_boxed(name: str, dark: bool) -> None:
+    image, truth = screenshot(photo(name), dark)
+    box = content_box(image)
+    assert box is not None
+    assert iou(box, truth) >= 0.8, (box, truth)
+
+
+# Not black: the astronaut's black corner would merge with a black border (ambiguous, so None).
+@pytest.mark.parametrize("colour", [(255, 255, 255), (200, 120, 40), (30, 60, 90)], ids=["white", "orange", "navy"])
+@pytest.mark.parametrize("name", PHOTOS)
+def test_a_photo_on_a_solid_border_is_boxed(name: str, colour: tuple[int, int, int]) -> None:
+    image, truth = padded(photo(name), colour)
+    box = content_box(image)
+    assert box is not None
+    assert iou(box, truth) >= 0.8, (box, truth)
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_the_unedited_photo_has_no_box(name: str) -> None:
+    assert content_box(photo(name)) is None
+
+
+def test_most_corpus_photos_have_no_box() -> None:
+    photos = corpus_photos()[::4]
+    found = [path.name for path in photos if content_box(Image.open(path).convert("RGB")) is not None]
+    assert len(found) <= 0.05 * len(photos), found
+
+
+@pytest.mark.parametrize("colour", [(0, 0, 0), (255, 255, 255), (90, 140, 200)])
+def test_a_solid_colour_image_has_no_box(colour: tuple[int, int, int]) -> None:
+    assert content_box(Image.new("RGB", (640, 480), colour)) is None
+    assert content_box(jpeg_roundtrip(Image.new("RGB", (640, 480), colour))) is None
+
+
+def test_smooth_gradients_and_noise_have_no_box() -> None:
+    x = np.linspace(0, 255, 400)[None, :].repeat(300, axis=0)
+    gradient = Image.fromarray(np.dstack([x, x[::-1], np.full_like(x, 128)]).astype(np.uint8), "RGB")
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8), "RGB")
+    assert content_box(gradient) is None
+    assert content_box(noise) is None
+
+
+@pytest.mark.parametrize("size", [(1, 1), (8, 8), (16, 16), (31, 200), (200, 3)])
+def test_tiny_and_thin_images_have_no_box(size: tuple[int, int]) -> None:
+    width, height = size
+    framed = Image.new("RGB", size, (255, 255, 255))
+    framed.paste(
+        (10, 200, 30),
+        (width // 4, height // 4, max(width // 4 + 1, width * 3 // 4), max(height // 4 + 1, height * 3 // 4)),
+    )
+    assert content_box(framed) is None
+    assert content_box(Image.new("RGB", size, (0, 0, 0))) is None
+
+
+def test_grey_and_rgba_inputs_are_accepted() -> None:
+    picture = photo(PHOTOS[0])
+    image, truth = padded(picture, (255, 255, 255))
+    for mode in ("L", "RGBA"):
+        box = content_box(image.convert(mode))
+        assert box is not None and iou(box, truth) >= 0.8
