@@ -89,3 +89,19 @@ def test_edits_of_listed_photos_are_flagged_and_unrelated_photos_accepted_across
     client = lookalike.client
     assert client.get_list("banned").entry_count == len(listed)
     assert verdicts() == before
+
+
+def test_a_listed_photo_pasted_small_into_a_screenshot_is_flagged(
+    lookalike: ServerHandle, split: tuple[list[Path], list[Path]]
+) -> None:
+    """The region inside the canvas is embedded too, so a screenshot of a listed photo matches it."""
+    listed, unrelated = split
+    client = lookalike.client
+    client.create_list("banned")
+    added = {client.add("banned", path).id: path for path in listed[:4]}
+    for seed, (entry_id, path) in enumerate(added.items()):
+        result = client.check(edited(path, "screenshot", seed), ["banned"])
+        assert result.decision in ("reject", "review"), (path.name, result.matches[:1])
+        assert result.matches[0].id == entry_id
+    for seed, path in enumerate(unrelated[:4]):
+        assert client.check(edited(path, "screenshot", seed), ["banned"]).decision == "accept", path.name
