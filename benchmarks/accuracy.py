@@ -76,16 +76,17 @@ class Query:
 
 
 def series_key(name: str) -> str:
-    """Photos of one series (numbered shots, left/right pairs, one test image shipped by
-    two packages) share a key.
+    """Photos of one series share a key: numbered shots, left/right pairs, an original
+    and its modified copy, one test image shipped by two packages.
 
-    Such shots show one scene, so a split must keep them on one side, or a "false
-    positive" is really a true match. Generic rule, no per-file list: the file's own
-    name (folders and package dropped) without digits, separators and a side marker.
+    Such photos show one scene, so a split must keep them on one side, or a "false
+    positive" is really a true match. Generic rule, no per-file list: the first word
+    of the file's own name (folders and package dropped), without digits and a
+    trailing side marker (left, right, l, r, a, b).
     """
-    last = name.rsplit(".", 1)[0].lower().split("__")[-1]
-    last = re.sub(r"[\d._-]+", "", last)
-    return re.sub(r"(left|right|l|r|a|b)$", "", last)
+    own = name.rsplit(".", 1)[0].lower().split("__")[-1]
+    word = re.split(r"[\d._\- ]+", own)[0]
+    return re.sub(r"(left|right|l|r|a|b)$", "", word)
 
 
 def split_corpus(photos: Sequence[Path], seed: int, listed_share: float) -> tuple[list[Path], list[Path]]:
