@@ -1,0 +1,175 @@
+"""Per-image CPU cost of each stage of a check, on one core, over the dev corpus.
+
+Stages: decode (Pillow draft vs full), SHA-256, PDQ (all eight dihedral variants, one
+pass), pHash, region detection, each embedding model, index search (PDQ range search
+and embedding top-k over a list of `--entries` synthetic entries), and the RPC round
+trip of a check against an empty list minus the in-process cost of the same check.
+The sum of decode + hashes + embedding is the floor of a check: what one core must
+spend per image whatever the server around it does.
+
+    .venv/bin/python -m benchmarks.stages [--images 60] [--entries 100000]
+
+Prints a table and one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.accuracy import DEFAULT_CORPUS, hardware
+from benchmarks.metrics import format_table
+from client import LookalikeClient
+from index import ListIndex, configure_threads
+from server.app import create_server
+from server.config import ServerConfig
+from server.embedder import MODELS, EmbedderPool, embedding_input
+from server.fingerprint import pdq_hashes, phash
+from server.imaging import decode_image
+from server.regions import content_box
+
+MAX_PIXELS = 100_000_000
+
+
+def timed(function: Callable[..., object], *args: Any, repeat: int = 1) -> float:
+    """Seconds one call takes, best of `repeat` (the least disturbed by other work)."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        function(*args)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def full_decode(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+def stage_costs(datas: Sequence[bytes]) -> dict[str, list[float]]:
+    """Milliseconds per image of each stage."""
+    embedders = EmbedderPool(threads=1)
+    costs: dict[str, list[float]] = {}
+
+    def record(name: str, seconds: float) -> None:
+        costs.setdefault(name, []).append(seconds * 1000)
+
+    for model in MODELS:  # load and warm up outside the timings
+        embedders.get(model).embed(embedding_input(decode_image(datas[0], MAX_PIXELS).rgb))
+    for data in datas:
+        record("decode (full)", timed(full_decode, data))
+        record("decode (draft)", timed(decode_image, data, MAX_PIXELS))
+        rgb = decode_image(data, MAX_PIXELS).rgb
+        record("sha256", timed(hashlib.sha256, data))
+        record("pdq (8 variants)", timed(pdq_hashes, rgb))
+        small = embedding_input(rgb)
+        record("resize to model input", timed(embedding_input, rgb))
+        record("phash", timed(phash, small))
+        record("region detection", timed(content_box, rgb))
+        for model in MODELS:
+            record(f"embed {model}", timed(embedders.get(model).embed, small))
+    return costs
+
+
+def search_costs(entries: int, queries: int, seed: int = 0) -> dict[str, list[float]]:
+    """Milliseconds per query of each index search over a synthetic list."""
+    rng = np.random.default_rng(seed)
+    index = ListIndex()
+    codes = rng.integers(0, 256, size=(entries, 32), dtype=np.uint8)
+    vectors = rng.normal(size=(entries, 512)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index.add(np.arange(entries, dtype=np.int64), codes, vectors, change=1)
+    costs: dict[str, list[float]] = {}
+    for position in rng.integers(0, entries, size=queries):
+        code = codes[position].tobytes()
+        costs.setdefault("pdq range search (8 variants, r=63)", []).append(
+            timed(index.search_pdq, [code] * 8, 63) * 1000
+        )
+        costs.setdefault("embedding top-10 (2 views)", []).append(
+            timed(index.search_vectors, vectors[[position, position]], 10) * 1000
+        )
+    return costs
+
+
+def rpc_overhead(datas: Sequence[bytes]) -> dict[str, list[float]]:
+    """A check's round trip through gRPC minus the same check called in process."""
+    costs: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        running = create_server(ServerConfig(listen="127.0.0.1:0", data=Path(folder), map_size=1 << 28))
+        try:
+            running.service.create_list("empty")
+            with LookalikeClient(f"127.0.0.1:{running.port}") as client:
+                client.check(datas[0], ["empty"])
+                for data in datas:
+                    remote = timed(client.check, data, ["empty"], repeat=2)
+                    local = timed(running.service.check, data, ["empty"], repeat=2)
+                    costs.setdefault("rpc overhead (check)", []).append((remote - local) * 1000)
+        finally:
+            running.stop(grace=1)
+    return costs
+
+
+def summarise(costs: dict[str, list[float]]) -> list[dict[str, object]]:
+    return [
+        {
+            "stage": name,
+            "mean ms": statistics.fmean(values),
+            "p50 ms": statistics.median(values),
+            "p99 ms": float(np.percentile(values, 99)),
+            "n": len(values),
+        }
+        for name, values in costs.items()
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, default=Path(os.environ.get("LOOKALIKE_CORPUS", DEFAULT_CORPUS)))
+    parser.add_argument("--images", type=int, default=60, help="photos timed (spread over the corpus)")
+    parser.add_argument("--entries", type=int, default=100_000, help="synthetic list size for index search")
+    args = parser.parse_args(argv)
+    photos = sorted(args.corpus.glob("*.jpg"))
+    if not photos:
+        print(f"no photos in {args.corpus}; pass --corpus or set LOOKALIKE_CORPUS", file=sys.stderr)
+        return 2
+    step = max(1, len(photos) // args.images)
+    datas = [p.read_bytes() for p in photos[::step][: args.images]]
+    configure_threads(1)
+    costs = stage_costs(datas)
+    costs.update(search_costs(args.entries, len(datas)))
+    costs.update(rpc_overhead(datas))
+    rows = summarise(costs)
+    mean = {str(row["stage"]): float(row["mean ms"]) for row in rows}  # type: ignore[arg-type]
+    floors = {
+        model: mean["decode (draft)"]
+        + mean["sha256"]
+        + mean["pdq (8 variants)"]
+        + mean["resize to model input"]
+        + mean["phash"]
+        + mean["region detection"]
+        + mean[f"embed {model}"]
+        for model in MODELS
+    }
+    print(f"Per-image cost on one core, {len(datas)} photos from {args.corpus}; {args.entries:,} entries searched\n")
+    print(format_table(rows, ["stage", "mean ms", "p50 ms", "p99 ms", "n"]))
+    for model, floor in floors.items():
+        print(f"\nfloor of a check with {model}: {floor:.1f} ms (decode + hashes + region + embedding)")
+    print(json.dumps({"hardware": hardware(), "stages": rows, "floor_ms": floors}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
