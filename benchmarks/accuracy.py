@@ -176,6 +176,8 @@ def run_checks(
     phash_refs = _bits([originals[r].hashes.phash for r in ref_ids])
     sha_refs = {originals[r].sha256: r for r in ref_ids}
     collected = Collected()
+    for signal in ("sha256", "phash", "pdq", *lists, *(f"fused:{model}" for model in lists)):
+        collected.predictions[signal] = []
     requests = (client.check_request(data, names, top_k=TOP_K * len(names)) for data in render(queries, seed))
     started = time.monotonic()
     for position, result in client.check_many(requests):
