@@ -48,6 +48,16 @@ def _item_error(error: Exception) -> pb.ItemError:
     return pb.ItemError(code="INTERNAL", message="internal error; see the server log", reason="INTERNAL")
 
 
+def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
+    """End the call with the error's status code and reason; an unexpected error is
+    logged under an incident id and reported as INTERNAL without its details."""
+    if isinstance(error, LookalikeError):
+        context.abort_with_status(rpc_status.to_status(_status_for(error)))
+    incident = uuid.uuid4().hex[:12]
+    log.error("%s failed (incident %s)", method, incident, exc_info=error)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the server log")
+
+
 def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     """Map domain errors to status codes with ErrorInfo; never echo internal errors."""
 
@@ -55,12 +65,8 @@ def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: LookalikeServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
-        except LookalikeError as error:
-            context.abort_with_status(rpc_status.to_status(_status_for(error)))
-        except Exception:
-            incident = uuid.uuid4().hex[:12]
-            log.exception("%s failed (incident %s)", method.__name__, incident)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the server log")
+        except Exception as error:  # noqa: BLE001 - every failure becomes a status code
+            _abort(context, error, method.__name__)
 
     return wrapper
 
@@ -72,12 +78,8 @@ def stream_rpc(method: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[A
     def wrapper(self: LookalikeServicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
             yield from method(self, request, context)
-        except LookalikeError as error:
-            context.abort_with_status(rpc_status.to_status(_status_for(error)))
-        except Exception:
-            incident = uuid.uuid4().hex[:12]
-            log.exception("%s failed (incident %s)", method.__name__, incident)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the server log")
+        except Exception as error:  # noqa: BLE001 - every failure becomes a status code
+            _abort(context, error, method.__name__)
 
     return wrapper
 
