@@ -29,6 +29,10 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 """Decoders we let untrusted bytes reach (the JPEG one also reads phones' MPO files)."""
 
 DRAFT_SHORT_SIDE = 512
+MAX_SHORT_SIDE = 2 * DRAFT_SHORT_SIDE
+"""Pictures decoded larger (PNG, TIFF, a JPEG draft cannot shrink) are resized to this short
+side: every format then reaches the hashes at the scale a JPEG draft gives, and a 12 MP PNG
+costs no more to hash than a phone JPEG."""
 """Short side that JPEG draft decoding keeps at least: enough for PDQ's 64×64
 downsampling and for the embedding's 288-pixel input."""
 
@@ -63,7 +67,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
                 image.draft("RGB", _draft_request(width, height))
             image.seek(0)
             image.load()
-            rgb = _to_rgb(_apply_orientation(image))
+            rgb = _bounded(_to_rgb(_apply_orientation(image)))
     except (InvalidArgument, ResourceExhausted):
         raise
     except UnidentifiedImageError:
@@ -88,6 +92,15 @@ def _draft_request(width: int, height: int) -> tuple[int, int]:
     if scale >= 1:
         return width, height
     return max(1, int(width * scale + 0.999)), max(1, int(height * scale + 0.999))
+
+
+def _bounded(rgb: Image.Image) -> Image.Image:
+    width, height = rgb.size
+    scale = MAX_SHORT_SIDE / min(width, height)
+    if scale >= 1:
+        return rgb
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 def _apply_orientation(image: Image.Image) -> Image.Image:

@@ -404,3 +404,17 @@ def test_random_corruption_of_real_pictures_gives_only_typed_errors() -> None:
             except LookalikeError:
                 continue
             assert decoded.rgb.mode == "RGB"
+
+
+def test_large_lossless_pictures_reach_the_hashes_at_a_bounded_size() -> None:
+    """A 12 MP PNG is resized to a short side of MAX_SHORT_SIDE, as a JPEG draft would shrink it."""
+    from server.imaging import MAX_SHORT_SIDE
+
+    gradient = np.linspace(0, 255, 4000, dtype=np.uint8)
+    big = Image.fromarray(np.tile(gradient, (3000, 1)), "L").convert("RGB")
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    decoded = decode_image(buffer.getvalue(), max_pixels=20_000_000)
+    assert min(decoded.rgb.size) == MAX_SHORT_SIDE
+    assert decoded.original_size == (4000, 3000)
+    assert abs(decoded.rgb.width / decoded.rgb.height - 4 / 3) < 0.01
