@@ -1,0 +1,237 @@
+"""Checks per second and latency under concurrent clients, against the hardware floor.
+
+In one run: (1) the floor — one single-threaded worker process per core doing nothing but
+decode + hashes + embedding on corpus photos, for a fixed time (on small machines two busy
+cores often deliver well under twice one core, so the floor is measured, not computed);
+(2) a real `lookalike serve` process on loopback whose list holds `--entries` synthetic
+entries (random PDQ codes and unit embeddings, written to LMDB before start-up); checks
+from 1, 4 and 16 concurrent clients, each for `--seconds`; (3) bulk-add throughput of
+corpus photos over the add stream. Reports checks/s, p50/p99 latency and the ratio of
+achieved checks/s to the floor.
+
+    .venv/bin/python -m benchmarks.throughput [--entries 100000] [--seconds 20]
+
+Prints a table and one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.accuracy import DEFAULT_CORPUS, hardware
+from benchmarks.metrics import format_table
+from client import LookalikeClient
+from client.lookalike_pb import lookalike_pb2 as pb
+from server.scoring import DEFAULT_MODEL
+from server.store import NewEntry, Store
+
+LIST = "bench"
+MAP_SIZE = 1 << 34
+
+
+def populate(data: Path, entries: int, model: str, seed: int = 0) -> None:
+    """Write a list of synthetic entries straight into LMDB, as a server would have stored them."""
+    rng = np.random.default_rng(seed)
+    store = Store(data, MAP_SIZE)
+    try:
+        store.create_list(LIST, "throughput benchmark", 0.5, 0.8, model)
+        for start in range(0, entries, 5000):
+            count = min(5000, entries - start)
+            vectors = rng.normal(size=(count, 512)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            codes = rng.integers(0, 256, size=(count, 32), dtype=np.uint8)
+            batch = [
+                NewEntry(
+                    id=f"synthetic-{start + i}",
+                    sha256=uuid.uuid4().hex * 2,
+                    pdq=codes[i].tobytes().hex(),
+                    pdq_quality=100,
+                    phash="0" * 16,
+                    model=model,
+                    embedding=vectors[i],
+                    meta={},
+                )
+                for i in range(count)
+            ]
+            store.add_entries(LIST, batch)
+    finally:
+        store.close()
+
+
+def _floor_worker(args: tuple[list[bytes], float, str]) -> int:
+    """Images one single-threaded process fingerprints and embeds in `seconds`."""
+    datas, seconds, model = args
+    from index import configure_threads
+    from server.embedder import EmbedderPool
+    from server.fingerprint import Fingerprinter
+
+    configure_threads(1)
+    fingerprinter = Fingerprinter(100_000_000, EmbedderPool(threads=1))
+    fingerprinter.views(fingerprinter.fingerprint(datas[0]), model)
+    done, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        fingerprinter.views(fingerprinter.fingerprint(datas[done % len(datas)]), model)
+        done += 1
+    return done
+
+
+def measure_floor(datas: list[bytes], seconds: float, model: str) -> float:
+    """Images per second from one worker process per core doing only the per-image work."""
+    cores = os.cpu_count() or 1
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        done = pool.map(_floor_worker, [(datas, seconds, model)] * cores)
+    return sum(done) / seconds
+
+
+class ServerProcess:
+    """`lookalike serve` on a free loopback port, in its own process."""
+
+    def __init__(self, data: Path) -> None:
+        self.log = data.parent / "serve.log"
+        self._log = self.log.open("w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server.app",
+                "--data",
+                str(data),
+                "--listen",
+                "127.0.0.1:0",
+                "--map-size",
+                str(MAP_SIZE),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        started = time.monotonic()
+        while not (found := re.search(r"\(port (\d+)\)", self.log.read_text())):
+            if self.process.poll() is not None or time.monotonic() - started > 300:
+                raise SystemExit(f"server did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+        self.startup_seconds = time.monotonic() - started
+        self.address = f"127.0.0.1:{found.group(1)}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self._log.close()
+
+
+def run_load(address: str, datas: list[bytes], clients: int, seconds: float) -> dict[str, float]:
+    """`clients` threads, each with its own channel, checking photos back to back."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    deadline = time.monotonic() + seconds
+
+    def client_loop(number: int) -> None:
+        with LookalikeClient(address) as client:
+            position = number
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                try:
+                    client.check(datas[position % len(datas)], [LIST])
+                except Exception:  # noqa: BLE001 - counted, reported
+                    errors[number] += 1
+                latencies[number].append(time.perf_counter() - started)
+                position += clients
+
+    threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(clients)]
+    began = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - began
+    flat = np.array([x for per_client in latencies for x in per_client]) * 1000
+    return {
+        "clients": clients,
+        "checks_per_s": len(flat) / elapsed,
+        "p50_ms": float(np.percentile(flat, 50)),
+        "p99_ms": float(np.percentile(flat, 99)),
+        "errors": sum(errors),
+    }
+
+
+def bulk_add(address: str, datas: list[bytes]) -> float:
+    """Images per second added over one add stream (fresh list, so nothing is a duplicate)."""
+    with LookalikeClient(address, timeout=600) as client:
+        client.create_list("bulk")
+        requests = (pb.AddEntryRequest(list="bulk", image=pb.Image(data=data)) for data in datas)
+        started = time.monotonic()
+        failures = sum(isinstance(result, Exception) for _, result in client.add_many(requests))
+        elapsed = time.monotonic() - started
+    if failures:
+        print(f"bulk add: {failures} failures", file=sys.stderr)
+    return len(datas) / elapsed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, default=Path(os.environ.get("LOOKALIKE_CORPUS", DEFAULT_CORPUS)))
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=20.0, help="per load level and for the floor")
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    args = parser.parse_args(argv)
+    photos = sorted(args.corpus.glob("*.jpg"))
+    if not photos:
+        print(f"no photos in {args.corpus}; pass --corpus or set LOOKALIKE_CORPUS", file=sys.stderr)
+        return 2
+    datas = [p.read_bytes() for p in photos]
+
+    floor_before = measure_floor(datas, args.seconds, args.model)
+    with tempfile.TemporaryDirectory(prefix="lookalike-throughput-") as folder:
+        data = Path(folder) / "data"
+        started = time.monotonic()
+        populate(data, args.entries, args.model)
+        populate_seconds = time.monotonic() - started
+        server = ServerProcess(data)
+        try:
+            loads = [run_load(server.address, datas, int(n), args.seconds) for n in args.clients.split(",")]
+            adds_per_s = bulk_add(server.address, datas[:200])
+        finally:
+            server.stop()
+    floor_after = measure_floor(datas, args.seconds, args.model)
+    floor = (floor_before + floor_after) / 2
+    for load in loads:
+        load["ratio_to_floor"] = load["checks_per_s"] / floor
+        load["p99_over_p50"] = load["p99_ms"] / load["p50_ms"]
+    result = {
+        "hardware": hardware(),
+        "model": args.model,
+        "entries": args.entries,
+        "floor_checks_per_s": {"before": floor_before, "after": floor_after, "mean": floor},
+        "populate_seconds": populate_seconds,
+        "server_startup_seconds": server.startup_seconds,
+        "loads": loads,
+        "bulk_add_images_per_s": adds_per_s,
+    }
+    print(
+        f"Checks against a list of {args.entries:,} entries ({args.model}); floor {floor:.1f} images/s "
+        f"(before {floor_before:.1f}, after {floor_after:.1f})\n"
+    )
+    print(
+        format_table(loads, ["clients", "checks_per_s", "p50_ms", "p99_ms", "p99_over_p50", "ratio_to_floor", "errors"])
+    )
+    print(f"\nbulk add: {adds_per_s:.1f} images/s; server start-up {server.startup_seconds:.1f} s")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
