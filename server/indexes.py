@@ -61,9 +61,9 @@ class IndexRegistry:
         for item in self.store.iter_entries(record.uid):
             batch.append(item)
             if len(batch) >= 10_000:
-                self._apply_adds(index, batch, 0)
+                self.apply_adds(index, batch, 0)
                 batch = []
-        self._apply_adds(index, batch, 0)
+        self.apply_adds(index, batch, 0)
         index.change = record.next_change - 1
         return index
 
@@ -73,12 +73,13 @@ class IndexRegistry:
                 entries = self.store.entries_by_seq(uid, [change.seq])
                 vectors = self.store.embeddings(uid, [change.seq])
                 items = [(entries[change.seq], vectors.get(change.seq))] if change.seq in entries else []
-                self._apply_adds(index, items, change.number)
+                self.apply_adds(index, items, change.number)
             else:
                 index.remove(np.array([change.seq], dtype=np.int64), change.number)
 
     @staticmethod
-    def _apply_adds(index: ListIndex, items: Sequence[tuple[EntryRecord, np.ndarray | None]], change: int) -> None:
+    def apply_adds(index: ListIndex, items: Sequence[tuple[EntryRecord, np.ndarray | None]], change: int) -> None:
+        """Index stored entries: each side gets the entries that have that signal."""
         with_pdq = [entry for entry, _ in items if entry.pdq]
         if with_pdq:
             index.add(np.array([e.seq for e in with_pdq], dtype=np.int64), _pdq_codes(with_pdq), None, change)
@@ -106,9 +107,6 @@ class IndexRegistry:
 
     def get(self, uid: int) -> ListIndex | None:
         return self._indexes.get(uid)
-
-    def apply_adds(self, index: ListIndex, items: Sequence[tuple[EntryRecord, np.ndarray | None]], change: int) -> None:
-        self._apply_adds(index, items, change)
 
     def snapshot_all(self, min_changes: int = 1) -> int:
         """Persist every index that is at least `min_changes` behind the store; returns how many."""
