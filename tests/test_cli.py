@@ -123,3 +123,32 @@ def test_server_flag_and_unreachable_server(lookalike: ServerHandle) -> None:
     assert code == 0 and lists == []
     code, _, stderr = run(lookalike, "lists", "ls", "--server", "127.0.0.1:1")
     assert code == 1 and "UNAVAILABLE" in stderr
+
+
+def test_urls_are_fetched_by_the_server(lookalike: ServerHandle, tmp_path: Path) -> None:
+    import http.server
+    import threading
+    from functools import partial
+
+    (photo,) = distinct_photos(1, seed=5)
+    (tmp_path / photo.name).write_bytes(photo.read_bytes())
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = partial(Quiet, directory=str(tmp_path))
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{web.server_address[1]}/{photo.name}"
+    try:
+        run(lookalike, "lists", "create", "banned")
+        code, (added,), _ = run(lookalike, "add", "banned", url, "--json")
+        assert code == 0 and added["path"] == url and not added["duplicate"]
+        code, (checked, missing), _ = run(lookalike, "check", "banned", url, f"{url}.missing", "--json")
+        assert code == 1
+        assert checked["decision"] == "reject" and checked["matches"][0]["id"] == added["id"]
+        assert missing["path"] == f"{url}.missing" and "404" in missing["error"]
+    finally:
+        web.shutdown()
+        web.server_close()
