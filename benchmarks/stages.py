@@ -84,6 +84,21 @@ def stage_costs(datas: Sequence[bytes]) -> dict[str, list[float]]:
     return costs
 
 
+def batch_costs(datas: Sequence[bytes], batch: int = 8) -> dict[str, list[float]]:
+    """Milliseconds per image embedded alone vs in one batch (inputs made one size, 384×288)."""
+    pictures = [decode_image(data, MAX_PIXELS).rgb.resize((384, 288)) for data in datas[:batch]]
+    pixels = np.stack([np.asarray(picture, dtype=np.uint8) for picture in pictures])
+    costs: dict[str, list[float]] = {}
+    for model in MODELS:
+        embedder = EmbedderPool(threads=1).get(model)
+        embedder.embed_batch(pixels)
+        alone = timed(lambda: [embedder.embed_batch(one[np.newaxis]) for one in pixels])  # noqa: B023
+        together = timed(embedder.embed_batch, pixels)
+        costs[f"embed {model}, alone (per image)"] = [alone * 1000 / len(pixels)]
+        costs[f"embed {model}, batch of {len(pixels)} (per image)"] = [together * 1000 / len(pixels)]
+    return costs
+
+
 def search_costs(entries: int, queries: int, seed: int = 0) -> dict[str, list[float]]:
     """Milliseconds per query of each index search over a synthetic list."""
     rng = np.random.default_rng(seed)
@@ -149,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     datas = [p.read_bytes() for p in photos[::step][: args.images]]
     configure_threads(1)
     costs = stage_costs(datas)
+    costs.update(batch_costs(datas))
     costs.update(search_costs(args.entries, len(datas)))
     costs.update(rpc_overhead(datas))
     rows = summarise(costs)

@@ -66,11 +66,14 @@ class Embedder:
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name
 
+    def embed_batch(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw model output for a uint8 NHWC batch of same-sized pictures."""
+        (batch,) = self._session.run([self._output], {self._input: pixels})
+        return np.asarray(batch, dtype=np.float32)
+
     def embed(self, picture: Image.Image) -> np.ndarray:
         """512 float32, unit length, for one picture prepared by `embedding_input`."""
-        pixels = np.asarray(picture, dtype=np.uint8)[np.newaxis]
-        (batch,) = self._session.run([self._output], {self._input: pixels})
-        vector = np.asarray(batch[0], dtype=np.float32)
+        vector: np.ndarray = self.embed_batch(np.asarray(picture, dtype=np.uint8)[np.newaxis])[0]
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm > 0 else vector
 
