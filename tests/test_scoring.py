@@ -1,0 +1,57 @@
+"""The fused score: calibrated per signal, exact copies at 1, agreement rewarded, weak PDQ ignored."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.scoring import (
+    DEFAULT_REJECT_THRESHOLD,
+    DEFAULT_REVIEW_THRESHOLD,
+    EMBEDDING_CURVES,
+    PDQ_CURVE,
+    PDQ_MIN_QUALITY,
+    Curve,
+    Evidence,
+    score,
+)
+
+MODEL = "sscd-distilled"
+
+
+def test_the_same_bytes_score_one_whatever_else_says() -> None:
+    assert score(Evidence(exact_sha256=True, pdq_distance=200, pdq_quality=100, embedding_similarity=0.0)) == 1.0
+
+
+@pytest.mark.parametrize("curve", [*EMBEDDING_CURVES.values()])
+def test_embedding_curves_rise_with_similarity_and_stay_in_range(curve: Curve) -> None:
+    values = [curve(x) for x in np.linspace(-1, 1, 201)]
+    assert values == sorted(values) and 0.0 <= min(values) and max(values) <= 1.0
+
+
+def test_pdq_curve_falls_with_distance() -> None:
+    values = [PDQ_CURVE(d) for d in range(257)]
+    assert values == sorted(values, reverse=True) and values[0] == 1.0 and values[-1] == 0.0
+    assert PDQ_CURVE(31) >= DEFAULT_REJECT_THRESHOLD  # HMA's match threshold rejects on its own
+
+
+def test_scores_are_calibrated_to_the_default_thresholds() -> None:
+    unrelated = Evidence(pdq_distance=120, pdq_quality=100, embedding_similarity=0.30, model=MODEL)
+    edited = Evidence(pdq_distance=110, pdq_quality=100, embedding_similarity=0.75, model=MODEL)
+    near_exact = Evidence(pdq_distance=4, pdq_quality=100, embedding_similarity=0.97, model=MODEL)
+    assert score(unrelated) < DEFAULT_REVIEW_THRESHOLD
+    assert DEFAULT_REVIEW_THRESHOLD <= score(edited) < DEFAULT_REJECT_THRESHOLD
+    assert score(near_exact) >= DEFAULT_REJECT_THRESHOLD
+
+
+def test_two_signals_at_review_level_corroborate_each_other() -> None:
+    alone = Evidence(pdq_distance=120, pdq_quality=100, embedding_similarity=0.70, model=MODEL)
+    agreeing = Evidence(pdq_distance=45, pdq_quality=100, embedding_similarity=0.70, model=MODEL)
+    assert score(agreeing) > score(alone)
+    assert score(agreeing) == pytest.approx(1 - (1 - PDQ_CURVE(45)) * (1 - EMBEDDING_CURVES[MODEL](0.70)))
+    assert agreeing.signals() == ["pdq", "embedding"] and alone.signals() == ["embedding"]
+
+
+def test_a_low_quality_pdq_hash_is_not_evidence() -> None:
+    weak = Evidence(pdq_distance=0, pdq_quality=PDQ_MIN_QUALITY - 1)
+    assert score(weak) == 0.0 and weak.signals() == []
