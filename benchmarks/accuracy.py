@@ -49,6 +49,7 @@ from benchmarks.metrics import (
     threshold_at_fpr,
 )
 from client import LookalikeClient, LookalikeError
+from client.lookalike_pb import lookalike_pb2 as pb
 from server.app import create_server
 from server.config import ServerConfig
 from server.embedder import MODEL_SSCD, MODEL_SSCD_DISTILLED
@@ -391,10 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def client_add_request(list_name: str, photo: Path) -> Any:
+def client_add_request(list_name: str, photo: Path) -> pb.AddEntryRequest:
     """A bulk-add request naming the entry after its file, so replies map back to photos."""
-    from client.lookalike_pb import lookalike_pb2 as pb
-
     return pb.AddEntryRequest(list=list_name, image=pb.Image(data=photo.read_bytes()), id=photo.name)
 
 

@@ -119,7 +119,7 @@ class ListIndex:
             if label >= 0 and similarity > best.get(label, -2.0):
                 best[label] = similarity
         ranked = sorted(best.items(), key=lambda item: -item[1])[:k]
-        return [VectorHit(label, min(1.0, similarity)) for label, similarity in ranked]
+        return [VectorHit(label, similarity) for label, similarity in ranked]
 
     def checkpoint(self) -> IndexCheckpoint:
         with self._lock:

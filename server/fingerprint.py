@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import imagehash
 import numpy as np
@@ -54,10 +55,17 @@ class Fingerprint:
     """The picture at the embedding's input size; pHash is taken from it too."""
     pdq_variants: tuple[bytes, ...]
     """PDQ of the picture's eight rotations and mirrors: a turned re-upload still matches."""
-    region_input: Image.Image | None = None
-    """The picture found inside a larger canvas (screenshot, border), at model input size."""
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
-    region_embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per model: the whole picture's embedding (what an entry stores)."""
+    views: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per model: the embeddings a check searches with, one row per view."""
+
+    @cached_property
+    def region_input(self) -> Image.Image | None:
+        """The picture found inside a larger canvas (screenshot, border), at model input
+        size; looked for only when a check needs it, never for an add."""
+        box = content_box(self.image.rgb)
+        return None if box is None else embedding_input(self.image.rgb.crop(box))
 
 
 def pdq_hashes(rgb: Image.Image) -> tuple[tuple[bytes, ...], int]:
@@ -85,17 +93,13 @@ class Fingerprinter:
         decoded = decode_image(data, self.max_pixels)
         variants, quality = pdq_hashes(decoded.rgb)
         model_input = embedding_input(decoded.rgb)
-        box = content_box(decoded.rgb)
-        region_input = embedding_input(decoded.rgb.crop(box)) if box is not None else None
         hashes = Hashes(
             sha256=hashlib.sha256(data).digest(),
             pdq=variants[0],
             pdq_quality=quality,
             phash=phash(model_input),
         )
-        return Fingerprint(
-            hashes=hashes, image=decoded, model_input=model_input, pdq_variants=variants, region_input=region_input
-        )
+        return Fingerprint(hashes=hashes, image=decoded, model_input=model_input, pdq_variants=variants)
 
     def embedding(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
         """The picture's embedding under `model` (what an entry stores), computed once."""
@@ -107,11 +111,10 @@ class Fingerprinter:
 
     def views(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
         """The embeddings a check searches with: the whole picture, then its region if found."""
-        whole = self.embedding(fingerprint, model)
-        if fingerprint.region_input is None:
-            return whole[np.newaxis]
-        region = fingerprint.region_embeddings.get(model)
-        if region is None:
-            region = self.embedders.get(model).embed(fingerprint.region_input)
-            fingerprint.region_embeddings[model] = region
-        return np.stack([whole, region])
+        views = fingerprint.views.get(model)
+        if views is None:
+            rows = [self.embedding(fingerprint, model)]
+            if fingerprint.region_input is not None:
+                rows.append(self.embedders.get(model).embed(fingerprint.region_input))
+            views = fingerprint.views[model] = np.stack(rows)
+        return views

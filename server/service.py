@@ -85,6 +85,12 @@ def decide(value: float, record: ListRecord) -> str:
     return ACCEPT
 
 
+def _rank(match: Match) -> tuple[float, float, str, int]:
+    """Best score first; among equal scores, the closer embedding."""
+    similarity = match.evidence.embedding_similarity
+    return (-match.score, -(similarity if similarity is not None else -1.0), match.list, match.entry.seq)
+
+
 def hamming(a: bytes, b: bytes) -> int:
     return int(np.unpackbits(np.bitwise_xor(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8))).sum())
 
@@ -153,6 +159,8 @@ class LookalikeService:
             return self.fingerprinter.embedding(fingerprint, model)
 
     def views(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
+        if model in fingerprint.views:  # a second list of the same model: no CPU slot needed
+            return fingerprint.views[model]
         with self._cpu:
             return self.fingerprinter.views(fingerprint, model)
 
@@ -259,7 +267,7 @@ class LookalikeService:
         candidates: list[Match] = []
         for record, index in targets:
             candidates.extend(self._match_list(record, index, fingerprint, max(top_k, EMBEDDING_CANDIDATES)))
-        candidates.sort(key=lambda m: (-m.score, -(m.evidence.embedding_similarity or -1.0), m.list, m.entry.seq))
+        candidates.sort(key=_rank)
         decision = max((m.decision for m in candidates), key=_STRICTNESS.__getitem__, default=ACCEPT)
         if min_score is not None:
             shown = [m for m in candidates if m.score >= min_score]
@@ -304,7 +312,7 @@ class LookalikeService:
                 exact_sha256=seq == exact,
                 pdq_distance=distance,
                 pdq_quality=min(hashes.pdq_quality, entry.pdq_quality) if entry.pdq else 0,
-                embedding_similarity=similarities.get(seq),
+                embedding_similarity=None if seq not in similarities else min(1.0, similarities[seq]),
                 model=entry.model,
             )
             value = score(evidence)

@@ -145,6 +145,25 @@ def validate_meta(meta: dict[str, str]) -> None:
         )
 
 
+def _list_record(raw: bytes | memoryview) -> ListRecord:
+    return ListRecord(**json.loads(bytes(raw)))
+
+
+def _entry_record(raw: bytes | memoryview) -> EntryRecord:
+    return EntryRecord(**json.loads(bytes(raw)))
+
+
+def _delete_prefix(cursor: lmdb.Cursor, prefix: bytes, up_to: int | None = None) -> None:
+    """Delete the keys starting with `prefix` (and, given `up_to`, whose sequence suffix is ≤ it)."""
+    if not cursor.set_range(prefix):
+        return
+    while bytes(cursor.key()).startswith(prefix):
+        if up_to is not None and _SEQ.unpack(cursor.key()[4:])[0] > up_to:
+            return
+        if not cursor.delete():
+            return
+
+
 def _list_key(name: str) -> bytes:
     return name.encode()
 
@@ -231,7 +250,7 @@ class Store:
         raw = txn.get(_list_key(name), db=self._lists)
         if raw is None:
             raise NotFound(f"list {name!r} does not exist", "LIST_NOT_FOUND")
-        return ListRecord(**json.loads(bytes(raw)))
+        return _list_record(raw)
 
     def get_list(self, name: str) -> ListRecord:
         with self.env.begin() as txn:
@@ -239,7 +258,7 @@ class Store:
 
     def lists(self) -> list[ListRecord]:
         with self.env.begin() as txn:
-            return [ListRecord(**json.loads(bytes(raw))) for _, raw in txn.cursor(db=self._lists)]
+            return [_list_record(raw) for _, raw in txn.cursor(db=self._lists)]
 
     def update_list(
         self,
@@ -267,11 +286,7 @@ class Store:
             txn.delete(_list_key(name), db=self._lists)
             prefix = _prefix(record.uid)
             for db in (self._entries, self._entry_ids, self._digests, self._vectors, self._changes, self._snapshots):
-                cursor = txn.cursor(db=db)
-                if cursor.set_range(prefix):
-                    while bytes(cursor.key()).startswith(prefix):
-                        if not cursor.delete():
-                            break
+                _delete_prefix(txn.cursor(db=db), prefix)
         return record
 
     # Entries -------------------------------------------------------------
@@ -349,7 +364,7 @@ class Store:
         raw = txn.get(_seq_key(uid, seq), db=self._entries)
         if raw is None:
             raise NotFound(f"entry #{seq} is gone", "ENTRY_NOT_FOUND")
-        return EntryRecord(**json.loads(bytes(raw)))
+        return _entry_record(raw)
 
     def get_entry(self, name: str, entry_id: str) -> EntryRecord:
         with self.env.begin() as txn:
@@ -366,7 +381,7 @@ class Store:
             for seq in seqs:
                 raw = txn.get(_seq_key(uid, seq), db=self._entries)
                 if raw is not None:
-                    found[seq] = EntryRecord(**json.loads(bytes(raw)))
+                    found[seq] = _entry_record(raw)
         return found
 
     def seq_for_digest(self, uid: int, sha256: bytes) -> int | None:
@@ -396,7 +411,7 @@ class Store:
                     break
                 vector = vectors.get(key)
                 embedding = None if vector is None else np.frombuffer(vector, np.float32)
-                yield EntryRecord(**json.loads(bytes(raw))), embedding
+                yield _entry_record(raw), embedding
 
     # Change log and index snapshots ---------------------------------------
 
@@ -419,14 +434,10 @@ class Store:
         """
         prefix = _prefix(uid)
         with self._guard(), self._write() as txn:
-            if not any(ListRecord(**json.loads(bytes(raw))).uid == uid for _, raw in txn.cursor(db=self._lists)):
+            if not any(_list_record(raw).uid == uid for _, raw in txn.cursor(db=self._lists)):
                 return False
             txn.put(prefix, _SEQ.pack(change) + blob, db=self._snapshots)
-            cursor = txn.cursor(db=self._changes)
-            if cursor.set_range(prefix):
-                while bytes(cursor.key()).startswith(prefix) and _SEQ.unpack(cursor.key()[4:])[0] <= change:
-                    if not cursor.delete():
-                        break
+            _delete_prefix(txn.cursor(db=self._changes), prefix, up_to=change)
         return True
 
     def load_snapshot(self, uid: int) -> tuple[int, bytes] | None:
