@@ -4,13 +4,21 @@ Both are keyed by the list's int64 entry sequence numbers, so a match from eithe
 side names the same entry. The index is a cache of what the store holds: it is
 serialised with a checkpoint (the last change it reflects) so a restart loads it
 and replays only newer changes, never recomputing an embedding.
+
+Small lists are searched exactly. Large ones use inverted files (IVF): PDQ codes
+in a binary IVF, embeddings as 4-bit product-quantised fast-scan codes (16 bytes
+each), probing enough cells to scan a fixed budget of entries per query. The
+embedding side then returns a shortlist whose similarities are approximate:
+callers re-rank it exactly from the stored vectors (`approximate` says when).
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import faiss
@@ -21,13 +29,77 @@ PDQ_BYTES = PDQ_BITS // 8
 EMBEDDING_DIM = 512
 
 _MAGIC = b"LKIX"
-_FORMAT_VERSION = 1
-_HEADER = struct.Struct(">4sHQQQ")  # magic, version, checkpoint change, pdq blob len, vector blob len
+_FORMAT_VERSION = 2
+# magic, version, checkpoint change, vector cells, pdq cells, trained-for count, pdq blob len, vector blob len
+_HEADER = struct.Struct(">4sHQIIQQQ")
+
+EXACT_VECTORS_MAX = 20_000
+"""Largest embedding count searched exactly: 20k × 512 floats scan in about 2.5 ms."""
+EXACT_PDQ_MAX = 200_000
+"""Largest PDQ count searched exactly: 8 query variants over 200k codes take about 3 ms."""
+VECTOR_SCAN_BUDGET = 600_000
+"""Fast-scan codes compared per query view on a large list (about 5 ms on one core)."""
+PDQ_SCAN_BUDGET = 200_000
+"""PDQ codes compared per query variant on a large list."""
+MAX_CELLS = 4096
+"""Cap on IVF cells: k-means training time grows with cells × training points."""
+SHORTLIST_MIN = 64
+"""Approximate candidates fetched per view before exact re-ranking."""
+PQ_SUBQUANTIZERS = 32
+TRAINING_POINTS_PER_CELL = 40
+TOMBSTONES_MIN = 1000
+"""Removals from a fast-scan side are purged once this many (or 0.5 % of it) are pending."""
+REBUILD_GROWTH = 4
+"""An IVF layout is rebuilt once its list is this many times larger (or smaller) than it was trained for."""
 
 
 def configure_threads(threads: int = 1) -> None:
     """FAISS's OpenMP threads fight request threads on small machines: use one."""
     faiss.omp_set_num_threads(threads)
+
+
+def _cells_for(count: int) -> int:
+    """About 4·√n cells, a power of two, capped."""
+    return int(min(MAX_CELLS, max(64, 2 ** round(math.log2(4 * math.sqrt(max(count, 1)))))))
+
+
+def _probes(cells: int, count: int, budget: int) -> int:
+    """Cells to visit so that about `budget` entries are compared."""
+    if count <= 0:
+        return 1
+    return int(min(cells, max(8, math.ceil(cells * budget / count))))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a list is indexed: 0 cells means exact search on that side."""
+
+    vector_cells: int = 0
+    pdq_cells: int = 0
+    trained_for: int = 0
+
+    @classmethod
+    def for_size(cls, vectors: int, codes: int) -> Layout:
+        return cls(
+            vector_cells=_cells_for(vectors) if vectors > EXACT_VECTORS_MAX else 0,
+            pdq_cells=_cells_for(codes) if codes > EXACT_PDQ_MAX else 0,
+            trained_for=max(vectors, codes),
+        )
+
+    @property
+    def training_points(self) -> int:
+        """Entries worth sampling to train this layout's IVF sides (0 when exact)."""
+        return max(self.vector_cells, self.pdq_cells) * TRAINING_POINTS_PER_CELL
+
+    def outgrown(self, vectors: int, codes: int) -> bool:
+        """True when a list of this size deserves another layout (it grew past exact, or far from its training)."""
+        ideal = Layout.for_size(vectors, codes)
+        if (ideal.vector_cells == 0) != (self.vector_cells == 0) or (ideal.pdq_cells == 0) != (self.pdq_cells == 0):
+            return True
+        size = max(vectors, codes)
+        trained = max(self.trained_for, 1)
+        approximate = self.vector_cells or self.pdq_cells
+        return bool(approximate) and not trained / REBUILD_GROWTH <= size <= trained * REBUILD_GROWTH
 
 
 @dataclass(frozen=True)
@@ -51,15 +123,113 @@ class VectorHit:
     similarity: float
 
 
+class _ReadWriteLock:
+    """Many concurrent searches, or one writer: FAISS searches are safe together, not beside an add."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._writing)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                if not self._readers:
+                    self._condition.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._writing and not self._readers)
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._writing = False
+                self._condition.notify_all()
+
+
+def _empty_pdq(cells: int) -> faiss.IndexBinary:
+    if not cells:
+        return faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(PDQ_BITS))
+    index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(PDQ_BITS), PDQ_BITS, cells)
+    index.cp.niter = 10
+    return index
+
+
+def _empty_vectors(cells: int, dim: int) -> faiss.Index:
+    if not cells:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    index = faiss.index_factory(dim, f"IVF{cells},PQ{PQ_SUBQUANTIZERS}x4fs", faiss.METRIC_INNER_PRODUCT)
+    faiss.extract_index_ivf(index).cp.niter = 10
+    return index
+
+
+def _training_sample(data: np.ndarray, cells: int, seed: int = 0) -> np.ndarray:
+    wanted = cells * TRAINING_POINTS_PER_CELL
+    if len(data) <= wanted:
+        return data
+    rows = np.sort(np.random.default_rng(seed).choice(len(data), wanted, replace=False))
+    return data[rows]
+
+
 class ListIndex:
     """PDQ and embedding indexes of one list; safe to share across threads."""
 
-    def __init__(self, dim: int = EMBEDDING_DIM) -> None:
+    def __init__(self, dim: int = EMBEDDING_DIM, layout: Layout | None = None) -> None:
         self.dim = dim
-        self._pdq: faiss.IndexBinary = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(PDQ_BITS))
-        self._vectors: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        self._lock = threading.RLock()
+        self.layout = layout or Layout()
+        if self.layout.vector_cells or self.layout.pdq_cells:
+            raise ValueError("an IVF layout needs training data: use ListIndex.build")
+        self._pdq: faiss.IndexBinary = _empty_pdq(0)
+        self._vectors: faiss.Index = _empty_vectors(0, dim)
+        self._lock = _ReadWriteLock()
+        self._tombstones: set[int] = set()
         self.change = 0
+
+    @classmethod
+    def trained(
+        cls,
+        layout: Layout,
+        pdq_sample: np.ndarray | None,
+        vector_sample: np.ndarray | None,
+        dim: int = EMBEDDING_DIM,
+    ) -> ListIndex:
+        """An empty index in `layout`, its IVF sides trained on samples of the entries to come
+        (add them next, in chunks: a list of millions never needs to fit in memory twice)."""
+        index = cls(dim)
+        index.layout = layout
+        if layout.pdq_cells:
+            if pdq_sample is None or len(pdq_sample) == 0:
+                raise ValueError("a binary IVF layout needs PDQ codes to train on")
+            codes = np.ascontiguousarray(pdq_sample, dtype=np.uint8).reshape(-1, PDQ_BYTES)
+            index._pdq = _empty_pdq(layout.pdq_cells)
+            index._pdq.train(_training_sample(codes, layout.pdq_cells))
+            index._pdq.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]  # O(1) removals
+        if layout.vector_cells:
+            if vector_sample is None or len(vector_sample) == 0:
+                raise ValueError("an IVF layout needs embeddings to train on")
+            matrix = np.ascontiguousarray(vector_sample, dtype=np.float32).reshape(-1, dim)
+            index._vectors = _empty_vectors(layout.vector_cells, dim)
+            index._vectors.train(_training_sample(matrix, layout.vector_cells))
+        return index
+
+    @classmethod
+    def build(
+        cls, ids: np.ndarray, pdq_codes: np.ndarray | None, vectors: np.ndarray | None, change: int, layout: Layout
+    ) -> ListIndex:
+        """An index of these entries (each with both signals) in `layout`, trained on them."""
+        index = cls.trained(layout, pdq_codes, vectors)
+        index.add(ids, pdq_codes, vectors, change)
+        return index
 
     @property
     def pdq_count(self) -> int:
@@ -67,27 +237,70 @@ class ListIndex:
 
     @property
     def vector_count(self) -> int:
-        return int(self._vectors.ntotal)
+        return int(self._vectors.ntotal) - len(self._tombstones)
+
+    @property
+    def approximate(self) -> bool:
+        """Whether embedding similarities from `search_vectors` are estimates to re-rank."""
+        return bool(self.layout.vector_cells)
+
+    def outgrown(self) -> bool:
+        return self.layout.outgrown(self.vector_count, self.pdq_count)
+
+    def memory_bytes(self) -> int:
+        """Estimated bytes held: codes or vectors, ids, direct maps and trained centroids."""
+        pdq_per_entry = PDQ_BYTES + 8 + (16 if self.layout.pdq_cells else 0)
+        vector_per_entry = (PQ_SUBQUANTIZERS // 2 if self.layout.vector_cells else 4 * self.dim) + 8
+        centroids = self.layout.vector_cells * self.dim * 4 + self.layout.pdq_cells * PDQ_BYTES
+        return int(self._pdq.ntotal) * pdq_per_entry + int(self._vectors.ntotal) * vector_per_entry + centroids
 
     def add(self, ids: np.ndarray, pdq_codes: np.ndarray | None, vectors: np.ndarray | None, change: int) -> None:
         """Add entries (either signal may be absent) and record the change they came from."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        with self._lock:
+        with self._lock.writing():
             if pdq_codes is not None and len(ids):
                 codes = np.ascontiguousarray(pdq_codes, dtype=np.uint8).reshape(len(ids), PDQ_BYTES)
                 self._pdq.add_with_ids(codes, ids)
             if vectors is not None and len(ids):
                 matrix = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
                 self._vectors.add_with_ids(matrix, ids)
+            self._set_probes()
             self.change = max(self.change, change)
 
+    def _set_probes(self) -> None:
+        """Probe counts follow the list's size; set while writing, so searches never race a change."""
+        if isinstance(self._pdq, faiss.IndexBinaryIVF):
+            self._pdq.nprobe = _probes(self.layout.pdq_cells, self.pdq_count, PDQ_SCAN_BUDGET)
+        if self.layout.vector_cells:
+            faiss.extract_index_ivf(self._vectors).nprobe = _probes(
+                self.layout.vector_cells, self.vector_count, VECTOR_SCAN_BUDGET
+            )
+
     def remove(self, ids: np.ndarray, change: int) -> None:
-        """Remove entries by id; ids not present are ignored."""
-        selector = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
-        with self._lock:
-            self._pdq.remove_ids(selector)
-            self._vectors.remove_ids(selector)
+        """Remove entries by id; ids not present are ignored.
+
+        Fast-scan IVF codes can only be removed by a scan of every inverted list, so
+        there a removal is a tombstone, hidden from searches at once and purged in
+        batches (and before every snapshot)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        with self._lock.writing():
+            if self.layout.pdq_cells:  # binary IVF with a hashtable direct map: O(1) per id
+                self._pdq.remove_ids(faiss.IDSelectorArray(ids))
+            else:
+                self._pdq.remove_ids(faiss.IDSelectorBatch(ids))
+            if self.layout.vector_cells:
+                self._tombstones.update(ids.tolist())
+                if len(self._tombstones) >= max(TOMBSTONES_MIN, self._vectors.ntotal // 200):
+                    self._purge()
+            else:
+                self._vectors.remove_ids(faiss.IDSelectorBatch(ids))
+            self._set_probes()
             self.change = max(self.change, change)
+
+    def _purge(self) -> None:
+        if self._tombstones:
+            self._vectors.remove_ids(faiss.IDSelectorBatch(np.fromiter(self._tombstones, np.int64)))
+            self._tombstones.clear()
 
     def search_pdq(self, codes: Sequence[bytes], max_distance: int) -> list[HashHit]:
         """Entries within `max_distance` bits (inclusive) of any of `codes`, each at its
@@ -95,7 +308,7 @@ class ListIndex:
         if not codes:
             return []
         query = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(codes), PDQ_BYTES)
-        with self._lock:
+        with self._lock.reading():
             if self._pdq.ntotal == 0:
                 return []
             # FAISS keeps distances strictly below the radius: ask for one more.
@@ -108,30 +321,44 @@ class ListIndex:
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[VectorHit]:
         """The k entries of highest inner product (cosine, for unit vectors) with any of
-        `vectors` (one picture's views: whole, region), each at its best similarity."""
+        `vectors` (one picture's views: whole, region), each at its best similarity.
+
+        On an IVF layout this is a longer shortlist with estimated similarities."""
         queries = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
-        with self._lock:
-            if self._vectors.ntotal == 0 or k <= 0:
-                return []
-            similarities, labels = self._vectors.search(queries, min(k, int(self._vectors.ntotal)))
         best: dict[int, float] = {}
-        for label, similarity in zip(labels.ravel().tolist(), similarities.ravel().tolist(), strict=True):
-            if label >= 0 and similarity > best.get(label, -2.0):
-                best[label] = similarity
-        ranked = sorted(best.items(), key=lambda item: -item[1])[:k]
+        with self._lock.reading():
+            if self.vector_count == 0 or k <= 0:
+                return []
+            wanted = min(max(4 * k, SHORTLIST_MIN) if self.approximate else k, int(self._vectors.ntotal))
+            similarities, labels = self._vectors.search(queries, wanted)
+            for label, similarity in zip(labels.ravel().tolist(), similarities.ravel().tolist(), strict=True):
+                if label >= 0 and similarity > best.get(label, -2.0) and label not in self._tombstones:
+                    best[label] = similarity
+        ranked = sorted(best.items(), key=lambda item: -item[1])[:wanted]
         return [VectorHit(label, similarity) for label, similarity in ranked]
 
     def checkpoint(self) -> IndexCheckpoint:
-        with self._lock:
+        with self._lock.reading():
             return IndexCheckpoint(self.change, self.pdq_count, self.vector_count)
 
     def serialize(self) -> tuple[IndexCheckpoint, bytes]:
-        """Bytes of both indexes with their checkpoint, taken atomically."""
-        with self._lock:
+        """Bytes of both indexes with their layout and checkpoint, taken atomically."""
+        with self._lock.writing():
+            self._purge()
             pdq_blob = faiss.serialize_index_binary(self._pdq).tobytes()
             vector_blob = faiss.serialize_index(self._vectors).tobytes()
             checkpoint = IndexCheckpoint(self.change, self.pdq_count, self.vector_count)
-        header = _HEADER.pack(_MAGIC, _FORMAT_VERSION, checkpoint.change, len(pdq_blob), len(vector_blob))
+        layout = self.layout
+        header = _HEADER.pack(
+            _MAGIC,
+            _FORMAT_VERSION,
+            checkpoint.change,
+            layout.vector_cells,
+            layout.pdq_cells,
+            layout.trained_for,
+            len(pdq_blob),
+            len(vector_blob),
+        )
         return checkpoint, header + pdq_blob + vector_blob
 
     @classmethod
@@ -139,15 +366,17 @@ class ListIndex:
         """Rebuild an index from `serialize()` output; raises ValueError when unreadable."""
         if len(data) < _HEADER.size:
             raise ValueError("index snapshot is truncated")
-        magic, version, change, pdq_len, vector_len = _HEADER.unpack_from(data)
+        magic, version = _HEADER.unpack_from(data)[:2]
         if magic != _MAGIC or version != _FORMAT_VERSION:
             raise ValueError(f"index snapshot has format {magic!r} v{version}; expected {_MAGIC!r} v{_FORMAT_VERSION}")
+        _, _, change, vector_cells, pdq_cells, trained_for, pdq_len, vector_len = _HEADER.unpack_from(data)
         if len(data) != _HEADER.size + pdq_len + vector_len:
             raise ValueError("index snapshot length does not match its header")
         start = _HEADER.size
         pdq_blob = np.frombuffer(data, dtype=np.uint8, count=pdq_len, offset=start)
         vector_blob = np.frombuffer(data, dtype=np.uint8, count=vector_len, offset=start + pdq_len)
         index = cls(dim)
+        index.layout = Layout(vector_cells, pdq_cells, trained_for)
         try:
             index._pdq = faiss.deserialize_index_binary(pdq_blob)
             index._vectors = faiss.deserialize_index(vector_blob)

@@ -22,6 +22,7 @@ from server.api import LookalikeServicer
 from server.config import ServerConfig, parse_config
 from server.embedder import EmbedderPool
 from server.fingerprint import Fingerprinter
+from server.indexes import SNAPSHOT_SHARE
 from server.service import LookalikeService
 from server.store import Store
 
@@ -49,7 +50,8 @@ class RunningServer:
         if self._snapshotter is not None:
             self._snapshotter.join()
         self.executor.shutdown(wait=True)
-        saved = self.service.indexes.snapshot_all(min_changes=1)
+        self.service.indexes.wait_for_rebuilds(grace)
+        saved = self.service.indexes.snapshot_all()
         log.info("stopped; %d index snapshots written", saved)
         self.service.store.close()
 
@@ -100,7 +102,7 @@ def _snapshot_loop(service: LookalikeService, config: ServerConfig, stop: thread
     """Snapshot indexes that fell far behind, so a restart replays little."""
     while not stop.wait(config.snapshot_interval):
         try:
-            service.indexes.snapshot_all(min_changes=config.snapshot_min_changes)
+            service.indexes.snapshot_all(config.snapshot_min_changes, SNAPSHOT_SHARE)
         except Exception:
             log.exception("index snapshot failed; will retry")
 

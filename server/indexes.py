@@ -4,6 +4,11 @@ Writes go store-first: a change is committed to LMDB, then applied to the index
 under the same per-list lock, so the index never runs ahead of the store and a
 snapshot's checkpoint always names a prefix of the change log. A crash between
 commit and apply loses nothing: start-up replays the log after the snapshot.
+
+A list that outgrows its index layout (exact search past a few tens of thousands
+of entries, or an IVF trained for a size it has left far behind) is rebuilt in
+the background from one consistent read of the store; the old index serves until
+the new one has replayed the changes made meanwhile and takes its place.
 """
 
 from __future__ import annotations
@@ -16,9 +21,14 @@ from contextlib import contextmanager
 import numpy as np
 
 from index import ListIndex
-from server.store import OP_ADD, EntryRecord, ListRecord, Store
+from index.list_index import Layout
+from server.store import OP_ADD, Change, EntryRecord, ListRecord, Store
 
 log = logging.getLogger(__name__)
+BUILD_CHUNK = 10_000
+SNAPSHOT_SHARE = 0.01
+"""A list is snapshotted once its unsnapshotted changes reach this share of its entries (or
+the configured minimum): rewrites stay proportional to change, replays at start-up short."""
 
 
 def _pdq_codes(entries: Sequence[EntryRecord]) -> np.ndarray:
@@ -28,16 +38,20 @@ def _pdq_codes(entries: Sequence[EntryRecord]) -> np.ndarray:
 class IndexRegistry:
     """Per-list indexes plus the lock that orders each list's writes."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, background: bool = True) -> None:
         self.store = store
+        self.background = background
+        """Rebuild outgrown indexes on a thread (False: at once, for tools and tests)."""
         self._indexes: dict[int, ListIndex] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._guard = threading.Lock()
         self._snapshot_lock = threading.Lock()
+        self._rebuilding: dict[int, threading.Thread] = {}
 
     def load_all(self) -> None:
         for record in self.store.lists():
             self._indexes[record.uid] = self._load(record)
+            self.rebuild_if_outgrown(record.uid)
 
     def _load(self, record: ListRecord) -> ListIndex:
         snapshot = self.store.load_snapshot(record.uid)
@@ -48,34 +62,65 @@ class IndexRegistry:
             except ValueError as error:
                 log.warning("list %s: snapshot unreadable (%s); rebuilding from entries", record.name, error)
         if index is None:
-            index = self._build(record)
+            index = self.build(record.uid)
         else:
-            self._replay(record.uid, index)
+            self.replay(record.uid, index)
         log.info("list %s: %d entries indexed (change %d)", record.name, index.pdq_count, index.change)
         return index
 
-    def _build(self, record: ListRecord) -> ListIndex:
-        """Rebuild from the entries themselves (no snapshot): stored embeddings, no model runs."""
-        index = ListIndex()
-        batch: list[tuple[EntryRecord, np.ndarray | None]] = []
-        for item in self.store.iter_entries(record.uid):
-            batch.append(item)
-            if len(batch) >= 10_000:
-                self.apply_adds(index, batch, 0)
-                batch = []
-        self.apply_adds(index, batch, 0)
-        index.change = record.next_change - 1
+    def build(self, uid: int) -> ListIndex:
+        """A fresh index of the list in the layout its size deserves, from stored fingerprints
+        (no model runs): one pass samples training data, a second adds every entry in chunks."""
+        with self.store.list_view(uid) as view:
+            count = view.record.entry_count
+            layout = Layout.for_size(count, count)
+            codes: list[EntryRecord] = []
+            vectors: list[np.ndarray] = []
+            if layout.training_points:
+                sample = list(view.entries(step=max(1, count // layout.training_points)))
+                codes = [entry for entry, _ in sample if entry.pdq]
+                vectors = [vector for _, vector in sample if vector is not None]
+                layout = Layout.for_size(count * len(vectors) // len(sample), count * len(codes) // len(sample))
+            index = ListIndex.trained(
+                layout,
+                _pdq_codes(codes) if codes else None,
+                np.stack(vectors) if vectors else None,
+            )
+            batch: list[tuple[EntryRecord, np.ndarray | None]] = []
+            for item in view.entries():
+                batch.append(item)
+                if len(batch) >= BUILD_CHUNK:
+                    self.apply_adds(index, batch, 0)
+                    batch = []
+            self.apply_adds(index, batch, 0)
+            index.change = view.change
         return index
 
-    def _replay(self, uid: int, index: ListIndex) -> None:
-        for change in self.store.changes_after(uid, index.change):
-            if change.op == OP_ADD:
-                entries = self.store.entries_by_seq(uid, [change.seq])
-                vectors = self.store.embeddings(uid, [change.seq])
-                items = [(entries[change.seq], vectors.get(change.seq))] if change.seq in entries else []
-                self.apply_adds(index, items, change.number)
-            else:
-                index.remove(np.array([change.seq], dtype=np.int64), change.number)
+    def replay(self, uid: int, index: ListIndex) -> None:
+        """Apply the logged changes the index has not seen, consecutive adds in one batch.
+
+        An entry added and removed since the index's checkpoint is in neither: its add finds
+        nothing stored, so its removal is dropped too (an index may count tombstones)."""
+        logged = self.store.changes_after(uid, index.change)
+        added = {change.seq for change in logged if change.op == OP_ADD}
+        changes = [change for change in logged if change.op == OP_ADD or change.seq not in added]
+        start = 0
+        while start < len(changes):
+            end = start + 1
+            while end < len(changes) and changes[end].op == changes[start].op and end - start < BUILD_CHUNK:
+                end += 1
+            self._apply_changes(uid, index, changes[start:end])
+            start = end
+
+    def _apply_changes(self, uid: int, index: ListIndex, run: Sequence[Change]) -> None:
+        last = run[-1].number
+        seqs = [change.seq for change in run]
+        if run[0].op == OP_ADD:
+            entries = self.store.entries_by_seq(uid, seqs)
+            vectors = self.store.embeddings(uid, seqs)
+            self.apply_adds(index, [(entries[seq], vectors.get(seq)) for seq in seqs if seq in entries], last)
+        else:
+            index.remove(np.array(seqs, dtype=np.int64), last)
 
     @staticmethod
     def apply_adds(index: ListIndex, items: Sequence[tuple[EntryRecord, np.ndarray | None]], change: int) -> None:
@@ -108,13 +153,59 @@ class IndexRegistry:
     def get(self, uid: int) -> ListIndex | None:
         return self._indexes.get(uid)
 
-    def snapshot_all(self, min_changes: int = 1) -> int:
-        """Persist every index that is at least `min_changes` behind the store; returns how many."""
+    # Rebuilds ---------------------------------------------------------------
+
+    def rebuild_if_outgrown(self, uid: int) -> bool:
+        """Start a rebuild of the list's index when its layout no longer fits its size."""
+        index = self._indexes.get(uid)
+        if index is None or not index.outgrown():
+            return False
+        with self._guard:
+            if uid in self._rebuilding:
+                return False
+            worker = threading.Thread(target=self._rebuild, args=(uid,), name=f"rebuild-{uid}", daemon=True)
+            self._rebuilding[uid] = worker
+        if self.background:
+            worker.start()
+        else:
+            worker.run()
+        return True
+
+    def _rebuild(self, uid: int) -> None:
+        try:
+            fresh = self.build(uid)
+            with self.writing(uid) as current:
+                if current is None:
+                    return  # the list was deleted meanwhile
+                self.replay(uid, fresh)
+                with self._guard:
+                    self._indexes[uid] = fresh
+            log.info("list #%d: index rebuilt as %s for %d entries", uid, fresh.layout, fresh.vector_count)
+        except Exception:
+            log.exception("list #%d: index rebuild failed; the current index keeps serving", uid)
+        finally:
+            with self._guard:
+                self._rebuilding.pop(uid, None)
+
+    def wait_for_rebuilds(self, timeout: float | None = None) -> None:
+        for worker in list(self._rebuilding.values()):
+            if worker.is_alive():
+                worker.join(timeout)
+
+    # Snapshots --------------------------------------------------------------
+
+    def snapshot_all(self, min_changes: int = 1, share: float = 0.0) -> int:
+        """Persist every index whose unsnapshotted changes reach `min_changes` and `share` of its
+        entries; returns how many. A list being rebuilt is skipped: its rebuild replays from
+        the change log, which a snapshot would prune."""
         saved = 0
         with self._snapshot_lock:
             for record in self.store.lists():
                 index = self._indexes.get(record.uid)
-                if index is None or index.change - self.store.snapshot_change(record.uid) < min_changes:
+                if index is None or record.uid in self._rebuilding:
+                    continue
+                behind = index.change - self.store.snapshot_change(record.uid)
+                if behind < max(1, min_changes, share * max(index.pdq_count, index.vector_count)):
                     continue
                 checkpoint, blob = index.serialize()
                 if self.store.save_snapshot(record.uid, checkpoint.change, blob):

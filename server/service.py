@@ -228,6 +228,7 @@ class LookalikeService:
             added = [r for r in results if isinstance(r, AddOutcome) and not r.duplicate]
             if added:
                 self.indexes.apply_adds(index, [(r.entry, r.embedding) for r in added], max(r.change for r in added))
+        self.indexes.rebuild_if_outgrown(record.uid)
         return results
 
     def remove_entry(self, list_name: str, entry_id: str) -> EntryRecord:
@@ -294,6 +295,10 @@ class LookalikeService:
         if index.vector_count:
             views = self.views(fingerprint, record.model)
             similarities = {hit.id: hit.similarity for hit in index.search_vectors(views, k)}
+            if index.approximate:  # estimates from compressed codes: re-rank exactly from the stored vectors
+                shortlist = self.store.embeddings(record.uid, list(similarities))
+                reranked = {seq: float(np.max(views @ vector)) for seq, vector in shortlist.items()}
+                similarities = dict(sorted(reranked.items(), key=lambda item: -item[1])[:k])
         seqs = set(pdq_hits) | set(similarities) | ({exact} if exact is not None else set())
         if not seqs:
             return []

@@ -15,6 +15,7 @@ import struct
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -174,6 +175,45 @@ def _seq_key(uid: int, seq: int) -> bytes:
 
 def _prefix(uid: int) -> bytes:
     return _UID.pack(uid)
+
+
+def _iter_entries(
+    txn: lmdb.Transaction, entries: lmdb._Database, vectors: lmdb._Database, uid: int, step: int = 1
+) -> Iterator[tuple[EntryRecord, np.ndarray | None]]:
+    """A list's entries with their embeddings in sequence order; every `step`-th only (decoding the rest
+    would cost most of a sampling pass)."""
+    prefix = _prefix(uid)
+    cursor = txn.cursor(db=entries)
+    vector_cursor = txn.cursor(db=vectors)
+    if not cursor.set_range(prefix):
+        return
+    position = 0
+    for key in cursor.iternext(keys=True, values=False):
+        if not bytes(key).startswith(prefix):
+            break
+        if position % step == 0:
+            vector = vector_cursor.get(key)
+            embedding = None if vector is None else np.frombuffer(vector, np.float32)
+            yield _entry_record(cursor.value()), embedding
+        position += 1
+
+
+@dataclass(frozen=True)
+class ListView:
+    """A list's record and entries read in one transaction: `record.next_change - 1` is the last
+    change the entries reflect."""
+
+    record: ListRecord
+    _txn: lmdb.Transaction
+    _entries: lmdb._Database
+    _vectors: lmdb._Database
+
+    @property
+    def change(self) -> int:
+        return self.record.next_change - 1
+
+    def entries(self, step: int = 1) -> Iterator[tuple[EntryRecord, np.ndarray | None]]:
+        return _iter_entries(self._txn, self._entries, self._vectors, self.record.uid, step)
 
 
 class Store:
@@ -400,18 +440,17 @@ class Store:
 
     def iter_entries(self, uid: int) -> Iterator[tuple[EntryRecord, np.ndarray | None]]:
         """Every entry of a list with its embedding, in sequence order."""
-        prefix = _prefix(uid)
         with self.env.begin() as txn:
-            cursor = txn.cursor(db=self._entries)
-            vectors = txn.cursor(db=self._vectors)
-            if not cursor.set_range(prefix):
-                return
-            for key, raw in cursor:
-                if not key.startswith(prefix):
-                    break
-                vector = vectors.get(key)
-                embedding = None if vector is None else np.frombuffer(vector, np.float32)
-                yield _entry_record(raw), embedding
+            yield from _iter_entries(txn, self._entries, self._vectors, uid)
+
+    @contextmanager
+    def list_view(self, uid: int) -> Iterator[ListView]:
+        """One list as of one moment (a read transaction), to rebuild its index from."""
+        with self.env.begin() as txn:
+            record = next((r for _, raw in txn.cursor(db=self._lists) if (r := _list_record(raw)).uid == uid), None)
+            if record is None:
+                raise NotFound(f"list #{uid} does not exist", "LIST_NOT_FOUND")
+            yield ListView(record, txn, self._entries, self._vectors)
 
     # Change log and index snapshots ---------------------------------------
 

@@ -16,10 +16,15 @@ import pytest
 from index.list_index import (
     _HEADER,
     EMBEDDING_DIM,
+    EXACT_PDQ_MAX,
+    EXACT_VECTORS_MAX,
+    MAX_CELLS,
     PDQ_BITS,
     PDQ_BYTES,
+    REBUILD_GROWTH,
     HashHit,
     IndexCheckpoint,
+    Layout,
     ListIndex,
     configure_threads,
 )
@@ -358,10 +363,10 @@ def test_deserialize_of_a_valid_header_over_a_corrupt_body_raises_value_error() 
 
 def test_deserialize_of_swapped_blobs_raises_value_error() -> None:
     blob = _small_blob()
-    magic, version, change, pdq_len, vector_len = _HEADER.unpack_from(blob)
+    *layout, pdq_len, vector_len = _HEADER.unpack_from(blob)
     pdq_blob = blob[_HEADER.size : _HEADER.size + pdq_len]
     vector_blob = blob[_HEADER.size + pdq_len :]
-    swapped = _HEADER.pack(magic, version, change, vector_len, pdq_len) + vector_blob + pdq_blob
+    swapped = _HEADER.pack(*layout, vector_len, pdq_len) + vector_blob + pdq_blob
     with pytest.raises(ValueError):
         ListIndex.deserialize(swapped)
 
@@ -393,3 +398,79 @@ def test_vector_search_over_several_views_reports_each_entry_at_its_best_similar
     hits = index.search_vectors(views, 2)
     assert sorted(h.id for h in hits) == [3, 7]
     assert all(h.similarity == pytest.approx(1.0, abs=1e-5) for h in hits)
+
+
+# Large-list layouts -----------------------------------------------------------------
+
+IVF = Layout(vector_cells=16, pdq_cells=16, trained_for=N_ENTRIES)
+"""Few cells, so a small test list probes them all: only code compression is approximate."""
+
+
+def ivf_index(data: Data) -> ListIndex:
+    return ListIndex.build(data.ids, data.codes, data.vectors, change=N_ENTRIES, layout=IVF)
+
+
+def test_lists_are_searched_exactly_until_they_grow_past_the_exact_limits() -> None:
+    assert Layout.for_size(EXACT_VECTORS_MAX, EXACT_PDQ_MAX) == Layout(0, 0, EXACT_PDQ_MAX)
+    grown = Layout.for_size(EXACT_VECTORS_MAX + 1, EXACT_VECTORS_MAX + 1)
+    assert grown.vector_cells > 0 and grown.pdq_cells == 0
+    assert Layout.for_size(10_000_000, 10_000_000).vector_cells <= MAX_CELLS
+
+
+def test_a_layout_is_outgrown_when_its_list_crosses_a_limit_or_strays_far_from_its_training_size() -> None:
+    assert not Layout().outgrown(EXACT_VECTORS_MAX, 0)
+    assert Layout().outgrown(EXACT_VECTORS_MAX + 1, 0)
+    trained = Layout.for_size(100_000, 100_000)
+    assert not trained.outgrown(100_000 * REBUILD_GROWTH, 100_000)
+    assert trained.outgrown(100_000 * REBUILD_GROWTH + 1, 100_000)
+    assert trained.outgrown(EXACT_VECTORS_MAX, EXACT_VECTORS_MAX)
+
+
+def test_ivf_pdq_search_probing_every_cell_equals_the_oracle(data: Data) -> None:
+    index = ivf_index(data)
+    for query in data.pdq_queries:
+        for radius in RADII:
+            assert as_dict(index.search_pdq([query.tobytes()], radius)) == oracle_pdq(
+                data.ids, data.codes, query, radius
+            )
+
+
+def test_ivf_vector_search_is_marked_approximate_and_shortlists_every_planted_neighbour(data: Data) -> None:
+    index = ivf_index(data)
+    assert index.approximate and not data.index().approximate
+    for query in data.vector_queries:
+        planted = {i for i, s in zip(*oracle_top_k(data.ids, data.vectors, query, 3), strict=True) if s > 0.5}
+        hits = index.search_vectors(query, 3)
+        assert len(hits) >= 3 * 4, "a shortlist longer than k, for exact re-ranking"
+        assert planted <= {hit.id for hit in hits}
+
+
+def test_ivf_removals_hide_entries_at_once_and_survive_a_snapshot(data: Data) -> None:
+    index = ivf_index(data)
+    removed = data.ids[:50]
+    index.remove(removed, change=N_ENTRIES + 1)
+    assert index.vector_count == index.pdq_count == N_ENTRIES - 50
+    for restored in (index, ListIndex.deserialize(index.serialize()[1])):
+        assert restored.layout == IVF
+        assert restored.vector_count == N_ENTRIES - 50
+        for vector in data.vectors[:50]:
+            assert not {hit.id for hit in restored.search_vectors(vector, 10)} & {int(i) for i in removed}
+        for code in data.codes[:50]:
+            assert restored.search_pdq([code.tobytes()], 0) == []
+        assert restored.search_vectors(data.vectors[60], 1)[0].id == data.ids[60]
+    restored.remove(data.ids[60:61], change=N_ENTRIES + 2)  # the removal map came back too
+    assert restored.search_pdq([data.codes[60].tobytes()], 0) == []
+    assert restored.pdq_count == restored.vector_count == N_ENTRIES - 51
+
+
+def test_an_ivf_layout_cannot_be_made_without_training_data() -> None:
+    with pytest.raises(ValueError):
+        ListIndex(layout=IVF)
+    with pytest.raises(ValueError):
+        ListIndex.trained(IVF, None, None)
+
+
+def test_memory_estimate_is_far_smaller_for_compressed_codes(data: Data) -> None:
+    exact, compressed = data.index(), ivf_index(data)
+    per_entry = (exact.memory_bytes(), compressed.memory_bytes() - 16 * EMBEDDING_DIM * 4 - 16 * PDQ_BYTES)
+    assert per_entry[1] * 10 < per_entry[0]

@@ -1,0 +1,325 @@
+"""One list of N synthetic entries: memory, build, search, recall, start-up, new entries, removals.
+
+Entries are random unit embeddings and random PDQ codes, written to LMDB through the
+store as a server would write them. Queries are planted near chosen entries: each
+embedding query has a known cosine to its entry (bands from 0.5, where review starts,
+to 0.99), each PDQ query a known Hamming distance (0 to 48 bits). Random isotropic
+vectors are the hardest case for an inverted file (real embeddings cluster), so
+recall here is a floor. Exact search is computed by brute force over the same
+vectors while they are generated.
+
+Measured, on one FAISS/numpy thread, through the server's own code (`IndexRegistry`,
+`ListIndex`, exact re-ranking from LMDB as a check does):
+build time, index memory (estimate and process RSS), snapshot size and time,
+per-query search time (p50/p99) for one embedding view and for PDQ with 8 variants,
+recall of the planted (exact top-1) neighbour among the top 10, start-up time of a
+fresh process loading the list (snapshot + change-log replay), time for a new entry
+to become matchable, and the time of a removal.
+
+    .venv/bin/python -m benchmarks.scale                       # 1M entries, ~15 min on 2 cores
+    .venv/bin/python -m benchmarks.scale --entries 10000000    # ~2 h, ~30 GB of disk
+
+Prints a table and one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.accuracy import hardware
+from benchmarks.metrics import format_table
+from index import configure_threads
+from index.list_index import ListIndex
+from server.indexes import IndexRegistry
+from server.scoring import DEFAULT_MODEL, PDQ_SEARCH_RADIUS
+from server.store import NewEntry, Store
+
+LIST = "scale"
+CHUNK = 20_000
+COSINE_BANDS = ((0.50, 0.60), (0.60, 0.75), (0.75, 0.90), (0.90, 0.99))
+PDQ_BANDS = ((0, 16), (16, 32), (32, 49))
+
+
+def map_size_for(entries: int) -> int:
+    """LMDB address space: about 3 KiB an entry (embedding, record, keys) plus snapshots, doubled."""
+    return max(1 << 32, entries * 6 * 1024)
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def unit(rng: np.random.Generator, rows: int) -> np.ndarray:
+    matrix = rng.standard_normal((rows, 512), dtype=np.float32)
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+
+def near(rng: np.random.Generator, vector: np.ndarray, cosine: float) -> np.ndarray:
+    noise = rng.standard_normal(len(vector)).astype(np.float32)
+    noise -= (noise @ vector) * vector
+    noise /= np.linalg.norm(noise)
+    return (cosine * vector + np.sqrt(1 - cosine**2) * noise).astype(np.float32)
+
+
+def flip(rng: np.random.Generator, code: np.ndarray, bits: int) -> np.ndarray:
+    unpacked = np.unpackbits(code)
+    unpacked[rng.choice(256, bits, replace=False)] ^= 1
+    return np.packbits(unpacked)
+
+
+def new_entries(start: int, vectors: np.ndarray, codes: np.ndarray) -> list[NewEntry]:
+    return [
+        NewEntry(
+            id=f"s{start + i}",
+            sha256=hashlib.sha256((start + i).to_bytes(8, "big")).hexdigest(),
+            pdq=codes[i].tobytes().hex(),
+            pdq_quality=100,
+            phash="0" * 16,
+            model=DEFAULT_MODEL,
+            embedding=vectors[i],
+            meta={},
+        )
+        for i in range(len(vectors))
+    ]
+
+
+class Planted:
+    """Queries near chosen entries, and exact search's best entry for each, kept while generating."""
+
+    def __init__(self, rng: np.random.Generator, entries: int, queries: int) -> None:
+        self.targets = np.sort(rng.choice(entries, queries, replace=False))
+        low, high = np.array(COSINE_BANDS).T
+        band = rng.integers(0, len(COSINE_BANDS), queries)
+        self.cosines = rng.uniform(low[band], high[band]).astype(np.float32)
+        self.distances = rng.integers(0, PDQ_BANDS[-1][1], queries)
+        self.vectors = np.zeros((queries, 512), np.float32)
+        self.codes = np.zeros((queries, 32), np.uint8)
+        self.best_similarity = np.full(queries, -2.0, np.float32)
+        self.best_position = np.zeros(queries, np.int64)
+
+    def observe(self, rng: np.random.Generator, start: int, vectors: np.ndarray, codes: np.ndarray) -> None:
+        """Plant the queries whose targets fall in this chunk; update exact search with it."""
+        for q in np.flatnonzero((self.targets >= start) & (self.targets < start + len(vectors))):
+            row = self.targets[q] - start
+            self.vectors[q] = near(rng, vectors[row], float(self.cosines[q]))
+            self.codes[q] = flip(rng, codes[row], int(self.distances[q]))
+        planted = self.targets < start + len(vectors)
+        similarities = self.vectors[planted] @ vectors.T
+        best = similarities.argmax(axis=1)
+        better = similarities[np.arange(len(best)), best] > self.best_similarity[planted]
+        rows = np.flatnonzero(planted)[better]
+        self.best_similarity[rows] = similarities[better, best[better]]
+        self.best_position[rows] = start + best[better]
+
+
+def populate(store: Store, entries: int, planted: Planted, rng: np.random.Generator) -> None:
+    store.create_list(LIST, "scale benchmark", 0.5, 0.8, DEFAULT_MODEL)
+    for start in range(0, entries, CHUNK):
+        count = min(CHUNK, entries - start)
+        vectors = unit(rng, count)
+        codes = rng.integers(0, 256, (count, 32), dtype=np.uint8)
+        planted.observe(rng, start, vectors, codes)
+        store.add_entries(LIST, new_entries(start, vectors, codes))
+        if start and start % (20 * CHUNK) == 0:
+            print(f"  populated {start:,}", file=sys.stderr, flush=True)
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    values = np.array(samples_ms)
+    return {"p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99))}
+
+
+def search_like_a_check(store: Store, uid: int, index: ListIndex, view: np.ndarray, k: int = 10) -> list[int]:
+    """The embedding half of a check: index search, then exact re-ranking from LMDB when approximate."""
+    hits = index.search_vectors(view, k)
+    if not index.approximate:
+        return [hit.id for hit in hits]
+    stored = store.embeddings(uid, [hit.id for hit in hits])
+    ranked = sorted(stored, key=lambda seq: -float(view @ stored[seq]))
+    return ranked[:k]
+
+
+def measure_searches(store: Store, uid: int, index: ListIndex, planted: Planted, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    vector_ms, pdq_ms, found_vector, found_pdq = [], [], [], []
+    for q in range(len(planted.targets)):
+        expected = int(planted.best_position[q]) + 1  # sequence numbers start at 1
+        started = time.perf_counter()
+        found_vector.append(expected in search_like_a_check(store, uid, index, planted.vectors[q]))
+        vector_ms.append((time.perf_counter() - started) * 1000)
+        variants = [planted.codes[q].tobytes()] + [rng.bytes(32) for _ in range(7)]  # 8 variants, as a check
+        started = time.perf_counter()
+        hits = index.search_pdq(variants, PDQ_SEARCH_RADIUS)
+        pdq_ms.append((time.perf_counter() - started) * 1000)
+        found_pdq.append(int(planted.targets[q]) + 1 in {hit.id for hit in hits})
+    vector_found, pdq_found = np.array(found_vector), np.array(found_pdq)
+    by_cosine = {
+        f"cos {low:.2f}-{high:.2f}": float(vector_found[(planted.cosines >= low) & (planted.cosines < high)].mean())
+        for low, high in COSINE_BANDS
+    }
+    by_distance = {
+        f"pdq {low}-{high - 1} bits": float(pdq_found[(planted.distances >= low) & (planted.distances < high)].mean())
+        for low, high in PDQ_BANDS
+    }
+    planted_is_exact = planted.best_position == planted.targets
+    return {
+        "embedding_search": percentiles(vector_ms),
+        "pdq_search_8_variants": percentiles(pdq_ms),
+        "recall_of_exact_top1_in_top10": float(vector_found.mean()),
+        "exact_top1_is_the_planted_entry": float(planted_is_exact.mean()),
+        "recall_by_cosine": by_cosine,
+        "pdq_recall_by_distance": by_distance,
+    }
+
+
+def startup(data: Path, entries: int) -> dict[str, float]:
+    """Load the list in a fresh process, as a restarting server would; report time and memory."""
+    code = (
+        "import json,sys,time;from pathlib import Path;"
+        "from benchmarks.scale import rss_mib,map_size_for;from index import configure_threads;"
+        "from server.indexes import IndexRegistry;from server.store import Store;configure_threads(1);"
+        f"before=rss_mib();t=time.perf_counter();s=Store(Path({str(data)!r}),map_size_for({entries}));"
+        "r=IndexRegistry(s,background=False);r.load_all();took=time.perf_counter()-t;"
+        "i=r.get(s.lists()[0].uid);"
+        "print(json.dumps({'startup_s':took,'rss_mib':rss_mib(),'rss_growth_mib':rss_mib()-before,"
+        "'entries':i.vector_count}))"
+    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return dict(json.loads(output.strip().splitlines()[-1]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, help="data folder to use (default: a temporary one)")
+    args = parser.parse_args(argv)
+    configure_threads(1)
+    rng = np.random.default_rng(args.seed)
+    planted = Planted(rng, args.entries, args.queries)
+    with tempfile.TemporaryDirectory(prefix="lookalike-scale-", dir=args.data) as folder:
+        data = Path(folder) / "data"
+        store = Store(data, map_size_for(args.entries))
+        started = time.perf_counter()
+        populate(store, args.entries, planted, rng)
+        populate_s = time.perf_counter() - started
+        uid = store.get_list(LIST).uid
+        print(f"  populated {args.entries:,} in {populate_s:.0f} s; building", file=sys.stderr, flush=True)
+
+        registry = IndexRegistry(store, background=False)
+        rss_before = rss_mib()
+        started = time.perf_counter()
+        registry.load_all()  # no snapshot yet: builds the index from the store
+        build_s = time.perf_counter() - started
+        rss_growth = rss_mib() - rss_before
+        index = registry.get(uid)
+        assert index is not None
+        searches = measure_searches(store, uid, index, planted, args.seed)
+
+        started = time.perf_counter()
+        registry.snapshot_all()
+        snapshot_s = time.perf_counter() - started
+        snapshot = store.load_snapshot(uid)
+        snapshot_mib = len(snapshot[1]) / 2**20 if snapshot else 0.0
+        del snapshot
+
+        # A new entry, added as the service adds one (store commit, then index, under the list's lock).
+        vector, code = unit(rng, 1), rng.integers(0, 256, (1, 32), dtype=np.uint8)
+        started = time.perf_counter()
+        with registry.writing(uid) as live:
+            assert live is not None
+            outcome = store.add_entries(LIST, new_entries(args.entries + 1, vector, code))[0]
+            assert not isinstance(outcome, Exception)
+            registry.apply_adds(live, [(outcome.entry, outcome.embedding)], outcome.change)
+        added_ms = (time.perf_counter() - started) * 1000
+        matchable = outcome.entry.seq in search_like_a_check(store, uid, index, vector[0])
+
+        removal_ms = []
+        for position in rng.choice(args.entries, 20, replace=False):
+            started = time.perf_counter()
+            with registry.writing(uid) as live:
+                assert live is not None
+                entry, change = store.remove_entry(LIST, f"s{position}")
+                live.remove(np.array([entry.seq]), change)
+            removal_ms.append((time.perf_counter() - started) * 1000)
+        registry.snapshot_all()  # the log holds the new entry and the removals: start-up replays nothing
+        store.close()
+        started_process = startup(data, args.entries)
+
+    result: dict[str, Any] = {
+        "hardware": hardware(),
+        "entries": args.entries,
+        "queries": args.queries,
+        "seed": args.seed,
+        "layout": {"vector_cells": index.layout.vector_cells, "pdq_cells": index.layout.pdq_cells},
+        "populate_s": populate_s,
+        "build_s": build_s,
+        "index_memory_mib_estimate": index.memory_bytes() / 2**20,
+        "build_rss_growth_mib": rss_growth,
+        "snapshot_s": snapshot_s,
+        "snapshot_mib": snapshot_mib,
+        **searches,
+        "new_entry_add_ms": added_ms,
+        "new_entry_matchable_on_next_search": matchable,
+        "removal": percentiles(removal_ms),
+        "startup": started_process,
+    }
+    rows = [
+        {"measure": "entries", "value": f"{args.entries:,}"},
+        {
+            "measure": "layout (vector cells, pdq cells)",
+            "value": f"{index.layout.vector_cells}, {index.layout.pdq_cells}",
+        },
+        {"measure": "build s", "value": f"{build_s:.1f}"},
+        {
+            "measure": "index memory MiB (estimate / RSS growth)",
+            "value": f"{result['index_memory_mib_estimate']:.0f} / {rss_growth:.0f}",
+        },
+        {
+            "measure": "embedding search + re-rank p50 / p99 ms",
+            "value": "{p50_ms:.2f} / {p99_ms:.2f}".format(**searches["embedding_search"]),
+        },
+        {
+            "measure": "PDQ search, 8 variants p50 / p99 ms",
+            "value": "{p50_ms:.2f} / {p99_ms:.2f}".format(**searches["pdq_search_8_variants"]),
+        },
+        {"measure": "recall of exact top-1 in top 10", "value": f"{searches['recall_of_exact_top1_in_top10']:.3f}"},
+        *(
+            {"measure": f"  recall, {band}", "value": f"{value:.3f}"}
+            for band, value in searches["recall_by_cosine"].items()
+        ),
+        *(
+            {"measure": f"  PDQ recall, {band}", "value": f"{value:.3f}"}
+            for band, value in searches["pdq_recall_by_distance"].items()
+        ),
+        {"measure": "snapshot s / MiB", "value": f"{snapshot_s:.1f} / {snapshot_mib:.0f}"},
+        {
+            "measure": "start-up s (fresh process) / RSS MiB",
+            "value": f"{started_process['startup_s']:.1f} / {started_process['rss_mib']:.0f}",
+        },
+        {"measure": "new entry: add ms, matchable on next search", "value": f"{added_ms:.1f}, {matchable}"},
+        {"measure": "removal p50 / p99 ms", "value": "{p50_ms:.2f} / {p99_ms:.2f}".format(**result["removal"])},
+    ]
+    print(format_table(rows, ["measure", "value"]))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

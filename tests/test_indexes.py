@@ -1,0 +1,160 @@
+"""server.indexes.IndexRegistry over a real LMDB store: layouts follow list size, rebuilds
+lose no change, snapshots restore the layout they saved.
+
+Lists here grow just past the exact-search limit (about 20 000 synthetic entries), so the
+IVF layouts under test are the ones a server builds, not scaled-down imitations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.list_index import EXACT_VECTORS_MAX, Layout
+from server.indexes import IndexRegistry
+from server.store import NewEntry, Store
+
+GROWN = EXACT_VECTORS_MAX + 1_000
+LIST = "big"
+
+
+def unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
+    matrix = rng.standard_normal((n, 512)).astype(np.float32)
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+
+def synthetic(start: int, vectors: np.ndarray, codes: np.ndarray) -> list[NewEntry]:
+    return [
+        NewEntry(
+            id=f"e{start + i}",
+            sha256=hashlib.sha256(str(start + i).encode()).hexdigest(),
+            pdq=codes[i].tobytes().hex(),
+            pdq_quality=100,
+            phash="0" * 16,
+            model="sscd-distilled",
+            embedding=vectors[i],
+            meta={},
+        )
+        for i in range(len(vectors))
+    ]
+
+
+class Fixture:
+    """A store with one list, a registry over it, and the vectors and codes of every entry added."""
+
+    def __init__(self, path: Path, background: bool) -> None:
+        self.path = path
+        self.store = Store(path, 1 << 32)
+        self.uid = self.store.create_list(LIST, "", 0.5, 0.8, "sscd-distilled").uid
+        self.registry = IndexRegistry(self.store, background=background)
+        self.registry.created(self.uid)
+        self.rng = np.random.default_rng(0)
+        self.vectors: dict[str, np.ndarray] = {}
+        self.codes: dict[str, np.ndarray] = {}
+
+    def add(self, count: int) -> None:
+        """Add as the service does: store commit, then index, under the list's write lock."""
+        start = len(self.vectors)
+        vectors = unit_vectors(self.rng, count)
+        codes = self.rng.integers(0, 256, (count, 32), dtype=np.uint8)
+        for offset in range(0, count, 5_000):
+            batch = synthetic(start + offset, vectors[offset : offset + 5_000], codes[offset : offset + 5_000])
+            with self.registry.writing(self.uid) as index:
+                assert index is not None
+                outcomes = self.store.add_entries(LIST, batch)
+                added = [(o.entry, o.embedding) for o in outcomes if not isinstance(o, Exception)]
+                self.registry.apply_adds(index, added, max(o.change for o in outcomes if not isinstance(o, Exception)))
+            self.registry.rebuild_if_outgrown(self.uid)
+        for i in range(count):
+            self.vectors[f"e{start + i}"], self.codes[f"e{start + i}"] = vectors[i], codes[i]
+
+    def remove(self, entry_id: str) -> None:
+        with self.registry.writing(self.uid) as index:
+            assert index is not None
+            entry, change = self.store.remove_entry(LIST, entry_id)
+            index.remove(np.array([entry.seq]), change)
+        del self.vectors[entry_id], self.codes[entry_id]
+
+    def found(self, entry_id: str, vector: np.ndarray) -> bool:
+        index = self.registry.get(self.uid)
+        assert index is not None
+        seq = self.store.get_entry(LIST, entry_id).seq
+        return seq in {hit.id for hit in index.search_vectors(vector, 10)}
+
+
+@pytest.fixture
+def grown(tmp_path: Path) -> Iterator[Fixture]:
+    fixture = Fixture(tmp_path, background=False)
+    fixture.add(GROWN)
+    yield fixture
+    fixture.store.close()
+
+
+def near(rng: np.random.Generator, vector: np.ndarray, cosine: float) -> np.ndarray:
+    noise = rng.standard_normal(len(vector)).astype(np.float32)
+    noise -= (noise @ vector) * vector
+    noise /= np.linalg.norm(noise)
+    return (cosine * vector + np.sqrt(1 - cosine**2) * noise).astype(np.float32)
+
+
+def test_a_list_that_grows_past_the_exact_limit_is_rebuilt_as_ivf_and_finds_near_copies(grown: Fixture) -> None:
+    index = grown.registry.get(grown.uid)
+    assert index is not None and index.approximate
+    assert index.layout == Layout.for_size(GROWN, GROWN)
+    assert index.vector_count == index.pdq_count == grown.store.get_list(LIST).entry_count == GROWN
+    rng = np.random.default_rng(1)
+    sample = rng.choice(sorted(grown.vectors), 50, replace=False)
+    assert all(grown.found(entry_id, near(rng, grown.vectors[entry_id], 0.8)) for entry_id in sample)
+    for entry_id in sample[:10]:
+        hits = index.search_pdq([grown.codes[entry_id].tobytes()], 0)
+        assert [hit.id for hit in hits] == [grown.store.get_entry(LIST, entry_id).seq]
+
+
+def test_changes_made_during_a_background_rebuild_are_in_the_rebuilt_index(tmp_path: Path) -> None:
+    fixture = Fixture(tmp_path, background=True)
+    try:
+        fixture.add(EXACT_VECTORS_MAX)
+        assert not fixture.registry.get(fixture.uid).approximate  # type: ignore[union-attr]
+        fixture.add(1_000)  # crosses the limit: the rebuild starts on a thread
+        fixture.add(500)  # while it runs (or after: either way, nothing may be lost)
+        fixture.remove("e3")
+        fixture.remove(f"e{EXACT_VECTORS_MAX + 1_200}")
+        fixture.registry.wait_for_rebuilds()
+        index = fixture.registry.get(fixture.uid)
+        assert index is not None and index.approximate
+        assert index.vector_count == index.pdq_count == len(fixture.vectors) == EXACT_VECTORS_MAX + 1_498
+        newest = f"e{EXACT_VECTORS_MAX + 1_499}"
+        assert fixture.found(newest, fixture.vectors[newest])
+        seqs = {hit.id for hit in index.search_pdq([fixture.codes["e4"].tobytes()], 0)}
+        assert seqs == {fixture.store.get_entry(LIST, "e4").seq}
+    finally:
+        fixture.store.close()
+
+
+def test_a_restart_loads_the_saved_layout_and_replays_later_changes_without_rebuilding(grown: Fixture) -> None:
+    assert grown.registry.snapshot_all() == 1
+    grown.add(200)
+    grown.remove("e7")
+    layout = grown.registry.get(grown.uid).layout  # type: ignore[union-attr]
+    grown.store.close()
+
+    grown.store = Store(grown.path, 1 << 32)
+    grown.registry = IndexRegistry(grown.store, background=False)
+    grown.registry.load_all()
+    index = grown.registry.get(grown.uid)
+    assert index is not None and index.layout == layout, "loaded from the snapshot, not rebuilt"
+    assert index.vector_count == index.pdq_count == GROWN + 199
+    newest = f"e{GROWN + 199}"
+    assert grown.found(newest, grown.vectors[newest])
+
+
+def test_periodic_snapshots_wait_for_a_share_of_the_list_to_change(grown: Fixture) -> None:
+    grown.registry.snapshot_all()
+    grown.add(100)  # under 1 % of the list
+    assert grown.registry.snapshot_all(min_changes=10, share=0.01) == 0
+    grown.add(200)
+    assert grown.registry.snapshot_all(min_changes=10, share=0.01) == 1
