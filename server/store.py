@@ -355,6 +355,7 @@ class Store:
         bytes); the good ones are committed together.
         """
         results: list[AddOutcome | Exception] = []
+        audit: list[AuditRecord] = []
         with self._guard(), self._write() as txn:
             record = self._get_list(txn, name)
             prefix = _prefix(record.uid)
@@ -392,10 +393,13 @@ class Store:
                 if item.embedding is not None:
                     txn.put(key, np.ascontiguousarray(item.embedding, dtype=np.float32).tobytes(), db=self._vectors)
                 txn.put(_seq_key(record.uid, change), OP_ADD + _SEQ.pack(seq), db=self._changes)
-                self._audit(txn, actor, AUDIT_ENTRY_ADD, name, entry_id, {"sha256": item.sha256})
+                audit.append(
+                    AuditRecord(entry.created, actor, AUDIT_ENTRY_ADD, name, entry_id, {"sha256": item.sha256})
+                )
                 results.append(AddOutcome(entry, duplicate=False, change=change, embedding=item.embedding))
                 seq, change, count = seq + 1, change + 1, count + 1
             self._put_list(txn, replace(record, next_seq=seq, next_change=change, entry_count=count))
+            self._audit_all(txn, audit)
         return results
 
     def remove_entry(self, name: str, entry_id: str, actor: str = "") -> tuple[EntryRecord, int]:
@@ -557,10 +561,15 @@ class Store:
         detail: dict[str, str] | None = None,
     ) -> None:
         """Append one audit record inside the change's own transaction."""
-        seq = int(txn.get(KEY_NEXT_AUDIT_SEQ, default=b"1", db=self._meta))
-        txn.put(KEY_NEXT_AUDIT_SEQ, str(seq + 1).encode(), db=self._meta)
-        record = AuditRecord(time.time(), actor, action, list_name, entry_id, detail or {})
-        txn.put(_audit_key(record.time, seq), json.dumps(asdict(record)).encode(), db=self._audit_log)
+        self._audit_all(txn, [AuditRecord(time.time(), actor, action, list_name, entry_id, detail or {})])
+
+    def _audit_all(self, txn: lmdb.Transaction, records: Sequence[AuditRecord]) -> None:
+        if not records:
+            return
+        first = int(txn.get(KEY_NEXT_AUDIT_SEQ, default=b"1", db=self._meta))
+        txn.put(KEY_NEXT_AUDIT_SEQ, str(first + len(records)).encode(), db=self._meta)
+        for seq, record in enumerate(records, start=first):
+            txn.put(_audit_key(record.time, seq), json.dumps(asdict(record)).encode(), db=self._audit_log)
 
     def audit(
         self, list_name: str = "", since: float = 0.0, limit: int = 1000, page_token: str = ""
