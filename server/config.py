@@ -86,7 +86,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
         flag = "--" + item.name.replace("_", "-")
         env_name = ENV_PREFIX + item.name.upper()
         default = getattr(defaults, item.name)
-        help_text = f"{_HELP[item.name]} (env {env_name}; default {default})"
+        help_text = f"{_HELP[item.name]} (env {env_name}; default {default if default != '' else 'none'})"
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         else:
