@@ -2,6 +2,8 @@
 
 With --json, `add` and `check` print one JSON object per image on stdout; an image
 that fails prints {"path", "error"}, the rest carry on, and the exit status is 1.
+`keys create` prints the new key alone on stdout (its only showing), so a script
+can capture it; `audit --json` prints one change per line.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from client.errors import LookalikeError
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.stub import DEFAULT_SERVER, LookalikeClient
-from client.types import AddResult, CheckResult, ListInfo, image_message
+from client.types import AddResult, AuditRecord, CheckResult, KeyInfo, ListInfo, image_message
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif"}
 MODEL_CHOICES = ("sscd", "sscd-distilled")
@@ -242,6 +245,74 @@ def cmd_entry(client: LookalikeClient, args: argparse.Namespace, output: Output)
     output.emit(record, "\n".join(f"{k}\t{v}" for k, v in record.items()))
 
 
+def key_record(info: KeyInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "name": info.name,
+        "role": info.role,
+        "lists": info.lists,
+        "created": info.created.isoformat(),
+        "created_by": info.created_by,
+        "revoked": info.revoked.isoformat() if info.revoked else None,
+    }
+
+
+def _key_text(info: KeyInfo) -> str:
+    scope = ",".join(info.lists) or "all lists"
+    state = f"revoked {info.revoked.isoformat()}" if info.revoked else "valid"
+    return f"{info.id}\t{info.role}\t{scope}\t{state}\t{info.name}"
+
+
+def cmd_keys(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    if args.keys_command == "create":
+        lists = [name for name in args.lists.split(",") if name]
+        created = client.create_key(args.role, lists, name=args.name)
+        info = created.info
+        if args.json:
+            record = {"id": info.id, "name": info.name, "role": info.role, "lists": info.lists, "key": created.secret}
+            output.emit(record, "")
+        else:
+            print(created.secret, flush=True)
+            print(f"created {_key_text(info)}; the key above is shown only now", file=sys.stderr)
+    elif args.keys_command == "ls":
+        for info in client.keys():
+            output.emit(key_record(info), _key_text(info))
+    elif args.keys_command == "revoke":
+        info = client.revoke_key(args.id)
+        output.emit({"id": info.id, "revoked": True}, f"revoked {_key_text(info)}")
+
+
+def parse_time(text: str) -> float:
+    """Unix seconds, or ISO-8601 (UTC unless it names an offset)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (use ISO-8601 or unix seconds)") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def audit_record(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "time": record.time.isoformat(),
+        "key_id": record.key_id,
+        "action": record.action,
+        "list": record.list,
+        "entry_id": record.entry_id,
+        "detail": record.detail,
+    }
+
+
+def cmd_audit(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    for record in client.audit(args.list, since=args.since):
+        detail = " ".join(f"{k}={v}" for k, v in record.detail.items())
+        text = f"{record.time.isoformat()}\t{record.key_id or '-'}\t{record.action}\t{record.list}\t{record.entry_id}"
+        output.emit(audit_record(record), f"{text}\t{detail}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -251,6 +322,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--json", action="store_true", help="print JSON, one object per line")
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    common.add_argument(
+        "--api-key",
+        default=os.environ.get("LOOKALIKE_API_KEY", ""),
+        help="API key sent with every call (env LOOKALIKE_API_KEY, which keeps it out of `ps`)",
+    )
+    common.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CA certificates")
+    common.add_argument(
+        "--tls-ca",
+        default=os.environ.get("LOOKALIKE_TLS_CA", ""),
+        help="use TLS, trusting this CA (PEM; env LOOKALIKE_TLS_CA)",
+    )
+    common.add_argument(
+        "--tls-cert",
+        default=os.environ.get("LOOKALIKE_CLIENT_CERT", ""),
+        help="client certificate (PEM) for servers that require one (env LOOKALIKE_CLIENT_CERT)",
+    )
+    common.add_argument(
+        "--tls-key",
+        default=os.environ.get("LOOKALIKE_CLIENT_KEY", ""),
+        help="private key of --tls-cert (PEM; env LOOKALIKE_CLIENT_KEY)",
+    )
 
     parser = argparse.ArgumentParser(prog="lookalike", description="Near-duplicate image disallow lists.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -295,10 +387,32 @@ def build_parser() -> argparse.ArgumentParser:
     entry = commands.add_parser("entry", parents=[common], help="show one entry")
     entry.add_argument("list")
     entry.add_argument("id")
+
+    keys = commands.add_parser("keys", help="create, list and revoke API keys (admin)")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create_key = keys_commands.add_parser("create", parents=[common], help="create a key; prints it once")
+    create_key.add_argument("--role", required=True, choices=("admin", "writer", "checker"))
+    create_key.add_argument("--lists", default="", metavar="LIST[,LIST...]", help="lists the key is limited to")
+    create_key.add_argument("--name", default="", help="a label, e.g. the service that uses the key")
+    keys_commands.add_parser("ls", parents=[common], help="list keys (revoked ones too)")
+    revoke_key = keys_commands.add_parser("revoke", parents=[common], help="revoke a key at once")
+    revoke_key.add_argument("id")
+
+    audit = commands.add_parser("audit", parents=[common], help="changes to lists, entries and keys (admin)")
+    audit.add_argument("--list", default="", help="only changes to this list")
+    audit.add_argument("--since", type=parse_time, metavar="TIME", help="ISO-8601 (UTC unless given) or unix seconds")
     return parser
 
 
-HANDLERS = {"add": cmd_add, "check": cmd_check, "remove": cmd_remove, "lists": cmd_lists, "entry": cmd_entry}
+HANDLERS = {
+    "add": cmd_add,
+    "check": cmd_check,
+    "remove": cmd_remove,
+    "lists": cmd_lists,
+    "entry": cmd_entry,
+    "keys": cmd_keys,
+    "audit": cmd_audit,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -313,7 +427,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     output = Output(args.json)
     try:
-        with LookalikeClient(args.server) as client:
+        with LookalikeClient(
+            args.server,
+            api_key=args.api_key,
+            tls=args.tls,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        ) as client:
             HANDLERS[args.command](client, args, output)
     except LookalikeError as error:
         if args.json:

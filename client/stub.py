@@ -1,24 +1,33 @@
-"""The thin client: typed calls over one gRPC channel, errors re-raised as typed exceptions."""
+"""The thin client: typed calls over one gRPC channel, errors re-raised as typed exceptions.
+
+An API key travels as `authorization: Bearer <key>` metadata on every call; TLS
+trusts a given CA (or the system's) and may present a client certificate.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from client.errors import LookalikeError, error_for_code
+from client.errors import InvalidArgument, LookalikeError, error_for_code
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from client.types import (
     AddResult,
+    AuditRecord,
     CheckResult,
     Entry,
     ImageInput,
+    KeyInfo,
     ListInfo,
+    NewKey,
     image_message,
 )
 
@@ -58,8 +67,80 @@ def _stream[T](responses: Iterator[T]) -> Iterator[T]:
         raise translate(error) from None
 
 
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Sequence[tuple[str, str | bytes]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+class _BearerKey(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[type-arg]
+):
+    """Adds `authorization: Bearer <key>` to every call on a channel."""
+
+    def __init__(self, key: str) -> None:
+        self._header = ("authorization", f"Bearer {key}")
+
+    def _with_key(self, details: Any) -> _CallDetails:
+        metadata = [*(details.metadata or ()), self._header]
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_key(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_key(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_key(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_key(details), requests)
+
+
+def _read_file(path: str | os.PathLike[str], what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise InvalidArgument(f"cannot read the {what} {path}: {error.strerror}", "TLS_FILE_UNREADABLE") from None
+
+
+def channel_credentials(
+    tls_ca: str | os.PathLike[str] | None = None,
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
+) -> grpc.ChannelCredentials:
+    """TLS trusting `tls_ca` (the system's roots when None), presenting a client certificate when given."""
+    if bool(tls_cert) != bool(tls_key):
+        raise InvalidArgument("a client certificate needs both --tls-cert and --tls-key", "TLS_INCOMPLETE")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read_file(tls_ca, "TLS CA file") if tls_ca else None,
+        private_key=_read_file(tls_key, "TLS key file") if tls_key else None,
+        certificate_chain=_read_file(tls_cert, "TLS certificate file") if tls_cert else None,
+    )
+
+
 class LookalikeClient:
-    """Calls a Lookalike server. `with LookalikeClient("host:port") as client: client.check(path)`."""
+    """Calls a Lookalike server. `with LookalikeClient("host:port") as client: client.check(path)`.
+
+    `api_key` defaults to `LOOKALIKE_API_KEY` ("" sends none). TLS is used when `tls`
+    is true or any of `tls_ca` (trusted CA, PEM), `tls_cert`/`tls_key` (client
+    certificate, PEM) is given; they default to `LOOKALIKE_TLS_CA`,
+    `LOOKALIKE_CLIENT_CERT` and `LOOKALIKE_CLIENT_KEY`.
+    """
 
     def __init__(
         self,
@@ -67,16 +148,31 @@ class LookalikeClient:
         *,
         timeout: float | None = 60.0,
         channel: grpc.Channel | None = None,
+        api_key: str | None = None,
+        tls: bool = False,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
     ) -> None:
         self.target = target or os.environ.get("LOOKALIKE_SERVER") or DEFAULT_SERVER
         self.timeout = timeout
-        self._channel = channel or grpc.insecure_channel(
-            self.target,
-            options=[
+        api_key = os.environ.get("LOOKALIKE_API_KEY", "") if api_key is None else api_key
+        tls_ca = os.environ.get("LOOKALIKE_TLS_CA") if tls_ca is None else tls_ca
+        tls_cert = os.environ.get("LOOKALIKE_CLIENT_CERT") if tls_cert is None else tls_cert
+        tls_key = os.environ.get("LOOKALIKE_CLIENT_KEY") if tls_key is None else tls_key
+        if channel is None:
+            options = [
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+            ]
+            if tls or tls_ca or tls_cert or tls_key:
+                credentials = channel_credentials(tls_ca, tls_cert, tls_key)
+                channel = grpc.secure_channel(self.target, credentials, options=options)
+            else:
+                channel = grpc.insecure_channel(self.target, options=options)
+        if api_key:
+            channel = grpc.intercept_channel(channel, _BearerKey(api_key))
+        self._channel = channel
         self._stub = pb_grpc.LookalikeStub(self._channel)
 
     def close(self) -> None:
@@ -205,3 +301,36 @@ class LookalikeClient:
                 yield reply.index, error_for_code(reply.error.code, reply.error.message, reply.error.reason)
             else:
                 yield reply.index, CheckResult.from_pb(reply.response)
+
+    # Keys and audit (admin) ----------------------------------------------------
+
+    def create_key(self, role: str, lists: Sequence[str] = (), *, name: str = "") -> NewKey:
+        """A new API key: "admin", "writer" (needs lists) or "checker" (optionally limited to lists)."""
+        request = pb.CreateKeyRequest(role=role, lists=list(lists), name=name)
+        reply = _call(self._stub.CreateKey, request, timeout=self.timeout)
+        return NewKey(KeyInfo.from_pb(reply.key), reply.secret)
+
+    def keys(self) -> list[KeyInfo]:
+        """Every key, revoked ones included."""
+        reply = _call(self._stub.ListKeys, pb.ListKeysRequest(), timeout=self.timeout)
+        return [KeyInfo.from_pb(m) for m in reply.keys]
+
+    def revoke_key(self, key_id: str) -> KeyInfo:
+        """Revoke a key at once; the last admin key cannot be revoked (FailedPrecondition)."""
+        reply = _call(self._stub.RevokeKey, pb.RevokeKeyRequest(id=key_id), timeout=self.timeout)
+        return KeyInfo.from_pb(reply)
+
+    def audit(
+        self, list_name: str = "", *, since: datetime | float | None = None, page_size: int = 0
+    ) -> Iterator[AuditRecord]:
+        """Audit records oldest first, on one list or all, from `since` (a datetime or unix seconds), every page."""
+        request = pb.ListAuditRequest(list=list_name, limit=page_size)
+        if since is not None:
+            request.since.FromNanoseconds(int((since.timestamp() if isinstance(since, datetime) else since) * 1e9))
+        while True:
+            reply = _call(self._stub.ListAudit, request, timeout=self.timeout)
+            for record in reply.records:
+                yield AuditRecord.from_pb(record)
+            if not reply.next_page_token:
+                return
+            request.page_token = reply.next_page_token

@@ -196,3 +196,54 @@ class CheckResult:
             Hashes.from_pb(message.hashes),
             message,
         )
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """An API key without its secret; `lists` empty means any list, `revoked` None means valid."""
+
+    id: str
+    name: str
+    role: str
+    lists: list[str]
+    created: datetime
+    created_by: str
+    revoked: datetime | None
+
+    @classmethod
+    def from_pb(cls, message: pb.KeyInfo) -> KeyInfo:
+        return cls(
+            message.id,
+            message.name,
+            message.role,
+            list(message.lists),
+            _time(message.created),
+            message.created_by,
+            _time(message.revoked) if message.HasField("revoked") else None,
+        )
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key just created: `secret` is what to send, and is shown only this once."""
+
+    info: KeyInfo
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One change: when, by which key ("" before keys existed), what, on which list and entry."""
+
+    time: datetime
+    key_id: str
+    action: str
+    list: str
+    entry_id: str
+    detail: dict[str, str]
+
+    @classmethod
+    def from_pb(cls, message: pb.AuditRecord) -> AuditRecord:
+        return cls(
+            _time(message.time), message.key_id, message.action, message.list, message.entry_id, dict(message.detail)
+        )

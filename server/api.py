@@ -17,20 +17,23 @@ from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from client.errors import Cancelled, LookalikeError
+from client.errors import Cancelled, InvalidArgument, LookalikeError
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
+from server.auth import Access, Action, Caller
 from server.config import ServerConfig
 from server.fingerprint import Hashes
 from server.service import REJECT, REVIEW, AddRequest, CheckResult, LookalikeService, Match
 from server.sources import image_bytes
-from server.store import AddOutcome, EntryRecord, ListRecord
+from server.store import AddOutcome, AuditRecord, EntryRecord, KeyRecord, ListRecord
 
 log = logging.getLogger(__name__)
 ERROR_DOMAIN = "lookalike.v1"
 DECISIONS = {"accept": pb.ACCEPT, "review": pb.REVIEW, "reject": pb.REJECT}
 T = TypeVar("T")
 R = TypeVar("R")
+AUDIT_PAGE_DEFAULT = 1000
+AUDIT_PAGE_MAX = 10_000
 
 
 def _status_for(error: LookalikeError) -> status_pb2.Status:
@@ -161,17 +164,45 @@ def add_response(list_name: str, outcome: AddOutcome) -> pb.AddEntryResponse:
     )
 
 
+def key_info(record: KeyRecord) -> pb.KeyInfo:
+    info = pb.KeyInfo(
+        id=record.id,
+        name=record.name,
+        role=record.role,
+        lists=record.lists,
+        created=timestamp(record.created),
+        created_by=record.created_by,
+    )
+    if record.revoked:
+        info.revoked.CopyFrom(timestamp(record.revoked))
+    return info
+
+
+def audit_message(record: AuditRecord) -> pb.AuditRecord:
+    return pb.AuditRecord(
+        time=timestamp(record.time),
+        key_id=record.key_id,
+        action=record.action,
+        list=record.list,
+        entry_id=record.entry_id,
+        detail=record.detail,
+    )
+
+
 def _optional(message: Any, name: str) -> Any:
     return getattr(message, name) if message.HasField(name) else None
 
 
 class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
-    """Thin translation layer over `LookalikeService`."""
+    """Thin translation layer over `LookalikeService`; every method first asks `access` who calls."""
 
-    def __init__(self, service: LookalikeService, config: ServerConfig, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, service: LookalikeService, config: ServerConfig, executor: ThreadPoolExecutor, access: Access
+    ) -> None:
         self.service = service
         self.config = config
         self.executor = executor
+        self.access = access
 
     def _image(self, image: pb.Image) -> bytes:
         kind = image.WhichOneof("source")
@@ -181,38 +212,44 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
     @rpc
     def CreateList(self, request: pb.CreateListRequest, context: grpc.ServicerContext) -> pb.ListInfo:
+        caller = self.access.authorize(context, "CreateList", [request.name])
         record = self.service.create_list(
             request.name,
             request.description,
             _optional(request, "review_threshold"),
             _optional(request, "reject_threshold"),
             request.model,
+            actor=caller.key_id,
         )
         return list_info(record)
 
     @rpc
     def GetList(self, request: pb.GetListRequest, context: grpc.ServicerContext) -> pb.ListInfo:
+        self.access.authorize(context, "GetList", [request.name])
         return list_info(self.service.store.get_list(request.name))
 
     @rpc
     def ListLists(self, request: pb.ListListsRequest, context: grpc.ServicerContext) -> pb.ListListsResponse:
-        return pb.ListListsResponse(
-            lists=[list_info(r) for r in sorted(self.service.store.lists(), key=lambda r: r.name)]
-        )
+        caller = self.access.authorize(context, "ListLists")
+        visible = [r for r in self.service.store.lists() if caller.may_use(r.name)]
+        return pb.ListListsResponse(lists=[list_info(r) for r in sorted(visible, key=lambda r: r.name)])
 
     @rpc
     def UpdateList(self, request: pb.UpdateListRequest, context: grpc.ServicerContext) -> pb.ListInfo:
+        caller = self.access.authorize(context, "UpdateList", [request.name])
         record = self.service.store.update_list(
             request.name,
             _optional(request, "description"),
             _optional(request, "review_threshold"),
             _optional(request, "reject_threshold"),
+            actor=caller.key_id,
         )
         return list_info(record)
 
     @rpc
     def DeleteList(self, request: pb.DeleteListRequest, context: grpc.ServicerContext) -> pb.DeleteListResponse:
-        record = self.service.delete_list(request.name)
+        caller = self.access.authorize(context, "DeleteList", [request.name])
+        record = self.service.delete_list(request.name, actor=caller.key_id)
         return pb.DeleteListResponse(name=record.name, entries_deleted=record.entry_count)
 
     # Entries -------------------------------------------------------------
@@ -222,7 +259,8 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
     @rpc
     def AddEntry(self, request: pb.AddEntryRequest, context: grpc.ServicerContext) -> pb.AddEntryResponse:
-        (outcome,) = self.service.add_entries(request.list, [self._add_request(request)])
+        caller = self.access.authorize(context, "AddEntry", [request.list])
+        (outcome,) = self.service.add_entries(request.list, [self._add_request(request)], actor=caller.key_id)
         if isinstance(outcome, Exception):
             raise outcome
         return add_response(request.list, outcome)
@@ -231,11 +269,14 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     def AddEntries(
         self, requests: Iterator[pb.AddEntryRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.AddEntriesResult]:
+        caller = self.access.authorize(context, "AddEntries")
+
         def prepare(request: pb.AddEntryRequest) -> Any:
+            self.access.require(caller, Action.ADD_ENTRIES, [request.list])
             return self.service.prepare_add(request.list, self._add_request(request))
 
         def finish(prepared: list[tuple[_Numbered, Any]]) -> Iterator[pb.AddEntriesResult]:
-            outcomes = self.service.store_prepared([p for _, p in prepared])
+            outcomes = self.service.store_prepared([p for _, p in prepared], actor=caller.key_id)
             for (item, _), outcome in zip(prepared, outcomes, strict=True):
                 yield self._numbered_add(item, outcome)
 
@@ -249,16 +290,19 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
     @rpc
     def GetEntry(self, request: pb.GetEntryRequest, context: grpc.ServicerContext) -> pb.Entry:
+        self.access.authorize(context, "GetEntry", [request.list])
         return entry_message(request.list, self.service.store.get_entry(request.list, request.id))
 
     @rpc
     def RemoveEntry(self, request: pb.RemoveEntryRequest, context: grpc.ServicerContext) -> pb.RemoveEntryResponse:
-        entry = self.service.remove_entry(request.list, request.id)
+        caller = self.access.authorize(context, "RemoveEntry", [request.list])
+        entry = self.service.remove_entry(request.list, request.id, actor=caller.key_id)
         return pb.RemoveEntryResponse(list=request.list, id=entry.id)
 
     # Checks --------------------------------------------------------------
 
-    def _check(self, request: pb.CheckRequest) -> CheckResult:
+    def _check(self, request: pb.CheckRequest, caller: Caller) -> CheckResult:
+        """A check naming no lists covers every list the caller may check."""
         return self.service.check(
             self._image(request.image),
             list(request.lists),
@@ -266,16 +310,24 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
             request.top_k,
             _optional(request, "min_score"),
             request.request_id,
+            scope=caller.lists,
         )
 
     @rpc
     def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
-        return check_response(self._check(request))
+        caller = self.access.authorize(context, "Check", list(request.lists))
+        return check_response(self._check(request, caller))
 
     @stream_rpc
     def CheckStream(
         self, requests: Iterator[pb.CheckRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.CheckStreamResult]:
+        caller = self.access.authorize(context, "CheckStream")
+
+        def prepare(request: pb.CheckRequest) -> CheckResult:
+            self.access.require(caller, Action.CHECK, list(request.lists))
+            return self._check(request, caller)
+
         def finish(done: list[tuple[Any, Any]]) -> Iterator[pb.CheckStreamResult]:
             for request, outcome in done:
                 if isinstance(outcome, Exception):
@@ -283,7 +335,36 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
                 else:
                     yield pb.CheckStreamResult(index=request.index, response=check_response(outcome))
 
-        yield from self._pipeline(requests, context, self._check, finish)
+        yield from self._pipeline(requests, context, prepare, finish)
+
+    # Keys and audit ----------------------------------------------------------
+
+    @rpc
+    def CreateKey(self, request: pb.CreateKeyRequest, context: grpc.ServicerContext) -> pb.CreateKeyResponse:
+        caller = self.access.authorize(context, "CreateKey")
+        record, secret = self.access.create_key(caller, request.role, list(request.lists), request.name)
+        return pb.CreateKeyResponse(key=key_info(record), secret=secret)
+
+    @rpc
+    def ListKeys(self, request: pb.ListKeysRequest, context: grpc.ServicerContext) -> pb.ListKeysResponse:
+        self.access.authorize(context, "ListKeys")
+        return pb.ListKeysResponse(keys=[key_info(record) for record in self.access.keys()])
+
+    @rpc
+    def RevokeKey(self, request: pb.RevokeKeyRequest, context: grpc.ServicerContext) -> pb.KeyInfo:
+        caller = self.access.authorize(context, "RevokeKey")
+        return key_info(self.access.revoke_key(caller, request.id))
+
+    @rpc
+    def ListAudit(self, request: pb.ListAuditRequest, context: grpc.ServicerContext) -> pb.ListAuditResponse:
+        self.access.authorize(context, "ListAudit")
+        if not 0 <= request.limit <= AUDIT_PAGE_MAX:
+            raise InvalidArgument(f"limit must lie in [0, {AUDIT_PAGE_MAX}], got {request.limit}", "LIMIT_OUT_OF_RANGE")
+        since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else 0.0
+        records, next_token = self.service.store.audit(
+            request.list, since, request.limit or AUDIT_PAGE_DEFAULT, request.page_token
+        )
+        return pb.ListAuditResponse(records=[audit_message(r) for r in records], next_page_token=next_token)
 
     # Streams ---------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from client.lookalike_pb import lookalike_pb2 as pb
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from index import configure_threads
 from server.api import LookalikeServicer
+from server.auth import Access, is_loopback_listen, require_safe_listen, server_credentials
 from server.config import ServerConfig, parse_config
 from server.embedder import EmbedderPool
 from server.fingerprint import Fingerprinter
@@ -60,6 +61,20 @@ def create_server(config: ServerConfig) -> RunningServer:
     """Bind, load indexes, then report SERVING; tests pass port 0 and read `.port`."""
     configure_threads(1)
     store = Store(config.data, config.map_size)
+    access = Access(store)
+    try:
+        require_safe_listen(config.listen, access)
+        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+    except LookalikeError:
+        store.close()
+        raise
+    if access.open:
+        log.warning(
+            "no API keys exist: every call is accepted without a key, so the server listens on loopback only; "
+            "create the first (admin) key with `lookalike keys create --role admin`"
+        )
+    if credentials is None and not is_loopback_listen(config.listen):
+        log.warning("listening on %s without TLS: API keys and images cross the network in clear", config.listen)
     fingerprinter = Fingerprinter(config.max_pixels, EmbedderPool(threads=1))
     service = LookalikeService(store, fingerprinter, config.default_model, config.cpu_slots)
     executor = ThreadPoolExecutor(max_workers=max(2, 2 * config.cpu_slots), thread_name_prefix="fingerprint")
@@ -76,12 +91,15 @@ def create_server(config: ServerConfig) -> RunningServer:
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    pb_grpc.add_LookalikeServicer_to_server(LookalikeServicer(service, config, executor), server)
+    pb_grpc.add_LookalikeServicer_to_server(LookalikeServicer(service, config, executor, access), server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(config.listen)
+        if credentials is None:
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, credentials)
     except RuntimeError as error:
         store.close()
         raise SystemExit(f"cannot listen on {config.listen}: {error}") from None

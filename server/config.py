@@ -38,6 +38,11 @@ class ServerConfig:
     grace: float = 10.0
     """Seconds in-flight requests get at shutdown."""
     log_level: str = "INFO"
+    tls_cert: str = ""
+    """PEM certificate chain; with `tls_key`, the server speaks TLS only."""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    """PEM CA bundle: when set, clients must present a certificate it signed."""
 
 
 _HELP = {
@@ -57,6 +62,9 @@ _HELP = {
     "snapshot_min_changes": "changes after which a list's index is snapshotted",
     "grace": "seconds in-flight requests get at shutdown",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "tls_cert": "PEM certificate (chain) for TLS; needs --tls-key",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA certificates; when given, clients must present a certificate signed by one",
 }
 
 
@@ -78,7 +86,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
         flag = "--" + item.name.replace("_", "-")
         env_name = ENV_PREFIX + item.name.upper()
         default = getattr(defaults, item.name)
-        help_text = f"{_HELP[item.name]} (env {env_name}; default {default})"
+        help_text = f"{_HELP[item.name]} (env {env_name}; default {default if default != '' else 'none'})"
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", default=None, help=help_text)
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,6 +120,7 @@ class LookalikeService:
         review_threshold: float | None = None,
         reject_threshold: float | None = None,
         model: str = "",
+        actor: str = "",
     ) -> ListRecord:
         model = model or self.default_model
         if model not in MODELS:
@@ -128,14 +129,14 @@ class LookalikeService:
         reject = DEFAULT_REJECT_THRESHOLD if reject_threshold is None else reject_threshold
         if reject_threshold is None and review > reject:
             reject = review
-        record = self.store.create_list(name, description, review, reject, model)
+        record = self.store.create_list(name, description, review, reject, model, actor)
         self.indexes.created(record.uid)
         return record
 
-    def delete_list(self, name: str) -> ListRecord:
+    def delete_list(self, name: str, actor: str = "") -> ListRecord:
         record = self.store.get_list(name)
         with self.indexes.writing(record.uid):
-            record = self.store.delete_list(name)
+            record = self.store.delete_list(name, actor)
             self.indexes.dropped(record.uid)
         return record
 
@@ -164,7 +165,9 @@ class LookalikeService:
         with self._cpu:
             return self.fingerprinter.views(fingerprint, model)
 
-    def add_entries(self, list_name: str, requests: Sequence[AddRequest]) -> list[AddOutcome | Exception]:
+    def add_entries(
+        self, list_name: str, requests: Sequence[AddRequest], actor: str = ""
+    ) -> list[AddOutcome | Exception]:
         """Fingerprint and store several images in one transaction; per-item errors are returned."""
         prepared: list[PreparedAdd | Exception] = []
         for request in requests:
@@ -172,7 +175,7 @@ class LookalikeService:
                 prepared.append(self.prepare_add(list_name, request))
             except Exception as error:  # noqa: BLE001 - reported per item
                 prepared.append(error)
-        return self.store_prepared(prepared)
+        return self.store_prepared(prepared, actor)
 
     def prepare_add(self, list_name: str, request: AddRequest) -> PreparedAdd:
         """The CPU-heavy half of an add: validate, fingerprint, embed. No lock held."""
@@ -197,8 +200,10 @@ class LookalikeService:
         )
         return PreparedAdd(record, entry)
 
-    def store_prepared(self, prepared: Sequence[PreparedAdd | Exception]) -> list[AddOutcome | Exception]:
-        """The committing half: consecutive adds to one list share a transaction."""
+    def store_prepared(
+        self, prepared: Sequence[PreparedAdd | Exception], actor: str = ""
+    ) -> list[AddOutcome | Exception]:
+        """The committing half: consecutive adds to one list share a transaction (and its audit records)."""
         results: list[AddOutcome | Exception] = []
         position = 0
         while position < len(prepared):
@@ -214,27 +219,29 @@ class LookalikeService:
                     break
                 run.append(following)
             try:
-                results.extend(self._store_entries(item.record, [p.entry for p in run]))
+                results.extend(self._store_entries(item.record, [p.entry for p in run], actor))
             except Exception as error:  # noqa: BLE001 - the whole run failed (list deleted, storage full)
                 results.extend([error] * len(run))
             position += len(run)
         return results
 
-    def _store_entries(self, record: ListRecord, items: Sequence[NewEntry]) -> list[AddOutcome | Exception]:
+    def _store_entries(
+        self, record: ListRecord, items: Sequence[NewEntry], actor: str = ""
+    ) -> list[AddOutcome | Exception]:
         with self.indexes.writing(record.uid) as index:
             if index is None:
                 raise NotFound(f"list {record.name!r} does not exist", "LIST_NOT_FOUND")
-            results = self.store.add_entries(record.name, items)
+            results = self.store.add_entries(record.name, items, actor)
             added = [r for r in results if isinstance(r, AddOutcome) and not r.duplicate]
             if added:
                 self.indexes.apply_adds(index, [(r.entry, r.embedding) for r in added], max(r.change for r in added))
         self.indexes.rebuild_if_outgrown(record.uid)
         return results
 
-    def remove_entry(self, list_name: str, entry_id: str) -> EntryRecord:
+    def remove_entry(self, list_name: str, entry_id: str, actor: str = "") -> EntryRecord:
         record, _ = self._list_and_index(list_name)
         with self.indexes.writing(record.uid) as index:
-            entry, change = self.store.remove_entry(list_name, entry_id)
+            entry, change = self.store.remove_entry(list_name, entry_id, actor)
             if index is not None:
                 index.remove(np.array([entry.seq], dtype=np.int64), change)
         return entry
@@ -249,8 +256,12 @@ class LookalikeService:
         top_k: int = 0,
         min_score: float | None = None,
         request_id: str = "",
+        scope: Collection[str] | None = None,
     ) -> CheckResult:
-        """Match one image against the named lists (all when none); the strictest list decides."""
+        """Match one image against the named lists (all when none); the strictest list decides.
+
+        `scope` narrows "all" to the lists a caller may check (None: no limit).
+        """
         if top_k < 0 or top_k > MAX_TOP_K:
             raise InvalidArgument(f"top_k must lie in [0, {MAX_TOP_K}], got {top_k}", "TOP_K_OUT_OF_RANGE")
         if min_score is not None and not 0.0 <= min_score <= 1.0:
@@ -261,7 +272,9 @@ class LookalikeService:
             [self._list_and_index(name) for name in dict.fromkeys(lists)]
             if lists
             else [
-                (record, index) for record in self.store.lists() if (index := self.indexes.get(record.uid)) is not None
+                (record, index)
+                for record in self.store.lists()
+                if (scope is None or record.name in scope) and (index := self.indexes.get(record.uid)) is not None
             ]
         )
         fingerprint = self.fingerprint(data)

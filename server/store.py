@@ -1,9 +1,11 @@
-"""LMDB: the source of truth for lists, entries, fingerprints, meta and index snapshots.
+"""LMDB: the source of truth for lists, entries, fingerprints, meta, index snapshots, API keys and the audit log.
 
 Every write is one transaction that also appends to the list's change log, so an
 index snapshot can name the last change it holds and a restart replays only what
 came after. Records are JSON (settings, meta) and raw bytes (embeddings, index
 snapshots); nothing is pickled. Every persisted name is a constant here.
+Every change also writes its audit record in its own transaction, so a record
+can be neither lost nor written for a change that did not happen.
 """
 
 from __future__ import annotations
@@ -35,12 +37,24 @@ DB_DIGESTS = b"digests"
 DB_VECTORS = b"vectors"
 DB_CHANGES = b"changes"
 DB_SNAPSHOTS = b"snapshots"
+DB_KEYS = b"keys"
+DB_AUDIT = b"audit"
 LOCK_FILE = "lookalike.lock"
 KEY_FORMAT_VERSION = b"format_version"
 KEY_NEXT_LIST_UID = b"next_list_uid"
+KEY_NEXT_KEY_NUMBER = b"next_key_number"
+KEY_NEXT_AUDIT_SEQ = b"next_audit_seq"
 
 OP_ADD = b"A"
 OP_REMOVE = b"R"
+
+AUDIT_LIST_CREATE = "list.create"
+AUDIT_LIST_UPDATE = "list.update"
+AUDIT_LIST_DELETE = "list.delete"
+AUDIT_ENTRY_ADD = "entry.add"
+AUDIT_ENTRY_REMOVE = "entry.remove"
+AUDIT_KEY_CREATE = "key.create"
+AUDIT_KEY_REVOKE = "key.revoke"
 
 LIST_NAME = re.compile(r"^[a-z0-9_-]{1,64}\Z")  # \Z: `$` would also accept a trailing newline
 ENTRY_ID_MAX = 256
@@ -100,6 +114,32 @@ class AddOutcome:
     duplicate: bool
     change: int  # 0 for a duplicate: nothing changed
     embedding: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key without its secret: `digest` is the SHA-256 of the secret, hex."""
+
+    id: str
+    name: str
+    role: str
+    lists: list[str]
+    digest: str
+    created: float
+    created_by: str = ""
+    revoked: float = 0.0
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One change: when, by which key ("" before any key existed), what, on which list and entry."""
+
+    time: float
+    key_id: str
+    action: str
+    list: str = ""
+    entry_id: str = ""
+    detail: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -163,6 +203,11 @@ def _delete_prefix(cursor: lmdb.Cursor, prefix: bytes, up_to: int | None = None)
             return
         if not cursor.delete():
             return
+
+
+def _audit_key(when: float, seq: int) -> bytes:
+    """Time (µs) then a counter: `since` is a range start, and equal times keep their order."""
+    return _SEQ.pack(max(0, int(when * 1_000_000))) + _SEQ.pack(seq)
 
 
 def _list_key(name: str) -> bytes:
@@ -241,6 +286,8 @@ class Store:
         self._vectors = self.env.open_db(DB_VECTORS)
         self._changes = self.env.open_db(DB_CHANGES)
         self._snapshots = self.env.open_db(DB_SNAPSHOTS)
+        self._keys = self.env.open_db(DB_KEYS)
+        self._audit_log = self.env.open_db(DB_AUDIT)
         try:
             self._check_format()
         except FailedPrecondition:
@@ -269,7 +316,13 @@ class Store:
     # Lists ---------------------------------------------------------------
 
     def create_list(
-        self, name: str, description: str, review_threshold: float, reject_threshold: float, model: str
+        self,
+        name: str,
+        description: str,
+        review_threshold: float,
+        reject_threshold: float,
+        model: str,
+        actor: str = "",
     ) -> ListRecord:
         validate_list_name(name)
         validate_thresholds(review_threshold, reject_threshold)
@@ -280,6 +333,7 @@ class Store:
             txn.put(KEY_NEXT_LIST_UID, str(uid + 1).encode(), db=self._meta)
             record = ListRecord(uid, name, description, review_threshold, reject_threshold, model, time.time())
             self._put_list(txn, record)
+            self._audit(txn, actor, AUDIT_LIST_CREATE, name, detail=_settings(record))
         return record
 
     def _put_list(self, txn: lmdb.Transaction, record: ListRecord) -> None:
@@ -306,6 +360,7 @@ class Store:
         description: str | None = None,
         review_threshold: float | None = None,
         reject_threshold: float | None = None,
+        actor: str = "",
     ) -> ListRecord:
         with self._guard(), self._write() as txn:
             record = self._get_list(txn, name)
@@ -317,13 +372,15 @@ class Store:
             )
             validate_thresholds(record.review_threshold, record.reject_threshold)
             self._put_list(txn, record)
+            self._audit(txn, actor, AUDIT_LIST_UPDATE, name, detail=_settings(record))
         return record
 
-    def delete_list(self, name: str) -> ListRecord:
+    def delete_list(self, name: str, actor: str = "") -> ListRecord:
         """Delete a list and everything stored under it, in one transaction."""
         with self._guard(), self._write() as txn:
             record = self._get_list(txn, name)
             txn.delete(_list_key(name), db=self._lists)
+            self._audit(txn, actor, AUDIT_LIST_DELETE, name, detail={"entries_deleted": str(record.entry_count)})
             prefix = _prefix(record.uid)
             for db in (self._entries, self._entry_ids, self._digests, self._vectors, self._changes, self._snapshots):
                 _delete_prefix(txn.cursor(db=db), prefix)
@@ -331,13 +388,14 @@ class Store:
 
     # Entries -------------------------------------------------------------
 
-    def add_entries(self, name: str, items: Sequence[NewEntry]) -> list[AddOutcome | Exception]:
+    def add_entries(self, name: str, items: Sequence[NewEntry], actor: str = "") -> list[AddOutcome | Exception]:
         """Store several entries in one transaction: idempotent by sha256.
 
         Each item gets its outcome or its own error (an id already used by other
         bytes); the good ones are committed together.
         """
         results: list[AddOutcome | Exception] = []
+        audit: list[AuditRecord] = []
         with self._guard(), self._write() as txn:
             record = self._get_list(txn, name)
             prefix = _prefix(record.uid)
@@ -375,12 +433,16 @@ class Store:
                 if item.embedding is not None:
                     txn.put(key, np.ascontiguousarray(item.embedding, dtype=np.float32).tobytes(), db=self._vectors)
                 txn.put(_seq_key(record.uid, change), OP_ADD + _SEQ.pack(seq), db=self._changes)
+                audit.append(
+                    AuditRecord(entry.created, actor, AUDIT_ENTRY_ADD, name, entry_id, {"sha256": item.sha256})
+                )
                 results.append(AddOutcome(entry, duplicate=False, change=change, embedding=item.embedding))
                 seq, change, count = seq + 1, change + 1, count + 1
             self._put_list(txn, replace(record, next_seq=seq, next_change=change, entry_count=count))
+            self._audit_all(txn, audit)
         return results
 
-    def remove_entry(self, name: str, entry_id: str) -> tuple[EntryRecord, int]:
+    def remove_entry(self, name: str, entry_id: str, actor: str = "") -> tuple[EntryRecord, int]:
         """Remove an entry; returns it and the change number of the removal."""
         with self._guard(), self._write() as txn:
             record = self._get_list(txn, name)
@@ -397,6 +459,7 @@ class Store:
             txn.delete(prefix + bytes.fromhex(entry.sha256), db=self._digests)
             change = record.next_change
             txn.put(_seq_key(record.uid, change), OP_REMOVE + _SEQ.pack(seq), db=self._changes)
+            self._audit(txn, actor, AUDIT_ENTRY_REMOVE, name, entry_id, {"sha256": entry.sha256})
             self._put_list(txn, replace(record, next_change=change + 1, entry_count=record.entry_count - 1))
         return entry, change
 
@@ -492,8 +555,107 @@ class Store:
             raw = txn.get(_prefix(uid), db=self._snapshots)
             return 0 if raw is None else int(_SEQ.unpack(bytes(raw[:8]))[0])
 
+    # API keys ----------------------------------------------------------------
+
+    def keys(self) -> list[KeyRecord]:
+        """Every key ever created, revoked ones included, in creation order."""
+        with self.env.begin() as txn:
+            records = [KeyRecord(**json.loads(bytes(raw))) for _, raw in txn.cursor(db=self._keys)]
+        return sorted(records, key=lambda record: (record.created, int(record.id.lstrip("k") or 0)))
+
+    def create_key(self, name: str, role: str, lists: Sequence[str], digest: str, actor: str = "") -> KeyRecord:
+        """Store a new key under the next id ("k1", "k2", ...); the caller validates role and lists."""
+        with self._guard(), self._write() as txn:
+            number = int(txn.get(KEY_NEXT_KEY_NUMBER, default=b"1", db=self._meta))
+            txn.put(KEY_NEXT_KEY_NUMBER, str(number + 1).encode(), db=self._meta)
+            record = KeyRecord(f"k{number}", name, role, list(lists), digest, time.time(), actor)
+            txn.put(record.id.encode(), json.dumps(asdict(record)).encode(), db=self._keys)
+            detail = {"key": record.id, "role": role, "lists": ",".join(lists), "name": name}
+            self._audit(txn, actor, AUDIT_KEY_CREATE, detail=detail)
+        return record
+
+    def revoke_key(self, key_id: str, actor: str = "") -> KeyRecord:
+        """Mark a key revoked (kept, so audit records still name it); revoking twice changes nothing."""
+        with self._guard(), self._write() as txn:
+            raw = txn.get(key_id.encode(), db=self._keys) if key_id else None
+            if raw is None:
+                raise NotFound(f"key {key_id!r} does not exist", "KEY_NOT_FOUND")
+            record = KeyRecord(**json.loads(bytes(raw)))
+            if record.revoked:
+                return record
+            record = replace(record, revoked=time.time())
+            txn.put(record.id.encode(), json.dumps(asdict(record)).encode(), db=self._keys)
+            self._audit(txn, actor, AUDIT_KEY_REVOKE, detail={"key": record.id, "role": record.role})
+        return record
+
+    # Audit log -----------------------------------------------------------------
+
+    def _audit(
+        self,
+        txn: lmdb.Transaction,
+        actor: str,
+        action: str,
+        list_name: str = "",
+        entry_id: str = "",
+        detail: dict[str, str] | None = None,
+    ) -> None:
+        """Append one audit record inside the change's own transaction."""
+        self._audit_all(txn, [AuditRecord(time.time(), actor, action, list_name, entry_id, detail or {})])
+
+    def _audit_all(self, txn: lmdb.Transaction, records: Sequence[AuditRecord]) -> None:
+        if not records:
+            return
+        first = int(txn.get(KEY_NEXT_AUDIT_SEQ, default=b"1", db=self._meta))
+        txn.put(KEY_NEXT_AUDIT_SEQ, str(first + len(records)).encode(), db=self._meta)
+        for seq, record in enumerate(records, start=first):
+            txn.put(_audit_key(record.time, seq), json.dumps(asdict(record)).encode(), db=self._audit_log)
+
+    def audit(
+        self, list_name: str = "", since: float = 0.0, limit: int = 1000, page_token: str = ""
+    ) -> tuple[list[AuditRecord], str]:
+        """Audit records oldest first, from `since` (or after `page_token`), on one list or all.
+
+        Returns up to `limit` records and the token of the next page ("" at the end).
+        """
+        if page_token:
+            try:
+                last = bytes.fromhex(page_token)
+            except ValueError:
+                last = b""
+            if len(last) != 2 * _SEQ.size:
+                raise InvalidArgument(
+                    f"page token {page_token[:40]!r} is not one this server gave", "PAGE_TOKEN_INVALID"
+                )
+            start = last + b"\0"  # just after the last record of the previous page
+        else:
+            start = _audit_key(since, 0)
+        records: list[AuditRecord] = []
+        page_end = ""
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self._audit_log)
+            if not cursor.set_range(start):
+                return records, ""
+            for key, raw in cursor:
+                record = AuditRecord(**json.loads(bytes(raw)))
+                if list_name and record.list != list_name:
+                    continue
+                if len(records) == limit:
+                    return records, page_end
+                records.append(record)
+                page_end = bytes(key).hex()
+        return records, ""
+
     def _guard(self) -> _MapFullGuard:
         return _MapFullGuard(self.path)
+
+
+def _settings(record: ListRecord) -> dict[str, str]:
+    return {
+        "description": record.description,
+        "review_threshold": f"{record.review_threshold:g}",
+        "reject_threshold": f"{record.reject_threshold:g}",
+        "model": record.model,
+    }
 
 
 class _MapFullGuard:

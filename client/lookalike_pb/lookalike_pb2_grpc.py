@@ -90,6 +90,26 @@ class LookalikeStub:
                 request_serializer=lookalike_dot_v1_dot_lookalike__pb2.CheckRequest.SerializeToString,
                 response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.CheckStreamResult.FromString,
                 _registered_method=True)
+        self.CreateKey = channel.unary_unary(
+                '/lookalike.v1.Lookalike/CreateKey',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/lookalike.v1.Lookalike/ListKeys',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/lookalike.v1.Lookalike/RevokeKey',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.KeyInfo.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/lookalike.v1.Lookalike/ListAudit',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class LookalikeServicer:
@@ -164,6 +184,32 @@ class LookalikeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateKey(self, request, context):
+        """API keys (admin). The secret is returned once, by CreateKey; only its hash is stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Every change to lists, entries and keys, oldest first (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LookalikeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +267,26 @@ def add_LookalikeServicer_to_server(servicer, server):
                     servicer.CheckStream,
                     request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.CheckRequest.FromString,
                     response_serializer=lookalike_dot_v1_dot_lookalike__pb2.CheckStreamResult.SerializeToString,
+            ),
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.CreateKeyRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ListKeysRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.KeyInfo.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ListAuditRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -521,6 +587,114 @@ class Lookalike:
             '/lookalike.v1.Lookalike/CheckStream',
             lookalike_dot_v1_dot_lookalike__pb2.CheckRequest.SerializeToString,
             lookalike_dot_v1_dot_lookalike__pb2.CheckStreamResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/CreateKey',
+            lookalike_dot_v1_dot_lookalike__pb2.CreateKeyRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/ListKeys',
+            lookalike_dot_v1_dot_lookalike__pb2.ListKeysRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/RevokeKey',
+            lookalike_dot_v1_dot_lookalike__pb2.RevokeKeyRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.KeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/ListAudit',
+            lookalike_dot_v1_dot_lookalike__pb2.ListAuditRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,
