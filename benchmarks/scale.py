@@ -73,7 +73,7 @@ def near(rng: np.random.Generator, vector: np.ndarray, cosine: float) -> np.ndar
     noise = rng.standard_normal(len(vector)).astype(np.float32)
     noise -= (noise @ vector) * vector
     noise /= np.linalg.norm(noise)
-    return (cosine * vector + np.sqrt(1 - cosine**2) * noise).astype(np.float32)
+    return np.asarray(cosine * vector + np.sqrt(1 - cosine**2) * noise, dtype=np.float32)
 
 
 def flip(rng: np.random.Generator, code: np.ndarray, bits: int) -> np.ndarray:

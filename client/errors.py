@@ -23,6 +23,10 @@ class LookalikeError(Exception):
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
 
+    def __reduce__(self) -> tuple[type[LookalikeError], tuple[str, str]]:
+        # Keeps the reason when an error crosses a process boundary (fingerprint workers).
+        return type(self), (self.message, self.reason)
+
 
 class InvalidArgument(LookalikeError):
     code = "INVALID_ARGUMENT"

@@ -21,11 +21,10 @@ from index import configure_threads
 from server.api import LookalikeServicer
 from server.auth import Access, is_loopback_listen, require_safe_listen, server_credentials
 from server.config import ServerConfig, parse_config
-from server.embedder import EmbedderPool
-from server.fingerprint import Fingerprinter
 from server.indexes import SNAPSHOT_SHARE
 from server.service import LookalikeService
 from server.store import Store
+from server.workers import FingerprintWorkers
 
 log = logging.getLogger("lookalike")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Lookalike"].full_name
@@ -51,6 +50,7 @@ class RunningServer:
         if self._snapshotter is not None:
             self._snapshotter.join()
         self.executor.shutdown(wait=True)
+        self.service.workers.shutdown()
         self.service.indexes.wait_for_rebuilds(grace)
         saved = self.service.indexes.snapshot_all()
         log.info("stopped; %d index snapshots written", saved)
@@ -75,8 +75,9 @@ def create_server(config: ServerConfig) -> RunningServer:
         )
     if credentials is None and not is_loopback_listen(config.listen):
         log.warning("listening on %s without TLS: API keys and images cross the network in clear", config.listen)
-    fingerprinter = Fingerprinter(config.max_pixels, EmbedderPool(threads=1))
-    service = LookalikeService(store, fingerprinter, config.default_model, config.cpu_slots)
+    models = sorted({record.model for record in store.lists()} | {config.default_model})
+    workers = FingerprintWorkers(config.max_pixels, config.workers, models)
+    service = LookalikeService(store, workers, config.default_model, config.cpu_slots)
     executor = ThreadPoolExecutor(max_workers=max(2, 2 * config.cpu_slots), thread_name_prefix="fingerprint")
     options = [
         ("grpc.max_receive_message_length", config.max_request_bytes),
@@ -101,6 +102,7 @@ def create_server(config: ServerConfig) -> RunningServer:
         else:
             port = server.add_secure_port(config.listen, credentials)
     except RuntimeError as error:
+        workers.shutdown()
         store.close()
         raise SystemExit(f"cannot listen on {config.listen}: {error}") from None
     server.start()

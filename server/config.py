@@ -27,6 +27,8 @@ class ServerConfig:
     """gRPC worker threads (requests in flight)."""
     cpu_slots: int = max(1, os.cpu_count() or 1)
     """Images fingerprinted at once: one per core, more only oversubscribes."""
+    workers: int = max(1, os.cpu_count() or 1)
+    """Fingerprint worker processes; 0 fingerprints in the server process (one interpreter lock)."""
     default_model: str = DEFAULT_MODEL
     allow_private_urls: bool = False
     url_timeout: float = 10.0
@@ -53,6 +55,7 @@ _HELP = {
     "max_pixels": "largest image in pixels (width × height)",
     "threads": "gRPC worker threads",
     "cpu_slots": "images fingerprinted at once",
+    "workers": "fingerprint worker processes, one per core; 0: in the server process",
     "default_model": f"model of lists created without one ({', '.join(MODELS)})",
     "allow_private_urls": "let the server fetch image URLs on loopback/private addresses",
     "url_timeout": "seconds allowed for fetching an image URL",

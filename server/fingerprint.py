@@ -7,6 +7,7 @@ so they are computed per model, only for the models the lists being touched use.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -68,6 +69,19 @@ class Fingerprint:
         return None if box is None else embedding_input(self.image.rgb.crop(box))
 
 
+@dataclass(frozen=True)
+class Fingerprinted:
+    """Everything one request needs from an image, computed in one go (in a worker process or
+    not): plain data, cheap to send between processes."""
+
+    hashes: Hashes
+    pdq_variants: tuple[bytes, ...]
+    embeddings: dict[str, np.ndarray]
+    """Per model asked for: the whole picture's embedding (what an entry stores)."""
+    views: dict[str, np.ndarray]
+    """Per model asked for: the embeddings a check searches with, one row per view."""
+
+
 def pdq_hashes(rgb: Image.Image) -> tuple[tuple[bytes, ...], int]:
     """PDQ's 256 bits (packed, most significant bit first) of the picture and of its
     seven rotations and mirrors, in PDQ's dihedral order (the picture itself first),
@@ -100,6 +114,15 @@ class Fingerprinter:
             phash=phash(model_input),
         )
         return Fingerprint(hashes=hashes, image=decoded, model_input=model_input, pdq_variants=variants)
+
+    def compute(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
+        """Hashes, plus embeddings for the models in `embed` and check views for those in `views`."""
+        fingerprint = self.fingerprint(data)
+        for model in embed:
+            self.embedding(fingerprint, model)
+        for model in views:
+            self.views(fingerprint, model)
+        return Fingerprinted(fingerprint.hashes, fingerprint.pdq_variants, fingerprint.embeddings, fingerprint.views)
 
     def embedding(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
         """The picture's embedding under `model` (what an entry stores), computed once."""

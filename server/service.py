@@ -7,6 +7,7 @@ lock, limited to a few at a time so the box is never oversubscribed.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
@@ -18,7 +19,7 @@ import numpy as np
 from client.errors import InvalidArgument, NotFound
 from index import ListIndex
 from server.embedder import MODELS
-from server.fingerprint import Fingerprint, Fingerprinter, Hashes
+from server.fingerprint import Fingerprinted, Hashes
 from server.indexes import IndexRegistry
 from server.scoring import (
     DEFAULT_REJECT_THRESHOLD,
@@ -37,6 +38,7 @@ from server.store import (
     validate_list_name,
     validate_meta,
 )
+from server.workers import FingerprintWorkers
 
 ACCEPT, REVIEW, REJECT = "accept", "review", "reject"
 _STRICTNESS = {ACCEPT: 0, REVIEW: 1, REJECT: 2}
@@ -98,18 +100,16 @@ def hamming(a: bytes, b: bytes) -> int:
 class LookalikeService:
     """Lists, entries and checks over one store, its indexes and a fingerprinter."""
 
-    def __init__(self, store: Store, fingerprinter: Fingerprinter, default_model: str, cpu_slots: int) -> None:
+    def __init__(self, store: Store, workers: FingerprintWorkers, default_model: str, cpu_slots: int) -> None:
         self.store = store
         self.indexes = IndexRegistry(store)
-        self.fingerprinter = fingerprinter
+        self.workers = workers
         self.default_model = default_model
         self._cpu = threading.BoundedSemaphore(max(1, cpu_slots))
 
     def load(self) -> None:
         """Load every list's index (snapshot + replay); the server is not ready before."""
         self.indexes.load_all()
-        for model in {record.model for record in self.store.lists()}:
-            self.fingerprinter.embedders.get(model)
 
     # Lists ---------------------------------------------------------------
 
@@ -149,21 +149,10 @@ class LookalikeService:
 
     # Entries -------------------------------------------------------------
 
-    def fingerprint(self, data: bytes) -> Fingerprint:
+    def fingerprint(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
+        """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named."""
         with self._cpu:
-            return self.fingerprinter.fingerprint(data)
-
-    def embedding(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
-        if model in fingerprint.embeddings:
-            return fingerprint.embeddings[model]
-        with self._cpu:
-            return self.fingerprinter.embedding(fingerprint, model)
-
-    def views(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
-        if model in fingerprint.views:  # a second list of the same model: no CPU slot needed
-            return fingerprint.views[model]
-        with self._cpu:
-            return self.fingerprinter.views(fingerprint, model)
+            return self.workers.compute(data, embed, views)
 
     def add_entries(
         self, list_name: str, requests: Sequence[AddRequest], actor: str = ""
@@ -183,11 +172,11 @@ class LookalikeService:
         if request.id:
             validate_entry_id(request.id)
         validate_meta(request.meta)
-        fingerprint = self.fingerprint(request.data)
-        hashes = fingerprint.hashes
         # Same bytes already listed: the add is a no-op, so skip the model.
-        known = self.store.seq_for_digest(record.uid, hashes.sha256) is not None
-        embedding = None if known else self.embedding(fingerprint, record.model)
+        known = self.store.seq_for_digest(record.uid, hashlib.sha256(request.data).digest()) is not None
+        fingerprint = self.fingerprint(request.data, embed=() if known else (record.model,))
+        hashes = fingerprint.hashes
+        embedding = fingerprint.embeddings.get(record.model)
         entry = NewEntry(
             id=request.id,
             sha256=hashes.sha256_hex,
@@ -277,7 +266,7 @@ class LookalikeService:
                 if (scope is None or record.name in scope) and (index := self.indexes.get(record.uid)) is not None
             ]
         )
-        fingerprint = self.fingerprint(data)
+        fingerprint = self.fingerprint(data, views=sorted({r.model for r, index in targets if index.vector_count}))
         candidates: list[Match] = []
         for record, index in targets:
             candidates.extend(self._match_list(record, index, fingerprint, max(top_k, EMBEDDING_CANDIDATES)))
@@ -298,15 +287,14 @@ class LookalikeService:
             meta=dict(meta or {}),
         )
 
-    def _match_list(self, record: ListRecord, index: ListIndex, fingerprint: Fingerprint, k: int) -> list[Match]:
+    def _match_list(self, record: ListRecord, index: ListIndex, fingerprint: Fingerprinted, k: int) -> list[Match]:
         hashes = fingerprint.hashes
         exact = self.store.seq_for_digest(record.uid, hashes.sha256)
         variants = fingerprint.pdq_variants
         pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(variants, PDQ_SEARCH_RADIUS)}
         similarities: dict[int, float] = {}
-        views: np.ndarray | None = None
-        if index.vector_count:
-            views = self.views(fingerprint, record.model)
+        views = fingerprint.views.get(record.model)
+        if views is not None:
             similarities = {hit.id: hit.similarity for hit in index.search_vectors(views, k)}
             if index.approximate:  # estimates from compressed codes: re-rank exactly from the stored vectors
                 shortlist = self.store.embeddings(record.uid, list(similarities))

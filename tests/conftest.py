@@ -93,6 +93,7 @@ def start_server(data: Path, **overrides: object) -> ServerHandle:
         "data": data,
         "map_size": 1 << 30,
         "allow_private_urls": True,
+        "workers": 0,  # in-process: a worker pool costs seconds a start; tests/test_workers.py covers it
     }
     config = ServerConfig(**{**settings, **overrides})  # type: ignore[arg-type]
     running = create_server(config)
