@@ -38,6 +38,12 @@ class ServerConfig:
     grace: float = 10.0
     """Seconds in-flight requests get at shutdown."""
     log_level: str = "INFO"
+    max_batch_images: int = 100_000
+    """Images one AddEntries/CheckStream stream may carry; a client with more opens another stream."""
+    max_concurrent_requests: int = 64
+    """Calls in flight (running or waiting for a worker thread); past it new calls are refused at once."""
+    metrics_listen: str = ""
+    """HOST:PORT of the Prometheus metrics endpoint; empty: off."""
 
 
 _HELP = {
@@ -57,6 +63,9 @@ _HELP = {
     "snapshot_min_changes": "changes after which a list's index is snapshotted",
     "grace": "seconds in-flight requests get at shutdown",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "max_batch_images": "most images one AddEntries/CheckStream stream may carry",
+    "max_concurrent_requests": "calls in flight at once; more are refused with RESOURCE_EXHAUSTED",
+    "metrics_listen": "HOST:PORT serving Prometheus metrics at /metrics, e.g. 127.0.0.1:9464 (empty: off)",
 }
 
 
@@ -108,4 +117,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     config = ServerConfig(**values)  # type: ignore[arg-type]
     if config.default_model not in MODELS:
         parser.error(f"--default-model must be one of {', '.join(MODELS)}")
+    for name in ("max_batch_images", "max_concurrent_requests"):
+        if getattr(config, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return config

@@ -17,6 +17,7 @@ from PIL import Image
 
 from server.embedder import EmbedderPool, embedding_input
 from server.imaging import DecodedImage, decode_image
+from server.metrics import Metrics
 from server.regions import content_box
 
 PDQ_BYTES = 32
@@ -85,27 +86,31 @@ def phash(rgb: Image.Image) -> bytes:
 class Fingerprinter:
     """Decodes and fingerprints images with the configured pixel limit and models."""
 
-    def __init__(self, max_pixels: int, embedders: EmbedderPool) -> None:
+    def __init__(self, max_pixels: int, embedders: EmbedderPool, metrics: Metrics | None = None) -> None:
         self.max_pixels = max_pixels
         self.embedders = embedders
+        self.metrics = metrics or Metrics()
 
     def fingerprint(self, data: bytes) -> Fingerprint:
-        decoded = decode_image(data, self.max_pixels)
-        variants, quality = pdq_hashes(decoded.rgb)
-        model_input = embedding_input(decoded.rgb)
-        hashes = Hashes(
-            sha256=hashlib.sha256(data).digest(),
-            pdq=variants[0],
-            pdq_quality=quality,
-            phash=phash(model_input),
-        )
+        with self.metrics.stage("decode"):
+            decoded = decode_image(data, self.max_pixels)
+        with self.metrics.stage("hash"):
+            variants, quality = pdq_hashes(decoded.rgb)
+            model_input = embedding_input(decoded.rgb)
+            hashes = Hashes(
+                sha256=hashlib.sha256(data).digest(),
+                pdq=variants[0],
+                pdq_quality=quality,
+                phash=phash(model_input),
+            )
         return Fingerprint(hashes=hashes, image=decoded, model_input=model_input, pdq_variants=variants)
 
     def embedding(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
         """The picture's embedding under `model` (what an entry stores), computed once."""
         vector = fingerprint.embeddings.get(model)
         if vector is None:
-            vector = self.embedders.get(model).embed(fingerprint.model_input)
+            with self.metrics.stage("embed"):
+                vector = self.embedders.get(model).embed(fingerprint.model_input)
             fingerprint.embeddings[model] = vector
         return vector
 
@@ -114,7 +119,10 @@ class Fingerprinter:
         views = fingerprint.views.get(model)
         if views is None:
             rows = [self.embedding(fingerprint, model)]
-            if fingerprint.region_input is not None:
-                rows.append(self.embedders.get(model).embed(fingerprint.region_input))
+            with self.metrics.stage("region"):
+                region = fingerprint.region_input
+            if region is not None:
+                with self.metrics.stage("embed"):
+                    rows.append(self.embedders.get(model).embed(region))
             views = fingerprint.views[model] = np.stack(rows)
         return views
