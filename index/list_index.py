@@ -49,6 +49,9 @@ PQ_SUBQUANTIZERS = 32
 TRAINING_POINTS_PER_CELL = 40
 TOMBSTONES_MIN = 1000
 """Removals from a fast-scan side are purged once this many (or 0.5 % of it) are pending."""
+ID_BYTES = 8
+ID_LOOKUP_BYTES = 32
+"""About what a hash-map entry from id to position costs (exact sides' id maps, binary IVF's direct map)."""
 REBUILD_GROWTH = 4
 """An IVF layout is rebuilt once its list is this many times larger (or smaller) than it was trained for."""
 
@@ -248,9 +251,11 @@ class ListIndex:
         return self.layout.outgrown(self.vector_count, self.pdq_count)
 
     def memory_bytes(self) -> int:
-        """Estimated bytes held: codes or vectors, ids, direct maps and trained centroids."""
-        pdq_per_entry = PDQ_BYTES + 8 + (16 if self.layout.pdq_cells else 0)
-        vector_per_entry = (PQ_SUBQUANTIZERS // 2 if self.layout.vector_cells else 4 * self.dim) + 8
+        """Estimated bytes held (FAISS reports no figure): codes or vectors, ids and the maps
+        that find an id again, and trained centroids."""
+        lookup = ID_BYTES + ID_LOOKUP_BYTES
+        pdq_per_entry = PDQ_BYTES + lookup
+        vector_per_entry = PQ_SUBQUANTIZERS // 2 + ID_BYTES if self.layout.vector_cells else 4 * self.dim + lookup
         centroids = self.layout.vector_cells * self.dim * 4 + self.layout.pdq_cells * PDQ_BYTES
         return int(self._pdq.ntotal) * pdq_per_entry + int(self._vectors.ntotal) * vector_per_entry + centroids
 

@@ -10,6 +10,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import grpc
@@ -17,18 +18,20 @@ from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from client.errors import Cancelled, InvalidArgument, LookalikeError
+from client.errors import Cancelled, DeadlineExceeded, InvalidArgument, LookalikeError, ResourceExhausted
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from server.auth import Access, Action, Caller
 from server.config import ServerConfig
 from server.fingerprint import Hashes
-from server.service import REJECT, REVIEW, AddRequest, CheckResult, LookalikeService, Match
+from server.service import REJECT, REVIEW, AddRequest, CheckResult, LookalikeService, Match, raise_if_abandoned
 from server.sources import image_bytes
 from server.store import AddOutcome, AuditRecord, EntryRecord, KeyRecord, ListRecord
 
 log = logging.getLogger(__name__)
 ERROR_DOMAIN = "lookalike.v1"
+READER_POLL_SECONDS = 0.1
+"""How often a stream's reader, blocked on a full queue, checks whether the stream has ended."""
 DECISIONS = {"accept": pb.ACCEPT, "review": pb.REVIEW, "reject": pb.REJECT}
 T = TypeVar("T")
 R = TypeVar("R")
@@ -61,13 +64,31 @@ def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None
     context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the server log")
 
 
+@contextmanager
+def _on_behalf_of(context: grpc.ServicerContext) -> Iterator[None]:
+    """Let the service ask, before each CPU-heavy step, whether the caller still waits."""
+
+    def still_wanted() -> None:
+        if context.time_remaining() <= 0:
+            raise DeadlineExceeded("the client's deadline passed before the image was processed", "DEADLINE_PASSED")
+        if not context.is_active():
+            raise Cancelled("the client cancelled the call", "CANCELLED")
+
+    token = raise_if_abandoned.set(still_wanted)
+    try:
+        yield
+    finally:
+        raise_if_abandoned.reset(token)
+
+
 def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     """Map domain errors to status codes with ErrorInfo; never echo internal errors."""
 
     @functools.wraps(method)
     def wrapper(self: LookalikeServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            with _on_behalf_of(context):
+                return method(self, request, context)
         except Exception as error:  # noqa: BLE001 - every failure becomes a status code
             _abort(context, error, method.__name__)
 
@@ -379,53 +400,79 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
         A reader thread pulls requests so that a client which waits for replies
         before sending more never deadlocks us; the bounded queue and window keep
-        memory flat however fast a client sends.
+        memory flat however fast a client sends. Items past `max_batch_images`
+        end the stream with RESOURCE_EXHAUSTED once the earlier ones are answered;
+        a cancelled or expired stream stops starting items and its reader quits.
         """
         depth = max(2, 2 * self.config.cpu_slots)
+        limit = self.config.max_batch_images
         incoming: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        end = object()
+        end, too_many = object(), object()
+        stopped = threading.Event()
+
+        def hand_over(item: Any) -> bool:
+            while not stopped.is_set():
+                try:
+                    incoming.put(item, timeout=READER_POLL_SECONDS)
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
         def read() -> None:
+            last = end
             try:
                 for position, message in enumerate(requests):
-                    incoming.put(_Numbered(position, message))
+                    if position >= limit:
+                        last = too_many
+                        break
+                    if not hand_over(_Numbered(position, message)):
+                        return
             except Exception:  # noqa: BLE001 - a cancelled stream ends the reading
                 pass
-            finally:
-                incoming.put(end)
+            hand_over(last)
 
         threading.Thread(target=read, name="stream-reader", daemon=True).start()
         window: deque[tuple[_Numbered, Future[Any]]] = deque()
-        ended = False
+        ended = overflowed = False
 
         def run(item: _Numbered) -> Any:
             if not context.is_active():
                 return Cancelled("stream cancelled by the client", "CANCELLED")
             try:
-                return prepare(item.message)
+                with _on_behalf_of(context):
+                    return prepare(item.message)
             except Exception as error:  # noqa: BLE001 - reported per item
                 return error
 
-        while not ended or window:
-            while not ended and len(window) < depth:
-                try:
-                    item = incoming.get(block=not window)
-                except queue.Empty:
-                    break
-                if item is end:
-                    ended = True
-                    break
-                window.append((item, self.executor.submit(run, item)))
-            if not window:
-                continue
-            window[0][1].result()
-            ready = []
-            while window and window[0][1].done():
-                item, future = window.popleft()
-                ready.append((item, future.result()))
-            yield from finish(ready)
-            if not context.is_active():
-                return
+        try:
+            while not ended or window:
+                while not ended and len(window) < depth:
+                    try:
+                        item = incoming.get(block=not window)
+                    except queue.Empty:
+                        break
+                    if item is end or item is too_many:
+                        ended, overflowed = True, item is too_many
+                        break
+                    window.append((item, self.executor.submit(run, item)))
+                if not window:
+                    continue
+                window[0][1].result()
+                ready = []
+                while window and window[0][1].done():
+                    item, future = window.popleft()
+                    ready.append((item, future.result()))
+                yield from finish(ready)
+                if not context.is_active():
+                    return
+        finally:
+            stopped.set()
+        if overflowed:
+            raise ResourceExhausted(
+                f"a stream may carry at most {limit:,} images (--max-batch-images); send the rest on a new stream",
+                "BATCH_TOO_LARGE",
+            )
 
 
 class _Numbered:

@@ -6,9 +6,10 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,6 +23,8 @@ from server.api import LookalikeServicer
 from server.auth import Access, is_loopback_listen, require_safe_listen, server_credentials
 from server.config import ServerConfig, parse_config
 from server.indexes import SNAPSHOT_SHARE
+from server.metrics import Metrics
+from server.observability import RequestObserver
 from server.service import LookalikeService
 from server.store import Store
 from server.workers import FingerprintWorkers
@@ -41,11 +44,19 @@ class RunningServer:
     executor: ThreadPoolExecutor
     _stop_snapshots: threading.Event
     _snapshotter: threading.Thread | None = None
+    metrics: Metrics | None = None
+    metrics_http: WSGIServer | None = None
+    """The `/metrics` endpoint when `--metrics-listen` is set."""
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_http is None else int(self.metrics_http.server_address[1])
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish, snapshot indexes, close LMDB."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        _close_http(self.metrics_http)
         self._stop_snapshots.set()
         if self._snapshotter is not None:
             self._snapshotter.join()
@@ -57,16 +68,33 @@ class RunningServer:
         self.service.store.close()
 
 
-def create_server(config: ServerConfig) -> RunningServer:
-    """Bind, load indexes, then report SERVING; tests pass port 0 and read `.port`."""
+def _close_http(server: WSGIServer | None) -> None:
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
+def create_server(config: ServerConfig, on_listening: Callable[[int], None] | None = None) -> RunningServer:
+    """Bind, load indexes, then report SERVING; tests pass port 0 and read `.port`.
+
+    `on_listening(port)` runs once calls are accepted but before the indexes load:
+    the window in which health says NOT_SERVING and calls get UNAVAILABLE.
+    """
     configure_threads(1)
-    store = Store(config.data, config.map_size)
+    metrics = Metrics()
+    metrics_http = metrics.serve(config.metrics_listen) if config.metrics_listen else None
+    try:
+        store = Store(config.data, config.map_size)
+    except BaseException:
+        _close_http(metrics_http)
+        raise
     access = Access(store)
     try:
         require_safe_listen(config.listen, access)
         credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
     except LookalikeError:
         store.close()
+        _close_http(metrics_http)
         raise
     if access.open:
         log.warning(
@@ -77,7 +105,9 @@ def create_server(config: ServerConfig) -> RunningServer:
         log.warning("listening on %s without TLS: API keys and images cross the network in clear", config.listen)
     models = sorted({record.model for record in store.lists()} | {config.default_model})
     workers = FingerprintWorkers(config.max_pixels, config.workers, models)
-    service = LookalikeService(store, workers, config.default_model, config.cpu_slots)
+    service = LookalikeService(store, workers, config.default_model, config.cpu_slots, metrics)
+    metrics.watch_lists(service.list_sizes)
+    ready = threading.Event()
     executor = ThreadPoolExecutor(max_workers=max(2, 2 * config.cpu_slots), thread_name_prefix="fingerprint")
     options = [
         ("grpc.max_receive_message_length", config.max_request_bytes),
@@ -86,7 +116,9 @@ def create_server(config: ServerConfig) -> RunningServer:
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="grpc"),
         options=options,
-        maximum_concurrent_rpcs=config.threads * 4,
+        interceptors=[RequestObserver(metrics, SERVICE_NAME, ready)],
+        # Checked before a call is queued for a worker: past it, RESOURCE_EXHAUSTED at once.
+        maximum_concurrent_rpcs=config.max_concurrent_requests,
     )
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE_NAME):
@@ -104,13 +136,20 @@ def create_server(config: ServerConfig) -> RunningServer:
     except RuntimeError as error:
         workers.shutdown()
         store.close()
+        _close_http(metrics_http)
         raise SystemExit(f"cannot listen on {config.listen}: {error}") from None
     server.start()
+    if on_listening is not None:
+        on_listening(port)
     service.load()
+    ready.set()
+    metrics.ready.set(1)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     stop_snapshots = threading.Event()
-    running = RunningServer(server, port, service, health_servicer, executor, stop_snapshots)
+    running = RunningServer(
+        server, port, service, health_servicer, executor, stop_snapshots, metrics=metrics, metrics_http=metrics_http
+    )
     running._snapshotter = threading.Thread(
         target=_snapshot_loop, args=(service, config, stop_snapshots), name="snapshots", daemon=True
     )
@@ -140,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start: %s", error.message)
         return 1
     log.info("serving on %s (port %d), data in %s", config.listen, running.port, config.data.resolve())
+    if running.metrics_port is not None:
+        log.info("metrics at http://%s/metrics (port %d)", config.metrics_listen, running.metrics_port)
     stopping.wait()
     log.info("shutting down (grace %.0f s)", config.grace)
     running.stop(config.grace)

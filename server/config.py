@@ -45,6 +45,12 @@ class ServerConfig:
     tls_key: str = ""
     tls_client_ca: str = ""
     """PEM CA bundle: when set, clients must present a certificate it signed."""
+    max_batch_images: int = 100_000
+    """Images one AddEntries/CheckStream stream may carry; a client with more opens another stream."""
+    max_concurrent_requests: int = 64
+    """Calls in flight (running or waiting for a worker thread); past it new calls are refused at once."""
+    metrics_listen: str = ""
+    """HOST:PORT of the Prometheus metrics endpoint; empty: off."""
 
 
 _HELP = {
@@ -68,6 +74,9 @@ _HELP = {
     "tls_cert": "PEM certificate (chain) for TLS; needs --tls-key",
     "tls_key": "PEM private key of --tls-cert",
     "tls_client_ca": "PEM CA certificates; when given, clients must present a certificate signed by one",
+    "max_batch_images": "most images one AddEntries/CheckStream stream may carry",
+    "max_concurrent_requests": "calls in flight at once; more are refused with RESOURCE_EXHAUSTED",
+    "metrics_listen": "HOST:PORT serving Prometheus metrics at /metrics, e.g. 127.0.0.1:9464 (empty: off)",
 }
 
 
@@ -119,4 +128,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     config = ServerConfig(**values)  # type: ignore[arg-type]
     if config.default_model not in MODELS:
         parser.error(f"--default-model must be one of {', '.join(MODELS)}")
+    for name in ("max_batch_images", "max_concurrent_requests"):
+        if getattr(config, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return config

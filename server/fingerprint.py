@@ -7,7 +7,9 @@ so they are computed per model, only for the models the lists being touched use.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -60,6 +62,8 @@ class Fingerprint:
     """Per model: the whole picture's embedding (what an entry stores)."""
     views: dict[str, np.ndarray] = field(default_factory=dict)
     """Per model: the embeddings a check searches with, one row per view."""
+    stage_seconds: list[tuple[str, float]] = field(default_factory=list)
+    """Time spent per stage (decode, hash, embed, region), for metrics kept by the caller."""
 
     @cached_property
     def region_input(self) -> Image.Image | None:
@@ -80,6 +84,17 @@ class Fingerprinted:
     """Per model asked for: the whole picture's embedding (what an entry stores)."""
     views: dict[str, np.ndarray]
     """Per model asked for: the embeddings a check searches with, one row per view."""
+    stage_seconds: tuple[tuple[str, float], ...] = ()
+
+
+@contextmanager
+def _timed(stages: list[tuple[str, float]], stage: str) -> Iterator[None]:
+    """Note a stage's duration; metrics live in the server process, this may run in a worker."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages.append((stage, time.perf_counter() - started))
 
 
 def pdq_hashes(rgb: Image.Image) -> tuple[tuple[bytes, ...], int]:
@@ -104,16 +119,19 @@ class Fingerprinter:
         self.embedders = embedders
 
     def fingerprint(self, data: bytes) -> Fingerprint:
-        decoded = decode_image(data, self.max_pixels)
-        variants, quality = pdq_hashes(decoded.rgb)
-        model_input = embedding_input(decoded.rgb)
-        hashes = Hashes(
-            sha256=hashlib.sha256(data).digest(),
-            pdq=variants[0],
-            pdq_quality=quality,
-            phash=phash(model_input),
-        )
-        return Fingerprint(hashes=hashes, image=decoded, model_input=model_input, pdq_variants=variants)
+        stages: list[tuple[str, float]] = []
+        with _timed(stages, "decode"):
+            decoded = decode_image(data, self.max_pixels)
+        with _timed(stages, "hash"):
+            variants, quality = pdq_hashes(decoded.rgb)
+            model_input = embedding_input(decoded.rgb)
+            hashes = Hashes(
+                sha256=hashlib.sha256(data).digest(),
+                pdq=variants[0],
+                pdq_quality=quality,
+                phash=phash(model_input),
+            )
+        return Fingerprint(hashes, decoded, model_input, variants, stage_seconds=stages)
 
     def compute(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
         """Hashes, plus embeddings for the models in `embed` and check views for those in `views`."""
@@ -122,13 +140,20 @@ class Fingerprinter:
             self.embedding(fingerprint, model)
         for model in views:
             self.views(fingerprint, model)
-        return Fingerprinted(fingerprint.hashes, fingerprint.pdq_variants, fingerprint.embeddings, fingerprint.views)
+        return Fingerprinted(
+            fingerprint.hashes,
+            fingerprint.pdq_variants,
+            fingerprint.embeddings,
+            fingerprint.views,
+            tuple(fingerprint.stage_seconds),
+        )
 
     def embedding(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
         """The picture's embedding under `model` (what an entry stores), computed once."""
         vector = fingerprint.embeddings.get(model)
         if vector is None:
-            vector = self.embedders.get(model).embed(fingerprint.model_input)
+            with _timed(fingerprint.stage_seconds, "embed"):
+                vector = self.embedders.get(model).embed(fingerprint.model_input)
             fingerprint.embeddings[model] = vector
         return vector
 
@@ -137,7 +162,10 @@ class Fingerprinter:
         views = fingerprint.views.get(model)
         if views is None:
             rows = [self.embedding(fingerprint, model)]
-            if fingerprint.region_input is not None:
-                rows.append(self.embedders.get(model).embed(fingerprint.region_input))
+            with _timed(fingerprint.stage_seconds, "region"):
+                region = fingerprint.region_input
+            if region is not None:
+                with _timed(fingerprint.stage_seconds, "embed"):
+                    rows.append(self.embedders.get(model).embed(region))
             views = fingerprint.views[model] = np.stack(rows)
         return views

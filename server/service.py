@@ -2,7 +2,10 @@
 
 The servicer translates protobuf to these calls and back; tests and benchmarks
 can reason about behaviour here. CPU-heavy fingerprinting runs outside every
-lock, limited to a few at a time so the box is never oversubscribed.
+lock, limited to a few at a time so the box is never oversubscribed. Who waits
+for a CPU slot is bounded by the threads that can ask (gRPC workers plus the
+stream pool); a waiter whose caller has gone (deadline passed, call cancelled)
+leaves the queue and never starts its image.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +26,7 @@ from index import ListIndex
 from server.embedder import MODELS
 from server.fingerprint import Fingerprinted, Hashes
 from server.indexes import IndexRegistry
+from server.metrics import ListSize, Metrics
 from server.scoring import (
     DEFAULT_REJECT_THRESHOLD,
     DEFAULT_REVIEW_THRESHOLD,
@@ -45,6 +51,16 @@ _STRICTNESS = {ACCEPT: 0, REVIEW: 1, REJECT: 2}
 EMBEDDING_CANDIDATES = 10
 """Nearest embeddings fetched per list and check when the caller asks for fewer."""
 MAX_TOP_K = 1000
+CPU_WAIT_POLL_SECONDS = 0.05
+"""How often a request waiting for a CPU slot asks whether its caller is still there."""
+
+
+def _caller_always_waits() -> None:
+    """Outside a request (tests, benchmarks, start-up) nobody can give up."""
+
+
+raise_if_abandoned: ContextVar[Callable[[], None]] = ContextVar("raise_if_abandoned", default=_caller_always_waits)
+"""Set per request by the servicer: raises `DeadlineExceeded`/`Cancelled` once the caller has gone."""
 
 
 @dataclass(frozen=True)
@@ -100,11 +116,19 @@ def hamming(a: bytes, b: bytes) -> int:
 class LookalikeService:
     """Lists, entries and checks over one store, its indexes and a fingerprinter."""
 
-    def __init__(self, store: Store, workers: FingerprintWorkers, default_model: str, cpu_slots: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        workers: FingerprintWorkers,
+        default_model: str,
+        cpu_slots: int,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.store = store
         self.indexes = IndexRegistry(store)
         self.workers = workers
         self.default_model = default_model
+        self.metrics = metrics or Metrics()
         self._cpu = threading.BoundedSemaphore(max(1, cpu_slots))
 
     def load(self) -> None:
@@ -149,10 +173,36 @@ class LookalikeService:
 
     # Entries -------------------------------------------------------------
 
+    @contextmanager
+    def cpu_slot(self) -> Iterator[None]:
+        """Hold one of the few CPU slots. Waits in short polls so that a request whose
+        caller has gone gives up its place instead of starting work nobody will read."""
+        still_wanted = raise_if_abandoned.get()
+        still_wanted()
+        while not self._cpu.acquire(timeout=CPU_WAIT_POLL_SECONDS):
+            still_wanted()
+        try:
+            still_wanted()
+            yield
+        finally:
+            self._cpu.release()
+
     def fingerprint(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
         """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named."""
-        with self._cpu:
-            return self.workers.compute(data, embed, views)
+        with self.cpu_slot():
+            self.metrics.fingerprints_started.inc()
+            fingerprinted = self.workers.compute(data, embed, views)
+        for stage, seconds in fingerprinted.stage_seconds:
+            self.metrics.observe_stage(stage, seconds)
+        return fingerprinted
+
+    def list_sizes(self) -> list[ListSize]:
+        """Entries (from the store) and estimated index memory of every list, for metrics."""
+        sizes = []
+        for record in self.store.lists():
+            index = self.indexes.get(record.uid)
+            sizes.append(ListSize(record.name, record.entry_count, 0 if index is None else index.memory_bytes()))
+        return sizes
 
     def add_entries(
         self, list_name: str, requests: Sequence[AddRequest], actor: str = ""
@@ -291,15 +341,17 @@ class LookalikeService:
         hashes = fingerprint.hashes
         exact = self.store.seq_for_digest(record.uid, hashes.sha256)
         variants = fingerprint.pdq_variants
-        pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(variants, PDQ_SEARCH_RADIUS)}
+        with self.metrics.stage("pdq_search"):
+            pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(variants, PDQ_SEARCH_RADIUS)}
         similarities: dict[int, float] = {}
         views = fingerprint.views.get(record.model)
         if views is not None:
-            similarities = {hit.id: hit.similarity for hit in index.search_vectors(views, k)}
-            if index.approximate:  # estimates from compressed codes: re-rank exactly from the stored vectors
-                shortlist = self.store.embeddings(record.uid, list(similarities))
-                reranked = {seq: float(np.max(views @ vector)) for seq, vector in shortlist.items()}
-                similarities = dict(sorted(reranked.items(), key=lambda item: -item[1])[:k])
+            with self.metrics.stage("vector_search"):
+                similarities = {hit.id: hit.similarity for hit in index.search_vectors(views, k)}
+                if index.approximate:  # estimates from compressed codes: re-rank exactly from the stored vectors
+                    shortlist = self.store.embeddings(record.uid, list(similarities))
+                    reranked = {seq: float(np.max(views @ vector)) for seq, vector in shortlist.items()}
+                    similarities = dict(sorted(reranked.items(), key=lambda item: -item[1])[:k])
         seqs = set(pdq_hits) | set(similarities) | ({exact} if exact is not None else set())
         if not seqs:
             return []

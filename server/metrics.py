@@ -1,0 +1,92 @@
+"""Prometheus metrics of one server, in a registry of its own.
+
+Several servers in one process (tests) never mix their figures. Request counts
+and latencies are recorded by `server.observability`; stage timings and the
+fingerprints-started counter where that work happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ListSize(NamedTuple):
+    name: str
+    entries: int
+    index_bytes: int
+
+
+class _ListCollector(Collector):
+    """Entries and index memory per list, read at scrape time: nothing to keep in step."""
+
+    def __init__(self, sizes: Callable[[], Iterable[ListSize]]) -> None:
+        self._sizes = sizes
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        entries = GaugeMetricFamily("lookalike_list_entries", "Entries on each list", labels=["list"])
+        memory = GaugeMetricFamily("lookalike_index_bytes", "Estimated memory of each list's indexes", labels=["list"])
+        for size in self._sizes():
+            entries.add_metric([size.name], size.entries)
+            memory.add_metric([size.name], size.index_bytes)
+        yield entries
+        yield memory
+
+
+class Metrics:
+    """One server's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "lookalike_requests", "Calls answered, by method and status", ["method", "code"], registry=self.registry
+        )
+        self.request_seconds = Histogram(
+            "lookalike_request_seconds", "Time from call to answer, by method", ["method"], registry=self.registry
+        )
+        self.in_flight = Gauge("lookalike_requests_in_flight", "Calls being served now", registry=self.registry)
+        self.stage_seconds = Histogram(
+            "lookalike_stage_seconds",
+            "Time per stage of one image: decode, hash, embed, region, pdq_search, vector_search",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.fingerprints_started = Counter(
+            "lookalike_fingerprints_started", "Images whose fingerprinting began", registry=self.registry
+        )
+        self.decisions = Counter(
+            "lookalike_check_decisions", "Checks answered, by decision", ["decision"], registry=self.registry
+        )
+        self.ready = Gauge("lookalike_ready", "1 once every index is loaded", registry=self.registry)
+
+    def observe_stage(self, name: str, seconds: float) -> None:
+        """Record a stage timed elsewhere (in a fingerprint worker process)."""
+        self.stage_seconds.labels(name).observe(seconds)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time one stage of the work on an image."""
+        with self.stage_seconds.labels(name).time():
+            yield
+
+    def watch_lists(self, sizes: Callable[[], Iterable[ListSize]]) -> None:
+        """Report entries and index memory per list, asking `sizes` at every scrape."""
+        self.registry.register(_ListCollector(sizes))
+
+    def serve(self, listen: str) -> WSGIServer:
+        """Serve `/metrics` over HTTP on HOST:PORT (port 0: any free one) in a daemon thread."""
+        host, _, port = listen.rpartition(":")
+        try:
+            server, _thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=self.registry)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"cannot serve metrics on {listen!r}: {error}") from None
+        return server

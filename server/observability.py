@@ -1,0 +1,195 @@
+"""Operations at the gRPC boundary: one log line and metrics per call, and the readiness gate.
+
+Request-level accounting (count, status code, latency, the log line) happens in
+one interceptor, so no servicer method can forget it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from client.errors import Unavailable
+from client.lookalike_pb import lookalike_pb2 as pb
+from server.api import _abort
+from server.metrics import Metrics
+
+if TYPE_CHECKING:
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.ServerInterceptor
+
+request_log = logging.getLogger("lookalike.requests")
+_PLAIN = re.compile(r"[A-Za-z0-9._:*-]{1,64}")
+
+
+def _log_value(text: str) -> str:
+    """Plain names as they are; anything else quoted and escaped, so a line stays one line."""
+    return text if _PLAIN.fullmatch(text) else json.dumps(text[:100])
+
+
+def _lists_named(request: Any) -> list[str]:
+    fields = request.DESCRIPTOR.fields_by_name
+    if "lists" in fields:
+        return list(request.lists)
+    for name in ("list", "name"):
+        if name in fields:
+            return [getattr(request, name)]
+    return []
+
+
+def _metadata_request_id(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str):
+            return value
+    return ""
+
+
+def _status_code(context: grpc.ServicerContext) -> str:
+    """The code the client sees: what the handler set, else how the call ended."""
+    code = context.code()  # type: ignore[attr-defined]  # real since grpcio 1.38, missing from grpc-stubs
+    if code is not None:
+        return str(code.name)
+    if not context.is_active():
+        return "DEADLINE_EXCEEDED" if context.time_remaining() <= 0 else "CANCELLED"
+    return "OK"
+
+
+def _decision_name(value: int) -> str:
+    return str(pb.Decision.Name(value)).lower()
+
+
+class _Call:
+    """What one call's log line and metrics need, gathered while it runs."""
+
+    def __init__(self, method: str, context: grpc.ServicerContext, streaming: bool) -> None:
+        self.method = method
+        self.context = context
+        self.streaming = streaming
+        self.started = time.perf_counter()
+        self.request_id = _metadata_request_id(context)
+        self.lists: dict[str, None] = {}
+        self.items = 0
+        self.decisions: Tally[str] = Tally()
+
+    def saw_request(self, request: Any) -> None:
+        self.items += 1
+        names = _lists_named(request)
+        if not names and "lists" in request.DESCRIPTOR.fields_by_name:
+            names = ["*"]  # a check of every list
+        self.lists.update(dict.fromkeys(names))
+
+    def saw_response(self, response: Any) -> None:
+        if isinstance(response, pb.CheckStreamResult):
+            if not response.HasField("response"):
+                return
+            response = response.response
+        if isinstance(response, pb.CheckResponse):
+            self.decisions[_decision_name(response.decision)] += 1
+            if not self.streaming and not self.request_id:
+                self.request_id = response.id  # the caller's request_id, or the one the service made
+
+    def decision(self) -> str:
+        """A check's decision; a stream's tally (`accept:3,reject:1`); `-` for other calls."""
+        if self.streaming:
+            return ",".join(f"{name}:{count}" for name, count in sorted(self.decisions.items())) or "-"
+        return next(iter(self.decisions), "-")
+
+
+class RequestObserver(_Interceptor):
+    """Counts, times and logs every call of one service, and refuses calls until the server is ready."""
+
+    def __init__(self, metrics: Metrics, service_name: str, ready: threading.Event) -> None:
+        self.metrics = metrics
+        self._prefix = f"/{service_name}/"
+        self._ready = ready
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None or not details.method.startswith(self._prefix):
+            return handler
+        method = details.method[len(self._prefix) :]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._stream(handler.stream_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _refuse_until_ready(self, context: grpc.ServicerContext, method: str) -> None:
+        if not self._ready.is_set():
+            _abort(context, Unavailable("the server is still loading its indexes; retry shortly", "NOT_READY"), method)
+
+    def _unary(self, behaviour: Callable[[Any, grpc.ServicerContext], Any], method: str) -> Callable[..., Any]:
+        def observed(request: Any, context: grpc.ServicerContext) -> Any:
+            call = self._begin(method, context, streaming=False)
+            try:
+                call.saw_request(request)
+                self._refuse_until_ready(context, method)
+                response = behaviour(request, context)
+                call.saw_response(response)
+                return response
+            finally:
+                self._end(call)
+
+        return observed
+
+    def _stream(
+        self, behaviour: Callable[[Iterator[Any], grpc.ServicerContext], Iterator[Any]], method: str
+    ) -> Callable[..., Iterator[Any]]:
+        def observed(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            call = self._begin(method, context, streaming=True)
+
+            def noted() -> Iterator[Any]:
+                for request in requests:
+                    call.saw_request(request)
+                    yield request
+
+            try:
+                self._refuse_until_ready(context, method)
+                for response in behaviour(noted(), context):
+                    call.saw_response(response)
+                    yield response
+            finally:
+                self._end(call)
+
+        return observed
+
+    def _begin(self, method: str, context: grpc.ServicerContext, streaming: bool) -> _Call:
+        self.metrics.in_flight.inc()
+        return _Call(method, context, streaming)
+
+    def _end(self, call: _Call) -> None:
+        seconds = time.perf_counter() - call.started
+        code = _status_code(call.context)
+        self.metrics.in_flight.dec()
+        self.metrics.requests.labels(call.method, code).inc()
+        self.metrics.request_seconds.labels(call.method).observe(seconds)
+        for decision, count in call.decisions.items():
+            self.metrics.decisions.labels(decision).inc(count)
+        request_log.info(
+            "request id=%s method=%s lists=%s items=%d decision=%s code=%s ms=%.1f",
+            _log_value(call.request_id or uuid.uuid4().hex[:16]),
+            call.method,
+            ",".join(_log_value(name) for name in call.lists) or "-",
+            call.items,
+            call.decision(),
+            code,
+            seconds * 1000,
+        )
