@@ -452,6 +452,7 @@ class CheckLedger:
                 scope=None if order.scope is None else set(order.scope),
             )
             finished = replace(check, status=DONE, result=result)
+            self.service.metrics.decisions.labels(result.decision).inc()  # synchronous ones are counted per call
         except _Stopping:
             raise
         except LookalikeError as error:

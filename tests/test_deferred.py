@@ -34,6 +34,7 @@ from client.webhooks import (
 )
 from server.checks import DB_CHECK_IMAGES
 from tests.conftest import ServerHandle, distinct_photos, start_server
+from tests.test_flood_guard import scrape
 
 LOOKALIKE = Path(sys.executable).parent / "lookalike"
 FAST_WEBHOOKS = {"webhook_backoff": 0.05, "webhook_backoff_max": 0.2, "webhook_timeout": 5.0}
@@ -237,7 +238,7 @@ def test_resubmitting_a_deferred_check_runs_it_once_and_ids_belong_to_their_key(
 
 
 def test_too_many_pending_checks_are_refused(tmp_path: Path, photos: list[bytes]) -> None:
-    handle = start_server(tmp_path / "data", cpu_slots=1, max_pending_checks=2)
+    handle = start_server(tmp_path / "data", cpu_slots=1, max_pending_checks=2, metrics_listen="127.0.0.1:0")
     try:
         handle.client.create_list("banned")
         with handle.running.service.cpu_slot():
@@ -246,6 +247,10 @@ def test_too_many_pending_checks_are_refused(tmp_path: Path, photos: list[bytes]
             with pytest.raises(ResourceExhausted) as error:
                 handle.client.check(photos[2], ["banned"], defer=True)
             assert error.value.reason == "QUEUE_FULL"
+            assert scrape(handle, "lookalike_deferred_checks_pending") == 2
+        wait_until(lambda: scrape(handle, "lookalike_deferred_checks_pending") == 0)
+        # Counted once, when they finish: not when their submission was answered.
+        assert scrape(handle, "lookalike_check_decisions_total", decision="accept") == 2
     finally:
         handle.stop()
 
@@ -337,13 +342,16 @@ def test_a_failing_receiver_gets_retries_until_it_answers(
 
 def test_a_webhook_gives_up_after_its_attempts(tmp_path: Path, photos: list[bytes], receiver: Receiver) -> None:
     receiver.always_fail = True
-    handle = start_server(tmp_path / "data", webhook_max_attempts=2, **FAST_WEBHOOKS)
+    handle = start_server(tmp_path / "data", webhook_max_attempts=2, metrics_listen="127.0.0.1:0", **FAST_WEBHOOKS)
     try:
         handle.client.create_list("banned")
         handle.client.check(photos[0], ["banned"], callback_url=receiver.url, request_id="doomed")
         delivery = wait_until(lambda: (d := handle.client.get_check("doomed").delivery) and d.state == "failed" and d)
         assert (delivery.attempts, delivery.last_status) == (2, 500) and "HTTP 500" in delivery.last_error
         assert len(receiver.requests) == 2
+        assert scrape(handle, "lookalike_webhook_deliveries_total", outcome="retry") == 1
+        assert scrape(handle, "lookalike_webhook_deliveries_total", outcome="failed") == 1
+        assert scrape(handle, "lookalike_webhooks_pending") == 0
     finally:
         handle.stop()
 
