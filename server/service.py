@@ -11,7 +11,6 @@ leaves the queue and never starts its image.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -34,6 +33,7 @@ from server.scoring import (
     Evidence,
     score,
 )
+from server.slots import FairSlots
 from server.store import (
     AddOutcome,
     EntryRecord,
@@ -51,8 +51,6 @@ _STRICTNESS = {ACCEPT: 0, REVIEW: 1, REJECT: 2}
 EMBEDDING_CANDIDATES = 10
 """Nearest embeddings fetched per list and check when the caller asks for fewer."""
 MAX_TOP_K = 1000
-CPU_WAIT_POLL_SECONDS = 0.05
-"""How often a request waiting for a CPU slot asks whether its caller is still there."""
 
 
 def _caller_always_waits() -> None:
@@ -129,7 +127,7 @@ class LookalikeService:
         self.workers = workers
         self.default_model = default_model
         self.metrics = metrics or Metrics()
-        self._cpu = threading.BoundedSemaphore(max(1, cpu_slots))
+        self._cpu = FairSlots(cpu_slots)
 
     def load(self) -> None:
         """Load every list's index (snapshot + replay); the server is not ready before."""
@@ -175,17 +173,10 @@ class LookalikeService:
 
     @contextmanager
     def cpu_slot(self) -> Iterator[None]:
-        """Hold one of the few CPU slots. Waits in short polls so that a request whose
-        caller has gone gives up its place instead of starting work nobody will read."""
-        still_wanted = raise_if_abandoned.get()
-        still_wanted()
-        while not self._cpu.acquire(timeout=CPU_WAIT_POLL_SECONDS):
-            still_wanted()
-        try:
-            still_wanted()
+        """Hold one of the few CPU slots, in arrival order; a request whose caller has gone
+        leaves the line instead of starting work nobody will read."""
+        with self._cpu.hold(raise_if_abandoned.get()):
             yield
-        finally:
-            self._cpu.release()
 
     def fingerprint(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
         """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named."""
