@@ -39,17 +39,29 @@ AUDIT_PAGE_DEFAULT = 1000
 AUDIT_PAGE_MAX = 10_000
 
 
+MESSAGE_MAX_BYTES = 1000
+"""Messages may quote what the caller sent; gRPC drops a call whose trailers pass 16 KiB (the
+message travels twice, percent-encoded and in the status details), so longer ones are cut."""
+
+
+def _bounded(message: str) -> str:
+    encoded = message.encode()
+    if len(encoded) <= MESSAGE_MAX_BYTES:
+        return message
+    return encoded[: MESSAGE_MAX_BYTES - 3].decode(errors="ignore") + "..."
+
+
 def _status_for(error: LookalikeError) -> status_pb2.Status:
     code = getattr(code_pb2, error.code, code_pb2.UNKNOWN)
     detail = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)
-    status = status_pb2.Status(code=code, message=error.message)
+    status = status_pb2.Status(code=code, message=_bounded(error.message))
     status.details.add().Pack(detail)
     return status
 
 
 def _item_error(error: Exception) -> pb.ItemError:
     if isinstance(error, LookalikeError):
-        return pb.ItemError(code=error.code, message=error.message, reason=error.reason)
+        return pb.ItemError(code=error.code, message=_bounded(error.message), reason=error.reason)
     log.exception("item failed", exc_info=error)
     return pb.ItemError(code="INTERNAL", message="internal error; see the server log", reason="INTERNAL")
 

@@ -146,7 +146,7 @@ class LookalikeService:
     ) -> ListRecord:
         model = model or self.default_model
         if model not in MODELS:
-            raise InvalidArgument(f"model {model!r} is unknown; use one of {', '.join(MODELS)}", "MODEL_UNKNOWN")
+            raise InvalidArgument(f"model {model[:80]!r} is unknown; use one of {', '.join(MODELS)}", "MODEL_UNKNOWN")
         review = DEFAULT_REVIEW_THRESHOLD if review_threshold is None else review_threshold
         reject = DEFAULT_REJECT_THRESHOLD if reject_threshold is None else reject_threshold
         if reject_threshold is None and review > reject:

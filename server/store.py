@@ -152,7 +152,7 @@ class Change:
 def validate_list_name(name: str) -> None:
     if not LIST_NAME.match(name):
         raise InvalidArgument(
-            f"list name {name!r} is invalid: use 1-64 lowercase letters, digits, '-' or '_'", "LIST_NAME_INVALID"
+            f"list name {name[:80]!r} is invalid: use 1-64 lowercase letters, digits, '-' or '_'", "LIST_NAME_INVALID"
         )
 
 
@@ -449,7 +449,7 @@ class Store:
             prefix = _prefix(record.uid)
             raw_seq = txn.get(prefix + entry_id.encode(), db=self._entry_ids)
             if raw_seq is None:
-                raise NotFound(f"entry {entry_id!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
+                raise NotFound(f"entry {entry_id[:80]!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
             seq = _SEQ.unpack(raw_seq)[0]
             entry = self._entry(txn, record.uid, seq)
             key = _seq_key(record.uid, seq)
@@ -474,7 +474,7 @@ class Store:
             record = self._get_list(txn, name)
             raw_seq = txn.get(_prefix(record.uid) + entry_id.encode(), db=self._entry_ids)
             if raw_seq is None:
-                raise NotFound(f"entry {entry_id!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
+                raise NotFound(f"entry {entry_id[:80]!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
             return self._entry(txn, record.uid, _SEQ.unpack(raw_seq)[0])
 
     def entries_by_seq(self, uid: int, seqs: Sequence[int]) -> dict[int, EntryRecord]:
