@@ -60,6 +60,7 @@ LIST_NAME = re.compile(r"^[a-z0-9_-]{1,64}\Z")  # \Z: `$` would also accept a tr
 ENTRY_ID_MAX = 256
 META_MAX_ITEMS = 64
 META_MAX_CHARS = 4096
+DESCRIPTION_MAX_CHARS = 4096
 
 _UID = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
@@ -165,6 +166,15 @@ def validate_thresholds(review: float, reject: float) -> None:
         raise InvalidArgument(
             f"review threshold {review} is above reject threshold {reject}; review must be ≤ reject",
             "THRESHOLD_ORDER",
+        )
+
+
+def validate_description(description: str) -> None:
+    # Every list record is read on every check of all lists: keep them small.
+    if len(description) > DESCRIPTION_MAX_CHARS:
+        raise InvalidArgument(
+            f"description has {len(description):,} characters; at most {DESCRIPTION_MAX_CHARS} are kept",
+            "DESCRIPTION_TOO_LONG",
         )
 
 
@@ -326,6 +336,7 @@ class Store:
     ) -> ListRecord:
         validate_list_name(name)
         validate_thresholds(review_threshold, reject_threshold)
+        validate_description(description)
         with self._guard(), self._write() as txn:
             if txn.get(_list_key(name), db=self._lists) is not None:
                 raise AlreadyExists(f"list {name!r} already exists", "LIST_EXISTS")
@@ -371,6 +382,7 @@ class Store:
                 reject_threshold=record.reject_threshold if reject_threshold is None else reject_threshold,
             )
             validate_thresholds(record.review_threshold, record.reject_threshold)
+            validate_description(record.description)
             self._put_list(txn, record)
             self._audit(txn, actor, AUDIT_LIST_UPDATE, name, detail=_settings(record))
         return record
