@@ -63,9 +63,13 @@ class RunningServer:
         self.executor.shutdown(wait=True)
         self.service.workers.shutdown()
         self.service.indexes.wait_for_rebuilds(grace)
-        saved = self.service.indexes.snapshot_all()
-        log.info("stopped; %d index snapshots written", saved)
-        self.service.store.close()
+        try:
+            saved = self.service.indexes.snapshot_all()
+            log.info("stopped; %d index snapshots written", saved)
+        except Exception as error:  # noqa: BLE001 - snapshots only shorten the next start
+            log.error("stopped; index snapshots not written (%s): the next start replays the change log", error)
+        finally:
+            self.service.store.close()
 
 
 def _close_http(server: WSGIServer | None) -> None:
