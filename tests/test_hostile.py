@@ -13,6 +13,8 @@ import math
 import random
 import re
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -193,6 +195,45 @@ def mutated_pictures(draw: st.DrawFn) -> bytes:
 @given(mutated_pictures())
 def test_mutated_real_pictures_decode_or_give_a_typed_error(data: bytes) -> None:
     assert_decodes_or_refuses(data)
+
+
+PEAK_MEMORY_SCRIPT = """
+import resource, struct, sys, zlib
+from server.imaging import decode_image
+
+side = 4000
+depth, colour_type, channels = (int(arg) for arg in sys.argv[1:])
+def chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+packer = zlib.compressobj(9)
+row = b"\\x00" + b"\\x80" * (side * channels * depth // 8)
+pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+header = struct.pack(">IIBBBBB", side, side, depth, colour_type, 0, 0, 0)
+data = b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+decode_image(data, 64_000_000)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / side**2)
+"""
+
+
+@pytest.mark.parametrize(
+    ("depth", "colour_type", "channels"), [(16, 0, 1), (8, 6, 4), (16, 6, 4)], ids=["grey-16", "rgba", "rgba-16"]
+)
+def test_a_small_png_declaring_many_pixels_costs_a_bounded_multiple_of_them(
+    depth: int, colour_type: int, channels: int
+) -> None:
+    """A flat 16 Mpx PNG is a few dozen kB; decoding it once took 23-27 bytes per pixel (float64
+    copies of 16-bit grey, whole-picture RGBA composites, a copy for EXIF that wasn't there), so
+    a handful of 60 Mpx uploads at once could exhaust a server's memory."""
+    completed = subprocess.run(
+        [sys.executable, "-c", PEAK_MEMORY_SCRIPT, str(depth), str(colour_type), str(channels)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=True,
+    )
+    bytes_per_pixel = float(completed.stdout)
+    assert bytes_per_pixel < 12, f"decoding took {bytes_per_pixel:.1f} bytes per pixel at its peak"
 
 
 # A real server for the rest -------------------------------------------------------------------------
