@@ -19,7 +19,7 @@ from client.errors import LookalikeError
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from index import configure_threads
-from server.api import LookalikeServicer
+from server.api import LookalikeServicer, MalformedRequestInterceptor
 from server.auth import Access, is_loopback_listen, require_safe_listen, server_credentials
 from server.config import ServerConfig, parse_config
 from server.indexes import SNAPSHOT_SHARE
@@ -120,7 +120,7 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="grpc"),
         options=options,
-        interceptors=[RequestObserver(metrics, SERVICE_NAME, ready)],
+        interceptors=[RequestObserver(metrics, SERVICE_NAME, ready), MalformedRequestInterceptor()],
         # Checked before a call is queued for a worker: past it, RESOURCE_EXHAUSTED at once.
         maximum_concurrent_rpcs=config.max_concurrent_requests,
     )
