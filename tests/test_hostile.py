@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 from client import LookalikeError
 from client.errors import InvalidArgument, ResourceExhausted
 from client.lookalike_pb import lookalike_pb2 as pb
+from client.stub import translate
 from server.imaging import decode_image
 from tests.conftest import ServerHandle, jpeg_bytes, start_server
 
@@ -456,6 +457,56 @@ def test_oversized_descriptions_and_check_meta_are_refused(hostile: ServerHandle
     error = clean(lambda: hostile.client.check(GOOD, ["fuzz"], meta={"note": "z" * 100_000}))
     assert error is not None and error.reason == "META_TOO_LARGE"
     assert hostile.client.check(GOOD, ["fuzz"], meta={"note": "z" * 4000}).meta == {"note": "z" * 4000}
+
+
+RAW_METHODS = ["CreateList", "GetList", "UpdateList", "DeleteList", "AddEntry", "GetEntry", "RemoveEntry", "Check"]
+
+
+@fuzz(60)
+@given(
+    method=st.sampled_from(RAW_METHODS),
+    raw=st.one_of(
+        st.binary(max_size=200),
+        st.sampled_from([b"\x0a\x02\xff\xfe", b"\x0a\x05fuzz", b"\xff\xff\xff", b"\x12\x80\x80\x80\x80\x10"]),
+    ),
+)
+def test_request_bytes_that_are_no_message_get_invalid_argument(hostile: ServerHandle, method: str, raw: bytes) -> None:
+    """A client that is not ours may send anything: bytes that do not parse (invalid UTF-8 in a
+    string, a field cut short) are INVALID_ARGUMENT REQUEST_MALFORMED, where gRPC alone says INTERNAL."""
+    with grpc.insecure_channel(hostile.address) as channel:
+        call = channel.unary_unary(
+            f"/lookalike.v1.Lookalike/{method}",
+            request_serializer=lambda data: data,
+            response_deserializer=lambda data: data,
+        )
+        try:
+            call(raw, timeout=30)
+        except grpc.RpcError as failure:
+            error = translate(failure)
+            assert_clean(error)
+            if error.reason == "REQUEST_MALFORMED":
+                assert "valid lookalike.v1 message" in error.message
+
+
+def test_malformed_stream_items_get_a_per_item_error(hostile: ServerHandle) -> None:
+    with grpc.insecure_channel(hostile.address) as channel:
+        for method in ("AddEntries", "CheckStream"):
+            call = channel.stream_stream(
+                f"/lookalike.v1.Lookalike/{method}",
+                request_serializer=lambda data: data,
+                response_deserializer=lambda data: data,
+            )
+            good = (
+                pb.AddEntryRequest(list="fuzz", image=pb.Image(data=GOOD))
+                if method == "AddEntries"
+                else pb.CheckRequest(image=pb.Image(data=GOOD), lists=["fuzz"])
+            ).SerializeToString()
+            replies = list(call(iter([b"\x0a\x02\xff\xfe", good]), timeout=60))
+            message = pb.AddEntriesResult if method == "AddEntries" else pb.CheckStreamResult
+            first, second = (message.FromString(reply) for reply in replies)
+            assert (first.index, first.error.code, first.error.reason) == (0, "INVALID_ARGUMENT", "REQUEST_MALFORMED")
+            assert second.index == 1 and not second.HasField("error")
+    assert_serving(hostile)
 
 
 def test_the_server_still_serves_after_the_fuzzing(hostile: ServerHandle) -> None:
