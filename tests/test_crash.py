@@ -23,7 +23,7 @@ from index import configure_threads
 from server.indexes import IndexRegistry
 from server.store import Store
 from tests.conftest import start_server
-from tests.processes import ServerProcess
+from tests.processes import ServerProcess, end_leftovers
 
 SEED = 4242
 MAP_SIZE = 1 << 30
@@ -96,7 +96,10 @@ def stream_until_killed(
             progress.wait_for(lambda: len(round_added) >= kill_after, timeout=600)
         time.sleep(delay)
         killed.set()
-        server.kill()
+        try:
+            server.kill()
+        except AssertionError as error:
+            failures.append(str(error))
 
     def remover() -> None:
         with LookalikeClient(server.address, timeout=30) as client:
@@ -188,6 +191,12 @@ def assert_index_agrees_with_store(data: Path, found: set[int]) -> None:
             assert named == {n for n in found if list_for(n) == record.name}, record.name
     finally:
         store.close()
+
+
+@pytest.fixture(autouse=True)
+def no_server_left_behind() -> Iterator[None]:
+    yield
+    end_leftovers()
 
 
 @pytest.mark.slow

@@ -10,14 +10,14 @@ import random
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from client import LookalikeClient, LookalikeError
 from client.lookalike_pb import lookalike_pb2 as pb
-from tests.processes import ServerProcess
+from tests.processes import ServerProcess, end_leftovers
 from tests.test_crash import image_for
 
 LIST = "soak"
@@ -118,6 +118,12 @@ def guarded(work: Callable[[], None], tally: Tally, stop: threading.Event) -> Ca
             stop.set()
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def no_server_left_behind() -> Iterator[None]:
+    yield
+    end_leftovers()
 
 
 @pytest.mark.slow
