@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ERROR_DOMAIN = "lookalike.v1"
 READER_POLL_SECONDS = 0.1
 """How often a stream's reader, blocked on a full queue, checks whether the stream has ended."""
+SERVICE = pb.DESCRIPTOR.services_by_name["Lookalike"].full_name
 DECISIONS = {"accept": pb.ACCEPT, "review": pb.REVIEW, "reject": pb.REJECT}
 T = TypeVar("T")
 R = TypeVar("R")
@@ -39,17 +40,29 @@ AUDIT_PAGE_DEFAULT = 1000
 AUDIT_PAGE_MAX = 10_000
 
 
+MESSAGE_MAX_BYTES = 1000
+"""Messages may quote what the caller sent; gRPC drops a call whose trailers pass 16 KiB (the
+message travels twice, percent-encoded and in the status details), so longer ones are cut."""
+
+
+def _bounded(message: str) -> str:
+    encoded = message.encode()
+    if len(encoded) <= MESSAGE_MAX_BYTES:
+        return message
+    return encoded[: MESSAGE_MAX_BYTES - 3].decode(errors="ignore") + "..."
+
+
 def _status_for(error: LookalikeError) -> status_pb2.Status:
     code = getattr(code_pb2, error.code, code_pb2.UNKNOWN)
     detail = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)
-    status = status_pb2.Status(code=code, message=error.message)
+    status = status_pb2.Status(code=code, message=_bounded(error.message))
     status.details.add().Pack(detail)
     return status
 
 
 def _item_error(error: Exception) -> pb.ItemError:
     if isinstance(error, LookalikeError):
-        return pb.ItemError(code=error.code, message=error.message, reason=error.reason)
+        return pb.ItemError(code=error.code, message=_bounded(error.message), reason=error.reason)
     log.exception("item failed", exc_info=error)
     return pb.ItemError(code="INTERNAL", message="internal error; see the server log", reason="INTERNAL")
 
@@ -81,12 +94,47 @@ def _on_behalf_of(context: grpc.ServicerContext) -> Iterator[None]:
         raise_if_abandoned.reset(token)
 
 
+class _Malformed:
+    """Stands in for request bytes that do not parse as the method's message (invalid UTF-8 in a
+    string, a truncated field), so the call can answer INVALID_ARGUMENT: gRPC itself says INTERNAL."""
+
+
+MALFORMED = _Malformed()
+
+
+def _malformed_error() -> InvalidArgument:
+    return InvalidArgument(
+        "request is not a valid lookalike.v1 message for this method (bad protobuf bytes or invalid UTF-8)",
+        "REQUEST_MALFORMED",
+    )
+
+
+class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Gives Lookalike's methods a deserializer that returns MALFORMED instead of raising."""
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        parse = getattr(handler, "request_deserializer", None)
+        if parse is None or not details.method.startswith(f"/{SERVICE}/"):
+            return handler
+
+        def tolerant(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception:  # noqa: BLE001 - any parse failure is the caller's bad bytes
+                return MALFORMED
+
+        return handler._replace(request_deserializer=tolerant)
+
+
 def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     """Map domain errors to status codes with ErrorInfo; never echo internal errors."""
 
     @functools.wraps(method)
     def wrapper(self: LookalikeServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            if request is MALFORMED:
+                raise _malformed_error()
             with _on_behalf_of(context):
                 return method(self, request, context)
         except Exception as error:  # noqa: BLE001 - every failure becomes a status code
@@ -439,6 +487,8 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
         def run(item: _Numbered) -> Any:
             if not context.is_active():
                 return Cancelled("stream cancelled by the client", "CANCELLED")
+            if item.message is MALFORMED:
+                return _malformed_error()
             try:
                 with _on_behalf_of(context):
                     return prepare(item.message)

@@ -83,6 +83,8 @@ class _Call:
 
     def saw_request(self, request: Any) -> None:
         self.items += 1
+        if not hasattr(request, "DESCRIPTOR"):
+            return  # bytes that did not parse (api.MALFORMED): no lists to note
         names = _lists_named(request)
         if not names and "lists" in request.DESCRIPTOR.fields_by_name:
             names = ["*"]  # a check of every list

@@ -146,7 +146,7 @@ class LookalikeService:
     ) -> ListRecord:
         model = model or self.default_model
         if model not in MODELS:
-            raise InvalidArgument(f"model {model!r} is unknown; use one of {', '.join(MODELS)}", "MODEL_UNKNOWN")
+            raise InvalidArgument(f"model {model[:80]!r} is unknown; use one of {', '.join(MODELS)}", "MODEL_UNKNOWN")
         review = DEFAULT_REVIEW_THRESHOLD if review_threshold is None else review_threshold
         reject = DEFAULT_REJECT_THRESHOLD if reject_threshold is None else reject_threshold
         if reject_threshold is None and review > reject:
@@ -296,6 +296,7 @@ class LookalikeService:
             raise InvalidArgument(f"top_k must lie in [0, {MAX_TOP_K}], got {top_k}", "TOP_K_OUT_OF_RANGE")
         if min_score is not None and not 0.0 <= min_score <= 1.0:
             raise InvalidArgument(f"min_score must lie in [0, 1], got {min_score}", "MIN_SCORE_OUT_OF_RANGE")
+        validate_meta(meta or {})  # echoed back: bounded as an entry's meta is
         for name in lists:
             validate_list_name(name)
         targets = (

@@ -60,6 +60,7 @@ LIST_NAME = re.compile(r"^[a-z0-9_-]{1,64}\Z")  # \Z: `$` would also accept a tr
 ENTRY_ID_MAX = 256
 META_MAX_ITEMS = 64
 META_MAX_CHARS = 4096
+DESCRIPTION_MAX_CHARS = 4096
 
 _UID = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
@@ -152,7 +153,7 @@ class Change:
 def validate_list_name(name: str) -> None:
     if not LIST_NAME.match(name):
         raise InvalidArgument(
-            f"list name {name!r} is invalid: use 1-64 lowercase letters, digits, '-' or '_'", "LIST_NAME_INVALID"
+            f"list name {name[:80]!r} is invalid: use 1-64 lowercase letters, digits, '-' or '_'", "LIST_NAME_INVALID"
         )
 
 
@@ -165,6 +166,15 @@ def validate_thresholds(review: float, reject: float) -> None:
         raise InvalidArgument(
             f"review threshold {review} is above reject threshold {reject}; review must be ≤ reject",
             "THRESHOLD_ORDER",
+        )
+
+
+def validate_description(description: str) -> None:
+    # Every list record is read on every check of all lists: keep them small.
+    if len(description) > DESCRIPTION_MAX_CHARS:
+        raise InvalidArgument(
+            f"description has {len(description):,} characters; at most {DESCRIPTION_MAX_CHARS} are kept",
+            "DESCRIPTION_TOO_LONG",
         )
 
 
@@ -326,6 +336,7 @@ class Store:
     ) -> ListRecord:
         validate_list_name(name)
         validate_thresholds(review_threshold, reject_threshold)
+        validate_description(description)
         with self._guard(), self._write() as txn:
             if txn.get(_list_key(name), db=self._lists) is not None:
                 raise AlreadyExists(f"list {name!r} already exists", "LIST_EXISTS")
@@ -371,6 +382,7 @@ class Store:
                 reject_threshold=record.reject_threshold if reject_threshold is None else reject_threshold,
             )
             validate_thresholds(record.review_threshold, record.reject_threshold)
+            validate_description(record.description)
             self._put_list(txn, record)
             self._audit(txn, actor, AUDIT_LIST_UPDATE, name, detail=_settings(record))
         return record
@@ -449,7 +461,7 @@ class Store:
             prefix = _prefix(record.uid)
             raw_seq = txn.get(prefix + entry_id.encode(), db=self._entry_ids)
             if raw_seq is None:
-                raise NotFound(f"entry {entry_id!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
+                raise NotFound(f"entry {entry_id[:80]!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
             seq = _SEQ.unpack(raw_seq)[0]
             entry = self._entry(txn, record.uid, seq)
             key = _seq_key(record.uid, seq)
@@ -474,7 +486,7 @@ class Store:
             record = self._get_list(txn, name)
             raw_seq = txn.get(_prefix(record.uid) + entry_id.encode(), db=self._entry_ids)
             if raw_seq is None:
-                raise NotFound(f"entry {entry_id!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
+                raise NotFound(f"entry {entry_id[:80]!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
             return self._entry(txn, record.uid, _SEQ.unpack(raw_seq)[0])
 
     def entries_by_seq(self, uid: int, seqs: Sequence[int]) -> dict[int, EntryRecord]:
