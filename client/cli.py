@@ -256,7 +256,12 @@ def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output
     file_format = format_for(args.file, args.format)
     try:
         total = _count_lines(args.file)
-        handle = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", newline="")  # noqa: SIM115
+        # surrogateescape: a line that is not UTF-8 is reported by number instead of ending the read
+        handle = (
+            open(sys.stdin.fileno(), encoding="utf-8", errors="surrogateescape", newline="", closefd=False)
+            if args.file == "-"
+            else open(args.file, encoding="utf-8", errors="surrogateescape", newline="")
+        )
     except OSError as error:
         raise SystemExit(f"lookalike: cannot read {args.file}: {error.strerror}") from None
     sent: list[int] = []  # line number of each entry sent, by stream position
@@ -270,15 +275,12 @@ def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output
             output.fail_line(item.line, item.message)
 
     def entries() -> Iterator[pb.HashEntry]:
-        try:
-            for number, item in read_entries(handle, file_format):
-                if isinstance(item, BadLine):
-                    bad.append(item)
-                else:
-                    sent.append(number)
-                    yield item
-        except UnicodeDecodeError as error:
-            bad.append(BadLine(len(sent) + len(bad) + 1, f"not UTF-8 text ({error.reason}); the rest was not read"))
+        for number, item in read_entries(handle, file_format):
+            if isinstance(item, BadLine):
+                bad.append(item)
+            else:
+                sent.append(number)
+                yield item
 
     try:
         with _progress(total, f"importing into {args.list}", not args.quiet, unit="line") as bar:
@@ -292,8 +294,7 @@ def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output
                     counts["duplicates" if result.duplicate else "added"] += 1
             report_bad(None, bar)
     finally:
-        if handle is not sys.stdin:
-            handle.close()
+        handle.close()
         summary = {"list": args.list, **counts, "failed": output.failures}
         output.emit(
             summary,
@@ -305,7 +306,7 @@ def cmd_export(client: LookalikeClient, args: argparse.Namespace, output: Output
     """Write a list's entries to stdout (or --output) as JSON lines or PDQ CSV."""
     file_format = args.format or (format_for(args.output, None) if args.output else JSONL)
     total = client.get_list(args.list).entry_count
-    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout  # noqa: SIM115
+    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     try:
         with _progress(total, f"exporting {args.list}", not args.quiet, unit="entry") as bar:
 

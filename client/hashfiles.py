@@ -14,8 +14,10 @@ for keys that clash with those names); empty cells are left out. Exports write
 such a header: `hash,quality,id`, then `sha256`/`md5` when any entry has them,
 then the meta keys.
 
-Only the shape of a line is checked here (JSON, types, base64); the server checks
-the hashes themselves and reports each bad entry, so both paths name the line.
+Only the shape of a line is checked here (UTF-8, JSON, types, base64); the server
+checks the hashes themselves and reports each bad entry, so both paths name the line.
+Files are best opened with errors="surrogateescape": a line that is not UTF-8 is
+then reported like any other bad line.
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ class BadLine:
 
 Parsed = tuple[int, pb.HashEntry | BadLine]
 """A line number (from 1) and the entry it holds, or why it holds none."""
+
+
+def _require_utf8(text: str) -> None:
+    """ValueError when `text` holds bytes that were not UTF-8 (read with errors="surrogateescape")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not UTF-8 text") from None
 
 
 def format_for(path: str, given: str | None) -> str:
@@ -111,6 +121,7 @@ def read_jsonl(lines: Iterable[str]) -> Iterator[Parsed]:
         if not line.strip():
             continue
         try:
+            _require_utf8(line)
             yield number, _jsonl_entry(json.loads(line))
         except json.JSONDecodeError as error:
             yield number, BadLine(number, f"broken JSON: {error}")
@@ -209,6 +220,8 @@ def read_pdq_csv(lines: Iterable[str]) -> Iterator[Parsed]:
                 header = list(row)
                 continue
         try:
+            for cell in row:
+                _require_utf8(cell)
             yield start, _csv_entry(row, header if header is not None else _headerless_names(len(row)))
         except ValueError as error:
             yield start, BadLine(start, str(error))

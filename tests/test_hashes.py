@@ -425,10 +425,12 @@ def test_a_file_with_bad_lines_imports_the_good_ones_and_names_each_bad_one(
     assert len(with_vector) == 1 and with_vector[0].model == "sscd-distilled"
 
     csv_file = tmp_path / "mixed.csv"
-    csv_file.write_text(f"hash,quality,source\n{good[0]},90,a\nnothex,50,b\n{good[1]},bad,c\n{random_pdq(rng)},,d\n")
+    rows = f"hash,quality,source\n{good[0]},90,a\nnothex,50,b\n{good[1]},bad,c\n{random_pdq(rng)},,d\n"
+    csv_file.write_bytes(rows.encode() + f"{random_pdq(rng)},60,caf".encode() + b"\xe9\n")  # 6: Latin-1
     code, printed, _ = run(lookalike, "import", "shared", str(csv_file), "--json")
-    assert code == 1 and [e.get("line") for e in printed[:-1]] == [3, 4]
-    assert printed[-1] == {"list": "shared", "added": 1, "duplicates": 1, "failed": 2}
+    assert code == 1 and [e.get("line") for e in printed[:-1]] == [3, 4, 6]
+    assert "UTF-8" in printed[2]["error"]
+    assert printed[-1] == {"list": "shared", "added": 1, "duplicates": 1, "failed": 3}
 
 
 def test_cli_add_hash_and_check_hash(lookalike: ServerHandle) -> None:
