@@ -414,14 +414,14 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
     @stream_rpc
     def ImportEntries(
-        self, requests: Iterator[pb.ImportEntriesRequest], context: grpc.ServicerContext
+        self, requests: Iterator[pb.ImportEntriesRequest | _Malformed], context: grpc.ServicerContext
     ) -> Iterator[pb.ImportEntriesResponse]:
         """Each request's entries in one transaction, answered before the next is read: a client
         sending in lock-step never waits on us, and a fast one gets large transactions."""
         caller = self.access.authorize(context, "ImportEntries")
         position = 0
         for request in requests:
-            if request is MALFORMED:  # a whole batch unreadable: how many entries it held is unknown
+            if isinstance(request, _Malformed):  # a whole batch unreadable: how many entries it held is unknown
                 raise _malformed_error()
             self.access.require(caller, Action.ADD_ENTRIES, [request.list])
             outcomes = self.service.add_hashes(request.list, [hash_add(e) for e in request.entries], caller.key_id)

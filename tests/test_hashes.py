@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import grpc
 import lmdb
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from PIL import Image
 
 from benchmarks.edits import EDIT_FAMILIES, encode_edited
 from client import CheckResult, InvalidArgument, LookalikeClient, NotFound
+from client.stub import translate
 from server.fingerprint import pdq_hashes
 from server.hashes import pdq_dihedral
 from server.scoring import DEFAULT_REJECT_THRESHOLD, DEFAULT_REVIEW_THRESHOLD, Evidence, score
@@ -252,6 +254,28 @@ def test_bad_hashes_get_clear_invalid_argument_errors(lookalike: ServerHandle) -
         client.check_hashes(["shared"])
     assert error.value.reason == "HASH_MISSING"
     assert client.get_list("shared").entry_count == 0
+
+
+def test_request_bytes_that_are_no_message_get_invalid_argument(lookalike: ServerHandle) -> None:
+    """Each new method's request (string field 1 holding bytes that are not UTF-8) is refused cleanly."""
+    lookalike.client.create_list("shared")
+    raw = b"\x0a\x02\xff\xfe"
+    with grpc.insecure_channel(lookalike.address) as channel:
+        calls = {
+            "AddHash": channel.unary_unary,
+            "CheckHashes": channel.unary_unary,
+            "ExportEntries": channel.unary_stream,
+            "ImportEntries": channel.stream_stream,
+        }
+        for method, kind in calls.items():
+            call = kind(f"/lookalike.v1.Lookalike/{method}", request_serializer=bytes, response_deserializer=bytes)
+            with pytest.raises(grpc.RpcError) as failure:
+                reply = call(iter([raw]) if method == "ImportEntries" else raw, timeout=30)
+                if method in ("ExportEntries", "ImportEntries"):
+                    list(reply)  # a stream fails when read
+            error = translate(failure.value)
+            assert (error.code, error.reason) == ("INVALID_ARGUMENT", "REQUEST_MALFORMED"), (method, error)
+    assert lookalike.client.get_list("shared").entry_count == 0
 
 
 def test_hash_entries_and_list_settings_survive_a_restart_and_older_records(tmp_path: Path) -> None:
