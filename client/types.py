@@ -64,10 +64,11 @@ class Hashes:
     pdq: str
     pdq_quality: int
     phash: str
+    md5: str = ""
 
     @classmethod
     def from_pb(cls, message: pb.Hashes) -> Hashes:
-        return cls(message.sha256, message.pdq, message.pdq_quality, message.phash)
+        return cls(message.sha256, message.pdq, message.pdq_quality, message.phash, message.md5)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class ListInfo:
     model: str
     entry_count: int
     created: datetime
+    dihedral: bool = True
+    """Checks also match PDQ's rotations and mirrors of the query."""
 
     @classmethod
     def from_pb(cls, message: pb.ListInfo) -> ListInfo:
@@ -90,6 +93,7 @@ class ListInfo:
             message.model,
             message.entry_count,
             _time(message.created),
+            message.dihedral,
         )
 
 
@@ -114,6 +118,8 @@ class Entry:
     meta: dict[str, str]
     created: datetime
     model: str
+    embedding: bytes = field(default=b"", repr=False)
+    """float32 little-endian; only from an export with embeddings."""
 
     @classmethod
     def from_pb(cls, message: pb.Entry) -> Entry:
@@ -124,6 +130,7 @@ class Entry:
             dict(message.meta),
             _time(message.created),
             message.model,
+            message.embedding,
         )
 
 
@@ -134,6 +141,7 @@ class Evidence:
     embedding_similarity: float | None
     model: str
     signals: tuple[str, ...]
+    exact_md5: bool = False
 
     @classmethod
     def from_pb(cls, message: pb.Evidence) -> Evidence:
@@ -143,6 +151,7 @@ class Evidence:
             message.embedding_similarity if message.HasField("embedding_similarity") else None,
             message.model,
             tuple(message.signals),
+            message.exact_md5,
         )
 
 

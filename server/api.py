@@ -24,6 +24,7 @@ from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from server.auth import Access, Action, Caller
 from server.config import ServerConfig
 from server.fingerprint import Hashes
+from server.hashes import HashAdd
 from server.service import REJECT, REVIEW, AddRequest, CheckResult, LookalikeService, Match, raise_if_abandoned
 from server.sources import image_bytes
 from server.store import AddOutcome, AuditRecord, EntryRecord, KeyRecord, ListRecord
@@ -149,6 +150,8 @@ def stream_rpc(method: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[A
     @functools.wraps(method)
     def wrapper(self: LookalikeServicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
+            if request is MALFORMED:  # a single request (an export) that did not parse
+                raise _malformed_error()
             yield from method(self, request, context)
         except Exception as error:  # noqa: BLE001 - every failure becomes a status code
             _abort(context, error, method.__name__)
@@ -171,29 +174,58 @@ def list_info(record: ListRecord) -> pb.ListInfo:
         model=record.model,
         entry_count=record.entry_count,
         created=timestamp(record.created),
+        dihedral=record.dihedral,
     )
 
 
 def hashes_message(hashes: Hashes) -> pb.Hashes:
     return pb.Hashes(
-        sha256=hashes.sha256_hex, pdq=hashes.pdq_hex, pdq_quality=hashes.pdq_quality, phash=hashes.phash_hex
+        sha256=hashes.sha256_hex,
+        pdq=hashes.pdq_hex,
+        pdq_quality=hashes.pdq_quality,
+        phash=hashes.phash_hex,
+        md5=hashes.md5_hex,
     )
 
 
-def entry_message(list_name: str, entry: EntryRecord) -> pb.Entry:
+def entry_hashes(entry: EntryRecord) -> pb.Hashes:
+    return pb.Hashes(
+        sha256=entry.sha256, pdq=entry.pdq, pdq_quality=entry.pdq_quality, phash=entry.phash, md5=entry.md5
+    )
+
+
+def entry_message(list_name: str, entry: EntryRecord, embedding: bytes | None = None) -> pb.Entry:
     return pb.Entry(
         list=list_name,
         id=entry.id,
-        hashes=pb.Hashes(sha256=entry.sha256, pdq=entry.pdq, pdq_quality=entry.pdq_quality, phash=entry.phash),
+        hashes=entry_hashes(entry),
         meta=entry.meta,
         created=timestamp(entry.created),
         model=entry.model,
+        embedding=embedding or b"",
+    )
+
+
+def hash_add(message: pb.HashEntry) -> HashAdd:
+    return HashAdd(
+        id=message.id,
+        pdq=message.pdq,
+        pdq_quality=_optional(message, "pdq_quality"),
+        md5=message.md5,
+        sha256=message.sha256,
+        phash=message.phash,
+        meta=dict(message.meta),
+        embedding=message.embedding,
+        model=message.model,
     )
 
 
 def match_message(match: Match) -> pb.Match:
     evidence = pb.Evidence(
-        exact_sha256=match.evidence.exact_sha256, model=match.evidence.model, signals=match.evidence.signals()
+        exact_sha256=match.evidence.exact_sha256,
+        exact_md5=match.evidence.exact_md5,
+        model=match.evidence.model,
+        signals=match.evidence.signals(),
     )
     if match.evidence.pdq_distance is not None:
         evidence.pdq_distance = match.evidence.pdq_distance
@@ -229,7 +261,7 @@ def add_response(list_name: str, outcome: AddOutcome) -> pb.AddEntryResponse:
         id=entry.id,
         sha256=entry.sha256,
         duplicate=outcome.duplicate,
-        hashes=pb.Hashes(sha256=entry.sha256, pdq=entry.pdq, pdq_quality=entry.pdq_quality, phash=entry.phash),
+        hashes=entry_hashes(entry),
     )
 
 
@@ -289,6 +321,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
             _optional(request, "reject_threshold"),
             request.model,
             actor=caller.key_id,
+            dihedral=request.dihedral if request.HasField("dihedral") else True,
         )
         return list_info(record)
 
@@ -312,6 +345,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
             _optional(request, "review_threshold"),
             _optional(request, "reject_threshold"),
             actor=caller.key_id,
+            dihedral=_optional(request, "dihedral"),
         )
         return list_info(record)
 
@@ -367,6 +401,65 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
         caller = self.access.authorize(context, "RemoveEntry", [request.list])
         entry = self.service.remove_entry(request.list, request.id, actor=caller.key_id)
         return pb.RemoveEntryResponse(list=request.list, id=entry.id)
+
+    # Hash lists ----------------------------------------------------------
+
+    @rpc
+    def AddHash(self, request: pb.AddHashRequest, context: grpc.ServicerContext) -> pb.AddEntryResponse:
+        caller = self.access.authorize(context, "AddHash", [request.list])
+        (outcome,) = self.service.add_hashes(request.list, [hash_add(request.entry)], actor=caller.key_id)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return add_response(request.list, outcome)
+
+    @stream_rpc
+    def ImportEntries(
+        self, requests: Iterator[pb.ImportEntriesRequest | _Malformed], context: grpc.ServicerContext
+    ) -> Iterator[pb.ImportEntriesResponse]:
+        """Each request's entries in one transaction, answered before the next is read: a client
+        sending in lock-step never waits on us, and a fast one gets large transactions."""
+        caller = self.access.authorize(context, "ImportEntries")
+        position = 0
+        for request in requests:
+            if isinstance(request, _Malformed):  # a whole batch unreadable: how many entries it held is unknown
+                raise _malformed_error()
+            self.access.require(caller, Action.ADD_ENTRIES, [request.list])
+            outcomes = self.service.add_hashes(request.list, [hash_add(e) for e in request.entries], caller.key_id)
+            results = []
+            for index, outcome in enumerate(outcomes, start=position):
+                if isinstance(outcome, Exception):
+                    results.append(pb.AddEntriesResult(index=index, error=_item_error(outcome)))
+                else:
+                    results.append(pb.AddEntriesResult(index=index, entry=add_response(request.list, outcome)))
+            position += len(outcomes)
+            yield pb.ImportEntriesResponse(results=results)
+
+    @stream_rpc
+    def ExportEntries(
+        self, request: pb.ExportEntriesRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ExportEntriesResponse]:
+        self.access.authorize(context, "ExportEntries", [request.list])
+        for page in self.service.export_entries(request.list, request.with_embeddings):
+            if not context.is_active():
+                return
+            yield pb.ExportEntriesResponse(entries=[entry_message(request.list, e, vector) for e, vector in page])
+
+    @rpc
+    def CheckHashes(self, request: pb.CheckHashesRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
+        caller = self.access.authorize(context, "CheckHashes", list(request.lists))
+        result = self.service.check_hashes(
+            request.pdq,
+            _optional(request, "pdq_quality"),
+            request.md5,
+            request.sha256,
+            list(request.lists),
+            dict(request.meta),
+            request.top_k,
+            _optional(request, "min_score"),
+            request.request_id,
+            scope=caller.lists,
+        )
+        return check_response(result)
 
     # Checks --------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from client.errors import InvalidArgument, NotFound
 from index import ListIndex
 from server.embedder import MODELS
 from server.fingerprint import Fingerprinted, Hashes
+from server.hashes import HashAdd, hash_entry, parse_md5, parse_pdq, parse_quality, parse_sha256, pdq_dihedral
 from server.indexes import IndexRegistry
 from server.metrics import ListSize, Metrics
 from server.scoring import (
@@ -51,6 +52,8 @@ _STRICTNESS = {ACCEPT: 0, REVIEW: 1, REJECT: 2}
 EMBEDDING_CANDIDATES = 10
 """Nearest embeddings fetched per list and check when the caller asks for fewer."""
 MAX_TOP_K = 1000
+EXPORT_PAGE = 1000
+"""Entries read per store transaction (and sent per message) by an export."""
 
 
 def _caller_always_waits() -> None:
@@ -143,6 +146,7 @@ class LookalikeService:
         reject_threshold: float | None = None,
         model: str = "",
         actor: str = "",
+        dihedral: bool = True,
     ) -> ListRecord:
         model = model or self.default_model
         if model not in MODELS:
@@ -151,7 +155,7 @@ class LookalikeService:
         reject = DEFAULT_REJECT_THRESHOLD if reject_threshold is None else reject_threshold
         if reject_threshold is None and review > reject:
             reject = review
-        record = self.store.create_list(name, description, review, reject, model, actor)
+        record = self.store.create_list(name, description, review, reject, model, actor, dihedral)
         self.indexes.created(record.uid)
         return record
 
@@ -227,8 +231,32 @@ class LookalikeService:
             model=record.model,
             embedding=embedding,
             meta=dict(request.meta),
+            md5=hashes.md5_hex,
         )
         return PreparedAdd(record, entry)
+
+    def add_hashes(self, list_name: str, items: Sequence[HashAdd], actor: str = "") -> list[AddOutcome | Exception]:
+        """Store entries given by their hashes in one transaction; per-item errors are returned."""
+        record, _ = self._list_and_index(list_name)
+        prepared: list[PreparedAdd | Exception] = []
+        for item in items:
+            try:
+                prepared.append(PreparedAdd(record, hash_entry(item, record)))
+            except Exception as error:  # noqa: BLE001 - reported per item
+                prepared.append(error)
+        return self.store_prepared(prepared, actor)
+
+    def export_entries(
+        self, list_name: str, with_embeddings: bool = False
+    ) -> Iterator[list[tuple[EntryRecord, bytes | None]]]:
+        """A list's entries in the order added, a page at a time (embeddings as float32 bytes when asked).
+
+        Entries added while the export runs may or may not be included; removed ones may still be."""
+        record = self.store.get_list(list_name)
+        after = 0
+        while page := self.store.entries_page(record.uid, after, EXPORT_PAGE, with_embeddings):
+            yield page
+            after = page[-1][0].seq
 
     def store_prepared(
         self, prepared: Sequence[PreparedAdd | Exception], actor: str = ""
@@ -292,6 +320,49 @@ class LookalikeService:
 
         `scope` narrows "all" to the lists a caller may check (None: no limit).
         """
+        targets = self._check_targets(lists, meta, top_k, min_score, scope)
+        fingerprint = self.fingerprint(data, views=sorted({r.model for r, index in targets if index.vector_count}))
+        return self._matched(fingerprint, targets, meta, top_k, min_score, request_id)
+
+    def check_hashes(
+        self,
+        pdq: str = "",
+        pdq_quality: int | None = None,
+        md5: str = "",
+        sha256: str = "",
+        lists: Sequence[str] = (),
+        meta: dict[str, str] | None = None,
+        top_k: int = 0,
+        min_score: float | None = None,
+        request_id: str = "",
+        scope: Collection[str] | None = None,
+    ) -> CheckResult:
+        """Match hashes computed elsewhere: PDQ by distance (with its eight rotations and mirrors,
+        derived from the hash, on lists that ask for them), digests exactly. No embedding: entries
+        score on PDQ alone, the same scale a picture's check gives them without one."""
+        pdq, md5, sha256 = parse_pdq(pdq), parse_md5(md5), parse_sha256(sha256)
+        if not (pdq or md5 or sha256):
+            raise InvalidArgument("a check by hashes needs a PDQ hash, an MD5 or a SHA-256", "HASH_MISSING")
+        hashes = Hashes(
+            sha256=bytes.fromhex(sha256),
+            pdq=bytes.fromhex(pdq),
+            pdq_quality=parse_quality(pdq_quality) if pdq else 0,
+            phash=b"",
+            md5=bytes.fromhex(md5),
+        )
+        targets = self._check_targets(lists, meta, top_k, min_score, scope)
+        query = Fingerprinted(hashes, pdq_dihedral(hashes.pdq) if pdq else (), {}, {})
+        return self._matched(query, targets, meta, top_k, min_score, request_id)
+
+    def _check_targets(
+        self,
+        lists: Sequence[str],
+        meta: dict[str, str] | None,
+        top_k: int,
+        min_score: float | None,
+        scope: Collection[str] | None,
+    ) -> list[tuple[ListRecord, ListIndex]]:
+        """The lists a check covers, once its arguments are found valid."""
         if top_k < 0 or top_k > MAX_TOP_K:
             raise InvalidArgument(f"top_k must lie in [0, {MAX_TOP_K}], got {top_k}", "TOP_K_OUT_OF_RANGE")
         if min_score is not None and not 0.0 <= min_score <= 1.0:
@@ -299,16 +370,23 @@ class LookalikeService:
         validate_meta(meta or {})  # echoed back: bounded as an entry's meta is
         for name in lists:
             validate_list_name(name)
-        targets = (
-            [self._list_and_index(name) for name in dict.fromkeys(lists)]
-            if lists
-            else [
-                (record, index)
-                for record in self.store.lists()
-                if (scope is None or record.name in scope) and (index := self.indexes.get(record.uid)) is not None
-            ]
-        )
-        fingerprint = self.fingerprint(data, views=sorted({r.model for r, index in targets if index.vector_count}))
+        if lists:
+            return [self._list_and_index(name) for name in dict.fromkeys(lists)]
+        return [
+            (record, index)
+            for record in self.store.lists()
+            if (scope is None or record.name in scope) and (index := self.indexes.get(record.uid)) is not None
+        ]
+
+    def _matched(
+        self,
+        fingerprint: Fingerprinted,
+        targets: Sequence[tuple[ListRecord, ListIndex]],
+        meta: dict[str, str] | None,
+        top_k: int,
+        min_score: float | None,
+        request_id: str,
+    ) -> CheckResult:
         candidates: list[Match] = []
         for record, index in targets:
             candidates.extend(self._match_list(record, index, fingerprint, max(top_k, EMBEDDING_CANDIDATES)))
@@ -331,8 +409,9 @@ class LookalikeService:
 
     def _match_list(self, record: ListRecord, index: ListIndex, fingerprint: Fingerprinted, k: int) -> list[Match]:
         hashes = fingerprint.hashes
-        exact = self.store.seq_for_digest(record.uid, hashes.sha256)
-        variants = fingerprint.pdq_variants
+        exact = self.store.seq_for_digest(record.uid, hashes.sha256) if hashes.sha256 else None
+        exact_md5 = self.store.seq_for_md5(record.uid, hashes.md5) if hashes.md5 else None
+        variants = fingerprint.pdq_variants if record.dihedral else fingerprint.pdq_variants[:1]
         with self.metrics.stage("pdq_search"):
             pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(variants, PDQ_SEARCH_RADIUS)}
         similarities: dict[int, float] = {}
@@ -344,7 +423,7 @@ class LookalikeService:
                     shortlist = self.store.embeddings(record.uid, list(similarities))
                     reranked = {seq: float(np.max(views @ vector)) for seq, vector in shortlist.items()}
                     similarities = dict(sorted(reranked.items(), key=lambda item: -item[1])[:k])
-        seqs = set(pdq_hits) | set(similarities) | ({exact} if exact is not None else set())
+        seqs = set(pdq_hits) | set(similarities) | {seq for seq in (exact, exact_md5) if seq is not None}
         if not seqs:
             return []
         entries = self.store.entries_by_seq(record.uid, sorted(seqs))
@@ -355,11 +434,13 @@ class LookalikeService:
         matches = []
         for seq, entry in entries.items():
             distance = pdq_hits.get(seq)
-            if distance is None and entry.pdq:
+            if distance is None and entry.pdq and variants:
                 listed = bytes.fromhex(entry.pdq)
                 distance = min(hamming(variant, listed) for variant in variants)
             evidence = Evidence(
-                exact_sha256=seq == exact,
+                # the digest keys of hash-only entries are no SHA-256 of bytes: confirm with the entry's own
+                exact_sha256=seq == exact and entry.sha256 == hashes.sha256_hex,
+                exact_md5=seq == exact_md5,
                 pdq_distance=distance,
                 pdq_quality=min(hashes.pdq_quality, entry.pdq_quality) if entry.pdq else 0,
                 embedding_similarity=None if seq not in similarities else min(1.0, similarities[seq]),
