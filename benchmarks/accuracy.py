@@ -317,7 +317,11 @@ def hardware() -> dict[str, Any]:
         )
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version()}
+    return {
+        "cpu": cpu or platform.processor(),
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,7 +41,7 @@ import numpy as np
 from benchmarks.accuracy import hardware
 from benchmarks.metrics import format_table
 from index import configure_threads
-from index.list_index import ListIndex
+from index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, ListIndex
 from server.indexes import IndexRegistry
 from server.scoring import DEFAULT_MODEL, PDQ_SEARCH_RADIUS
 from server.store import NewEntry, Store
@@ -209,7 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, help="data folder to use (default: a temporary one)")
+    parser.add_argument(
+        "--budgets",
+        default="",
+        help="extra VECTORS:PDQ scan budgets to measure beside the defaults, e.g. 300000:50000,1200000:200000",
+    )
     args = parser.parse_args(argv)
+    budgets = [tuple(int(x) for x in pair.split(":")) for pair in args.budgets.split(",") if pair]
     configure_threads(1)
     rng = np.random.default_rng(args.seed)
     planted = Planted(rng, args.entries, args.queries)
@@ -231,6 +237,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         index = registry.get(uid)
         assert index is not None
         searches = measure_searches(store, uid, index, planted, args.seed)
+        sweep = []
+        for vector_budget, pdq_budget in budgets:
+            index.set_scan_budgets(vector_budget, pdq_budget)
+            sweep.append(
+                {"vector_budget": vector_budget, "pdq_budget": pdq_budget}
+                | measure_searches(store, uid, index, planted, args.seed)
+            )
+        index.set_scan_budgets(VECTOR_SCAN_BUDGET, PDQ_SCAN_BUDGET)
 
         started = time.perf_counter()
         registry.snapshot_all()
@@ -278,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "new_entry_add_ms": added_ms,
         "new_entry_matchable_on_next_search": matchable,
         "removal": percentiles(removal_ms),
+        "budget_sweep": sweep,
         "startup": started_process,
     }
     rows = [
@@ -317,6 +332,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         {"measure": "removal p50 / p99 ms", "value": "{p50_ms:.2f} / {p99_ms:.2f}".format(**result["removal"])},
     ]
     print(format_table(rows, ["measure", "value"]))
+    if sweep:
+        print("\nScan budgets (IVF entries compared per query view / per PDQ variant):\n")
+        print(
+            format_table(
+                [
+                    {
+                        "vector budget": row["vector_budget"],
+                        "embedding p50 / p99 ms": "{p50_ms:.2f} / {p99_ms:.2f}".format(**row["embedding_search"]),
+                        "recall": round(row["recall_of_exact_top1_in_top10"], 3),
+                        "recall cos 0.5-0.6": round(row["recall_by_cosine"]["cos 0.50-0.60"], 3),
+                        "pdq budget": row["pdq_budget"],
+                        "PDQ p50 / p99 ms": "{p50_ms:.2f} / {p99_ms:.2f}".format(**row["pdq_search_8_variants"]),
+                        "PDQ recall 32-48 bits": round(row["pdq_recall_by_distance"]["pdq 32-48 bits"], 3),
+                    }
+                    for row in sweep
+                ],
+                [
+                    "vector budget",
+                    "embedding p50 / p99 ms",
+                    "recall",
+                    "recall cos 0.5-0.6",
+                    "pdq budget",
+                    "PDQ p50 / p99 ms",
+                    "PDQ recall 32-48 bits",
+                ],
+            )
+        )
     print(json.dumps(result))
     return 0
 

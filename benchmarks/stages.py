@@ -34,6 +34,7 @@ from benchmarks.accuracy import DEFAULT_CORPUS, hardware
 from benchmarks.metrics import format_table
 from client import LookalikeClient
 from index import ListIndex, configure_threads
+from index.list_index import Layout
 from server.app import create_server
 from server.config import ServerConfig
 from server.embedder import MODELS, EmbedderPool, embedding_input
@@ -100,22 +101,27 @@ def batch_costs(datas: Sequence[bytes], batch: int = 8) -> dict[str, list[float]
 
 
 def search_costs(entries: int, queries: int, seed: int = 0) -> dict[str, list[float]]:
-    """Milliseconds per query of each index search over a synthetic list."""
+    """Milliseconds per query of each index search over a synthetic list: exact, and in the
+    layout a server picks for a list of this size (IVF past the exact limits)."""
     rng = np.random.default_rng(seed)
-    index = ListIndex()
     codes = rng.integers(0, 256, size=(entries, 32), dtype=np.uint8)
     vectors = rng.normal(size=(entries, 512)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    index.add(np.arange(entries, dtype=np.int64), codes, vectors, change=1)
+    ids = np.arange(entries, dtype=np.int64)
+    chosen = Layout.for_size(entries, entries)
+    indexes = {"exact": ListIndex.build(ids, codes, vectors, change=1, layout=Layout())}
+    if chosen != Layout(trained_for=chosen.trained_for):
+        indexes[f"IVF {chosen.vector_cells} cells"] = ListIndex.build(ids, codes, vectors, change=1, layout=chosen)
     costs: dict[str, list[float]] = {}
     for position in rng.integers(0, entries, size=queries):
         code = codes[position].tobytes()
-        costs.setdefault("pdq range search (8 variants, r=63)", []).append(
-            timed(index.search_pdq, [code] * 8, 63) * 1000
-        )
-        costs.setdefault("embedding top-10 (2 views)", []).append(
-            timed(index.search_vectors, vectors[[position, position]], 10) * 1000
-        )
+        for name, index in indexes.items():
+            costs.setdefault(f"pdq range search (8 variants, r=63), {name}", []).append(
+                timed(index.search_pdq, [code] * 8, 63) * 1000
+            )
+            costs.setdefault(f"embedding top-10 (2 views), {name}", []).append(
+                timed(index.search_vectors, vectors[[position, position]], 10) * 1000
+            )
     return costs
 
 

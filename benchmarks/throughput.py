@@ -36,6 +36,8 @@ from benchmarks.accuracy import DEFAULT_CORPUS, hardware
 from benchmarks.metrics import format_table
 from client import LookalikeClient
 from client.lookalike_pb import lookalike_pb2 as pb
+from server.config import usable_cores
+from server.indexes import IndexRegistry
 from server.scoring import DEFAULT_MODEL
 from server.store import NewEntry, Store
 
@@ -44,7 +46,7 @@ MAP_SIZE = 1 << 34
 
 
 def populate(data: Path, entries: int, model: str, seed: int = 0) -> None:
-    """Write a list of synthetic entries straight into LMDB, as a server would have stored them."""
+    """Write a list of synthetic entries and its index snapshot into LMDB, as a server would have stored them."""
     rng = np.random.default_rng(seed)
     store = Store(data, MAP_SIZE)
     try:
@@ -68,6 +70,10 @@ def populate(data: Path, entries: int, model: str, seed: int = 0) -> None:
                 for i in range(count)
             ]
             store.add_entries(LIST, batch)
+        # As a server that has run before: the index is built once and snapshotted, so start-up loads it.
+        registry = IndexRegistry(store, background=False)
+        registry.load_all()
+        registry.snapshot_all()
     finally:
         store.close()
 
@@ -91,7 +97,7 @@ def _floor_worker(args: tuple[list[bytes], float, str]) -> int:
 
 def measure_floor(datas: list[bytes], seconds: float, model: str) -> float:
     """Images per second from one worker process per core doing only the per-image work."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     with multiprocessing.get_context("spawn").Pool(cores) as pool:
         done = pool.map(_floor_worker, [(datas, seconds, model)] * cores)
     return sum(done) / seconds

@@ -2,6 +2,9 @@
 
 With --json, `add` and `check` print one JSON object per image on stdout; an image
 that fails prints {"path", "error"}, the rest carry on, and the exit status is 1.
+`import` prints {"line", "error"} per line it could not import (the rest are
+imported) and a closing {"list", "added", "duplicates", "failed"}; `export` writes
+the file to stdout (or --output) and its progress to stderr.
 `keys create` prints the new key alone on stdout (its only showing), so a script
 can capture it; `audit --json` prints one change per line. `check --defer --json`
 prints {"path", "id"} per image; `result ID --json` prints the stored check with its
@@ -14,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -21,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from client.errors import LookalikeError
+from client.hashfiles import FORMATS, JSONL, BadLine, format_for, read_entries, write_jsonl, write_pdq_csv
 from client.lookalike_pb import lookalike_pb2 as pb
-from client.stub import DEFAULT_SERVER, LookalikeClient
+from client.stub import DEFAULT_SERVER, IMPORT_BATCH, LookalikeClient
 from client.types import (
     AddResult,
     AuditRecord,
@@ -83,6 +88,16 @@ class Output:
     def emit(self, record: dict[str, Any], text: str) -> None:
         print(json.dumps(record, ensure_ascii=False) if self.as_json else text, flush=True)
 
+    def fail_line(self, line: int, error: Exception | str) -> None:
+        """A line of an imported file that was not imported."""
+        self.failures += 1
+        message = error if isinstance(error, str) else str(error)
+        record: dict[str, Any] = {"line": line, "error": message}
+        if isinstance(error, LookalikeError):
+            record["code"] = error.code
+            record["reason"] = error.reason
+        self.emit(record, f"line {line}\tERROR\t{message}")
+
     def fail(self, path: str, error: Exception) -> None:
         self.failures += 1
         message = str(error) if isinstance(error, LookalikeError) else f"{type(error).__name__}: {error}"
@@ -93,10 +108,10 @@ class Output:
         self.emit(record, f"{path}\tERROR\t{message}")
 
 
-def _progress(total: int, label: str, enabled: bool) -> Any:
+def _progress(total: int | None, label: str, enabled: bool, unit: str = "img") -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", desc=label, file=sys.stderr, disable=not enabled, leave=False)
+    return tqdm(total=total, unit=unit, desc=label, file=sys.stderr, disable=not enabled, leave=False)
 
 
 def _streamed(items: list[str], output: Output, make_request: Any) -> tuple[list[str], Iterator[Any]]:
@@ -136,29 +151,41 @@ def add_record(path: str, result: AddResult) -> dict[str, Any]:
     return {"path": path, "id": result.id, "sha256": result.sha256, "duplicate": result.duplicate}
 
 
+def _match_records(result: CheckResult) -> list[dict[str, Any]]:
+    return [
+        {
+            "list": m.list,
+            "id": m.id,
+            "score": round(m.score, 6),
+            "meta": m.meta,
+            "decision": m.decision,
+            "evidence": {k: v for k, v in asdict(m.evidence).items() if v is not None},
+            "list_kind": m.list_kind,
+            "guarded": m.guarded,
+        }
+        for m in result.matches
+    ]
+
+
 def check_record(path: str, result: CheckResult) -> dict[str, Any]:
     return {
         "path": path,
         "sha256": result.sha256,
         "decision": result.decision,
         "request_id": result.id,
-        "matches": [
-            {
-                "list": m.list,
-                "id": m.id,
-                "score": round(m.score, 6),
-                "meta": m.meta,
-                "decision": m.decision,
-                "evidence": {k: v for k, v in asdict(m.evidence).items() if v is not None},
-                "list_kind": m.list_kind,
-                "guarded": m.guarded,
-            }
-            for m in result.matches
-        ],
+        "matches": _match_records(result),
         "pdq": result.hashes.pdq,
         "pdq_quality": result.hashes.pdq_quality,
         "downgrades": [asdict(d) for d in result.downgrades],
     }
+
+
+def _check_text(label: str, result: CheckResult) -> str:
+    best = result.matches[0] if result.matches else None
+    text = f"{label}\t{result.decision}"
+    if best is not None:
+        text += f"\t{best.list}/{best.id}\tscore {best.score:.3f}\t{'+'.join(best.evidence.signals) or '-'}"
+    return text
 
 
 def cmd_check(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
@@ -190,6 +217,135 @@ def cmd_check(client: LookalikeClient, args: argparse.Namespace, output: Output)
             if best is not None:
                 text += f"\t{best.list}/{best.id}\tscore {best.score:.3f}"
             output.emit(check_record(path, result), text)
+
+
+# Hash lists ----------------------------------------------------------------
+
+
+def cmd_add_hash(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    meta = _parse_meta(args.meta)
+    entry = client.hash_entry(
+        pdq=args.pdq, pdq_quality=args.quality, md5=args.md5, sha256=args.sha256, meta=meta, id=args.id
+    )
+    result = client.add_hash(args.list, entry)
+    hashes = result.hashes
+    record = {
+        "id": result.id,
+        "pdq": hashes.pdq,
+        "pdq_quality": hashes.pdq_quality,
+        "md5": hashes.md5,
+        "sha256": hashes.sha256,
+        "duplicate": result.duplicate,
+    }
+    output.emit(record, f"{result.id}{'  (duplicate)' if result.duplicate else ''}")
+
+
+def cmd_check_hash(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    lists = [name for name in args.lists.split(",") if name]
+    result = client.check_hashes(
+        lists,
+        pdq=args.pdq,
+        pdq_quality=args.quality,
+        md5=args.md5,
+        sha256=args.sha256,
+        meta=_parse_meta(args.meta),
+        top_k=args.top_k,
+        min_score=args.min_score,
+    )
+    record = {
+        "pdq": result.hashes.pdq,
+        "pdq_quality": result.hashes.pdq_quality,
+        "md5": result.hashes.md5,
+        "sha256": result.hashes.sha256,
+        "decision": result.decision,
+        "request_id": result.id,
+        "matches": _match_records(result),
+    }
+    output.emit(record, _check_text(args.pdq or args.md5 or args.sha256, result))
+
+
+def _count_lines(path: str) -> int | None:
+    """Lines in the file, for the progress bar (None for stdin)."""
+    if path == "-":
+        return None
+    with open(path, "rb") as handle:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+
+
+def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    """Stream the file's entries in batches; bad lines are reported with their number and skipped."""
+    file_format = format_for(args.file, args.format)
+    try:
+        total = _count_lines(args.file)
+        # surrogateescape: a line that is not UTF-8 is reported by number instead of ending the read
+        handle = (
+            open(sys.stdin.fileno(), encoding="utf-8", errors="surrogateescape", newline="", closefd=False)
+            if args.file == "-"
+            else open(args.file, encoding="utf-8", errors="surrogateescape", newline="")
+        )
+    except OSError as error:
+        raise SystemExit(f"lookalike: cannot read {args.file}: {error.strerror}") from None
+    sent: list[int] = []  # line number of each entry sent, by stream position
+    bad: deque[BadLine] = deque()  # filled by the sending thread, printed here in line order
+    counts = {"added": 0, "duplicates": 0}
+
+    def report_bad(before: int | None, bar: Any) -> None:
+        while bad and (before is None or bad[0].line < before):
+            item = bad.popleft()
+            bar.update(1)
+            output.fail_line(item.line, item.message)
+
+    def entries() -> Iterator[pb.HashEntry]:
+        for number, item in read_entries(handle, file_format):
+            if isinstance(item, BadLine):
+                bad.append(item)
+            else:
+                sent.append(number)
+                yield item
+
+    try:
+        with _progress(total, f"importing into {args.list}", not args.quiet, unit="line") as bar:
+            for index, result in client.import_entries(args.list, entries(), batch=args.batch):
+                line = sent[index]
+                report_bad(line, bar)
+                bar.update(1)
+                if isinstance(result, LookalikeError):
+                    output.fail_line(line, result)
+                else:
+                    counts["duplicates" if result.duplicate else "added"] += 1
+            report_bad(None, bar)
+    finally:
+        handle.close()
+        summary = {"list": args.list, **counts, "failed": output.failures}
+        output.emit(
+            summary,
+            f"{args.list}: {counts['added']} added, {counts['duplicates']} already listed, {output.failures} failed",
+        )
+
+
+def cmd_export(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    """Write a list's entries to stdout (or --output) as JSON lines or PDQ CSV."""
+    file_format = args.format or (format_for(args.output, None) if args.output else JSONL)
+    total = client.get_list(args.list).entry_count
+    out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    try:
+        with _progress(total, f"exporting {args.list}", not args.quiet, unit="entry") as bar:
+
+            def entries() -> Iterator[Any]:
+                for entry in client.export_entries(args.list, with_embeddings=args.with_embeddings):
+                    bar.update(1)
+                    yield entry
+
+            if file_format == JSONL:
+                written, skipped = write_jsonl(entries(), out), 0
+            else:
+                written, skipped = write_pdq_csv(entries(), out)
+    finally:
+        out.flush()
+        if out is not sys.stdout:
+            out.close()
+    note = f" ({skipped} without a PDQ hash left out)" if skipped else ""
+    print(f"exported {written} entries of {args.list}{note}", file=sys.stderr)
 
 
 def stored_check_record(record: CheckRecord) -> dict[str, Any]:
@@ -338,6 +494,7 @@ def list_record(info: ListInfo) -> dict[str, Any]:
         "reject_threshold": info.reject_threshold,
         "model": info.model,
         "created": info.created.isoformat(),
+        "dihedral": info.dihedral,
         "kind": info.kind,
         "guarded": [
             {
@@ -354,7 +511,8 @@ def list_record(info: ListInfo) -> dict[str, Any]:
 def _list_text(info: ListInfo) -> str:
     text = (
         f"{info.name}\t{info.entry_count} entries\tmodel {info.model}\t"
-        f"review ≥ {info.review_threshold:g}\treject ≥ {info.reject_threshold:g}\t{info.description}"
+        f"review ≥ {info.review_threshold:g}\treject ≥ {info.reject_threshold:g}\t"
+        f"{'' if info.dihedral else 'no rotations/mirrors\t'}{info.description}"
     )
     if info.kind != "disallow":
         text += f"\t({info.kind} list)"
@@ -379,6 +537,7 @@ def cmd_lists(client: LookalikeClient, args: argparse.Namespace, output: Output)
             review_threshold=args.review_threshold,
             reject_threshold=args.reject_threshold,
             model=args.model or "",
+            dihedral=args.dihedral,
             kind=args.kind,
         )
         output.emit(list_record(info), f"created {_list_text(info)}")
@@ -394,6 +553,7 @@ def cmd_lists(client: LookalikeClient, args: argparse.Namespace, output: Output)
             description=args.description,
             review_threshold=args.review_threshold,
             reject_threshold=args.reject_threshold,
+            dihedral=args.dihedral,
         )
         output.emit(list_record(info), f"updated {_list_text(info)}")
     elif args.lists_command == "rm":
@@ -528,6 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--reject-threshold", type=float, help="score from which a match is rejected")
     create.add_argument("--model", choices=MODEL_CHOICES, help="embedding model (default: the server's)")
     create.add_argument("--description", default="")
+    dihedral_help = "match PDQ's rotations and mirrors of what is checked (default: on)"
+    create.add_argument("--dihedral", action=argparse.BooleanOptionalAction, help=dihedral_help)
     create.add_argument(
         "--kind",
         choices=("disallow", "allow"),
@@ -542,6 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--review-threshold", type=float)
     update.add_argument("--reject-threshold", type=float)
     update.add_argument("--description")
+    update.add_argument("--dihedral", action=argparse.BooleanOptionalAction, help=dihedral_help)
     remove_list = lists_commands.add_parser("rm", parents=[common], help="delete a list and all its entries")
     remove_list.add_argument("name")
 
@@ -591,6 +754,37 @@ def build_parser() -> argparse.ArgumentParser:
     webhooks_commands = webhooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
     webhooks_commands.add_parser("secret", parents=[common], help="print the secret webhooks are signed with")
 
+    def hash_arguments(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--pdq", default="", metavar="HEX", help="PDQ hash, 64 hex characters")
+        command.add_argument("--quality", type=int, help="the PDQ hash's quality, 0-100 (default 100)")
+        command.add_argument("--md5", default="", metavar="HEX", help="MD5 of the picture's bytes")
+        command.add_argument("--sha256", default="", metavar="HEX", help="SHA-256 of the picture's bytes")
+
+    add_hash = commands.add_parser("add-hash", parents=[common], help="add an entry by its hashes (no picture)")
+    add_hash.add_argument("list")
+    hash_arguments(add_hash)
+    add_hash.add_argument("--id", default="", help="entry id (default: generated)")
+    add_hash.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+
+    check_hash = commands.add_parser("check-hash", parents=[common], help="check hashes computed elsewhere")
+    check_hash.add_argument("lists", metavar="LIST[,LIST...]")
+    hash_arguments(check_hash)
+    check_hash.add_argument("--top-k", type=int, default=0, help="show up to N nearest entries, even below review")
+    check_hash.add_argument("--min-score", type=float, help="show matches scoring at least S")
+    check_hash.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="meta echoed back")
+
+    import_file = commands.add_parser("import", parents=[common], help="import a hash list file into a list")
+    import_file.add_argument("list")
+    import_file.add_argument("file", metavar="FILE", help="the file, or - for stdin")
+    import_file.add_argument("--format", choices=FORMATS, help="default: pdq-csv for *.csv, else jsonl")
+    import_file.add_argument("--batch", type=int, default=IMPORT_BATCH, help="entries per transaction")
+
+    export = commands.add_parser("export", parents=[common], help="write a list's entries to stdout")
+    export.add_argument("list")
+    export.add_argument("--format", choices=FORMATS, help="default: jsonl (pdq-csv for an --output *.csv)")
+    export.add_argument("--with-embeddings", action="store_true", help="include embeddings (jsonl only)")
+    export.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
+
     remove = commands.add_parser("remove", parents=[common], help="remove entries by id")
     remove.add_argument("list")
     remove.add_argument("ids", nargs="+", metavar="ID")
@@ -618,6 +812,10 @@ def build_parser() -> argparse.ArgumentParser:
 HANDLERS = {
     "add": cmd_add,
     "check": cmd_check,
+    "add-hash": cmd_add_hash,
+    "check-hash": cmd_check_hash,
+    "import": cmd_import,
+    "export": cmd_export,
     "remove": cmd_remove,
     "lists": cmd_lists,
     "entry": cmd_entry,

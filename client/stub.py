@@ -38,6 +38,8 @@ from client.types import (
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+IMPORT_BATCH = 1000
+"""Entries per ImportEntries message: each is one transaction on the server."""
 T = TypeVar("T")
 
 
@@ -206,10 +208,14 @@ class LookalikeClient:
         review_threshold: float | None = None,
         reject_threshold: float | None = None,
         model: str = "",
+        dihedral: bool | None = None,
         kind: str = "",
     ) -> ListInfo:
-        """`kind` "allow" makes an allow list: its matches never flag, and outrank disallow matches."""
+        """`dihedral` (default true): checks also match the query's rotations and mirrors.
+        `kind` "allow" makes an allow list: its matches never flag, and outrank disallow matches."""
         request = pb.CreateListRequest(name=name, description=description, model=model, kind=kind)
+        if dihedral is not None:
+            request.dihedral = dihedral
         if review_threshold is not None:
             request.review_threshold = review_threshold
         if reject_threshold is not None:
@@ -230,8 +236,11 @@ class LookalikeClient:
         description: str | None = None,
         review_threshold: float | None = None,
         reject_threshold: float | None = None,
+        dihedral: bool | None = None,
     ) -> ListInfo:
         request = pb.UpdateListRequest(name=name)
+        if dihedral is not None:
+            request.dihedral = dihedral
         if description is not None:
             request.description = description
         if review_threshold is not None:
@@ -267,6 +276,88 @@ class LookalikeClient:
 
     def remove(self, list_name: str, entry_id: str) -> None:
         _call(self._stub.RemoveEntry, pb.RemoveEntryRequest(list=list_name, id=entry_id), timeout=self.timeout)
+
+    # Hash lists ------------------------------------------------------------
+
+    @staticmethod
+    def hash_entry(
+        *,
+        pdq: str = "",
+        pdq_quality: int | None = None,
+        md5: str = "",
+        sha256: str = "",
+        meta: Mapping[str, str] | None = None,
+        id: str = "",
+    ) -> pb.HashEntry:
+        """An entry given by hashes: a PDQ (quality 100 when not given), an MD5 and/or a SHA-256."""
+        entry = pb.HashEntry(id=id, pdq=pdq, md5=md5, sha256=sha256, meta=dict(meta or {}))
+        if pdq_quality is not None:
+            entry.pdq_quality = pdq_quality
+        return entry
+
+    def add_hash(self, list_name: str, entry: pb.HashEntry) -> AddResult:
+        """Add one entry by its hashes (see `hash_entry`); adding it again returns the first as a duplicate."""
+        request = pb.AddHashRequest(list=list_name, entry=entry)
+        return AddResult.from_pb(_call(self._stub.AddHash, request, timeout=self.timeout))
+
+    def import_entries(
+        self, list_name: str, entries: Iterable[pb.HashEntry], *, batch: int = IMPORT_BATCH
+    ) -> Iterator[tuple[int, AddResult | LookalikeError]]:
+        """Bulk add by hashes over one stream, `batch` entries per transaction: yields (position,
+        result or that entry's error) in order. Entries before a failed call stay added."""
+
+        def requests() -> Iterator[pb.ImportEntriesRequest]:
+            pending: list[pb.HashEntry] = []
+            for entry in entries:
+                pending.append(entry)
+                if len(pending) >= batch:
+                    yield pb.ImportEntriesRequest(list=list_name, entries=pending)
+                    pending = []
+            if pending:
+                yield pb.ImportEntriesRequest(list=list_name, entries=pending)
+
+        for reply in _stream(self._stub.ImportEntries(requests())):
+            for result in reply.results:
+                if result.HasField("error"):
+                    yield result.index, error_for_code(result.error.code, result.error.message, result.error.reason)
+                else:
+                    yield result.index, AddResult.from_pb(result.entry)
+
+    def export_entries(self, list_name: str, *, with_embeddings: bool = False) -> Iterator[Entry]:
+        """Every entry of a list in the order added; `embedding` is filled when asked for."""
+        request = pb.ExportEntriesRequest(list=list_name, with_embeddings=with_embeddings)
+        for reply in _stream(self._stub.ExportEntries(request)):
+            for entry in reply.entries:
+                yield Entry.from_pb(entry)
+
+    def check_hashes(
+        self,
+        lists: Sequence[str] = (),
+        *,
+        pdq: str = "",
+        pdq_quality: int | None = None,
+        md5: str = "",
+        sha256: str = "",
+        meta: Mapping[str, str] | None = None,
+        top_k: int = 0,
+        min_score: float | None = None,
+        request_id: str = "",
+    ) -> CheckResult:
+        """Check hashes computed elsewhere (a PDQ, an MD5, a SHA-256) against the named lists (all when none)."""
+        request = pb.CheckHashesRequest(
+            lists=list(lists),
+            pdq=pdq,
+            md5=md5,
+            sha256=sha256,
+            meta=dict(meta or {}),
+            top_k=top_k,
+            request_id=request_id,
+        )
+        if pdq_quality is not None:
+            request.pdq_quality = pdq_quality
+        if min_score is not None:
+            request.min_score = min_score
+        return CheckResult.from_pb(_call(self._stub.CheckHashes, request, timeout=self.timeout))
 
     # Checks --------------------------------------------------------------
 

@@ -78,10 +78,11 @@ class Hashes:
     pdq: str
     pdq_quality: int
     phash: str
+    md5: str = ""
 
     @classmethod
     def from_pb(cls, message: pb.Hashes) -> Hashes:
-        return cls(message.sha256, message.pdq, message.pdq_quality, message.phash)
+        return cls(message.sha256, message.pdq, message.pdq_quality, message.phash, message.md5)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ class ListInfo:
     model: str
     entry_count: int
     created: datetime
+    dihedral: bool = True
+    """Checks also match PDQ's rotations and mirrors of the query."""
     kind: str = "disallow"
     guarded: list[GuardedEntry] = field(default_factory=list)
 
@@ -120,6 +123,7 @@ class ListInfo:
             message.model,
             message.entry_count,
             _time(message.created),
+            message.dihedral,
             message.kind or "disallow",
             [GuardedEntry.from_pb(g) for g in message.guarded],
         )
@@ -146,6 +150,8 @@ class Entry:
     meta: dict[str, str]
     created: datetime
     model: str
+    embedding: bytes = field(default=b"", repr=False)
+    """float32 little-endian; only from an export with embeddings."""
     guard: GuardedEntry | None = None
 
     @classmethod
@@ -157,6 +163,7 @@ class Entry:
             dict(message.meta),
             _time(message.created),
             message.model,
+            message.embedding,
             GuardedEntry.from_pb(message.guard) if message.HasField("guard") else None,
         )
 
@@ -168,6 +175,7 @@ class Evidence:
     embedding_similarity: float | None
     model: str
     signals: tuple[str, ...]
+    exact_md5: bool = False
 
     @classmethod
     def from_pb(cls, message: pb.Evidence) -> Evidence:
@@ -177,6 +185,7 @@ class Evidence:
             message.embedding_similarity if message.HasField("embedding_similarity") else None,
             message.model,
             tuple(message.signals),
+            message.exact_md5,
         )
 
 

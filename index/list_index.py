@@ -195,6 +195,8 @@ class ListIndex:
         self._pdq: faiss.IndexBinary = _empty_pdq(0)
         self._vectors: faiss.Index = _empty_vectors(0, dim)
         self._lock = _ReadWriteLock()
+        self.vector_scan_budget = VECTOR_SCAN_BUDGET
+        self.pdq_scan_budget = PDQ_SCAN_BUDGET
         self._tombstones: set[int] = set()
         self.change = 0
 
@@ -275,11 +277,17 @@ class ListIndex:
     def _set_probes(self) -> None:
         """Probe counts follow the list's size; set while writing, so searches never race a change."""
         if isinstance(self._pdq, faiss.IndexBinaryIVF):
-            self._pdq.nprobe = _probes(self.layout.pdq_cells, self.pdq_count, PDQ_SCAN_BUDGET)
+            self._pdq.nprobe = _probes(self.layout.pdq_cells, self.pdq_count, self.pdq_scan_budget)
         if self.layout.vector_cells:
             faiss.extract_index_ivf(self._vectors).nprobe = _probes(
-                self.layout.vector_cells, self.vector_count, VECTOR_SCAN_BUDGET
+                self.layout.vector_cells, self.vector_count, self.vector_scan_budget
             )
+
+    def set_scan_budgets(self, vectors: int, pdq_codes: int) -> None:
+        """Entries compared per query view / PDQ variant on IVF sides: recall against time."""
+        with self._lock.writing():
+            self.vector_scan_budget, self.pdq_scan_budget = vectors, pdq_codes
+            self._set_probes()
 
     def remove(self, ids: np.ndarray, change: int) -> None:
         """Remove entries by id; ids not present are ignored.
@@ -390,4 +398,5 @@ class ListIndex:
         if index._pdq.d != PDQ_BITS or index._vectors.d != dim:
             raise ValueError(f"index snapshot holds {index._pdq.d}-bit codes and {index._vectors.d}-d vectors")
         index.change = int(change)
+        index._set_probes()
         return index

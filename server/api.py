@@ -47,6 +47,7 @@ from server.feedback import (
 from server.fetch import check_url
 from server.fingerprint import Hashes
 from server.flood import Guard
+from server.hashes import HashAdd
 from server.service import (
     REJECT,
     REVIEW,
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 ERROR_DOMAIN = "lookalike.v1"
 READER_POLL_SECONDS = 0.1
 """How often a stream's reader, blocked on a full queue, checks whether the stream has ended."""
+SERVICE = pb.DESCRIPTOR.services_by_name["Lookalike"].full_name
 DECISIONS = {"accept": pb.ACCEPT, "review": pb.REVIEW, "reject": pb.REJECT}
 CHECK_STATUSES = {"pending": pb.CHECK_PENDING, "done": pb.CHECK_DONE, "failed": pb.CHECK_FAILED}
 DELIVERY_STATES = {"pending": pb.DELIVERY_PENDING, "delivered": pb.DELIVERY_DELIVERED, "failed": pb.DELIVERY_FAILED}
@@ -76,17 +78,29 @@ AUDIT_PAGE_DEFAULT = 1000
 AUDIT_PAGE_MAX = 10_000
 
 
+MESSAGE_MAX_BYTES = 1000
+"""Messages may quote what the caller sent; gRPC drops a call whose trailers pass 16 KiB (the
+message travels twice, percent-encoded and in the status details), so longer ones are cut."""
+
+
+def _bounded(message: str) -> str:
+    encoded = message.encode()
+    if len(encoded) <= MESSAGE_MAX_BYTES:
+        return message
+    return encoded[: MESSAGE_MAX_BYTES - 3].decode(errors="ignore") + "..."
+
+
 def _status_for(error: LookalikeError) -> status_pb2.Status:
     code = getattr(code_pb2, error.code, code_pb2.UNKNOWN)
     detail = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)
-    status = status_pb2.Status(code=code, message=error.message)
+    status = status_pb2.Status(code=code, message=_bounded(error.message))
     status.details.add().Pack(detail)
     return status
 
 
 def _item_error(error: Exception) -> pb.ItemError:
     if isinstance(error, LookalikeError):
-        return pb.ItemError(code=error.code, message=error.message, reason=error.reason)
+        return pb.ItemError(code=error.code, message=_bounded(error.message), reason=error.reason)
     log.exception("item failed", exc_info=error)
     return pb.ItemError(code="INTERNAL", message="internal error; see the server log", reason="INTERNAL")
 
@@ -118,12 +132,47 @@ def _on_behalf_of(context: grpc.ServicerContext) -> Iterator[None]:
         raise_if_abandoned.reset(token)
 
 
+class _Malformed:
+    """Stands in for request bytes that do not parse as the method's message (invalid UTF-8 in a
+    string, a truncated field), so the call can answer INVALID_ARGUMENT: gRPC itself says INTERNAL."""
+
+
+MALFORMED = _Malformed()
+
+
+def _malformed_error() -> InvalidArgument:
+    return InvalidArgument(
+        "request is not a valid lookalike.v1 message for this method (bad protobuf bytes or invalid UTF-8)",
+        "REQUEST_MALFORMED",
+    )
+
+
+class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Gives Lookalike's methods a deserializer that returns MALFORMED instead of raising."""
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        parse = getattr(handler, "request_deserializer", None)
+        if parse is None or not details.method.startswith(f"/{SERVICE}/"):
+            return handler
+
+        def tolerant(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception:  # noqa: BLE001 - any parse failure is the caller's bad bytes
+                return MALFORMED
+
+        return handler._replace(request_deserializer=tolerant)
+
+
 def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     """Map domain errors to status codes with ErrorInfo; never echo internal errors."""
 
     @functools.wraps(method)
     def wrapper(self: LookalikeServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            if request is MALFORMED:
+                raise _malformed_error()
             with _on_behalf_of(context):
                 return method(self, request, context)
         except Exception as error:  # noqa: BLE001 - every failure becomes a status code
@@ -138,6 +187,8 @@ def stream_rpc(method: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[A
     @functools.wraps(method)
     def wrapper(self: LookalikeServicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         try:
+            if request is MALFORMED:  # a single request (an export) that did not parse
+                raise _malformed_error()
             yield from method(self, request, context)
         except Exception as error:  # noqa: BLE001 - every failure becomes a status code
             _abort(context, error, method.__name__)
@@ -160,6 +211,7 @@ def list_info(record: ListRecord, guarded: Iterable[Guard] = ()) -> pb.ListInfo:
         model=record.model,
         entry_count=record.entry_count,
         created=timestamp(record.created),
+        dihedral=record.dihedral,
         kind=record.kind,
         guarded=[guard_message(guard) for guard in guarded],
     )
@@ -173,27 +225,57 @@ def guard_message(guard: Guard) -> pb.GuardedEntry:
 
 def hashes_message(hashes: Hashes) -> pb.Hashes:
     return pb.Hashes(
-        sha256=hashes.sha256_hex, pdq=hashes.pdq_hex, pdq_quality=hashes.pdq_quality, phash=hashes.phash_hex
+        sha256=hashes.sha256_hex,
+        pdq=hashes.pdq_hex,
+        pdq_quality=hashes.pdq_quality,
+        phash=hashes.phash_hex,
+        md5=hashes.md5_hex,
     )
 
 
-def entry_message(list_name: str, entry: EntryRecord, guard: Guard | None = None) -> pb.Entry:
+def entry_hashes(entry: EntryRecord) -> pb.Hashes:
+    return pb.Hashes(
+        sha256=entry.sha256, pdq=entry.pdq, pdq_quality=entry.pdq_quality, phash=entry.phash, md5=entry.md5
+    )
+
+
+def entry_message(
+    list_name: str, entry: EntryRecord, embedding: bytes | None = None, guard: Guard | None = None
+) -> pb.Entry:
     message = pb.Entry(
         list=list_name,
         id=entry.id,
-        hashes=pb.Hashes(sha256=entry.sha256, pdq=entry.pdq, pdq_quality=entry.pdq_quality, phash=entry.phash),
+        hashes=entry_hashes(entry),
         meta=entry.meta,
         created=timestamp(entry.created),
         model=entry.model,
+        embedding=embedding or b"",
     )
     if guard is not None:
         message.guard.CopyFrom(guard_message(guard))
     return message
 
 
+def hash_add(message: pb.HashEntry) -> HashAdd:
+    return HashAdd(
+        id=message.id,
+        pdq=message.pdq,
+        pdq_quality=_optional(message, "pdq_quality"),
+        md5=message.md5,
+        sha256=message.sha256,
+        phash=message.phash,
+        meta=dict(message.meta),
+        embedding=message.embedding,
+        model=message.model,
+    )
+
+
 def match_message(match: Match) -> pb.Match:
     evidence = pb.Evidence(
-        exact_sha256=match.evidence.exact_sha256, model=match.evidence.model, signals=match.evidence.signals()
+        exact_sha256=match.evidence.exact_sha256,
+        exact_md5=match.evidence.exact_md5,
+        model=match.evidence.model,
+        signals=match.evidence.signals(),
     )
     if match.evidence.pdq_distance is not None:
         evidence.pdq_distance = match.evidence.pdq_distance
@@ -333,7 +415,7 @@ def add_response(list_name: str, outcome: AddOutcome) -> pb.AddEntryResponse:
         id=entry.id,
         sha256=entry.sha256,
         duplicate=outcome.duplicate,
-        hashes=pb.Hashes(sha256=entry.sha256, pdq=entry.pdq, pdq_quality=entry.pdq_quality, phash=entry.phash),
+        hashes=entry_hashes(entry),
     )
 
 
@@ -405,6 +487,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
             _optional(request, "reject_threshold"),
             request.model,
             actor=caller.key_id,
+            dihedral=request.dihedral if request.HasField("dihedral") else True,
             kind=request.kind,
         )
         return self._list_info(record)
@@ -429,6 +512,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
             _optional(request, "review_threshold"),
             _optional(request, "reject_threshold"),
             actor=caller.key_id,
+            dihedral=_optional(request, "dihedral"),
         )
         return self._list_info(record)
 
@@ -479,13 +563,73 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
         self.access.authorize(context, "GetEntry", [request.list])
         entry = self.service.store.get_entry(request.list, request.id)
         guard = self.service.flood.guard_of(self.service.store.get_list(request.list).uid, entry.seq)
-        return entry_message(request.list, entry, guard)
+        return entry_message(request.list, entry, guard=guard)
 
     @rpc
     def RemoveEntry(self, request: pb.RemoveEntryRequest, context: grpc.ServicerContext) -> pb.RemoveEntryResponse:
         caller = self.access.authorize(context, "RemoveEntry", [request.list])
         entry = self.service.remove_entry(request.list, request.id, actor=caller.key_id)
         return pb.RemoveEntryResponse(list=request.list, id=entry.id)
+
+    # Hash lists ----------------------------------------------------------
+
+    @rpc
+    def AddHash(self, request: pb.AddHashRequest, context: grpc.ServicerContext) -> pb.AddEntryResponse:
+        caller = self.access.authorize(context, "AddHash", [request.list])
+        (outcome,) = self.service.add_hashes(request.list, [hash_add(request.entry)], actor=caller.key_id)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return add_response(request.list, outcome)
+
+    @stream_rpc
+    def ImportEntries(
+        self, requests: Iterator[pb.ImportEntriesRequest | _Malformed], context: grpc.ServicerContext
+    ) -> Iterator[pb.ImportEntriesResponse]:
+        """Each request's entries in one transaction, answered before the next is read: a client
+        sending in lock-step never waits on us, and a fast one gets large transactions."""
+        caller = self.access.authorize(context, "ImportEntries")
+        position = 0
+        for request in requests:
+            if isinstance(request, _Malformed):  # a whole batch unreadable: how many entries it held is unknown
+                raise _malformed_error()
+            self.access.require(caller, Action.ADD_ENTRIES, [request.list])
+            outcomes = self.service.add_hashes(request.list, [hash_add(e) for e in request.entries], caller.key_id)
+            results = []
+            for index, outcome in enumerate(outcomes, start=position):
+                if isinstance(outcome, Exception):
+                    results.append(pb.AddEntriesResult(index=index, error=_item_error(outcome)))
+                else:
+                    results.append(pb.AddEntriesResult(index=index, entry=add_response(request.list, outcome)))
+            position += len(outcomes)
+            yield pb.ImportEntriesResponse(results=results)
+
+    @stream_rpc
+    def ExportEntries(
+        self, request: pb.ExportEntriesRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ExportEntriesResponse]:
+        self.access.authorize(context, "ExportEntries", [request.list])
+        for page in self.service.export_entries(request.list, request.with_embeddings):
+            if not context.is_active():
+                return
+            yield pb.ExportEntriesResponse(entries=[entry_message(request.list, e, vector) for e, vector in page])
+
+    @rpc
+    def CheckHashes(self, request: pb.CheckHashesRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
+        caller = self.access.authorize(context, "CheckHashes", list(request.lists))
+        result = self.service.check_hashes(
+            request.pdq,
+            _optional(request, "pdq_quality"),
+            request.md5,
+            request.sha256,
+            list(request.lists),
+            dict(request.meta),
+            request.top_k,
+            _optional(request, "min_score"),
+            request.request_id,
+            scope=caller.lists,
+        )
+        self.checks.record(result, caller.key_id)  # kept like any check's, for GetCheck and feedback
+        return check_response(result)
 
     # Checks --------------------------------------------------------------
 
@@ -516,7 +660,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     def _defer(self, request: pb.CheckRequest, caller: Caller) -> StoredCheck:
         """Refuse now what would fail for sure (bad lists or limits, an unreachable image URL); queue the rest."""
         min_score = _optional(request, "min_score")
-        self.service.validate_check(list(request.lists), request.top_k, min_score)
+        self.service.validate_check(list(request.lists), dict(request.meta), request.top_k, min_score)
         source = request.image.WhichOneof("source")
         url = request.image.url if source == "url" else ""
         if url:
@@ -767,6 +911,8 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
         def run(item: _Numbered) -> Any:
             if not context.is_active():
                 return Cancelled("stream cancelled by the client", "CANCELLED")
+            if item.message is MALFORMED:
+                return _malformed_error()
             try:
                 with _on_behalf_of(context):
                     return prepare(item.message)

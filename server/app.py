@@ -19,7 +19,7 @@ from client.errors import LookalikeError
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from index import configure_threads
-from server.api import LookalikeServicer, webhook_body
+from server.api import LookalikeServicer, MalformedRequestInterceptor, webhook_body
 from server.auth import Access, is_loopback_listen, require_safe_listen, server_credentials
 from server.checks import CheckLedger
 from server.config import ServerConfig, parse_config
@@ -71,9 +71,13 @@ class RunningServer:
         self.executor.shutdown(wait=True)
         self.service.workers.shutdown()
         self.service.indexes.wait_for_rebuilds(grace)
-        saved = self.service.indexes.snapshot_all()
-        log.info("stopped; %d index snapshots written", saved)
-        self.service.store.close()
+        try:
+            saved = self.service.indexes.snapshot_all()
+            log.info("stopped; %d index snapshots written", saved)
+        except Exception as error:  # noqa: BLE001 - snapshots only shorten the next start
+            log.error("stopped; index snapshots not written (%s): the next start replays the change log", error)
+        finally:
+            self.service.store.close()
 
 
 def _close_http(server: WSGIServer | None) -> None:
@@ -131,7 +135,7 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="grpc"),
         options=options,
-        interceptors=[RequestObserver(metrics, SERVICE_NAME, ready)],
+        interceptors=[RequestObserver(metrics, SERVICE_NAME, ready), MalformedRequestInterceptor()],
         # Checked before a call is queued for a worker: past it, RESOURCE_EXHAUSTED at once.
         maximum_concurrent_rpcs=config.max_concurrent_requests,
     )

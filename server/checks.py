@@ -109,7 +109,7 @@ def result_to_json(result: CheckResult) -> dict[str, Any]:
     return {
         "request_id": result.request_id,
         "timestamp": result.timestamp,
-        "hashes": [hashes.sha256_hex, hashes.pdq_hex, hashes.pdq_quality, hashes.phash_hex],
+        "hashes": [hashes.sha256_hex, hashes.pdq_hex, hashes.pdq_quality, hashes.phash_hex, hashes.md5.hex()],
         "decision": result.decision,
         "matches": [
             {
@@ -130,7 +130,7 @@ def result_to_json(result: CheckResult) -> dict[str, Any]:
 
 
 def result_from_json(raw: dict[str, Any]) -> CheckResult:
-    sha256, pdq, quality, phash = raw["hashes"]
+    sha256, pdq, quality, phash, md5 = raw["hashes"]
     matches = [
         Match(
             m["list"],
@@ -146,7 +146,7 @@ def result_from_json(raw: dict[str, Any]) -> CheckResult:
     return CheckResult(
         request_id=raw["request_id"],
         timestamp=raw["timestamp"],
-        hashes=Hashes(bytes.fromhex(sha256), bytes.fromhex(pdq), quality, bytes.fromhex(phash)),
+        hashes=Hashes(bytes.fromhex(sha256), bytes.fromhex(pdq), quality, bytes.fromhex(phash), bytes.fromhex(md5)),
         decision=raw["decision"],
         matches=matches,
         meta=raw["meta"],

@@ -15,6 +15,11 @@ ENV_PREFIX = "LOOKALIKE_"
 MiB = 1024 * 1024
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (a container or `taskset` may allow fewer than the machine has)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     listen: str = "127.0.0.1:50051"
@@ -25,9 +30,9 @@ class ServerConfig:
     max_pixels: int = 64_000_000
     threads: int = 16
     """gRPC worker threads (requests in flight)."""
-    cpu_slots: int = max(1, os.cpu_count() or 1)
+    cpu_slots: int = usable_cores()
     """Images fingerprinted at once: one per core, more only oversubscribes."""
-    workers: int = max(1, os.cpu_count() or 1)
+    workers: int = usable_cores()
     """Fingerprint worker processes; 0 fingerprints in the server process (one interpreter lock)."""
     default_model: str = DEFAULT_MODEL
     allow_private_urls: bool = False

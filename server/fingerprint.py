@@ -28,12 +28,14 @@ PHASH_BYTES = 8
 
 @dataclass(frozen=True)
 class Hashes:
-    """What every image gets, whatever the list: digest, PDQ and pHash."""
+    """What every image gets, whatever the list: digests, PDQ and pHash. A check by hashes
+    has only those it was given (the others empty)."""
 
     sha256: bytes
     pdq: bytes
     pdq_quality: int
     phash: bytes
+    md5: bytes = b""
 
     @property
     def sha256_hex(self) -> str:
@@ -46,6 +48,10 @@ class Hashes:
     @property
     def phash_hex(self) -> str:
         return self.phash.hex()
+
+    @property
+    def md5_hex(self) -> str:
+        return self.md5.hex()
 
 
 @dataclass
@@ -130,6 +136,7 @@ class Fingerprinter:
                 pdq=variants[0],
                 pdq_quality=quality,
                 phash=phash(model_input),
+                md5=hashlib.md5(data, usedforsecurity=False).digest(),  # shared lists carry MD5s
             )
         return Fingerprint(hashes, decoded, model_input, variants, stage_seconds=stages)
 

@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from client.errors import InvalidArgument, ResourceExhausted
 
@@ -106,26 +106,52 @@ def _bounded(rgb: Image.Image) -> Image.Image:
 def _apply_orientation(image: Image.Image) -> Image.Image:
     """Rotate per EXIF; a corrupt EXIF block leaves the picture as stored."""
     try:
+        if image.getexif().get(ExifTags.Base.Orientation, 1) not in range(2, 9):
+            return image  # exif_transpose would hand back a full copy
         return ImageOps.exif_transpose(image) or image
     except Exception:  # noqa: BLE001 - any EXIF parsing failure means "no orientation"
         return image
 
 
+STRIPE_PIXELS = 1 << 20
+"""Conversions that need temporaries several times the picture's size run a stripe of rows this
+many pixels large at a time: a small 16-bit or transparent PNG that declares 60 Mpx would
+otherwise cost well over a gigabyte to decode, not a few hundred megabytes."""
+
+_SIXTEEN_BIT_TO_8 = np.clip(np.arange(65536, dtype=np.float64) / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _stripes(height: int, width: int) -> range:
+    return range(0, height, max(1, STRIPE_PIXELS // max(1, width)))
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB; transparency composited onto white, high bit depths scaled."""
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        gray = _SIXTEEN_BIT_TO_8[np.asarray(image).astype(np.uint16, copy=False)]
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode in ("I", "F"):
+        array = np.asarray(image)
+        top = 65535.0 if array.max(initial=0) > 255 else 255.0
+        gray = np.empty(array.shape, dtype=np.uint8)
+        rows = _stripes(*array.shape)
+        for start in rows:
+            part = array[start : start + rows.step].astype(np.float64)
+            gray[start : start + rows.step] = np.clip(part / top * 255.0 + 0.5, 0, 255)
         return Image.fromarray(gray, "L").convert("RGB")
     if mode == "P":
         image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
         mode = image.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        rgb = Image.new("RGB", image.size)
+        width, height = image.size
+        rows = _stripes(height, width)
+        for top in rows:
+            stripe = image.crop((0, top, width, min(height, top + rows.step))).convert("RGBA")
+            background = Image.new("RGBA", stripe.size, (255, 255, 255, 255))
+            rgb.paste(Image.alpha_composite(background, stripe).convert("RGB"), (0, top))
+        return rgb
     if mode == "RGB":
         return image
     return image.convert("RGB")

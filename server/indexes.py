@@ -201,13 +201,15 @@ class IndexRegistry:
         saved = 0
         with self._snapshot_lock:
             for record in self.store.lists():
-                index = self._indexes.get(record.uid)
-                if index is None or record.uid in self._rebuilding:
-                    continue
-                behind = index.change - self.store.snapshot_change(record.uid)
-                if behind < max(1, min_changes, share * max(index.pdq_count, index.vector_count)):
-                    continue
-                checkpoint, blob = index.serialize()
+                # Under the list's write lock: apply_adds adds PDQ codes and vectors in two steps,
+                # and a snapshot between them would record the change with its vectors missing.
+                with self.writing(record.uid) as index:
+                    if index is None or record.uid in self._rebuilding:
+                        continue
+                    behind = index.change - self.store.snapshot_change(record.uid)
+                    if behind < max(1, min_changes, share * max(index.pdq_count, index.vector_count)):
+                        continue
+                    checkpoint, blob = index.serialize()
                 if self.store.save_snapshot(record.uid, checkpoint.change, blob):
                     saved += 1
         return saved

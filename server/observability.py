@@ -82,7 +82,9 @@ class _Call:
         self.decisions: Tally[str] = Tally()
 
     def saw_request(self, request: Any) -> None:
-        self.items += 1
+        self.items += len(request.entries) if isinstance(request, pb.ImportEntriesRequest) else 1
+        if not hasattr(request, "DESCRIPTOR"):
+            return  # bytes that did not parse (api.MALFORMED): no lists to note
         names = _lists_named(request)
         if not names and "lists" in request.DESCRIPTOR.fields_by_name:
             names = ["*"]  # a check of every list
@@ -131,6 +133,12 @@ class RequestObserver(_Interceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._unary_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
     def _refuse_until_ready(self, context: grpc.ServicerContext, method: str) -> None:
@@ -167,6 +175,22 @@ class RequestObserver(_Interceptor):
                 for response in behaviour(noted(), context):
                     call.saw_response(response)
                     yield response
+            finally:
+                self._end(call)
+
+        return observed
+
+    def _unary_stream(
+        self, behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]], method: str
+    ) -> Callable[..., Iterator[Any]]:
+        """One request, a stream of replies (an export): logged once, like a unary call."""
+
+        def observed(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            call = self._begin(method, context, streaming=False)
+            try:
+                call.saw_request(request)
+                self._refuse_until_ready(context, method)
+                yield from behaviour(request, context)
             finally:
                 self._end(call)
 

@@ -60,6 +60,7 @@ class Evidence:
     pdq_quality: int = 0  # the lower of the query's and the entry's
     embedding_similarity: float | None = None
     model: str = ""
+    exact_md5: bool = False
 
     def signal_scores(self) -> dict[str, float]:
         """Each usable signal's own calibrated score."""
@@ -71,14 +72,17 @@ class Evidence:
         return scores
 
     def signals(self) -> list[str]:
-        """The signals that, alone, reach review level (plus an exact digest match)."""
-        found = ["sha256"] if self.exact_sha256 else []
+        """The signals that, alone, reach review level, after the exact digest match if any (SHA-256
+        rather than MD5 when both say "the same bytes")."""
+        found = ["sha256"] if self.exact_sha256 else ["md5"] if self.exact_md5 else []
         return found + [name for name, value in self.signal_scores().items() if value >= AGREEMENT_LEVEL]
 
 
 def score(evidence: Evidence) -> float:
-    """The fused score: 1 for the same bytes, else the strongest signal, boosted by agreement."""
-    if evidence.exact_sha256:
+    """The fused score: 1 for the same bytes (by SHA-256 or MD5), else the strongest signal,
+    boosted by agreement. An entry without an embedding scores on PDQ's curve alone, the same
+    scale, so hash-only entries and picture entries rank and decide alike."""
+    if evidence.exact_sha256 or evidence.exact_md5:
         return 1.0
     scores = list(evidence.signal_scores().values())
     if not scores:

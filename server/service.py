@@ -11,7 +11,6 @@ leaves the queue and never starts its image.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -26,6 +25,7 @@ from index import ListIndex
 from server.embedder import MODELS
 from server.fingerprint import Fingerprinted, Hashes
 from server.flood import FloodGuard, FloodSettings
+from server.hashes import HashAdd, hash_entry, parse_md5, parse_pdq, parse_quality, parse_sha256, pdq_dihedral
 from server.indexes import IndexRegistry
 from server.metrics import ListSize, Metrics
 from server.scoring import (
@@ -35,6 +35,7 @@ from server.scoring import (
     Evidence,
     score,
 )
+from server.slots import FairSlots
 from server.store import (
     LIST_KIND_ALLOW,
     LIST_KIND_DISALLOW,
@@ -59,8 +60,8 @@ STORED_CANDIDATES = 100
 EMBEDDING_CANDIDATES = 10
 """Nearest embeddings fetched per list and check when the caller asks for fewer."""
 MAX_TOP_K = 1000
-CPU_WAIT_POLL_SECONDS = 0.05
-"""How often a request waiting for a CPU slot asks whether its caller is still there."""
+EXPORT_PAGE = 1000
+"""Entries read per store transaction (and sent per message) by an export."""
 
 
 def _caller_always_waits() -> None:
@@ -166,7 +167,7 @@ class LookalikeService:
         self.workers = workers
         self.default_model = default_model
         self.metrics = metrics or Metrics()
-        self._cpu = threading.BoundedSemaphore(max(1, cpu_slots))
+        self._cpu = FairSlots(cpu_slots)
         self.flood = FloodGuard(store, flood or FloodSettings())
         self.allow_margin = allow_margin
 
@@ -184,16 +185,19 @@ class LookalikeService:
         reject_threshold: float | None = None,
         model: str = "",
         actor: str = "",
+        dihedral: bool = True,
         kind: str = "",
     ) -> ListRecord:
         model = model or self.default_model
         if model not in MODELS:
-            raise InvalidArgument(f"model {model!r} is unknown; use one of {', '.join(MODELS)}", "MODEL_UNKNOWN")
+            raise InvalidArgument(f"model {model[:80]!r} is unknown; use one of {', '.join(MODELS)}", "MODEL_UNKNOWN")
         review = DEFAULT_REVIEW_THRESHOLD if review_threshold is None else review_threshold
         reject = DEFAULT_REJECT_THRESHOLD if reject_threshold is None else reject_threshold
         if reject_threshold is None and review > reject:
             reject = review
-        record = self.store.create_list(name, description, review, reject, model, actor, kind or LIST_KIND_DISALLOW)
+        record = self.store.create_list(
+            name, description, review, reject, model, actor, dihedral=dihedral, kind=kind or LIST_KIND_DISALLOW
+        )
         self.indexes.created(record.uid)
         return record
 
@@ -216,17 +220,10 @@ class LookalikeService:
 
     @contextmanager
     def cpu_slot(self) -> Iterator[None]:
-        """Hold one of the few CPU slots. Waits in short polls so that a request whose
-        caller has gone gives up its place instead of starting work nobody will read."""
-        still_wanted = raise_if_abandoned.get()
-        still_wanted()
-        while not self._cpu.acquire(timeout=CPU_WAIT_POLL_SECONDS):
-            still_wanted()
-        try:
-            still_wanted()
+        """Hold one of the few CPU slots, in arrival order; a request whose caller has gone
+        leaves the line instead of starting work nobody will read."""
+        with self._cpu.hold(raise_if_abandoned.get()):
             yield
-        finally:
-            self._cpu.release()
 
     def fingerprint(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
         """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named."""
@@ -277,8 +274,32 @@ class LookalikeService:
             model=record.model,
             embedding=embedding,
             meta=dict(request.meta),
+            md5=hashes.md5_hex,
         )
         return PreparedAdd(record, entry)
+
+    def add_hashes(self, list_name: str, items: Sequence[HashAdd], actor: str = "") -> list[AddOutcome | Exception]:
+        """Store entries given by their hashes in one transaction; per-item errors are returned."""
+        record, _ = self._list_and_index(list_name)
+        prepared: list[PreparedAdd | Exception] = []
+        for item in items:
+            try:
+                prepared.append(PreparedAdd(record, hash_entry(item, record)))
+            except Exception as error:  # noqa: BLE001 - reported per item
+                prepared.append(error)
+        return self.store_prepared(prepared, actor)
+
+    def export_entries(
+        self, list_name: str, with_embeddings: bool = False
+    ) -> Iterator[list[tuple[EntryRecord, bytes | None]]]:
+        """A list's entries in the order added, a page at a time (embeddings as float32 bytes when asked).
+
+        Entries added while the export runs may or may not be included; removed ones may still be."""
+        record = self.store.get_list(list_name)
+        after = 0
+        while page := self.store.entries_page(record.uid, after, EXPORT_PAGE, with_embeddings):
+            yield page
+            after = page[-1][0].seq
 
     def store_prepared(
         self, prepared: Sequence[PreparedAdd | Exception], actor: str = ""
@@ -353,25 +374,83 @@ class LookalikeService:
         Flood-guarded entries reject no more (review instead), then allow-list matches
         may lower the decision (`_apply_allow_lists`); each step is reported as a `Downgrade`.
         """
-        self._validate_limits(lists, top_k, min_score)
-        targets = (
-            [self._list_and_index(name) for name in dict.fromkeys(lists)]
-            if lists
-            else [
+        targets = self._check_targets(lists, meta, top_k, min_score, scope)
+        fingerprint = self.fingerprint(data, views=sorted({r.model for r, index in targets if index.vector_count}))
+        return self._matched(fingerprint, targets, meta, top_k, min_score, request_id)
+
+    def check_hashes(
+        self,
+        pdq: str = "",
+        pdq_quality: int | None = None,
+        md5: str = "",
+        sha256: str = "",
+        lists: Sequence[str] = (),
+        meta: dict[str, str] | None = None,
+        top_k: int = 0,
+        min_score: float | None = None,
+        request_id: str = "",
+        scope: Collection[str] | None = None,
+    ) -> CheckResult:
+        """Match hashes computed elsewhere: PDQ by distance (with its eight rotations and mirrors,
+        derived from the hash, on lists that ask for them), digests exactly. No embedding: entries
+        score on PDQ alone, the same scale a picture's check gives them without one."""
+        pdq, md5, sha256 = parse_pdq(pdq), parse_md5(md5), parse_sha256(sha256)
+        if not (pdq or md5 or sha256):
+            raise InvalidArgument("a check by hashes needs a PDQ hash, an MD5 or a SHA-256", "HASH_MISSING")
+        hashes = Hashes(
+            sha256=bytes.fromhex(sha256),
+            pdq=bytes.fromhex(pdq),
+            pdq_quality=parse_quality(pdq_quality) if pdq else 0,
+            phash=b"",
+            md5=bytes.fromhex(md5),
+        )
+        targets = self._check_targets(lists, meta, top_k, min_score, scope)
+        query = Fingerprinted(hashes, pdq_dihedral(hashes.pdq) if pdq else (), {}, {})
+        return self._matched(query, targets, meta, top_k, min_score, request_id)
+
+    def _check_targets(
+        self,
+        lists: Sequence[str],
+        meta: dict[str, str] | None,
+        top_k: int,
+        min_score: float | None,
+        scope: Collection[str] | None,
+    ) -> list[tuple[ListRecord, ListIndex]]:
+        """The lists a check covers, once its arguments are found valid: those named (else all in
+        `scope`), and every allow list, which is policy."""
+        if top_k < 0 or top_k > MAX_TOP_K:
+            raise InvalidArgument(f"top_k must lie in [0, {MAX_TOP_K}], got {top_k}", "TOP_K_OUT_OF_RANGE")
+        if min_score is not None and not 0.0 <= min_score <= 1.0:
+            raise InvalidArgument(f"min_score must lie in [0, 1], got {min_score}", "MIN_SCORE_OUT_OF_RANGE")
+        validate_meta(meta or {})  # echoed back: bounded as an entry's meta is
+        for name in lists:
+            validate_list_name(name)
+        if lists:
+            targets = [self._list_and_index(name) for name in dict.fromkeys(lists)]
+        else:
+            targets = [
                 (record, index)
                 for record in self.store.lists()
                 if (scope is None or record.name in scope) and (index := self.indexes.get(record.uid)) is not None
             ]
-        )
         named = {record.uid for record, _ in targets}
-        targets += [
+        return targets + [
             (record, index)
             for record in self.store.lists()
             if record.kind == LIST_KIND_ALLOW
             and record.uid not in named
             and (index := self.indexes.get(record.uid)) is not None
         ]
-        fingerprint = self.fingerprint(data, views=sorted({r.model for r, index in targets if index.vector_count}))
+
+    def _matched(
+        self,
+        fingerprint: Fingerprinted,
+        targets: Sequence[tuple[ListRecord, ListIndex]],
+        meta: dict[str, str] | None,
+        top_k: int,
+        min_score: float | None,
+        request_id: str,
+    ) -> CheckResult:
         candidates: list[Match] = []
         allowing: list[Match] = []
         downgrades: list[Downgrade] = []
@@ -408,20 +487,11 @@ class LookalikeService:
             candidates=[Candidate(m.list, m.entry.id, m.score) for m in candidates[:STORED_CANDIDATES]],
         )
 
-    def validate_check(self, lists: Sequence[str], top_k: int, min_score: float | None) -> None:
+    def validate_check(
+        self, lists: Sequence[str], meta: dict[str, str] | None, top_k: int, min_score: float | None
+    ) -> None:
         """What a check would refuse before any work, asked when a check is deferred."""
-        self._validate_limits(lists, top_k, min_score)
-        for name in dict.fromkeys(lists):
-            self._list_and_index(name)
-
-    @staticmethod
-    def _validate_limits(lists: Sequence[str], top_k: int, min_score: float | None) -> None:
-        if top_k < 0 or top_k > MAX_TOP_K:
-            raise InvalidArgument(f"top_k must lie in [0, {MAX_TOP_K}], got {top_k}", "TOP_K_OUT_OF_RANGE")
-        if min_score is not None and not 0.0 <= min_score <= 1.0:
-            raise InvalidArgument(f"min_score must lie in [0, 1], got {min_score}", "MIN_SCORE_OUT_OF_RANGE")
-        for name in lists:
-            validate_list_name(name)
+        self._check_targets(lists, meta, top_k, min_score, None)
 
     def _apply_flood_guard(self, record: ListRecord, found: list[Match], downgrades: list[Downgrade]) -> list[Match]:
         """Count this check's reject-level matches per entry; a guarded entry's reject becomes a review."""
@@ -490,8 +560,9 @@ class LookalikeService:
 
     def _match_list(self, record: ListRecord, index: ListIndex, fingerprint: Fingerprinted, k: int) -> list[Match]:
         hashes = fingerprint.hashes
-        exact = self.store.seq_for_digest(record.uid, hashes.sha256)
-        variants = fingerprint.pdq_variants
+        exact = self.store.seq_for_digest(record.uid, hashes.sha256) if hashes.sha256 else None
+        exact_md5 = self.store.seq_for_md5(record.uid, hashes.md5) if hashes.md5 else None
+        variants = fingerprint.pdq_variants if record.dihedral else fingerprint.pdq_variants[:1]
         with self.metrics.stage("pdq_search"):
             pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(variants, PDQ_SEARCH_RADIUS)}
         similarities: dict[int, float] = {}
@@ -503,7 +574,7 @@ class LookalikeService:
                     shortlist = self.store.embeddings(record.uid, list(similarities))
                     reranked = {seq: float(np.max(views @ vector)) for seq, vector in shortlist.items()}
                     similarities = dict(sorted(reranked.items(), key=lambda item: -item[1])[:k])
-        seqs = set(pdq_hits) | set(similarities) | ({exact} if exact is not None else set())
+        seqs = set(pdq_hits) | set(similarities) | {seq for seq in (exact, exact_md5) if seq is not None}
         if not seqs:
             return []
         entries = self.store.entries_by_seq(record.uid, sorted(seqs))
@@ -514,11 +585,13 @@ class LookalikeService:
         matches = []
         for seq, entry in entries.items():
             distance = pdq_hits.get(seq)
-            if distance is None and entry.pdq:
+            if distance is None and entry.pdq and variants:
                 listed = bytes.fromhex(entry.pdq)
                 distance = min(hamming(variant, listed) for variant in variants)
             evidence = Evidence(
-                exact_sha256=seq == exact,
+                # the digest keys of hash-only entries are no SHA-256 of bytes: confirm with the entry's own
+                exact_sha256=seq == exact and entry.sha256 == hashes.sha256_hex,
+                exact_md5=seq == exact_md5,
                 pdq_distance=distance,
                 pdq_quality=min(hashes.pdq_quality, entry.pdq_quality) if entry.pdq else 0,
                 embedding_similarity=None if seq not in similarities else min(1.0, similarities[seq]),

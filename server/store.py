@@ -6,11 +6,17 @@ came after. Records are JSON (settings, meta) and raw bytes (embeddings, index
 snapshots); nothing is pickled. Every persisted name is a constant here.
 Every change also writes its audit record in its own transaction, so a record
 can be neither lost nor written for a change that did not happen.
+
+Entries are keyed for idempotency in `digests` by their SHA-256; an entry known
+only by hashes (a shared hash list) has none, so it is keyed by a digest of its
+MD5, else of its PDQ (`entry_key`): re-importing a list adds nothing twice. MD5s
+have their own lookup (`md5`), so an MD5 given alone finds the entry that has it.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import re
 import struct
@@ -34,6 +40,7 @@ DB_LISTS = b"lists"
 DB_ENTRIES = b"entries"
 DB_ENTRY_IDS = b"entry_ids"
 DB_DIGESTS = b"digests"
+DB_MD5 = b"md5"
 DB_VECTORS = b"vectors"
 DB_CHANGES = b"changes"
 DB_SNAPSHOTS = b"snapshots"
@@ -65,6 +72,7 @@ LIST_NAME = re.compile(r"^[a-z0-9_-]{1,64}\Z")  # \Z: `$` would also accept a tr
 ENTRY_ID_MAX = 256
 META_MAX_ITEMS = 64
 META_MAX_CHARS = 4096
+DESCRIPTION_MAX_CHARS = 4096
 
 _UID = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
@@ -82,6 +90,8 @@ class ListRecord:
     entry_count: int = 0
     next_seq: int = 1
     next_change: int = 1
+    dihedral: bool = True
+    """Checks also match PDQ's rotations and mirrors; lists stored before the setting existed did."""
     kind: str = LIST_KIND_DISALLOW
     """"allow": its matches never flag a check, and outrank disallow matches (lists made before kinds: disallow)."""
 
@@ -99,6 +109,7 @@ class EntryRecord:
     model: str
     meta: dict[str, str] = field(default_factory=dict)
     created: float = 0.0
+    md5: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,7 @@ class NewEntry:
     model: str
     embedding: np.ndarray | None
     meta: dict[str, str]
+    md5: str = ""
 
 
 @dataclass(frozen=True)
@@ -159,7 +171,7 @@ class Change:
 def validate_list_name(name: str) -> None:
     if not LIST_NAME.match(name):
         raise InvalidArgument(
-            f"list name {name!r} is invalid: use 1-64 lowercase letters, digits, '-' or '_'", "LIST_NAME_INVALID"
+            f"list name {name[:80]!r} is invalid: use 1-64 lowercase letters, digits, '-' or '_'", "LIST_NAME_INVALID"
         )
 
 
@@ -172,6 +184,15 @@ def validate_thresholds(review: float, reject: float) -> None:
         raise InvalidArgument(
             f"review threshold {review} is above reject threshold {reject}; review must be ≤ reject",
             "THRESHOLD_ORDER",
+        )
+
+
+def validate_description(description: str) -> None:
+    # Every list record is read on every check of all lists: keep them small.
+    if len(description) > DESCRIPTION_MAX_CHARS:
+        raise InvalidArgument(
+            f"description has {len(description):,} characters; at most {DESCRIPTION_MAX_CHARS} are kept",
+            "DESCRIPTION_TOO_LONG",
         )
 
 
@@ -191,6 +212,25 @@ def validate_meta(meta: dict[str, str]) -> None:
             f"meta too large: at most {META_MAX_ITEMS} keys and {META_MAX_CHARS} characters in all",
             "META_TOO_LARGE",
         )
+
+
+def entry_key(sha256: str, md5: str = "", pdq: str = "") -> bytes:
+    """What makes an entry the same entry (32 bytes, its `digests` key): its SHA-256, else a
+    digest of its MD5, else of its PDQ. The prefixes keep the three kinds apart."""
+    if sha256:
+        return bytes.fromhex(sha256)
+    if md5:
+        return hashlib.sha256(b"lookalike-md5:" + bytes.fromhex(md5)).digest()
+    if pdq:
+        return hashlib.sha256(b"lookalike-pdq:" + bytes.fromhex(pdq)).digest()
+    raise InvalidArgument("an entry needs a SHA-256, an MD5 or a PDQ hash", "HASH_MISSING")
+
+
+def _add_detail(entry: EntryRecord) -> dict[str, str]:
+    """The audit detail of an add: the identifier the entry is known by."""
+    if entry.sha256:
+        return {"sha256": entry.sha256}
+    return {"md5": entry.md5} if entry.md5 else {"pdq": entry.pdq}
 
 
 def _list_record(raw: bytes | memoryview) -> ListRecord:
@@ -290,6 +330,7 @@ class Store:
         self._entries = self.env.open_db(DB_ENTRIES)
         self._entry_ids = self.env.open_db(DB_ENTRY_IDS)
         self._digests = self.env.open_db(DB_DIGESTS)
+        self._md5 = self.env.open_db(DB_MD5)
         self._vectors = self.env.open_db(DB_VECTORS)
         self._changes = self.env.open_db(DB_CHANGES)
         self._snapshots = self.env.open_db(DB_SNAPSHOTS)
@@ -330,10 +371,12 @@ class Store:
         reject_threshold: float,
         model: str,
         actor: str = "",
+        dihedral: bool = True,
         kind: str = LIST_KIND_DISALLOW,
     ) -> ListRecord:
         validate_list_name(name)
         validate_thresholds(review_threshold, reject_threshold)
+        validate_description(description)
         if kind not in LIST_KINDS:
             raise InvalidArgument(
                 f"list kind {kind!r} is unknown; use one of {', '.join(LIST_KINDS)}", "LIST_KIND_UNKNOWN"
@@ -344,7 +387,15 @@ class Store:
             uid = int(txn.get(KEY_NEXT_LIST_UID, default=b"1", db=self._meta))
             txn.put(KEY_NEXT_LIST_UID, str(uid + 1).encode(), db=self._meta)
             record = ListRecord(
-                uid, name, description, review_threshold, reject_threshold, model, time.time(), kind=kind
+                uid,
+                name,
+                description,
+                review_threshold,
+                reject_threshold,
+                model,
+                time.time(),
+                dihedral=dihedral,
+                kind=kind,
             )
             self._put_list(txn, record)
             self._audit(txn, actor, AUDIT_LIST_CREATE, name, detail=_settings(record))
@@ -375,6 +426,7 @@ class Store:
         review_threshold: float | None = None,
         reject_threshold: float | None = None,
         actor: str = "",
+        dihedral: bool | None = None,
         cause: str = "",
     ) -> ListRecord:
         """`cause` says what made the change when not a person's direct edit (e.g. "calibrate"); it is audited."""
@@ -385,8 +437,10 @@ class Store:
                 description=record.description if description is None else description,
                 review_threshold=record.review_threshold if review_threshold is None else review_threshold,
                 reject_threshold=record.reject_threshold if reject_threshold is None else reject_threshold,
+                dihedral=record.dihedral if dihedral is None else dihedral,
             )
             validate_thresholds(record.review_threshold, record.reject_threshold)
+            validate_description(record.description)
             self._put_list(txn, record)
             detail = _settings(record) | ({"cause": cause} if cause else {})
             self._audit(txn, actor, AUDIT_LIST_UPDATE, name, detail=detail)
@@ -399,14 +453,15 @@ class Store:
             txn.delete(_list_key(name), db=self._lists)
             self._audit(txn, actor, AUDIT_LIST_DELETE, name, detail={"entries_deleted": str(record.entry_count)})
             prefix = _prefix(record.uid)
-            for db in (self._entries, self._entry_ids, self._digests, self._vectors, self._changes, self._snapshots):
+            entry_dbs = (self._entries, self._entry_ids, self._digests, self._md5, self._vectors)
+            for db in (*entry_dbs, self._changes, self._snapshots):
                 _delete_prefix(txn.cursor(db=db), prefix)
         return record
 
     # Entries -------------------------------------------------------------
 
     def add_entries(self, name: str, items: Sequence[NewEntry], actor: str = "") -> list[AddOutcome | Exception]:
-        """Store several entries in one transaction: idempotent by sha256.
+        """Store several entries in one transaction: idempotent by `entry_key`, and by MD5.
 
         Each item gets its outcome or its own error (an id already used by other
         bytes); the good ones are committed together.
@@ -418,7 +473,10 @@ class Store:
             prefix = _prefix(record.uid)
             seq, change, count = record.next_seq, record.next_change, record.entry_count
             for item in items:
-                existing = txn.get(prefix + bytes.fromhex(item.sha256), db=self._digests)
+                key = prefix + entry_key(item.sha256, item.md5, item.pdq)
+                existing = txn.get(key, db=self._digests)
+                if existing is None and item.md5:
+                    existing = txn.get(prefix + bytes.fromhex(item.md5), db=self._md5)
                 if existing is not None:
                     entry = self._entry(txn, record.uid, _SEQ.unpack(existing)[0])
                     results.append(AddOutcome(entry, duplicate=True, change=0, embedding=None))
@@ -442,17 +500,18 @@ class Store:
                     item.model if item.embedding is not None else "",
                     item.meta,
                     time.time(),
+                    item.md5,
                 )
-                key = _seq_key(record.uid, seq)
-                txn.put(key, json.dumps(asdict(entry)).encode(), db=self._entries)
+                seq_key = _seq_key(record.uid, seq)
+                txn.put(seq_key, json.dumps(vars(entry)).encode(), db=self._entries)  # flat: no asdict deep copy
                 txn.put(prefix + entry_id.encode(), _SEQ.pack(seq), db=self._entry_ids)
-                txn.put(prefix + bytes.fromhex(item.sha256), _SEQ.pack(seq), db=self._digests)
+                txn.put(key, _SEQ.pack(seq), db=self._digests)
+                if item.md5:
+                    txn.put(prefix + bytes.fromhex(item.md5), _SEQ.pack(seq), db=self._md5)
                 if item.embedding is not None:
-                    txn.put(key, np.ascontiguousarray(item.embedding, dtype=np.float32).tobytes(), db=self._vectors)
+                    txn.put(seq_key, np.ascontiguousarray(item.embedding, dtype=np.float32).tobytes(), db=self._vectors)
                 txn.put(_seq_key(record.uid, change), OP_ADD + _SEQ.pack(seq), db=self._changes)
-                audit.append(
-                    AuditRecord(entry.created, actor, AUDIT_ENTRY_ADD, name, entry_id, {"sha256": item.sha256})
-                )
+                audit.append(AuditRecord(entry.created, actor, AUDIT_ENTRY_ADD, name, entry_id, _add_detail(entry)))
                 results.append(AddOutcome(entry, duplicate=False, change=change, embedding=item.embedding))
                 seq, change, count = seq + 1, change + 1, count + 1
             self._put_list(txn, replace(record, next_seq=seq, next_change=change, entry_count=count))
@@ -466,17 +525,20 @@ class Store:
             prefix = _prefix(record.uid)
             raw_seq = txn.get(prefix + entry_id.encode(), db=self._entry_ids)
             if raw_seq is None:
-                raise NotFound(f"entry {entry_id!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
+                raise NotFound(f"entry {entry_id[:80]!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
             seq = _SEQ.unpack(raw_seq)[0]
             entry = self._entry(txn, record.uid, seq)
             key = _seq_key(record.uid, seq)
             txn.delete(key, db=self._entries)
             txn.delete(key, db=self._vectors)
             txn.delete(prefix + entry_id.encode(), db=self._entry_ids)
-            txn.delete(prefix + bytes.fromhex(entry.sha256), db=self._digests)
+            txn.delete(prefix + entry_key(entry.sha256, entry.md5, entry.pdq), db=self._digests)
+            md5_key = prefix + bytes.fromhex(entry.md5) if entry.md5 else b""
+            if md5_key and txn.get(md5_key, db=self._md5) == _SEQ.pack(seq):  # else it finds another entry
+                txn.delete(md5_key, db=self._md5)
             change = record.next_change
             txn.put(_seq_key(record.uid, change), OP_REMOVE + _SEQ.pack(seq), db=self._changes)
-            self._audit(txn, actor, AUDIT_ENTRY_REMOVE, name, entry_id, {"sha256": entry.sha256})
+            self._audit(txn, actor, AUDIT_ENTRY_REMOVE, name, entry_id, _add_detail(entry))
             self._put_list(txn, replace(record, next_change=change + 1, entry_count=record.entry_count - 1))
         return entry, change
 
@@ -491,7 +553,7 @@ class Store:
             record = self._get_list(txn, name)
             raw_seq = txn.get(_prefix(record.uid) + entry_id.encode(), db=self._entry_ids)
             if raw_seq is None:
-                raise NotFound(f"entry {entry_id!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
+                raise NotFound(f"entry {entry_id[:80]!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
             return self._entry(txn, record.uid, _SEQ.unpack(raw_seq)[0])
 
     def entries_by_seq(self, uid: int, seqs: Sequence[int]) -> dict[int, EntryRecord]:
@@ -508,6 +570,29 @@ class Store:
         with self.env.begin() as txn:
             raw = txn.get(_prefix(uid) + sha256, db=self._digests)
         return None if raw is None else int(_SEQ.unpack(raw)[0])
+
+    def seq_for_md5(self, uid: int, md5: bytes) -> int | None:
+        with self.env.begin() as txn:
+            raw = txn.get(_prefix(uid) + md5, db=self._md5)
+        return None if raw is None else int(_SEQ.unpack(raw)[0])
+
+    def entries_page(
+        self, uid: int, after_seq: int, limit: int, with_embeddings: bool
+    ) -> list[tuple[EntryRecord, bytes | None]]:
+        """Up to `limit` entries after sequence `after_seq`, with their embeddings' raw bytes when
+        asked: an export reads page by page, so no transaction waits on a slow reader."""
+        prefix = _prefix(uid)
+        page: list[tuple[EntryRecord, bytes | None]] = []
+        with self.env.begin() as txn:
+            cursor = txn.cursor(db=self._entries)
+            if not cursor.set_range(_seq_key(uid, after_seq + 1)):
+                return page
+            for key, raw in cursor:
+                if not bytes(key).startswith(prefix) or len(page) >= limit:
+                    break
+                vector = txn.get(key, db=self._vectors) if with_embeddings else None
+                page.append((_entry_record(raw), None if vector is None else bytes(vector)))
+        return page
 
     def embeddings(self, uid: int, seqs: Sequence[int]) -> dict[int, np.ndarray]:
         found: dict[int, np.ndarray] = {}
@@ -625,7 +710,7 @@ class Store:
         first = int(txn.get(KEY_NEXT_AUDIT_SEQ, default=b"1", db=self._meta))
         txn.put(KEY_NEXT_AUDIT_SEQ, str(first + len(records)).encode(), db=self._meta)
         for seq, record in enumerate(records, start=first):
-            txn.put(_audit_key(record.time, seq), json.dumps(asdict(record)).encode(), db=self._audit_log)
+            txn.put(_audit_key(record.time, seq), json.dumps(vars(record)).encode(), db=self._audit_log)
 
     def audit(
         self, list_name: str = "", since: float = 0.0, limit: int = 1000, page_token: str = ""
@@ -709,6 +794,7 @@ def _settings(record: ListRecord) -> dict[str, str]:
         "review_threshold": f"{record.review_threshold:g}",
         "reject_threshold": f"{record.reject_threshold:g}",
         "model": record.model,
+        "dihedral": str(record.dihedral).lower(),
         "kind": record.kind,
     }
 

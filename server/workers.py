@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -30,9 +32,26 @@ class WorkerCrashed(LookalikeError):
     code = "INTERNAL"
 
 
+def _exit_with_parent() -> None:
+    """End this worker when the server process dies. A SIGKILLed or OOM-killed server runs no
+    shutdown code, and a worker blocked on its task queue would then idle forever, holding its
+    models' memory: each crash and restart would leave more of them behind."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])  # readable once the parent is gone
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _start_worker(max_pixels: int, models: Sequence[str]) -> None:
     global _worker
     from index import configure_threads
+
+    _exit_with_parent()
 
     configure_threads(1)
     _worker = Fingerprinter(max_pixels, EmbedderPool(threads=1))

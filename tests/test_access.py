@@ -131,6 +131,10 @@ def _remove_entry(client: LookalikeClient, admin: LookalikeClient, target: str) 
     client.remove(target, admin.add(target, picture()).id)
 
 
+def random_pdq() -> str:
+    return random.Random(next(_seeds)).randbytes(32).hex()
+
+
 def _revoke_key(client: LookalikeClient, admin: LookalikeClient, target: str) -> None:
     client.revoke_key(admin.create_key("checker", [target]).info.id)
 
@@ -158,6 +162,12 @@ CALLS: dict[str, Call] = {
     "CheckStream": lambda client, admin, target: _raise_item_error(
         client.check_many([LookalikeClient.check_request(picture(), [target])])
     ),
+    "AddHash": lambda client, admin, target: client.add_hash(target, client.hash_entry(pdq=random_pdq())),
+    "ImportEntries": lambda client, admin, target: _raise_item_error(
+        client.import_entries(target, [client.hash_entry(pdq=random_pdq())])
+    ),
+    "ExportEntries": lambda client, admin, target: list(client.export_entries(target)),
+    "CheckHashes": lambda client, admin, target: client.check_hashes([target], pdq=random_pdq()),
     "CreateKey": lambda client, admin, target: client.create_key("checker", [target]),
     "ListKeys": lambda client, admin, target: client.keys(),
     "RevokeKey": _revoke_key,
@@ -171,8 +181,9 @@ CALLS: dict[str, Call] = {
 }
 """One real call per RPC, made by `client` on list `target` (`admin` prepares what it needs)."""
 
-CHECKER_CALLS = {"Check", "CheckStream", "GetCheck", "SubmitFeedback"}
+CHECKER_CALLS = {"Check", "CheckStream", "CheckHashes", "GetCheck", "SubmitFeedback"}
 WRITER_CALLS = {"GetList", "ListLists", "AddEntry", "AddEntries", "GetEntry", "RemoveEntry"} | CHECKER_CALLS
+WRITER_CALLS |= {"AddHash", "ImportEntries", "ExportEntries"}
 ALLOWED = {"admin": set(CALLS), "writer": WRITER_CALLS, "checker": CHECKER_CALLS}
 ALLOWED["checker-a"] = ALLOWED["checker"]
 LIMITED_TO = {"admin": None, "writer": {"a"}, "checker": None, "checker-a": {"a"}}

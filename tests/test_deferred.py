@@ -189,6 +189,20 @@ def test_synchronous_checks_are_stored_too(lookalike: ServerHandle, photos: list
     assert error.value.reason == "CHECK_NOT_FOUND"
 
 
+def test_checks_by_hash_are_stored_and_allow_lists_apply_to_them(lookalike: ServerHandle, photos: list[bytes]) -> None:
+    client = lookalike.client
+    client.create_list("banned")
+    client.create_list("public", kind="allow")
+    listed = client.add("banned", photos[0])
+    result = client.check_hashes(["banned"], sha256=listed.sha256, request_id="by-hash")
+    assert result.decision == "reject"
+    record = client.get_check("by-hash")
+    assert record.result is not None and record.result.matches[0].id == listed.id
+    client.add("public", photos[0])
+    allowed = client.check_hashes(["banned"], sha256=listed.sha256)
+    assert allowed.decision == "accept" and [d.cause for d in allowed.downgrades] == ["allow_list"]
+
+
 def test_a_deferred_check_that_fails_says_why(slow: ServerHandle) -> None:
     slow.client.create_list("banned")
     queued = slow.client.check(b"not a picture", ["banned"], defer=True)

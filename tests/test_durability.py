@@ -2,55 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from client import LookalikeClient
 from tests.conftest import distinct_photos, jpeg_bytes
+from tests.processes import ServerProcess
 
-LOOKALIKE = Path(sys.executable).parent / "lookalike"
 
-
-class ServerProcess:
-    """`lookalike serve` in its own process, on a free loopback port."""
-
-    def __init__(self, data: Path) -> None:
-        self.log = data.parent / f"serve-{time.monotonic_ns()}.log"
-        self._log_file = self.log.open("w")
-        self.process = subprocess.Popen(
-            [str(LOOKALIKE), "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--grace", "2"],
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "LOOKALIKE_SNAPSHOT_INTERVAL": "3600"},
-        )
-        self.port = self._wait_for_port()
-        self.client = LookalikeClient(f"127.0.0.1:{self.port}")
-
-    def _wait_for_port(self) -> int:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            found = re.search(r"\(port (\d+)\)", self.log.read_text())
-            if found:
-                return int(found.group(1))
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited: {self.log.read_text()}")
-            time.sleep(0.1)
-        raise AssertionError(f"server did not start: {self.log.read_text()}")
-
-    def stop(self, signum: int) -> int:
-        self.client.close()
-        self.process.send_signal(signum)
-        code = self.process.wait(timeout=30)
-        self._log_file.close()
-        return code
+def start(data: Path) -> ServerProcess:
+    # No periodic snapshot: what a restart sees comes from the shutdown snapshot and the change log.
+    return ServerProcess(data, "--snapshot-interval", "3600")
 
 
 @pytest.fixture
@@ -69,20 +32,20 @@ def edit_of(path: Path) -> bytes:
 @pytest.mark.slow
 def test_sigkill_loses_no_acknowledged_change_and_sigterm_snapshots(data: Path) -> None:
     photos = distinct_photos(8, seed=3)
-    server = ServerProcess(data)
+    server = start(data)
     server.client.create_list("banned")
     kept = [server.client.add("banned", path).id for path in photos[:4]]
-    assert server.stop(signal.SIGTERM) == 0
+    assert server.stop() == 0
     assert "index snapshots written" in server.log.read_text()
 
-    server = ServerProcess(data)
+    server = start(data)
     assert server.client.get_list("banned").entry_count == 4
     later = [server.client.add("banned", path).id for path in photos[4:]]
     server.client.remove("banned", kept[0])
     server.client.remove("banned", later[0])
-    server.stop(signal.SIGKILL)  # no snapshot: the restart must replay the change log
+    server.kill()  # no snapshot: the restart must replay the change log
 
-    server = ServerProcess(data)
+    server = start(data)
     try:
         assert server.client.get_list("banned").entry_count == 6
         ids = kept + later
@@ -94,4 +57,4 @@ def test_sigkill_loses_no_acknowledged_change_and_sigterm_snapshots(data: Path) 
                 assert result.decision in ("reject", "review"), (path.name, result.matches[:1])
                 assert result.matches[0].id == ids[position]
     finally:
-        assert server.stop(signal.SIGTERM) == 0
+        assert server.stop() == 0

@@ -65,16 +65,18 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., base64: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
 
 class Hashes(_message.Message):
-    __slots__ = ("sha256", "pdq", "pdq_quality", "phash")
+    __slots__ = ("sha256", "pdq", "pdq_quality", "phash", "md5")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     PDQ_FIELD_NUMBER: _ClassVar[int]
     PDQ_QUALITY_FIELD_NUMBER: _ClassVar[int]
     PHASH_FIELD_NUMBER: _ClassVar[int]
+    MD5_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     pdq: str
     pdq_quality: int
     phash: str
-    def __init__(self, sha256: _Optional[str] = ..., pdq: _Optional[str] = ..., pdq_quality: _Optional[int] = ..., phash: _Optional[str] = ...) -> None: ...
+    md5: str
+    def __init__(self, sha256: _Optional[str] = ..., pdq: _Optional[str] = ..., pdq_quality: _Optional[int] = ..., phash: _Optional[str] = ..., md5: _Optional[str] = ...) -> None: ...
 
 class ItemError(_message.Message):
     __slots__ = ("code", "message", "reason")
@@ -87,7 +89,7 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListInfo(_message.Message):
-    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "entry_count", "created", "kind", "guarded")
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "entry_count", "created", "dihedral", "kind", "guarded")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +97,7 @@ class ListInfo(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENTRY_COUNT_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    DIHEDRAL_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     GUARDED_FIELD_NUMBER: _ClassVar[int]
     name: str
@@ -104,9 +107,10 @@ class ListInfo(_message.Message):
     model: str
     entry_count: int
     created: _timestamp_pb2.Timestamp
+    dihedral: bool
     kind: str
     guarded: _containers.RepeatedCompositeFieldContainer[GuardedEntry]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., entry_count: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., guarded: _Optional[_Iterable[_Union[GuardedEntry, _Mapping]]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., entry_count: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dihedral: _Optional[bool] = ..., kind: _Optional[str] = ..., guarded: _Optional[_Iterable[_Union[GuardedEntry, _Mapping]]] = ...) -> None: ...
 
 class GuardedEntry(_message.Message):
     __slots__ = ("id", "since", "recent_matches", "usual_matches")
@@ -121,20 +125,22 @@ class GuardedEntry(_message.Message):
     def __init__(self, id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recent_matches: _Optional[float] = ..., usual_matches: _Optional[float] = ...) -> None: ...
 
 class CreateListRequest(_message.Message):
-    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "kind")
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "dihedral", "kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REJECT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    DIHEDRAL_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     review_threshold: float
     reject_threshold: float
     model: str
+    dihedral: bool
     kind: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., dihedral: _Optional[bool] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class GetListRequest(_message.Message):
     __slots__ = ("name",)
@@ -153,16 +159,18 @@ class ListListsResponse(_message.Message):
     def __init__(self, lists: _Optional[_Iterable[_Union[ListInfo, _Mapping]]] = ...) -> None: ...
 
 class UpdateListRequest(_message.Message):
-    __slots__ = ("name", "description", "review_threshold", "reject_threshold")
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "dihedral")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REJECT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DIHEDRAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     review_threshold: float
     reject_threshold: float
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ...) -> None: ...
+    dihedral: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., dihedral: _Optional[bool] = ...) -> None: ...
 
 class DeleteListRequest(_message.Message):
     __slots__ = ("name",)
@@ -230,7 +238,7 @@ class GetEntryRequest(_message.Message):
     def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("list", "id", "hashes", "meta", "created", "model", "guard")
+    __slots__ = ("list", "id", "hashes", "meta", "created", "model", "embedding", "guard")
     class MetaEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +252,7 @@ class Entry(_message.Message):
     META_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     GUARD_FIELD_NUMBER: _ClassVar[int]
     list: str
     id: str
@@ -251,8 +260,9 @@ class Entry(_message.Message):
     meta: _containers.ScalarMap[str, str]
     created: _timestamp_pb2.Timestamp
     model: str
+    embedding: bytes
     guard: GuardedEntry
-    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ..., meta: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., guard: _Optional[_Union[GuardedEntry, _Mapping]] = ...) -> None: ...
+    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ..., meta: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., embedding: _Optional[bytes] = ..., guard: _Optional[_Union[GuardedEntry, _Mapping]] = ...) -> None: ...
 
 class RemoveEntryRequest(_message.Message):
     __slots__ = ("list", "id")
@@ -330,18 +340,20 @@ class SuggestedActions(_message.Message):
     def __init__(self, reject: _Optional[bool] = ..., review: _Optional[bool] = ...) -> None: ...
 
 class Evidence(_message.Message):
-    __slots__ = ("exact_sha256", "pdq_distance", "embedding_similarity", "model", "signals")
+    __slots__ = ("exact_sha256", "pdq_distance", "embedding_similarity", "model", "signals", "exact_md5")
     EXACT_SHA256_FIELD_NUMBER: _ClassVar[int]
     PDQ_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_MD5_FIELD_NUMBER: _ClassVar[int]
     exact_sha256: bool
     pdq_distance: int
     embedding_similarity: float
     model: str
     signals: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, exact_sha256: _Optional[bool] = ..., pdq_distance: _Optional[int] = ..., embedding_similarity: _Optional[float] = ..., model: _Optional[str] = ..., signals: _Optional[_Iterable[str]] = ...) -> None: ...
+    exact_md5: bool
+    def __init__(self, exact_sha256: _Optional[bool] = ..., pdq_distance: _Optional[int] = ..., embedding_similarity: _Optional[float] = ..., model: _Optional[str] = ..., signals: _Optional[_Iterable[str]] = ..., exact_md5: _Optional[bool] = ...) -> None: ...
 
 class Match(_message.Message):
     __slots__ = ("list", "id", "meta", "score", "evidence", "decision", "list_kind", "guarded")
@@ -505,6 +517,100 @@ class ListAuditResponse(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
     next_page_token: str
     def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class HashEntry(_message.Message):
+    __slots__ = ("id", "pdq", "pdq_quality", "md5", "sha256", "phash", "meta", "embedding", "model")
+    class MetaEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PDQ_FIELD_NUMBER: _ClassVar[int]
+    PDQ_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    MD5_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    PHASH_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    pdq: str
+    pdq_quality: int
+    md5: str
+    sha256: str
+    phash: str
+    meta: _containers.ScalarMap[str, str]
+    embedding: bytes
+    model: str
+    def __init__(self, id: _Optional[str] = ..., pdq: _Optional[str] = ..., pdq_quality: _Optional[int] = ..., md5: _Optional[str] = ..., sha256: _Optional[str] = ..., phash: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ..., embedding: _Optional[bytes] = ..., model: _Optional[str] = ...) -> None: ...
+
+class AddHashRequest(_message.Message):
+    __slots__ = ("list", "entry")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    entry: HashEntry
+    def __init__(self, list: _Optional[str] = ..., entry: _Optional[_Union[HashEntry, _Mapping]] = ...) -> None: ...
+
+class ImportEntriesRequest(_message.Message):
+    __slots__ = ("list", "entries")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    entries: _containers.RepeatedCompositeFieldContainer[HashEntry]
+    def __init__(self, list: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[HashEntry, _Mapping]]] = ...) -> None: ...
+
+class ImportEntriesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[AddEntriesResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[AddEntriesResult, _Mapping]]] = ...) -> None: ...
+
+class ExportEntriesRequest(_message.Message):
+    __slots__ = ("list", "with_embeddings")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    WITH_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    with_embeddings: bool
+    def __init__(self, list: _Optional[str] = ..., with_embeddings: _Optional[bool] = ...) -> None: ...
+
+class ExportEntriesResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[Entry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ...) -> None: ...
+
+class CheckHashesRequest(_message.Message):
+    __slots__ = ("lists", "pdq", "pdq_quality", "md5", "sha256", "meta", "top_k", "min_score", "request_id")
+    class MetaEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LISTS_FIELD_NUMBER: _ClassVar[int]
+    PDQ_FIELD_NUMBER: _ClassVar[int]
+    PDQ_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    MD5_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    lists: _containers.RepeatedScalarFieldContainer[str]
+    pdq: str
+    pdq_quality: int
+    md5: str
+    sha256: str
+    meta: _containers.ScalarMap[str, str]
+    top_k: int
+    min_score: float
+    request_id: str
+    def __init__(self, lists: _Optional[_Iterable[str]] = ..., pdq: _Optional[str] = ..., pdq_quality: _Optional[int] = ..., md5: _Optional[str] = ..., sha256: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetCheckRequest(_message.Message):
     __slots__ = ("id",)

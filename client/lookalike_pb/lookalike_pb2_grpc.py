@@ -90,6 +90,26 @@ class LookalikeStub:
                 request_serializer=lookalike_dot_v1_dot_lookalike__pb2.CheckRequest.SerializeToString,
                 response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.CheckStreamResult.FromString,
                 _registered_method=True)
+        self.AddHash = channel.unary_unary(
+                '/lookalike.v1.Lookalike/AddHash',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.AddHashRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.AddEntryResponse.FromString,
+                _registered_method=True)
+        self.ImportEntries = channel.stream_stream(
+                '/lookalike.v1.Lookalike/ImportEntries',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ImportEntriesRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ImportEntriesResponse.FromString,
+                _registered_method=True)
+        self.ExportEntries = channel.unary_stream(
+                '/lookalike.v1.Lookalike/ExportEntries',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ExportEntriesRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ExportEntriesResponse.FromString,
+                _registered_method=True)
+        self.CheckHashes = channel.unary_unary(
+                '/lookalike.v1.Lookalike/CheckHashes',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.CheckHashesRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.CheckResponse.FromString,
+                _registered_method=True)
         self.CreateKey = channel.unary_unary(
                 '/lookalike.v1.Lookalike/CreateKey',
                 request_serializer=lookalike_dot_v1_dot_lookalike__pb2.CreateKeyRequest.SerializeToString,
@@ -209,6 +229,35 @@ class LookalikeServicer:
 
     def CheckStream(self, request_iterator, context):
         """Throughput: one result per request, in order, each carrying its own error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddHash(self, request, context):
+        """Hash lists: entries given by their hashes (PDQ, MD5, SHA-256), no picture.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportEntries(self, request_iterator, context):
+        """Bulk import: each request carries a batch stored in one transaction; one reply per request,
+        with a result per entry (its own error, if any) numbered by position in the whole stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportEntries(self, request, context):
+        """Every entry of a list, in the order added, in batches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckHashes(self, request, context):
+        """Check hashes computed elsewhere (an upstream service that hashes on its own).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -340,6 +389,26 @@ def add_LookalikeServicer_to_server(servicer, server):
                     servicer.CheckStream,
                     request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.CheckRequest.FromString,
                     response_serializer=lookalike_dot_v1_dot_lookalike__pb2.CheckStreamResult.SerializeToString,
+            ),
+            'AddHash': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddHash,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.AddHashRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.AddEntryResponse.SerializeToString,
+            ),
+            'ImportEntries': grpc.stream_stream_rpc_method_handler(
+                    servicer.ImportEntries,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ImportEntriesRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ImportEntriesResponse.SerializeToString,
+            ),
+            'ExportEntries': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportEntries,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ExportEntriesRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ExportEntriesResponse.SerializeToString,
+            ),
+            'CheckHashes': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckHashes,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.CheckHashesRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.CheckResponse.SerializeToString,
             ),
             'CreateKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateKey,
@@ -690,6 +759,114 @@ class Lookalike:
             '/lookalike.v1.Lookalike/CheckStream',
             lookalike_dot_v1_dot_lookalike__pb2.CheckRequest.SerializeToString,
             lookalike_dot_v1_dot_lookalike__pb2.CheckStreamResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddHash(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/AddHash',
+            lookalike_dot_v1_dot_lookalike__pb2.AddHashRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.AddEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportEntries(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/lookalike.v1.Lookalike/ImportEntries',
+            lookalike_dot_v1_dot_lookalike__pb2.ImportEntriesRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.ImportEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/ExportEntries',
+            lookalike_dot_v1_dot_lookalike__pb2.ExportEntriesRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.ExportEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckHashes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/CheckHashes',
+            lookalike_dot_v1_dot_lookalike__pb2.CheckHashesRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.CheckResponse.FromString,
             options,
             channel_credentials,
             insecure,

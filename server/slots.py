@@ -1,0 +1,61 @@
+"""A few CPU slots handed out first come, first served, that a waiter can leave.
+
+A semaphore polled with a timeout (to notice a caller that has gone) sends every
+poller to the back of the queue, so under load some requests wait many times
+longer than others. Here each waiter holds its place, a released slot goes straight
+to the longest waiter, and a waiter whose caller has gone leaves the queue.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+POLL_SECONDS = 0.05
+"""How often a waiter asks whether its caller is still there."""
+
+
+class FairSlots:
+    def __init__(self, count: int) -> None:
+        self._free = max(1, count)
+        self._waiting: deque[threading.Event] = deque()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def hold(self, still_wanted: Callable[[], None]) -> Iterator[None]:
+        """Wait in line for a slot and hold it; `still_wanted` raises once the caller has gone
+        (checked before queueing, while waiting, and once the slot is granted)."""
+        still_wanted()
+        self._acquire(still_wanted)
+        try:
+            still_wanted()
+            yield
+        finally:
+            self._release()
+
+    def _acquire(self, still_wanted: Callable[[], None]) -> None:
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return
+            turn = threading.Event()
+            self._waiting.append(turn)
+        while not turn.wait(POLL_SECONDS):
+            try:
+                still_wanted()
+            except BaseException:
+                with self._lock:
+                    if not turn.is_set():
+                        self._waiting.remove(turn)
+                        raise
+                self._release()  # granted just as the caller left: pass the slot on
+                raise
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()  # the slot passes straight to the longest waiter
+            else:
+                self._free += 1

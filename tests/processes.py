@@ -1,0 +1,131 @@
+"""`lookalike serve` as a real subprocess, for tests that kill it or watch its memory."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from client import LookalikeClient
+
+LOOKALIKE = Path(sys.executable).parent / "lookalike"
+_started: list[ServerProcess] = []
+
+
+def end_leftovers() -> None:
+    """Stop every server a test started and left running (it failed midway): SIGTERM, then
+    SIGKILL for the whole tree, so no server or worker outlives the test session."""
+    while _started:
+        server = _started.pop()
+        if server.process.poll() is not None:
+            continue
+        tree = server.tree()
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            for pid in tree:
+                if _running(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
+class ServerProcess:
+    """`lookalike serve` on a free loopback port, its log in a file beside the data folder."""
+
+    def __init__(self, data: Path, *flags: str) -> None:
+        self.log = data.parent / f"serve-{time.monotonic_ns()}.log"
+        self._log_file = self.log.open("w")
+        self.process = subprocess.Popen(
+            [str(LOOKALIKE), "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--grace", "2", *flags],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+        )
+        _started.append(self)
+        self.port = self._wait_for_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.client = LookalikeClient(self.address)
+
+    def _wait_for_port(self) -> int:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            found = re.search(r"\(port (\d+)\)", self.log.read_text())
+            if found:
+                return int(found.group(1))
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {self.log.read_text()}")
+            time.sleep(0.1)
+        raise AssertionError(f"server did not start: {self.log.read_text()}")
+
+    def tree(self) -> list[int]:
+        """The server's pid and those of its descendants (fingerprint workers and their helpers)."""
+        return [self.process.pid, *descendants(self.process.pid)]
+
+    def anonymous_rss_kib(self) -> int:
+        """Resident memory the server and its workers allocated themselves (heap, arenas), leaving
+        out the mapped LMDB file and shared libraries, whose pages come and go with the page cache."""
+        total = 0
+        for pid in self.tree():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue  # ended between listing and reading
+            found = re.search(r"^RssAnon:\s+(\d+) kB", status, re.MULTILINE)
+            total += int(found.group(1)) if found else 0
+        return total
+
+    def kill(self) -> None:
+        """SIGKILL the server alone, as the kernel's OOM killer or `kill -9` would: no shutdown code
+        runs. Its worker processes must then end by themselves; any still running after a grace
+        period would pile up with every crash, so they fail the test (and are ended)."""
+        workers = descendants(self.process.pid)
+        self.process.send_signal(signal.SIGKILL)
+        assert self.process.wait(timeout=30) == -signal.SIGKILL
+        self.client.close()
+        self._log_file.close()
+        deadline = time.monotonic() + 20
+        while (alive := [pid for pid in workers if _running(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in alive:
+            os.kill(pid, signal.SIGKILL)
+        assert not alive, f"{len(alive)} worker processes outlived the killed server"
+
+    def stop(self) -> int:
+        """SIGTERM: graceful shutdown; returns the exit code."""
+        self.client.close()
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=60)
+        self._log_file.close()
+        return code
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (which lists each process's parent)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, of in parents.items() if of == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent to collect it."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"

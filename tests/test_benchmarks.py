@@ -1,0 +1,25 @@
+"""The speed benchmarks run end to end at a small size and report what they promise."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import scale
+from index.list_index import EXACT_VECTORS_MAX
+
+
+@pytest.mark.slow
+def test_scale_benchmark_reports_an_ivf_list_with_full_recall_and_a_matchable_new_entry(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    entries = EXACT_VECTORS_MAX + 5_000
+    assert scale.main(["--entries", str(entries), "--queries", "60"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["layout"]["vector_cells"] > 0, "past the exact limit the list is an IVF"
+    assert report["recall_of_exact_top1_in_top10"] >= 0.95
+    assert report["exact_top1_is_the_planted_entry"] == 1.0
+    assert report["new_entry_matchable_on_next_search"] is True
+    assert report["startup"]["entries"] == entries + 1 - 20  # one added, twenty removed, after a restart
+    assert report["embedding_search"]["p50_ms"] > 0
