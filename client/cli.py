@@ -6,7 +6,9 @@ that fails prints {"path", "error"}, the rest carry on, and the exit status is 1
 imported) and a closing {"list", "added", "duplicates", "failed"}; `export` writes
 the file to stdout (or --output) and its progress to stderr.
 `keys create` prints the new key alone on stdout (its only showing), so a script
-can capture it; `audit --json` prints one change per line.
+can capture it; `audit --json` prints one change per line. `check --defer --json`
+prints {"path", "id"} per image; `result ID --json` prints the stored check with its
+`status` ("pending", "done" or "failed").
 """
 
 from __future__ import annotations
@@ -26,7 +28,18 @@ from client.errors import LookalikeError
 from client.hashfiles import FORMATS, JSONL, BadLine, format_for, read_entries, write_jsonl, write_pdq_csv
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.stub import DEFAULT_SERVER, IMPORT_BATCH, LookalikeClient
-from client.types import AddResult, AuditRecord, CheckResult, KeyInfo, ListInfo, image_message
+from client.types import (
+    AddResult,
+    AuditRecord,
+    Calibration,
+    CheckRecord,
+    CheckResult,
+    Feedback,
+    KeyInfo,
+    ListInfo,
+    ThresholdAdvice,
+    image_message,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif"}
 MODEL_CHOICES = ("sscd", "sscd-distilled")
@@ -147,6 +160,8 @@ def _match_records(result: CheckResult) -> list[dict[str, Any]]:
             "meta": m.meta,
             "decision": m.decision,
             "evidence": {k: v for k, v in asdict(m.evidence).items() if v is not None},
+            "list_kind": m.list_kind,
+            "guarded": m.guarded,
         }
         for m in result.matches
     ]
@@ -161,6 +176,7 @@ def check_record(path: str, result: CheckResult) -> dict[str, Any]:
         "matches": _match_records(result),
         "pdq": result.hashes.pdq,
         "pdq_quality": result.hashes.pdq_quality,
+        "downgrades": [asdict(d) for d in result.downgrades],
     }
 
 
@@ -178,7 +194,9 @@ def cmd_check(client: LookalikeClient, args: argparse.Namespace, output: Output)
     meta = _parse_meta(args.meta)
 
     def request(image: pb.Image) -> pb.CheckRequest:
-        message = pb.CheckRequest(image=image, lists=lists, meta=meta, top_k=args.top_k)
+        message = pb.CheckRequest(
+            image=image, lists=lists, meta=meta, top_k=args.top_k, defer=args.defer, callback_url=args.callback_url
+        )
         if args.min_score is not None:
             message.min_score = args.min_score
         return message
@@ -190,6 +208,9 @@ def cmd_check(client: LookalikeClient, args: argparse.Namespace, output: Output)
             bar.update(1)
             if isinstance(result, LookalikeError):
                 output.fail(path, result)
+                continue
+            if result.status == "pending":
+                output.emit({"path": path, "id": result.id}, f"{path}\t{result.id}\tpending")
                 continue
             best = result.matches[0] if result.matches else None
             text = f"{path}\t{result.decision}"
@@ -327,6 +348,132 @@ def cmd_export(client: LookalikeClient, args: argparse.Namespace, output: Output
     print(f"exported {written} entries of {args.list}{note}", file=sys.stderr)
 
 
+def stored_check_record(record: CheckRecord) -> dict[str, Any]:
+    """A stored check for `result --json`: its status, then the check's fields (or its error), then the webhook."""
+    shown: dict[str, Any] = {"id": record.id, "status": record.status}
+    if record.result is not None:
+        shown |= {k: v for k, v in check_record("", record.result).items() if k != "path"}
+    if record.error is not None:
+        shown |= {"error": record.error["message"], "code": record.error["code"], "reason": record.error["reason"]}
+    shown["submitted"] = record.submitted.isoformat()
+    if record.completed is not None:
+        shown["completed"] = record.completed.isoformat()
+    if record.expires is not None:
+        shown["expires"] = record.expires.isoformat()
+    if record.delivery is not None:
+        delivery = asdict(record.delivery)
+        for moment in ("next_attempt", "delivered"):
+            delivery[moment] = delivery[moment].isoformat() if delivery[moment] else None
+        shown["delivery"] = delivery
+    return shown
+
+
+def cmd_result(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    for check_id in args.ids:
+        try:
+            record = client.wait_for_check(check_id, timeout=args.wait) if args.wait else client.get_check(check_id)
+        except LookalikeError as error:
+            output.failures += 1
+            output.emit({"id": check_id, "error": str(error), "code": error.code}, f"{check_id}\tERROR\t{error}")
+            continue
+        text = f"{record.id}\t{record.status}"
+        if record.result is not None:
+            best = record.result.matches[0] if record.result.matches else None
+            text += f"\t{record.result.decision}" + (f"\t{best.list}/{best.id}\tscore {best.score:.3f}" if best else "")
+        if record.error is not None:
+            output.failures += 1
+            text += f"\t{record.error['code']}: {record.error['message']}"
+        if record.delivery is not None:
+            text += f"\twebhook {record.delivery.state} after {record.delivery.attempts} attempt(s)"
+        output.emit(stored_check_record(record), text)
+
+
+def feedback_record(feedback: Feedback) -> dict[str, Any]:
+    return {
+        "time": feedback.time.isoformat(),
+        "key_id": feedback.key_id,
+        "check_id": feedback.check_id,
+        "list": feedback.list,
+        "entry_id": feedback.entry_id,
+        "verdict": feedback.verdict,
+        "note": feedback.note,
+        "score": feedback.score,
+        "decision": feedback.decision,
+    }
+
+
+def _feedback_text(feedback: Feedback) -> str:
+    score = "-" if feedback.score is None else f"{feedback.score:.3f}"
+    who = feedback.key_id or "-"
+    return (
+        f"{feedback.time.isoformat()}\t{who}\t{feedback.verdict}\t{feedback.list}/{feedback.entry_id}"
+        f"\tscore {score}\tcheck {feedback.check_id}\t{feedback.note}"
+    )
+
+
+def cmd_feedback(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    if args.feedback_command == "add":
+        feedback = client.submit_feedback(
+            args.check_id, args.verdict, entry_id=args.entry, list_name=args.list, note=args.note
+        )
+        output.emit(feedback_record(feedback), _feedback_text(feedback))
+    elif args.feedback_command == "ls":
+        for feedback in client.feedback(args.list, since=args.since):
+            output.emit(feedback_record(feedback), _feedback_text(feedback))
+
+
+def _advice_record(advice: ThresholdAdvice) -> dict[str, Any]:
+    return asdict(advice)
+
+
+def calibration_record(calibration: Calibration) -> dict[str, Any]:
+    return {
+        "list": calibration.list,
+        "review": _advice_record(calibration.review),
+        "reject": _advice_record(calibration.reject),
+        "checks_seen": calibration.checks_seen,
+        "feedback_seen": calibration.feedback_seen,
+        "applied": calibration.applied,
+        "notes": list(calibration.notes),
+    }
+
+
+def _calibration_text(calibration: Calibration) -> str:
+    lines = [
+        f"{calibration.list}: {calibration.feedback_seen} feedback, {calibration.checks_seen} stored checks scored"
+    ]
+    for name, advice in (("review", calibration.review), ("reject", calibration.reject)):
+        lines.append(
+            f"  {name} {advice.current:g} -> {advice.recommended:g}: avoids {advice.errors_avoided} reported "
+            f"error(s), {advice.errors_left} left; changes {advice.checks_affected} stored check(s) and "
+            f"{advice.confirmed_affected} confirmed match(es)"
+        )
+    lines += [f"  note: {note}" for note in calibration.notes]
+    lines.append("  applied" if calibration.applied else "  not applied (use --apply)")
+    return "\n".join(lines)
+
+
+def cmd_calibrate(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    calibration = client.calibrate(args.list, apply=args.apply)
+    output.emit(calibration_record(calibration), _calibration_text(calibration))
+
+
+def cmd_confirm(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    for entry_id in args.ids:
+        try:
+            client.confirm_entry(args.list, entry_id)
+        except LookalikeError as error:
+            output.failures += 1
+            output.emit({"id": entry_id, "error": str(error), "code": error.code}, f"{entry_id}\tERROR\t{error}")
+            continue
+        output.emit({"list": args.list, "id": entry_id, "confirmed": True}, f"{entry_id}\tconfirmed")
+
+
+def cmd_webhooks(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    secret = client.webhook_secret()
+    output.emit({"secret": secret}, secret)
+
+
 def cmd_remove(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
     for entry_id in args.ids:
         try:
@@ -348,14 +495,37 @@ def list_record(info: ListInfo) -> dict[str, Any]:
         "model": info.model,
         "created": info.created.isoformat(),
         "dihedral": info.dihedral,
+        "kind": info.kind,
+        "guarded": [
+            {
+                "id": guard.id,
+                "since": guard.since.isoformat(),
+                "recent_matches": round(guard.recent_matches, 3),
+                "usual_matches": round(guard.usual_matches, 3),
+            }
+            for guard in info.guarded
+        ],
     }
 
 
 def _list_text(info: ListInfo) -> str:
-    return (
+    text = (
         f"{info.name}\t{info.entry_count} entries\tmodel {info.model}\t"
         f"review ≥ {info.review_threshold:g}\treject ≥ {info.reject_threshold:g}\t"
         f"{'' if info.dihedral else 'no rotations/mirrors\t'}{info.description}"
+    )
+    if info.kind != "disallow":
+        text += f"\t({info.kind} list)"
+    if info.guarded:
+        text += f"\t{len(info.guarded)} entries under flood guard"
+    return text
+
+
+def _guard_lines(info: ListInfo) -> str:
+    return "".join(
+        f"\n  flood guard: {guard.id}\tsince {guard.since.isoformat()}\t{guard.recent_matches:.0f} recent matches "
+        f"(usual {guard.usual_matches:.1f}); confirm with `lookalike confirm {info.name} {guard.id}`"
+        for guard in info.guarded
     )
 
 
@@ -368,6 +538,7 @@ def cmd_lists(client: LookalikeClient, args: argparse.Namespace, output: Output)
             reject_threshold=args.reject_threshold,
             model=args.model or "",
             dihedral=args.dihedral,
+            kind=args.kind,
         )
         output.emit(list_record(info), f"created {_list_text(info)}")
     elif args.lists_command == "ls":
@@ -375,7 +546,7 @@ def cmd_lists(client: LookalikeClient, args: argparse.Namespace, output: Output)
             output.emit(list_record(info), _list_text(info))
     elif args.lists_command == "show":
         info = client.get_list(args.name)
-        output.emit(list_record(info), _list_text(info))
+        output.emit(list_record(info), _list_text(info) + _guard_lines(info))
     elif args.lists_command == "update":
         info = client.update_list(
             args.name,
@@ -519,6 +690,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--description", default="")
     dihedral_help = "match PDQ's rotations and mirrors of what is checked (default: on)"
     create.add_argument("--dihedral", action=argparse.BooleanOptionalAction, help=dihedral_help)
+    create.add_argument(
+        "--kind",
+        choices=("disallow", "allow"),
+        default="disallow",
+        help="allow: pictures never to flag (their matches outrank disallow matches)",
+    )
     lists_commands.add_parser("ls", parents=[common], help="list all lists")
     show = lists_commands.add_parser("show", parents=[common], help="show one list")
     show.add_argument("name")
@@ -542,6 +719,40 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--top-k", type=int, default=0, help="show up to N nearest entries, even below review")
     check.add_argument("--min-score", type=float, help="show matches scoring at least S")
     check.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="meta echoed back")
+    check.add_argument("--defer", action="store_true", help="queue the checks; print their ids (see `result`)")
+    check.add_argument("--callback-url", default="", metavar="URL", help="POST each result there, signed")
+
+    result = commands.add_parser("result", parents=[common], help="the stored result of checks, by id")
+    result.add_argument("ids", nargs="+", metavar="ID")
+    result.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait while a check is pending")
+
+    feedback = commands.add_parser("feedback", help="send and list feedback on checks")
+    feedback_commands = feedback.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
+    feedback_add = feedback_commands.add_parser("add", parents=[common], help="a verdict on a stored check")
+    feedback_add.add_argument("check_id", metavar="CHECK_ID")
+    feedback_add.add_argument("--verdict", required=True, choices=("false_positive", "missed_duplicate", "confirmed"))
+    feedback_add.add_argument("--entry", default="", help="the entry judged (default: the best flagging match)")
+    feedback_add.add_argument("--list", default="", help="the entry's list, when the check did not come near it")
+    feedback_add.add_argument("--note", default="")
+    feedback_ls = feedback_commands.add_parser("ls", parents=[common], help="list feedback, oldest first (admin)")
+    feedback_ls.add_argument("--list", default="", help="only feedback on this list")
+    feedback_ls.add_argument("--since", type=parse_time, metavar="TIME", help="ISO-8601 or unix seconds")
+
+    calibrate = commands.add_parser(
+        "calibrate", parents=[common], help="thresholds that would have avoided the reported errors (admin)"
+    )
+    calibrate.add_argument("list")
+    calibrate.add_argument("--apply", action="store_true", help="set the recommended thresholds (audited)")
+
+    confirm = commands.add_parser(
+        "confirm", parents=[common], help="lift the flood guard of entries: their match rate is normal (admin)"
+    )
+    confirm.add_argument("list")
+    confirm.add_argument("ids", nargs="+", metavar="ID")
+
+    webhooks = commands.add_parser("webhooks", help="webhook settings (admin)")
+    webhooks_commands = webhooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+    webhooks_commands.add_parser("secret", parents=[common], help="print the secret webhooks are signed with")
 
     def hash_arguments(command: argparse.ArgumentParser) -> None:
         command.add_argument("--pdq", default="", metavar="HEX", help="PDQ hash, 64 hex characters")
@@ -610,6 +821,11 @@ HANDLERS = {
     "entry": cmd_entry,
     "keys": cmd_keys,
     "audit": cmd_audit,
+    "result": cmd_result,
+    "feedback": cmd_feedback,
+    "calibrate": cmd_calibrate,
+    "confirm": cmd_confirm,
+    "webhooks": cmd_webhooks,
 }
 
 

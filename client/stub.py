@@ -7,6 +7,7 @@ trusts a given CA (or the system's) and may present a client certificate.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -20,10 +21,14 @@ from client.errors import InvalidArgument, LookalikeError, error_for_code
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from client.types import (
+    VERDICTS,
     AddResult,
     AuditRecord,
+    Calibration,
+    CheckRecord,
     CheckResult,
     Entry,
+    Feedback,
     ImageInput,
     KeyInfo,
     ListInfo,
@@ -204,9 +209,11 @@ class LookalikeClient:
         reject_threshold: float | None = None,
         model: str = "",
         dihedral: bool | None = None,
+        kind: str = "",
     ) -> ListInfo:
-        """`dihedral` (default true): checks also match the query's rotations and mirrors."""
-        request = pb.CreateListRequest(name=name, description=description, model=model)
+        """`dihedral` (default true): checks also match the query's rotations and mirrors.
+        `kind` "allow" makes an allow list: its matches never flag, and outrank disallow matches."""
+        request = pb.CreateListRequest(name=name, description=description, model=model, kind=kind)
         if dihedral is not None:
             request.dihedral = dihedral
         if review_threshold is not None:
@@ -363,9 +370,17 @@ class LookalikeClient:
         top_k: int = 0,
         min_score: float | None = None,
         request_id: str = "",
+        defer: bool = False,
+        callback_url: str = "",
     ) -> pb.CheckRequest:
         request = pb.CheckRequest(
-            image=image_message(image), lists=list(lists), meta=dict(meta or {}), top_k=top_k, request_id=request_id
+            image=image_message(image),
+            lists=list(lists),
+            meta=dict(meta or {}),
+            top_k=top_k,
+            request_id=request_id,
+            defer=defer,
+            callback_url=callback_url,
         )
         if min_score is not None:
             request.min_score = min_score
@@ -380,9 +395,24 @@ class LookalikeClient:
         top_k: int = 0,
         min_score: float | None = None,
         request_id: str = "",
+        defer: bool = False,
+        callback_url: str = "",
     ) -> CheckResult:
-        """Check one image against the named lists (every list when none is named)."""
-        request = self.check_request(image, lists, meta=meta, top_k=top_k, min_score=min_score, request_id=request_id)
+        """Check one image against the named lists (every list when none is named).
+
+        `defer`: answer at once with the check's id and status "pending" (`get_check` gives the result).
+        `callback_url`: also POST the result there, signed (see `client.webhooks`).
+        """
+        request = self.check_request(
+            image,
+            lists,
+            meta=meta,
+            top_k=top_k,
+            min_score=min_score,
+            request_id=request_id,
+            defer=defer,
+            callback_url=callback_url,
+        )
         return CheckResult.from_pb(_call(self._stub.Check, request, timeout=self.timeout))
 
     def check_many(self, requests: Iterable[pb.CheckRequest]) -> Iterator[tuple[int, CheckResult | LookalikeError]]:
@@ -392,6 +422,69 @@ class LookalikeClient:
                 yield reply.index, error_for_code(reply.error.code, reply.error.message, reply.error.reason)
             else:
                 yield reply.index, CheckResult.from_pb(reply.response)
+
+    # Stored checks, feedback, calibration, flood guard --------------------------
+
+    def get_check(self, check_id: str) -> CheckRecord:
+        """A stored check of this key's (any, for an admin): pending, done with its result, or failed."""
+        reply = _call(self._stub.GetCheck, pb.GetCheckRequest(id=check_id), timeout=self.timeout)
+        return CheckRecord.from_pb(reply)
+
+    def wait_for_check(self, check_id: str, timeout: float = 60.0, poll: float = 0.1) -> CheckRecord:
+        """Poll `get_check` until the check is no longer pending (or `timeout` seconds pass: it is returned pending)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.get_check(check_id)
+            if record.status != "pending" or time.monotonic() >= deadline:
+                return record
+            time.sleep(poll)
+
+    def submit_feedback(
+        self, check_id: str, verdict: str, *, entry_id: str = "", list_name: str = "", note: str = ""
+    ) -> Feedback:
+        """A verdict ("false_positive", "missed_duplicate", "confirmed") on an entry of a stored check.
+
+        `entry_id` empty: the check's best flagging match. `list_name` is needed only for an entry
+        the check did not come near (a missed duplicate).
+        """
+        if verdict not in VERDICTS:
+            raise InvalidArgument(
+                f"verdict {verdict!r} is unknown; use one of {', '.join(VERDICTS)}", "VERDICT_UNKNOWN"
+            )
+        request = pb.SubmitFeedbackRequest(
+            check_id=check_id, entry_id=entry_id, verdict=VERDICTS[verdict], note=note, list=list_name
+        )
+        return Feedback.from_pb(_call(self._stub.SubmitFeedback, request, timeout=self.timeout))
+
+    def feedback(
+        self, list_name: str = "", *, since: datetime | float | None = None, page_size: int = 0
+    ) -> Iterator[Feedback]:
+        """Feedback oldest first, on one list or all, from `since`, every page (admin)."""
+        request = pb.ListFeedbackRequest(list=list_name, limit=page_size)
+        if since is not None:
+            request.since.FromNanoseconds(int((since.timestamp() if isinstance(since, datetime) else since) * 1e9))
+        while True:
+            reply = _call(self._stub.ListFeedback, request, timeout=self.timeout)
+            for record in reply.feedback:
+                yield Feedback.from_pb(record)
+            if not reply.next_page_token:
+                return
+            request.page_token = reply.next_page_token
+
+    def calibrate(self, list_name: str, *, apply: bool = False) -> Calibration:
+        """Thresholds that would have avoided the reported errors, and their cost; `apply` sets them (admin)."""
+        request = pb.CalibrateRequest(list=list_name, apply=apply)
+        return Calibration.from_pb(_call(self._stub.Calibrate, request, timeout=self.timeout))
+
+    def confirm_entry(self, list_name: str, entry_id: str) -> Entry:
+        """Lift an entry's flood guard: its present match rate is declared usual (admin)."""
+        request = pb.ConfirmEntryRequest(list=list_name, id=entry_id)
+        return Entry.from_pb(_call(self._stub.ConfirmEntry, request, timeout=self.timeout))
+
+    def webhook_secret(self) -> str:
+        """The secret webhook signatures are made with, for receivers (admin)."""
+        reply = _call(self._stub.GetWebhookSecret, pb.GetWebhookSecretRequest(), timeout=self.timeout)
+        return str(reply.secret)
 
     # Keys and audit (admin) ----------------------------------------------------
 

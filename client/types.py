@@ -10,6 +10,20 @@ from typing import Any
 from client.lookalike_pb import lookalike_pb2 as pb
 
 DECISION_NAMES = {pb.ACCEPT: "accept", pb.REVIEW: "review", pb.REJECT: "reject", pb.DECISION_UNSPECIFIED: "accept"}
+CHECK_STATUS_NAMES = {
+    pb.CHECK_PENDING: "pending",
+    pb.CHECK_DONE: "done",
+    pb.CHECK_FAILED: "failed",
+    pb.CHECK_STATUS_UNSPECIFIED: "done",  # servers before deferred checks answered only finished ones
+}
+DELIVERY_STATE_NAMES = {
+    pb.DELIVERY_PENDING: "pending",
+    pb.DELIVERY_DELIVERED: "delivered",
+    pb.DELIVERY_FAILED: "failed",
+    pb.DELIVERY_STATE_UNSPECIFIED: "",
+}
+VERDICTS = {"false_positive": pb.FALSE_POSITIVE, "missed_duplicate": pb.MISSED_DUPLICATE, "confirmed": pb.CONFIRMED}
+VERDICT_NAMES = {value: name for name, value in VERDICTS.items()} | {pb.VERDICT_UNSPECIFIED: ""}
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,20 @@ class Hashes:
 
 
 @dataclass(frozen=True)
+class GuardedEntry:
+    """An entry under flood guard: it matched far more often than usual, so its rejects go to review."""
+
+    id: str
+    since: datetime
+    recent_matches: float
+    usual_matches: float
+
+    @classmethod
+    def from_pb(cls, message: pb.GuardedEntry) -> GuardedEntry:
+        return cls(message.id, _time(message.since), message.recent_matches, message.usual_matches)
+
+
+@dataclass(frozen=True)
 class ListInfo:
     name: str
     description: str
@@ -82,6 +110,8 @@ class ListInfo:
     created: datetime
     dihedral: bool = True
     """Checks also match PDQ's rotations and mirrors of the query."""
+    kind: str = "disallow"
+    guarded: list[GuardedEntry] = field(default_factory=list)
 
     @classmethod
     def from_pb(cls, message: pb.ListInfo) -> ListInfo:
@@ -94,6 +124,8 @@ class ListInfo:
             message.entry_count,
             _time(message.created),
             message.dihedral,
+            message.kind or "disallow",
+            [GuardedEntry.from_pb(g) for g in message.guarded],
         )
 
 
@@ -120,6 +152,7 @@ class Entry:
     model: str
     embedding: bytes = field(default=b"", repr=False)
     """float32 little-endian; only from an export with embeddings."""
+    guard: GuardedEntry | None = None
 
     @classmethod
     def from_pb(cls, message: pb.Entry) -> Entry:
@@ -131,6 +164,7 @@ class Entry:
             _time(message.created),
             message.model,
             message.embedding,
+            GuardedEntry.from_pb(message.guard) if message.HasField("guard") else None,
         )
 
 
@@ -163,6 +197,8 @@ class Match:
     score: float
     evidence: Evidence
     decision: str
+    list_kind: str = "disallow"
+    guarded: bool = False
 
     @classmethod
     def from_pb(cls, message: pb.Match) -> Match:
@@ -173,12 +209,40 @@ class Match:
             message.score,
             Evidence.from_pb(message.evidence),
             DECISION_NAMES[message.decision],
+            message.list_kind or "disallow",
+            message.guarded,
+        )
+
+
+@dataclass(frozen=True)
+class Downgrade:
+    """Why a decision is milder than the matches alone would make it: `cause` is "allow_list" or "flood_guard"."""
+
+    cause: str
+    list: str
+    id: str
+    before: str
+    after: str
+    reason: str
+
+    @classmethod
+    def from_pb(cls, message: pb.Downgrade) -> Downgrade:
+        return cls(
+            message.cause,
+            message.list,
+            message.id,
+            DECISION_NAMES[message.before],
+            DECISION_NAMES[message.after],
+            message.reason,
         )
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    """A check's reply: the decision, the matches best first, and the image's hashes."""
+    """A check's reply: the decision, the matches best first, and the image's hashes.
+
+    A deferred check answers with `status` "pending" and only its `id`; `get_check(id)` gives the result.
+    """
 
     id: str
     timestamp: datetime
@@ -190,6 +254,8 @@ class CheckResult:
     meta: dict[str, str]
     hashes: Hashes
     raw: pb.CheckResponse = field(repr=False, compare=False)
+    status: str = "done"
+    downgrades: list[Downgrade] = field(default_factory=list)
 
     @classmethod
     def from_pb(cls, message: pb.CheckResponse) -> CheckResult:
@@ -204,6 +270,140 @@ class CheckResult:
             dict(message.meta),
             Hashes.from_pb(message.hashes),
             message,
+            CHECK_STATUS_NAMES[message.status],
+            [Downgrade.from_pb(d) for d in message.downgrades],
+        )
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """A webhook's state: `state` is "pending" (retried with backoff), "delivered" or "failed" (gave up)."""
+
+    url: str
+    state: str
+    attempts: int
+    last_error: str
+    last_status: int
+    next_attempt: datetime | None
+    delivered: datetime | None
+
+    @classmethod
+    def from_pb(cls, message: pb.WebhookDelivery) -> WebhookDelivery:
+        return cls(
+            message.url,
+            DELIVERY_STATE_NAMES[message.state],
+            message.attempts,
+            message.last_error,
+            message.last_status,
+            _time(message.next_attempt) if message.HasField("next_attempt") else None,
+            _time(message.delivered) if message.HasField("delivered") else None,
+        )
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """A stored check: `status` "pending", "done" (with `result`) or "failed" (with `error`: code, message, reason)."""
+
+    id: str
+    status: str
+    result: CheckResult | None
+    error: dict[str, str] | None
+    submitted: datetime
+    completed: datetime | None
+    expires: datetime | None
+    delivery: WebhookDelivery | None
+
+    @classmethod
+    def from_pb(cls, message: pb.CheckRecord) -> CheckRecord:
+        error = message.error
+        return cls(
+            message.id,
+            CHECK_STATUS_NAMES[message.status],
+            CheckResult.from_pb(message.result) if message.HasField("result") else None,
+            {"code": error.code, "message": error.message, "reason": error.reason}
+            if message.HasField("error")
+            else None,
+            _time(message.submitted),
+            _time(message.completed) if message.HasField("completed") else None,
+            _time(message.expires) if message.HasField("expires") else None,
+            WebhookDelivery.from_pb(message.delivery) if message.HasField("delivery") else None,
+        )
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """An operator's verdict ("false_positive", "missed_duplicate", "confirmed") on one entry of one check."""
+
+    time: datetime
+    key_id: str
+    check_id: str
+    list: str
+    entry_id: str
+    verdict: str
+    note: str
+    score: float | None
+    decision: str
+
+    @classmethod
+    def from_pb(cls, message: pb.Feedback) -> Feedback:
+        return cls(
+            _time(message.time),
+            message.key_id,
+            message.check_id,
+            message.list,
+            message.entry_id,
+            VERDICT_NAMES[message.verdict],
+            message.note,
+            message.score if message.HasField("score") else None,
+            DECISION_NAMES[message.decision],
+        )
+
+
+@dataclass(frozen=True)
+class ThresholdAdvice:
+    current: float
+    recommended: float
+    errors_avoided: int
+    errors_left: int
+    confirmed_affected: int
+    checks_affected: int
+
+    @classmethod
+    def from_pb(cls, message: pb.ThresholdAdvice) -> ThresholdAdvice:
+        return cls(
+            message.current,
+            message.recommended,
+            message.errors_avoided,
+            message.errors_left,
+            message.confirmed_affected,
+            message.checks_affected,
+        )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Recommended review and reject thresholds of a list, what each fixes and costs, and whether applied."""
+
+    list: str
+    review: ThresholdAdvice
+    reject: ThresholdAdvice
+    checks_seen: int
+    feedback_seen: int
+    applied: bool
+    notes: tuple[str, ...]
+    info: ListInfo
+
+    @classmethod
+    def from_pb(cls, message: pb.CalibrateResponse) -> Calibration:
+        return cls(
+            message.list,
+            ThresholdAdvice.from_pb(message.review),
+            ThresholdAdvice.from_pb(message.reject),
+            message.checks_seen,
+            message.feedback_seen,
+            message.applied,
+            tuple(message.notes),
+            ListInfo.from_pb(message.info),
         )
 
 

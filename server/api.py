@@ -6,6 +6,7 @@ import functools
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -14,20 +15,52 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from client.errors import Cancelled, DeadlineExceeded, InvalidArgument, LookalikeError, ResourceExhausted
+from client.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    LookalikeError,
+    NotFound,
+    ResourceExhausted,
+)
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
-from server.auth import Access, Action, Caller
+from server.auth import ADMIN, Access, Action, Caller
+from server.checks import DONE, CheckLedger, CheckOrder, StoredCheck
 from server.config import ServerConfig
+from server.feedback import (
+    CONFIRMED,
+    FALSE_POSITIVE,
+    MISSED_DUPLICATE,
+    Calibration,
+    FeedbackBook,
+    FeedbackRecord,
+    ThresholdAdvice,
+    calibrate,
+    validate_note,
+)
+from server.fetch import check_url
 from server.fingerprint import Hashes
+from server.flood import Guard
 from server.hashes import HashAdd
-from server.service import REJECT, REVIEW, AddRequest, CheckResult, LookalikeService, Match, raise_if_abandoned
+from server.service import (
+    REJECT,
+    REVIEW,
+    AddRequest,
+    CheckResult,
+    Downgrade,
+    LookalikeService,
+    Match,
+    raise_if_abandoned,
+)
 from server.sources import image_bytes
-from server.store import AddOutcome, AuditRecord, EntryRecord, KeyRecord, ListRecord
+from server.store import LIST_KIND_ALLOW, AddOutcome, AuditRecord, EntryRecord, KeyRecord, ListRecord
+from server.webhooks import Delivery
 
 log = logging.getLogger(__name__)
 ERROR_DOMAIN = "lookalike.v1"
@@ -35,6 +68,10 @@ READER_POLL_SECONDS = 0.1
 """How often a stream's reader, blocked on a full queue, checks whether the stream has ended."""
 SERVICE = pb.DESCRIPTOR.services_by_name["Lookalike"].full_name
 DECISIONS = {"accept": pb.ACCEPT, "review": pb.REVIEW, "reject": pb.REJECT}
+CHECK_STATUSES = {"pending": pb.CHECK_PENDING, "done": pb.CHECK_DONE, "failed": pb.CHECK_FAILED}
+DELIVERY_STATES = {"pending": pb.DELIVERY_PENDING, "delivered": pb.DELIVERY_DELIVERED, "failed": pb.DELIVERY_FAILED}
+VERDICTS = {pb.FALSE_POSITIVE: FALSE_POSITIVE, pb.MISSED_DUPLICATE: MISSED_DUPLICATE, pb.CONFIRMED: CONFIRMED}
+VERDICT_MESSAGES = {name: value for value, name in VERDICTS.items()}
 T = TypeVar("T")
 R = TypeVar("R")
 AUDIT_PAGE_DEFAULT = 1000
@@ -165,7 +202,7 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def list_info(record: ListRecord) -> pb.ListInfo:
+def list_info(record: ListRecord, guarded: Iterable[Guard] = ()) -> pb.ListInfo:
     return pb.ListInfo(
         name=record.name,
         description=record.description,
@@ -175,6 +212,14 @@ def list_info(record: ListRecord) -> pb.ListInfo:
         entry_count=record.entry_count,
         created=timestamp(record.created),
         dihedral=record.dihedral,
+        kind=record.kind,
+        guarded=[guard_message(guard) for guard in guarded],
+    )
+
+
+def guard_message(guard: Guard) -> pb.GuardedEntry:
+    return pb.GuardedEntry(
+        id=guard.entry_id, since=timestamp(guard.since), recent_matches=guard.recent, usual_matches=guard.usual
     )
 
 
@@ -194,8 +239,10 @@ def entry_hashes(entry: EntryRecord) -> pb.Hashes:
     )
 
 
-def entry_message(list_name: str, entry: EntryRecord, embedding: bytes | None = None) -> pb.Entry:
-    return pb.Entry(
+def entry_message(
+    list_name: str, entry: EntryRecord, embedding: bytes | None = None, guard: Guard | None = None
+) -> pb.Entry:
+    message = pb.Entry(
         list=list_name,
         id=entry.id,
         hashes=entry_hashes(entry),
@@ -204,6 +251,9 @@ def entry_message(list_name: str, entry: EntryRecord, embedding: bytes | None = 
         model=entry.model,
         embedding=embedding or b"",
     )
+    if guard is not None:
+        message.guard.CopyFrom(guard_message(guard))
+    return message
 
 
 def hash_add(message: pb.HashEntry) -> HashAdd:
@@ -238,6 +288,19 @@ def match_message(match: Match) -> pb.Match:
         score=match.score,
         evidence=evidence,
         decision=DECISIONS[match.decision],
+        list_kind=match.list_kind,
+        guarded=match.guarded,
+    )
+
+
+def downgrade_message(downgrade: Downgrade) -> pb.Downgrade:
+    return pb.Downgrade(
+        cause=downgrade.cause,
+        list=downgrade.list,
+        id=downgrade.entry_id,
+        before=DECISIONS[downgrade.before],
+        after=DECISIONS[downgrade.after],
+        reason=downgrade.reason,
     )
 
 
@@ -251,6 +314,97 @@ def check_response(result: CheckResult) -> pb.CheckResponse:
         matches=[match_message(m) for m in result.matches],
         meta=result.meta,
         hashes=hashes_message(result.hashes),
+        status=pb.CHECK_DONE,
+        downgrades=[downgrade_message(d) for d in result.downgrades],
+    )
+
+
+def pending_response(check: StoredCheck) -> pb.CheckResponse:
+    """The immediate answer to a deferred check: its id, and that it is pending (or done, when resubmitted)."""
+    if check.result is not None:
+        return check_response(check.result)
+    meta = check.order.meta if check.order is not None else {}
+    return pb.CheckResponse(
+        id=check.id,
+        request=pb.RequestInfo(request_id=check.id, timestamp=timestamp(check.submitted)),
+        meta=meta,
+        status=CHECK_STATUSES[check.status],
+    )
+
+
+def delivery_message(delivery: Delivery) -> pb.WebhookDelivery:
+    message = pb.WebhookDelivery(
+        url=delivery.url,
+        state=DELIVERY_STATES[delivery.state],
+        attempts=delivery.attempts,
+        last_error=delivery.last_error,
+        last_status=delivery.last_status,
+    )
+    if delivery.state == "pending":
+        message.next_attempt.CopyFrom(timestamp(delivery.next_attempt))
+    if delivery.delivered:
+        message.delivered.CopyFrom(timestamp(delivery.delivered))
+    return message
+
+
+def check_record_message(check: StoredCheck, delivery: Delivery | None = None) -> pb.CheckRecord:
+    message = pb.CheckRecord(id=check.id, status=CHECK_STATUSES[check.status], submitted=timestamp(check.submitted))
+    if check.result is not None:
+        message.result.CopyFrom(check_response(check.result))
+    if check.error is not None:
+        message.error.CopyFrom(pb.ItemError(**check.error))
+    if check.completed:
+        message.completed.CopyFrom(timestamp(check.completed))
+    if check.expires:
+        message.expires.CopyFrom(timestamp(check.expires))
+    if delivery is not None:
+        message.delivery.CopyFrom(delivery_message(delivery))
+    return message
+
+
+def webhook_body(check: StoredCheck) -> bytes:
+    """What a webhook POSTs: the check record as protobuf JSON (field names as in the .proto)."""
+    message = check_record_message(check)
+    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=None).encode()
+
+
+def feedback_message(record: FeedbackRecord) -> pb.Feedback:
+    message = pb.Feedback(
+        time=timestamp(record.time),
+        key_id=record.key_id,
+        check_id=record.check_id,
+        list=record.list,
+        entry_id=record.entry_id,
+        verdict=VERDICT_MESSAGES[record.verdict],
+        note=record.note,
+        decision=DECISIONS.get(record.decision, pb.DECISION_UNSPECIFIED),
+    )
+    if record.score is not None:
+        message.score = record.score
+    return message
+
+
+def advice_message(advice: ThresholdAdvice) -> pb.ThresholdAdvice:
+    return pb.ThresholdAdvice(
+        current=advice.current,
+        recommended=advice.recommended,
+        errors_avoided=advice.errors_avoided,
+        errors_left=advice.errors_left,
+        confirmed_affected=advice.confirmed_affected,
+        checks_affected=advice.checks_affected,
+    )
+
+
+def calibration_message(calibration: Calibration, applied: bool, info: pb.ListInfo) -> pb.CalibrateResponse:
+    return pb.CalibrateResponse(
+        list=calibration.list_name,
+        review=advice_message(calibration.review),
+        reject=advice_message(calibration.reject),
+        checks_seen=calibration.checks_seen,
+        feedback_seen=calibration.feedback_seen,
+        applied=applied,
+        notes=calibration.notes,
+        info=info,
     )
 
 
@@ -298,12 +452,24 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     """Thin translation layer over `LookalikeService`; every method first asks `access` who calls."""
 
     def __init__(
-        self, service: LookalikeService, config: ServerConfig, executor: ThreadPoolExecutor, access: Access
+        self,
+        service: LookalikeService,
+        config: ServerConfig,
+        executor: ThreadPoolExecutor,
+        access: Access,
+        *,
+        checks: CheckLedger,
+        feedback: FeedbackBook,
     ) -> None:
         self.service = service
         self.config = config
         self.executor = executor
         self.access = access
+        self.checks = checks
+        self.feedback = feedback
+
+    def _list_info(self, record: ListRecord) -> pb.ListInfo:
+        return list_info(record, self.service.flood.guarded(record.uid))
 
     def _image(self, image: pb.Image) -> bytes:
         kind = image.WhichOneof("source")
@@ -322,19 +488,20 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
             request.model,
             actor=caller.key_id,
             dihedral=request.dihedral if request.HasField("dihedral") else True,
+            kind=request.kind,
         )
-        return list_info(record)
+        return self._list_info(record)
 
     @rpc
     def GetList(self, request: pb.GetListRequest, context: grpc.ServicerContext) -> pb.ListInfo:
         self.access.authorize(context, "GetList", [request.name])
-        return list_info(self.service.store.get_list(request.name))
+        return self._list_info(self.service.store.get_list(request.name))
 
     @rpc
     def ListLists(self, request: pb.ListListsRequest, context: grpc.ServicerContext) -> pb.ListListsResponse:
         caller = self.access.authorize(context, "ListLists")
         visible = [r for r in self.service.store.lists() if caller.may_use(r.name)]
-        return pb.ListListsResponse(lists=[list_info(r) for r in sorted(visible, key=lambda r: r.name)])
+        return pb.ListListsResponse(lists=[self._list_info(r) for r in sorted(visible, key=lambda r: r.name)])
 
     @rpc
     def UpdateList(self, request: pb.UpdateListRequest, context: grpc.ServicerContext) -> pb.ListInfo:
@@ -347,7 +514,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
             actor=caller.key_id,
             dihedral=_optional(request, "dihedral"),
         )
-        return list_info(record)
+        return self._list_info(record)
 
     @rpc
     def DeleteList(self, request: pb.DeleteListRequest, context: grpc.ServicerContext) -> pb.DeleteListResponse:
@@ -394,7 +561,9 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     @rpc
     def GetEntry(self, request: pb.GetEntryRequest, context: grpc.ServicerContext) -> pb.Entry:
         self.access.authorize(context, "GetEntry", [request.list])
-        return entry_message(request.list, self.service.store.get_entry(request.list, request.id))
+        entry = self.service.store.get_entry(request.list, request.id)
+        guard = self.service.flood.guard_of(self.service.store.get_list(request.list).uid, entry.seq)
+        return entry_message(request.list, entry, guard=guard)
 
     @rpc
     def RemoveEntry(self, request: pb.RemoveEntryRequest, context: grpc.ServicerContext) -> pb.RemoveEntryResponse:
@@ -459,6 +628,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
             request.request_id,
             scope=caller.lists,
         )
+        self.checks.record(result, caller.key_id)  # kept like any check's, for GetCheck and feedback
         return check_response(result)
 
     # Checks --------------------------------------------------------------
@@ -475,10 +645,42 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
             scope=caller.lists,
         )
 
+    def _answer(self, request: pb.CheckRequest, caller: Caller) -> pb.CheckResponse:
+        """Run a check (or queue it, with `defer`), store its result and, with a callback URL, its webhook."""
+        if request.callback_url:
+            self.checks.validate_callback(request.callback_url)
+        if request.defer:
+            return pending_response(self._defer(request, caller))
+        if request.callback_url and request.request_id:
+            self.checks.claimable(request.request_id, caller.key_id)
+        result = self._check(request, caller)
+        self.checks.record(result, caller.key_id, request.callback_url)
+        return check_response(result)
+
+    def _defer(self, request: pb.CheckRequest, caller: Caller) -> StoredCheck:
+        """Refuse now what would fail for sure (bad lists or limits, an unreachable image URL); queue the rest."""
+        min_score = _optional(request, "min_score")
+        self.service.validate_check(list(request.lists), dict(request.meta), request.top_k, min_score)
+        source = request.image.WhichOneof("source")
+        url = request.image.url if source == "url" else ""
+        if url:
+            check_url(url, self.config.allow_private_urls, self.config.url_timeout)
+        order = CheckOrder(
+            lists=list(request.lists),
+            meta=dict(request.meta),
+            top_k=request.top_k,
+            min_score=min_score,
+            scope=None if caller.lists is None else sorted(caller.lists),
+            url=url,
+        )
+        data = None if url else self._image(request.image)
+        check_id = request.request_id or uuid.uuid4().hex
+        return self.checks.defer(check_id, caller.key_id, order, data, request.callback_url)
+
     @rpc
     def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
         caller = self.access.authorize(context, "Check", list(request.lists))
-        return check_response(self._check(request, caller))
+        return self._answer(request, caller)
 
     @stream_rpc
     def CheckStream(
@@ -486,16 +688,16 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     ) -> Iterator[pb.CheckStreamResult]:
         caller = self.access.authorize(context, "CheckStream")
 
-        def prepare(request: pb.CheckRequest) -> CheckResult:
+        def prepare(request: pb.CheckRequest) -> pb.CheckResponse:
             self.access.require(caller, Action.CHECK, list(request.lists))
-            return self._check(request, caller)
+            return self._answer(request, caller)
 
         def finish(done: list[tuple[Any, Any]]) -> Iterator[pb.CheckStreamResult]:
             for request, outcome in done:
                 if isinstance(outcome, Exception):
                     yield pb.CheckStreamResult(index=request.index, error=_item_error(outcome))
                 else:
-                    yield pb.CheckStreamResult(index=request.index, response=check_response(outcome))
+                    yield pb.CheckStreamResult(index=request.index, response=outcome)
 
         yield from self._pipeline(requests, context, prepare, finish)
 
@@ -527,6 +729,135 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
             request.list, since, request.limit or AUDIT_PAGE_DEFAULT, request.page_token
         )
         return pb.ListAuditResponse(records=[audit_message(r) for r in records], next_page_token=next_token)
+
+    # Stored checks, feedback, calibration, flood guard ---------------------------
+
+    def _readable_check(self, check_id: str, caller: Caller) -> StoredCheck:
+        """A stored check its caller may read: its own, or any for an admin; others read as not found."""
+        check = self.checks.get(check_id)
+        if caller.role != ADMIN and check.owner != caller.key_id:
+            raise NotFound(f"check {check_id!r} does not exist (or has expired)", "CHECK_NOT_FOUND")
+        return check
+
+    @rpc
+    def GetCheck(self, request: pb.GetCheckRequest, context: grpc.ServicerContext) -> pb.CheckRecord:
+        caller = self.access.authorize(context, "GetCheck")
+        check = self._readable_check(request.id, caller)
+        delivery = self.checks.outbox.get(check.id) if check.callback_url else None
+        return check_record_message(check, delivery)
+
+    @rpc
+    def SubmitFeedback(self, request: pb.SubmitFeedbackRequest, context: grpc.ServicerContext) -> pb.Feedback:
+        caller = self.access.authorize(context, "SubmitFeedback")
+        verdict = VERDICTS.get(request.verdict)
+        if verdict is None:
+            raise InvalidArgument(
+                "verdict is missing: FALSE_POSITIVE, MISSED_DUPLICATE or CONFIRMED", "VERDICT_MISSING"
+            )
+        validate_note(request.note)
+        check = self._readable_check(request.check_id, caller)
+        if check.status != DONE or check.result is None:
+            raise FailedPrecondition(
+                f"check {check.id!r} is {check.status}: feedback needs a finished check", "CHECK_NOT_DONE"
+            )
+        list_name, entry_id, score = self._judged_entry(check.result, request, verdict)
+        caller.require(Action.CHECK, [list_name])
+        record = FeedbackRecord(
+            time.time(),
+            caller.key_id,
+            check.id,
+            list_name,
+            entry_id,
+            verdict,
+            request.note,
+            score,
+            check.result.decision,
+        )
+        return feedback_message(self.feedback.add(record))
+
+    def _judged_entry(
+        self, result: CheckResult, request: pb.SubmitFeedbackRequest, verdict: str
+    ) -> tuple[str, str, float | None]:
+        """(list, entry id, its score in the check) that feedback is about."""
+        if not request.entry_id:
+            if verdict == MISSED_DUPLICATE:
+                raise InvalidArgument("a missed duplicate needs the entry it copies (entry_id)", "ENTRY_ID_MISSING")
+            flagged = [m for m in result.matches if m.decision != "accept" and m.list_kind != LIST_KIND_ALLOW]
+            if not flagged:
+                raise InvalidArgument(
+                    "the check flagged no entry; name the entry the feedback is about (entry_id)", "ENTRY_ID_MISSING"
+                )
+            return flagged[0].list, flagged[0].entry.id, flagged[0].score
+        for candidate in result.candidates:
+            if candidate.id == request.entry_id and request.list in ("", candidate.list):
+                return candidate.list, candidate.id, candidate.score
+        for match in result.matches:
+            if match.entry.id == request.entry_id and request.list in ("", match.list):
+                return match.list, match.entry.id, match.score
+        if not request.list:
+            raise NotFound(
+                f"entry {request.entry_id!r} is not among the check's matches; name its list", "ENTRY_NOT_IN_CHECK"
+            )
+        if verdict != MISSED_DUPLICATE:
+            raise InvalidArgument(
+                f"entry {request.entry_id!r} did not match in this check: only a missed duplicate can name it",
+                "ENTRY_NOT_IN_CHECK",
+            )
+        self.service.store.get_entry(request.list, request.entry_id)  # NOT_FOUND when it is not on the list
+        return request.list, request.entry_id, None
+
+    @rpc
+    def ListFeedback(self, request: pb.ListFeedbackRequest, context: grpc.ServicerContext) -> pb.ListFeedbackResponse:
+        self.access.authorize(context, "ListFeedback")
+        if not 0 <= request.limit <= AUDIT_PAGE_MAX:
+            raise InvalidArgument(f"limit must lie in [0, {AUDIT_PAGE_MAX}], got {request.limit}", "LIMIT_OUT_OF_RANGE")
+        since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else 0.0
+        records, next_token = self.feedback.page(
+            request.list, since, request.limit or AUDIT_PAGE_DEFAULT, request.page_token
+        )
+        return pb.ListFeedbackResponse(feedback=[feedback_message(r) for r in records], next_page_token=next_token)
+
+    @rpc
+    def Calibrate(self, request: pb.CalibrateRequest, context: grpc.ServicerContext) -> pb.CalibrateResponse:
+        caller = self.access.authorize(context, "Calibrate", [request.list])
+        record = self.service.store.get_list(request.list)
+        if record.kind == LIST_KIND_ALLOW:
+            raise FailedPrecondition(
+                f"list {record.name!r} is an allow list: its matches never flag, so there is nothing to calibrate",
+                "LIST_KIND_ALLOW",
+            )
+        scores = []
+        for check in self.checks.finished():
+            if check.result is None or check.submitted < record.created:
+                continue
+            mine = [c.score for c in check.result.candidates if c.list == record.name]
+            if mine:
+                scores.append(max(mine))
+        calibration = calibrate(record, self.feedback.for_list(record.name), scores)
+        applied = False
+        if request.apply and calibration.changes:
+            record = self.service.store.update_list(
+                record.name,
+                review_threshold=calibration.review.recommended,
+                reject_threshold=calibration.reject.recommended,
+                actor=caller.key_id,
+                cause="calibrate",
+            )
+            applied = True
+        return calibration_message(calibration, applied, self._list_info(record))
+
+    @rpc
+    def ConfirmEntry(self, request: pb.ConfirmEntryRequest, context: grpc.ServicerContext) -> pb.Entry:
+        caller = self.access.authorize(context, "ConfirmEntry", [request.list])
+        entry = self.service.confirm_entry(request.list, request.id, actor=caller.key_id)
+        return entry_message(request.list, entry)
+
+    @rpc
+    def GetWebhookSecret(
+        self, request: pb.GetWebhookSecretRequest, context: grpc.ServicerContext
+    ) -> pb.GetWebhookSecretResponse:
+        self.access.authorize(context, "GetWebhookSecret")
+        return pb.GetWebhookSecretResponse(secret=self.checks.outbox.secret)
 
     # Streams ---------------------------------------------------------------
 

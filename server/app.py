@@ -19,14 +19,18 @@ from client.errors import LookalikeError
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from index import configure_threads
-from server.api import LookalikeServicer, MalformedRequestInterceptor
+from server.api import LookalikeServicer, MalformedRequestInterceptor, webhook_body
 from server.auth import Access, is_loopback_listen, require_safe_listen, server_credentials
+from server.checks import CheckLedger
 from server.config import ServerConfig, parse_config
+from server.feedback import FeedbackBook
+from server.flood import FloodSettings
 from server.indexes import SNAPSHOT_SHARE
 from server.metrics import Metrics
 from server.observability import RequestObserver
 from server.service import LookalikeService
 from server.store import Store
+from server.webhooks import WebhookOutbox
 from server.workers import FingerprintWorkers
 
 log = logging.getLogger("lookalike")
@@ -47,6 +51,8 @@ class RunningServer:
     metrics: Metrics | None = None
     metrics_http: WSGIServer | None = None
     """The `/metrics` endpoint when `--metrics-listen` is set."""
+    checks: CheckLedger | None = None
+    """Stored and deferred checks, webhooks, the expiry sweep."""
 
     @property
     def metrics_port(self) -> int | None:
@@ -57,6 +63,8 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         _close_http(self.metrics_http)
+        if self.checks is not None:
+            self.checks.stop()
         self._stop_snapshots.set()
         if self._snapshotter is not None:
             self._snapshotter.join()
@@ -109,8 +117,15 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         log.warning("listening on %s without TLS: API keys and images cross the network in clear", config.listen)
     models = sorted({record.model for record in store.lists()} | {config.default_model})
     workers = FingerprintWorkers(config.max_pixels, config.workers, models)
-    service = LookalikeService(store, workers, config.default_model, config.cpu_slots, metrics)
+    flood = FloodSettings(
+        config.flood_min_matches, config.flood_factor, config.flood_short_window, config.flood_long_window
+    )
+    service = LookalikeService(
+        store, workers, config.default_model, config.cpu_slots, metrics, flood=flood, allow_margin=config.allow_margin
+    )
     metrics.watch_lists(service.list_sizes)
+    checks = CheckLedger(store, service, config, WebhookOutbox(store, config, metrics), webhook_body)
+    metrics.watch_queues(service.flood.counts_by_list, lambda: checks.pending, lambda: checks.outbox.pending)
     ready = threading.Event()
     executor = ThreadPoolExecutor(max_workers=max(2, 2 * config.cpu_slots), thread_name_prefix="fingerprint")
     options = [
@@ -128,7 +143,8 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    pb_grpc.add_LookalikeServicer_to_server(LookalikeServicer(service, config, executor, access), server)
+    servicer = LookalikeServicer(service, config, executor, access, checks=checks, feedback=FeedbackBook(store))
+    pb_grpc.add_LookalikeServicer_to_server(servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
@@ -146,13 +162,22 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     if on_listening is not None:
         on_listening(port)
     service.load()
+    checks.start()
     ready.set()
     metrics.ready.set(1)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     stop_snapshots = threading.Event()
     running = RunningServer(
-        server, port, service, health_servicer, executor, stop_snapshots, metrics=metrics, metrics_http=metrics_http
+        server,
+        port,
+        service,
+        health_servicer,
+        executor,
+        stop_snapshots,
+        metrics=metrics,
+        metrics_http=metrics_http,
+        checks=checks,
     )
     running._snapshotter = threading.Thread(
         target=_snapshot_loop, args=(service, config, stop_snapshots), name="snapshots", daemon=True

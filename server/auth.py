@@ -52,6 +52,9 @@ class Action(StrEnum):
     CHECK = "check images"
     MANAGE_KEYS = "manage keys"
     READ_AUDIT = "read the audit log"
+    READ_FEEDBACK = "read feedback"
+    CALIBRATE = "calibrate thresholds"
+    CONFIRM_ENTRIES = "confirm flood-guarded entries"
 
 
 METHOD_ACTIONS: dict[str, Action] = {
@@ -74,6 +77,13 @@ METHOD_ACTIONS: dict[str, Action] = {
     "ListKeys": Action.MANAGE_KEYS,
     "RevokeKey": Action.MANAGE_KEYS,
     "ListAudit": Action.READ_AUDIT,
+    # A caller reads, and sends feedback on, its own checks only (admin: any).
+    "GetCheck": Action.CHECK,
+    "SubmitFeedback": Action.CHECK,
+    "ListFeedback": Action.READ_FEEDBACK,
+    "Calibrate": Action.CALIBRATE,
+    "ConfirmEntry": Action.CONFIRM_ENTRIES,
+    "GetWebhookSecret": Action.MANAGE_KEYS,
 }
 """Every RPC of the Lookalike service and what it needs; a test checks none is missing."""
 

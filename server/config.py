@@ -56,6 +56,29 @@ class ServerConfig:
     """Calls in flight (running or waiting for a worker thread); past it new calls are refused at once."""
     metrics_listen: str = ""
     """HOST:PORT of the Prometheus metrics endpoint; empty: off."""
+    check_retention: float = 7 * 86400.0
+    """Seconds a check's result (never its image) is kept for GetCheck, feedback and calibration."""
+    deferred_workers: int = 2
+    """Threads that run deferred checks (the fingerprinting itself still takes a CPU slot)."""
+    max_pending_checks: int = 10_000
+    """Deferred checks waiting at once (their images are stored until run); more are refused."""
+    sweep_interval: float = 60.0
+    """Seconds between passes that delete expired checks and save flood-guard rates."""
+    webhook_secret: str = ""
+    """Key of the webhook signatures; empty: one is made once and kept in the data folder."""
+    webhook_max_attempts: int = 8
+    webhook_backoff: float = 5.0
+    """Seconds before the first retry of a webhook; doubled each time, with jitter."""
+    webhook_backoff_max: float = 3600.0
+    webhook_timeout: float = 10.0
+    allow_margin: float = 0.1
+    """How much better than the best allow-list match a disallow match must score to keep a reject."""
+    flood_min_matches: int = 25
+    """Reject-level matches of one entry within the short window before the flood guard may trip; 0: off."""
+    flood_factor: float = 20.0
+    """The guard trips when an entry's recent match rate exceeds its usual rate this many times."""
+    flood_short_window: float = 600.0
+    flood_long_window: float = 86400.0
 
 
 _HELP = {
@@ -82,6 +105,20 @@ _HELP = {
     "max_batch_images": "most images one AddEntries/CheckStream stream may carry",
     "max_concurrent_requests": "calls in flight at once; more are refused with RESOURCE_EXHAUSTED",
     "metrics_listen": "HOST:PORT serving Prometheus metrics at /metrics, e.g. 127.0.0.1:9464 (empty: off)",
+    "check_retention": "seconds check results are kept (for GetCheck, feedback and calibration)",
+    "deferred_workers": "threads running deferred checks",
+    "max_pending_checks": "deferred checks waiting at once; more are refused with RESOURCE_EXHAUSTED",
+    "sweep_interval": "seconds between passes deleting expired checks",
+    "webhook_secret": "HMAC-SHA256 key signing webhooks (empty: made once, kept in the data folder)",
+    "webhook_max_attempts": "attempts to deliver one webhook before giving up",
+    "webhook_backoff": "seconds before a webhook's first retry; doubled each retry, with jitter",
+    "webhook_backoff_max": "longest wait between webhook retries in seconds",
+    "webhook_timeout": "seconds allowed for one webhook POST",
+    "allow_margin": "score by which a disallow match must beat the best allow-list match to keep a reject",
+    "flood_min_matches": "reject-level matches of one entry in the short window before the flood guard trips (0: off)",
+    "flood_factor": "flood guard trips when an entry's recent match rate exceeds its usual rate this many times",
+    "flood_short_window": "seconds of the flood guard's recent-rate window",
+    "flood_long_window": "seconds of the flood guard's usual-rate window",
 }
 
 
@@ -136,4 +173,15 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     for name in ("max_batch_images", "max_concurrent_requests"):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("webhook_max_attempts", "max_pending_checks"):
+        if getattr(config, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("check_retention", "sweep_interval", "webhook_timeout", "flood_short_window"):
+        if getattr(config, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be above 0")
+    if config.flood_min_matches and config.flood_long_window <= config.flood_factor * config.flood_short_window:
+        parser.error(
+            "--flood-long-window must exceed --flood-factor × --flood-short-window, or a burst could never "
+            "stand out from the usual rate"
+        )
     return config

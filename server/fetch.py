@@ -30,7 +30,7 @@ from client.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-__all__ = ["FetchLimits", "check_address", "fetch_url"]
+__all__ = ["FetchLimits", "check_address", "check_url", "fetch_url", "post"]
 
 USER_AGENT = "lookalike/1"
 _HEADERS = {"User-Agent": USER_AGENT, "Accept": "image/*, */*;q=0.5", "Connection": "close"}
@@ -320,3 +320,45 @@ def _read_body(response: http.client.HTTPResponse, url: str, max_bytes: int) -> 
 def _short(url: str, limit: int = 200) -> str:
     """A URL cut to a length fit for an error message."""
     return url if len(url) <= limit else url[: limit - 3] + "..."
+
+
+# Sending: webhooks go out under the same address rules -------------------------------
+
+
+def check_url(url: str, allow_private: bool, timeout_s: float) -> None:
+    """Refuse a URL we may not reach (bad form, scheme, or a refused address) before promising to use it."""
+    _, host, port, _ = _parse(url)
+    try:
+        _resolve_checked(host, port, allow_private, time.monotonic() + timeout_s)
+    except TimeoutError:
+        raise DeadlineExceeded(f"resolving {host} took longer than {timeout_s:g} s", "URL_TIMEOUT") from None
+
+
+def post(url: str, body: bytes, headers: dict[str, str], limits: FetchLimits) -> int:
+    """POST `body` to `url` over a pinned, checked connection; returns the HTTP status. Redirects are not
+    followed (a webhook receiver answers where it was told to be). Raises like `fetch_url`."""
+    deadline = time.monotonic() + limits.timeout_s
+    try:
+        scheme, host, port, target = _parse(url)
+        addrs = _resolve_checked(host, port, limits.allow_private, deadline)
+        conn = _PinnedConnection(host, port, addrs, deadline, _tls_context() if scheme == "https" else None)
+        try:
+            conn.request(
+                "POST", target, body=body, headers={"User-Agent": USER_AGENT, "Connection": "close", **headers}
+            )
+            response = conn.getresponse()
+            try:
+                response.read1(_CHUNK)  # a receiver's reply is not read beyond a bounded chunk
+            finally:
+                response.close()
+            return int(response.status)
+        finally:
+            conn.close()
+    except TimeoutError:
+        raise DeadlineExceeded(
+            f"posting to {_short(url)} took longer than {limits.timeout_s:g} s", "URL_TIMEOUT"
+        ) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise InvalidArgument(
+            f"could not post to {_short(url)}: {exc or type(exc).__name__}", "URL_UNREACHABLE"
+        ) from exc

@@ -41,6 +41,31 @@ class _ListCollector(Collector):
         yield memory
 
 
+class _QueueCollector(Collector):
+    """Flood-guarded entries per list and the deferred-check and webhook queues, read at scrape time."""
+
+    def __init__(
+        self, guarded: Callable[[], dict[str, int]], pending_checks: Callable[[], int], webhooks: Callable[[], int]
+    ) -> None:
+        self._guarded = guarded
+        self._pending_checks = pending_checks
+        self._webhooks = webhooks
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        guarded = GaugeMetricFamily(
+            "lookalike_flood_guarded_entries", "Entries under flood guard (rejects sent to review)", labels=["list"]
+        )
+        for name, count in sorted(self._guarded().items()):
+            guarded.add_metric([name], count)
+        yield guarded
+        yield GaugeMetricFamily(
+            "lookalike_deferred_checks_pending", "Deferred checks queued or running", value=self._pending_checks()
+        )
+        yield GaugeMetricFamily(
+            "lookalike_webhooks_pending", "Webhooks waiting for their first or next attempt", value=self._webhooks()
+        )
+
+
 class Metrics:
     """One server's Prometheus metrics, in a registry of its own."""
 
@@ -67,6 +92,18 @@ class Metrics:
             "lookalike_check_decisions", "Checks answered, by decision", ["decision"], registry=self.registry
         )
         self.ready = Gauge("lookalike_ready", "1 once every index is loaded", registry=self.registry)
+        self.flood_downgrades = Counter(
+            "lookalike_flood_downgrades",
+            "Reject-level matches sent to review because their entry is under flood guard",
+            ["list"],
+            registry=self.registry,
+        )
+        self.webhook_deliveries = Counter(
+            "lookalike_webhook_deliveries",
+            "Webhook attempts by outcome: delivered, retry (will try again), failed (gave up), refused (address)",
+            ["outcome"],
+            registry=self.registry,
+        )
 
     def observe_stage(self, name: str, seconds: float) -> None:
         """Record a stage timed elsewhere (in a fingerprint worker process)."""
@@ -81,6 +118,12 @@ class Metrics:
     def watch_lists(self, sizes: Callable[[], Iterable[ListSize]]) -> None:
         """Report entries and index memory per list, asking `sizes` at every scrape."""
         self.registry.register(_ListCollector(sizes))
+
+    def watch_queues(
+        self, guarded: Callable[[], dict[str, int]], pending_checks: Callable[[], int], webhooks: Callable[[], int]
+    ) -> None:
+        """Report flood-guarded entries per list and the deferred-check and webhook queues at every scrape."""
+        self.registry.register(_QueueCollector(guarded, pending_checks, webhooks))
 
     def serve(self, listen: str) -> WSGIServer:
         """Serve `/metrics` over HTTP on HOST:PORT (port 0: any free one) in a daemon thread."""

@@ -96,7 +96,8 @@ class _Call:
                 return
             response = response.response
         if isinstance(response, pb.CheckResponse):
-            self.decisions[_decision_name(response.decision)] += 1
+            if response.status != pb.CHECK_PENDING:  # a deferred check has no decision yet
+                self.decisions[_decision_name(response.decision)] += 1
             if not self.streaming and not self.request_id:
                 self.request_id = response.id  # the caller's request_id, or the one the service made
 

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from client.errors import InvalidArgument, NotFound
 from index import ListIndex
 from server.embedder import MODELS
 from server.fingerprint import Fingerprinted, Hashes
+from server.flood import FloodGuard, FloodSettings
 from server.hashes import HashAdd, hash_entry, parse_md5, parse_pdq, parse_quality, parse_sha256, pdq_dihedral
 from server.indexes import IndexRegistry
 from server.metrics import ListSize, Metrics
@@ -36,6 +37,8 @@ from server.scoring import (
 )
 from server.slots import FairSlots
 from server.store import (
+    LIST_KIND_ALLOW,
+    LIST_KIND_DISALLOW,
     AddOutcome,
     EntryRecord,
     ListRecord,
@@ -49,6 +52,11 @@ from server.workers import FingerprintWorkers
 
 ACCEPT, REVIEW, REJECT = "accept", "review", "reject"
 _STRICTNESS = {ACCEPT: 0, REVIEW: 1, REJECT: 2}
+CAUSE_ALLOW_LIST = "allow_list"
+CAUSE_FLOOD_GUARD = "flood_guard"
+DEFAULT_ALLOW_MARGIN = 0.1
+STORED_CANDIDATES = 100
+"""Nearest entries a check keeps (list, id, score) for calibration; the reply may show fewer."""
 EMBEDDING_CANDIDATES = 10
 """Nearest embeddings fetched per list and check when the caller asks for fewer."""
 MAX_TOP_K = 1000
@@ -71,6 +79,30 @@ class Match:
     score: float
     evidence: Evidence
     decision: str
+    list_kind: str = LIST_KIND_DISALLOW
+    guarded: bool = False
+    """The entry is under flood guard: a reject-level match counts as review."""
+
+
+@dataclass(frozen=True)
+class Downgrade:
+    """Why a decision is milder than the matches alone would make it."""
+
+    cause: str
+    list: str
+    entry_id: str
+    before: str
+    after: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One entry a check came near, kept with the stored result for calibration."""
+
+    list: str
+    id: str
+    score: float
 
 
 @dataclass(frozen=True)
@@ -81,6 +113,9 @@ class CheckResult:
     decision: str
     matches: list[Match]
     meta: dict[str, str] = field(default_factory=dict)
+    downgrades: list[Downgrade] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    """Every entry scored, best first (up to `STORED_CANDIDATES`), whatever the reply shows."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +159,8 @@ class LookalikeService:
         default_model: str,
         cpu_slots: int,
         metrics: Metrics | None = None,
+        flood: FloodSettings | None = None,
+        allow_margin: float = DEFAULT_ALLOW_MARGIN,
     ) -> None:
         self.store = store
         self.indexes = IndexRegistry(store)
@@ -131,6 +168,8 @@ class LookalikeService:
         self.default_model = default_model
         self.metrics = metrics or Metrics()
         self._cpu = FairSlots(cpu_slots)
+        self.flood = FloodGuard(store, flood or FloodSettings())
+        self.allow_margin = allow_margin
 
     def load(self) -> None:
         """Load every list's index (snapshot + replay); the server is not ready before."""
@@ -147,6 +186,7 @@ class LookalikeService:
         model: str = "",
         actor: str = "",
         dihedral: bool = True,
+        kind: str = "",
     ) -> ListRecord:
         model = model or self.default_model
         if model not in MODELS:
@@ -155,7 +195,9 @@ class LookalikeService:
         reject = DEFAULT_REJECT_THRESHOLD if reject_threshold is None else reject_threshold
         if reject_threshold is None and review > reject:
             reject = review
-        record = self.store.create_list(name, description, review, reject, model, actor, dihedral)
+        record = self.store.create_list(
+            name, description, review, reject, model, actor, dihedral=dihedral, kind=kind or LIST_KIND_DISALLOW
+        )
         self.indexes.created(record.uid)
         return record
 
@@ -164,6 +206,7 @@ class LookalikeService:
         with self.indexes.writing(record.uid):
             record = self.store.delete_list(name, actor)
             self.indexes.dropped(record.uid)
+        self.flood.forget(record.uid)
         return record
 
     def _list_and_index(self, name: str) -> tuple[ListRecord, ListIndex]:
@@ -302,6 +345,14 @@ class LookalikeService:
             entry, change = self.store.remove_entry(list_name, entry_id, actor)
             if index is not None:
                 index.remove(np.array([entry.seq], dtype=np.int64), change)
+        self.flood.forget(record.uid, [entry.seq])
+        return entry
+
+    def confirm_entry(self, list_name: str, entry_id: str, actor: str = "") -> EntryRecord:
+        """Lift an entry's flood guard and take its present match rate as usual (audited)."""
+        record = self.store.get_list(list_name)
+        entry = self.store.get_entry(list_name, entry_id)
+        self.flood.confirm(record, entry, actor)
         return entry
 
     # Checks --------------------------------------------------------------
@@ -318,7 +369,10 @@ class LookalikeService:
     ) -> CheckResult:
         """Match one image against the named lists (all when none); the strictest list decides.
 
-        `scope` narrows "all" to the lists a caller may check (None: no limit).
+        `scope` narrows "all" to the lists a caller may check (None: no limit). Allow
+        lists are policy: every check includes them, named or not, in scope or not.
+        Flood-guarded entries reject no more (review instead), then allow-list matches
+        may lower the decision (`_apply_allow_lists`); each step is reported as a `Downgrade`.
         """
         targets = self._check_targets(lists, meta, top_k, min_score, scope)
         fingerprint = self.fingerprint(data, views=sorted({r.model for r, index in targets if index.vector_count}))
@@ -362,7 +416,8 @@ class LookalikeService:
         min_score: float | None,
         scope: Collection[str] | None,
     ) -> list[tuple[ListRecord, ListIndex]]:
-        """The lists a check covers, once its arguments are found valid."""
+        """The lists a check covers, once its arguments are found valid: those named (else all in
+        `scope`), and every allow list, which is policy."""
         if top_k < 0 or top_k > MAX_TOP_K:
             raise InvalidArgument(f"top_k must lie in [0, {MAX_TOP_K}], got {top_k}", "TOP_K_OUT_OF_RANGE")
         if min_score is not None and not 0.0 <= min_score <= 1.0:
@@ -371,11 +426,20 @@ class LookalikeService:
         for name in lists:
             validate_list_name(name)
         if lists:
-            return [self._list_and_index(name) for name in dict.fromkeys(lists)]
-        return [
+            targets = [self._list_and_index(name) for name in dict.fromkeys(lists)]
+        else:
+            targets = [
+                (record, index)
+                for record in self.store.lists()
+                if (scope is None or record.name in scope) and (index := self.indexes.get(record.uid)) is not None
+            ]
+        named = {record.uid for record, _ in targets}
+        return targets + [
             (record, index)
             for record in self.store.lists()
-            if (scope is None or record.name in scope) and (index := self.indexes.get(record.uid)) is not None
+            if record.kind == LIST_KIND_ALLOW
+            and record.uid not in named
+            and (index := self.indexes.get(record.uid)) is not None
         ]
 
     def _matched(
@@ -388,16 +452,30 @@ class LookalikeService:
         request_id: str,
     ) -> CheckResult:
         candidates: list[Match] = []
+        allowing: list[Match] = []
+        downgrades: list[Downgrade] = []
         for record, index in targets:
-            candidates.extend(self._match_list(record, index, fingerprint, max(top_k, EMBEDDING_CANDIDATES)))
+            found = self._match_list(record, index, fingerprint, max(top_k, EMBEDDING_CANDIDATES))
+            if record.kind == LIST_KIND_ALLOW:
+                found = [replace(m, decision=ACCEPT, list_kind=LIST_KIND_ALLOW) for m in found]
+                allowing += [m for m in found if m.score >= record.review_threshold]
+            else:
+                found = self._apply_flood_guard(record, found, downgrades)
+            candidates.extend(found)
         candidates.sort(key=_rank)
-        decision = max((m.decision for m in candidates), key=_STRICTNESS.__getitem__, default=ACCEPT)
+        decision = max(
+            (m.decision for m in candidates if m.list_kind == LIST_KIND_DISALLOW),
+            key=_STRICTNESS.__getitem__,
+            default=ACCEPT,
+        )
+        decision = self._apply_allow_lists(decision, candidates, allowing, downgrades)
         if min_score is not None:
             shown = [m for m in candidates if m.score >= min_score]
         elif top_k:
             shown = candidates
         else:
-            shown = [m for m in candidates if m.decision != ACCEPT]
+            allowed = {(m.list, m.entry.seq) for m in allowing}
+            shown = [m for m in candidates if m.decision != ACCEPT or (m.list, m.entry.seq) in allowed]
         return CheckResult(
             request_id=request_id or uuid.uuid4().hex,
             timestamp=time.time(),
@@ -405,7 +483,80 @@ class LookalikeService:
             decision=decision,
             matches=shown[: top_k or MAX_TOP_K],
             meta=dict(meta or {}),
+            downgrades=downgrades,
+            candidates=[Candidate(m.list, m.entry.id, m.score) for m in candidates[:STORED_CANDIDATES]],
         )
+
+    def validate_check(
+        self, lists: Sequence[str], meta: dict[str, str] | None, top_k: int, min_score: float | None
+    ) -> None:
+        """What a check would refuse before any work, asked when a check is deferred."""
+        self._check_targets(lists, meta, top_k, min_score, None)
+
+    def _apply_flood_guard(self, record: ListRecord, found: list[Match], downgrades: list[Downgrade]) -> list[Match]:
+        """Count this check's reject-level matches per entry; a guarded entry's reject becomes a review."""
+        self.flood.observe(record, [m.entry for m in found if m.decision == REJECT])
+        marked = []
+        for match in found:
+            guard = self.flood.guard_of(record.uid, match.entry.seq)
+            if guard is None:
+                marked.append(match)
+                continue
+            if match.decision == REJECT:
+                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(guard.since))
+                downgrades.append(
+                    Downgrade(
+                        CAUSE_FLOOD_GUARD,
+                        record.name,
+                        match.entry.id,
+                        REJECT,
+                        REVIEW,
+                        f"entry {match.entry.id!r} of list {record.name!r} has matched far more often than usual "
+                        f"since {since}; its matches go to review until an admin confirms it",
+                    )
+                )
+                self.metrics.flood_downgrades.labels(record.name).inc()
+                match = replace(match, decision=REVIEW)
+            marked.append(replace(match, guarded=True))
+        return marked
+
+    def _apply_allow_lists(
+        self, decision: str, candidates: list[Match], allowing: list[Match], downgrades: list[Downgrade]
+    ) -> str:
+        """An allow-list match at or above its list's review threshold (score A) against the best
+        flagging disallow match (score D): A ≥ D accepts; otherwise a reject stands only when its best
+        reject-level match beats A by `allow_margin`, else it becomes a review."""
+        if decision == ACCEPT or not allowing:
+            return decision
+        best_allow = max(allowing, key=lambda m: m.score)
+        flagging = [m for m in candidates if m.list_kind == LIST_KIND_DISALLOW and m.decision != ACCEPT]
+        best_flag = max(flagging, key=lambda m: m.score)
+        after = decision
+        best_reject = max((m.score for m in flagging if m.decision == REJECT), default=0.0)
+        if decision == REJECT and best_reject - best_allow.score < self.allow_margin - 1e-9:
+            after = REVIEW
+        if after == REVIEW and best_allow.score >= best_flag.score:
+            after = ACCEPT
+        if after == decision:
+            return decision
+        if after == ACCEPT:
+            why = f"scores {best_allow.score:.3f}, at least as high as the best disallow match ({best_flag.score:.3f})"
+        else:
+            why = (
+                f"scores {best_allow.score:.3f}, within {self.allow_margin:g} of the best rejecting match "
+                f"({best_reject:.3f}): a reject needs a clearly better disallow match"
+            )
+        downgrades.append(
+            Downgrade(
+                CAUSE_ALLOW_LIST,
+                best_allow.list,
+                best_allow.entry.id,
+                decision,
+                after,
+                f"allow-list entry {best_allow.entry.id!r} of list {best_allow.list!r} {why}",
+            )
+        )
+        return after
 
     def _match_list(self, record: ListRecord, index: ListIndex, fingerprint: Fingerprinted, k: int) -> list[Match]:
         hashes = fingerprint.hashes

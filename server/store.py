@@ -22,7 +22,7 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -62,6 +62,11 @@ AUDIT_ENTRY_ADD = "entry.add"
 AUDIT_ENTRY_REMOVE = "entry.remove"
 AUDIT_KEY_CREATE = "key.create"
 AUDIT_KEY_REVOKE = "key.revoke"
+AUDIT_ENTRY_CONFIRM = "entry.confirm"
+
+LIST_KIND_DISALLOW = "disallow"
+LIST_KIND_ALLOW = "allow"
+LIST_KINDS = (LIST_KIND_DISALLOW, LIST_KIND_ALLOW)
 
 LIST_NAME = re.compile(r"^[a-z0-9_-]{1,64}\Z")  # \Z: `$` would also accept a trailing newline
 ENTRY_ID_MAX = 256
@@ -87,6 +92,8 @@ class ListRecord:
     next_change: int = 1
     dihedral: bool = True
     """Checks also match PDQ's rotations and mirrors; lists stored before the setting existed did."""
+    kind: str = LIST_KIND_DISALLOW
+    """"allow": its matches never flag a check, and outrank disallow matches (lists made before kinds: disallow)."""
 
 
 @dataclass(frozen=True)
@@ -317,7 +324,7 @@ class Store:
                 f"data folder {path} is in use by another Lookalike server; stop it or use another --data",
                 "DATA_FOLDER_IN_USE",
             ) from None
-        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=16, max_readers=512, subdir=True)
+        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=32, max_readers=512, subdir=True)
         self._meta = self.env.open_db(DB_META)
         self._lists = self.env.open_db(DB_LISTS)
         self._entries = self.env.open_db(DB_ENTRIES)
@@ -365,17 +372,30 @@ class Store:
         model: str,
         actor: str = "",
         dihedral: bool = True,
+        kind: str = LIST_KIND_DISALLOW,
     ) -> ListRecord:
         validate_list_name(name)
         validate_thresholds(review_threshold, reject_threshold)
         validate_description(description)
+        if kind not in LIST_KINDS:
+            raise InvalidArgument(
+                f"list kind {kind!r} is unknown; use one of {', '.join(LIST_KINDS)}", "LIST_KIND_UNKNOWN"
+            )
         with self._guard(), self._write() as txn:
             if txn.get(_list_key(name), db=self._lists) is not None:
                 raise AlreadyExists(f"list {name!r} already exists", "LIST_EXISTS")
             uid = int(txn.get(KEY_NEXT_LIST_UID, default=b"1", db=self._meta))
             txn.put(KEY_NEXT_LIST_UID, str(uid + 1).encode(), db=self._meta)
             record = ListRecord(
-                uid, name, description, review_threshold, reject_threshold, model, time.time(), dihedral=dihedral
+                uid,
+                name,
+                description,
+                review_threshold,
+                reject_threshold,
+                model,
+                time.time(),
+                dihedral=dihedral,
+                kind=kind,
             )
             self._put_list(txn, record)
             self._audit(txn, actor, AUDIT_LIST_CREATE, name, detail=_settings(record))
@@ -407,7 +427,9 @@ class Store:
         reject_threshold: float | None = None,
         actor: str = "",
         dihedral: bool | None = None,
+        cause: str = "",
     ) -> ListRecord:
+        """`cause` says what made the change when not a person's direct edit (e.g. "calibrate"); it is audited."""
         with self._guard(), self._write() as txn:
             record = self._get_list(txn, name)
             record = replace(
@@ -420,7 +442,8 @@ class Store:
             validate_thresholds(record.review_threshold, record.reject_threshold)
             validate_description(record.description)
             self._put_list(txn, record)
-            self._audit(txn, actor, AUDIT_LIST_UPDATE, name, detail=_settings(record))
+            detail = _settings(record) | ({"cause": cause} if cause else {})
+            self._audit(txn, actor, AUDIT_LIST_UPDATE, name, detail=detail)
         return record
 
     def delete_list(self, name: str, actor: str = "") -> ListRecord:
@@ -727,6 +750,43 @@ class Store:
     def _guard(self) -> _MapFullGuard:
         return _MapFullGuard(self.path)
 
+    # For the modules that keep their own named databases here (checks, webhooks, feedback, flood guard) --
+
+    def open_db(self, name: bytes) -> lmdb._Database:
+        return self.env.open_db(name)
+
+    @contextmanager
+    def transaction(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction whose full map becomes RESOURCE_EXHAUSTED (and is rolled back)."""
+        with self._guard(), self._write() as txn:
+            yield txn
+
+    def record_audit(
+        self,
+        txn: lmdb.Transaction,
+        actor: str,
+        action: str,
+        list_name: str = "",
+        entry_id: str = "",
+        detail: dict[str, str] | None = None,
+    ) -> None:
+        """An audit record written inside the caller's transaction, with the change it describes."""
+        self._audit(txn, actor, action, list_name, entry_id, detail)
+
+    def meta_value(self, key: bytes, make: Callable[[], bytes]) -> bytes:
+        """A value in the meta database, made (and stored) by `make` the first time it is asked for."""
+        with self.env.begin() as txn:
+            found = txn.get(key, db=self._meta)
+        if found is not None:
+            return bytes(found)
+        with self.transaction() as txn:
+            raced = txn.get(key, db=self._meta)
+            if raced is not None:
+                return bytes(raced)
+            made = make()
+            txn.put(key, made, db=self._meta)
+            return made
+
 
 def _settings(record: ListRecord) -> dict[str, str]:
     return {
@@ -735,6 +795,7 @@ def _settings(record: ListRecord) -> dict[str, str]:
         "reject_threshold": f"{record.reject_threshold:g}",
         "model": record.model,
         "dihedral": str(record.dihedral).lower(),
+        "kind": record.kind,
     }
 
 

@@ -94,6 +94,8 @@ def start_server(data: Path, **overrides: object) -> ServerHandle:
         "map_size": 1 << 30,
         "allow_private_urls": True,
         "workers": 0,  # in-process: a worker pool costs seconds a start; tests/test_workers.py covers it
+        # Tests check one picture many times over; tests/test_flood_guard.py turns the guard on with small windows.
+        "flood_min_matches": 0,
     }
     config = ServerConfig(**{**settings, **overrides})  # type: ignore[arg-type]
     running = create_server(config)

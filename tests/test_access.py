@@ -139,6 +139,12 @@ def _revoke_key(client: LookalikeClient, admin: LookalikeClient, target: str) ->
     client.revoke_key(admin.create_key("checker", [target]).info.id)
 
 
+def _submit_feedback(client: LookalikeClient, admin: LookalikeClient, target: str) -> None:
+    image = picture()
+    admin.add(target, image)
+    client.submit_feedback(client.check(image, [target]).id, "confirmed")
+
+
 Call = Callable[[LookalikeClient, LookalikeClient, str], object]
 CALLS: dict[str, Call] = {
     "CreateList": lambda client, admin, target: client.create_list(fresh_name(target)),
@@ -166,12 +172,19 @@ CALLS: dict[str, Call] = {
     "ListKeys": lambda client, admin, target: client.keys(),
     "RevokeKey": _revoke_key,
     "ListAudit": lambda client, admin, target: list(client.audit(target)),
+    "GetCheck": lambda client, admin, target: client.get_check(client.check(picture(), [target]).id),
+    "SubmitFeedback": _submit_feedback,
+    "ListFeedback": lambda client, admin, target: list(client.feedback(target)),
+    "Calibrate": lambda client, admin, target: client.calibrate(target),
+    "ConfirmEntry": lambda client, admin, target: client.confirm_entry(target, admin.add(target, picture()).id),
+    "GetWebhookSecret": lambda client, admin, target: client.webhook_secret(),
 }
 """One real call per RPC, made by `client` on list `target` (`admin` prepares what it needs)."""
 
-WRITER_CALLS = {"GetList", "ListLists", "AddEntry", "AddEntries", "GetEntry", "RemoveEntry", "Check", "CheckStream"}
-WRITER_CALLS |= {"AddHash", "ImportEntries", "ExportEntries", "CheckHashes"}
-ALLOWED = {"admin": set(CALLS), "writer": WRITER_CALLS, "checker": {"Check", "CheckStream", "CheckHashes"}}
+CHECKER_CALLS = {"Check", "CheckStream", "CheckHashes", "GetCheck", "SubmitFeedback"}
+WRITER_CALLS = {"GetList", "ListLists", "AddEntry", "AddEntries", "GetEntry", "RemoveEntry"} | CHECKER_CALLS
+WRITER_CALLS |= {"AddHash", "ImportEntries", "ExportEntries"}
+ALLOWED = {"admin": set(CALLS), "writer": WRITER_CALLS, "checker": CHECKER_CALLS}
 ALLOWED["checker-a"] = ALLOWED["checker"]
 LIMITED_TO = {"admin": None, "writer": {"a"}, "checker": None, "checker-a": {"a"}}
 UNSCOPED_CALLS = {"ListLists"}  # names no list: its answer is narrowed instead

@@ -16,10 +16,43 @@ class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACCEPT: _ClassVar[Decision]
     REVIEW: _ClassVar[Decision]
     REJECT: _ClassVar[Decision]
+
+class CheckStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHECK_STATUS_UNSPECIFIED: _ClassVar[CheckStatus]
+    CHECK_PENDING: _ClassVar[CheckStatus]
+    CHECK_DONE: _ClassVar[CheckStatus]
+    CHECK_FAILED: _ClassVar[CheckStatus]
+
+class DeliveryState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DELIVERY_STATE_UNSPECIFIED: _ClassVar[DeliveryState]
+    DELIVERY_PENDING: _ClassVar[DeliveryState]
+    DELIVERY_DELIVERED: _ClassVar[DeliveryState]
+    DELIVERY_FAILED: _ClassVar[DeliveryState]
+
+class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERDICT_UNSPECIFIED: _ClassVar[Verdict]
+    FALSE_POSITIVE: _ClassVar[Verdict]
+    MISSED_DUPLICATE: _ClassVar[Verdict]
+    CONFIRMED: _ClassVar[Verdict]
 DECISION_UNSPECIFIED: Decision
 ACCEPT: Decision
 REVIEW: Decision
 REJECT: Decision
+CHECK_STATUS_UNSPECIFIED: CheckStatus
+CHECK_PENDING: CheckStatus
+CHECK_DONE: CheckStatus
+CHECK_FAILED: CheckStatus
+DELIVERY_STATE_UNSPECIFIED: DeliveryState
+DELIVERY_PENDING: DeliveryState
+DELIVERY_DELIVERED: DeliveryState
+DELIVERY_FAILED: DeliveryState
+VERDICT_UNSPECIFIED: Verdict
+FALSE_POSITIVE: Verdict
+MISSED_DUPLICATE: Verdict
+CONFIRMED: Verdict
 
 class Image(_message.Message):
     __slots__ = ("data", "base64", "url")
@@ -56,7 +89,7 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListInfo(_message.Message):
-    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "entry_count", "created", "dihedral")
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "entry_count", "created", "dihedral", "kind", "guarded")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +98,8 @@ class ListInfo(_message.Message):
     ENTRY_COUNT_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     DIHEDRAL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    GUARDED_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     review_threshold: float
@@ -73,23 +108,39 @@ class ListInfo(_message.Message):
     entry_count: int
     created: _timestamp_pb2.Timestamp
     dihedral: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., entry_count: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dihedral: _Optional[bool] = ...) -> None: ...
+    kind: str
+    guarded: _containers.RepeatedCompositeFieldContainer[GuardedEntry]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., entry_count: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dihedral: _Optional[bool] = ..., kind: _Optional[str] = ..., guarded: _Optional[_Iterable[_Union[GuardedEntry, _Mapping]]] = ...) -> None: ...
+
+class GuardedEntry(_message.Message):
+    __slots__ = ("id", "since", "recent_matches", "usual_matches")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    RECENT_MATCHES_FIELD_NUMBER: _ClassVar[int]
+    USUAL_MATCHES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    since: _timestamp_pb2.Timestamp
+    recent_matches: float
+    usual_matches: float
+    def __init__(self, id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recent_matches: _Optional[float] = ..., usual_matches: _Optional[float] = ...) -> None: ...
 
 class CreateListRequest(_message.Message):
-    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "dihedral")
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "dihedral", "kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REJECT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIHEDRAL_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     review_threshold: float
     reject_threshold: float
     model: str
     dihedral: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., dihedral: _Optional[bool] = ...) -> None: ...
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., dihedral: _Optional[bool] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class GetListRequest(_message.Message):
     __slots__ = ("name",)
@@ -187,7 +238,7 @@ class GetEntryRequest(_message.Message):
     def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("list", "id", "hashes", "meta", "created", "model", "embedding")
+    __slots__ = ("list", "id", "hashes", "meta", "created", "model", "embedding", "guard")
     class MetaEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +253,7 @@ class Entry(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    GUARD_FIELD_NUMBER: _ClassVar[int]
     list: str
     id: str
     hashes: Hashes
@@ -209,7 +261,8 @@ class Entry(_message.Message):
     created: _timestamp_pb2.Timestamp
     model: str
     embedding: bytes
-    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ..., meta: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., embedding: _Optional[bytes] = ...) -> None: ...
+    guard: GuardedEntry
+    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ..., meta: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., embedding: _Optional[bytes] = ..., guard: _Optional[_Union[GuardedEntry, _Mapping]] = ...) -> None: ...
 
 class RemoveEntryRequest(_message.Message):
     __slots__ = ("list", "id")
@@ -228,7 +281,7 @@ class RemoveEntryResponse(_message.Message):
     def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
 class CheckRequest(_message.Message):
-    __slots__ = ("image", "lists", "meta", "top_k", "min_score", "request_id")
+    __slots__ = ("image", "lists", "meta", "top_k", "min_score", "request_id", "defer", "callback_url")
     class MetaEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -242,13 +295,33 @@ class CheckRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DEFER_FIELD_NUMBER: _ClassVar[int]
+    CALLBACK_URL_FIELD_NUMBER: _ClassVar[int]
     image: Image
     lists: _containers.RepeatedScalarFieldContainer[str]
     meta: _containers.ScalarMap[str, str]
     top_k: int
     min_score: float
     request_id: str
-    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., lists: _Optional[_Iterable[str]] = ..., meta: _Optional[_Mapping[str, str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+    defer: bool
+    callback_url: str
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., lists: _Optional[_Iterable[str]] = ..., meta: _Optional[_Mapping[str, str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., request_id: _Optional[str] = ..., defer: _Optional[bool] = ..., callback_url: _Optional[str] = ...) -> None: ...
+
+class Downgrade(_message.Message):
+    __slots__ = ("cause", "list", "id", "before", "after", "reason")
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    cause: str
+    list: str
+    id: str
+    before: Decision
+    after: Decision
+    reason: str
+    def __init__(self, cause: _Optional[str] = ..., list: _Optional[str] = ..., id: _Optional[str] = ..., before: _Optional[_Union[Decision, str]] = ..., after: _Optional[_Union[Decision, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RequestInfo(_message.Message):
     __slots__ = ("request_id", "timestamp")
@@ -283,7 +356,7 @@ class Evidence(_message.Message):
     def __init__(self, exact_sha256: _Optional[bool] = ..., pdq_distance: _Optional[int] = ..., embedding_similarity: _Optional[float] = ..., model: _Optional[str] = ..., signals: _Optional[_Iterable[str]] = ..., exact_md5: _Optional[bool] = ...) -> None: ...
 
 class Match(_message.Message):
-    __slots__ = ("list", "id", "meta", "score", "evidence", "decision")
+    __slots__ = ("list", "id", "meta", "score", "evidence", "decision", "list_kind", "guarded")
     class MetaEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -297,16 +370,20 @@ class Match(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
+    LIST_KIND_FIELD_NUMBER: _ClassVar[int]
+    GUARDED_FIELD_NUMBER: _ClassVar[int]
     list: str
     id: str
     meta: _containers.ScalarMap[str, str]
     score: float
     evidence: Evidence
     decision: Decision
-    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ..., score: _Optional[float] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., decision: _Optional[_Union[Decision, str]] = ...) -> None: ...
+    list_kind: str
+    guarded: bool
+    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ..., score: _Optional[float] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ..., decision: _Optional[_Union[Decision, str]] = ..., list_kind: _Optional[str] = ..., guarded: _Optional[bool] = ...) -> None: ...
 
 class CheckResponse(_message.Message):
-    __slots__ = ("id", "request", "sha256", "decision", "suggested_actions", "matches", "meta", "hashes")
+    __slots__ = ("id", "request", "sha256", "decision", "suggested_actions", "matches", "meta", "hashes", "status", "downgrades")
     class MetaEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -322,6 +399,8 @@ class CheckResponse(_message.Message):
     MATCHES_FIELD_NUMBER: _ClassVar[int]
     META_FIELD_NUMBER: _ClassVar[int]
     HASHES_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DOWNGRADES_FIELD_NUMBER: _ClassVar[int]
     id: str
     request: RequestInfo
     sha256: str
@@ -330,7 +409,9 @@ class CheckResponse(_message.Message):
     matches: _containers.RepeatedCompositeFieldContainer[Match]
     meta: _containers.ScalarMap[str, str]
     hashes: Hashes
-    def __init__(self, id: _Optional[str] = ..., request: _Optional[_Union[RequestInfo, _Mapping]] = ..., sha256: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., suggested_actions: _Optional[_Union[SuggestedActions, _Mapping]] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., meta: _Optional[_Mapping[str, str]] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ...) -> None: ...
+    status: CheckStatus
+    downgrades: _containers.RepeatedCompositeFieldContainer[Downgrade]
+    def __init__(self, id: _Optional[str] = ..., request: _Optional[_Union[RequestInfo, _Mapping]] = ..., sha256: _Optional[str] = ..., decision: _Optional[_Union[Decision, str]] = ..., suggested_actions: _Optional[_Union[SuggestedActions, _Mapping]] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., meta: _Optional[_Mapping[str, str]] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ..., status: _Optional[_Union[CheckStatus, str]] = ..., downgrades: _Optional[_Iterable[_Union[Downgrade, _Mapping]]] = ...) -> None: ...
 
 class CheckStreamResult(_message.Message):
     __slots__ = ("index", "response", "error")
@@ -530,3 +611,165 @@ class CheckHashesRequest(_message.Message):
     min_score: float
     request_id: str
     def __init__(self, lists: _Optional[_Iterable[str]] = ..., pdq: _Optional[str] = ..., pdq_quality: _Optional[int] = ..., md5: _Optional[str] = ..., sha256: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetCheckRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class WebhookDelivery(_message.Message):
+    __slots__ = ("url", "state", "attempts", "last_error", "last_status", "next_attempt", "delivered")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_STATUS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    state: DeliveryState
+    attempts: int
+    last_error: str
+    last_status: int
+    next_attempt: _timestamp_pb2.Timestamp
+    delivered: _timestamp_pb2.Timestamp
+    def __init__(self, url: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., last_status: _Optional[int] = ..., next_attempt: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivered: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CheckRecord(_message.Message):
+    __slots__ = ("id", "status", "result", "error", "submitted", "completed", "expires", "delivery")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    status: CheckStatus
+    result: CheckResponse
+    error: ItemError
+    submitted: _timestamp_pb2.Timestamp
+    completed: _timestamp_pb2.Timestamp
+    expires: _timestamp_pb2.Timestamp
+    delivery: WebhookDelivery
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[CheckStatus, str]] = ..., result: _Optional[_Union[CheckResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., submitted: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivery: _Optional[_Union[WebhookDelivery, _Mapping]] = ...) -> None: ...
+
+class SubmitFeedbackRequest(_message.Message):
+    __slots__ = ("check_id", "entry_id", "verdict", "note", "list")
+    CHECK_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    check_id: str
+    entry_id: str
+    verdict: Verdict
+    note: str
+    list: str
+    def __init__(self, check_id: _Optional[str] = ..., entry_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., note: _Optional[str] = ..., list: _Optional[str] = ...) -> None: ...
+
+class Feedback(_message.Message):
+    __slots__ = ("time", "key_id", "check_id", "list", "entry_id", "verdict", "note", "score", "decision")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECK_ID_FIELD_NUMBER: _ClassVar[int]
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    key_id: str
+    check_id: str
+    list: str
+    entry_id: str
+    verdict: Verdict
+    note: str
+    score: float
+    decision: Decision
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ..., check_id: _Optional[str] = ..., list: _Optional[str] = ..., entry_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., note: _Optional[str] = ..., score: _Optional[float] = ..., decision: _Optional[_Union[Decision, str]] = ...) -> None: ...
+
+class ListFeedbackRequest(_message.Message):
+    __slots__ = ("list", "since", "limit", "page_token")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    since: _timestamp_pb2.Timestamp
+    limit: int
+    page_token: str
+    def __init__(self, list: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListFeedbackResponse(_message.Message):
+    __slots__ = ("feedback", "next_page_token")
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    feedback: _containers.RepeatedCompositeFieldContainer[Feedback]
+    next_page_token: str
+    def __init__(self, feedback: _Optional[_Iterable[_Union[Feedback, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CalibrateRequest(_message.Message):
+    __slots__ = ("list", "apply")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    APPLY_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    apply: bool
+    def __init__(self, list: _Optional[str] = ..., apply: _Optional[bool] = ...) -> None: ...
+
+class ThresholdAdvice(_message.Message):
+    __slots__ = ("current", "recommended", "errors_avoided", "errors_left", "confirmed_affected", "checks_affected")
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_AVOIDED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    current: float
+    recommended: float
+    errors_avoided: int
+    errors_left: int
+    confirmed_affected: int
+    checks_affected: int
+    def __init__(self, current: _Optional[float] = ..., recommended: _Optional[float] = ..., errors_avoided: _Optional[int] = ..., errors_left: _Optional[int] = ..., confirmed_affected: _Optional[int] = ..., checks_affected: _Optional[int] = ...) -> None: ...
+
+class CalibrateResponse(_message.Message):
+    __slots__ = ("list", "review", "reject", "checks_seen", "feedback_seen", "applied", "notes", "info")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_FIELD_NUMBER: _ClassVar[int]
+    REJECT_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_SEEN_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_SEEN_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    review: ThresholdAdvice
+    reject: ThresholdAdvice
+    checks_seen: int
+    feedback_seen: int
+    applied: bool
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    info: ListInfo
+    def __init__(self, list: _Optional[str] = ..., review: _Optional[_Union[ThresholdAdvice, _Mapping]] = ..., reject: _Optional[_Union[ThresholdAdvice, _Mapping]] = ..., checks_seen: _Optional[int] = ..., feedback_seen: _Optional[int] = ..., applied: _Optional[bool] = ..., notes: _Optional[_Iterable[str]] = ..., info: _Optional[_Union[ListInfo, _Mapping]] = ...) -> None: ...
+
+class ConfirmEntryRequest(_message.Message):
+    __slots__ = ("list", "id")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    id: str
+    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class GetWebhookSecretRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetWebhookSecretResponse(_message.Message):
+    __slots__ = ("secret",)
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    secret: str
+    def __init__(self, secret: _Optional[str] = ...) -> None: ...

@@ -130,6 +130,36 @@ class LookalikeStub:
                 request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.GetCheck = channel.unary_unary(
+                '/lookalike.v1.Lookalike/GetCheck',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.GetCheckRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.CheckRecord.FromString,
+                _registered_method=True)
+        self.SubmitFeedback = channel.unary_unary(
+                '/lookalike.v1.Lookalike/SubmitFeedback',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.SubmitFeedbackRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.Feedback.FromString,
+                _registered_method=True)
+        self.ListFeedback = channel.unary_unary(
+                '/lookalike.v1.Lookalike/ListFeedback',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ListFeedbackRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ListFeedbackResponse.FromString,
+                _registered_method=True)
+        self.Calibrate = channel.unary_unary(
+                '/lookalike.v1.Lookalike/Calibrate',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.CalibrateRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.CalibrateResponse.FromString,
+                _registered_method=True)
+        self.ConfirmEntry = channel.unary_unary(
+                '/lookalike.v1.Lookalike/ConfirmEntry',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ConfirmEntryRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.Entry.FromString,
+                _registered_method=True)
+        self.GetWebhookSecret = channel.unary_unary(
+                '/lookalike.v1.Lookalike/GetWebhookSecret',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.GetWebhookSecretRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.GetWebhookSecretResponse.FromString,
+                _registered_method=True)
 
 
 class LookalikeServicer:
@@ -259,6 +289,49 @@ class LookalikeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCheck(self, request, context):
+        """A stored check: pending (deferred) or its result, and its webhook delivery. A caller
+        reads its own checks; an admin reads any.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitFeedback(self, request, context):
+        """An operator's verdict on one match of a stored check.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFeedback(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Calibrate(self, request, context):
+        """Thresholds that would have avoided the reported errors, and their cost (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmEntry(self, request, context):
+        """Lift the flood guard of an entry: its match rate is declared normal (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWebhookSecret(self, request, context):
+        """The secret webhook signatures are made with, for receivers to verify them (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LookalikeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -356,6 +429,36 @@ def add_LookalikeServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ListAuditRequest.FromString,
                     response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'GetCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheck,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.GetCheckRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.CheckRecord.SerializeToString,
+            ),
+            'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitFeedback,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.SubmitFeedbackRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.Feedback.SerializeToString,
+            ),
+            'ListFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeedback,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ListFeedbackRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ListFeedbackResponse.SerializeToString,
+            ),
+            'Calibrate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Calibrate,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.CalibrateRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.CalibrateResponse.SerializeToString,
+            ),
+            'ConfirmEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmEntry,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ConfirmEntryRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.Entry.SerializeToString,
+            ),
+            'GetWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookSecret,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.GetWebhookSecretRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.GetWebhookSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -872,6 +975,168 @@ class Lookalike:
             '/lookalike.v1.Lookalike/ListAudit',
             lookalike_dot_v1_dot_lookalike__pb2.ListAuditRequest.SerializeToString,
             lookalike_dot_v1_dot_lookalike__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/GetCheck',
+            lookalike_dot_v1_dot_lookalike__pb2.GetCheckRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.CheckRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/SubmitFeedback',
+            lookalike_dot_v1_dot_lookalike__pb2.SubmitFeedbackRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.Feedback.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/ListFeedback',
+            lookalike_dot_v1_dot_lookalike__pb2.ListFeedbackRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.ListFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calibrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/Calibrate',
+            lookalike_dot_v1_dot_lookalike__pb2.CalibrateRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.CalibrateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/ConfirmEntry',
+            lookalike_dot_v1_dot_lookalike__pb2.ConfirmEntryRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.Entry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/GetWebhookSecret',
+            lookalike_dot_v1_dot_lookalike__pb2.GetWebhookSecretRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.GetWebhookSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,544 @@
+"""Stored checks: deferred checks and their worker pool, results kept for a while, the expiry sweep.
+
+Every check's result is stored (JSON, never the image) for `check_retention`
+seconds, keyed by its id (the request id), so a caller can read it again
+(`GetCheck`), send feedback on it, and calibration can see the score
+distribution. A synchronous check hands its result to a writer thread that
+commits whatever has queued up in one transaction, so the check itself pays for
+a queue put, not an LMDB commit; until written it is served from memory. A crash
+may lose the last unwritten results (nothing else: a check that asked for a
+webhook is written before it is answered, with its outbox entry).
+
+A deferred check is written at once, with its image bytes (or the URL to fetch),
+and answered with its id; worker threads run it through the same `check` as any
+other, then store the result, drop the image and queue the webhook in one
+transaction. Pending checks are queued again on start-up, so a restart loses
+none. A check id belongs to the key that made it: another key (admin aside)
+reads it as not found, and cannot reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextvars import copy_context
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import lmdb
+
+from client.errors import AlreadyExists, InvalidArgument, LookalikeError, NotFound, ResourceExhausted
+from server.config import ServerConfig
+from server.fetch import check_url
+from server.fingerprint import Hashes
+from server.scoring import Evidence
+from server.service import (
+    Candidate,
+    CheckResult,
+    Downgrade,
+    LookalikeService,
+    Match,
+    raise_if_abandoned,
+)
+from server.sources import image_bytes
+from server.store import EntryRecord, Store
+from server.webhooks import Delivery, WebhookOutbox
+
+log = logging.getLogger(__name__)
+
+DB_CHECKS = b"checks"
+DB_CHECK_IMAGES = b"check_images"
+DB_CHECK_EXPIRY = b"check_expiry"
+PENDING, DONE, FAILED = "pending", "done", "failed"
+CHECK_ID_MAX = 256
+WRITE_BATCH = 512
+WRITER_IDLE_SECONDS = 0.2
+WORKER_POLL_SECONDS = 0.2
+_MICROS = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class CheckOrder:
+    """What a deferred check was asked to do, to run it later exactly as asked."""
+
+    lists: list[str]
+    meta: dict[str, str]
+    top_k: int = 0
+    min_score: float | None = None
+    scope: list[str] | None = None
+    """The lists the caller may check when it names none (None: no limit)."""
+    url: str = ""
+    """The image URL to fetch when the check runs; empty when the bytes were sent."""
+
+
+@dataclass(frozen=True)
+class StoredCheck:
+    id: str
+    owner: str
+    """Key id of the caller ("" for the keyless loopback caller)."""
+    status: str
+    submitted: float
+    completed: float = 0.0
+    expires: float = 0.0
+    order: CheckOrder | None = None
+    """Kept while pending."""
+    result: CheckResult | None = None
+    error: dict[str, str] | None = None
+    """code, message, reason of a failed check."""
+    callback_url: str = ""
+
+
+def validate_check_id(check_id: str) -> None:
+    if not check_id or not check_id.isprintable() or len(check_id.encode()) > CHECK_ID_MAX:
+        raise InvalidArgument(
+            f"check id {check_id[:40]!r} is invalid: 1 to {CHECK_ID_MAX} bytes (UTF-8) of printable characters",
+            "CHECK_ID_INVALID",
+        )
+
+
+# JSON of stored checks ---------------------------------------------------------------
+
+
+def result_to_json(result: CheckResult) -> dict[str, Any]:
+    hashes = result.hashes
+    return {
+        "request_id": result.request_id,
+        "timestamp": result.timestamp,
+        "hashes": [hashes.sha256_hex, hashes.pdq_hex, hashes.pdq_quality, hashes.phash_hex, hashes.md5.hex()],
+        "decision": result.decision,
+        "matches": [
+            {
+                "list": m.list,
+                "entry": asdict(m.entry),
+                "score": m.score,
+                "evidence": asdict(m.evidence),
+                "decision": m.decision,
+                "list_kind": m.list_kind,
+                "guarded": m.guarded,
+            }
+            for m in result.matches
+        ],
+        "meta": result.meta,
+        "downgrades": [asdict(d) for d in result.downgrades],
+        "candidates": [[c.list, c.id, c.score] for c in result.candidates],
+    }
+
+
+def result_from_json(raw: dict[str, Any]) -> CheckResult:
+    sha256, pdq, quality, phash, md5 = raw["hashes"]
+    matches = [
+        Match(
+            m["list"],
+            EntryRecord(**m["entry"]),
+            m["score"],
+            Evidence(**m["evidence"]),
+            m["decision"],
+            m["list_kind"],
+            m["guarded"],
+        )
+        for m in raw["matches"]
+    ]
+    return CheckResult(
+        request_id=raw["request_id"],
+        timestamp=raw["timestamp"],
+        hashes=Hashes(bytes.fromhex(sha256), bytes.fromhex(pdq), quality, bytes.fromhex(phash), bytes.fromhex(md5)),
+        decision=raw["decision"],
+        matches=matches,
+        meta=raw["meta"],
+        downgrades=[Downgrade(**d) for d in raw["downgrades"]],
+        candidates=[Candidate(*c) for c in raw["candidates"]],
+    )
+
+
+def _to_bytes(check: StoredCheck) -> bytes:
+    record = {
+        "id": check.id,
+        "owner": check.owner,
+        "status": check.status,
+        "submitted": check.submitted,
+        "completed": check.completed,
+        "expires": check.expires,
+        "order": None if check.order is None else asdict(check.order),
+        "result": None if check.result is None else result_to_json(check.result),
+        "error": check.error,
+        "callback_url": check.callback_url,
+    }
+    return json.dumps(record).encode()
+
+
+def _from_bytes(raw: bytes | memoryview) -> StoredCheck:
+    record = json.loads(bytes(raw))
+    order = record.pop("order")
+    result = record.pop("result")
+    return StoredCheck(
+        **record,
+        order=None if order is None else CheckOrder(**order),
+        result=None if result is None else result_from_json(result),
+    )
+
+
+def _expiry_key(expires: float, check_id: str) -> bytes:
+    return _MICROS.pack(max(0, int(expires * 1_000_000))) + check_id.encode()
+
+
+class _Stopping(Exception):
+    """Raised inside a deferred check when the server stops: it stays pending for the next start."""
+
+
+@dataclass
+class _Unwritten:
+    """Results of synchronous checks waiting for the writer, readable meanwhile."""
+
+    by_id: dict[str, StoredCheck] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class CheckLedger:
+    """Stored checks of one server: recording, deferring, running deferred ones, expiring."""
+
+    def __init__(
+        self,
+        store: Store,
+        service: LookalikeService,
+        config: ServerConfig,
+        outbox: WebhookOutbox,
+        render: Callable[[StoredCheck], bytes],
+    ) -> None:
+        self.store = store
+        self.service = service
+        self.config = config
+        self.outbox = outbox
+        self._render = render
+        self._checks = store.open_db(DB_CHECKS)
+        self._images = store.open_db(DB_CHECK_IMAGES)
+        self._expiry = store.open_db(DB_CHECK_EXPIRY)
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._writes: queue.Queue[StoredCheck] = queue.Queue()
+        self._unwritten = _Unwritten()
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # Recording ------------------------------------------------------------------
+
+    def validate_callback(self, url: str) -> None:
+        """Refuse a callback URL the server may not POST to, before the check runs."""
+        check_url(url, self.config.allow_private_urls, self.config.url_timeout)
+
+    def record(self, result: CheckResult, owner: str, callback_url: str = "") -> None:
+        """Keep a synchronous check's result. With a webhook: written (with its delivery) before returning."""
+        now = time.time()
+        check = StoredCheck(
+            result.request_id,
+            owner,
+            DONE,
+            result.timestamp,
+            now,
+            now + self.config.check_retention,
+            result=result,
+            callback_url=callback_url,
+        )
+        try:
+            validate_check_id(check.id)
+        except InvalidArgument:
+            if callback_url:
+                raise
+            return  # not storable (an odd caller-chosen request id); the check itself stands
+        if callback_url:
+            deliveries: list[Delivery] = []
+            with self.store.transaction() as txn:
+                if not self._claim(txn, check.id, owner):
+                    raise AlreadyExists(f"check id {check.id!r} was taken meanwhile", "CHECK_ID_TAKEN")
+                deliveries = self._put(txn, check)
+            self._schedule(deliveries)
+            return
+        with self._unwritten.lock:
+            self._unwritten.by_id[check.id] = check
+        self._writes.put(check)
+
+    def claimable(self, check_id: str, owner: str) -> None:
+        """Refuse, before a check runs, an id that another key's check holds (or a deferred one still runs)."""
+        validate_check_id(check_id)
+        with self.store.env.begin() as txn:
+            if not self._claim(txn, check_id, owner):
+                raise AlreadyExists(
+                    f"check id {check_id!r} is taken by another caller's or a pending check; use unique request ids",
+                    "CHECK_ID_TAKEN",
+                )
+
+    def _claim(self, txn: lmdb.Transaction, check_id: str, owner: str) -> bool:
+        """Whether a finished check may be stored under `check_id`: free, or an earlier finished one of the same key."""
+        raw = txn.get(check_id.encode(), db=self._checks)
+        if raw is None:
+            return True
+        existing = _from_bytes(raw)
+        return existing.owner == owner and existing.status != PENDING
+
+    def _put(self, txn: lmdb.Transaction, check: StoredCheck) -> list[Delivery]:
+        """Write a check (and, finished with a callback, its delivery) in the caller's transaction."""
+        key = check.id.encode()
+        old = txn.get(key, db=self._checks)
+        if old is not None:
+            previous = _from_bytes(old)
+            if previous.expires:
+                txn.delete(_expiry_key(previous.expires, previous.id), db=self._expiry)
+        txn.put(key, _to_bytes(check), db=self._checks)
+        if check.expires:
+            txn.put(_expiry_key(check.expires, check.id), b"", db=self._expiry)
+        if check.status != PENDING and check.callback_url:
+            return [self.outbox.put(txn, check.id, check.callback_url, self._render(check))]
+        return []
+
+    def _schedule(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            self.outbox.schedule(delivery)
+
+    # Deferring ------------------------------------------------------------------
+
+    def defer(
+        self, check_id: str, owner: str, order: CheckOrder, data: bytes | None, callback_url: str = ""
+    ) -> StoredCheck:
+        """Store a pending check and queue it. The same id from the same key again returns the stored check
+        (a retried submission is not run twice); from another key it is refused."""
+        validate_check_id(check_id)
+        with self._pending_lock:
+            if self._pending >= self.config.max_pending_checks:
+                raise ResourceExhausted(
+                    f"{self._pending} deferred checks are waiting (--max-pending-checks); retry later or check "
+                    "synchronously",
+                    "QUEUE_FULL",
+                )
+            check = StoredCheck(check_id, owner, PENDING, time.time(), order=order, callback_url=callback_url)
+            with self.store.transaction() as txn:
+                raw = txn.get(check_id.encode(), db=self._checks)
+                if raw is not None:
+                    existing = _from_bytes(raw)
+                    if existing.owner != owner:
+                        raise AlreadyExists(
+                            f"check id {check_id!r} is taken by another caller; use unique request ids",
+                            "CHECK_ID_TAKEN",
+                        )
+                    return existing
+                self._put(txn, check)
+                if data is not None:
+                    txn.put(check_id.encode(), data, db=self._images)
+            self._pending += 1
+        self._queue.put(check_id)
+        return check
+
+    @property
+    def pending(self) -> int:
+        """Deferred checks queued or running."""
+        return self._pending
+
+    @property
+    def unwritten(self) -> int:
+        """Synchronous checks' results not yet committed by the writer."""
+        with self._unwritten.lock:
+            return len(self._unwritten.by_id)
+
+    # Reading ----------------------------------------------------------------------
+
+    def get(self, check_id: str) -> StoredCheck:
+        with self._unwritten.lock:
+            unwritten = self._unwritten.by_id.get(check_id)
+        if unwritten is not None:
+            return unwritten
+        if not check_id or len(check_id.encode()) > CHECK_ID_MAX:
+            raise NotFound(f"check {check_id[:40]!r} does not exist (or has expired)", "CHECK_NOT_FOUND")
+        with self.store.env.begin() as txn:
+            raw = txn.get(check_id.encode(), db=self._checks)
+        if raw is None:
+            raise NotFound(f"check {check_id!r} does not exist (or has expired)", "CHECK_NOT_FOUND")
+        return _from_bytes(raw)
+
+    def finished(self) -> Iterator[StoredCheck]:
+        """Every finished check kept (for calibration), those not yet written included."""
+        with self._unwritten.lock:
+            unwritten = dict(self._unwritten.by_id)
+        yield from unwritten.values()
+        with self.store.env.begin() as txn:
+            for key, raw in txn.cursor(db=self._checks):
+                if bytes(key).decode() in unwritten:
+                    continue
+                check = _from_bytes(raw)
+                if check.status == DONE:
+                    yield check
+
+    # Background work --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Queue the pending checks left by the last run, then start workers, writer and sweeper."""
+        with self.store.env.begin() as txn:
+            stored = (_from_bytes(raw) for _, raw in txn.cursor(db=self._checks))
+            pending = [check.id for check in stored if check.status == PENDING]
+        with self._pending_lock:
+            self._pending += len(pending)
+        for check_id in pending:
+            self._queue.put(check_id)
+        if pending:
+            log.info("%d deferred checks pending from the last run: queued again", len(pending))
+        self.outbox.start()
+        for number in range(max(1, self.config.deferred_workers)):
+            self._spawn(self._work_loop, f"deferred-{number}")
+        self._spawn(self._write_loop, "check-writer")
+        self._spawn(self._sweep_loop, "check-sweeper")
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Finish or put back the checks in hand, write what is queued, save flood-guard rates."""
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join()
+        self._write_queued()
+        self.outbox.stop()
+        self.service.flood.save_rates()
+
+    # Deferred workers ---------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        def still_wanted() -> None:
+            if self._stopping.is_set():
+                raise _Stopping
+
+        while not self._stopping.is_set():
+            try:
+                check_id = self._queue.get(timeout=WORKER_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            context = copy_context()
+            context.run(raise_if_abandoned.set, still_wanted)
+            try:
+                context.run(self._run, check_id)
+            except _Stopping:
+                return  # left pending: the next start queues it again
+            except Exception:
+                log.exception("deferred check %s could not be stored; it stays pending until a restart", check_id)
+                self._done_one()
+
+    def _run(self, check_id: str) -> None:
+        with self.store.env.begin() as txn:
+            raw = txn.get(check_id.encode(), db=self._checks)
+            data = txn.get(check_id.encode(), db=self._images)
+            data = None if data is None else bytes(data)
+        if raw is None:
+            self._done_one()
+            return
+        check = _from_bytes(raw)
+        if check.status != PENDING or check.order is None:
+            self._done_one()
+            return
+        order = check.order
+        finished: StoredCheck
+        try:
+            image = data if data is not None else image_bytes("url", order.url, self.config)
+            result = self.service.check(
+                image,
+                order.lists,
+                order.meta,
+                order.top_k,
+                order.min_score,
+                request_id=check.id,
+                scope=None if order.scope is None else set(order.scope),
+            )
+            finished = replace(check, status=DONE, result=result)
+            self.service.metrics.decisions.labels(result.decision).inc()  # synchronous ones are counted per call
+        except _Stopping:
+            raise
+        except LookalikeError as error:
+            finished = replace(
+                check, status=FAILED, error={"code": error.code, "message": error.message, "reason": error.reason}
+            )
+        except Exception:
+            log.exception("deferred check %s failed", check_id)
+            finished = replace(
+                check,
+                status=FAILED,
+                error={"code": "INTERNAL", "reason": "INTERNAL", "message": "internal error; see the server log"},
+            )
+        now = time.time()
+        finished = replace(finished, order=None, completed=now, expires=now + self.config.check_retention)
+        with self.store.transaction() as txn:
+            deliveries = self._put(txn, finished)
+            txn.delete(check_id.encode(), db=self._images)
+        self._done_one()
+        self._schedule(deliveries)
+
+    def _done_one(self) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+
+    # Writer and sweeper ---------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                first = self._writes.get(timeout=WRITER_IDLE_SECONDS)
+            except queue.Empty:
+                continue
+            self._write_queued([first])
+
+    def _write_queued(self, batch: list[StoredCheck] | None = None) -> None:
+        """Commit queued results in batches of up to WRITE_BATCH, one transaction each."""
+        batch = batch or []
+        while True:
+            while len(batch) < WRITE_BATCH:
+                try:
+                    batch.append(self._writes.get_nowait())
+                except queue.Empty:
+                    break
+            if not batch:
+                return
+            try:
+                with self.store.transaction() as txn:
+                    for check in batch:
+                        if self._claim(txn, check.id, check.owner):
+                            self._put(txn, check)
+            except Exception:
+                log.exception("could not store %d check results; they are lost", len(batch))
+            with self._unwritten.lock:
+                for check in batch:
+                    if self._unwritten.by_id.get(check.id) is check:
+                        del self._unwritten.by_id[check.id]
+            batch = []
+
+    def _sweep_loop(self) -> None:
+        while not self._stopping.wait(self.config.sweep_interval):
+            try:
+                self.sweep()
+                self.service.flood.save_rates()
+            except Exception:
+                log.exception("sweep of expired checks failed; will retry")
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete checks whose retention ended, with their webhooks once those are finished; returns how many."""
+        now = time.time() if now is None else now
+        deleted = 0
+        with self.store.transaction() as txn:
+            cursor = txn.cursor(db=self._expiry)
+            end = _MICROS.pack(int(now * 1_000_000))
+            expired = []
+            if cursor.first():
+                for key in cursor.iternext(keys=True, values=False):
+                    if bytes(key[: _MICROS.size]) > end:
+                        break
+                    expired.append(bytes(key))
+            for key in expired:
+                check_id = key[_MICROS.size :].decode()
+                if self.outbox.still_sending(txn, check_id):
+                    continue  # kept until its webhook is delivered or given up
+                txn.delete(key, db=self._expiry)
+                txn.delete(check_id.encode(), db=self._checks)
+                self.outbox.delete(txn, check_id)
+                deleted += 1
+        return deleted

@@ -1,0 +1,213 @@
+"""Flood guard: one entry suddenly matching far more often than usual stops rejecting until an admin confirms it.
+
+Shared hash lists sometimes carry the hash of something common (a stock photo, a
+meme template). Such an entry would reject thousands of innocent uploads, so each
+disallow entry's reject-level matches are counted twice, with exponential decay over
+a short window and a long one. The decayed count over a window of τ seconds reads
+as "matches per τ", so `short / τs` is the recent rate and `long / τl` the usual
+one. When the recent rate exceeds `factor` × the usual rate (and the short count is
+at least `min_matches`, give or take `MATCH_SLACK`), the entry is guarded: its matches are sent to review
+instead of rejected, which shows in the check's reply, in metrics and in
+`lookalike lists show`. A guard is stored in LMDB at once, so it survives restarts;
+rates are saved on every sweep and at shutdown, so a restart does not forget what
+"usual" was. An admin's confirmation lifts the guard and declares the present rate
+usual (the long count is raised to match), so the same rate does not trip it again
+while a further burst still would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import struct
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from server.store import AUDIT_ENTRY_CONFIRM, EntryRecord, ListRecord, Store
+
+log = logging.getLogger(__name__)
+
+DB_GUARDS = b"flood_guards"
+DB_RATES = b"flood_rates"
+FORGOTTEN_BELOW = 0.05
+"""A rate whose long count decayed below this is dropped rather than saved (nothing usual to remember)."""
+
+MATCH_SLACK = 0.1
+"""n matches in quick succession decay to just under n; they still count as n."""
+
+_KEY = struct.Struct(">IQ")  # list uid, entry seq
+_RATE = struct.Struct(">ddd")  # short count, long count, updated (unix seconds)
+
+
+@dataclass(frozen=True)
+class FloodSettings:
+    min_matches: int = 25
+    """0: the guard is off."""
+    factor: float = 20.0
+    short_window: float = 600.0
+    long_window: float = 86400.0
+
+
+@dataclass(frozen=True)
+class Guard:
+    """An entry under guard: since when, and the decayed counts that tripped it."""
+
+    list: str
+    entry_id: str
+    since: float
+    recent: float
+    """Reject-level matches in the short window when it tripped."""
+    usual: float
+    """What the usual rate would have given in the same window."""
+
+
+class _Rate:
+    """Exponentially decayed counts of one entry's reject-level matches."""
+
+    __slots__ = ("long", "short", "updated")
+
+    def __init__(self, short: float = 0.0, long: float = 0.0, updated: float = 0.0) -> None:
+        self.short = short
+        self.long = long
+        self.updated = updated
+
+    def decay(self, now: float, settings: FloodSettings) -> None:
+        elapsed = max(0.0, now - self.updated)
+        self.short *= math.exp(-elapsed / settings.short_window)
+        self.long *= math.exp(-elapsed / settings.long_window)
+        self.updated = now
+
+    def usual_in_short_window(self, settings: FloodSettings) -> float:
+        return self.long * settings.short_window / settings.long_window
+
+
+class FloodGuard:
+    """Per-entry match rates of one server, and the entries under guard."""
+
+    def __init__(self, store: Store, settings: FloodSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self._guards_db = store.open_db(DB_GUARDS)
+        self._rates_db = store.open_db(DB_RATES)
+        self._lock = threading.Lock()
+        self._rates: dict[tuple[int, int], _Rate] = {}
+        self._guards: dict[tuple[int, int], Guard] = {}
+        with store.env.begin() as txn:
+            for key, value in txn.cursor(db=self._guards_db):
+                self._guards[_KEY.unpack(key)] = Guard(**json.loads(bytes(value)))
+            for key, value in txn.cursor(db=self._rates_db):
+                self._rates[_KEY.unpack(key)] = _Rate(*_RATE.unpack(value))
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.min_matches > 0
+
+    def observe(self, record: ListRecord, entries: Iterable[EntryRecord], now: float | None = None) -> None:
+        """Count one reject-level match of each entry (one check's); guard those that now trip."""
+        if not self.enabled:
+            return
+        now = time.time() if now is None else now
+        tripped: list[tuple[tuple[int, int], Guard]] = []
+        with self._lock:
+            for entry in entries:
+                key = (record.uid, entry.seq)
+                rate = self._rates.get(key)
+                if rate is None:
+                    rate = self._rates[key] = _Rate(updated=now)
+                rate.decay(now, self.settings)
+                rate.short += 1
+                rate.long += 1
+                if key not in self._guards and self._trips(rate):
+                    guard = Guard(record.name, entry.id, now, rate.short, rate.usual_in_short_window(self.settings))
+                    self._guards[key] = guard
+                    tripped.append((key, guard))
+            if tripped:
+                with self.store.transaction() as txn:
+                    for key, guard in tripped:
+                        txn.put(_KEY.pack(*key), json.dumps(asdict(guard)).encode(), db=self._guards_db)
+        for _, guard in tripped:
+            log.warning(
+                "flood guard: entry %r on list %r matched %.0f times in the last %.0f s (usual %.1f); its rejects "
+                "go to review until an admin confirms it",
+                guard.entry_id,
+                guard.list,
+                guard.recent,
+                self.settings.short_window,
+                guard.usual,
+            )
+
+    def _trips(self, rate: _Rate) -> bool:
+        settings = self.settings
+        if rate.short < settings.min_matches - MATCH_SLACK:
+            return False
+        return rate.short / settings.short_window > settings.factor * rate.long / settings.long_window
+
+    def guard_of(self, uid: int, seq: int) -> Guard | None:
+        return self._guards.get((uid, seq))
+
+    def guarded(self, uid: int) -> list[Guard]:
+        """A list's guarded entries, oldest guard first."""
+        with self._lock:
+            found = [guard for (list_uid, _), guard in self._guards.items() if list_uid == uid]
+        return sorted(found, key=lambda guard: (guard.since, guard.entry_id))
+
+    def counts_by_list(self) -> dict[str, int]:
+        with self._lock:
+            guards = list(self._guards.values())
+        counts: dict[str, int] = {}
+        for guard in guards:
+            counts[guard.list] = counts.get(guard.list, 0) + 1
+        return counts
+
+    def confirm(self, record: ListRecord, entry: EntryRecord, actor: str, now: float | None = None) -> Guard | None:
+        """Lift the entry's guard (if any) and take its present rate as usual; audited. Returns the lifted guard."""
+        now = time.time() if now is None else now
+        key = (record.uid, entry.seq)
+        with self._lock:
+            rate = self._rates.get(key)
+            detail = {"guarded": "false"}
+            if rate is not None:
+                rate.decay(now, self.settings)
+                rate.long = max(rate.long, rate.short * self.settings.long_window / self.settings.short_window)
+                detail["recent_matches"] = f"{rate.short:.1f}"
+            guard = self._guards.pop(key, None)
+            if guard is not None:
+                detail |= {"guarded": "true", "since": f"{guard.since:.3f}"}
+            with self.store.transaction() as txn:
+                txn.delete(_KEY.pack(*key), db=self._guards_db)
+                if rate is not None:
+                    txn.put(_KEY.pack(*key), _RATE.pack(rate.short, rate.long, rate.updated), db=self._rates_db)
+                self.store.record_audit(txn, actor, AUDIT_ENTRY_CONFIRM, record.name, entry.id, detail)
+        return guard
+
+    def forget(self, uid: int, seqs: Iterable[int] | None = None) -> None:
+        """Drop the rates and guards of removed entries (`seqs`), or of a deleted list (all)."""
+        only = None if seqs is None else set(seqs)
+        with self._lock:
+            keys = {k for k in (*self._rates, *self._guards) if k[0] == uid and (only is None or k[1] in only)}
+            for key in keys:
+                self._rates.pop(key, None)
+                self._guards.pop(key, None)
+            if keys:
+                with self.store.transaction() as txn:
+                    for key in keys:
+                        txn.delete(_KEY.pack(*key), db=self._guards_db)
+                        txn.delete(_KEY.pack(*key), db=self._rates_db)
+
+    def save_rates(self, now: float | None = None) -> int:
+        """Write every rate still worth remembering (one transaction); forget the rest. Returns how many."""
+        now = time.time() if now is None else now
+        with self._lock:
+            for key, rate in list(self._rates.items()):
+                rate.decay(now, self.settings)
+                if rate.long < FORGOTTEN_BELOW and key not in self._guards:
+                    del self._rates[key]
+            rows = [(_KEY.pack(*key), _RATE.pack(r.short, r.long, r.updated)) for key, r in self._rates.items()]
+        with self.store.transaction() as txn:
+            txn.drop(self._rates_db, delete=False)
+            for packed, value in rows:
+                txn.put(packed, value, db=self._rates_db)
+        return len(rows)

@@ -1,0 +1,236 @@
+"""Webhooks: a durable outbox in LMDB and the threads that POST it, signed, retrying with backoff.
+
+A check given a `callback_url` puts its delivery here in the same transaction
+that stores its result, so a result is never stored without its webhook, nor
+the other way round. Each delivery records its attempts, next attempt time, last
+error and HTTP status, which `GetCheck` shows. Sender threads POST the body
+(a `CheckRecord` as JSON, rendered once so every attempt sends the same bytes)
+with a fresh timestamp and HMAC-SHA256 signature (`client.webhooks`). A 2xx
+answer delivers it; anything else (an error status, a refused connection, a
+timeout) is retried after an exponentially growing, jittered wait until
+`webhook_max_attempts` are used up. The address rules of URL fetching apply
+(`server.fetch`): a loopback or private address is refused unless the server
+allows private URLs, and a refused address is not retried. On start-up every
+pending delivery is scheduled again, so a restart in the middle of retries still
+delivers; an attempt interrupted by a crash is made again (receivers deduplicate
+by `X-Lookalike-Check-Id`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import random
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+
+import lmdb
+
+from client.errors import LookalikeError
+from client.webhooks import CHECK_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from server.config import ServerConfig
+from server.fetch import FetchLimits, post
+from server.metrics import Metrics
+from server.store import Store
+
+log = logging.getLogger(__name__)
+
+DB_OUTBOX = b"webhook_outbox"
+KEY_WEBHOOK_SECRET = b"webhook_secret"
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+SENDER_THREADS = 4
+"""POSTs in flight at once: a slow receiver holds up only its own deliveries."""
+IDLE_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook's state, as stored."""
+
+    check_id: str
+    url: str
+    body: str
+    state: str = PENDING
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_error: str = ""
+    last_status: int = 0
+    delivered: float = 0.0
+
+
+def backoff_seconds(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Wait before the next attempt after `attempts` failed ones: doubling from `base` up to `cap`,
+    half of it fixed and half random, so many failed receivers do not retry in step."""
+    delay = min(cap, base * 2.0 ** max(0, attempts - 1))
+    return delay / 2 + (rng or random).uniform(0, delay / 2)
+
+
+class WebhookOutbox:
+    """The deliveries of one server and the threads that send them."""
+
+    def __init__(self, store: Store, config: ServerConfig, metrics: Metrics) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self._db = store.open_db(DB_OUTBOX)
+        self.secret = (
+            config.webhook_secret
+            or store.meta_value(KEY_WEBHOOK_SECRET, lambda: secrets.token_urlsafe(32).encode()).decode()
+        )
+        self._limits = FetchLimits(
+            timeout_s=config.webhook_timeout, max_redirects=0, allow_private=config.allow_private_urls
+        )
+        self._due: list[tuple[float, str]] = []
+        self._sending: set[str] = set()
+        self._pending = 0
+        self._wake = threading.Condition()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # Writing (inside the caller's transaction) -----------------------------------
+
+    def put(self, txn: lmdb.Transaction, check_id: str, url: str, body: bytes) -> Delivery:
+        """Store a new delivery in the caller's transaction; `schedule` it once that commits."""
+        delivery = Delivery(check_id, url, body.decode(), next_attempt=time.time())
+        txn.put(check_id.encode(), json.dumps(asdict(delivery)).encode(), db=self._db)
+        return delivery
+
+    def schedule(self, delivery: Delivery) -> None:
+        with self._wake:
+            self._pending += 1
+            heapq.heappush(self._due, (delivery.next_attempt, delivery.check_id))
+            self._wake.notify()
+
+    def get(self, check_id: str) -> Delivery | None:
+        with self.store.env.begin() as txn:
+            raw = txn.get(check_id.encode(), db=self._db)
+        return None if raw is None else Delivery(**json.loads(bytes(raw)))
+
+    def still_sending(self, txn: lmdb.Transaction, check_id: str) -> bool:
+        raw = txn.get(check_id.encode(), db=self._db)
+        return raw is not None and json.loads(bytes(raw))["state"] == PENDING
+
+    def delete(self, txn: lmdb.Transaction, check_id: str) -> None:
+        """Drop a delivery with its expired check."""
+        txn.delete(check_id.encode(), db=self._db)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    # Sending ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Schedule every pending delivery found in LMDB, then start the senders."""
+        with self.store.env.begin() as txn:
+            found = [Delivery(**json.loads(bytes(raw))) for _, raw in txn.cursor(db=self._db)]
+        for delivery in found:
+            if delivery.state == PENDING:
+                self.schedule(delivery)
+        for number in range(SENDER_THREADS):
+            thread = threading.Thread(target=self._send_loop, name=f"webhooks-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop sending; a POST in flight finishes (within --webhook-timeout). Pending ones stay stored."""
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=self.config.webhook_timeout + 5)
+
+    def _next_due(self) -> str | None:
+        with self._wake:
+            while not self._stopping.is_set():
+                now = time.time()
+                if self._due and self._due[0][0] <= now:
+                    _, check_id = heapq.heappop(self._due)
+                    if check_id in self._sending:
+                        continue
+                    self._sending.add(check_id)
+                    return check_id
+                wait = IDLE_POLL_SECONDS if not self._due else min(IDLE_POLL_SECONDS, self._due[0][0] - now)
+                self._wake.wait(max(0.001, wait))
+        return None
+
+    def _send_loop(self) -> None:
+        while (check_id := self._next_due()) is not None:
+            try:
+                self._attempt(check_id)
+            except Exception:
+                log.exception("webhook delivery of check %s failed unexpectedly; will retry", check_id)
+                self._reschedule(check_id, time.time() + self.config.webhook_backoff)
+            finally:
+                with self._wake:
+                    self._sending.discard(check_id)
+
+    def _reschedule(self, check_id: str, when: float) -> None:
+        with self._wake:
+            heapq.heappush(self._due, (when, check_id))
+            self._wake.notify()
+
+    def _attempt(self, check_id: str) -> None:
+        delivery = self.get(check_id)
+        if delivery is None or delivery.state != PENDING:
+            return
+        if delivery.next_attempt > time.time() + 0.001:  # scheduled twice; the later entry is the real one
+            return
+        body = delivery.body.encode()
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(self.secret, timestamp, body),
+            CHECK_ID_HEADER: check_id,
+        }
+        status, error, refused = 0, "", False
+        try:
+            status = post(delivery.url, body, headers, self._limits)
+            if not 200 <= status < 300:
+                error = f"the receiver answered HTTP {status}"
+        except LookalikeError as failure:
+            error = failure.message
+            refused = failure.reason == "URL_ADDRESS_REFUSED"
+        attempts = delivery.attempts + 1
+        if not error:
+            outcome, updated = (
+                "delivered",
+                replace(
+                    delivery,
+                    state=DELIVERED,
+                    attempts=attempts,
+                    last_status=status,
+                    last_error="",
+                    delivered=time.time(),
+                ),
+            )
+        elif refused or attempts >= self.config.webhook_max_attempts:
+            outcome = "refused" if refused else "failed"
+            updated = replace(delivery, state=FAILED, attempts=attempts, last_status=status, last_error=error)
+        else:
+            wait = backoff_seconds(attempts, self.config.webhook_backoff, self.config.webhook_backoff_max)
+            outcome, updated = (
+                "retry",
+                replace(
+                    delivery, attempts=attempts, last_status=status, last_error=error, next_attempt=time.time() + wait
+                ),
+            )
+        self._store(updated)
+        self.metrics.webhook_deliveries.labels(outcome).inc()
+        if updated.state == PENDING:
+            self._reschedule(check_id, updated.next_attempt)
+        else:
+            with self._wake:
+                self._pending -= 1
+            if outcome != "delivered":
+                log.warning(
+                    "webhook for check %s to %s gave up after %d attempts: %s", check_id, delivery.url, attempts, error
+                )
+
+    def _store(self, delivery: Delivery) -> None:
+        with self.store.transaction() as txn:
+            txn.put(delivery.check_id.encode(), json.dumps(asdict(delivery)).encode(), db=self._db)
