@@ -145,8 +145,18 @@ def _rank(match: Match) -> tuple[float, float, str, int]:
     return (-match.score, -(similarity if similarity is not None else -1.0), match.list, match.entry.seq)
 
 
-def hamming(a: bytes, b: bytes) -> int:
-    return int(np.unpackbits(np.bitwise_xor(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8))).sum())
+def nearest_bits(variants: Sequence[bytes], listed: bytes) -> int:
+    """Smallest Hamming distance from any of a picture's PDQ variants to a listed code."""
+    queries = np.frombuffer(b"".join(variants), np.uint8).reshape(len(variants), -1)
+    return int(np.bitwise_count(queries ^ np.frombuffer(listed, np.uint8)).sum(axis=1).min())
+
+
+def best_similarities(views: np.ndarray, stored: dict[int, np.ndarray]) -> dict[int, float]:
+    """Each stored vector's best cosine with any view of the picture, in one matrix product."""
+    if not stored:
+        return {}
+    similarities = (views @ np.stack(list(stored.values())).T).max(axis=0)
+    return dict(zip(stored, similarities.tolist(), strict=True))
 
 
 class LookalikeService:
@@ -571,8 +581,7 @@ class LookalikeService:
             with self.metrics.stage("vector_search"):
                 similarities = {hit.id: hit.similarity for hit in index.search_vectors(views, k)}
                 if index.approximate:  # estimates from compressed codes: re-rank exactly from the stored vectors
-                    shortlist = self.store.embeddings(record.uid, list(similarities))
-                    reranked = {seq: float(np.max(views @ vector)) for seq, vector in shortlist.items()}
+                    reranked = best_similarities(views, self.store.embeddings(record.uid, list(similarities)))
                     similarities = dict(sorted(reranked.items(), key=lambda item: -item[1])[:k])
         seqs = set(pdq_hits) | set(similarities) | {seq for seq in (exact, exact_md5) if seq is not None}
         if not seqs:
@@ -580,14 +589,12 @@ class LookalikeService:
         entries = self.store.entries_by_seq(record.uid, sorted(seqs))
         missing = [seq for seq in entries if seq not in similarities]
         if missing and views is not None:
-            for seq, stored in self.store.embeddings(record.uid, missing).items():
-                similarities[seq] = float(np.max(views @ stored))
+            similarities.update(best_similarities(views, self.store.embeddings(record.uid, missing)))
         matches = []
         for seq, entry in entries.items():
             distance = pdq_hits.get(seq)
             if distance is None and entry.pdq and variants:
-                listed = bytes.fromhex(entry.pdq)
-                distance = min(hamming(variant, listed) for variant in variants)
+                distance = nearest_bits(variants, bytes.fromhex(entry.pdq))
             evidence = Evidence(
                 # the digest keys of hash-only entries are no SHA-256 of bytes: confirm with the entry's own
                 exact_sha256=seq == exact and entry.sha256 == hashes.sha256_hex,

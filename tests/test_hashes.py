@@ -23,7 +23,7 @@ from client.stub import translate
 from server.fingerprint import pdq_hashes
 from server.hashes import pdq_dihedral
 from server.scoring import DEFAULT_REJECT_THRESHOLD, DEFAULT_REVIEW_THRESHOLD, Evidence, score
-from server.service import hamming
+from server.service import nearest_bits
 from server.store import DB_ENTRIES, DB_LISTS
 from tests.conftest import ServerHandle, distinct_photos, start_server
 from tests.test_cli import run
@@ -81,8 +81,8 @@ def test_pdq_variants_derived_from_a_hash_match_the_turned_pictures() -> None:
         assert len(set(derived)) == 8
         for turn, transpose in enumerate(TURNS):
             turned = picture if transpose is None else picture.transpose(transpose)
-            distances[turn].append(hamming(derived[turn], pdq_hashes(turned)[0][0]))
-        from_pixels.extend(min(hamming(d, v) for v in pixels_variants) for d in derived)
+            distances[turn].append(nearest_bits([derived[turn]], pdq_hashes(turned)[0][0]))
+        from_pixels.extend(nearest_bits(pixels_variants, d) for d in derived)
     assert distances[0] == distances[6] == [0] * 10  # itself, and the transpose: exact
     for turn, found in distances.items():
         assert np.mean(found) <= 20 and sum(d <= 31 for d in found) >= 8, (TURNS[turn], found)
@@ -213,7 +213,7 @@ def test_dihedral_lists_find_turned_copies_of_hash_entries_and_others_do_not(loo
             client.add_hash(name, client.hash_entry(pdq=pdq, pdq_quality=quality, id=path.stem))
         mirrored = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         mirrored_pdq, mirrored_quality = pdq_of(mirrored)
-        assert hamming(bytes.fromhex(pdq), bytes.fromhex(mirrored_pdq)) > 63
+        assert nearest_bits([bytes.fromhex(pdq)], bytes.fromhex(mirrored_pdq)) > 63
         for result in (
             client.check_hashes(["turned", "straight"], pdq=mirrored_pdq, pdq_quality=mirrored_quality, top_k=5),
             client.check(encode_edited(mirrored), ["turned", "straight"], top_k=5),
