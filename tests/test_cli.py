@@ -11,6 +11,7 @@ from typing import Any
 
 from PIL import Image
 
+from client import LookalikeClient
 from tests.conftest import ServerHandle, distinct_photos, jpeg_bytes
 
 LOOKALIKE = Path(sys.executable).parent / "lookalike"
@@ -152,3 +153,22 @@ def test_urls_are_fetched_by_the_server(lookalike: ServerHandle, tmp_path: Path)
     finally:
         web.shutdown()
         web.server_close()
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(lookalike: ServerHandle) -> None:
+    """`lookalike export LIST | head` must not end in a traceback."""
+    lookalike.client.create_list("banned")
+    entries = [LookalikeClient.hash_entry(pdq=f"{number + 1:064x}") for number in range(2000)]
+    assert all(not isinstance(result, Exception) for _, result in lookalike.client.import_entries("banned", entries))
+    with subprocess.Popen(
+        [str(LOOKALIKE), "export", "banned"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "LOOKALIKE_SERVER": lookalike.address},
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.readline()
+        process.stdout.close()  # the reader goes away after one line
+        stderr = process.stderr.read().decode()
+        assert process.wait(timeout=60) == 141
+    assert "Traceback" not in stderr
