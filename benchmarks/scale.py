@@ -25,7 +25,6 @@ Prints a table and one JSON object.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import resource
 import subprocess
@@ -40,11 +39,13 @@ import numpy as np
 
 from benchmarks.accuracy import hardware
 from benchmarks.metrics import format_table
+from benchmarks.synthetic import new_entries, unit
 from index import configure_threads
 from index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, ListIndex
 from server.indexes import IndexRegistry
 from server.scoring import DEFAULT_MODEL, PDQ_SEARCH_RADIUS
-from server.store import NewEntry, Store
+from server.service import best_similarities
+from server.store import Store
 
 LIST = "scale"
 CHUNK = 20_000
@@ -64,11 +65,6 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def unit(rng: np.random.Generator, rows: int) -> np.ndarray:
-    matrix = rng.standard_normal((rows, 512), dtype=np.float32)
-    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
-
-
 def near(rng: np.random.Generator, vector: np.ndarray, cosine: float) -> np.ndarray:
     noise = rng.standard_normal(len(vector)).astype(np.float32)
     noise -= (noise @ vector) * vector
@@ -80,22 +76,6 @@ def flip(rng: np.random.Generator, code: np.ndarray, bits: int) -> np.ndarray:
     unpacked = np.unpackbits(code)
     unpacked[rng.choice(256, bits, replace=False)] ^= 1
     return np.packbits(unpacked)
-
-
-def new_entries(start: int, vectors: np.ndarray, codes: np.ndarray) -> list[NewEntry]:
-    return [
-        NewEntry(
-            id=f"s{start + i}",
-            sha256=hashlib.sha256((start + i).to_bytes(8, "big")).hexdigest(),
-            pdq=codes[i].tobytes().hex(),
-            pdq_quality=100,
-            phash="0" * 16,
-            model=DEFAULT_MODEL,
-            embedding=vectors[i],
-            meta={},
-        )
-        for i in range(len(vectors))
-    ]
 
 
 class Planted:
@@ -149,9 +129,8 @@ def search_like_a_check(store: Store, uid: int, index: ListIndex, view: np.ndarr
     hits = index.search_vectors(view, k)
     if not index.approximate:
         return [hit.id for hit in hits]
-    stored = store.embeddings(uid, [hit.id for hit in hits])
-    ranked = sorted(stored, key=lambda seq: -float(view @ stored[seq]))
-    return ranked[:k]
+    exact = best_similarities(view[np.newaxis], store.embeddings(uid, [hit.id for hit in hits]))
+    return sorted(exact, key=lambda seq: -exact[seq])[:k]
 
 
 def measure_searches(store: Store, uid: int, index: ListIndex, planted: Planted, seed: int) -> dict[str, Any]:

@@ -26,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,12 +33,13 @@ import numpy as np
 
 from benchmarks.accuracy import DEFAULT_CORPUS, hardware
 from benchmarks.metrics import format_table
+from benchmarks.synthetic import new_entries, unit
 from client import LookalikeClient
 from client.lookalike_pb import lookalike_pb2 as pb
 from server.config import usable_cores
 from server.indexes import IndexRegistry
 from server.scoring import DEFAULT_MODEL
-from server.store import NewEntry, Store
+from server.store import Store
 
 LIST = "bench"
 MAP_SIZE = 1 << 34
@@ -53,23 +53,8 @@ def populate(data: Path, entries: int, model: str, seed: int = 0) -> None:
         store.create_list(LIST, "throughput benchmark", 0.5, 0.8, model)
         for start in range(0, entries, 5000):
             count = min(5000, entries - start)
-            vectors = rng.normal(size=(count, 512)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             codes = rng.integers(0, 256, size=(count, 32), dtype=np.uint8)
-            batch = [
-                NewEntry(
-                    id=f"synthetic-{start + i}",
-                    sha256=uuid.uuid4().hex * 2,
-                    pdq=codes[i].tobytes().hex(),
-                    pdq_quality=100,
-                    phash="0" * 16,
-                    model=model,
-                    embedding=vectors[i],
-                    meta={},
-                )
-                for i in range(count)
-            ]
-            store.add_entries(LIST, batch)
+            store.add_entries(LIST, new_entries(start, unit(rng, count), codes, model))
         # As a server that has run before: the index is built once and snapshotted, so start-up loads it.
         registry = IndexRegistry(store, background=False)
         registry.load_all()

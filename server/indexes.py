@@ -174,18 +174,24 @@ class IndexRegistry:
     def _rebuild(self, uid: int) -> None:
         try:
             fresh = self.build(uid)
-            with self.writing(uid) as current:
-                if current is None:
-                    return  # the list was deleted meanwhile
-                self.replay(uid, fresh)
-                with self._guard:
-                    self._indexes[uid] = fresh
-            log.info("list #%d: index rebuilt as %s for %d entries", uid, fresh.layout, fresh.vector_count)
+            if self.install(uid, fresh):
+                log.info("list #%d: index rebuilt as %s for %d entries", uid, fresh.layout, fresh.vector_count)
         except Exception:
             log.exception("list #%d: index rebuild failed; the current index keeps serving", uid)
         finally:
             with self._guard:
                 self._rebuilding.pop(uid, None)
+
+    def install(self, uid: int, fresh: ListIndex) -> bool:
+        """Let an index built from an earlier read of the store take over: under the list's write
+        lock it first replays every change made since that read. False when the list is gone."""
+        with self.writing(uid) as current:
+            if current is None:
+                return False
+            self.replay(uid, fresh)
+            with self._guard:
+                self._indexes[uid] = fresh
+        return True
 
     def wait_for_rebuilds(self, timeout: float | None = None) -> None:
         for worker in list(self._rebuilding.values()):

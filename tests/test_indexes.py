@@ -114,23 +114,37 @@ def test_a_list_that_grows_past_the_exact_limit_is_rebuilt_as_ivf_and_finds_near
         assert [hit.id for hit in hits] == [grown.store.get_entry(LIST, entry_id).seq]
 
 
-def test_changes_made_during_a_background_rebuild_are_in_the_rebuilt_index(tmp_path: Path) -> None:
+def test_changes_made_while_an_index_is_rebuilt_are_in_the_index_that_takes_over(tmp_path: Path) -> None:
+    fixture = Fixture(tmp_path, background=False)
+    try:
+        fixture.add(GROWN)
+        fresh = fixture.registry.build(fixture.uid)  # a rebuild's read of the store ...
+        fixture.add(500)  # ... then changes the old index serves meanwhile
+        removed_code = fixture.codes["e3"]
+        fixture.remove("e3")
+        fixture.remove(f"e{GROWN + 200}")  # added and removed after the read
+        assert fixture.registry.install(fixture.uid, fresh)
+        index = fixture.registry.get(fixture.uid)
+        assert index is fresh and index.approximate
+        assert index.vector_count == index.pdq_count == len(fixture.vectors) == GROWN + 498
+        newest = f"e{GROWN + 499}"
+        assert fixture.found(newest, fixture.vectors[newest])
+        assert index.search_pdq([fixture.codes["e4"].tobytes()], 0)[0].id == fixture.store.get_entry(LIST, "e4").seq
+        assert index.search_pdq([removed_code.tobytes()], 0) == []
+    finally:
+        fixture.store.close()
+
+
+def test_a_list_growing_past_the_exact_limit_is_rebuilt_on_a_thread(tmp_path: Path) -> None:
     fixture = Fixture(tmp_path, background=True)
     try:
         fixture.add(EXACT_VECTORS_MAX)
         assert not fixture.registry.get(fixture.uid).approximate  # type: ignore[union-attr]
-        fixture.add(1_000)  # crosses the limit: the rebuild starts on a thread
-        fixture.add(500)  # while it runs (or after: either way, nothing may be lost)
-        fixture.remove("e3")
-        fixture.remove(f"e{EXACT_VECTORS_MAX + 1_200}")
+        fixture.add(1_000)  # crosses the limit
         fixture.registry.wait_for_rebuilds()
         index = fixture.registry.get(fixture.uid)
         assert index is not None and index.approximate
-        assert index.vector_count == index.pdq_count == len(fixture.vectors) == EXACT_VECTORS_MAX + 1_498
-        newest = f"e{EXACT_VECTORS_MAX + 1_499}"
-        assert fixture.found(newest, fixture.vectors[newest])
-        seqs = {hit.id for hit in index.search_pdq([fixture.codes["e4"].tobytes()], 0)}
-        assert seqs == {fixture.store.get_entry(LIST, "e4").seq}
+        assert index.vector_count == EXACT_VECTORS_MAX + 1_000
     finally:
         fixture.store.close()
 
