@@ -29,6 +29,7 @@ from client.hashfiles import FORMATS, JSONL, BadLine, format_for, read_entries, 
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.stub import DEFAULT_SERVER, IMPORT_BATCH, LookalikeClient
 from client.types import (
+    VERDICTS,
     AddResult,
     AuditRecord,
     Calibration,
@@ -88,24 +89,28 @@ class Output:
     def emit(self, record: dict[str, Any], text: str) -> None:
         print(json.dumps(record, ensure_ascii=False) if self.as_json else text, flush=True)
 
+    def _failure(self, key: str, value: Any, label: str, message: str, error: Exception | str) -> None:
+        """Count a failure and print {key: value, "error", "code"?, "reason"?} or `label<TAB>ERROR<TAB>message`."""
+        self.failures += 1
+        record: dict[str, Any] = {key: value, "error": message}
+        if isinstance(error, LookalikeError):
+            record["code"] = error.code
+            record["reason"] = error.reason
+        self.emit(record, f"{label}\tERROR\t{message}")
+
     def fail_line(self, line: int, error: Exception | str) -> None:
         """A line of an imported file that was not imported."""
-        self.failures += 1
         message = error if isinstance(error, str) else str(error)
-        record: dict[str, Any] = {"line": line, "error": message}
-        if isinstance(error, LookalikeError):
-            record["code"] = error.code
-            record["reason"] = error.reason
-        self.emit(record, f"line {line}\tERROR\t{message}")
+        self._failure("line", line, f"line {line}", message, error)
 
     def fail(self, path: str, error: Exception) -> None:
-        self.failures += 1
         message = str(error) if isinstance(error, LookalikeError) else f"{type(error).__name__}: {error}"
-        record = {"path": path, "error": message}
-        if isinstance(error, LookalikeError):
-            record["code"] = error.code
-            record["reason"] = error.reason
-        self.emit(record, f"{path}\tERROR\t{message}")
+        self._failure("path", path, path, message, error)
+
+    def fail_id(self, id: str, error: LookalikeError) -> None:
+        """A call on one id (entry, stored check) that failed: {"id", "error", "code"}."""
+        self.failures += 1
+        self.emit({"id": id, "error": str(error), "code": error.code}, f"{id}\tERROR\t{error}")
 
 
 def _progress(total: int | None, label: str, enabled: bool, unit: str = "img") -> Any:
@@ -180,11 +185,14 @@ def check_record(path: str, result: CheckResult) -> dict[str, Any]:
     }
 
 
-def _check_text(label: str, result: CheckResult) -> str:
+def _check_text(label: str, result: CheckResult, signals: bool = True) -> str:
+    """`label<TAB>decision`, then the best match and its score (and its signals, unless `signals` is false)."""
     best = result.matches[0] if result.matches else None
     text = f"{label}\t{result.decision}"
     if best is not None:
-        text += f"\t{best.list}/{best.id}\tscore {best.score:.3f}\t{'+'.join(best.evidence.signals) or '-'}"
+        text += f"\t{best.list}/{best.id}\tscore {best.score:.3f}"
+        if signals:
+            text += f"\t{'+'.join(best.evidence.signals) or '-'}"
     return text
 
 
@@ -194,12 +202,15 @@ def cmd_check(client: LookalikeClient, args: argparse.Namespace, output: Output)
     meta = _parse_meta(args.meta)
 
     def request(image: pb.Image) -> pb.CheckRequest:
-        message = pb.CheckRequest(
-            image=image, lists=lists, meta=meta, top_k=args.top_k, defer=args.defer, callback_url=args.callback_url
+        return client.check_request(
+            image,
+            lists,
+            meta=meta,
+            top_k=args.top_k,
+            min_score=args.min_score,
+            defer=args.defer,
+            callback_url=args.callback_url,
         )
-        if args.min_score is not None:
-            message.min_score = args.min_score
-        return message
 
     sent, requests = _streamed(items, output, request)
     with _progress(len(items), "checking", not args.quiet) as bar:
@@ -212,11 +223,7 @@ def cmd_check(client: LookalikeClient, args: argparse.Namespace, output: Output)
             if result.status == "pending":
                 output.emit({"path": path, "id": result.id}, f"{path}\t{result.id}\tpending")
                 continue
-            best = result.matches[0] if result.matches else None
-            text = f"{path}\t{result.decision}"
-            if best is not None:
-                text += f"\t{best.list}/{best.id}\tscore {best.score:.3f}"
-            output.emit(check_record(path, result), text)
+            output.emit(check_record(path, result), _check_text(path, result, signals=False))
 
 
 # Hash lists ----------------------------------------------------------------
@@ -276,7 +283,7 @@ def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output
     """Stream the file's entries in batches; bad lines are reported with their number and skipped."""
     file_format = format_for(args.file, args.format)
     try:
-        total = _count_lines(args.file)
+        total = None if args.quiet else _count_lines(args.file)
         # surrogateescape: a line that is not UTF-8 is reported by number instead of ending the read
         handle = (
             open(sys.stdin.fileno(), encoding="utf-8", errors="surrogateescape", newline="", closefd=False)
@@ -373,13 +380,11 @@ def cmd_result(client: LookalikeClient, args: argparse.Namespace, output: Output
         try:
             record = client.wait_for_check(check_id, timeout=args.wait) if args.wait else client.get_check(check_id)
         except LookalikeError as error:
-            output.failures += 1
-            output.emit({"id": check_id, "error": str(error), "code": error.code}, f"{check_id}\tERROR\t{error}")
+            output.fail_id(check_id, error)
             continue
         text = f"{record.id}\t{record.status}"
         if record.result is not None:
-            best = record.result.matches[0] if record.result.matches else None
-            text += f"\t{record.result.decision}" + (f"\t{best.list}/{best.id}\tscore {best.score:.3f}" if best else "")
+            text = _check_text(text, record.result, signals=False)
         if record.error is not None:
             output.failures += 1
             text += f"\t{record.error['code']}: {record.error['message']}"
@@ -463,8 +468,7 @@ def cmd_confirm(client: LookalikeClient, args: argparse.Namespace, output: Outpu
         try:
             client.confirm_entry(args.list, entry_id)
         except LookalikeError as error:
-            output.failures += 1
-            output.emit({"id": entry_id, "error": str(error), "code": error.code}, f"{entry_id}\tERROR\t{error}")
+            output.fail_id(entry_id, error)
             continue
         output.emit({"list": args.list, "id": entry_id, "confirmed": True}, f"{entry_id}\tconfirmed")
 
@@ -479,8 +483,7 @@ def cmd_remove(client: LookalikeClient, args: argparse.Namespace, output: Output
         try:
             client.remove(args.list, entry_id)
         except LookalikeError as error:
-            output.failures += 1
-            output.emit({"id": entry_id, "error": str(error), "code": error.code}, f"{entry_id}\tERROR\t{error}")
+            output.fail_id(entry_id, error)
             continue
         output.emit({"id": entry_id, "removed": True}, f"{entry_id}\tremoved")
 
@@ -655,23 +658,23 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     common.add_argument(
         "--api-key",
-        default=os.environ.get("LOOKALIKE_API_KEY", ""),
+        default=None,
         help="API key sent with every call (env LOOKALIKE_API_KEY, which keeps it out of `ps`)",
     )
     common.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CA certificates")
     common.add_argument(
         "--tls-ca",
-        default=os.environ.get("LOOKALIKE_TLS_CA", ""),
+        default=None,
         help="use TLS, trusting this CA (PEM; env LOOKALIKE_TLS_CA)",
     )
     common.add_argument(
         "--tls-cert",
-        default=os.environ.get("LOOKALIKE_CLIENT_CERT", ""),
+        default=None,
         help="client certificate (PEM) for servers that require one (env LOOKALIKE_CLIENT_CERT)",
     )
     common.add_argument(
         "--tls-key",
-        default=os.environ.get("LOOKALIKE_CLIENT_KEY", ""),
+        default=None,
         help="private key of --tls-cert (PEM; env LOOKALIKE_CLIENT_KEY)",
     )
 
@@ -730,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     feedback_commands = feedback.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
     feedback_add = feedback_commands.add_parser("add", parents=[common], help="a verdict on a stored check")
     feedback_add.add_argument("check_id", metavar="CHECK_ID")
-    feedback_add.add_argument("--verdict", required=True, choices=("false_positive", "missed_duplicate", "confirmed"))
+    feedback_add.add_argument("--verdict", required=True, choices=tuple(VERDICTS))
     feedback_add.add_argument("--entry", default="", help="the entry judged (default: the best flagging match)")
     feedback_add.add_argument("--list", default="", help="the entry's list, when the check did not come near it")
     feedback_add.add_argument("--note", default="")

@@ -74,6 +74,12 @@ def _stream[T](responses: Iterator[T]) -> Iterator[T]:
         raise translate(error) from None
 
 
+def _set_since(request: Any, since: datetime | float | None) -> None:
+    """Set a list request's `since` Timestamp from a datetime or unix seconds (left unset for None)."""
+    if since is not None:
+        request.since.FromNanoseconds(int((since.timestamp() if isinstance(since, datetime) else since) * 1e9))
+
+
 class _CallDetails(NamedTuple):
     method: str
     timeout: float | None
@@ -461,15 +467,9 @@ class LookalikeClient:
     ) -> Iterator[Feedback]:
         """Feedback oldest first, on one list or all, from `since`, every page (admin)."""
         request = pb.ListFeedbackRequest(list=list_name, limit=page_size)
-        if since is not None:
-            request.since.FromNanoseconds(int((since.timestamp() if isinstance(since, datetime) else since) * 1e9))
-        while True:
-            reply = _call(self._stub.ListFeedback, request, timeout=self.timeout)
-            for record in reply.feedback:
-                yield Feedback.from_pb(record)
-            if not reply.next_page_token:
-                return
-            request.page_token = reply.next_page_token
+        _set_since(request, since)
+        for record in self._pages(self._stub.ListFeedback, request, "feedback"):
+            yield Feedback.from_pb(record)
 
     def calibrate(self, list_name: str, *, apply: bool = False) -> Calibration:
         """Thresholds that would have avoided the reported errors, and their cost; `apply` sets them (admin)."""
@@ -509,12 +509,15 @@ class LookalikeClient:
     ) -> Iterator[AuditRecord]:
         """Audit records oldest first, on one list or all, from `since` (a datetime or unix seconds), every page."""
         request = pb.ListAuditRequest(list=list_name, limit=page_size)
-        if since is not None:
-            request.since.FromNanoseconds(int((since.timestamp() if isinstance(since, datetime) else since) * 1e9))
+        _set_since(request, since)
+        for record in self._pages(self._stub.ListAudit, request, "records"):
+            yield AuditRecord.from_pb(record)
+
+    def _pages(self, rpc: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
+        """The messages in reply field `field` of every page `rpc` answers, following `next_page_token`."""
         while True:
-            reply = _call(self._stub.ListAudit, request, timeout=self.timeout)
-            for record in reply.records:
-                yield AuditRecord.from_pb(record)
+            reply = _call(rpc, request, timeout=self.timeout)
+            yield from getattr(reply, field)
             if not reply.next_page_token:
                 return
             request.page_token = reply.next_page_token

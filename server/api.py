@@ -150,7 +150,13 @@ def _malformed_error() -> InvalidArgument:
 class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Gives Lookalike's methods a deserializer that returns MALFORMED instead of raising."""
 
+    def __init__(self) -> None:
+        self._handlers: dict[str, Any] = {}  # per method: its handler never changes, so wrap it once
+
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
+        wrapped = self._handlers.get(details.method)
+        if wrapped is not None:
+            return wrapped
         handler = continuation(details)
         parse = getattr(handler, "request_deserializer", None)
         if parse is None or not details.method.startswith(f"/{SERVICE}/"):
@@ -162,7 +168,8 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[type-
             except Exception:  # noqa: BLE001 - any parse failure is the caller's bad bytes
                 return MALFORMED
 
-        return handler._replace(request_deserializer=tolerant)
+        wrapped = self._handlers[details.method] = handler._replace(request_deserializer=tolerant)
+        return wrapped
 
 
 def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -530,10 +537,9 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     @rpc
     def AddEntry(self, request: pb.AddEntryRequest, context: grpc.ServicerContext) -> pb.AddEntryResponse:
         caller = self.access.authorize(context, "AddEntry", [request.list])
-        (outcome,) = self.service.add_entries(request.list, [self._add_request(request)], actor=caller.key_id)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return add_response(request.list, outcome)
+        return _single_add(
+            request.list, self.service.add_entries(request.list, [self._add_request(request)], actor=caller.key_id)
+        )
 
     @stream_rpc
     def AddEntries(
@@ -548,15 +554,11 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
         def finish(prepared: list[tuple[_Numbered, Any]]) -> Iterator[pb.AddEntriesResult]:
             outcomes = self.service.store_prepared([p for _, p in prepared], actor=caller.key_id)
             for (item, _), outcome in zip(prepared, outcomes, strict=True):
-                yield self._numbered_add(item, outcome)
+                # a malformed item (an error outcome) has no list to name
+                list_name = "" if isinstance(outcome, Exception) else item.message.list
+                yield _numbered_add(item.index, list_name, outcome)
 
         yield from self._pipeline(requests, context, prepare, finish)
-
-    @staticmethod
-    def _numbered_add(item: _Numbered, outcome: AddOutcome | Exception) -> pb.AddEntriesResult:
-        if isinstance(outcome, Exception):
-            return pb.AddEntriesResult(index=item.index, error=_item_error(outcome))
-        return pb.AddEntriesResult(index=item.index, entry=add_response(item.message.list, outcome))
 
     @rpc
     def GetEntry(self, request: pb.GetEntryRequest, context: grpc.ServicerContext) -> pb.Entry:
@@ -576,10 +578,9 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     @rpc
     def AddHash(self, request: pb.AddHashRequest, context: grpc.ServicerContext) -> pb.AddEntryResponse:
         caller = self.access.authorize(context, "AddHash", [request.list])
-        (outcome,) = self.service.add_hashes(request.list, [hash_add(request.entry)], actor=caller.key_id)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return add_response(request.list, outcome)
+        return _single_add(
+            request.list, self.service.add_hashes(request.list, [hash_add(request.entry)], actor=caller.key_id)
+        )
 
     @stream_rpc
     def ImportEntries(
@@ -594,12 +595,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
                 raise _malformed_error()
             self.access.require(caller, Action.ADD_ENTRIES, [request.list])
             outcomes = self.service.add_hashes(request.list, [hash_add(e) for e in request.entries], caller.key_id)
-            results = []
-            for index, outcome in enumerate(outcomes, start=position):
-                if isinstance(outcome, Exception):
-                    results.append(pb.AddEntriesResult(index=index, error=_item_error(outcome)))
-                else:
-                    results.append(pb.AddEntriesResult(index=index, entry=add_response(request.list, outcome)))
+            results = [_numbered_add(i, request.list, outcome) for i, outcome in enumerate(outcomes, start=position)]
             position += len(outcomes)
             yield pb.ImportEntriesResponse(results=results)
 
@@ -722,12 +718,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     @rpc
     def ListAudit(self, request: pb.ListAuditRequest, context: grpc.ServicerContext) -> pb.ListAuditResponse:
         self.access.authorize(context, "ListAudit")
-        if not 0 <= request.limit <= AUDIT_PAGE_MAX:
-            raise InvalidArgument(f"limit must lie in [0, {AUDIT_PAGE_MAX}], got {request.limit}", "LIMIT_OUT_OF_RANGE")
-        since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else 0.0
-        records, next_token = self.service.store.audit(
-            request.list, since, request.limit or AUDIT_PAGE_DEFAULT, request.page_token
-        )
+        records, next_token = self.service.store.audit(request.list, *_page_args(request), request.page_token)
         return pb.ListAuditResponse(records=[audit_message(r) for r in records], next_page_token=next_token)
 
     # Stored checks, feedback, calibration, flood guard ---------------------------
@@ -809,12 +800,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     @rpc
     def ListFeedback(self, request: pb.ListFeedbackRequest, context: grpc.ServicerContext) -> pb.ListFeedbackResponse:
         self.access.authorize(context, "ListFeedback")
-        if not 0 <= request.limit <= AUDIT_PAGE_MAX:
-            raise InvalidArgument(f"limit must lie in [0, {AUDIT_PAGE_MAX}], got {request.limit}", "LIMIT_OUT_OF_RANGE")
-        since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else 0.0
-        records, next_token = self.feedback.page(
-            request.list, since, request.limit or AUDIT_PAGE_DEFAULT, request.page_token
-        )
+        records, next_token = self.feedback.page(request.list, *_page_args(request), request.page_token)
         return pb.ListFeedbackResponse(feedback=[feedback_message(r) for r in records], next_page_token=next_token)
 
     @rpc
@@ -947,6 +933,28 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
                 f"a stream may carry at most {limit:,} images (--max-batch-images); send the rest on a new stream",
                 "BATCH_TOO_LARGE",
             )
+
+
+def _single_add(list_name: str, outcomes: list[AddOutcome | Exception]) -> pb.AddEntryResponse:
+    (outcome,) = outcomes
+    if isinstance(outcome, Exception):
+        raise outcome
+    return add_response(list_name, outcome)
+
+
+def _numbered_add(index: int, list_name: str, outcome: AddOutcome | Exception) -> pb.AddEntriesResult:
+    """One item of a bulk add's reply: its position and its entry or error."""
+    if isinstance(outcome, Exception):
+        return pb.AddEntriesResult(index=index, error=_item_error(outcome))
+    return pb.AddEntriesResult(index=index, entry=add_response(list_name, outcome))
+
+
+def _page_args(request: pb.ListAuditRequest | pb.ListFeedbackRequest) -> tuple[float, int]:
+    """`since` (unix seconds, 0 when unset) and the page size of a paged listing."""
+    if not 0 <= request.limit <= AUDIT_PAGE_MAX:
+        raise InvalidArgument(f"limit must lie in [0, {AUDIT_PAGE_MAX}], got {request.limit}", "LIMIT_OUT_OF_RANGE")
+    since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else 0.0
+    return since, request.limit or AUDIT_PAGE_DEFAULT
 
 
 class _Numbered:

@@ -16,10 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from client.errors import LookalikeError
-from client.lookalike_pb import lookalike_pb2 as pb
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from index import configure_threads
-from server.api import LookalikeServicer, MalformedRequestInterceptor, webhook_body
+from server.api import SERVICE, LookalikeServicer, MalformedRequestInterceptor, webhook_body
 from server.auth import Access, is_loopback_listen, require_safe_listen, server_credentials
 from server.checks import CheckLedger
 from server.config import ServerConfig, parse_config
@@ -34,7 +33,6 @@ from server.webhooks import WebhookOutbox
 from server.workers import FingerprintWorkers
 
 log = logging.getLogger("lookalike")
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Lookalike"].full_name
 
 
 @dataclass
@@ -48,7 +46,6 @@ class RunningServer:
     executor: ThreadPoolExecutor
     _stop_snapshots: threading.Event
     _snapshotter: threading.Thread | None = None
-    metrics: Metrics | None = None
     metrics_http: WSGIServer | None = None
     """The `/metrics` endpoint when `--metrics-listen` is set."""
     checks: CheckLedger | None = None
@@ -135,18 +132,18 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="grpc"),
         options=options,
-        interceptors=[RequestObserver(metrics, SERVICE_NAME, ready), MalformedRequestInterceptor()],
+        interceptors=[RequestObserver(metrics, SERVICE, ready), MalformedRequestInterceptor()],
         # Checked before a call is queued for a worker: past it, RESOURCE_EXHAUSTED at once.
         maximum_concurrent_rpcs=config.max_concurrent_requests,
     )
     health_servicer = health.HealthServicer()
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     servicer = LookalikeServicer(service, config, executor, access, checks=checks, feedback=FeedbackBook(store))
     pb_grpc.add_LookalikeServicer_to_server(servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     try:
         if credentials is None:
@@ -165,7 +162,7 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     checks.start()
     ready.set()
     metrics.ready.set(1)
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     stop_snapshots = threading.Event()
     running = RunningServer(
@@ -175,7 +172,6 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         health_servicer,
         executor,
         stop_snapshots,
-        metrics=metrics,
         metrics_http=metrics_http,
         checks=checks,
     )

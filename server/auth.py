@@ -162,7 +162,7 @@ class Access:
         return not any(not record.revoked for record in self._keys.values())
 
     def keys(self) -> list[KeyRecord]:
-        return self.store.keys()
+        return list(self._keys.values())  # re-read after every change, which only this server makes
 
     # Checking calls --------------------------------------------------------
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +45,7 @@ from server.service import (
     raise_if_abandoned,
 )
 from server.sources import image_bytes
-from server.store import EntryRecord, Store
+from server.store import TIME_KEY_SIZE, EntryRecord, Store, time_key
 from server.webhooks import Delivery, WebhookOutbox
 
 log = logging.getLogger(__name__)
@@ -54,12 +53,15 @@ log = logging.getLogger(__name__)
 DB_CHECKS = b"checks"
 DB_CHECK_IMAGES = b"check_images"
 DB_CHECK_EXPIRY = b"check_expiry"
+DB_CHECK_PENDING = b"check_pending"
+"""The ids of pending checks (values empty), so a start finds them without reading every stored check: written
+with the check in `defer`, deleted in the transaction that finishes it in `_run` (a pending check has no expiry,
+so the sweep never deletes one)."""
 PENDING, DONE, FAILED = "pending", "done", "failed"
 CHECK_ID_MAX = 256
 WRITE_BATCH = 512
 WRITER_IDLE_SECONDS = 0.2
 WORKER_POLL_SECONDS = 0.2
-_MICROS = struct.Struct(">Q")
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def _from_bytes(raw: bytes | memoryview) -> StoredCheck:
 
 
 def _expiry_key(expires: float, check_id: str) -> bytes:
-    return _MICROS.pack(max(0, int(expires * 1_000_000))) + check_id.encode()
+    return time_key(expires) + check_id.encode()
 
 
 class _Stopping(Exception):
@@ -217,6 +219,7 @@ class CheckLedger:
         self._checks = store.open_db(DB_CHECKS)
         self._images = store.open_db(DB_CHECK_IMAGES)
         self._expiry = store.open_db(DB_CHECK_EXPIRY)
+        self._pending_ids = store.open_db(DB_CHECK_PENDING)
         self._queue: queue.Queue[str] = queue.Queue()
         self._writes: queue.Queue[StoredCheck] = queue.Queue()
         self._unwritten = _Unwritten()
@@ -253,9 +256,10 @@ class CheckLedger:
         if callback_url:
             deliveries: list[Delivery] = []
             with self.store.transaction() as txn:
-                if not self._claim(txn, check.id, owner):
+                previous_expires = self._claim(txn, check.id, owner)
+                if previous_expires is None:
                     raise AlreadyExists(f"check id {check.id!r} was taken meanwhile", "CHECK_ID_TAKEN")
-                deliveries = self._put(txn, check)
+                deliveries = self._put(txn, check, previous_expires)
             self._schedule(deliveries)
             return
         with self._unwritten.lock:
@@ -266,28 +270,33 @@ class CheckLedger:
         """Refuse, before a check runs, an id that another key's check holds (or a deferred one still runs)."""
         validate_check_id(check_id)
         with self.store.env.begin() as txn:
-            if not self._claim(txn, check_id, owner):
+            if self._claim(txn, check_id, owner) is None:
                 raise AlreadyExists(
                     f"check id {check_id!r} is taken by another caller's or a pending check; use unique request ids",
                     "CHECK_ID_TAKEN",
                 )
 
-    def _claim(self, txn: lmdb.Transaction, check_id: str, owner: str) -> bool:
-        """Whether a finished check may be stored under `check_id`: free, or an earlier finished one of the same key."""
+    def _claim(self, txn: lmdb.Transaction, check_id: str, owner: str) -> float | None:
+        """Whether a finished check may be stored under `check_id`: free, or an earlier finished one of the same key.
+
+        None when it may not; else the expiry of the check it replaces (0.0: none), for `_put`.
+        """
         raw = txn.get(check_id.encode(), db=self._checks)
         if raw is None:
-            return True
+            return 0.0
         existing = _from_bytes(raw)
-        return existing.owner == owner and existing.status != PENDING
+        if existing.owner != owner or existing.status == PENDING:
+            return None
+        return existing.expires
 
-    def _put(self, txn: lmdb.Transaction, check: StoredCheck) -> list[Delivery]:
-        """Write a check (and, finished with a callback, its delivery) in the caller's transaction."""
+    def _put(self, txn: lmdb.Transaction, check: StoredCheck, previous_expires: float = 0.0) -> list[Delivery]:
+        """Write a check (and, finished with a callback, its delivery) in the caller's transaction.
+
+        `previous_expires`: the expiry of the check stored under the same id that this one replaces (0.0: none).
+        """
         key = check.id.encode()
-        old = txn.get(key, db=self._checks)
-        if old is not None:
-            previous = _from_bytes(old)
-            if previous.expires:
-                txn.delete(_expiry_key(previous.expires, previous.id), db=self._expiry)
+        if previous_expires:
+            txn.delete(_expiry_key(previous_expires, check.id), db=self._expiry)
         txn.put(key, _to_bytes(check), db=self._checks)
         if check.expires:
             txn.put(_expiry_key(check.expires, check.id), b"", db=self._expiry)
@@ -326,6 +335,7 @@ class CheckLedger:
                         )
                     return existing
                 self._put(txn, check)
+                txn.put(check_id.encode(), b"", db=self._pending_ids)
                 if data is not None:
                     txn.put(check_id.encode(), data, db=self._images)
             self._pending += 1
@@ -376,8 +386,8 @@ class CheckLedger:
     def start(self) -> None:
         """Queue the pending checks left by the last run, then start workers, writer and sweeper."""
         with self.store.env.begin() as txn:
-            stored = (_from_bytes(raw) for _, raw in txn.cursor(db=self._checks))
-            pending = [check.id for check in stored if check.status == PENDING]
+            cursor = txn.cursor(db=self._pending_ids)
+            pending = [bytes(key).decode() for key in cursor.iternext(keys=True, values=False)]
         with self._pending_lock:
             self._pending += len(pending)
         for check_id in pending:
@@ -469,8 +479,9 @@ class CheckLedger:
         now = time.time()
         finished = replace(finished, order=None, completed=now, expires=now + self.config.check_retention)
         with self.store.transaction() as txn:
-            deliveries = self._put(txn, finished)
+            deliveries = self._put(txn, finished, check.expires)
             txn.delete(check_id.encode(), db=self._images)
+            txn.delete(check_id.encode(), db=self._pending_ids)
         self._done_one()
         self._schedule(deliveries)
 
@@ -502,8 +513,9 @@ class CheckLedger:
             try:
                 with self.store.transaction() as txn:
                     for check in batch:
-                        if self._claim(txn, check.id, check.owner):
-                            self._put(txn, check)
+                        previous_expires = self._claim(txn, check.id, check.owner)
+                        if previous_expires is not None:
+                            self._put(txn, check, previous_expires)
             except Exception:
                 log.exception("could not store %d check results; they are lost", len(batch))
             with self._unwritten.lock:
@@ -516,9 +528,12 @@ class CheckLedger:
         while not self._stopping.wait(self.config.sweep_interval):
             try:
                 self.sweep()
-                self.service.flood.save_rates()
             except Exception:
                 log.exception("sweep of expired checks failed; will retry")
+            try:
+                self.service.flood.save_rates()
+            except Exception:
+                log.exception("saving the flood guard's rates failed; will retry at the next sweep")
 
     def sweep(self, now: float | None = None) -> int:
         """Delete checks whose retention ended, with their webhooks once those are finished; returns how many."""
@@ -526,15 +541,15 @@ class CheckLedger:
         deleted = 0
         with self.store.transaction() as txn:
             cursor = txn.cursor(db=self._expiry)
-            end = _MICROS.pack(int(now * 1_000_000))
+            end = time_key(now)
             expired = []
             if cursor.first():
                 for key in cursor.iternext(keys=True, values=False):
-                    if bytes(key[: _MICROS.size]) > end:
+                    if bytes(key[:TIME_KEY_SIZE]) > end:
                         break
                     expired.append(bytes(key))
             for key in expired:
-                check_id = key[_MICROS.size :].decode()
+                check_id = key[TIME_KEY_SIZE:].decode()
                 if self.outbox.still_sending(txn, check_id):
                     continue  # kept until its webhook is delivered or given up
                 txn.delete(key, db=self._expiry)

@@ -170,10 +170,7 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     config = ServerConfig(**values)  # type: ignore[arg-type]
     if config.default_model not in MODELS:
         parser.error(f"--default-model must be one of {', '.join(MODELS)}")
-    for name in ("max_batch_images", "max_concurrent_requests"):
-        if getattr(config, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("webhook_max_attempts", "max_pending_checks"):
+    for name in ("max_batch_images", "max_concurrent_requests", "webhook_max_attempts", "max_pending_checks"):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("check_retention", "sweep_interval", "webhook_timeout", "flood_short_window"):

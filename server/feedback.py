@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from client.errors import InvalidArgument
-from server.store import ListRecord, Store
+from server.store import TIME_KEY_SIZE, ListRecord, Store, time_key
 
 DB_FEEDBACK = b"feedback"
 FALSE_POSITIVE, MISSED_DUPLICATE, CONFIRMED = "false_positive", "missed_duplicate", "confirmed"
@@ -38,8 +37,8 @@ VERDICTS = (FALSE_POSITIVE, MISSED_DUPLICATE, CONFIRMED)
 NOTE_MAX = 2000
 GRID = 100
 """Thresholds are recommended in steps of 1/GRID."""
-
-_MICROS = struct.Struct(">Q")
+_TIE_BREAKER_SIZE = 8
+"""Random bytes after the time in a record's key, so records sent at the same microsecond are all kept."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ class FeedbackBook:
         self._db = store.open_db(DB_FEEDBACK)
 
     def add(self, record: FeedbackRecord) -> FeedbackRecord:
-        key = _MICROS.pack(max(0, int(record.time * 1_000_000))) + uuid.uuid4().bytes[:8]
+        key = time_key(record.time) + uuid.uuid4().bytes[:_TIE_BREAKER_SIZE]
         with self.store.transaction() as txn:
             txn.put(key, json.dumps(asdict(record)).encode(), db=self._db)
         return record
@@ -79,38 +78,17 @@ class FeedbackBook:
         self, list_name: str = "", since: float = 0.0, limit: int = 1000, page_token: str = ""
     ) -> tuple[list[FeedbackRecord], str]:
         """Up to `limit` records from `since` (or after `page_token`), and the next page's token ("" at the end)."""
-        if page_token:
-            try:
-                last = bytes.fromhex(page_token)
-            except ValueError:
-                last = b""
-            if len(last) != 16:
-                raise InvalidArgument(
-                    f"page token {page_token[:40]!r} is not one this server gave", "PAGE_TOKEN_INVALID"
-                )
-            start = last + b"\0"
-        else:
-            start = _MICROS.pack(max(0, int(since * 1_000_000)))
-        records: list[FeedbackRecord] = []
-        last_key = ""
-        with self.store.env.begin() as txn:
-            cursor = txn.cursor(db=self._db)
-            if not cursor.set_range(start):
-                return records, ""
-            for key, raw in cursor:
-                record = FeedbackRecord(**json.loads(bytes(raw)))
-                if list_name and record.list != list_name:
-                    continue
-                if len(records) == limit:
-                    return records, last_key
-                records.append(record)
-                last_key = bytes(key).hex()
-        return records, ""
+        key_size = TIME_KEY_SIZE + _TIE_BREAKER_SIZE
+        return self.store.page(self._db, key_size, _decode, list_name, since, limit, page_token)
 
     def for_list(self, list_name: str) -> list[FeedbackRecord]:
         with self.store.env.begin() as txn:
-            found = [FeedbackRecord(**json.loads(bytes(raw))) for _, raw in txn.cursor(db=self._db)]
+            found = [_decode(bytes(raw)) for _, raw in txn.cursor(db=self._db)]
         return [record for record in found if record.list == list_name]
+
+
+def _decode(raw: bytes) -> FeedbackRecord:
+    return FeedbackRecord(**json.loads(raw))
 
 
 # Calibration ------------------------------------------------------------------------------
@@ -155,12 +133,12 @@ def _between(scores: Iterable[float], low: float, high: float) -> int:
 
 
 def calibrate(record: ListRecord, feedback: Sequence[FeedbackRecord], check_scores: Sequence[float]) -> Calibration:
-    """Recommended thresholds for one list from its feedback and its stored checks' best scores (see module doc)."""
+    """Recommended thresholds for one list from its feedback (that list's only: `FeedbackBook.for_list`) and its
+    stored checks' best scores (see module doc)."""
     review, reject = record.review_threshold, record.reject_threshold
-    mine = [f for f in feedback if f.list == record.name]
-    false_positives = sorted(f.score for f in mine if f.verdict == FALSE_POSITIVE and f.score is not None)
-    confirmed = [f.score for f in mine if f.verdict == CONFIRMED and f.score is not None]
-    misses = [f for f in mine if f.verdict == MISSED_DUPLICATE]
+    false_positives = sorted(f.score for f in feedback if f.verdict == FALSE_POSITIVE and f.score is not None)
+    confirmed = [f.score for f in feedback if f.verdict == CONFIRMED and f.score is not None]
+    misses = [f for f in feedback if f.verdict == MISSED_DUPLICATE]
     missed_scores = sorted(f.score for f in misses if f.score is not None)
     notes: list[str] = []
 
@@ -218,6 +196,6 @@ def calibrate(record: ListRecord, feedback: Sequence[FeedbackRecord], check_scor
         confirmed_affected=confirmed_lost,
         checks_affected=moved,
     )
-    if not mine:
+    if not feedback:
         notes.append("no feedback on this list yet: nothing to calibrate from")
-    return Calibration(record.name, review_advice, reject_advice, len(check_scores), len(mine), notes)
+    return Calibration(record.name, review_advice, reject_advice, len(check_scores), len(feedback), notes)

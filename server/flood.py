@@ -23,7 +23,7 @@ import math
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from server.store import AUDIT_ENTRY_CONFIRM, EntryRecord, ListRecord, Store
@@ -105,9 +105,9 @@ class FloodGuard:
     def enabled(self) -> bool:
         return self.settings.min_matches > 0
 
-    def observe(self, record: ListRecord, entries: Iterable[EntryRecord], now: float | None = None) -> None:
+    def observe(self, record: ListRecord, entries: Sequence[EntryRecord], now: float | None = None) -> None:
         """Count one reject-level match of each entry (one check's); guard those that now trip."""
-        if not self.enabled:
+        if not self.enabled or not entries:
             return
         now = time.time() if now is None else now
         tripped: list[tuple[tuple[int, int], Guard]] = []

@@ -163,9 +163,9 @@ def pdq_dihedral(pdq: bytes) -> tuple[bytes, ...]:
     half_turn = _mirror_left_right(upside_down)
     variants = (
         bits,
-        _mirror_left_right(bits).T,
+        flipped.T,
         half_turn,
-        _mirror_left_right(bits.T),
+        upside_down.T,  # = the transpose mirrored left to right
         flipped,
         upside_down,
         bits.T,

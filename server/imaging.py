@@ -29,12 +29,12 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 """Decoders we let untrusted bytes reach (the JPEG one also reads phones' MPO files)."""
 
 DRAFT_SHORT_SIDE = 512
+"""Short side that JPEG draft decoding keeps at least: enough for PDQ's 64×64
+downsampling and for the embedding's 288-pixel input."""
 MAX_SHORT_SIDE = 2 * DRAFT_SHORT_SIDE
 """Pictures decoded larger (PNG, TIFF, a JPEG draft cannot shrink) are resized to this short
 side: every format then reaches the hashes at the scale a JPEG draft gives, and a 12 MP PNG
 costs no more to hash than a phone JPEG."""
-"""Short side that JPEG draft decoding keeps at least: enough for PDQ's 64×64
-downsampling and for the embedding's 288-pixel input."""
 
 
 @dataclass(frozen=True)

@@ -115,12 +115,21 @@ class RequestObserver(_Interceptor):
         self.metrics = metrics
         self._prefix = f"/{service_name}/"
         self._ready = ready
+        self._observed: dict[str, Any] = {}  # per method: its handler never changes, so wrap it once
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
-        if handler is None or not details.method.startswith(self._prefix):
+        observed = self._observed.get(details.method)
+        if observed is None:
+            handler = continuation(details)
+            if handler is None:
+                return None  # an unknown method: never cached, so made-up names cannot grow the table
+            observed = self._observed[details.method] = self._wrap(handler, details.method)
+        return observed
+
+    def _wrap(self, handler: Any, full_method: str) -> Any:
+        if not full_method.startswith(self._prefix):
             return handler
-        method = details.method[len(self._prefix) :]
+        method = full_method[len(self._prefix) :]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, method),

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import lmdb
 import numpy as np
@@ -76,6 +77,7 @@ DESCRIPTION_MAX_CHARS = 4096
 
 _UID = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
+TIME_KEY_SIZE = _SEQ.size
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,13 @@ class AuditRecord:
     list: str = ""
     entry_id: str = ""
     detail: dict[str, str] = field(default_factory=dict)
+
+
+class OnList(Protocol):
+    """A record that names the list it is about ("" for none), as paged by `Store.page`."""
+
+    @property
+    def list(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -252,9 +261,14 @@ def _delete_prefix(cursor: lmdb.Cursor, prefix: bytes, up_to: int | None = None)
             return
 
 
+def time_key(when: float) -> bytes:
+    """A time as a key prefix (TIME_KEY_SIZE bytes, big-endian µs, never below 0): keys sort by time."""
+    return _SEQ.pack(max(0, int(when * 1_000_000)))
+
+
 def _audit_key(when: float, seq: int) -> bytes:
     """Time (µs) then a counter: `since` is a range start, and equal times keep their order."""
-    return _SEQ.pack(max(0, int(when * 1_000_000))) + _SEQ.pack(seq)
+    return time_key(when) + _SEQ.pack(seq)
 
 
 def _list_key(name: str) -> bytes:
@@ -398,7 +412,7 @@ class Store:
                 kind=kind,
             )
             self._put_list(txn, record)
-            self._audit(txn, actor, AUDIT_LIST_CREATE, name, detail=_settings(record))
+            self.record_audit(txn, actor, AUDIT_LIST_CREATE, name, detail=_settings(record))
         return record
 
     def _put_list(self, txn: lmdb.Transaction, record: ListRecord) -> None:
@@ -443,7 +457,7 @@ class Store:
             validate_description(record.description)
             self._put_list(txn, record)
             detail = _settings(record) | ({"cause": cause} if cause else {})
-            self._audit(txn, actor, AUDIT_LIST_UPDATE, name, detail=detail)
+            self.record_audit(txn, actor, AUDIT_LIST_UPDATE, name, detail=detail)
         return record
 
     def delete_list(self, name: str, actor: str = "") -> ListRecord:
@@ -451,7 +465,7 @@ class Store:
         with self._guard(), self._write() as txn:
             record = self._get_list(txn, name)
             txn.delete(_list_key(name), db=self._lists)
-            self._audit(txn, actor, AUDIT_LIST_DELETE, name, detail={"entries_deleted": str(record.entry_count)})
+            self.record_audit(txn, actor, AUDIT_LIST_DELETE, name, detail={"entries_deleted": str(record.entry_count)})
             prefix = _prefix(record.uid)
             entry_dbs = (self._entries, self._entry_ids, self._digests, self._md5, self._vectors)
             for db in (*entry_dbs, self._changes, self._snapshots):
@@ -538,7 +552,7 @@ class Store:
                 txn.delete(md5_key, db=self._md5)
             change = record.next_change
             txn.put(_seq_key(record.uid, change), OP_REMOVE + _SEQ.pack(seq), db=self._changes)
-            self._audit(txn, actor, AUDIT_ENTRY_REMOVE, name, entry_id, _add_detail(entry))
+            self.record_audit(txn, actor, AUDIT_ENTRY_REMOVE, name, entry_id, _add_detail(entry))
             self._put_list(txn, replace(record, next_change=change + 1, entry_count=record.entry_count - 1))
         return entry, change
 
@@ -673,7 +687,7 @@ class Store:
             record = KeyRecord(f"k{number}", name, role, list(lists), digest, time.time(), actor)
             txn.put(record.id.encode(), json.dumps(asdict(record)).encode(), db=self._keys)
             detail = {"key": record.id, "role": role, "lists": ",".join(lists), "name": name}
-            self._audit(txn, actor, AUDIT_KEY_CREATE, detail=detail)
+            self.record_audit(txn, actor, AUDIT_KEY_CREATE, detail=detail)
         return record
 
     def revoke_key(self, key_id: str, actor: str = "") -> KeyRecord:
@@ -687,12 +701,12 @@ class Store:
                 return record
             record = replace(record, revoked=time.time())
             txn.put(record.id.encode(), json.dumps(asdict(record)).encode(), db=self._keys)
-            self._audit(txn, actor, AUDIT_KEY_REVOKE, detail={"key": record.id, "role": record.role})
+            self.record_audit(txn, actor, AUDIT_KEY_REVOKE, detail={"key": record.id, "role": record.role})
         return record
 
     # Audit log -----------------------------------------------------------------
 
-    def _audit(
+    def record_audit(
         self,
         txn: lmdb.Transaction,
         actor: str,
@@ -701,7 +715,7 @@ class Store:
         entry_id: str = "",
         detail: dict[str, str] | None = None,
     ) -> None:
-        """Append one audit record inside the change's own transaction."""
+        """Append one audit record inside the caller's transaction, with the change it describes."""
         self._audit_all(txn, [AuditRecord(time.time(), actor, action, list_name, entry_id, detail or {})])
 
     def _audit_all(self, txn: lmdb.Transaction, records: Sequence[AuditRecord]) -> None:
@@ -719,26 +733,47 @@ class Store:
 
         Returns up to `limit` records and the token of the next page ("" at the end).
         """
+
+        def decode(raw: bytes) -> AuditRecord:
+            return AuditRecord(**json.loads(raw))
+
+        return self.page(self._audit_log, 2 * _SEQ.size, decode, list_name, since, limit, page_token)
+
+    def page[R: OnList](
+        self,
+        db: lmdb._Database,
+        key_size: int,
+        decode: Callable[[bytes], R],
+        list_name: str = "",
+        since: float = 0.0,
+        limit: int = 1000,
+        page_token: str = "",
+    ) -> tuple[list[R], str]:
+        """Records of a database keyed by `time_key` (keys of `key_size` bytes) oldest first, from `since`
+        (or after `page_token`), on one list or all.
+
+        Returns up to `limit` records and the token of the next page ("" at the end).
+        """
         if page_token:
             try:
                 last = bytes.fromhex(page_token)
             except ValueError:
                 last = b""
-            if len(last) != 2 * _SEQ.size:
+            if len(last) != key_size:
                 raise InvalidArgument(
                     f"page token {page_token[:40]!r} is not one this server gave", "PAGE_TOKEN_INVALID"
                 )
             start = last + b"\0"  # just after the last record of the previous page
         else:
-            start = _audit_key(since, 0)
-        records: list[AuditRecord] = []
+            start = time_key(since)
+        records: list[R] = []
         page_end = ""
         with self.env.begin() as txn:
-            cursor = txn.cursor(db=self._audit_log)
+            cursor = txn.cursor(db=db)
             if not cursor.set_range(start):
                 return records, ""
             for key, raw in cursor:
-                record = AuditRecord(**json.loads(bytes(raw)))
+                record = decode(bytes(raw))
                 if list_name and record.list != list_name:
                     continue
                 if len(records) == limit:
@@ -760,18 +795,6 @@ class Store:
         """A write transaction whose full map becomes RESOURCE_EXHAUSTED (and is rolled back)."""
         with self._guard(), self._write() as txn:
             yield txn
-
-    def record_audit(
-        self,
-        txn: lmdb.Transaction,
-        actor: str,
-        action: str,
-        list_name: str = "",
-        entry_id: str = "",
-        detail: dict[str, str] | None = None,
-    ) -> None:
-        """An audit record written inside the caller's transaction, with the change it describes."""
-        self._audit(txn, actor, action, list_name, entry_id, detail)
 
     def meta_value(self, key: bytes, make: Callable[[], bytes]) -> bytes:
         """A value in the meta database, made (and stored) by `make` the first time it is asked for."""
