@@ -58,7 +58,7 @@ class IndexRegistry:
         index: ListIndex | None = None
         if snapshot is not None:
             try:
-                index = ListIndex.deserialize(snapshot[1])
+                index = ListIndex.deserialize(snapshot[1], self.store.snapshot_pieces(record.uid))
             except ValueError as error:
                 log.warning("list %s: snapshot unreadable (%s); rebuilding from entries", record.name, error)
         if index is None:
@@ -215,7 +215,10 @@ class IndexRegistry:
                     behind = index.change - self.store.snapshot_change(record.uid)
                     if behind < max(1, min_changes, share * max(index.pdq_count, index.vector_count)):
                         continue
-                    checkpoint, blob = index.serialize()
-                if self.store.save_snapshot(record.uid, checkpoint.change, blob):
+                    snapshot = index.serialize()
+                if self.store.save_snapshot(
+                    record.uid, snapshot.checkpoint.change, snapshot.blob, snapshot.pieces, snapshot.piece_numbers
+                ):
+                    index.saved(snapshot)
                     saved += 1
         return saved

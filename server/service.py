@@ -580,9 +580,6 @@ class LookalikeService:
         if views is not None:
             with self.metrics.stage("vector_search"):
                 similarities = {hit.id: hit.similarity for hit in index.search_vectors(views, k)}
-                if index.approximate:  # estimates from compressed codes: re-rank exactly from the stored vectors
-                    reranked = best_similarities(views, self.store.embeddings(record.uid, list(similarities)))
-                    similarities = dict(sorted(reranked.items(), key=lambda item: -item[1])[:k])
         seqs = set(pdq_hits) | set(similarities) | {seq for seq in (exact, exact_md5) if seq is not None}
         if not seqs:
             return []

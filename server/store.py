@@ -22,7 +22,7 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,9 +32,12 @@ import lmdb
 import numpy as np
 
 from client.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from index.list_index import EMBEDDING_DIM
 
-FORMAT_VERSION = 1
-"""Bumped whenever a stored layout changes incompatibly."""
+FORMAT_VERSION = 2
+"""Bumped whenever a stored layout changes: 2 stores embeddings as float16 (1 stored float32)."""
+READABLE_FORMAT_VERSIONS = (1, 2)
+"""Older folders this server reads (and upgrades in place, so an older server refuses them)."""
 
 DB_META = b"meta"
 DB_LISTS = b"lists"
@@ -45,6 +48,7 @@ DB_MD5 = b"md5"
 DB_VECTORS = b"vectors"
 DB_CHANGES = b"changes"
 DB_SNAPSHOTS = b"snapshots"
+DB_SNAPSHOT_PIECES = b"snapshot_pieces"
 DB_KEYS = b"keys"
 DB_AUDIT = b"audit"
 LOCK_FILE = "lookalike.lock"
@@ -279,6 +283,19 @@ def _seq_key(uid: int, seq: int) -> bytes:
     return _UID.pack(uid) + _SEQ.pack(seq)
 
 
+def encode_embedding(vector: np.ndarray) -> bytes:
+    """Embeddings are stored as float16: a cosine moves by about 1e-4, and at 1 KiB a 512-d vector
+    fits inside an LMDB page beside others, where 2 KiB of float32 took a 4 KiB overflow page."""
+    return np.asarray(vector, dtype="<f2").tobytes()
+
+
+def decode_embedding(raw: bytes | memoryview) -> np.ndarray:
+    """float32 from a stored embedding: float16 since format 2, float32 before (twice the bytes)."""
+    if len(raw) == 4 * EMBEDDING_DIM:
+        return np.frombuffer(raw, dtype="<f4")
+    return np.frombuffer(raw, dtype="<f2").astype(np.float32)
+
+
 def _prefix(uid: int) -> bytes:
     return _UID.pack(uid)
 
@@ -299,8 +316,7 @@ def _iter_entries(
             break
         if position % step == 0:
             vector = vector_cursor.get(key)
-            embedding = None if vector is None else np.frombuffer(vector, np.float32)
-            yield _entry_record(cursor.value()), embedding
+            yield _entry_record(cursor.value()), None if vector is None else decode_embedding(vector)
         position += 1
 
 
@@ -348,6 +364,7 @@ class Store:
         self._vectors = self.env.open_db(DB_VECTORS)
         self._changes = self.env.open_db(DB_CHANGES)
         self._snapshots = self.env.open_db(DB_SNAPSHOTS)
+        self._snapshot_pieces = self.env.open_db(DB_SNAPSHOT_PIECES)
         self._keys = self.env.open_db(DB_KEYS)
         self._audit_log = self.env.open_db(DB_AUDIT)
         try:
@@ -363,9 +380,9 @@ class Store:
     def _check_format(self) -> None:
         with self._write() as txn:
             stored = txn.get(KEY_FORMAT_VERSION, db=self._meta)
-            if stored is None:
+            if stored is None or int(stored) in READABLE_FORMAT_VERSIONS:
                 txn.put(KEY_FORMAT_VERSION, str(FORMAT_VERSION).encode(), db=self._meta)
-            elif int(stored) != FORMAT_VERSION:
+            else:
                 raise FailedPrecondition(
                     f"data folder {self.path} holds format version {int(stored)}; this server reads "
                     f"version {FORMAT_VERSION}",
@@ -468,7 +485,7 @@ class Store:
             self.record_audit(txn, actor, AUDIT_LIST_DELETE, name, detail={"entries_deleted": str(record.entry_count)})
             prefix = _prefix(record.uid)
             entry_dbs = (self._entries, self._entry_ids, self._digests, self._md5, self._vectors)
-            for db in (*entry_dbs, self._changes, self._snapshots):
+            for db in (*entry_dbs, self._changes, self._snapshots, self._snapshot_pieces):
                 _delete_prefix(txn.cursor(db=db), prefix)
         return record
 
@@ -522,11 +539,14 @@ class Store:
                 txn.put(key, _SEQ.pack(seq), db=self._digests)
                 if item.md5:
                     txn.put(prefix + bytes.fromhex(item.md5), _SEQ.pack(seq), db=self._md5)
-                if item.embedding is not None:
-                    txn.put(seq_key, np.ascontiguousarray(item.embedding, dtype=np.float32).tobytes(), db=self._vectors)
+                stored = None
+                if item.embedding is not None:  # the index gets what a restart would read back
+                    encoded = encode_embedding(item.embedding)
+                    txn.put(seq_key, encoded, db=self._vectors)
+                    stored = decode_embedding(encoded)
                 txn.put(_seq_key(record.uid, change), OP_ADD + _SEQ.pack(seq), db=self._changes)
                 audit.append(AuditRecord(entry.created, actor, AUDIT_ENTRY_ADD, name, entry_id, _add_detail(entry)))
-                results.append(AddOutcome(entry, duplicate=False, change=change, embedding=item.embedding))
+                results.append(AddOutcome(entry, duplicate=False, change=change, embedding=stored))
                 seq, change, count = seq + 1, change + 1, count + 1
             self._put_list(txn, replace(record, next_seq=seq, next_change=change, entry_count=count))
             self._audit_all(txn, audit)
@@ -605,7 +625,7 @@ class Store:
                 if not bytes(key).startswith(prefix) or len(page) >= limit:
                     break
                 vector = txn.get(key, db=self._vectors) if with_embeddings else None
-                page.append((_entry_record(raw), None if vector is None else bytes(vector)))
+                page.append((_entry_record(raw), None if vector is None else decode_embedding(vector).tobytes()))
         return page
 
     def embeddings(self, uid: int, seqs: Sequence[int]) -> dict[int, np.ndarray]:
@@ -614,7 +634,7 @@ class Store:
             for seq in seqs:
                 raw = txn.get(_seq_key(uid, seq), db=self._vectors)
                 if raw is not None:
-                    found[seq] = np.frombuffer(raw, dtype=np.float32)
+                    found[seq] = decode_embedding(raw)
         return found
 
     def iter_entries(self, uid: int) -> Iterator[tuple[EntryRecord, np.ndarray | None]]:
@@ -645,9 +665,18 @@ class Store:
                     changes.append(Change(_SEQ.unpack(key[4:])[0], value[:1], _SEQ.unpack(value[1:])[0]))
         return changes
 
-    def save_snapshot(self, uid: int, change: int, blob: bytes) -> bool:
+    def save_snapshot(
+        self,
+        uid: int,
+        change: int,
+        blob: bytes,
+        pieces: Mapping[int, bytes] | None = None,
+        piece_numbers: Collection[int] = (),
+    ) -> bool:
         """Store an index snapshot and drop the change log it covers.
 
+        A large index comes in pieces, of which only the changed ones are rewritten:
+        `pieces` are stored, and of those stored before only `piece_numbers` are kept.
         Returns False when the list was deleted meanwhile (nothing written).
         """
         prefix = _prefix(uid)
@@ -655,8 +684,28 @@ class Store:
             if not any(_list_record(raw).uid == uid for _, raw in txn.cursor(db=self._lists)):
                 return False
             txn.put(prefix, _SEQ.pack(change) + blob, db=self._snapshots)
+            for number, data in (pieces or {}).items():
+                txn.put(prefix + _UID.pack(number), data, db=self._snapshot_pieces)
+            cursor = txn.cursor(db=self._snapshot_pieces)
+            kept = set(piece_numbers) | set(pieces or {})
+            found = cursor.set_range(prefix)
+            while found and bytes(cursor.key()).startswith(prefix):
+                if _UID.unpack(cursor.key()[4:])[0] in kept:
+                    found = cursor.next()
+                else:
+                    found = cursor.delete()
             _delete_prefix(txn.cursor(db=self._changes), prefix, up_to=change)
         return True
+
+    def snapshot_pieces(self, uid: int) -> Iterator[tuple[int, memoryview]]:
+        """The stored pieces of a list's snapshot, each valid only until the next is read."""
+        prefix = _prefix(uid)
+        with self.env.begin(buffers=True) as txn:
+            cursor = txn.cursor(db=self._snapshot_pieces)
+            found = cursor.set_range(prefix)
+            while found and bytes(cursor.key()).startswith(prefix):
+                yield _UID.unpack(bytes(cursor.key()[4:]))[0], cursor.value()
+                found = cursor.next()
 
     def load_snapshot(self, uid: int) -> tuple[int, bytes] | None:
         with self.env.begin() as txn:

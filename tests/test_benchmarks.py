@@ -19,6 +19,7 @@ def test_scale_benchmark_reports_an_ivf_list_with_full_recall_and_a_matchable_ne
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["layout"]["vector_cells"] > 0, "past the exact limit the list is an IVF"
     assert report["recall_of_exact_top1_in_top10"] >= 0.95
+    assert report["similarity_error_max"] < 2e-3, "re-ranked from 8-bit codes, close to exact"
     assert report["exact_top1_is_the_planted_entry"] == 1.0
     assert report["new_entry_matchable_on_next_search"] is True
     assert report["startup"]["entries"] == entries + 1 - 20  # one added, twenty removed, after a restart

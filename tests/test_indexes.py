@@ -103,7 +103,7 @@ def near(rng: np.random.Generator, vector: np.ndarray, cosine: float) -> np.ndar
 
 def test_a_list_that_grows_past_the_exact_limit_is_rebuilt_as_ivf_and_finds_near_copies(grown: Fixture) -> None:
     index = grown.registry.get(grown.uid)
-    assert index is not None and index.approximate
+    assert index is not None and index.layout.vector_cells
     assert index.layout == Layout.for_size(GROWN, GROWN)
     assert index.vector_count == index.pdq_count == grown.store.get_list(LIST).entry_count == GROWN
     rng = np.random.default_rng(1)
@@ -125,7 +125,7 @@ def test_changes_made_while_an_index_is_rebuilt_are_in_the_index_that_takes_over
         fixture.remove(f"e{GROWN + 200}")  # added and removed after the read
         assert fixture.registry.install(fixture.uid, fresh)
         index = fixture.registry.get(fixture.uid)
-        assert index is fresh and index.approximate
+        assert index is fresh and index.layout.vector_cells
         assert index.vector_count == index.pdq_count == len(fixture.vectors) == GROWN + 498
         newest = f"e{GROWN + 499}"
         assert fixture.found(newest, fixture.vectors[newest])
@@ -139,11 +139,11 @@ def test_a_list_growing_past_the_exact_limit_is_rebuilt_on_a_thread(tmp_path: Pa
     fixture = Fixture(tmp_path, background=True)
     try:
         fixture.add(EXACT_VECTORS_MAX)
-        assert not fixture.registry.get(fixture.uid).approximate  # type: ignore[union-attr]
+        assert not fixture.registry.get(fixture.uid).layout.vector_cells  # type: ignore[union-attr]
         fixture.add(1_000)  # crosses the limit
         fixture.registry.wait_for_rebuilds()
         index = fixture.registry.get(fixture.uid)
-        assert index is not None and index.approximate
+        assert index is not None and index.layout.vector_cells
         assert index.vector_count == EXACT_VECTORS_MAX + 1_000
     finally:
         fixture.store.close()

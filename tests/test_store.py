@@ -212,7 +212,7 @@ def test_add_entries_stores_entries_with_increasing_seqs_and_changes(store: Stor
     assert (fetched.sha256, fetched.pdq) == (items[0].sha256, items[0].pdq)
     vectors = store.embeddings(uid, [1, 2, 3])
     assert sorted(vectors) == [1, 2]
-    np.testing.assert_array_equal(vectors[1], items[0].embedding)
+    np.testing.assert_allclose(vectors[1], items[0].embedding, atol=1e-3)  # stored as float16
     assert store.seq_for_digest(uid, bytes.fromhex(items[1].sha256)) == 2
     assert [entry.seq for entry, _ in store.iter_entries(uid)] == [1, 2, 3]
 
@@ -369,6 +369,26 @@ def test_save_snapshot_drops_covered_changes_and_load_returns_it(store: Store) -
     assert store.changes_after(uid, 0) == []
 
 
+def pieces_of(store: Store, uid: int) -> dict[int, bytes]:
+    return {number: bytes(data) for number, data in store.snapshot_pieces(uid)}
+
+
+def test_snapshot_pieces_are_rewritten_only_when_given_and_kept_only_when_named(store: Store) -> None:
+    uid, other = make_list(store), make_list(store, "other")
+    assert store.save_snapshot(uid, 0, b"first", {0: b"p0", 1: b"p1", 7: b"p7"}, {0, 1, 7})
+    assert store.save_snapshot(other, 0, b"other", {0: b"o0"}, {0})
+    assert pieces_of(store, uid) == {0: b"p0", 1: b"p1", 7: b"p7"}
+
+    assert store.save_snapshot(uid, 0, b"second", {1: b"p1'", 2: b"p2"}, {0, 1, 2})
+
+    assert store.load_snapshot(uid) == (0, b"second")
+    assert pieces_of(store, uid) == {0: b"p0", 1: b"p1'", 2: b"p2"}, "7 is no longer named"
+    assert pieces_of(store, other) == {0: b"o0"}
+    store.delete_list("banned")
+    assert pieces_of(store, uid) == {}
+    assert pieces_of(store, other) == {0: b"o0"}
+
+
 def test_save_snapshot_leaves_other_lists_changes_alone(store: Store) -> None:
     one, two = make_list(store, "one"), make_list(store, "two")
     store.add_entries("one", [new_entry(), new_entry()])
@@ -444,7 +464,7 @@ def test_data_survives_closing_and_reopening_the_store(tmp_path: Path) -> None:
         assert reopened.get_list("banned") == before
         entry = reopened.get_entry("banned", "kept")
         assert (entry.sha256, entry.meta) == (item.sha256, {"note": "hello"})
-        np.testing.assert_array_equal(reopened.embeddings(uid, [entry.seq])[entry.seq], item.embedding)
+        np.testing.assert_allclose(reopened.embeddings(uid, [entry.seq])[entry.seq], item.embedding, atol=1e-3)
         assert reopened.load_snapshot(uid) == (1, b"snapshot")
         assert [(c.number, c.op) for c in reopened.changes_after(uid, 1)] == [(2, OP_ADD), (3, OP_REMOVE)]
         # New lists keep getting fresh uids after a restart.
@@ -464,6 +484,33 @@ def test_a_data_folder_with_another_format_version_is_refused(tmp_path: Path) ->
     with pytest.raises(FailedPrecondition) as caught:
         Store(path, MAP_SIZE)
     assert caught.value.reason == "DATA_FORMAT_VERSION"
+
+
+def test_a_format_1_folder_with_float32_embeddings_is_read_and_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    store = Store(path, MAP_SIZE)
+    uid = make_list(store)
+    item = new_entry("old")
+    store.add_entries("banned", [item])
+    store.close()
+    env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=32)  # as a format 1 server left it
+    meta, vectors = env.open_db(DB_META), env.open_db(DB_VECTORS)
+    exact = np.asarray(item.embedding, dtype=np.float32)
+    with env.begin(write=True) as txn:
+        txn.put(KEY_FORMAT_VERSION, b"1", db=meta)
+        txn.put(uid.to_bytes(4, "big") + (1).to_bytes(8, "big"), exact.tobytes(), db=vectors)
+    env.close()
+
+    reopened = Store(path, MAP_SIZE)
+    try:
+        np.testing.assert_array_equal(reopened.embeddings(uid, [1])[1], exact)
+        reopened.add_entries("banned", [new_entry("new")])
+        assert len(reopened.embeddings(uid, [2])[2]) == DIM
+        meta = reopened.env.open_db(DB_META)
+        with reopened.env.begin() as txn:
+            assert txn.get(KEY_FORMAT_VERSION, db=meta) == str(FORMAT_VERSION).encode()
+    finally:
+        reopened.close()
 
 
 # A full map ----------------------------------------------------------------------------
