@@ -255,7 +255,7 @@ class CheckLedger:
             return  # not storable (an odd caller-chosen request id); the check itself stands
         if callback_url:
             deliveries: list[Delivery] = []
-            with self.store.transaction() as txn:
+            with self.store.transaction(grows=True) as txn:
                 previous_expires = self._claim(txn, check.id, owner)
                 if previous_expires is None:
                     raise AlreadyExists(f"check id {check.id!r} was taken meanwhile", "CHECK_ID_TAKEN")
@@ -324,7 +324,7 @@ class CheckLedger:
                     "QUEUE_FULL",
                 )
             check = StoredCheck(check_id, owner, PENDING, time.time(), order=order, callback_url=callback_url)
-            with self.store.transaction() as txn:
+            with self.store.transaction(grows=True) as txn:
                 raw = txn.get(check_id.encode(), db=self._checks)
                 if raw is not None:
                     existing = _from_bytes(raw)
@@ -511,7 +511,7 @@ class CheckLedger:
             if not batch:
                 return
             try:
-                with self.store.transaction() as txn:
+                with self.store.transaction(grows=True) as txn:
                     for check in batch:
                         previous_expires = self._claim(txn, check.id, check.owner)
                         if previous_expires is not None:

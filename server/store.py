@@ -79,6 +79,11 @@ META_MAX_ITEMS = 64
 META_MAX_CHARS = 4096
 DESCRIPTION_MAX_CHARS = 4096
 
+ADD_RESERVE_SHARE = 0.01
+ADD_RESERVE_MIN_BYTES = 128 * 1024
+"""Adds stop this far short of a full map (the larger of the two): a removal copies pages before it
+frees any, so a map filled to the last page could not be emptied without a restart."""
+
 _UID = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
 TIME_KEY_SIZE = _SEQ.size
@@ -367,6 +372,10 @@ class Store:
         self._snapshot_pieces = self.env.open_db(DB_SNAPSHOT_PIECES)
         self._keys = self.env.open_db(DB_KEYS)
         self._audit_log = self.env.open_db(DB_AUDIT)
+        self._all_dbs = [
+            self._meta, self._lists, self._entries, self._entry_ids, self._digests, self._md5, self._vectors,
+            self._changes, self._snapshots, self._snapshot_pieces, self._keys, self._audit_log,
+        ]  # fmt: skip
         try:
             self._check_format()
         except FailedPrecondition:
@@ -500,6 +509,7 @@ class Store:
         results: list[AddOutcome | Exception] = []
         audit: list[AuditRecord] = []
         with self._guard(), self._write() as txn:
+            self._ensure_room_to_grow(txn)
             record = self._get_list(txn, name)
             prefix = _prefix(record.uid)
             seq, change, count = record.next_seq, record.next_change, record.entry_count
@@ -683,6 +693,7 @@ class Store:
         with self._guard(), self._write() as txn:
             if not any(_list_record(raw).uid == uid for _, raw in txn.cursor(db=self._lists)):
                 return False
+            self._ensure_room_to_grow(txn)
             txn.put(prefix, _SEQ.pack(change) + blob, db=self._snapshots)
             for number, data in (pieces or {}).items():
                 txn.put(prefix + _UID.pack(number), data, db=self._snapshot_pieces)
@@ -837,12 +848,37 @@ class Store:
     # For the modules that keep their own named databases here (checks, webhooks, feedback, flood guard) --
 
     def open_db(self, name: bytes) -> lmdb._Database:
-        return self.env.open_db(name)
+        db = self.env.open_db(name)
+        self._all_dbs.append(db)
+        return db
+
+    def _ensure_room_to_grow(self, txn: lmdb.Transaction) -> None:
+        """RESOURCE_EXHAUSTED once the map is within its reserve of full (see ADD_RESERVE_SHARE): the
+        file has grown into the reserve, and its pages in use do not leave twice the reserve free
+        (pages freed by removals are reused, so a folder emptied by removals takes adds again)."""
+        info, page = self.env.info(), self.env.stat()["psize"]
+        map_size = info["map_size"]
+        reserve = max(ADD_RESERVE_MIN_BYTES, ADD_RESERVE_SHARE * map_size)
+        if map_size - (info["last_pgno"] + 1) * page >= reserve:
+            return
+        in_use = sum(
+            stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+            for stat in [txn.stat(), *(txn.stat(db) for db in self._all_dbs)]
+        )
+        if map_size - in_use * page < 2 * reserve:
+            raise ResourceExhausted(
+                "the data folder's LMDB map is nearly full (a reserve is kept so that removals still work); "
+                "restart the server with a larger --map-size",
+                "STORAGE_FULL",
+            )
 
     @contextmanager
-    def transaction(self) -> Iterator[lmdb.Transaction]:
-        """A write transaction whose full map becomes RESOURCE_EXHAUSTED (and is rolled back)."""
+    def transaction(self, grows: bool = False) -> Iterator[lmdb.Transaction]:
+        """A write transaction whose full map becomes RESOURCE_EXHAUSTED (and is rolled back).
+        One that `grows` the data is refused already within the reserve kept for removals."""
         with self._guard(), self._write() as txn:
+            if grows:
+                self._ensure_room_to_grow(txn)
             yield txn
 
     def meta_value(self, key: bytes, make: Callable[[], bytes]) -> bytes:
