@@ -533,8 +533,13 @@ def test_a_full_map_gives_storage_full_and_the_store_stays_readable(tmp_path: Pa
         assert len(list(store.iter_entries(uid))) == stored
         assert store.get_entry("banned", "e0-0").id == "e0-0"
         assert len(store.changes_after(uid, 0)) == stored
-        # Writes that free space still work.
+        # Writes that free space still work, and once they have freed enough, adds work again.
         store.remove_entry("banned", "e0-0")
         assert store.get_list("banned").entry_count == stored - 1
+        for entry_id in [f"e{batch}-{i}" for batch in range(stored // 40) for i in range(20)][1:]:  # half
+            store.remove_entry("banned", entry_id)
+        store.save_snapshot(uid, store.get_list("banned").next_change - 1, b"")  # prunes the change log
+        store.add_entries("banned", [new_entry(f"again-{i}") for i in range(20)])
+        assert store.get_entry("banned", "again-19").id == "again-19"
     finally:
         store.close()
