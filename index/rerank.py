@@ -8,11 +8,13 @@ and a shortlist of hundreds re-ranks in well under a millisecond.
 
 Codes live in pieces of `PIECE_ROWS` rows addressed by entry sequence number (a list's sequence
 numbers only grow), so an add touches one piece and a snapshot rewrites only the pieces changed
-since the last one saved.
+since the last one saved. A piece is stored as the rows written in it and their codes, so sparse
+ids cost only what they hold.
 """
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,11 +27,12 @@ PIECE_ROWS = 1 << PIECE_SHIFT
 RANGE_MARGIN = 0.1
 """Each dimension's trained range is widened by this share on both sides: later entries may stray."""
 _PIECE = struct.Struct(">II")  # piece number, rows written
+_ROW = np.dtype("<u4")
 
 
 @dataclass(frozen=True)
 class PieceState:
-    """What a snapshot needs of the codes: every piece's rows, and the bytes of changed pieces."""
+    """What a snapshot needs of the codes: every piece's count of rows, and the bytes of changed pieces."""
 
     rows: dict[int, int]
     changed: dict[int, bytes]
@@ -44,8 +47,8 @@ class RerankCodes:
         self._step = np.ascontiguousarray(step, dtype=np.float32)
         self.dim = len(self._low)
         self._pieces: dict[int, np.ndarray] = {}
-        self._rows: dict[int, int] = {}
-        self._written = 0
+        self._written: dict[int, np.ndarray] = {}
+        """Per piece, which of its rows hold a code."""
         self._unsaved: dict[int, int] = {}
         """Pieces changed since the last snapshot saved, each with a version that grows on every change."""
 
@@ -57,26 +60,31 @@ class RerankCodes:
         low, high = low - margin, high + margin
         return cls(low, np.maximum((high - low) / 255.0, np.float32(1e-9)))
 
+    def _rows(self) -> dict[int, int]:
+        return {number: int(written.sum()) for number, written in self._written.items()}
+
     def memory_bytes(self) -> int:
         """Rows written, removed entries' included (they are never read again), at one byte a dimension."""
-        return self._written * self.dim
+        return sum(self._rows().values()) * self.dim
 
     def _piece(self, number: int) -> np.ndarray:
         piece = self._pieces.get(number)
-        if piece is None:  # zeroed pages cost memory only once written
-            piece = self._pieces[number] = np.zeros((PIECE_ROWS, self.dim), dtype=np.uint8)
+        if piece is None:
+            # Anonymous memory costs a page only once written. (numpy.zeros would ask for huge pages,
+            # so a piece holding a few sparse ids would cost 2 MiB each.)
+            pages = mmap.mmap(-1, PIECE_ROWS * self.dim, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            piece = self._pieces[number] = np.frombuffer(pages, dtype=np.uint8).reshape(PIECE_ROWS, self.dim)
+            self._written[number] = np.zeros(PIECE_ROWS, dtype=bool)
         return piece
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         codes = np.rint((vectors - self._low) / self._step)
         codes = np.clip(codes, 0, 255, out=codes).astype(np.uint8)
         numbers, rows = ids >> PIECE_SHIFT, ids & (PIECE_ROWS - 1)
-        self._written += len(ids)
         for number in np.unique(numbers).tolist():
             chosen = numbers == number
-            piece_rows = rows[chosen]
-            self._piece(number)[piece_rows] = codes[chosen]
-            self._rows[number] = max(self._rows.get(number, 0), int(piece_rows.max()) + 1)
+            self._piece(number)[rows[chosen]] = codes[chosen]
+            self._written[number][rows[chosen]] = True
             self._unsaved[number] = self._unsaved.get(number, 0) + 1
 
     def similarities(self, ids: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -105,8 +113,11 @@ class RerankCodes:
         return cls(values[:dim].copy(), values[dim:].copy())
 
     def piece_state(self) -> PieceState:
-        changed = {number: self._pieces[number][: self._rows[number]].tobytes() for number in self._unsaved}
-        return PieceState(dict(self._rows), changed, dict(self._unsaved))
+        changed = {}
+        for number in self._unsaved:
+            rows = np.flatnonzero(self._written[number])
+            changed[number] = rows.astype(_ROW).tobytes() + self._pieces[number][rows].tobytes()
+        return PieceState(self._rows(), changed, dict(self._unsaved))
 
     def saved(self, versions: dict[int, int]) -> None:
         """Pieces of a saved snapshot need no rewrite, unless they changed since it was taken."""
@@ -127,12 +138,15 @@ class RerankCodes:
         for number, data in pieces:
             if number not in wanted:
                 continue
-            if len(data) != wanted[number] * self.dim:
-                raise ValueError(
-                    f"re-rank piece {number} holds {len(data)} bytes; expected {wanted[number] * self.dim}"
-                )
-            self._piece(number).reshape(-1)[: len(data)] = np.frombuffer(data, dtype=np.uint8)
-            self._rows[number] = wanted[number]
-            self._written += wanted[number]
-        if missing := set(wanted) - set(self._rows):
+            count = wanted[number]
+            expected = count * (_ROW.itemsize + self.dim)
+            if len(data) != expected:
+                raise ValueError(f"re-rank piece {number} holds {len(data)} bytes; expected {expected}")
+            rows = np.frombuffer(data, dtype=_ROW, count=count).astype(np.int64)
+            if count and rows.max() >= PIECE_ROWS:
+                raise ValueError(f"re-rank piece {number} names a row past {PIECE_ROWS}")
+            codes = np.frombuffer(data, dtype=np.uint8, offset=count * _ROW.itemsize).reshape(count, self.dim)
+            self._piece(number)[rows] = codes
+            self._written[number][rows] = True
+        if missing := set(wanted) - set(self._written):
             raise ValueError(f"re-rank pieces {sorted(missing)} are missing from the snapshot")

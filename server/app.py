@@ -118,7 +118,14 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         config.flood_min_matches, config.flood_factor, config.flood_short_window, config.flood_long_window
     )
     service = LookalikeService(
-        store, workers, config.default_model, config.cpu_slots, metrics, flood=flood, allow_margin=config.allow_margin
+        store,
+        workers,
+        config.default_model,
+        config.cpu_slots,
+        metrics,
+        flood=flood,
+        allow_margin=config.allow_margin,
+        scan_budgets=(config.vector_scan_budget, config.pdq_scan_budget),
     )
     metrics.watch_lists(service.list_sizes)
     checks = CheckLedger(store, service, config, WebhookOutbox(store, config, metrics), webhook_body)

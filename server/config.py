@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET
 from server.embedder import MODELS
 from server.scoring import DEFAULT_MODEL
 
@@ -42,6 +43,8 @@ class ServerConfig:
     snapshot_interval: float = 60.0
     """Seconds between checks for index snapshots to write."""
     snapshot_min_changes: int = 1000
+    vector_scan_budget: int = VECTOR_SCAN_BUDGET
+    pdq_scan_budget: int = PDQ_SCAN_BUDGET
     grace: float = 10.0
     """Seconds in-flight requests get at shutdown."""
     log_level: str = "INFO"
@@ -97,6 +100,8 @@ _HELP = {
     "url_max_redirects": "redirects followed when fetching a URL",
     "snapshot_interval": "seconds between index snapshot passes",
     "snapshot_min_changes": "changes after which a list's index is snapshotted",
+    "vector_scan_budget": "embeddings compared per query view on lists past 20 000 entries (recall against CPU)",
+    "pdq_scan_budget": "PDQ hashes compared per query variant on lists past 200 000 entries",
     "grace": "seconds in-flight requests get at shutdown",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "tls_cert": "PEM certificate (chain) for TLS; needs --tls-key",
@@ -170,7 +175,8 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     config = ServerConfig(**values)  # type: ignore[arg-type]
     if config.default_model not in MODELS:
         parser.error(f"--default-model must be one of {', '.join(MODELS)}")
-    for name in ("max_batch_images", "max_concurrent_requests", "webhook_max_attempts", "max_pending_checks"):
+    at_least_one = ("max_batch_images", "max_concurrent_requests", "webhook_max_attempts", "max_pending_checks")
+    for name in (*at_least_one, "vector_scan_budget", "pdq_scan_budget"):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("check_retention", "sweep_interval", "webhook_timeout", "flood_short_window"):

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from index import ListIndex
-from index.list_index import Layout
+from index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, Layout
 from server.store import OP_ADD, Change, EntryRecord, ListRecord, Store
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,18 @@ def _pdq_codes(entries: Sequence[EntryRecord]) -> np.ndarray:
 class IndexRegistry:
     """Per-list indexes plus the lock that orders each list's writes."""
 
-    def __init__(self, store: Store, background: bool = True) -> None:
+    def __init__(
+        self,
+        store: Store,
+        background: bool = True,
+        vector_scan_budget: int = VECTOR_SCAN_BUDGET,
+        pdq_scan_budget: int = PDQ_SCAN_BUDGET,
+    ) -> None:
         self.store = store
         self.background = background
         """Rebuild outgrown indexes on a thread (False: at once, for tools and tests)."""
+        self.scan_budgets = (vector_scan_budget, pdq_scan_budget)
+        """Entries an inverted file compares per query view / PDQ variant: recall against CPU."""
         self._indexes: dict[int, ListIndex] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -50,7 +58,7 @@ class IndexRegistry:
 
     def load_all(self) -> None:
         for record in self.store.lists():
-            self._indexes[record.uid] = self._load(record)
+            self._indexes[record.uid] = self._tuned(self._load(record))
             self.rebuild_if_outgrown(record.uid)
 
     def _load(self, record: ListRecord) -> ListIndex:
@@ -144,11 +152,15 @@ class IndexRegistry:
 
     def created(self, uid: int) -> None:
         with self._guard:
-            self._indexes[uid] = ListIndex()
+            self._indexes[uid] = self._tuned(ListIndex())
 
     def dropped(self, uid: int) -> None:
         with self._guard:
             self._indexes.pop(uid, None)
+
+    def _tuned(self, index: ListIndex) -> ListIndex:
+        index.set_scan_budgets(*self.scan_budgets)
+        return index
 
     def get(self, uid: int) -> ListIndex | None:
         return self._indexes.get(uid)
@@ -190,7 +202,7 @@ class IndexRegistry:
                 return False
             self.replay(uid, fresh)
             with self._guard:
-                self._indexes[uid] = fresh
+                self._indexes[uid] = self._tuned(fresh)
         return True
 
     def wait_for_rebuilds(self, timeout: float | None = None) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from client.errors import InvalidArgument, NotFound
 from index import ListIndex
+from index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET
 from server.embedder import MODELS
 from server.fingerprint import Fingerprinted, Hashes
 from server.flood import FloodGuard, FloodSettings
@@ -171,9 +172,10 @@ class LookalikeService:
         metrics: Metrics | None = None,
         flood: FloodSettings | None = None,
         allow_margin: float = DEFAULT_ALLOW_MARGIN,
+        scan_budgets: tuple[int, int] = (VECTOR_SCAN_BUDGET, PDQ_SCAN_BUDGET),
     ) -> None:
         self.store = store
-        self.indexes = IndexRegistry(store)
+        self.indexes = IndexRegistry(store, vector_scan_budget=scan_budgets[0], pdq_scan_budget=scan_budgets[1])
         self.workers = workers
         self.default_model = default_model
         self.metrics = metrics or Metrics()

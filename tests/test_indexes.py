@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.list_index import EXACT_VECTORS_MAX, Layout
+from index.list_index import EXACT_VECTORS_MAX, PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, Layout, ListIndex
 from server.indexes import IndexRegistry
 from server.store import NewEntry, Store
 
@@ -46,11 +46,13 @@ def synthetic(start: int, vectors: np.ndarray, codes: np.ndarray) -> list[NewEnt
 class Fixture:
     """A store with one list, a registry over it, and the vectors and codes of every entry added."""
 
-    def __init__(self, path: Path, background: bool) -> None:
+    def __init__(
+        self, path: Path, background: bool, budgets: tuple[int, int] = (VECTOR_SCAN_BUDGET, PDQ_SCAN_BUDGET)
+    ) -> None:
         self.path = path
         self.store = Store(path, 1 << 32)
         self.uid = self.store.create_list(LIST, "", 0.5, 0.8, "sscd-distilled").uid
-        self.registry = IndexRegistry(self.store, background=background)
+        self.registry = IndexRegistry(self.store, background, *budgets)
         self.registry.created(self.uid)
         self.rng = np.random.default_rng(0)
         self.vectors: dict[str, np.ndarray] = {}
@@ -172,3 +174,23 @@ def test_periodic_snapshots_wait_for_a_share_of_the_list_to_change(grown: Fixtur
     assert grown.registry.snapshot_all(min_changes=10, share=0.01) == 0
     grown.add(200)
     assert grown.registry.snapshot_all(min_changes=10, share=0.01) == 1
+
+
+def budgets(index: ListIndex | None) -> tuple[int, int]:
+    assert index is not None
+    return index.vector_scan_budget, index.pdq_scan_budget
+
+
+def test_the_registry_s_scan_budgets_hold_for_created_rebuilt_and_reloaded_indexes(tmp_path: Path) -> None:
+    fixture = Fixture(tmp_path, background=False, budgets=(30_000, 7_000))
+    try:
+        assert budgets(fixture.registry.get(fixture.uid)) == (30_000, 7_000)
+        fixture.add(EXACT_VECTORS_MAX + 1_000)  # rebuilt as an inverted file
+        rebuilt = fixture.registry.get(fixture.uid)
+        assert rebuilt is not None and rebuilt.layout.vector_cells and budgets(rebuilt) == (30_000, 7_000)
+        fixture.registry.snapshot_all()
+        reloaded = IndexRegistry(fixture.store, False, 60_000, 9_000)
+        reloaded.load_all()
+        assert budgets(reloaded.get(fixture.uid)) == (60_000, 9_000)
+    finally:
+        fixture.store.close()

@@ -303,7 +303,9 @@ def test_limits_and_metrics_settings_come_from_flags_and_environment() -> None:
         "127.0.0.1:9464",
     )
     assert parse_config([], {}).metrics_listen == ""
-    for flag in ("--max-batch-images", "--max-concurrent-requests"):
+    scan = parse_config(["--vector-scan-budget", "300000"], {"LOOKALIKE_PDQ_SCAN_BUDGET": "50000"})
+    assert (scan.vector_scan_budget, scan.pdq_scan_budget) == (300_000, 50_000)
+    for flag in ("--max-batch-images", "--max-concurrent-requests", "--vector-scan-budget", "--pdq-scan-budget"):
         with pytest.raises(SystemExit):
             parse_config([flag, "0"], {})
 
