@@ -32,6 +32,7 @@ from typing import Any
 import lmdb
 
 from client.errors import AlreadyExists, InvalidArgument, LookalikeError, NotFound, ResourceExhausted
+from index import configure_threads
 from server.config import ServerConfig
 from server.fetch import check_url
 from server.fingerprint import Hashes
@@ -417,6 +418,8 @@ class CheckLedger:
     # Deferred workers ---------------------------------------------------------------
 
     def _work_loop(self) -> None:
+        configure_threads(1)  # per thread (OpenMP): this one searches indexes
+
         def still_wanted() -> None:
             if self._stopping.is_set():
                 raise _Stopping
