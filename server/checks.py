@@ -62,6 +62,8 @@ PENDING, DONE, FAILED = "pending", "done", "failed"
 CHECK_ID_MAX = 256
 WRITE_BATCH = 512
 WRITER_IDLE_SECONDS = 0.2
+WRITE_GATHER_SECONDS = 0.1
+"""How long the writer waits, after a result arrives, for more to commit with it."""
 WORKER_POLL_SECONDS = 0.2
 
 
@@ -500,6 +502,8 @@ class CheckLedger:
                 first = self._writes.get(timeout=WRITER_IDLE_SECONDS)
             except queue.Empty:
                 continue
+            # Let the results of checks answered meanwhile join it: one commit for many costs far less than one each.
+            self._stopping.wait(WRITE_GATHER_SECONDS)
             self._write_queued([first])
 
     def _write_queued(self, batch: list[StoredCheck] | None = None) -> None:
