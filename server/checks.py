@@ -4,10 +4,10 @@ Every check's result is stored (JSON, never the image) for `check_retention`
 seconds, keyed by its id (the request id), so a caller can read it again
 (`GetCheck`), send feedback on it, and calibration can see the score
 distribution. A synchronous check hands its result to a writer thread that
-commits whatever has queued up in one transaction, so the check itself pays for
-a queue put, not an LMDB commit; until written it is served from memory. A crash
-may lose the last unwritten results (nothing else: a check that asked for a
-webhook is written before it is answered, with its outbox entry).
+commits whatever has queued up within a tenth of a second in one transaction, so
+the check itself pays for a queue put, not an LMDB commit; until written it is
+served from memory. A crash may lose the last unwritten results (nothing else: a
+check that asked for a webhook is written before it is answered, with its outbox entry).
 
 A deferred check is written at once, with its image bytes (or the URL to fetch),
 and answered with its id; worker threads run it through the same `check` as any
