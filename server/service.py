@@ -185,7 +185,8 @@ class LookalikeService:
         self.workers = workers
         self.default_model = default_model
         self.metrics = metrics or Metrics()
-        self._cpu = FairSlots(cpu_slots)
+        # With worker processes, each may hold an image waiting beside the one it works on: as many more slots.
+        self._cpu = FairSlots(cpu_slots + workers.queued)
         self.flood = FloodGuard(store, flood or FloodSettings())
         self.allow_margin = allow_margin
 
