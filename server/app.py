@@ -131,13 +131,21 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     checks = CheckLedger(store, service, config, WebhookOutbox(store, config, metrics), webhook_body)
     metrics.watch_queues(service.flood.counts_by_list, lambda: checks.pending, lambda: checks.outbox.pending)
     ready = threading.Event()
-    executor = ThreadPoolExecutor(max_workers=max(2, 2 * config.cpu_slots), thread_name_prefix="fingerprint")
+    # FAISS's thread count is per thread (OpenMP): each thread that may search sets its own, or spins up a team.
+    executor = ThreadPoolExecutor(
+        max_workers=max(2, 2 * config.cpu_slots),
+        thread_name_prefix="fingerprint",
+        initializer=configure_threads,
+        initargs=(1,),
+    )
     options = [
         ("grpc.max_receive_message_length", config.max_request_bytes),
         ("grpc.max_send_message_length", config.max_request_bytes),
     ]
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="grpc"),
+        ThreadPoolExecutor(
+            max_workers=config.threads, thread_name_prefix="grpc", initializer=configure_threads, initargs=(1,)
+        ),
         options=options,
         interceptors=[RequestObserver(metrics, SERVICE, ready), MalformedRequestInterceptor()],
         # Checked before a call is queued for a worker: past it, RESOURCE_EXHAUSTED at once.

@@ -148,8 +148,16 @@ def _rank(match: Match) -> tuple[float, float, str, int]:
 
 def nearest_bits(variants: Sequence[bytes], listed: bytes) -> int:
     """Smallest Hamming distance from any of a picture's PDQ variants to a listed code."""
-    queries = np.frombuffer(b"".join(variants), np.uint8).reshape(len(variants), -1)
-    return int(np.bitwise_count(queries ^ np.frombuffer(listed, np.uint8)).sum(axis=1).min())
+    return nearest_bits_each(variants, [listed])[0]
+
+
+def nearest_bits_each(variants: Sequence[bytes], listed: Sequence[bytes]) -> list[int]:
+    """`nearest_bits` of several listed codes, in one array operation (a check scores ten or more)."""
+    if not listed:
+        return []
+    queries = np.frombuffer(b"".join(variants), np.uint8).reshape(len(variants), 1, -1)
+    codes = np.frombuffer(b"".join(listed), np.uint8).reshape(len(listed), -1)
+    return [int(bits) for bits in np.bitwise_count(queries ^ codes).sum(axis=2).min(axis=0)]
 
 
 def best_similarities(views: np.ndarray, stored: dict[int, np.ndarray]) -> dict[int, float]:
@@ -179,7 +187,8 @@ class LookalikeService:
         self.workers = workers
         self.default_model = default_model
         self.metrics = metrics or Metrics()
-        self._cpu = FairSlots(cpu_slots)
+        # With worker processes, each may hold an image waiting beside the one it works on: as many more slots.
+        self._cpu = FairSlots(cpu_slots + workers.queued)
         self.flood = FloodGuard(store, flood or FloodSettings())
         self.allow_margin = allow_margin
 
@@ -589,11 +598,13 @@ class LookalikeService:
         missing = [seq for seq in entries if seq not in similarities]
         if missing and views is not None:
             similarities.update(best_similarities(views, self.store.embeddings(record.uid, missing)))
+        # Entries found otherwise (embedding, digest) still get their PDQ distance, all in one go.
+        unsearched = [seq for seq, entry in entries.items() if seq not in pdq_hits and entry.pdq] if variants else []
+        measured = nearest_bits_each(variants, [bytes.fromhex(entries[seq].pdq) for seq in unsearched])
+        pdq_distances = pdq_hits | dict(zip(unsearched, measured, strict=True))
         matches = []
         for seq, entry in entries.items():
-            distance = pdq_hits.get(seq)
-            if distance is None and entry.pdq and variants:
-                distance = nearest_bits(variants, bytes.fromhex(entry.pdq))
+            distance = pdq_distances.get(seq)
             evidence = Evidence(
                 # the digest keys of hash-only entries are no SHA-256 of bytes: confirm with the entry's own
                 exact_sha256=seq == exact and entry.sha256 == hashes.sha256_hex,

@@ -3,9 +3,19 @@
 Decoding, PDQ and pHash hold Python's interpreter lock for much of their time, so
 threads of one process contend for it; processes do not. The server process keeps
 what needs shared state (LMDB, indexes, gRPC) and sends each image's bytes to a
-worker, which returns plain arrays. A worker that dies (a decoder crash, the kernel's
-OOM killer) fails only the request it held: the pool is replaced and later requests
-go on. With `processes=0` the work runs in the calling thread instead (tools, tests).
+worker over its own pipe, which returns plain arrays.
+
+The calling thread writes the request and reads the reply itself: no pool manager or
+feeder thread stands between (each hop costs the server process CPU and, on a busy box,
+a wait for the interpreter lock while the worker idles). Each worker may hold one image
+more than it works on (`QUEUED_PER_WORKER`), waiting in its pipe, so it starts the next
+image the moment it finishes one, however long the server process takes to read the reply
+and hand out the next slot. Replies come back in the order requests went in, and each
+caller reads its own in turn.
+
+A worker that dies (a decoder crash, the kernel's OOM killer) fails only the requests it
+held: it is replaced and later requests go on. With `processes=0` the work runs in the
+calling thread instead (tools, tests).
 """
 
 from __future__ import annotations
@@ -14,10 +24,13 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import threading
+import traceback
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 from client.errors import LookalikeError
 from server.embedder import EmbedderPool
@@ -25,7 +38,11 @@ from server.fingerprint import Fingerprinted, Fingerprinter
 
 log = logging.getLogger(__name__)
 
-_worker: Fingerprinter | None = None
+QUEUED_PER_WORKER = 1
+"""Images a worker holds beyond the one it works on, so it never waits for the server process between two."""
+_STARTED = "started"
+"""A worker's reply to the start-up probe (a request of None), once its models are loaded."""
+STOP_SECONDS = 10.0
 
 
 class WorkerCrashed(LookalikeError):
@@ -34,7 +51,7 @@ class WorkerCrashed(LookalikeError):
 
 def _exit_with_parent() -> None:
     """End this worker when the server process dies. A SIGKILLed or OOM-killed server runs no
-    shutdown code, and a worker blocked on its task queue would then idle forever, holding its
+    shutdown code, and a worker blocked on its pipe would then idle forever, holding its
     models' memory: each crash and restart would leave more of them behind."""
     parent = multiprocessing.parent_process()
     if parent is None:
@@ -47,73 +64,171 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _start_worker(max_pixels: int, models: Sequence[str]) -> None:
-    global _worker
+def _serve(connection: multiprocessing.connection.Connection, max_pixels: int, models: Sequence[str]) -> None:
+    """A worker's life: load the models, then answer requests in order until the pipe closes."""
     from index import configure_threads
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it closes our pipe
     _exit_with_parent()
-
     configure_threads(1)
-    _worker = Fingerprinter(max_pixels, EmbedderPool(threads=1))
+    fingerprinter = Fingerprinter(max_pixels, EmbedderPool(threads=1))
     for model in models:  # load models before the first request, not during it
-        _worker.embedders.get(model)
+        fingerprinter.embedders.get(model)
+    while True:
+        try:
+            request = connection.recv()
+        except (EOFError, OSError):
+            return  # the server closed the pipe (shutdown) or is gone
+        if request is None:
+            connection.send(_STARTED)
+            continue
+        data, embed, views = request
+        reply: tuple[bool, Any]
+        try:
+            reply = (True, fingerprinter.compute(data, embed, views))
+        except LookalikeError as error:  # the image's fault (undecodable, too large): status and reason travel
+            reply = (False, error)
+        except Exception as error:  # noqa: BLE001 - a bug: raised in the caller, with where it happened here
+            error.add_note(f"in a fingerprint worker process:\n{traceback.format_exc()}")
+            reply = (False, error)
+        try:
+            connection.send(reply)
+        except Exception as error:  # noqa: BLE001 - an exception that does not pickle: send what it says
+            connection.send((False, RuntimeError(f"{type(error).__name__}: {error}")))
 
 
-def _compute(data: bytes, embed: tuple[str, ...], views: tuple[str, ...]) -> Fingerprinted:
-    assert _worker is not None, "worker not initialised"
-    return _worker.compute(data, embed, views)
+class _Worker:
+    """One worker process, its pipe, and the callers waiting for its replies, in the order they asked."""
+
+    def __init__(self, context: Any, max_pixels: int, models: Sequence[str]) -> None:
+        self.connection, child_end = context.Pipe()
+        self.process: BaseProcess = context.Process(
+            target=_serve, args=(child_end, max_pixels, tuple(models)), name="fingerprint-worker", daemon=True
+        )
+        self.process.start()
+        child_end.close()
+        self.in_hand = 0
+        """Requests sent and not yet answered (guarded by the pool's lock)."""
+        self._sending = threading.Lock()
+        self._turns: deque[threading.Event] = deque()
+
+    def ask(self, request: object) -> Any:
+        """Send a request, then read its reply once those before it are read; EOFError/OSError: the worker died."""
+        turn = threading.Event()
+        with self._sending:  # the order of `_turns` is the order of the requests in the pipe
+            self._turns.append(turn)
+            if self._turns[0] is turn:
+                turn.set()
+            try:
+                self.connection.send(request)
+            except BaseException:
+                first = self._turns[0] is turn
+                self._turns.remove(turn)
+                if first and self._turns:
+                    self._turns[0].set()
+                raise
+        turn.wait()
+        try:
+            return self.connection.recv()
+        finally:
+            self._next_turn()
+
+    def _next_turn(self) -> None:
+        with self._sending:
+            self._turns.popleft()
+            if self._turns:
+                self._turns[0].set()
+
+    def stop(self) -> None:
+        self.connection.close()  # the worker reads EOF and returns
+        self.process.join(STOP_SECONDS)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
 
 
 class FingerprintWorkers:
-    """`compute()` in a pool of worker processes, or in the caller's thread when `processes` is 0."""
+    """`compute()` in worker processes, or in the caller's thread when `processes` is 0."""
 
     def __init__(self, max_pixels: int, processes: int, models: Sequence[str] = ()) -> None:
         self.max_pixels = max_pixels
         self.processes = processes
         self.models = tuple(models)
         self.local = Fingerprinter(max_pixels, EmbedderPool(threads=1)) if processes == 0 else None
-        self._pool: ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()
-        if processes:
-            self._pool = self._new_pool()
-            # Start every worker now (spawning takes a second or two), so the first requests do not wait.
-            for future in [self._pool.submit(_start_worker_probe) for _ in range(processes)]:
-                future.result()
+        self.queued = QUEUED_PER_WORKER * processes
+        """Images that may wait at the workers beyond those being worked on: callers may hold as many more slots."""
+        self._context = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC threads
+        self._lock = threading.Condition()
+        self._workers = [self._start() for _ in range(processes)]
+        self._stopped = False
+        # Wait until every worker has loaded its models (seconds), so the first requests do not wait.
+        for worker in self._workers:
+            worker.connection.send(None)
+        for worker in self._workers:
+            if worker.connection.recv() != _STARTED:
+                raise RuntimeError("a fingerprint worker did not start")
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self.processes,
-            mp_context=multiprocessing.get_context("spawn"),  # never fork a process that runs gRPC threads
-            initializer=_start_worker,
-            initargs=(self.max_pixels, self.models),
-        )
+    def _start(self) -> _Worker:
+        return _Worker(self._context, self.max_pixels, self.models)
 
     def compute(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
         if self.local is not None:
             return self.local.compute(data, embed, views)
-        pool = self._pool
-        assert pool is not None, "workers are shut down"
+        worker = self._take()
         try:
-            return pool.submit(_compute, data, tuple(embed), tuple(views)).result()
-        except BrokenProcessPool:
-            self._replace(pool)
+            ok, value = worker.ask((data, tuple(embed), tuple(views)))
+        except (EOFError, OSError):
+            self._replace(worker)
             raise WorkerCrashed(
                 "fingerprinting this image crashed a worker process; the image was not processed", "WORKER_CRASHED"
             ) from None
+        finally:
+            self._give_back(worker)
+        if not ok:
+            raise value
+        assert isinstance(value, Fingerprinted)
+        return value
 
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
+    def _take(self) -> _Worker:
+        """The live worker holding the fewest images, waiting while every one holds all it may."""
+        limit = 1 + QUEUED_PER_WORKER
         with self._lock:
-            if self._pool is broken:
-                log.error("a fingerprint worker died; starting a new pool")
-                broken.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
+            while True:
+                if self._stopped:
+                    raise RuntimeError("workers are shut down")
+                worker = min(self._workers, key=lambda w: w.in_hand)
+                if worker.in_hand < limit:
+                    break
+                self._lock.wait()
+            if not worker.process.is_alive():  # died while idle (else its callers fail): this request need not
+                log.error("a fingerprint worker died (exit code %s); starting another", worker.process.exitcode)
+                worker = self._swap(worker)
+            worker.in_hand += 1
+            return worker
+
+    def _give_back(self, worker: _Worker) -> None:
+        with self._lock:
+            worker.in_hand -= 1
+            self._lock.notify()
+
+    def _replace(self, dead: _Worker) -> None:
+        with self._lock:
+            if dead in self._workers:
+                log.error("a fingerprint worker died (exit code %s); starting another", dead.process.exitcode)
+                self._swap(dead)
+
+    def _swap(self, dead: _Worker) -> _Worker:
+        """Put a new worker in the dead one's place (lock held); it loads its models while requests queue for it."""
+        fresh = self._start()
+        self._workers[self._workers.index(dead)] = fresh
+        dead.process.join(0)  # its pipe closes once the callers still reading from it are done
+        self._lock.notify_all()
+        return fresh
 
     def shutdown(self) -> None:
         with self._lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-                self._pool = None
-
-
-def _start_worker_probe() -> bool:
-    return _worker is not None
+            self._stopped = True
+            workers, self._workers = self._workers, []
+            self._lock.notify_all()
+        for worker in workers:
+            worker.stop()

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,23 @@ def test_a_killed_worker_fails_at_most_the_requests_in_flight_and_the_pool_recov
         assert handle.client.check(photos[1].read_bytes(), ["banned"]).decision == "accept"
     finally:
         handle.stop()
+
+
+def test_concurrent_callers_each_get_their_own_images_fingerprint(workers: FingerprintWorkers) -> None:
+    """More callers than workers: requests queue at the workers, replies come back in order, none crossed."""
+    datas = [photo.read_bytes() for photo in distinct_photos(8, seed=7)]
+    local = FingerprintWorkers(64_000_000, processes=0)
+    expected = [local.compute(data).hashes for data in datas]
+    with ThreadPoolExecutor(max_workers=len(datas)) as pool:
+        for _ in range(3):
+            assert list(pool.map(lambda data: workers.compute(data).hashes, datas)) == expected
+
+
+def test_a_worker_that_died_while_idle_fails_no_request(workers: FingerprintWorkers) -> None:
+    data = distinct_photos(1, seed=8)[0].read_bytes()
+    expected = workers.compute(data).hashes
+    for pid in worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(lambda _: workers.compute(data).hashes, range(4))) == [expected] * 4
