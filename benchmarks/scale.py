@@ -215,8 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for vector_budget, pdq_budget in budgets:
             index.set_scan_budgets(vector_budget, pdq_budget)
             sweep.append(
-                {"vector_budget": vector_budget, "pdq_budget": pdq_budget}
-                | measure_searches(index, planted, args.seed)
+                {"vector_budget": vector_budget, "pdq_budget": pdq_budget} | measure_searches(index, planted, args.seed)
             )
         index.set_scan_budgets(VECTOR_SCAN_BUDGET, PDQ_SCAN_BUDGET)
 
