@@ -1,7 +1,9 @@
-"""`lookalike serve` as a real subprocess, for tests that kill it or watch its memory."""
+"""The real `lookalike` command in subprocesses: `serve`, for tests that kill it or watch its memory,
+and client commands with `--json` output."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -9,11 +11,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from client import LookalikeClient
 
 LOOKALIKE = Path(sys.executable).parent / "lookalike"
 _started: list[ServerProcess] = []
+
+
+def json_cli(address: str, *args: str, key: str = "", check: bool = False) -> tuple[int, list[dict[str, Any]]]:
+    """Run `lookalike ARGS --json` against the server at `address` (with API key `key`); its exit code
+    and the JSON lines it printed. `check`: a non-zero exit raises CalledProcessError."""
+    env = {**os.environ, "LOOKALIKE_SERVER": address} | ({"LOOKALIKE_API_KEY": key} if key else {})
+    completed = subprocess.run(
+        [str(LOOKALIKE), *args, "--json"], capture_output=True, text=True, timeout=120, env=env, check=check
+    )
+    return completed.returncode, [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
 
 
 def end_leftovers() -> None:

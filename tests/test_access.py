@@ -17,7 +17,6 @@ import os
 import queue
 import random
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +44,8 @@ from client import (
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from tests.conftest import ServerHandle, start_server
+from tests.processes import LOOKALIKE
 
-LOOKALIKE = Path(sys.executable).parent / "lookalike"
 _seeds = itertools.count(1000)
 
 

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,7 @@ from PIL import Image
 from benchmarks.edits import EDIT_FAMILIES, encode_edited
 from client import CheckResult, Match
 from tests.conftest import ServerHandle, distinct_photos
-
-LOOKALIKE = Path(sys.executable).parent / "lookalike"
+from tests.processes import LOOKALIKE
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,7 @@ from PIL import Image
 
 from client import LookalikeClient
 from tests.conftest import ServerHandle, distinct_photos, jpeg_bytes
-
-LOOKALIKE = Path(sys.executable).parent / "lookalike"
+from tests.processes import LOOKALIKE
 
 
 def run(server: ServerHandle, *args: str, env: dict[str, str] | None = None) -> tuple[int, list[dict[str, Any]], str]:

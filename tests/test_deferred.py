@@ -10,9 +10,6 @@ from __future__ import annotations
 import http.server
 import json
 import logging
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,9 +31,9 @@ from client.webhooks import (
 )
 from server.checks import DB_CHECK_IMAGES
 from tests.conftest import ServerHandle, distinct_photos, start_server
+from tests.processes import json_cli
 from tests.test_flood_guard import scrape
 
-LOOKALIKE = Path(sys.executable).parent / "lookalike"
 FAST_WEBHOOKS = {"webhook_backoff": 0.05, "webhook_backoff_max": 0.2, "webhook_timeout": 5.0}
 
 
@@ -412,17 +409,6 @@ def test_webhooks_to_refused_addresses_are_refused_clearly(
 # The command line -----------------------------------------------------------------------------------
 
 
-def cli(server: ServerHandle, *args: str) -> tuple[int, list[dict[str, Any]]]:
-    completed = subprocess.run(
-        [str(LOOKALIKE), *args, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "LOOKALIKE_SERVER": server.address},
-    )
-    return completed.returncode, [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
-
-
 def test_cli_defers_checks_and_reads_results(
     slow: ServerHandle, photos: list[bytes], tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -430,16 +416,16 @@ def test_cli_defers_checks_and_reads_results(
     listed = slow.client.add("banned", photos[0])
     upload = tmp_path / "upload.jpg"
     upload.write_bytes(photos[0])
-    code, (queued,) = cli(slow, "check", "banned", str(upload), "--defer", "--callback-url", receiver.url)
+    code, (queued,) = json_cli(slow.address, "check", "banned", str(upload), "--defer", "--callback-url", receiver.url)
     assert code == 0 and set(queued) == {"path", "id"} and queued["path"] == str(upload)
-    code, (shown,) = cli(slow, "result", queued["id"], "--wait", "30")
+    code, (shown,) = json_cli(slow.address, "result", queued["id"], "--wait", "30")
     assert code == 0 and shown["id"] == queued["id"] and shown["status"] == "done"
     assert shown["decision"] == "reject" and shown["matches"][0]["id"] == listed.id
     receiver.wait_for(1)
     delivered_state(slow.client, queued["id"])
-    code, (shown,) = cli(slow, "result", queued["id"])
+    code, (shown,) = json_cli(slow.address, "result", queued["id"])
     assert shown["delivery"]["state"] == "delivered" and shown["delivery"]["attempts"] == 1
-    code, (missing,) = cli(slow, "result", "no-such-check")
+    code, (missing,) = json_cli(slow.address, "result", "no-such-check")
     assert code == 1 and missing["code"] == "NOT_FOUND"
-    code, (secret,) = cli(slow, "webhooks", "secret")
+    code, (secret,) = json_cli(slow.address, "webhooks", "secret")
     assert code == 0 and secret["secret"] == slow.client.webhook_secret()

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -22,25 +17,13 @@ from client.stub import translate
 from server.feedback import CONFIRMED, FALSE_POSITIVE, MISSED_DUPLICATE, FeedbackRecord, calibrate
 from server.store import ListRecord
 from tests.conftest import ServerHandle, distinct_photos
-
-LOOKALIKE = Path(sys.executable).parent / "lookalike"
+from tests.processes import json_cli
 
 
 def edited(path: Path, family: str) -> bytes:
     with Image.open(path) as image:
         picture = image.convert("RGB")
     return encode_edited(EDIT_FAMILIES[family](picture, random.Random(0)))
-
-
-def cli(server: ServerHandle, key: str, *args: str) -> tuple[int, list[dict[str, Any]]]:
-    completed = subprocess.run(
-        [str(LOOKALIKE), *args, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "LOOKALIKE_SERVER": server.address, "LOOKALIKE_API_KEY": key},
-    )
-    return completed.returncode, [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
 
 
 def _just_above(score: float) -> float:
@@ -89,7 +72,7 @@ def test_feedback_is_stored_listed_and_calibrates_the_list(lookalike: ServerHand
         listed_feedback = list(admin.feedback("banned"))
         assert [f.verdict for f in listed_feedback] == ["false_positive", "confirmed", "missed_duplicate"]
         assert {f.key_id for f in listed_feedback} == {checker_key.info.id}
-        code, lines = cli(lookalike, root.secret, "feedback", "ls", "--list", "banned")
+        code, lines = json_cli(lookalike.address, "feedback", "ls", "--list", "banned", key=root.secret)
         assert code == 0 and [line["verdict"] for line in lines] == ["false_positive", "confirmed", "missed_duplicate"]
         assert lines[0]["check_id"] == jitter.id and lines[0]["note"] == "a different photo of the spot"
 
@@ -104,7 +87,7 @@ def test_feedback_is_stored_listed_and_calibrates_the_list(lookalike: ServerHand
         assert advice.review.checks_affected == sum(1 for s in best if advice.review.recommended <= s < 0.8)
         assert admin.get_list("banned").reject_threshold == 0.9  # nothing applied yet
 
-        code, (applied,) = cli(lookalike, root.secret, "calibrate", "banned", "--apply")
+        code, (applied,) = json_cli(lookalike.address, "calibrate", "banned", "--apply", key=root.secret)
         assert code == 0 and applied["applied"] and applied["reject"]["recommended"] == advice.reject.recommended
         info = admin.get_list("banned")
         assert (info.review_threshold, info.reject_threshold) == (advice.review.recommended, advice.reject.recommended)

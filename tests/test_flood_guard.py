@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +13,8 @@ from client import LookalikeClient
 from server.flood import FloodGuard, FloodSettings
 from server.store import EntryRecord, Store
 from tests.conftest import ServerHandle, distinct_photos, start_server
+from tests.processes import json_cli
 
-LOOKALIKE = Path(sys.executable).parent / "lookalike"
 SMALL_WINDOWS = {"flood_min_matches": 3, "flood_short_window": 60.0, "flood_long_window": 6000.0, "flood_factor": 5.0}
 
 
@@ -40,18 +36,6 @@ def guarded(tmp_path: Path) -> Iterator[ServerHandle]:
     handle.stop()
 
 
-def cli(server: ServerHandle, *args: str) -> list[dict[str, object]]:
-    completed = subprocess.run(
-        [str(LOOKALIKE), *args, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "LOOKALIKE_SERVER": server.address},
-        check=True,
-    )
-    return [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
-
-
 def test_a_burst_of_matches_guards_the_entry_until_an_admin_confirms_it(guarded: ServerHandle) -> None:
     common, rare = (path.read_bytes() for path in distinct_photos(2, seed=17))
     client = guarded.client
@@ -69,7 +53,7 @@ def test_a_burst_of_matches_guards_the_entry_until_an_admin_confirms_it(guarded:
     assert match.guarded and match.decision == "review" and match.score == 1.0
     assert client.check(rare, ["banned"]).decision == "reject"  # other entries are unaffected
 
-    (shown,) = cli(guarded, "lists", "show", "banned")
+    _, (shown,) = json_cli(guarded.address, "lists", "show", "banned", check=True)
     (guard,) = shown["guarded"]  # type: ignore[misc]
     assert guard["id"] == flooding and round(guard["recent_matches"]) == 3 and guard["usual_matches"] < 1
     entry = client.get_entry("banned", flooding)
@@ -83,7 +67,7 @@ def test_a_burst_of_matches_guards_the_entry_until_an_admin_confirms_it(guarded:
     assert client.check(common, ["banned"]).decision == "review"
     assert [g.id for g in client.get_list("banned").guarded] == [flooding]
 
-    (confirmed,) = cli(guarded, "confirm", "banned", flooding)
+    _, (confirmed,) = json_cli(guarded.address, "confirm", "banned", flooding, check=True)
     assert confirmed == {"list": "banned", "id": flooding, "confirmed": True}
     assert client.get_list("banned").guarded == []
     assert scrape(guarded, "lookalike_flood_guarded_entries", list="banned") == 0

@@ -16,7 +16,7 @@ import pytest
 
 from index.list_index import EXACT_VECTORS_MAX, PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, Layout, ListIndex
 from server.indexes import IndexRegistry
-from server.store import NewEntry, Store
+from server.store import DB_SNAPSHOT_PIECES, NewEntry, Store
 
 GROWN = EXACT_VECTORS_MAX + 1_000
 LIST = "big"
@@ -166,6 +166,22 @@ def test_a_restart_loads_the_saved_layout_and_replays_later_changes_without_rebu
     assert index.vector_count == index.pdq_count == GROWN + 199
     newest = f"e{GROWN + 199}"
     assert grown.found(newest, grown.vectors[newest])
+
+
+def test_a_snapshot_missing_a_re_rank_piece_is_rebuilt_from_the_entries_at_start_up(grown: Fixture) -> None:
+    assert grown.registry.snapshot_all() == 1
+    pieces = grown.store.open_db(DB_SNAPSHOT_PIECES)
+    with grown.store.env.begin(write=True) as txn:
+        cursor = txn.cursor(db=pieces)
+        assert cursor.first() and cursor.delete()
+    grown.store.close()
+
+    grown.store = Store(grown.path, 1 << 32)
+    grown.registry = IndexRegistry(grown.store, background=False)
+    grown.registry.load_all()
+    index = grown.registry.get(grown.uid)
+    assert index is not None and index.vector_count == index.pdq_count == GROWN
+    assert grown.found("e0", grown.vectors["e0"]), "the first piece's entries are searchable again"
 
 
 def test_periodic_snapshots_wait_for_a_share_of_the_list_to_change(grown: Fixture) -> None:
