@@ -7,7 +7,8 @@ and replays only newer changes, never recomputing an embedding.
 
 Small lists are searched exactly. Large ones use inverted files (IVF): PDQ codes
 in a binary IVF, embeddings as 4-bit product-quantised fast-scan codes (16 bytes
-each), probing enough cells to scan a fixed budget of entries per query. The
+each) filed in each vector's two nearest cells, probing enough cells to scan a
+fixed budget of codes per query. The
 embedding side's shortlist is then re-ranked from 8-bit codes of every vector kept
 in memory (`index.rerank`), so similarities come back within about 0.002 of exact
 without reading the stored float vectors.
@@ -32,25 +33,24 @@ PDQ_BYTES = PDQ_BITS // 8
 EMBEDDING_DIM = 512
 
 _MAGIC = b"LKIX"
-_FORMAT_VERSION = 3
-# magic, version, checkpoint change, vector cells, pdq cells, trained-for count,
+_FORMAT_VERSION = 4
+# magic, version, checkpoint change, vector cells, cells per vector, pdq cells, trained-for count,
 # then the lengths of: pdq blob, vector blob, re-rank parameters, re-rank piece table
-_HEADER = struct.Struct(">4sHQIIQQQII")
+_HEADER = struct.Struct(">4sHQIHIQQQII")
 
 EXACT_VECTORS_MAX = 20_000
 """Largest embedding count searched exactly: 20k × 512 floats scan in about 2.5 ms."""
 EXACT_PDQ_MAX = 200_000
 """Largest PDQ count searched exactly: 8 query variants over 200k codes take about 3 ms."""
 VECTOR_SCAN_BUDGET = 2_400_000
-"""Fast-scan codes compared per query view on a large list: at 10M entries about 6 ms on one core,
-a quarter of the cells (recall of random neighbours from cosine 0.5: 0.985 at that share at 1M;
-see benchmarks/README.md)."""
+"""Fast-scan codes compared per query view on a large list: at 10M entries (20M codes) about
+6 ms on one core, an eighth of the cells (see benchmarks/README.md)."""
 PDQ_SCAN_BUDGET = 200_000
 """PDQ codes compared per query variant on a large list."""
 MAX_CELLS = 4096
 """Cap on IVF cells: k-means training time grows with cells × training points."""
 SHORTLIST_MIN = 128
-"""Candidates fetched per view from an inverted file before re-ranking."""
+"""Distinct candidates wanted per view from an inverted file before re-ranking."""
 PQ_SUBQUANTIZERS = 32
 TRAINING_POINTS_PER_CELL = 40
 TOMBSTONES_MIN = 1000
@@ -60,6 +60,13 @@ ID_LOOKUP_BYTES = 32
 """About what a hash-map entry from id to position costs (exact sides' id maps, binary IVF's direct map)."""
 REBUILD_GROWTH = 4
 """An IVF layout is rebuilt once its list is this many times larger (or smaller) than it was trained for."""
+SPILLED_CELLS = 2
+"""Cells an embedding is filed in on a large list's inverted file ("spilling"). Random unit vectors
+at 1M, 4096 cells, the same number of codes compared: a neighbour at cosine 0.5-0.6 lies in a probed
+cell 0.97 of the time from two cells against 0.935 from one (benchmarks/README.md)."""
+SPILL_FROM = VECTOR_SCAN_BUDGET // REBUILD_GROWTH
+"""Lists larger than this are spilled: they may outgrow, before their next rebuild, what the default
+budget scans whole. Smaller ones are scanned whole, where a second copy would only double the work."""
 
 
 def configure_threads(threads: int = 1) -> None:
@@ -81,11 +88,17 @@ def _probes(cells: int, count: int, budget: int) -> int:
 
 @dataclass(frozen=True)
 class Layout:
-    """How a list is indexed: 0 cells means exact search on that side."""
+    """How a list is indexed: 0 cells means exact search on that side; `cells_per_vector` is
+    how many of its nearest cells each embedding is filed in."""
 
     vector_cells: int = 0
     pdq_cells: int = 0
     trained_for: int = 0
+    cells_per_vector: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.cells_per_vector <= max(self.vector_cells, 1):
+            raise ValueError(f"cannot file each embedding in {self.cells_per_vector} of {self.vector_cells} cells")
 
     @classmethod
     def for_size(cls, vectors: int, codes: int) -> Layout:
@@ -93,6 +106,7 @@ class Layout:
             vector_cells=_cells_for(vectors) if vectors > EXACT_VECTORS_MAX else 0,
             pdq_cells=_cells_for(codes) if codes > EXACT_PDQ_MAX else 0,
             trained_for=max(vectors, codes),
+            cells_per_vector=SPILLED_CELLS if vectors > SPILL_FROM else 1,
         )
 
     @property
@@ -199,6 +213,34 @@ def _empty_vectors(cells: int, dim: int) -> faiss.Index:
     return index
 
 
+def _file_in_nearest_cells(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, copies: int) -> None:
+    """Add each vector to its `copies` nearest cells of a fast-scan inverted file.
+
+    FAISS files a vector in the one cell its quantizer assigns, and its pre-assigned add
+    writes codes unpacked into fast-scan's blocked lists. So each cell's share is added
+    through FAISS's own add, its quantizer swapped for one that names that cell."""
+    if copies == 1:
+        index.add_with_ids(vectors, ids)
+        return
+    ivf = faiss.extract_index_ivf(index)
+    _, cells = ivf.quantizer.search(vectors, copies)
+    cells, rows = cells.ravel(), np.repeat(np.arange(len(vectors)), copies)
+    order = np.argsort(cells, kind="stable")
+    cells, rows = cells[order], rows[order]
+    starts = np.flatnonzero(np.r_[True, cells[1:] != cells[:-1]])
+    naming = faiss.IndexIDMap(faiss.IndexFlatIP(ivf.d))
+    naming.add_with_ids(np.zeros((1, ivf.d), np.float32), np.zeros(1, np.int64))
+    quantizer = ivf.quantizer
+    ivf.quantizer = naming
+    try:
+        for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(cells)], strict=True):
+            faiss.copy_array_to_vector(cells[start : start + 1], naming.id_map)
+            chosen = rows[start:end]
+            ivf.add_with_ids(vectors[chosen], ids[chosen])
+    finally:
+        ivf.quantizer = quantizer
+
+
 def _training_sample(data: np.ndarray, cells: int, seed: int = 0) -> np.ndarray:
     wanted = cells * TRAINING_POINTS_PER_CELL
     if len(data) <= wanted:
@@ -268,20 +310,20 @@ class ListIndex:
 
     @property
     def vector_count(self) -> int:
-        return int(self._vectors.ntotal) - len(self._tombstones)
+        return int(self._vectors.ntotal) // self.layout.cells_per_vector - len(self._tombstones)
 
     def outgrown(self) -> bool:
         return self.layout.outgrown(self.vector_count, self.pdq_count)
 
     def memory_bytes(self) -> int:
-        """Estimated bytes held (FAISS reports no figure): codes or vectors, ids and the maps
+        """Estimated bytes held (FAISS reports no figure): codes (each copy) or vectors, ids and the maps
         that find an id again, trained centroids, and re-rank codes."""
         lookup = ID_BYTES + ID_LOOKUP_BYTES
         pdq_per_entry = PDQ_BYTES + lookup
-        vector_per_entry = PQ_SUBQUANTIZERS // 2 + ID_BYTES if self.layout.vector_cells else 4 * self.dim + lookup
+        vector_per_code = PQ_SUBQUANTIZERS // 2 + ID_BYTES if self.layout.vector_cells else 4 * self.dim + lookup
         centroids = self.layout.vector_cells * self.dim * 4 + self.layout.pdq_cells * PDQ_BYTES
         rerank = self._rerank.memory_bytes() if self._rerank else 0
-        return int(self._pdq.ntotal) * pdq_per_entry + int(self._vectors.ntotal) * vector_per_entry + centroids + rerank
+        return int(self._pdq.ntotal) * pdq_per_entry + int(self._vectors.ntotal) * vector_per_code + centroids + rerank
 
     def add(self, ids: np.ndarray, pdq_codes: np.ndarray | None, vectors: np.ndarray | None, change: int) -> None:
         """Add entries (either signal may be absent) and record the change they came from."""
@@ -292,7 +334,10 @@ class ListIndex:
                 self._pdq.add_with_ids(codes, ids)
             if vectors is not None and len(ids):
                 matrix = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
-                self._vectors.add_with_ids(matrix, ids)
+                if self.layout.vector_cells:
+                    _file_in_nearest_cells(self._vectors, ids, matrix, self.layout.cells_per_vector)
+                else:
+                    self._vectors.add_with_ids(matrix, ids)
                 if self._rerank is not None:
                     self._rerank.add(ids, matrix)
             self._set_probes()
@@ -304,7 +349,7 @@ class ListIndex:
             self._pdq.nprobe = _probes(self.layout.pdq_cells, self.pdq_count, self.pdq_scan_budget)
         if self.layout.vector_cells:
             faiss.extract_index_ivf(self._vectors).nprobe = _probes(
-                self.layout.vector_cells, self.vector_count, self.vector_scan_budget
+                self.layout.vector_cells, int(self._vectors.ntotal), self.vector_scan_budget
             )
 
     def set_scan_budgets(self, vectors: int, pdq_codes: int) -> None:
@@ -374,7 +419,9 @@ class ListIndex:
                         best[label] = similarity
                 ranked = sorted(best.items(), key=lambda item: -item[1])[:k]
                 return [VectorHit(label, similarity) for label, similarity in ranked]
-            _, labels = self._vectors.search(queries, min(max(4 * k, SHORTLIST_MIN), int(self._vectors.ntotal)))
+            # An entry's copies score alike and come back together: fetch enough for the distinct ones.
+            wanted = max(4 * k, SHORTLIST_MIN) * self.layout.cells_per_vector
+            _, labels = self._vectors.search(queries, min(wanted, int(self._vectors.ntotal)))
             candidates = np.unique(labels[labels >= 0])
             if self._tombstones:
                 candidates = candidates[~np.isin(candidates, np.fromiter(self._tombstones, np.int64))]
@@ -405,6 +452,7 @@ class ListIndex:
             _FORMAT_VERSION,
             checkpoint.change,
             layout.vector_cells,
+            layout.cells_per_vector,
             layout.pdq_cells,
             layout.trained_for,
             len(pdq_blob),
@@ -434,7 +482,7 @@ class ListIndex:
         magic, version = _HEADER.unpack_from(data)[:2]
         if magic != _MAGIC or version != _FORMAT_VERSION:
             raise ValueError(f"index snapshot has format {magic!r} v{version}; expected {_MAGIC!r} v{_FORMAT_VERSION}")
-        _, _, change, vector_cells, pdq_cells, trained_for, *lengths = _HEADER.unpack_from(data)
+        _, _, change, vector_cells, cells_per_vector, pdq_cells, trained_for, *lengths = _HEADER.unpack_from(data)
         if len(data) != _HEADER.size + sum(lengths):
             raise ValueError("index snapshot length does not match its header")
         pdq_len, vector_len, params_len, table_len = lengths
@@ -442,7 +490,7 @@ class ListIndex:
         pdq_blob = np.frombuffer(data, dtype=np.uint8, count=pdq_len, offset=start)
         vector_blob = np.frombuffer(data, dtype=np.uint8, count=vector_len, offset=start + pdq_len)
         index = cls(dim)
-        index.layout = Layout(vector_cells, pdq_cells, trained_for)
+        index.layout = Layout(vector_cells, pdq_cells, trained_for, cells_per_vector)  # ValueError if absurd
         try:
             index._pdq = faiss.deserialize_index_binary(pdq_blob)
             index._vectors = faiss.deserialize_index(vector_blob)

@@ -22,6 +22,8 @@ from index.list_index import (
     PDQ_BITS,
     PDQ_BYTES,
     REBUILD_GROWTH,
+    SPILL_FROM,
+    SPILLED_CELLS,
     HashHit,
     IndexCheckpoint,
     Layout,
@@ -355,6 +357,14 @@ def test_deserialize_of_wrong_magic_or_version_raises_value_error() -> None:
         ListIndex.deserialize(blob[:4] + (99).to_bytes(2, "big") + blob[6:])
 
 
+def test_deserialize_of_a_header_filing_embeddings_in_no_cell_raises_value_error() -> None:
+    blob = _small_blob()
+    fields = list(_HEADER.unpack_from(blob))
+    fields[4] = 0  # cells per vector
+    with pytest.raises(ValueError, match="cells"):
+        ListIndex.deserialize(_HEADER.pack(*fields) + blob[_HEADER.size :])
+
+
 def test_deserialize_of_a_valid_header_over_a_corrupt_body_raises_value_error() -> None:
     """The header checks out, but the FAISS blobs inside it are garbage."""
     blob = bytearray(_small_blob())
@@ -404,7 +414,7 @@ def test_vector_search_over_several_views_reports_each_entry_at_its_best_similar
 
 # Large-list layouts -----------------------------------------------------------------
 
-IVF = Layout(vector_cells=16, pdq_cells=16, trained_for=N_ENTRIES)
+IVF = Layout(vector_cells=16, pdq_cells=16, trained_for=N_ENTRIES, cells_per_vector=SPILLED_CELLS)
 """Few cells, so a small test list probes them all: only code compression is approximate."""
 
 
@@ -417,6 +427,13 @@ def test_lists_are_searched_exactly_until_they_grow_past_the_exact_limits() -> N
     grown = Layout.for_size(EXACT_VECTORS_MAX + 1, EXACT_VECTORS_MAX + 1)
     assert grown.vector_cells > 0 and grown.pdq_cells == 0
     assert Layout.for_size(10_000_000, 10_000_000).vector_cells <= MAX_CELLS
+
+
+def test_lists_the_default_budget_may_not_scan_whole_are_spilled_into_two_cells() -> None:
+    assert Layout.for_size(SPILL_FROM, SPILL_FROM).cells_per_vector == 1
+    assert Layout.for_size(SPILL_FROM + 1, SPILL_FROM + 1).cells_per_vector == SPILLED_CELLS
+    with pytest.raises(ValueError):
+        Layout(vector_cells=0, cells_per_vector=2)
 
 
 def test_a_layout_is_outgrown_when_its_list_crosses_a_limit_or_strays_far_from_its_training_size() -> None:
@@ -447,6 +464,25 @@ def test_ivf_vector_search_finds_every_planted_neighbour_at_its_similarity_withi
         assert set(planted) <= set(hits)
         for entry_id, similarity in planted.items():
             assert hits[entry_id] == pytest.approx(similarity, abs=1e-3)
+
+
+def test_ivf_files_each_embedding_in_its_two_nearest_cells_under_one_code(data: Data) -> None:
+    index = ivf_index(data)
+    ivf = faiss.extract_index_ivf(index._vectors)
+    filed_in: dict[int, set[int]] = {}
+    for cell in range(IVF.vector_cells):
+        cell_ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(cell), ivf.invlists.list_size(cell))
+        for entry_id in cell_ids.tolist():
+            filed_in.setdefault(entry_id, set()).add(cell)
+    _, nearest = ivf.quantizer.search(data.vectors, SPILLED_CELLS)
+    assert filed_in == {int(i): set(cells.tolist()) for i, cells in zip(data.ids, nearest, strict=True)}
+    assert index.vector_count == N_ENTRIES
+
+    scores, labels = index._vectors.search(data.vector_queries[:1], 2 * N_ENTRIES)  # every code
+    scored: dict[int, list[float]] = {}
+    for label, score in zip(labels[0].tolist(), scores[0].tolist(), strict=True):
+        scored.setdefault(label, []).append(score)
+    assert all(len(copies) == 2 and copies[0] == pytest.approx(copies[1]) for copies in scored.values())
 
 
 def test_ivf_snapshots_rewrite_only_the_re_rank_pieces_changed_since_the_last_saved_one(data: Data) -> None:
