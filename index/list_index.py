@@ -64,9 +64,10 @@ SPILLED_CELLS = 2
 """Cells an embedding is filed in on a large list's inverted file ("spilling"). Random unit vectors
 at 1M, 4096 cells, the same number of codes compared: a neighbour at cosine 0.5-0.6 lies in a probed
 cell 0.97 of the time from two cells against 0.935 from one (benchmarks/README.md)."""
-SPILL_FROM = VECTOR_SCAN_BUDGET // REBUILD_GROWTH
-"""Lists larger than this are spilled: they may outgrow, before their next rebuild, what the default
-budget scans whole. Smaller ones are scanned whole, where a second copy would only double the work."""
+SPILL_FROM = VECTOR_SCAN_BUDGET // SPILLED_CELLS
+"""Lists larger than this are spilled. Smaller ones are scanned whole at the default budget, and
+grown fourfold (when a rebuild spills them) still have half their cells probed: a second copy
+there would only double the codes compared."""
 
 
 def configure_threads(threads: int = 1) -> None:
@@ -80,7 +81,7 @@ def _cells_for(count: int) -> int:
 
 
 def _probes(cells: int, count: int, budget: int) -> int:
-    """Cells to visit so that about `budget` entries are compared."""
+    """Cells to visit so that about `budget` of `count` codes are compared."""
     if count <= 0:
         return 1
     return int(min(cells, max(8, math.ceil(cells * budget / count))))
@@ -353,7 +354,7 @@ class ListIndex:
             )
 
     def set_scan_budgets(self, vectors: int, pdq_codes: int) -> None:
-        """Entries compared per query view / PDQ variant on IVF sides: recall against time."""
+        """Codes compared per query view / PDQ variant on IVF sides: recall against time."""
         with self._lock.writing():
             self.vector_scan_budget, self.pdq_scan_budget = vectors, pdq_codes
             self._set_probes()
