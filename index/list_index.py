@@ -37,6 +37,9 @@ _FORMAT_VERSION = 4
 # magic, version, checkpoint change, vector cells, cells per vector, pdq cells, trained-for count,
 # then the lengths of: pdq blob, vector blob, re-rank parameters, re-rank piece table
 _HEADER = struct.Struct(">4sHQIHIQQQII")
+_HEADER_V3 = struct.Struct(">4sHQIIQQQII")
+"""Version 3, before spilling, had no cells per vector (one each); its body is the same, and is
+still read, so an upgrade does not rebuild every large list."""
 
 EXACT_VECTORS_MAX = 20_000
 """Largest embedding count searched exactly: 20k × 512 floats scan in about 2.5 ms."""
@@ -481,13 +484,19 @@ class ListIndex:
         if len(data) < _HEADER.size:
             raise ValueError("index snapshot is truncated")
         magic, version = _HEADER.unpack_from(data)[:2]
-        if magic != _MAGIC or version != _FORMAT_VERSION:
+        if magic != _MAGIC or version not in (3, _FORMAT_VERSION):
             raise ValueError(f"index snapshot has format {magic!r} v{version}; expected {_MAGIC!r} v{_FORMAT_VERSION}")
-        _, _, change, vector_cells, cells_per_vector, pdq_cells, trained_for, *lengths = _HEADER.unpack_from(data)
-        if len(data) != _HEADER.size + sum(lengths):
+        if version == 3:
+            header = _HEADER_V3
+            _, _, change, vector_cells, pdq_cells, trained_for, *lengths = header.unpack_from(data)
+            cells_per_vector = 1
+        else:
+            header = _HEADER
+            _, _, change, vector_cells, cells_per_vector, pdq_cells, trained_for, *lengths = header.unpack_from(data)
+        if len(data) != header.size + sum(lengths):
             raise ValueError("index snapshot length does not match its header")
         pdq_len, vector_len, params_len, table_len = lengths
-        start = _HEADER.size
+        start = header.size
         pdq_blob = np.frombuffer(data, dtype=np.uint8, count=pdq_len, offset=start)
         vector_blob = np.frombuffer(data, dtype=np.uint8, count=vector_len, offset=start + pdq_len)
         index = cls(dim)

@@ -15,6 +15,7 @@ import pytest
 
 from index.list_index import (
     _HEADER,
+    _HEADER_V3,
     EMBEDDING_DIM,
     EXACT_PDQ_MAX,
     EXACT_VECTORS_MAX,
@@ -355,6 +356,20 @@ def test_deserialize_of_wrong_magic_or_version_raises_value_error() -> None:
         ListIndex.deserialize(b"XXXX" + blob[4:])
     with pytest.raises(ValueError, match="format"):
         ListIndex.deserialize(blob[:4] + (99).to_bytes(2, "big") + blob[6:])
+
+
+def test_a_snapshot_of_format_3_from_before_spilling_is_read_with_one_cell_per_embedding(data: Data) -> None:
+    one_cell = Layout(vector_cells=16, pdq_cells=16, trained_for=N_ENTRIES)
+    index = ListIndex.build(data.ids, data.codes, data.vectors, change=N_ENTRIES, layout=one_cell)
+    snapshot = index.serialize()
+    fields = list(_HEADER.unpack_from(snapshot.blob))
+    del fields[4]  # version 3 had no cells per vector
+    fields[1] = 3
+    old = _HEADER_V3.pack(*fields) + snapshot.blob[_HEADER.size :]
+    restored = ListIndex.deserialize(old, snapshot.pieces.items())
+    assert restored.layout == one_cell and restored.vector_count == N_ENTRIES
+    for query in data.vector_queries:
+        assert restored.search_vectors(query, TOP_K) == index.search_vectors(query, TOP_K)
 
 
 def test_deserialize_of_a_header_filing_embeddings_in_no_cell_raises_value_error() -> None:
