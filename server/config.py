@@ -100,7 +100,7 @@ _HELP = {
     "url_max_redirects": "redirects followed when fetching a URL",
     "snapshot_interval": "seconds between index snapshot passes",
     "snapshot_min_changes": "changes after which a list's index is snapshotted",
-    "vector_scan_budget": "embeddings compared per query view on lists past 20 000 entries (recall against CPU)",
+    "vector_scan_budget": "embedding codes compared per query view on lists past 20 000 entries (recall against CPU)",
     "pdq_scan_budget": "PDQ hashes compared per query variant on lists past 200 000 entries",
     "grace": "seconds in-flight requests get at shutdown",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
