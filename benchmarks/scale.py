@@ -18,7 +18,7 @@ fresh process loading the list (snapshot + change-log replay), time for a new en
 to become matchable, and the time of a removal.
 
     .venv/bin/python -m benchmarks.scale                       # 1M entries, ~6 min on 2 cores
-    .venv/bin/python -m benchmarks.scale --entries 10000000    # ~50 min, ~30 GB of disk
+    .venv/bin/python -m benchmarks.scale --entries 10000000    # ~40 min, ~30 GB of disk
 
 Prints a table and one JSON object.
 """
