@@ -54,7 +54,7 @@ PDQ_SCAN_BUDGET = 200_000
 MAX_CELLS = 4096
 """Cap on IVF cells: k-means training time grows with cells × training points."""
 SHORTLIST_MIN = 128
-"""Distinct candidates wanted per view from an inverted file before re-ranking."""
+"""Candidates fetched per view (per copy of an entry) from an inverted file before re-ranking."""
 PQ_SUBQUANTIZERS = 32
 TRAINING_POINTS_PER_CELL = 40
 TOMBSTONES_MIN = 1000
@@ -377,7 +377,7 @@ class ListIndex:
                 self._pdq.remove_ids(faiss.IDSelectorBatch(ids))
             if self.layout.vector_cells:
                 self._tombstones.update(ids.tolist())
-                if len(self._tombstones) >= max(TOMBSTONES_MIN, self._vectors.ntotal // 200):
+                if len(self._tombstones) >= max(TOMBSTONES_MIN, self.vector_count // 200):
                     self._purge()
             else:
                 self._vectors.remove_ids(faiss.IDSelectorBatch(ids))
