@@ -53,6 +53,10 @@ PDQ_SCAN_BUDGET = 200_000
 """PDQ codes compared per query variant on a large list."""
 MAX_CELLS = 4096
 """Cap on IVF cells: k-means training time grows with cells × training points."""
+ENTRIES_PER_CELL = 1000
+"""Embeddings per fast-scan cell, until the cap. A query pays about half a microsecond for each cell
+it visits, whatever its size: 100 000 entries scanned whole for two views cost 1.25 ms in 1024
+cells and 0.36 ms in 128. Lists larger than the budget reach the cap either way."""
 SHORTLIST_MIN = 128
 """Candidates fetched per view (per copy of an entry) from an inverted file before re-ranking."""
 PQ_SUBQUANTIZERS = 32
@@ -80,8 +84,13 @@ def configure_threads(threads: int = 1) -> None:
 
 
 def _cells_for(count: int) -> int:
-    """About 4·√n cells, a power of two, capped."""
+    """About 4·√n cells, a power of two, capped (the binary PDQ side)."""
     return int(min(MAX_CELLS, max(64, 2 ** round(math.log2(4 * math.sqrt(max(count, 1)))))))
+
+
+def _vector_cells_for(count: int) -> int:
+    """About one cell per ENTRIES_PER_CELL embeddings, a power of two, capped."""
+    return int(min(MAX_CELLS, max(64, 2 ** round(math.log2(max(count, 1) / ENTRIES_PER_CELL)))))
 
 
 def _probes(cells: int, count: int, budget: int) -> int:
@@ -108,7 +117,7 @@ class Layout:
     @classmethod
     def for_size(cls, vectors: int, codes: int) -> Layout:
         return cls(
-            vector_cells=_cells_for(vectors) if vectors > EXACT_VECTORS_MAX else 0,
+            vector_cells=_vector_cells_for(vectors) if vectors > EXACT_VECTORS_MAX else 0,
             pdq_cells=_cells_for(codes) if codes > EXACT_PDQ_MAX else 0,
             trained_for=max(vectors, codes),
             cells_per_vector=SPILLED_CELLS if vectors > SPILL_FROM else 1,

@@ -444,6 +444,12 @@ def test_lists_are_searched_exactly_until_they_grow_past_the_exact_limits() -> N
     assert Layout.for_size(10_000_000, 10_000_000).vector_cells <= MAX_CELLS
 
 
+def test_embedding_cells_hold_about_a_thousand_entries_until_the_cap() -> None:
+    assert Layout.for_size(100_000, 100_000).vector_cells == 128
+    assert Layout.for_size(1_000_000, 1_000_000).vector_cells == 1024
+    assert Layout.for_size(10_000_000, 10_000_000).vector_cells == MAX_CELLS
+
+
 def test_lists_the_default_budget_may_not_scan_whole_are_spilled_into_two_cells() -> None:
     assert Layout.for_size(SPILL_FROM, SPILL_FROM).cells_per_vector == 1
     assert Layout.for_size(SPILL_FROM + 1, SPILL_FROM + 1).cells_per_vector == SPILLED_CELLS
