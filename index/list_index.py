@@ -7,10 +7,10 @@ and replays only newer changes, never recomputing an embedding.
 
 Small lists are searched exactly. Large ones use inverted files (IVF): PDQ codes
 in a binary IVF, embeddings as 4-bit product-quantised fast-scan codes (16 bytes
-each) filed in each vector's two nearest cells, probing enough cells to scan a
-fixed budget of codes per query. The
+each; on lists too large to scan whole, filed in each vector's two nearest cells),
+probing enough cells to scan a fixed budget of codes per query. The
 embedding side's shortlist is then re-ranked from 8-bit codes of every vector kept
-in memory (`index.rerank`), so similarities come back within about 0.002 of exact
+in memory (`index.rerank`), so similarities come back within about 0.005 of exact
 without reading the stored float vectors.
 """
 
@@ -420,7 +420,7 @@ class ListIndex:
         `vectors` (one picture's views: whole, region), each at its best similarity.
 
         On an IVF layout a longer shortlist is re-ranked from the 8-bit codes: the
-        similarities are then within about 0.002 of exact."""
+        similarities are then within about 0.005 of exact."""
         queries = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         with self._lock.reading():
             if self.vector_count == 0 or k <= 0:

@@ -3,7 +3,7 @@
 An inverted file's 16-byte codes only estimate similarity, so its shortlist is re-ranked. The
 float vectors in LMDB are exact, but at millions of entries reading a shortlist of them hits the
 disk (hundreds of ms a query). Eight bits per dimension, scaled to each dimension's range seen in
-training, keep a cosine within about 0.002 of the float one at 512 bytes an entry (5 GB at 10M),
+training, keep a cosine within about 0.005 of the float one at 512 bytes an entry (5 GB at 10M),
 and a shortlist of hundreds re-ranks in well under a millisecond.
 
 Codes live in pieces of `PIECE_ROWS` rows addressed by entry sequence number (a list's sequence
