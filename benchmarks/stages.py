@@ -111,7 +111,9 @@ def search_costs(entries: int, queries: int, seed: int = 0) -> dict[str, list[fl
     chosen = Layout.for_size(entries, entries)
     indexes = {"exact": ListIndex.build(ids, codes, vectors, change=1, layout=Layout())}
     if chosen != Layout(trained_for=chosen.trained_for):
-        indexes[f"IVF {chosen.vector_cells} cells"] = ListIndex.build(ids, codes, vectors, change=1, layout=chosen)
+        pdq_side = f"PDQ in {chosen.pdq_cells} cells" if chosen.pdq_cells else "PDQ exact"
+        name = f"server layout (embeddings in {chosen.vector_cells} cells, {pdq_side})"
+        indexes[name] = ListIndex.build(ids, codes, vectors, change=1, layout=chosen)
     costs: dict[str, list[float]] = {}
     for position in rng.integers(0, entries, size=queries):
         code = codes[position].tobytes()
