@@ -228,14 +228,11 @@ def _empty_vectors(cells: int, dim: int) -> faiss.Index:
 
 
 def _file_in_nearest_cells(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, copies: int) -> None:
-    """Add each vector to its `copies` nearest cells of a fast-scan inverted file.
+    """Add each vector to its `copies` (2 or more) nearest cells of a fast-scan inverted file.
 
     FAISS files a vector in the one cell its quantizer assigns, and its pre-assigned add
     writes codes unpacked into fast-scan's blocked lists. So each cell's share is added
     through FAISS's own add, its quantizer swapped for one that names that cell."""
-    if copies == 1:
-        index.add_with_ids(vectors, ids)
-        return
     ivf = faiss.extract_index_ivf(index)
     _, cells = ivf.quantizer.search(vectors, copies)
     cells, rows = cells.ravel(), np.repeat(np.arange(len(vectors)), copies)
@@ -348,9 +345,9 @@ class ListIndex:
                 self._pdq.add_with_ids(codes, ids)
             if vectors is not None and len(ids):
                 matrix = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
-                if self.layout.vector_cells:
+                if self.layout.cells_per_vector > 1:
                     _file_in_nearest_cells(self._vectors, ids, matrix, self.layout.cells_per_vector)
-                else:
+                else:  # FAISS files each vector in its one nearest cell itself
                     self._vectors.add_with_ids(matrix, ids)
                 if self._rerank is not None:
                     self._rerank.add(ids, matrix)

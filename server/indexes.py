@@ -42,14 +42,13 @@ class IndexRegistry:
         self,
         store: Store,
         background: bool = True,
-        vector_scan_budget: int = VECTOR_SCAN_BUDGET,
-        pdq_scan_budget: int = PDQ_SCAN_BUDGET,
+        scan_budgets: tuple[int, int] = (VECTOR_SCAN_BUDGET, PDQ_SCAN_BUDGET),
     ) -> None:
         self.store = store
         self.background = background
         """Rebuild outgrown indexes on a thread (False: at once, for tools and tests)."""
-        self.scan_budgets = (vector_scan_budget, pdq_scan_budget)
-        """Entries an inverted file compares per query view / PDQ variant: recall against CPU."""
+        self.scan_budgets = scan_budgets
+        """Codes an inverted file compares per query view / PDQ variant: recall against CPU."""
         self._indexes: dict[int, ListIndex] = {}
         self._locks: dict[int, threading.Lock] = {}
         self._guard = threading.Lock()

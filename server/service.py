@@ -183,7 +183,7 @@ class LookalikeService:
         scan_budgets: tuple[int, int] = (VECTOR_SCAN_BUDGET, PDQ_SCAN_BUDGET),
     ) -> None:
         self.store = store
-        self.indexes = IndexRegistry(store, vector_scan_budget=scan_budgets[0], pdq_scan_budget=scan_budgets[1])
+        self.indexes = IndexRegistry(store, scan_budgets=scan_budgets)
         self.workers = workers
         self.default_model = default_model
         self.metrics = metrics or Metrics()

@@ -360,22 +360,20 @@ class Store:
                 "DATA_FOLDER_IN_USE",
             ) from None
         self.env = lmdb.open(str(path), map_size=map_size, max_dbs=32, max_readers=512, subdir=True)
-        self._meta = self.env.open_db(DB_META)
-        self._lists = self.env.open_db(DB_LISTS)
-        self._entries = self.env.open_db(DB_ENTRIES)
-        self._entry_ids = self.env.open_db(DB_ENTRY_IDS)
-        self._digests = self.env.open_db(DB_DIGESTS)
-        self._md5 = self.env.open_db(DB_MD5)
-        self._vectors = self.env.open_db(DB_VECTORS)
-        self._changes = self.env.open_db(DB_CHANGES)
-        self._snapshots = self.env.open_db(DB_SNAPSHOTS)
-        self._snapshot_pieces = self.env.open_db(DB_SNAPSHOT_PIECES)
-        self._keys = self.env.open_db(DB_KEYS)
-        self._audit_log = self.env.open_db(DB_AUDIT)
-        self._all_dbs = [
-            self._meta, self._lists, self._entries, self._entry_ids, self._digests, self._md5, self._vectors,
-            self._changes, self._snapshots, self._snapshot_pieces, self._keys, self._audit_log,
-        ]  # fmt: skip
+        self._named_dbs: dict[bytes, lmdb._Database] = {}
+        """Every named database opened, for the reserve check's count of pages in use."""
+        self._meta = self.open_db(DB_META)
+        self._lists = self.open_db(DB_LISTS)
+        self._entries = self.open_db(DB_ENTRIES)
+        self._entry_ids = self.open_db(DB_ENTRY_IDS)
+        self._digests = self.open_db(DB_DIGESTS)
+        self._md5 = self.open_db(DB_MD5)
+        self._vectors = self.open_db(DB_VECTORS)
+        self._changes = self.open_db(DB_CHANGES)
+        self._snapshots = self.open_db(DB_SNAPSHOTS)
+        self._snapshot_pieces = self.open_db(DB_SNAPSHOT_PIECES)
+        self._keys = self.open_db(DB_KEYS)
+        self._audit_log = self.open_db(DB_AUDIT)
         try:
             self._check_format()
         except FailedPrecondition:
@@ -848,8 +846,7 @@ class Store:
     # For the modules that keep their own named databases here (checks, webhooks, feedback, flood guard) --
 
     def open_db(self, name: bytes) -> lmdb._Database:
-        db = self.env.open_db(name)
-        self._all_dbs.append(db)
+        db = self._named_dbs[name] = self.env.open_db(name)
         return db
 
     def _ensure_room_to_grow(self, txn: lmdb.Transaction) -> None:
@@ -863,7 +860,7 @@ class Store:
             return
         in_use = sum(
             stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
-            for stat in [txn.stat(), *(txn.stat(db) for db in self._all_dbs)]
+            for stat in [txn.stat(), *(txn.stat(db) for db in self._named_dbs.values())]
         )
         if map_size - in_use * page < 2 * reserve:
             raise ResourceExhausted(

@@ -52,7 +52,7 @@ class Fixture:
         self.path = path
         self.store = Store(path, 1 << 32)
         self.uid = self.store.create_list(LIST, "", 0.5, 0.8, "sscd-distilled").uid
-        self.registry = IndexRegistry(self.store, background, *budgets)
+        self.registry = IndexRegistry(self.store, background, budgets)
         self.registry.created(self.uid)
         self.rng = np.random.default_rng(0)
         self.vectors: dict[str, np.ndarray] = {}
@@ -205,7 +205,7 @@ def test_the_registry_s_scan_budgets_hold_for_created_rebuilt_and_reloaded_index
         rebuilt = fixture.registry.get(fixture.uid)
         assert rebuilt is not None and rebuilt.layout.vector_cells and budgets(rebuilt) == (30_000, 7_000)
         fixture.registry.snapshot_all()
-        reloaded = IndexRegistry(fixture.store, False, 60_000, 9_000)
+        reloaded = IndexRegistry(fixture.store, False, (60_000, 9_000))
         reloaded.load_all()
         assert budgets(reloaded.get(fixture.uid)) == (60_000, 9_000)
     finally:
