@@ -584,10 +584,14 @@ class LookalikeService:
         exact = self.store.seq_for_digest(record.uid, hashes.sha256) if hashes.sha256 else None
         exact_md5 = self.store.seq_for_md5(record.uid, hashes.md5) if hashes.md5 else None
         variants = fingerprint.pdq_variants if record.dihedral else fingerprint.pdq_variants[:1]
-        with self.metrics.stage("pdq_search"):
-            pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(variants, PDQ_SEARCH_RADIUS)}
-        similarities: dict[int, float] = {}
         views = fingerprint.views.get(record.model)
+        # When every hashed entry also has an embedding, the embedding search finds turned and mirrored copies
+        # (SSCD sees through them), so the PDQ search looks up the picture as it is: one scan of the codes, not
+        # eight. Each candidate's distance still counts every variant, below.
+        searched = variants[:1] if views is not None and record.pdq_only_count == 0 else variants
+        with self.metrics.stage("pdq_search"):
+            pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(searched, PDQ_SEARCH_RADIUS)}
+        similarities: dict[int, float] = {}
         if views is not None:
             with self.metrics.stage("vector_search"):
                 similarities = {hit.id: hit.similarity for hit in index.search_vectors(views, k)}
@@ -598,8 +602,12 @@ class LookalikeService:
         missing = [seq for seq in entries if seq not in similarities]
         if missing and views is not None:
             similarities.update(best_similarities(views, self.store.embeddings(record.uid, missing)))
-        # Entries found otherwise (embedding, digest) still get their PDQ distance, all in one go.
-        unsearched = [seq for seq, entry in entries.items() if seq not in pdq_hits and entry.pdq] if variants else []
+        # Entries found otherwise (embedding, digest) or by fewer variants still get their PDQ distance, in one go.
+        unsearched = (
+            [seq for seq, entry in entries.items() if entry.pdq and (seq not in pdq_hits or searched != variants)]
+            if variants
+            else []
+        )
         measured = nearest_bits_each(variants, [bytes.fromhex(entries[seq].pdq) for seq in unsearched])
         pdq_distances = pdq_hits | dict(zip(unsearched, measured, strict=True))
         matches = []

@@ -105,6 +105,9 @@ class ListRecord:
     """Checks also match PDQ's rotations and mirrors; lists stored before the setting existed did."""
     kind: str = LIST_KIND_DISALLOW
     """"allow": its matches never flag a check, and outrank disallow matches (lists made before kinds: disallow)."""
+    pdq_only_count: int | None = 0
+    """Entries with a PDQ hash and no embedding, which only a PDQ search finds; None on lists stored
+    before the count was kept (unknown)."""
 
 
 @dataclass(frozen=True)
@@ -252,7 +255,13 @@ def _add_detail(entry: EntryRecord) -> dict[str, str]:
 
 
 def _list_record(raw: bytes | memoryview) -> ListRecord:
-    return ListRecord(**json.loads(bytes(raw)))
+    fields = json.loads(bytes(raw))
+    fields.setdefault("pdq_only_count", None)  # a list stored before the count was kept
+    return ListRecord(**fields)
+
+
+def _pdq_only(pdq: str, has_embedding: bool) -> int:
+    return int(bool(pdq) and not has_embedding)
 
 
 def _entry_record(raw: bytes | memoryview) -> EntryRecord:
@@ -511,6 +520,7 @@ class Store:
             record = self._get_list(txn, name)
             prefix = _prefix(record.uid)
             seq, change, count = record.next_seq, record.next_change, record.entry_count
+            pdq_only = record.pdq_only_count
             for item in items:
                 key = prefix + entry_key(item.sha256, item.md5, item.pdq)
                 existing = txn.get(key, db=self._digests)
@@ -556,7 +566,11 @@ class Store:
                 audit.append(AuditRecord(entry.created, actor, AUDIT_ENTRY_ADD, name, entry_id, _add_detail(entry)))
                 results.append(AddOutcome(entry, duplicate=False, change=change, embedding=stored))
                 seq, change, count = seq + 1, change + 1, count + 1
-            self._put_list(txn, replace(record, next_seq=seq, next_change=change, entry_count=count))
+                if pdq_only is not None:
+                    pdq_only += _pdq_only(entry.pdq, stored is not None)
+            self._put_list(
+                txn, replace(record, next_seq=seq, next_change=change, entry_count=count, pdq_only_count=pdq_only)
+            )
             self._audit_all(txn, audit)
         return results
 
@@ -581,7 +595,13 @@ class Store:
             change = record.next_change
             txn.put(_seq_key(record.uid, change), OP_REMOVE + _SEQ.pack(seq), db=self._changes)
             self.record_audit(txn, actor, AUDIT_ENTRY_REMOVE, name, entry_id, _add_detail(entry))
-            self._put_list(txn, replace(record, next_change=change + 1, entry_count=record.entry_count - 1))
+            pdq_only = record.pdq_only_count
+            if pdq_only is not None:
+                pdq_only -= _pdq_only(entry.pdq, bool(entry.model))
+            self._put_list(
+                txn,
+                replace(record, next_change=change + 1, entry_count=record.entry_count - 1, pdq_only_count=pdq_only),
+            )
         return entry, change
 
     def _entry(self, txn: lmdb.Transaction, uid: int, seq: int) -> EntryRecord:

@@ -229,6 +229,47 @@ def test_dihedral_lists_find_turned_copies_of_hash_entries_and_others_do_not(loo
     assert client.check_hashes(["straight"], pdq=rotated_pdq).decision in ("reject", "review")
 
 
+def test_on_lists_of_pictures_only_the_embedding_finds_turned_copies_and_pdq_still_measures_every_turn(
+    lookalike: ServerHandle,
+) -> None:
+    """A picture check scans a list's PDQ codes once (the picture as it is), not once per rotation and mirror,
+    where every hashed entry also has an embedding: SSCD finds turned copies itself. A hash-only entry brings
+    back all eight scans, and leaving takes them away again."""
+    client = lookalike.client
+    client.create_list("turned")
+    path = distinct_photos(1, seed=52)[0]
+    picture = photo_rgb(path)
+    client.add("turned", path, id="picture")
+    record, index = lookalike.running.service._list_and_index("turned")
+    assert record.pdq_only_count == 0
+    searched: list[int] = []
+    search_pdq = index.search_pdq
+
+    def recorded(codes: Any, max_distance: int) -> Any:
+        searched.append(len(codes))
+        return search_pdq(codes, max_distance)
+
+    index.search_pdq = recorded  # type: ignore[method-assign]  # observes, then calls the real search
+    mirrored = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    mirrored_pdq = bytes.fromhex(pdq_of(mirrored)[0])
+    listed_pdq = bytes.fromhex(client.get_entry("turned", "picture").hashes.pdq)
+    assert nearest_bits([mirrored_pdq], listed_pdq) > 63  # the mirror's own hash is far: only a turn finds it
+
+    match = client.check(encode_edited(mirrored), ["turned"]).matches[0]
+    assert searched == [1]
+    assert match.id == "picture" and match.evidence.pdq_distance == nearest_bits(pdq_dihedral(mirrored_pdq), listed_pdq)
+    assert match.evidence.pdq_distance is not None and match.evidence.pdq_distance <= 31
+
+    pdq, quality = pdq_of(photo_rgb(distinct_photos(2, seed=52)[1]))
+    client.add_hash("turned", client.hash_entry(pdq=pdq, pdq_quality=quality, id="hash-only"))
+    assert client.check(encode_edited(mirrored), ["turned"]).matches[0].id == "picture"
+    assert client.check_hashes(["turned"], pdq=mirrored_pdq.hex()).matches[0].id == "picture"
+    client.remove("turned", "hash-only")
+    client.check(encode_edited(mirrored), ["turned"])
+    assert searched == [1, 8, 8, 1]
+    assert lookalike.running.service._list_and_index("turned")[0].pdq_only_count == 0
+
+
 def test_bad_hashes_get_clear_invalid_argument_errors(lookalike: ServerHandle) -> None:
     client = lookalike.client
     client.create_list("shared")
@@ -291,7 +332,7 @@ def test_hash_entries_and_list_settings_survive_a_restart_and_older_records(tmp_
     with env.begin(write=True) as txn:
         lists, entries = env.open_db(DB_LISTS, txn=txn), env.open_db(DB_ENTRIES, txn=txn)
         record = json.loads(txn.get(b"old", db=lists))
-        del record["dihedral"]
+        del record["dihedral"], record["pdq_only_count"]
         txn.put(b"old", json.dumps(record).encode(), db=lists)
         for key, raw in list(txn.cursor(db=entries)):
             entry = json.loads(raw)
@@ -305,6 +346,8 @@ def test_hash_entries_and_list_settings_survive_a_restart_and_older_records(tmp_
         assert client.get_entry("old", "e1").hashes.md5 == ""
         assert client.check_hashes(["old"], pdq=pdq).matches[0].id == "e1"
         assert client.check_hashes(["old"], md5="11" * 16).matches[0].id == "e1"  # the md5 lookup is kept
+        # Uncounted hash-only entries: picture checks keep scanning every rotation and mirror.
+        assert server.running.service._list_and_index("old")[0].pdq_only_count is None
     finally:
         server.stop()
 
