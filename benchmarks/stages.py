@@ -121,6 +121,10 @@ def search_costs(entries: int, queries: int, seed: int = 0) -> dict[str, list[fl
             costs.setdefault(f"pdq range search (8 variants, r=63), {name}", []).append(
                 timed(index.search_pdq, [code] * 8, 63) * 1000
             )
+            # A picture check of a list whose entries all have embeddings looks up its own code only.
+            costs.setdefault(f"pdq range search (own code, r=63), {name}", []).append(
+                timed(index.search_pdq, [code], 63) * 1000
+            )
             costs.setdefault(f"embedding top-10 (2 views), {name}", []).append(
                 timed(index.search_vectors, vectors[[position, position]], 10) * 1000
             )
