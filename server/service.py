@@ -11,6 +11,8 @@ leaves the queue and never starts its image.
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -18,6 +20,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 
+import lmdb
 import numpy as np
 
 from client.errors import InvalidArgument, NotFound
@@ -52,6 +55,7 @@ from server.store import (
 from server.workers import FingerprintWorkers
 
 ACCEPT, REVIEW, REJECT = "accept", "review", "reject"
+log = logging.getLogger(__name__)
 _STRICTNESS = {ACCEPT: 0, REVIEW: 1, REJECT: 2}
 CAUSE_ALLOW_LIST = "allow_list"
 CAUSE_FLOOD_GUARD = "flood_guard"
@@ -193,8 +197,23 @@ class LookalikeService:
         self.allow_margin = allow_margin
 
     def load(self) -> None:
-        """Load every list's index (snapshot + replay); the server is not ready before."""
+        """Load every list's index (snapshot + replay); the server is not ready before. Lists stored
+        before hash-only entries were counted get counted on a thread (until then, picture checks
+        scan their PDQ codes for every rotation and mirror, as before)."""
         self.indexes.load_all()
+        uncounted = [record.name for record in self.store.lists() if record.pdq_only_count is None]
+        if uncounted:
+            threading.Thread(
+                target=self._count_pdq_only, args=(uncounted,), name="count-hash-only", daemon=True
+            ).start()
+
+    def _count_pdq_only(self, names: list[str]) -> None:
+        for name in names:
+            try:
+                if self.store.count_pdq_only(name):
+                    log.info("list %s: hash-only entries counted", name)
+            except lmdb.Error:  # the store closed under us (shutdown): the next start counts again
+                return
 
     # Lists ---------------------------------------------------------------
 

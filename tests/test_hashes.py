@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -327,6 +328,7 @@ def test_hash_entries_and_list_settings_survive_a_restart_and_older_records(tmp_
     client.create_list("straight", dihedral=False)
     pdq = random_pdq(random.Random(5))
     client.add_hash("old", client.hash_entry(pdq=pdq, md5="11" * 16, id="e1"))
+    client.add("old", distinct_photos(1, seed=53)[0], id="picture")
     server.stop()
     env = lmdb.open(str(tmp_path / "data"), map_size=server.config.map_size, max_dbs=16, subdir=True)
     with env.begin(write=True) as txn:
@@ -346,8 +348,12 @@ def test_hash_entries_and_list_settings_survive_a_restart_and_older_records(tmp_
         assert client.get_entry("old", "e1").hashes.md5 == ""
         assert client.check_hashes(["old"], pdq=pdq).matches[0].id == "e1"
         assert client.check_hashes(["old"], md5="11" * 16).matches[0].id == "e1"  # the md5 lookup is kept
-        # Uncounted hash-only entries: picture checks keep scanning every rotation and mirror.
-        assert server.running.service._list_and_index("old")[0].pdq_only_count is None
+        # Its hash-only entries were never counted: a thread counts them after start-up.
+        deadline = time.monotonic() + 30
+        while (counted := server.running.service._list_and_index("old")[0].pdq_only_count) is None:
+            assert time.monotonic() < deadline, "the old list's hash-only entries were never counted"
+            time.sleep(0.05)
+        assert counted == 1
     finally:
         server.stop()
 
