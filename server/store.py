@@ -574,39 +574,50 @@ class Store:
             self._audit_all(txn, audit)
         return results
 
-    def count_pdq_only(self, name: str) -> bool:
+    def count_pdq_only(self, name: str, attempts: int = 3) -> bool:
         """Count the hash-only entries of a list stored before the count was kept; True once saved.
 
         The entries are read in a read transaction, so writers go on meanwhile (at 10M entries the
-        scan takes about a minute); the count is saved only if the list did not change in between,
-        else counted again."""
-        while True:
+        scan takes about a minute), and the count is saved only if the list did not change in
+        between. A list that keeps changing is counted at last under the write lock, once."""
+        for _ in range(attempts):
             with self.env.begin() as txn:
-                try:
-                    record = self._get_list(txn, name)
-                except NotFound:
+                record = self._uncounted_list(txn, name)
+                if record is None:
                     return False
-                if record.pdq_only_count is not None:
-                    return False
-                prefix = _prefix(record.uid)
-                count = 0
-                cursor = txn.cursor(db=self._entries)
-                if cursor.set_range(prefix):
-                    for key, raw in cursor:
-                        if not bytes(key).startswith(prefix):
-                            break
-                        entry = _entry_record(raw)
-                        count += _pdq_only(entry.pdq, bool(entry.model))
+                count = self._scan_pdq_only(txn, record.uid)
             with self._guard(), self._write() as txn:
-                try:
-                    now = self._get_list(txn, name)
-                except NotFound:
+                now = self._uncounted_list(txn, name)
+                if now is None:
                     return False
                 if now.uid == record.uid and now.next_change == record.next_change:
                     self._put_list(txn, replace(now, pdq_only_count=count))
                     return True
-                if now.pdq_only_count is not None:
-                    return False
+        with self._guard(), self._write() as txn:
+            record = self._uncounted_list(txn, name)
+            if record is None:
+                return False
+            self._put_list(txn, replace(record, pdq_only_count=self._scan_pdq_only(txn, record.uid)))
+            return True
+
+    def _uncounted_list(self, txn: lmdb.Transaction, name: str) -> ListRecord | None:
+        try:
+            record = self._get_list(txn, name)
+        except NotFound:
+            return None
+        return record if record.pdq_only_count is None else None
+
+    def _scan_pdq_only(self, txn: lmdb.Transaction, uid: int) -> int:
+        prefix = _prefix(uid)
+        count = 0
+        cursor = txn.cursor(db=self._entries)
+        if cursor.set_range(prefix):
+            for key, raw in cursor:
+                if not bytes(key).startswith(prefix):
+                    break
+                entry = _entry_record(raw)
+                count += _pdq_only(entry.pdq, bool(entry.model))
+        return count
 
     def remove_entry(self, name: str, entry_id: str, actor: str = "") -> tuple[EntryRecord, int]:
         """Remove an entry; returns it and the change number of the removal."""

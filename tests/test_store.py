@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from server.store import (
     DB_DIGESTS,
     DB_ENTRIES,
     DB_ENTRY_IDS,
+    DB_LISTS,
     DB_META,
     DB_SNAPSHOTS,
     DB_VECTORS,
@@ -543,3 +545,31 @@ def test_a_full_map_gives_storage_full_and_the_store_stays_readable(tmp_path: Pa
         assert store.get_entry("banned", "again-19").id == "again-19"
     finally:
         store.close()
+
+
+def test_each_list_counts_its_hash_only_entries_through_adds_and_removals(store: Store) -> None:
+    """Entries with a PDQ hash and no embedding only a PDQ search finds: checks need to know whether any exist."""
+    make_list(store)
+    store.add_entries("banned", [new_entry("picture"), new_entry("hash-a", embedding=False)])
+    store.add_entries("banned", [new_entry("hash-b", embedding=False)])
+    assert store.get_list("banned").pdq_only_count == 2
+    store.remove_entry("banned", "hash-a")
+    store.remove_entry("banned", "picture")
+    assert store.get_list("banned").pdq_only_count == 1
+
+
+def test_a_list_stored_before_the_count_is_counted_once_with_or_without_the_write_lock(store: Store) -> None:
+    for name in ("optimistic", "locked"):
+        make_list(store, name)
+        store.add_entries(name, [new_entry(), new_entry(embedding=False), new_entry(embedding=False)])
+        lists = store.env.open_db(DB_LISTS)
+        with store.env.begin(write=True, db=lists) as txn:
+            record = json.loads(txn.get(name.encode()))
+            del record["pdq_only_count"]
+            txn.put(name.encode(), json.dumps(record).encode())
+        assert store.get_list(name).pdq_only_count is None
+    assert store.count_pdq_only("optimistic")
+    assert store.count_pdq_only("locked", attempts=0)  # what a list that keeps changing gets in the end
+    assert store.get_list("optimistic").pdq_only_count == store.get_list("locked").pdq_only_count == 2
+    assert not store.count_pdq_only("optimistic"), "counted once"
+    assert not store.count_pdq_only("gone")
