@@ -607,7 +607,8 @@ class LookalikeService:
         # When every hashed entry also has an embedding, the embedding search finds turned and mirrored copies
         # (SSCD sees through them), so the PDQ search looks up the picture as it is: one scan of the codes, not
         # eight. Each candidate's distance still counts every variant, below.
-        searched = variants[:1] if views is not None and record.pdq_only_count == 0 else variants
+        narrowed = views is not None and record.pdq_only_count == 0 and len(variants) > 1
+        searched = variants[:1] if narrowed else variants
         with self.metrics.stage("pdq_search"):
             pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(searched, PDQ_SEARCH_RADIUS)}
         similarities: dict[int, float] = {}
@@ -623,7 +624,7 @@ class LookalikeService:
             similarities.update(best_similarities(views, self.store.embeddings(record.uid, missing)))
         # Entries found otherwise (embedding, digest) or by fewer variants still get their PDQ distance, in one go.
         unsearched = (
-            [seq for seq, entry in entries.items() if entry.pdq and (seq not in pdq_hits or searched != variants)]
+            [seq for seq, entry in entries.items() if entry.pdq and (narrowed or seq not in pdq_hits)]
             if variants
             else []
         )

@@ -260,8 +260,9 @@ def _list_record(raw: bytes | memoryview) -> ListRecord:
     return ListRecord(**fields)
 
 
-def _pdq_only(pdq: str, has_embedding: bool) -> int:
-    return int(bool(pdq) and not has_embedding)
+def _is_pdq_only(entry: EntryRecord) -> bool:
+    """A PDQ hash and no embedding (an entry's model is set exactly when it has one)."""
+    return bool(entry.pdq) and not entry.model
 
 
 def _entry_record(raw: bytes | memoryview) -> EntryRecord:
@@ -315,13 +316,13 @@ def _prefix(uid: int) -> bytes:
 
 
 def _iter_entries(
-    txn: lmdb.Transaction, entries: lmdb._Database, vectors: lmdb._Database, uid: int, step: int = 1
+    txn: lmdb.Transaction, entries: lmdb._Database, vectors: lmdb._Database | None, uid: int, step: int = 1
 ) -> Iterator[tuple[EntryRecord, np.ndarray | None]]:
-    """A list's entries with their embeddings in sequence order; every `step`-th only (decoding the rest
-    would cost most of a sampling pass)."""
+    """A list's entries with their embeddings (none read when `vectors` is None) in sequence order;
+    every `step`-th only (decoding the rest would cost most of a sampling pass)."""
     prefix = _prefix(uid)
     cursor = txn.cursor(db=entries)
-    vector_cursor = txn.cursor(db=vectors)
+    vector_cursor = None if vectors is None else txn.cursor(db=vectors)
     if not cursor.set_range(prefix):
         return
     position = 0
@@ -329,7 +330,7 @@ def _iter_entries(
         if not bytes(key).startswith(prefix):
             break
         if position % step == 0:
-            vector = vector_cursor.get(key)
+            vector = None if vector_cursor is None else vector_cursor.get(key)
             yield _entry_record(cursor.value()), None if vector is None else decode_embedding(vector)
         position += 1
 
@@ -567,7 +568,7 @@ class Store:
                 results.append(AddOutcome(entry, duplicate=False, change=change, embedding=stored))
                 seq, change, count = seq + 1, change + 1, count + 1
                 if pdq_only is not None:
-                    pdq_only += _pdq_only(entry.pdq, stored is not None)
+                    pdq_only += _is_pdq_only(entry)
             self._put_list(
                 txn, replace(record, next_seq=seq, next_change=change, entry_count=count, pdq_only_count=pdq_only)
             )
@@ -608,16 +609,7 @@ class Store:
         return record if record.pdq_only_count is None else None
 
     def _scan_pdq_only(self, txn: lmdb.Transaction, uid: int) -> int:
-        prefix = _prefix(uid)
-        count = 0
-        cursor = txn.cursor(db=self._entries)
-        if cursor.set_range(prefix):
-            for key, raw in cursor:
-                if not bytes(key).startswith(prefix):
-                    break
-                entry = _entry_record(raw)
-                count += _pdq_only(entry.pdq, bool(entry.model))
-        return count
+        return sum(_is_pdq_only(entry) for entry, _ in _iter_entries(txn, self._entries, None, uid))
 
     def remove_entry(self, name: str, entry_id: str, actor: str = "") -> tuple[EntryRecord, int]:
         """Remove an entry; returns it and the change number of the removal."""
@@ -642,7 +634,7 @@ class Store:
             self.record_audit(txn, actor, AUDIT_ENTRY_REMOVE, name, entry_id, _add_detail(entry))
             pdq_only = record.pdq_only_count
             if pdq_only is not None:
-                pdq_only -= _pdq_only(entry.pdq, bool(entry.model))
+                pdq_only -= _is_pdq_only(entry)
             self._put_list(
                 txn,
                 replace(record, next_change=change + 1, entry_count=record.entry_count - 1, pdq_only_count=pdq_only),
