@@ -8,7 +8,10 @@ and replays only newer changes, never recomputing an embedding.
 Small lists are searched exactly. Large ones use inverted files (IVF): PDQ codes
 in a binary IVF, embeddings as 4-bit product-quantised fast-scan codes (16 bytes
 each; on lists too large to scan whole, filed in each vector's two nearest cells),
-probing enough cells to scan a fixed budget of codes per query. The
+probing enough cells to scan a fixed budget of codes per query. A large list's PDQ
+codes are also filed in sampled-bit hash tables (`index.pdq_tables`), built after a
+load or rebuild; once built they answer PDQ searches, finding near codes the binary
+IVF misses, and the binary IVF remains what is stored. The
 embedding side's shortlist is then re-ranked from 8-bit codes of every vector kept
 in memory (`index.rerank`), so similarities come back within about 0.005 of exact
 without reading the stored float vectors.
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from index.pdq_tables import SampledBitTables
 from index.rerank import RerankCodes
 
 PDQ_BITS = 256
@@ -50,9 +54,10 @@ VECTOR_SCAN_BUDGET = 3_200_000
 the cells probed) 7.8 ms on one core, recall 0.990 of random neighbours from cosine 0.5; 2.4M
 codes gave 6.2 ms and 0.981 (benchmarks/README.md)."""
 PDQ_SCAN_BUDGET = 200_000
-"""PDQ codes compared per query variant on a large list. At 10M random codes: 0.7 ms for a picture's
-own code, 4.9 ms for eight variants, recall 0.935 at 16-31 bits; twice the budget gave 0.979 in twice
-the time, the scan being bound by memory bandwidth (benchmarks/README.md)."""
+"""PDQ codes compared per query variant on a large list's binary IVF, which answers until the list's
+hash tables are built. At 10M random codes: 0.7 ms for a picture's own code, 4.9 ms for eight
+variants, recall 0.935 at 16-31 bits; twice the budget gave 0.979 in twice the time, the scan being
+bound by memory bandwidth (benchmarks/README.md)."""
 MAX_CELLS = 4096
 """Cap on IVF cells: k-means training time grows with cells × training points."""
 ENTRIES_PER_CELL = 1000
@@ -254,6 +259,18 @@ def _file_in_nearest_cells(index: faiss.Index, ids: np.ndarray, vectors: np.ndar
         ivf.quantizer = quantizer
 
 
+def _binary_ivf_contents(index: faiss.IndexBinaryIVF) -> tuple[np.ndarray, np.ndarray]:
+    """Every (id, code) a binary inverted file holds, read list by list."""
+    ids, codes = [np.zeros(0, np.int64)], [np.zeros((0, PDQ_BYTES), np.uint8)]
+    lists = index.invlists
+    for cell in range(index.nlist):
+        size = lists.list_size(cell)
+        if size:
+            ids.append(faiss.rev_swig_ptr(lists.get_ids(cell), size).copy())
+            codes.append(faiss.rev_swig_ptr(lists.get_codes(cell), size * PDQ_BYTES).copy().reshape(size, PDQ_BYTES))
+    return np.concatenate(ids), np.concatenate(codes)
+
+
 def _training_sample(data: np.ndarray, cells: int, seed: int = 0) -> np.ndarray:
     wanted = cells * TRAINING_POINTS_PER_CELL
     if len(data) <= wanted:
@@ -273,6 +290,11 @@ class ListIndex:
         self._pdq: faiss.IndexBinary = _empty_pdq(0)
         self._vectors: faiss.Index = _empty_vectors(0, dim)
         self._lock = _ReadWriteLock()
+        self._writer = threading.Lock()
+        """Orders changes with the PDQ tables' builds and merges, which run beside searches, not under `_lock`."""
+        self._pdq_tables: SampledBitTables | None = None
+        self._pdq_tables_pending: list[tuple[np.ndarray, np.ndarray | None]] | None = None
+        """While the tables are built: changes made meanwhile, (ids, codes) for adds, (ids, None) for removals."""
         self.vector_scan_budget = VECTOR_SCAN_BUDGET
         self.pdq_scan_budget = PDQ_SCAN_BUDGET
         self._tombstones: set[int] = set()
@@ -336,15 +358,26 @@ class ListIndex:
         vector_per_code = PQ_SUBQUANTIZERS // 2 + ID_BYTES if self.layout.vector_cells else 4 * self.dim + lookup
         centroids = self.layout.vector_cells * self.dim * 4 + self.layout.pdq_cells * PDQ_BYTES
         rerank = self._rerank.memory_bytes() if self._rerank else 0
-        return int(self._pdq.ntotal) * pdq_per_entry + int(self._vectors.ntotal) * vector_per_code + centroids + rerank
+        tables = self._pdq_tables.memory_bytes() if self._pdq_tables else 0
+        codes = int(self._pdq.ntotal) * pdq_per_entry + int(self._vectors.ntotal) * vector_per_code
+        return codes + centroids + rerank + tables
 
     def add(self, ids: np.ndarray, pdq_codes: np.ndarray | None, vectors: np.ndarray | None, change: int) -> None:
         """Add entries (either signal may be absent) and record the change they came from."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
+        with self._writer:
+            self._add(ids, pdq_codes, vectors, change)
+            self._merge_pdq_tail()
+
+    def _add(self, ids: np.ndarray, pdq_codes: np.ndarray | None, vectors: np.ndarray | None, change: int) -> None:
         with self._lock.writing():
             if pdq_codes is not None and len(ids):
                 codes = np.ascontiguousarray(pdq_codes, dtype=np.uint8).reshape(len(ids), PDQ_BYTES)
                 self._pdq.add_with_ids(codes, ids)
+                if self._pdq_tables is not None:
+                    self._pdq_tables.add(ids, codes)
+                if self._pdq_tables_pending is not None:
+                    self._pdq_tables_pending.append((ids.copy(), codes.copy()))
             if vectors is not None and len(ids):
                 matrix = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
                 if self.layout.cells_per_vector > 1:
@@ -355,6 +388,47 @@ class ListIndex:
                     self._rerank.add(ids, matrix)
             self._set_probes()
             self.change = max(self.change, change)
+
+    def _merge_pdq_tail(self) -> None:
+        """File the PDQ tables' tail in once it is long; searches go on over the old tables meanwhile
+        (the caller holds `_writer`, so nothing else changes them)."""
+        if self._pdq_tables is not None and self._pdq_tables.tail_is_long():
+            merged = self._pdq_tables.merged()
+            with self._lock.writing():
+                self._pdq_tables.install(merged)
+
+    def index_pdq_codes(self) -> bool:
+        """Build the PDQ hash tables of a large list (about 40 s at 10M codes, beside searches and
+        changes); PDQ searches use them from then on. False when the list is searched exactly, or
+        has them (or is building them) already."""
+        with self._writer:
+            if not self.layout.pdq_cells or self._pdq_tables is not None or self._pdq_tables_pending is not None:
+                return False
+            with self._lock.reading():
+                assert isinstance(self._pdq, faiss.IndexBinaryIVF)  # a layout with PDQ cells
+                ids, codes = _binary_ivf_contents(self._pdq)
+            self._pdq_tables_pending = []
+        try:
+            tables = SampledBitTables(ids, codes)
+        except BaseException:
+            with self._writer:
+                self._pdq_tables_pending = None
+            raise
+        with self._writer:
+            for changed_ids, changed_codes in self._pdq_tables_pending or ():
+                if changed_codes is None:
+                    tables.remove(changed_ids)
+                else:
+                    tables.add(changed_ids, changed_codes)
+            self._pdq_tables_pending = None
+            with self._lock.writing():
+                self._pdq_tables = tables
+            self._merge_pdq_tail()
+        return True
+
+    @property
+    def has_pdq_tables(self) -> bool:
+        return self._pdq_tables is not None
 
     def _set_probes(self) -> None:
         """Probe counts follow the list's size; set while writing, so searches never race a change."""
@@ -378,11 +452,15 @@ class ListIndex:
         there a removal is a tombstone, hidden from searches at once and purged in
         batches (and before every snapshot)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        with self._lock.writing():
+        with self._writer, self._lock.writing():
             if self.layout.pdq_cells:  # binary IVF with a hashtable direct map: O(1) per id
                 self._pdq.remove_ids(faiss.IDSelectorArray(ids))
             else:
                 self._pdq.remove_ids(faiss.IDSelectorBatch(ids))
+            if self._pdq_tables is not None:
+                self._pdq_tables.remove(ids)
+            if self._pdq_tables_pending is not None:
+                self._pdq_tables_pending.append((ids.copy(), None))
             if self.layout.vector_cells:
                 self._tombstones.update(ids.tolist())
                 if len(self._tombstones) >= max(TOMBSTONES_MIN, self.vector_count // 200):
@@ -406,6 +484,9 @@ class ListIndex:
         with self._lock.reading():
             if self._pdq.ntotal == 0:
                 return []
+            if self._pdq_tables is not None:
+                found = self._pdq_tables.search(query, max_distance)
+                return [HashHit(label, distance) for label, distance in found.items()]
             # FAISS keeps distances strictly below the radius: ask for one more.
             _, distances, labels = self._pdq.range_search(query, max_distance + 1)
         nearest: dict[int, int] = {}

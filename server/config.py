@@ -101,7 +101,7 @@ _HELP = {
     "snapshot_interval": "seconds between index snapshot passes",
     "snapshot_min_changes": "changes after which a list's index is snapshotted",
     "vector_scan_budget": "embedding codes compared per query view on lists past 20 000 entries (recall against CPU)",
-    "pdq_scan_budget": "PDQ hashes compared per query variant on lists past 200 000 entries",
+    "pdq_scan_budget": "PDQ hashes compared per query variant on lists past 200 000 entries, until hash tables are up",
     "grace": "seconds in-flight requests get at shutdown",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "tls_cert": "PEM certificate (chain) for TLS; needs --tls-key",

@@ -9,12 +9,17 @@ A list that outgrows its index layout (exact search past a few tens of thousands
 of entries, or an IVF trained for a size it has left far behind) is rebuilt in
 the background from one consistent read of the store; the old index serves until
 the new one has replayed the changes made meanwhile and takes its place.
+
+A large list's PDQ hash tables are never stored: they are built from its codes after a
+load (on a thread, so start-up does not wait; the binary IVF answers meanwhile) and
+before a rebuilt index takes over.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -54,11 +59,32 @@ class IndexRegistry:
         self._guard = threading.Lock()
         self._snapshot_lock = threading.Lock()
         self._rebuilding: dict[int, threading.Thread] = {}
+        self._tabling: list[threading.Thread] = []
 
     def load_all(self) -> None:
         for record in self.store.lists():
-            self._indexes[record.uid] = self._tuned(self._load(record))
-            self.rebuild_if_outgrown(record.uid)
+            index = self._indexes[record.uid] = self._tuned(self._load(record))
+            if not self.rebuild_if_outgrown(record.uid):
+                self._index_pdq_codes(record.name, index)
+
+    def _index_pdq_codes(self, name: str, index: ListIndex) -> None:
+        """Build a large list's PDQ hash tables: on a thread when rebuilding in the background."""
+
+        def build() -> None:
+            try:
+                started = time.perf_counter()
+                if index.index_pdq_codes():
+                    log.info("list %s: PDQ hash tables built in %.1f s", name, time.perf_counter() - started)
+            except Exception:
+                log.exception("list %s: building PDQ hash tables failed; its binary IVF keeps answering", name)
+
+        if not self.background:
+            build()
+            return
+        worker = threading.Thread(target=build, name=f"pdq-tables-{name}", daemon=True)
+        with self._guard:
+            self._tabling = [thread for thread in self._tabling if thread.is_alive()] + [worker]
+        worker.start()
 
     def _load(self, record: ListRecord) -> ListIndex:
         snapshot = self.store.load_snapshot(record.uid)
@@ -185,6 +211,7 @@ class IndexRegistry:
     def _rebuild(self, uid: int) -> None:
         try:
             fresh = self.build(uid)
+            fresh.index_pdq_codes()
             if self.install(uid, fresh):
                 log.info("list #%d: index rebuilt as %s for %d entries", uid, fresh.layout, fresh.vector_count)
         except Exception:
@@ -205,7 +232,10 @@ class IndexRegistry:
         return True
 
     def wait_for_rebuilds(self, timeout: float | None = None) -> None:
-        for worker in list(self._rebuilding.values()):
+        """Wait for index rebuilds and PDQ table builds to finish."""
+        with self._guard:
+            workers = [*self._rebuilding.values(), *self._tabling]
+        for worker in workers:
             if worker.is_alive():
                 worker.join(timeout)
 

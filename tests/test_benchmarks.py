@@ -7,14 +7,16 @@ import json
 import pytest
 
 from benchmarks import scale
+from index import list_index
 from index.list_index import EXACT_VECTORS_MAX
 
 
 @pytest.mark.slow
 def test_scale_benchmark_reports_an_ivf_list_with_full_recall_and_a_matchable_new_entry(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entries = EXACT_VECTORS_MAX + 5_000
+    monkeypatch.setattr(list_index, "EXACT_PDQ_MAX", 10_000)  # a binary IVF and hash tables on the PDQ side too
     assert scale.main(["--entries", str(entries), "--queries", "60"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["layout"]["vector_cells"] > 0, "past the exact limit the list is an IVF"
@@ -26,3 +28,6 @@ def test_scale_benchmark_reports_an_ivf_list_with_full_recall_and_a_matchable_ne
     assert report["embedding_search"]["p50_ms"] > 0
     assert report["picture_check_searches"]["p50_ms"] >= report["embedding_search"]["p50_ms"]
     assert 0 < report["pdq_search_own_code"]["p50_ms"] <= report["picture_check_searches"]["p50_ms"]
+    assert report["layout"]["pdq_cells"] > 0 and report["pdq_tables_s"] > 0
+    assert set(report["pdq_recall_by_distance"].values()) == {1.0}, "the hash tables miss nothing to 48 bits here"
+    assert report["binary_ivf_alone"]["pdq_search_own_code"]["p50_ms"] > 0

@@ -7,12 +7,14 @@ embeddings.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import faiss
 import numpy as np
 import pytest
 
+from index import list_index
 from index.list_index import (
     _HEADER,
     _HEADER_V3,
@@ -31,6 +33,7 @@ from index.list_index import (
     ListIndex,
     configure_threads,
 )
+from index.pdq_tables import SampledBitTables
 from index.rerank import PIECE_ROWS
 
 N_ENTRIES = 400
@@ -560,3 +563,53 @@ def test_memory_estimate_counts_compressed_and_re_rank_codes_a_third_of_float_ve
     exact, compressed = data.index(), ivf_index(data)
     per_entry = (exact.memory_bytes(), compressed.memory_bytes() - 16 * EMBEDDING_DIM * 4 - 16 * PDQ_BYTES)
     assert N_ENTRIES * EMBEDDING_DIM < per_entry[1] < per_entry[0] / 3
+
+
+# PDQ hash tables of large lists -------------------------------------------------------------
+
+
+def test_a_large_list_s_pdq_hash_tables_answer_its_searches_exactly_missing_nothing_to_31_bits(data: Data) -> None:
+    index = ivf_index(data)
+    memory = index.memory_bytes()
+    assert not index.has_pdq_tables
+    assert index.index_pdq_codes() and index.has_pdq_tables
+    assert not index.index_pdq_codes(), "built once"
+    assert index.memory_bytes() > memory
+    for query in data.pdq_queries:
+        for radius in RADII:
+            hits = as_dict(index.search_pdq([query.tobytes()], radius))
+            exact = oracle_pdq(data.ids, data.codes, query, radius)
+            assert hits.items() <= exact.items()
+            assert {i: d for i, d in exact.items() if d <= 31}.items() <= hits.items()
+
+
+def test_a_list_searched_exactly_gets_no_pdq_hash_tables(data: Data) -> None:
+    index = ListIndex.build(data.ids, data.codes, data.vectors, change=N_ENTRIES, layout=Layout())
+    assert not index.index_pdq_codes() and not index.has_pdq_tables
+
+
+def test_changes_made_while_pdq_hash_tables_are_built_are_in_them(data: Data, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build reads the codes, then files them without a lock: adds and removals go on meanwhile."""
+    index = ivf_index(data)
+    reading_done, changes_done = threading.Event(), threading.Event()
+
+    def built_after_the_changes(ids: np.ndarray, codes: np.ndarray) -> SampledBitTables:
+        reading_done.set()
+        assert changes_done.wait(30)
+        return SampledBitTables(ids, codes)
+
+    monkeypatch.setattr(list_index, "SampledBitTables", built_after_the_changes)
+    builder = threading.Thread(target=index.index_pdq_codes)
+    builder.start()
+    assert reading_done.wait(30)
+    new_code = np.random.default_rng(30).integers(0, 256, (1, PDQ_BYTES), dtype=np.uint8)
+    index.add(np.array([N_ENTRIES + 1]), new_code, None, change=N_ENTRIES + 1)
+    index.remove(data.ids[:1], change=N_ENTRIES + 2)
+    answered_meanwhile = as_dict(index.search_pdq([new_code[0].tobytes()], 0))
+    assert answered_meanwhile == {N_ENTRIES + 1: 0}, "the binary IVF answers meanwhile"
+    changes_done.set()
+    builder.join(30)
+    assert index.has_pdq_tables
+    assert as_dict(index.search_pdq([new_code[0].tobytes()], 0)) == {N_ENTRIES + 1: 0}
+    assert index.search_pdq([data.codes[0].tobytes()], 0) == []
+    assert as_dict(index.search_pdq([data.codes[1].tobytes()], 0)) == {int(data.ids[1]): 0}

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from index import list_index
 from index.list_index import EXACT_VECTORS_MAX, PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, Layout, ListIndex
 from server.indexes import IndexRegistry
 from server.store import DB_SNAPSHOT_PIECES, NewEntry, Store
@@ -208,5 +209,35 @@ def test_the_registry_s_scan_budgets_hold_for_created_rebuilt_and_reloaded_index
         reloaded = IndexRegistry(fixture.store, False, (60_000, 9_000))
         reloaded.load_all()
         assert budgets(reloaded.get(fixture.uid)) == (60_000, 9_000)
+    finally:
+        fixture.store.close()
+
+
+def test_a_list_past_the_exact_pdq_limit_gets_hash_tables_when_rebuilt_and_on_a_thread_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(list_index, "EXACT_PDQ_MAX", 5_000)  # a binary IVF for thousands of codes, not 200 000
+    fixture = Fixture(tmp_path, background=False)
+    try:
+        fixture.add(6_000)  # rebuilt with a binary IVF, its tables built before it takes over
+        index = fixture.registry.get(fixture.uid)
+        assert index is not None and index.layout.pdq_cells and index.has_pdq_tables
+        assert fixture.registry.snapshot_all() == 1
+        fixture.add(100)
+        removed_code = fixture.codes["e7"]
+        fixture.remove("e7")
+        fixture.store.close()
+
+        fixture.store = Store(tmp_path, 1 << 32)
+        registry = IndexRegistry(fixture.store, background=True)
+        registry.load_all()
+        registry.wait_for_rebuilds()
+        index = registry.get(fixture.uid)
+        assert index is not None and index.layout.pdq_cells and index.has_pdq_tables
+        for entry_id in ("e3", "e6050"):
+            code = fixture.codes[entry_id]
+            hits = index.search_pdq([code.tobytes()], 0)
+            assert [hit.id for hit in hits] == [fixture.store.get_entry(LIST, entry_id).seq]
+        assert index.search_pdq([removed_code.tobytes()], 0) == []
     finally:
         fixture.store.close()
