@@ -28,7 +28,7 @@ CODE_BYTES = 32
 TABLES = 40
 """Tables per list. Each holds a 4-byte position per code: 160 bytes an entry in all."""
 SEED = 20_261_124
-"""Fixed, so a list's tables choose the same bits on every start."""
+"""Fixed, so the tables (and their rare misses) are the same from run to run."""
 TAIL_MIN = 10_000
 TAIL_MAX = 50_000
 """Codes added since the tables were last built or merged are scanned whole; past this share of the
@@ -79,7 +79,7 @@ def _sorted_positions(keys: np.ndarray, key_bits: int) -> np.ndarray:
 def _dealt_nibbles(per_table: int, rng: np.random.Generator) -> np.ndarray:
     """Each table's nibbles: rounds of tables, each dealing a shuffle of all 64 nibbles out, so no
     two tables of a round share one. At 10M random codes this raised recall at 32-48 bits from
-    0.986 (nibbles drawn per table, tables overlapping by chance) to 0.993 (benchmarks/README.md)."""
+    0.986 (nibbles drawn per table, tables overlapping by chance) to 0.992 (benchmarks/README.md)."""
     per_round = 2 * CODE_BYTES // per_table
     rounds = [rng.permutation(2 * CODE_BYTES)[: per_round * per_table] for _ in range(-(-TABLES // per_round))]
     return np.concatenate(rounds).reshape(-1, per_table)[:TABLES]
@@ -102,14 +102,17 @@ class SampledBitTables:
         self._alive = np.ones(count, dtype=bool)
         self._count = count
         self._ids_sorted = True
-        """Ids only grow in a list, so positions in id order allow a binary search for removals."""
-        self._position_of: dict[int, int] | None = None
+        """Ids only grow in a list, so positions are in id order and a removal finds its ids by binary search."""
+        self._id_order: np.ndarray | None = None
+        """Otherwise, positions in id order for that search (sorted again after out-of-order adds)."""
         key_bits = key_bits or key_bits_for(count)
         nibble_count = -(-key_bits // 4)
         self._key_nibbles = _dealt_nibbles(nibble_count, np.random.default_rng(SEED))
         self._shifts = _NIBBLE_SHIFT[:nibble_count]
         self._key_mask = np.uint32((1 << key_bits) - 1)
         self._probe_masks = np.array([0] + [1 << bit for bit in range(key_bits)], dtype=np.uint32)
+        self._probe_tables = np.repeat(np.arange(TABLES, dtype=np.int64), len(self._probe_masks))
+        """The table of each of one query's probes, in probe order."""
         self._buckets = self._build(key_bits)
 
     # Keys and buckets ---------------------------------------------------------
@@ -174,28 +177,24 @@ class SampledBitTables:
             self._codes = np.resize(self._codes, (capacity, CODE_BYTES))
             self._alive = np.resize(self._alive, capacity)
         previous_last = self._ids[self._count - 1] if self._count else np.iinfo(np.int64).min
-        if self._ids_sorted and (ids[0] <= previous_last or np.any(np.diff(ids) <= 0)):
-            self._ids_sorted = False
+        if ids[0] <= previous_last or np.any(np.diff(ids) <= 0):
+            self._ids_sorted, self._id_order = False, None
         self._ids[self._count : needed] = ids
         self._codes[self._count : needed] = codes
         self._alive[self._count : needed] = True
-        if self._position_of is not None:
-            self._position_of.update(zip(ids.tolist(), range(self._count, needed), strict=True))
         self._count = needed
 
     def remove(self, ids: np.ndarray) -> None:
         """Mask entries out (their positions stay in the tables until the index is rebuilt)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not self._count:
+            return
         known = self._ids[: self._count]
-        if self._ids_sorted:
-            positions = np.searchsorted(known, ids).clip(0, max(self._count - 1, 0))
-            positions = positions[known[positions] == ids] if self._count else positions[:0]
-        else:
-            if self._position_of is None:
-                self._position_of = {int(id_): position for position, id_ in enumerate(known.tolist())}
-            positions = np.array([self._position_of.get(id_, -1) for id_ in ids.tolist()], dtype=np.int64)
-            positions = positions[positions >= 0]
-        self._alive[positions] = False
+        if not self._ids_sorted and self._id_order is None:
+            self._id_order = np.argsort(known, kind="stable")
+        slots = np.searchsorted(known, ids, sorter=self._id_order).clip(0, self._count - 1)
+        positions = slots if self._id_order is None else self._id_order[slots]
+        self._alive[positions[known[positions] == ids]] = False
 
     @property
     def tail(self) -> int:
@@ -222,8 +221,7 @@ class SampledBitTables:
             starts = flat_offsets[probes].astype(np.int64)
             lengths = flat_offsets[probes + 1].astype(np.int64) - starts
             # Each probe's bucket is a run of one table's row of `order`: gather every run at once.
-            table_of_probe = np.tile(np.repeat(np.arange(TABLES, dtype=np.int64), len(self._probe_masks)), len(queries))
-            run_starts = starts + table_of_probe * buckets.built
+            run_starts = starts + np.tile(self._probe_tables, len(queries)) * buckets.built
             total = int(lengths.sum())
             ends = np.cumsum(lengths)
             gather = np.repeat(run_starts - (ends - lengths), lengths) + np.arange(total)
