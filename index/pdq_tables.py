@@ -117,17 +117,22 @@ class SampledBitTables:
 
     # Keys and buckets ---------------------------------------------------------
 
-    def _keys(self, code_nibbles: np.ndarray) -> np.ndarray:
-        """Every table's key of each code: rows × tables, uint32."""
-        picked = code_nibbles[:, self._key_nibbles].astype(np.uint32)  # rows × tables × nibbles
-        keys: np.ndarray = np.bitwise_or.reduce(picked << self._shifts, axis=2) & self._key_mask
+    def _keys(self, codes: np.ndarray) -> np.ndarray:
+        """Every table's key of each code: tables × rows, uint32, built a nibble slot at a time over
+        whole columns (a build calls it in chunks whose temporaries stay in cache: at 4M codes the
+        keys took 6 s, against 10 s gathering rows × tables × nibbles)."""
+        columns = nibbles(codes).T.astype(np.uint32)  # 64 × rows
+        keys = np.zeros((TABLES, len(codes)), dtype=np.uint32)
+        for slot, shift in enumerate(self._shifts):
+            keys |= columns[self._key_nibbles[:, slot]] << shift
+        keys &= self._key_mask
         return keys
 
-    def _all_keys(self, start: int, stop: int, chunk: int = 500_000) -> np.ndarray:
+    def _all_keys(self, start: int, stop: int, chunk: int = 32_768) -> np.ndarray:
         keys = np.empty((TABLES, stop - start), dtype=np.uint32)
         for first in range(start, stop, chunk):
             last = min(stop, first + chunk)
-            keys[:, first - start : last - start] = self._keys(nibbles(self._codes[first:last])).T
+            keys[:, first - start : last - start] = self._keys(self._codes[first:last])
         return keys
 
     def _build(self, key_bits: int) -> _Buckets:
@@ -214,7 +219,7 @@ class SampledBitTables:
         query_words = queries.view(np.uint64)
         found_positions, found_distances = [], []
         if buckets.built:
-            keys = self._keys(nibbles(queries))  # queries × tables
+            keys = self._keys(queries).T  # queries × tables
             row = np.arange(TABLES, dtype=np.int64) * buckets.offsets.shape[1]
             probes = ((keys[:, :, None] ^ self._probe_masks).astype(np.int64) + row[None, :, None]).ravel()
             flat_offsets = buckets.offsets.ravel()
@@ -225,15 +230,15 @@ class SampledBitTables:
             total = int(lengths.sum())
             ends = np.cumsum(lengths)
             gather = np.repeat(run_starts - (ends - lengths), lengths) + np.arange(total)
-            candidates = buckets.order.ravel()[gather].astype(np.int64)
-            # Probes run query by query: each query's candidates are one slice.
-            bounds = np.r_[0, ends.reshape(len(queries), -1)[:, -1]]
-            for query, (first, last) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)):
-                ours = candidates[first:last]
-                distances = _popcount(words[ours] ^ query_words[query])
-                near = distances <= max_distance
-                found_positions.append(ours[near])
-                found_distances.append(distances[near])
+            candidates = np.take(buckets.order.ravel(), gather).astype(np.int64)
+            # Probes run query by query, so each query's candidates are one run of them.
+            per_query = ends.reshape(len(queries), -1)[:, -1]
+            of_query = np.repeat(np.arange(len(queries)), np.diff(per_query, prepend=0))
+            # np.take gathers rows of a 2-D array about ten times faster than indexing with [].
+            distances = _popcount(np.take(words, candidates, axis=0) ^ np.take(query_words, of_query, axis=0))
+            near = distances <= max_distance
+            found_positions.append(candidates[near])
+            found_distances.append(distances[near])
         if count > buckets.built:  # the tail, scanned whole
             tail = words[buckets.built :]
             distances = np.min([_popcount(tail ^ words_of_query) for words_of_query in query_words], axis=0)
