@@ -398,7 +398,7 @@ class ListIndex:
                 self._pdq_tables.install(merged)
 
     def index_pdq_codes(self) -> bool:
-        """Build the PDQ hash tables of a large list (about 40 s at 10M codes, beside searches and
+        """Build the PDQ hash tables of a large list (about 30 s at 10M codes, beside searches and
         changes); PDQ searches use them from then on. False when the list is searched exactly, or
         has them (or is building them) already."""
         with self._writer:
