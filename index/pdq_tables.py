@@ -255,8 +255,7 @@ class SampledBitTables:
             gather = np.repeat(run_starts - (ends - lengths), lengths) + np.arange(total)
             candidates = np.take(buckets.order.ravel(), gather).astype(np.int64)
             # Probes run query by query, so each query's candidates are one run of them.
-            per_query = ends.reshape(len(queries), -1)[:, -1]
-            of_query = np.repeat(np.arange(len(queries)), np.diff(per_query, prepend=0))
+            of_query = np.repeat(np.arange(len(queries)), lengths.reshape(len(queries), -1).sum(axis=1))
             # np.take gathers rows of a 2-D array about ten times faster than indexing with [].
             distances = _popcount(np.take(words, candidates, axis=0) ^ np.take(query_words, of_query, axis=0))
             near = distances <= max_distance
