@@ -25,7 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from client.errors import LookalikeError
-from client.hashfiles import FORMATS, JSONL, BadLine, format_for, read_entries, write_jsonl, write_pdq_csv
+from client.hashfiles import (
+    EXPORT_FORMATS,
+    FORMATS,
+    JSONL,
+    BadLine,
+    detect_format,
+    format_for,
+    read_entries,
+    write_jsonl,
+    write_pdq_csv,
+)
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.stub import DEFAULT_SERVER, IMPORT_BATCH, LookalikeClient
 from client.types import (
@@ -281,7 +291,6 @@ def _count_lines(path: str) -> int | None:
 
 def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
     """Stream the file's entries in batches; bad lines are reported with their number and skipped."""
-    file_format = format_for(args.file, args.format)
     try:
         total = None if args.quiet else _count_lines(args.file)
         # surrogateescape: a line that is not UTF-8 is reported by number instead of ending the read
@@ -290,6 +299,7 @@ def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output
             if args.file == "-"
             else open(args.file, encoding="utf-8", errors="surrogateescape", newline="")
         )
+        file_format, lines = detect_format(handle, args.format, args.file)
     except OSError as error:
         raise SystemExit(f"lookalike: cannot read {args.file}: {error.strerror}") from None
     sent: list[int] = []  # line number of each entry sent, by stream position
@@ -303,7 +313,7 @@ def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output
             output.fail_line(item.line, item.message)
 
     def entries() -> Iterator[pb.HashEntry]:
-        for number, item in read_entries(handle, file_format):
+        for number, item in read_entries(lines, file_format):
             if isinstance(item, BadLine):
                 bad.append(item)
             else:
@@ -779,12 +789,14 @@ def build_parser() -> argparse.ArgumentParser:
     import_file = commands.add_parser("import", parents=[common], help="import a hash list file into a list")
     import_file.add_argument("list")
     import_file.add_argument("file", metavar="FILE", help="the file, or - for stdin")
-    import_file.add_argument("--format", choices=FORMATS, help="default: pdq-csv for *.csv, else jsonl")
+    import_file.add_argument(
+        "--format", choices=FORMATS, help="default: recognised from the first lines, else pdq-csv for *.csv, else jsonl"
+    )
     import_file.add_argument("--batch", type=int, default=IMPORT_BATCH, help="entries per transaction")
 
     export = commands.add_parser("export", parents=[common], help="write a list's entries to stdout")
     export.add_argument("list")
-    export.add_argument("--format", choices=FORMATS, help="default: jsonl (pdq-csv for an --output *.csv)")
+    export.add_argument("--format", choices=EXPORT_FORMATS, help="default: jsonl (pdq-csv for an --output *.csv)")
     export.add_argument("--with-embeddings", action="store_true", help="include embeddings (jsonl only)")
     export.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
 
