@@ -29,12 +29,15 @@ from client.hashfiles import (
     EXPORT_FORMATS,
     FORMATS,
     JSONL,
+    PDQ_CSV,
+    PDQ_HASHES,
     BadLine,
     detect_format,
     format_for,
     read_entries,
     write_jsonl,
     write_pdq_csv,
+    write_pdq_hashes,
 )
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.stub import DEFAULT_SERVER, IMPORT_BATCH, LookalikeClient
@@ -341,8 +344,10 @@ def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output
 
 
 def cmd_export(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
-    """Write a list's entries to stdout (or --output) as JSON lines or PDQ CSV."""
+    """Write a list's entries to stdout (or --output) as JSON lines, PDQ CSV or bare PDQ hashes."""
     file_format = args.format or (format_for(args.output, None) if args.output else JSONL)
+    if args.no_header and file_format != PDQ_CSV:
+        raise SystemExit(f"lookalike: --no-header applies to --format {PDQ_CSV} only, not {file_format}")
     total = client.get_list(args.list).entry_count
     out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     try:
@@ -355,8 +360,10 @@ def cmd_export(client: LookalikeClient, args: argparse.Namespace, output: Output
 
             if file_format == JSONL:
                 written, skipped = write_jsonl(entries(), out), 0
+            elif file_format == PDQ_HASHES:
+                written, skipped = write_pdq_hashes(entries(), out)
             else:
-                written, skipped = write_pdq_csv(entries(), out)
+                written, skipped = write_pdq_csv(entries(), out, header=not args.no_header)
     finally:
         out.flush()
         if out is not sys.stdout:
@@ -797,6 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", parents=[common], help="write a list's entries to stdout")
     export.add_argument("list")
     export.add_argument("--format", choices=EXPORT_FORMATS, help="default: jsonl (pdq-csv for an --output *.csv)")
+    export.add_argument("--no-header", action="store_true", help="pdq-csv rows only: hash,quality,filename")
     export.add_argument("--with-embeddings", action="store_true", help="include embeddings (jsonl only)")
     export.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
 

@@ -1,5 +1,5 @@
-"""Hash list files in the layouts of the programs that make them, read into entries; JSON lines (lossless)
-and PDQ CSV written from them.
+"""Hash list files in the layouts of the programs that make them, read into entries; JSON lines (lossless),
+PDQ CSV and bare PDQ hashes written from them.
 
 JSON lines: one object per entry with `id`, `pdq`, `pdq_quality`, `md5`, `sha256`,
 `phash`, `meta` (an object of strings), `created` (ISO-8601; informational) and,
@@ -15,7 +15,7 @@ for keys that clash with those names); empty cells are left out. Exports write
 such a header: `hash,quality,id`, then `sha256`/`md5` when any entry has them,
 then the meta keys.
 
-Other layouts, read only: `pdq-hashes`, one hex PDQ hash per line; `te-signals`,
+Other layouts, read only: `pdq-hashes`, one hex PDQ hash per line (also written); `te-signals`,
 a signal type, a space and the hash (`pdq HASH`, as ThreatExchange's `threatexchange` CLI and its
 file exchange write them; `md5` and `sha256` lines too), then an optional quality or a note;
 `hash-filename`, CSV rows of a hash and a file name; `pdq-details`, the reference PDQ hasher's
@@ -55,7 +55,7 @@ PDQ_DETAILS = "pdq-details"
 TE_DATASET = "te-dataset"
 FORMATS = (JSONL, PDQ_CSV, PDQ_HASHES, TE_SIGNALS, HASH_FILENAME, PDQ_DETAILS, TE_DATASET)
 """Layouts `read_entries` reads."""
-EXPORT_FORMATS = (JSONL, PDQ_CSV)
+EXPORT_FORMATS = (JSONL, PDQ_CSV, PDQ_HASHES)
 """Layouts entries are written in."""
 
 _TEXT_FIELDS = ("id", "pdq", "md5", "sha256", "phash", "model")
@@ -343,9 +343,11 @@ def _meta_column(key: str) -> str:
     return _META_PREFIX + key if clashes else key
 
 
-def write_pdq_csv(entries: Iterable[Entry], out: TextIO) -> tuple[int, int]:
+def write_pdq_csv(entries: Iterable[Entry], out: TextIO, *, header: bool = True) -> tuple[int, int]:
     """Entries that have a PDQ hash, under a header; returns (written, skipped for lack of a PDQ).
-    The rows are held until the end: the header names every meta key."""
+    The rows are held until the end: the header names every meta key. Without a header, rows are
+    what ThreatExchange's hasher prints and its C++ tools read (they stop at a header row):
+    `hash,quality,filename`, the file name from meta `filename` (left out when no entry has one)."""
     rows: list[Entry] = []
     skipped = 0
     for entry in entries:
@@ -353,10 +355,16 @@ def write_pdq_csv(entries: Iterable[Entry], out: TextIO) -> tuple[int, int]:
             rows.append(entry)
         else:
             skipped += 1
+    writer = csv.writer(out, lineterminator="\n")
+    if not header:
+        named = any("filename" in entry.meta for entry in rows)
+        for entry in rows:
+            filename = [entry.meta.get("filename", "")] if named else []
+            writer.writerow([entry.hashes.pdq, entry.hashes.pdq_quality, *filename])
+        return len(rows), skipped
     digests = [name for name in ("sha256", "md5") if any(getattr(e.hashes, name) for e in rows)]
     meta_keys = sorted({key for entry in rows for key in entry.meta})
     meta_columns = [_meta_column(key) for key in meta_keys]
-    writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["hash", "quality", "id", *digests, *meta_columns])
     for entry in rows:
         hashes = entry.hashes
@@ -370,6 +378,18 @@ def write_pdq_csv(entries: Iterable[Entry], out: TextIO) -> tuple[int, int]:
             ]
         )
     return len(rows), skipped
+
+
+def write_pdq_hashes(entries: Iterable[Entry], out: TextIO) -> tuple[int, int]:
+    """The PDQ hashes alone, one a line; returns (written, skipped for lack of a PDQ)."""
+    written = skipped = 0
+    for entry in entries:
+        if entry.hashes.pdq:
+            out.write(entry.hashes.pdq + "\n")
+            written += 1
+        else:
+            skipped += 1
+    return written, skipped
 
 
 # Other programs' layouts -------------------------------------------------------

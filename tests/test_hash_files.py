@@ -1,5 +1,5 @@
 """Hash list files in other programs' layouts through the real CLI and a real server: each layout told
-apart from its first lines, and `--format` overriding that."""
+apart from its first lines, `--format` overriding that, and exports in every format read back the same."""
 
 from __future__ import annotations
 
@@ -135,3 +135,56 @@ def test_format_overrides_the_guess_and_bad_lines_are_named_in_every_layout(
     headless.write_text(f"pdq,{h[3]},c,,\n")
     code, printed = imported(lookalike, "headless", headless, "--format", "te-dataset")
     assert code == 1 and printed[0]["line"] == 1 and "signal_type" in printed[0]["error"]
+
+
+def test_exports_in_every_format_import_into_a_fresh_list_as_the_same_entries(
+    lookalike: ServerHandle, tmp_path: Path
+) -> None:
+    client = lookalike.client
+    client.create_list("source")
+    h = pdq_hashes(3, seed=3)
+    client.add_hash("source", client.hash_entry(pdq=h[0], pdq_quality=70, meta={"filename": "a, b.jpg"}, id="one"))
+    client.add_hash("source", client.hash_entry(pdq=h[1], pdq_quality=100, meta={"filename": "b.jpg"}, id="two"))
+    client.add_hash("source", client.hash_entry(pdq=h[2], pdq_quality=55, meta={"filename": "c.jpg"}, id="three"))
+    client.add_hash("source", client.hash_entry(md5="1e" * 16, id="digest-only"))
+    source = listed(client, "source")
+    with_pdq = [entry for entry in source if entry[0]]
+
+    exports = {
+        "jsonl": ("--format", "jsonl"),
+        "pdq-csv": ("--format", "pdq-csv"),
+        "headerless": ("--format", "pdq-csv", "--no-header"),
+        "hashes": ("--format", "pdq-hashes"),
+    }
+    files: dict[str, Path] = {}
+    for name, flags in exports.items():
+        files[name] = tmp_path / f"{name}.out"
+        code, _, stderr = run(lookalike, "export", "source", "--output", str(files[name]), *flags)
+        written = 4 if name == "jsonl" else 3
+        assert code == 0 and f"exported {written} entries" in stderr, (name, stderr)
+        code, printed = imported(lookalike, name, files[name])
+        assert code == 0 and printed[-1] == {"list": name, "added": written, "duplicates": 0, "failed": 0}
+
+    assert listed(client, "jsonl") == source
+    assert [e.id for e in client.export_entries("jsonl")] == ["one", "two", "three", "digest-only"]
+    assert listed(client, "pdq-csv") == listed(client, "headerless") == with_pdq
+    assert [e.id for e in client.export_entries("pdq-csv")] == ["one", "two", "three"]
+    assert listed(client, "hashes") == [(pdq, 100, {}, "") for pdq, *_ in with_pdq]  # the hashes alone
+
+    headerless = files["headerless"].read_text().splitlines()
+    assert headerless == [f'{h[0]},70,"a, b.jpg"', f"{h[1]},100,b.jpg", f"{h[2]},55,c.jpg"]
+    assert files["hashes"].read_text() == "".join(f"{pdq}\n" for pdq in h)
+    code, _, stderr = run(lookalike, "export", "source", "--format", "jsonl", "--no-header")
+    assert code != 0 and "--no-header applies to --format pdq-csv only" in stderr
+
+
+def test_a_headerless_export_without_file_names_is_hash_and_quality(lookalike: ServerHandle, tmp_path: Path) -> None:
+    client = lookalike.client
+    client.create_list("plain")
+    h = pdq_hashes(2, seed=4)
+    for quality, pdq in zip((80, 90), h, strict=True):
+        client.add_hash("plain", client.hash_entry(pdq=pdq, pdq_quality=quality, meta={"case": "7"}))
+    code, _, _ = run(lookalike, "export", "plain", "--format", "pdq-csv", "--no-header", "-o", str(tmp_path / "p.csv"))
+    assert code == 0 and (tmp_path / "p.csv").read_text() == f"{h[0]},80\n{h[1]},90\n"
+    code, _ = imported(lookalike, "copy", tmp_path / "p.csv")
+    assert code == 0 and listed(client, "copy") == [(h[0], 80, {}, ""), (h[1], 90, {}, "")]
