@@ -15,15 +15,16 @@ for keys that clash with those names); empty cells are left out. Exports write
 such a header: `hash,quality,id`, then `sha256`/`md5` when any entry has them,
 then the meta keys.
 
-Other layouts, read only: `pdq-hashes`, one hex PDQ hash per line (also written); `te-signals`,
-a signal type, a space and the hash (`pdq HASH`, as ThreatExchange's `threatexchange` CLI and its
-file exchange write them; `md5` and `sha256` lines too), then an optional quality or a note;
-`hash-filename`, CSV rows of a hash and a file name; `pdq-details`, the reference PDQ hasher's
-`--details` lines (`hash=...,norm=...,delta=...,quality=...,filename=...`; norm and delta are
-left out, since they follow from the hashes, other keys become meta); `te-dataset`, the CSV that
-`threatexchange dataset -P --csv` writes (`signal_type,signal_str,collab,category,tags`; pdq rows
-become entries with that meta, rows of other signal types are bad lines). `detect_format`
-tells them apart from a file's first non-empty lines.
+Bare PDQ hashes (`pdq-hashes`): one hex hash per line, read and written. Other layouts, read
+only: `te-signals`, a signal type, a space and the hash (`pdq HASH`, as ThreatExchange's
+`threatexchange` CLI and its file exchange write them; `md5` and `sha256` lines too), then an
+optional quality or a note; `hash-filename`, CSV rows of a hash and a file name; `pdq-details`,
+the reference PDQ hasher's `--details` lines (`hash=...,norm=...,delta=...,quality=...,filename=...`;
+norm and delta are left out, since they follow from the hashes, other keys become meta);
+`te-dataset`, the CSV that `threatexchange dataset -P --csv` writes
+(`signal_type,signal_str,collab,category,tags`; pdq rows become entries with the other columns as
+meta, rows of signal types that hash no picture, such as url or video_md5, are bad lines).
+`detect_format` tells them apart from a file's first non-empty lines.
 
 Only the shape of a line is checked here (UTF-8, JSON, types, base64); the server
 checks the hashes themselves and reports each bad entry, so both paths name the line.
