@@ -25,7 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from client.errors import LookalikeError
-from client.hashfiles import FORMATS, JSONL, BadLine, format_for, read_entries, write_jsonl, write_pdq_csv
+from client.hashfiles import (
+    EXPORT_FORMATS,
+    FORMATS,
+    JSONL,
+    PDQ_CSV,
+    PDQ_HASHES,
+    BadLine,
+    detect_format,
+    format_for,
+    read_entries,
+    write_jsonl,
+    write_pdq_csv,
+    write_pdq_hashes,
+)
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.stub import DEFAULT_SERVER, IMPORT_BATCH, LookalikeClient
 from client.types import (
@@ -281,7 +294,6 @@ def _count_lines(path: str) -> int | None:
 
 def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
     """Stream the file's entries in batches; bad lines are reported with their number and skipped."""
-    file_format = format_for(args.file, args.format)
     try:
         total = None if args.quiet else _count_lines(args.file)
         # surrogateescape: a line that is not UTF-8 is reported by number instead of ending the read
@@ -290,6 +302,7 @@ def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output
             if args.file == "-"
             else open(args.file, encoding="utf-8", errors="surrogateescape", newline="")
         )
+        file_format, lines = detect_format(handle, args.format, args.file)
     except OSError as error:
         raise SystemExit(f"lookalike: cannot read {args.file}: {error.strerror}") from None
     sent: list[int] = []  # line number of each entry sent, by stream position
@@ -303,7 +316,7 @@ def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output
             output.fail_line(item.line, item.message)
 
     def entries() -> Iterator[pb.HashEntry]:
-        for number, item in read_entries(handle, file_format):
+        for number, item in read_entries(lines, file_format):
             if isinstance(item, BadLine):
                 bad.append(item)
             else:
@@ -331,8 +344,10 @@ def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output
 
 
 def cmd_export(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
-    """Write a list's entries to stdout (or --output) as JSON lines or PDQ CSV."""
+    """Write a list's entries to stdout (or --output) as JSON lines, PDQ CSV or bare PDQ hashes."""
     file_format = args.format or (format_for(args.output, None) if args.output else JSONL)
+    if args.no_header and file_format != PDQ_CSV:
+        raise SystemExit(f"lookalike: --no-header applies to --format {PDQ_CSV} only, not {file_format}")
     total = client.get_list(args.list).entry_count
     out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     try:
@@ -345,8 +360,10 @@ def cmd_export(client: LookalikeClient, args: argparse.Namespace, output: Output
 
             if file_format == JSONL:
                 written, skipped = write_jsonl(entries(), out), 0
+            elif file_format == PDQ_HASHES:
+                written, skipped = write_pdq_hashes(entries(), out)
             else:
-                written, skipped = write_pdq_csv(entries(), out)
+                written, skipped = write_pdq_csv(entries(), out, header=not args.no_header)
     finally:
         out.flush()
         if out is not sys.stdout:
@@ -779,12 +796,15 @@ def build_parser() -> argparse.ArgumentParser:
     import_file = commands.add_parser("import", parents=[common], help="import a hash list file into a list")
     import_file.add_argument("list")
     import_file.add_argument("file", metavar="FILE", help="the file, or - for stdin")
-    import_file.add_argument("--format", choices=FORMATS, help="default: pdq-csv for *.csv, else jsonl")
+    import_file.add_argument(
+        "--format", choices=FORMATS, help="default: recognised from the first lines, else pdq-csv for *.csv, else jsonl"
+    )
     import_file.add_argument("--batch", type=int, default=IMPORT_BATCH, help="entries per transaction")
 
     export = commands.add_parser("export", parents=[common], help="write a list's entries to stdout")
     export.add_argument("list")
-    export.add_argument("--format", choices=FORMATS, help="default: jsonl (pdq-csv for an --output *.csv)")
+    export.add_argument("--format", choices=EXPORT_FORMATS, help="default: jsonl (pdq-csv for an --output *.csv)")
+    export.add_argument("--no-header", action="store_true", help="pdq-csv rows only: hash,quality,filename")
     export.add_argument("--with-embeddings", action="store_true", help="include embeddings (jsonl only)")
     export.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
 

@@ -1,4 +1,5 @@
-"""Hash list files: JSON lines (lossless) and ThreatExchange's PDQ CSV, read into entries and written from them.
+"""Hash list files in the layouts of the programs that make them, read into entries; JSON lines (lossless),
+PDQ CSV and bare PDQ hashes written from them.
 
 JSON lines: one object per entry with `id`, `pdq`, `pdq_quality`, `md5`, `sha256`,
 `phash`, `meta` (an object of strings), `created` (ISO-8601; informational) and,
@@ -14,6 +15,17 @@ for keys that clash with those names); empty cells are left out. Exports write
 such a header: `hash,quality,id`, then `sha256`/`md5` when any entry has them,
 then the meta keys.
 
+Bare PDQ hashes (`pdq-hashes`): one hex hash per line, read and written. Other layouts, read
+only: `te-signals`, a signal type, a space and the hash (`pdq HASH`, as ThreatExchange's
+`threatexchange` CLI and its file exchange write them; `md5` and `sha256` lines too), then an
+optional quality or a note; `hash-filename`, CSV rows of a hash and a file name; `pdq-details`,
+the reference PDQ hasher's `--details` lines (`hash=...,norm=...,delta=...,quality=...,filename=...`;
+norm and delta are left out, since they follow from the hashes, other keys become meta);
+`te-dataset`, the CSV that `threatexchange dataset -P --csv` writes
+(`signal_type,signal_str,collab,category,tags`; pdq rows become entries with the other columns as
+meta, rows of signal types that hash no picture, such as url or video_md5, are bad lines).
+`detect_format` tells them apart from a file's first non-empty lines.
+
 Only the shape of a line is checked here (UTF-8, JSON, types, base64); the server
 checks the hashes themselves and reports each bad entry, so both paths name the line.
 Files are best opened with errors="surrogateescape": a line that is not UTF-8 is
@@ -25,8 +37,10 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import itertools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -35,7 +49,15 @@ from client.types import Entry
 
 JSONL = "jsonl"
 PDQ_CSV = "pdq-csv"
-FORMATS = (JSONL, PDQ_CSV)
+PDQ_HASHES = "pdq-hashes"
+TE_SIGNALS = "te-signals"
+HASH_FILENAME = "hash-filename"
+PDQ_DETAILS = "pdq-details"
+TE_DATASET = "te-dataset"
+FORMATS = (JSONL, PDQ_CSV, PDQ_HASHES, TE_SIGNALS, HASH_FILENAME, PDQ_DETAILS, TE_DATASET)
+"""Layouts `read_entries` reads."""
+EXPORT_FORMATS = (JSONL, PDQ_CSV, PDQ_HASHES)
+"""Layouts entries are written in."""
 
 _TEXT_FIELDS = ("id", "pdq", "md5", "sha256", "phash", "model")
 _JSONL_FIELDS = frozenset((*_TEXT_FIELDS, "pdq_quality", "meta", "embedding", "created"))
@@ -74,8 +96,74 @@ def format_for(path: str, given: str | None) -> str:
     return PDQ_CSV if path.lower().endswith(".csv") else JSONL
 
 
+DETECTION_LINES = 20
+"""Non-empty lines `detect_format` reads: enough to see a file name where a quality could stand."""
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_SIGNAL_LINE = re.compile(r"([A-Za-z][A-Za-z0-9_]*)\s+[0-9a-fA-F]+(\s|$)")
+
+
+def _first_cells(line: str) -> list[str]:
+    try:
+        return [cell.strip() for cell in next(csv.reader([line]), [])]
+    except csv.Error:
+        return []
+
+
+def _is_integer(text: str) -> bool:
+    return text.lstrip("+-").isdigit()
+
+
+def _recognise(head: Sequence[str]) -> str | None:
+    """The layout the first non-empty lines are in, or None when they look like none of them."""
+    first = head[0].strip()
+    cells = _first_cells(first)
+    if first.startswith("{"):
+        return JSONL
+    if first.lower().startswith("hash="):
+        return PDQ_DETAILS
+    if _is_dataset_header(cells):
+        return TE_DATASET
+    if _is_header(cells):
+        return PDQ_CSV
+    if _SIGNAL_LINE.match(first):
+        return TE_SIGNALS
+    if _HEX.fullmatch(first):
+        return PDQ_HASHES
+    if len(cells) >= 2 and _HEX.fullmatch(cells[0]):
+        # ThreatExchange's hasher writes hash,quality,filename; a quality is a number, a file name seldom is
+        named = any(len(row) >= 2 and row[1] and not _is_integer(row[1]) for row in map(_first_cells, head))
+        return HASH_FILENAME if named else PDQ_CSV
+    return None
+
+
+def detect_format(lines: Iterable[str], given: str | None, path: str = "") -> tuple[str, Iterator[str]]:
+    """The file's format: the one given, else recognised from its first non-empty lines, else guessed
+    from its name (`format_for`); and its lines, those read to tell included."""
+    iterator = iter(lines)
+    if given:
+        return given, iterator
+    head: list[str] = []
+    read: list[str] = []
+    for line in iterator:
+        read.append(line)
+        if line.strip():
+            head.append(line)
+            if len(head) == DETECTION_LINES:
+                break
+    found = _recognise(head) if head else None
+    return found or format_for(path, None), itertools.chain(read, iterator)
+
+
 def read_entries(lines: Iterable[str], file_format: str) -> Iterator[Parsed]:
-    return read_pdq_csv(lines) if file_format == PDQ_CSV else read_jsonl(lines)
+    readers = {
+        PDQ_CSV: read_pdq_csv,
+        PDQ_HASHES: read_pdq_hashes,
+        TE_SIGNALS: read_te_signals,
+        HASH_FILENAME: read_hash_filename,
+        PDQ_DETAILS: read_pdq_details,
+        TE_DATASET: read_te_dataset,
+    }
+    return readers.get(file_format, read_jsonl)(lines)
 
 
 # JSON lines -----------------------------------------------------------------
@@ -159,6 +247,17 @@ def write_jsonl(entries: Iterable[Entry], out: TextIO) -> int:
 # PDQ CSV ---------------------------------------------------------------------
 
 
+def _quality(value: str) -> int:
+    """A quality cell as a number; the server checks its range, this only that it is one protobuf holds."""
+    try:
+        quality = int(value)
+    except ValueError:
+        raise ValueError(f"quality must be an integer from 0 to 100, got {value!r}") from None
+    if not -(2**31) <= quality < 2**31:
+        raise ValueError(f"quality must be an integer from 0 to 100, got {value!r}")
+    return quality
+
+
 def _is_header(row: Sequence[str]) -> bool:
     """Whether a first row names columns: it names a hash column (a hash would not)."""
     names = {cell.strip().lower() for cell in row}
@@ -182,13 +281,7 @@ def _csv_entry(row: Sequence[str], names: Sequence[str]) -> pb.HashEntry:
         if field in _HASH_COLUMNS:
             entry.pdq = value
         elif field in _QUALITY_COLUMNS:
-            try:
-                quality = int(value)
-            except ValueError:
-                raise ValueError(f"quality must be an integer from 0 to 100, got {value!r}") from None
-            if not -(2**31) <= quality < 2**31:
-                raise ValueError(f"quality must be an integer from 0 to 100, got {value!r}")
-            entry.pdq_quality = quality
+            entry.pdq_quality = _quality(value)
         elif field in ("id", "md5", "sha256"):
             setattr(entry, field, value)
         else:
@@ -196,11 +289,10 @@ def _csv_entry(row: Sequence[str], names: Sequence[str]) -> pb.HashEntry:
     return entry
 
 
-def read_pdq_csv(lines: Iterable[str]) -> Iterator[Parsed]:
-    """Entries of a PDQ CSV file, with or without a header row; blank lines are skipped."""
+def _csv_rows(lines: Iterable[str]) -> Iterator[tuple[int, list[str] | BadLine]]:
+    """Each non-blank row of a CSV file with the line it starts on (a quoted cell may span lines),
+    or why it could not be read."""
     reader = csv.reader(lines)
-    header: list[str] | None = None
-    first = True
     line = 1
     while True:
         try:
@@ -211,20 +303,39 @@ def read_pdq_csv(lines: Iterable[str]) -> Iterator[Parsed]:
             yield line, BadLine(line, f"broken CSV: {error}")
             line = reader.line_num + 1
             continue
-        start, line = line, reader.line_num + 1  # a quoted cell may span lines: report where the row starts
-        if not any(cell.strip() for cell in row):
+        start, line = line, reader.line_num + 1
+        if any(cell.strip() for cell in row):
+            yield start, row
+
+
+def _read_csv(
+    lines: Iterable[str],
+    entry: Callable[[list[str], list[str] | None], pb.HashEntry],
+    header: Callable[[list[str]], bool],
+) -> Iterator[Parsed]:
+    """Entries of a CSV file, its first row taken as a header where `header` says it is one."""
+    names: list[str] | None = None
+    first = True
+    for start, row in _csv_rows(lines):
+        if isinstance(row, BadLine):
+            yield start, row
             continue
         if first:
             first = False
-            if _is_header(row):
-                header = list(row)
+            if header(row):
+                names = list(row)
                 continue
         try:
             for cell in row:
                 _require_utf8(cell)
-            yield start, _csv_entry(row, header if header is not None else _headerless_names(len(row)))
+            yield start, entry(row, names)
         except ValueError as error:
             yield start, BadLine(start, str(error))
+
+
+def read_pdq_csv(lines: Iterable[str]) -> Iterator[Parsed]:
+    """Entries of a PDQ CSV file, with or without a header row; blank lines are skipped."""
+    return _read_csv(lines, lambda row, names: _csv_entry(row, names or _headerless_names(len(row))), _is_header)
 
 
 def _meta_column(key: str) -> str:
@@ -233,9 +344,11 @@ def _meta_column(key: str) -> str:
     return _META_PREFIX + key if clashes else key
 
 
-def write_pdq_csv(entries: Iterable[Entry], out: TextIO) -> tuple[int, int]:
+def write_pdq_csv(entries: Iterable[Entry], out: TextIO, *, header: bool = True) -> tuple[int, int]:
     """Entries that have a PDQ hash, under a header; returns (written, skipped for lack of a PDQ).
-    The rows are held until the end: the header names every meta key."""
+    The rows are held until the end: the header names every meta key. Without a header, rows are
+    what ThreatExchange's hasher prints and its C++ tools read (they stop at a header row):
+    `hash,quality,filename`, the file name from meta `filename` (left out when no entry has one)."""
     rows: list[Entry] = []
     skipped = 0
     for entry in entries:
@@ -243,10 +356,16 @@ def write_pdq_csv(entries: Iterable[Entry], out: TextIO) -> tuple[int, int]:
             rows.append(entry)
         else:
             skipped += 1
+    writer = csv.writer(out, lineterminator="\n")
+    if not header:
+        named = any("filename" in entry.meta for entry in rows)
+        for entry in rows:
+            filename = [entry.meta.get("filename", "")] if named else []
+            writer.writerow([entry.hashes.pdq, entry.hashes.pdq_quality, *filename])
+        return len(rows), skipped
     digests = [name for name in ("sha256", "md5") if any(getattr(e.hashes, name) for e in rows)]
     meta_keys = sorted({key for entry in rows for key in entry.meta})
     meta_columns = [_meta_column(key) for key in meta_keys]
-    writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["hash", "quality", "id", *digests, *meta_columns])
     for entry in rows:
         hashes = entry.hashes
@@ -260,3 +379,147 @@ def write_pdq_csv(entries: Iterable[Entry], out: TextIO) -> tuple[int, int]:
             ]
         )
     return len(rows), skipped
+
+
+def write_pdq_hashes(entries: Iterable[Entry], out: TextIO) -> tuple[int, int]:
+    """The PDQ hashes alone, one a line; returns (written, skipped for lack of a PDQ)."""
+    written = skipped = 0
+    for entry in entries:
+        if entry.hashes.pdq:
+            out.write(entry.hashes.pdq + "\n")
+            written += 1
+        else:
+            skipped += 1
+    return written, skipped
+
+
+# Other programs' layouts -------------------------------------------------------
+
+
+def _read_lines(lines: Iterable[str], entry: Callable[[str], pb.HashEntry]) -> Iterator[Parsed]:
+    """Entries of a file with one entry per line; blank lines are skipped."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            _require_utf8(line)
+            yield number, entry(line.strip())
+        except ValueError as error:
+            yield number, BadLine(number, str(error))
+
+
+def _bare_hash_entry(text: str) -> pb.HashEntry:
+    words = text.split()
+    if len(words) != 1:
+        raise ValueError(f"expected one PDQ hash alone on the line, got {len(words)} words")
+    return pb.HashEntry(pdq=words[0])
+
+
+def read_pdq_hashes(lines: Iterable[str]) -> Iterator[Parsed]:
+    """Entries of a file of bare PDQ hashes, one a line (their quality unknown: the server's default)."""
+    return _read_lines(lines, _bare_hash_entry)
+
+
+_SIGNAL_FIELDS = {"pdq": "pdq", "md5": "md5", "sha256": "sha256"}
+"""ThreatExchange signal types that are hashes of a picture, and the entry field each fills."""
+
+
+def _signal_entry(kind: str, signal: str) -> pb.HashEntry:
+    field = _SIGNAL_FIELDS.get(kind.strip().lower())
+    if field is None:
+        raise ValueError(
+            f"signal type {kind!r} is not a picture hash this server keeps (it keeps {', '.join(_SIGNAL_FIELDS)})"
+        )
+    entry = pb.HashEntry()
+    setattr(entry, field, signal.strip())
+    return entry
+
+
+def _signal_line_entry(text: str) -> pb.HashEntry:
+    words = text.split(maxsplit=2)
+    if len(words) < 2:
+        raise ValueError("expected a signal type and its hash, e.g. 'pdq HASH'")
+    entry = _signal_entry(words[0], words[1])
+    rest = words[2].strip() if len(words) == 3 else ""
+    if entry.pdq and _is_integer(rest):
+        entry.pdq_quality = _quality(rest)
+    elif rest:
+        entry.meta["note"] = rest
+    return entry
+
+
+def read_te_signals(lines: Iterable[str]) -> Iterator[Parsed]:
+    """Entries of `TYPE HASH [QUALITY or note]` lines, as ThreatExchange's CLI prints and its file exchange reads."""
+    return _read_lines(lines, _signal_line_entry)
+
+
+_DERIVED_DETAILS = frozenset(("norm", "delta"))
+"""Keys of the hasher's --details output left out: the hash's bit count and its distance to the previous file's."""
+
+
+def _details_entry(text: str) -> pb.HashEntry:
+    """A `hash=...,quality=...,filename=...` line; the file name comes last and may hold commas."""
+    entry = pb.HashEntry()
+    rest = text
+    while rest:
+        key, equals, rest = rest.partition("=")
+        key = key.strip()
+        if not equals or not key:
+            raise ValueError(f"expected key=value pairs separated by commas, got {key!r}")
+        if key.lower() == "filename":
+            value, rest = rest, ""
+        else:
+            value, _, rest = rest.partition(",")
+        name = key.lower()
+        if name == "hash":
+            entry.pdq = value.strip()
+        elif name == "quality":
+            entry.pdq_quality = _quality(value.strip())
+        elif name not in _DERIVED_DETAILS and value:
+            entry.meta[key] = value
+    return entry
+
+
+def read_pdq_details(lines: Iterable[str]) -> Iterator[Parsed]:
+    """Entries of the reference PDQ hasher's --details output (pdq-photo-hasher -d)."""
+    return _read_lines(lines, _details_entry)
+
+
+def _hash_filename_entry(row: list[str], names: list[str] | None) -> pb.HashEntry:
+    entry = pb.HashEntry(pdq=row[0].strip())
+    filename = ",".join(row[1:])  # a file name with commas, written unquoted, spans several cells
+    if filename.strip():
+        entry.meta["filename"] = filename
+    return entry
+
+
+def read_hash_filename(lines: Iterable[str]) -> Iterator[Parsed]:
+    """Entries of `hash,filename` rows (a first row naming its columns is skipped)."""
+    return _read_csv(lines, _hash_filename_entry, _is_header)
+
+
+TE_DATASET_COLUMNS = ("signal_type", "signal_str", "collab", "category", "tags")
+"""The header `threatexchange dataset -P --csv` writes."""
+
+
+def _is_dataset_header(row: Sequence[str]) -> bool:
+    return {"signal_type", "signal_str"} <= {cell.strip().lower() for cell in row}
+
+
+def _dataset_entry(row: list[str], names: list[str] | None) -> pb.HashEntry:
+    columns = [name.strip().lower() for name in names or ()]
+    if not {"signal_type", "signal_str"} <= set(columns):
+        raise ValueError(f"the first row must name the columns ({','.join(TE_DATASET_COLUMNS)})")
+    if len(row) > len(columns):
+        raise ValueError(f"{len(row)} columns, but the header names {len(columns)}")
+    cells = dict(zip(columns, row, strict=False))
+    entry = _signal_entry(cells.pop("signal_type", ""), cells.pop("signal_str", ""))
+    for name, value in cells.items():
+        if value.strip():
+            entry.meta[name] = value
+    return entry
+
+
+def read_te_dataset(lines: Iterable[str]) -> Iterator[Parsed]:
+    """Entries of a ThreatExchange dataset CSV: pdq rows, with their collaboration, category and tags as meta."""
+    return _read_csv(lines, _dataset_entry, _is_dataset_header)

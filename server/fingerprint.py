@@ -129,7 +129,7 @@ class Fingerprinter:
         with _timed(stages, "decode"):
             decoded = decode_image(data, self.max_pixels)
         with _timed(stages, "hash"):
-            variants, quality = pdq_hashes(decoded.rgb)
+            variants, quality = pdq_hashes(decoded.pdq_rgb)
             model_input = embedding_input(decoded.rgb)
             hashes = Hashes(
                 sha256=hashlib.sha256(data).digest(),

@@ -1,11 +1,16 @@
-"""Turning untrusted image bytes into one RGB picture, the same way every time.
+"""Turning untrusted image bytes into the RGB pictures fingerprints are taken from, the same way every time.
 
-Every fingerprint is computed from the picture this module returns, so a listed
-image and a later upload of it go through identical decoding: EXIF orientation
-applied, first frame only, transparency flattened onto white, 16-bit and CMYK
-brought to 8-bit RGB. JPEGs are decoded in Pillow's draft mode (DCT scaling) to
-about the size the hashes need, which is several times cheaper than a full
-decode and moves PDQ by a few bits at most.
+Every fingerprint is computed from the pictures this module returns, so a listed
+image and a later upload of it go through identical decoding: first frame only,
+16-bit and CMYK brought to 8-bit RGB. The picture shown (embedding, pHash,
+regions) has its EXIF orientation applied and transparency flattened onto white.
+PDQ gets the picture as ThreatExchange's reference hasher reads the file, so that
+hashes from shared lists match ours: as stored, EXIF orientation not applied, and
+the colour under transparent pixels kept (its pdq-photo-hasher loads through CImg
+and ImageMagick, which do neither; pdq/python's Pillow loader and
+python-threatexchange's agree). JPEGs are decoded in Pillow's draft mode (DCT
+scaling) to about the size the hashes need, which is several times cheaper than
+a full decode and moves PDQ by a few bits at most.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from client.errors import InvalidArgument, ResourceExhausted
 
@@ -44,6 +49,9 @@ class DecodedImage:
     rgb: Image.Image
     format: str
     original_size: tuple[int, int]
+    pdq_rgb: Image.Image
+    """The picture PDQ is computed from: as stored, with the colour under transparent pixels (the
+    same object as `rgb` for a picture with neither an EXIF turn nor transparency)."""
 
 
 def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
@@ -67,7 +75,12 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
                 image.draft("RGB", _draft_request(width, height))
             image.seek(0)
             image.load()
-            rgb = _bounded(_to_rgb(_apply_orientation(image)))
+            turn = _orientation(image)
+            # Unflattened first, so that a large transparent picture holds one full-size RGB copy at a time.
+            unflattened = _bounded(image.convert("RGB")) if _has_alpha(image) else None
+            stored = _bounded(_to_rgb(image))
+            pdq_rgb = stored if unflattened is None else unflattened
+            rgb = stored if turn is None else stored.transpose(turn)
     except (InvalidArgument, ResourceExhausted):
         raise
     except UnidentifiedImageError:
@@ -83,7 +96,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         ) from None
     except MemoryError:
         raise ResourceExhausted("image too large to decode in memory", "IMAGE_TOO_LARGE") from None
-    return DecodedImage(rgb=rgb, format=image_format, original_size=(width, height))
+    return DecodedImage(rgb=rgb, format=image_format, original_size=(width, height), pdq_rgb=pdq_rgb)
 
 
 def _draft_request(width: int, height: int) -> tuple[int, int]:
@@ -103,14 +116,30 @@ def _bounded(rgb: Image.Image) -> Image.Image:
     return rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
-def _apply_orientation(image: Image.Image) -> Image.Image:
-    """Rotate per EXIF; a corrupt EXIF block leaves the picture as stored."""
+_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""EXIF orientation → the transpose that shows the picture upright."""
+
+
+def _orientation(image: Image.Image) -> Image.Transpose | None:
+    """The turn EXIF asks for (applied once the picture is scaled down: cheaper than turning the whole
+    decode); a corrupt EXIF block means none."""
     try:
-        if image.getexif().get(ExifTags.Base.Orientation, 1) not in range(2, 9):
-            return image  # exif_transpose would hand back a full copy
-        return ImageOps.exif_transpose(image) or image
+        return _TURNS.get(image.getexif().get(ExifTags.Base.Orientation, 1))
     except Exception:  # noqa: BLE001 - any EXIF parsing failure means "no orientation"
-        return image
+        return None
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    """Whether `_to_rgb` flattens the picture onto white (and PDQ's picture must keep the colour below)."""
+    return image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
 
 
 STRIPE_PIXELS = 1 << 20
@@ -119,6 +148,9 @@ many pixels large at a time: a small 16-bit or transparent PNG that declares 60 
 otherwise cost well over a gigabyte to decode, not a few hundred megabytes."""
 
 _SIXTEEN_BIT_TO_8 = np.clip(np.arange(65536, dtype=np.float64) / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 def _stripes(height: int, width: int) -> range:
@@ -143,7 +175,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode == "P":
         image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
         mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if mode in _ALPHA_MODES:
         rgb = Image.new("RGB", image.size)
         width, height = image.size
         rows = _stripes(height, width)
