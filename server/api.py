@@ -59,7 +59,15 @@ from server.service import (
     raise_if_abandoned,
 )
 from server.sources import image_bytes
-from server.store import LIST_KIND_ALLOW, AddOutcome, AuditRecord, EntryRecord, KeyRecord, ListRecord
+from server.store import (
+    LIST_KIND_ALLOW,
+    AddOutcome,
+    AuditRecord,
+    EntryRecord,
+    KeyRecord,
+    ListRecord,
+    validate_lists_named,
+)
 from server.webhooks import Delivery
 
 log = logging.getLogger(__name__)
@@ -611,6 +619,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
     @rpc
     def CheckHashes(self, request: pb.CheckHashesRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
+        validate_lists_named(request.lists)
         caller = self.access.authorize(context, "CheckHashes", list(request.lists))
         result = self.service.check_hashes(
             request.pdq,
@@ -675,6 +684,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
     @rpc
     def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
+        validate_lists_named(request.lists)
         caller = self.access.authorize(context, "Check", list(request.lists))
         return self._answer(request, caller)
 
@@ -685,6 +695,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
         caller = self.access.authorize(context, "CheckStream")
 
         def prepare(request: pb.CheckRequest) -> pb.CheckResponse:
+            validate_lists_named(request.lists)
             self.access.require(caller, Action.CHECK, list(request.lists))
             return self._answer(request, caller)
 
@@ -701,6 +712,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
     @rpc
     def CreateKey(self, request: pb.CreateKeyRequest, context: grpc.ServicerContext) -> pb.CreateKeyResponse:
+        validate_lists_named(request.lists)
         caller = self.access.authorize(context, "CreateKey")
         record, secret = self.access.create_key(caller, request.role, list(request.lists), request.name)
         return pb.CreateKeyResponse(key=key_info(record), secret=secret)

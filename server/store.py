@@ -74,6 +74,10 @@ LIST_KIND_ALLOW = "allow"
 LIST_KINDS = (LIST_KIND_DISALLOW, LIST_KIND_ALLOW)
 
 LIST_NAME = re.compile(r"^[a-z0-9_-]{1,64}\Z")  # \Z: `$` would also accept a trailing newline
+LISTS_NAMED_MAX = 256
+"""List names one request may carry (a check's, a key's): more than any caller needs, few enough that
+authorizing, logging and checking them stays cheap whatever a caller sends."""
+LISTS_NAMED_MAX_BYTES = LISTS_NAMED_MAX * 64
 ENTRY_ID_MAX = 256
 META_MAX_ITEMS = 64
 META_MAX_CHARS = 4096
@@ -193,6 +197,21 @@ def validate_list_name(name: str) -> None:
     if not LIST_NAME.match(name):
         raise InvalidArgument(
             f"list name {name[:80]!r} is invalid: use 1-64 lowercase letters, digits, '-' or '_'", "LIST_NAME_INVALID"
+        )
+
+
+def validate_lists_named(names: Sequence[str]) -> None:
+    """Refuse more list names than any real caller sends, before any other work is done for them."""
+    if len(names) > LISTS_NAMED_MAX:
+        raise InvalidArgument(
+            f"{len(names):,} list names in one request; at most {LISTS_NAMED_MAX}: name fewer", "LISTS_TOO_MANY"
+        )
+    size = sum(len(name.encode()) for name in names)
+    if size > LISTS_NAMED_MAX_BYTES:
+        raise InvalidArgument(
+            f"list names of {size:,} bytes in one request; at most {LISTS_NAMED_MAX_BYTES:,} "
+            "(a list name has at most 64 characters)",
+            "LISTS_TOO_MANY",
         )
 
 
