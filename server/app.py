@@ -136,7 +136,13 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         scan_budgets=(config.vector_scan_budget, config.pdq_scan_budget),
     )
     metrics.watch_lists(service.list_sizes)
-    checks = CheckLedger(store, service, config, WebhookOutbox(store, config, metrics), webhook_body)
+    try:
+        checks = CheckLedger(store, service, config, WebhookOutbox(store, config, metrics), webhook_body)
+    except BaseException:  # e.g. upgrading a format 2 folder's stored checks found the map full
+        workers.shutdown()
+        store.close()
+        _close_http(metrics_http)
+        raise
     metrics.watch_queues(service.flood.counts_by_list, lambda: checks.pending, lambda: checks.outbox.pending)
     ready = threading.Event()
     # FAISS's thread count is per thread (OpenMP): each thread that may search sets its own, or spins up a team.
