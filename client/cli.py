@@ -57,6 +57,7 @@ from client.types import (
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif"}
 MODEL_CHOICES = ("sscd", "sscd-distilled")
+OWNER_HELP = "the key id that made the check (admin, to reach another key's check; default: your own)"
 
 
 def _is_url(text: str) -> bool:
@@ -395,7 +396,10 @@ def stored_check_record(record: CheckRecord) -> dict[str, Any]:
 def cmd_result(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
     for check_id in args.ids:
         try:
-            record = client.wait_for_check(check_id, timeout=args.wait) if args.wait else client.get_check(check_id)
+            if args.wait:
+                record = client.wait_for_check(check_id, timeout=args.wait, owner=args.owner)
+            else:
+                record = client.get_check(check_id, owner=args.owner)
         except LookalikeError as error:
             output.fail_id(check_id, error)
             continue
@@ -436,7 +440,7 @@ def _feedback_text(feedback: Feedback) -> str:
 def cmd_feedback(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
     if args.feedback_command == "add":
         feedback = client.submit_feedback(
-            args.check_id, args.verdict, entry_id=args.entry, list_name=args.list, note=args.note
+            args.check_id, args.verdict, entry_id=args.entry, list_name=args.list, note=args.note, owner=args.owner
         )
         output.emit(feedback_record(feedback), _feedback_text(feedback))
     elif args.feedback_command == "ls":
@@ -745,6 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
     result = commands.add_parser("result", parents=[common], help="the stored result of checks, by id")
     result.add_argument("ids", nargs="+", metavar="ID")
     result.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait while a check is pending")
+    result.add_argument("--owner", metavar="KEY_ID", help=OWNER_HELP)
 
     feedback = commands.add_parser("feedback", help="send and list feedback on checks")
     feedback_commands = feedback.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
@@ -754,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     feedback_add.add_argument("--entry", default="", help="the entry judged (default: the best flagging match)")
     feedback_add.add_argument("--list", default="", help="the entry's list, when the check did not come near it")
     feedback_add.add_argument("--note", default="")
+    feedback_add.add_argument("--owner", metavar="KEY_ID", help=OWNER_HELP)
     feedback_ls = feedback_commands.add_parser("ls", parents=[common], help="list feedback, oldest first (admin)")
     feedback_ls.add_argument("--list", default="", help="only feedback on this list")
     feedback_ls.add_argument("--since", type=parse_time, metavar="TIME", help="ISO-8601 or unix seconds")

@@ -431,34 +431,46 @@ class LookalikeClient:
 
     # Stored checks, feedback, calibration, flood guard --------------------------
 
-    def get_check(self, check_id: str) -> CheckRecord:
-        """A stored check of this key's (any, for an admin): pending, done with its result, or failed."""
-        reply = _call(self._stub.GetCheck, pb.GetCheckRequest(id=check_id), timeout=self.timeout)
-        return CheckRecord.from_pb(reply)
+    def get_check(self, check_id: str, *, owner: str | None = None) -> CheckRecord:
+        """A stored check of this key's: pending, done with its result, or failed.
 
-    def wait_for_check(self, check_id: str, timeout: float = 60.0, poll: float = 0.1) -> CheckRecord:
+        Each key's check ids are its own; an admin reads another key's check by naming its `owner` (a key id).
+        """
+        request = pb.GetCheckRequest(id=check_id, owner=owner)
+        return CheckRecord.from_pb(_call(self._stub.GetCheck, request, timeout=self.timeout))
+
+    def wait_for_check(
+        self, check_id: str, timeout: float = 60.0, poll: float = 0.1, *, owner: str | None = None
+    ) -> CheckRecord:
         """Poll `get_check` until the check is no longer pending (or `timeout` seconds pass: it is returned pending)."""
         deadline = time.monotonic() + timeout
         while True:
-            record = self.get_check(check_id)
+            record = self.get_check(check_id, owner=owner)
             if record.status != "pending" or time.monotonic() >= deadline:
                 return record
             time.sleep(poll)
 
     def submit_feedback(
-        self, check_id: str, verdict: str, *, entry_id: str = "", list_name: str = "", note: str = ""
+        self,
+        check_id: str,
+        verdict: str,
+        *,
+        entry_id: str = "",
+        list_name: str = "",
+        note: str = "",
+        owner: str | None = None,
     ) -> Feedback:
         """A verdict ("false_positive", "missed_duplicate", "confirmed") on an entry of a stored check.
 
         `entry_id` empty: the check's best flagging match. `list_name` is needed only for an entry
-        the check did not come near (a missed duplicate).
+        the check did not come near (a missed duplicate). `owner`: as for `get_check`.
         """
         if verdict not in VERDICTS:
             raise InvalidArgument(
                 f"verdict {verdict!r} is unknown; use one of {', '.join(VERDICTS)}", "VERDICT_UNKNOWN"
             )
         request = pb.SubmitFeedbackRequest(
-            check_id=check_id, entry_id=entry_id, verdict=VERDICTS[verdict], note=note, list=list_name
+            check_id=check_id, entry_id=entry_id, verdict=VERDICTS[verdict], note=note, list=list_name, owner=owner
         )
         return Feedback.from_pb(_call(self._stub.SubmitFeedback, request, timeout=self.timeout))
 

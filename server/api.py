@@ -26,12 +26,13 @@ from client.errors import (
     InvalidArgument,
     LookalikeError,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
 )
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from server.auth import ADMIN, Access, Action, Caller
-from server.checks import DONE, CheckLedger, CheckOrder, StoredCheck
+from server.checks import DONE, CheckLedger, CheckOrder, StoredCheck, validate_check_id
 from server.config import ServerConfig
 from server.feedback import (
     CONFIRMED,
@@ -59,7 +60,15 @@ from server.service import (
     raise_if_abandoned,
 )
 from server.sources import image_bytes
-from server.store import LIST_KIND_ALLOW, AddOutcome, AuditRecord, EntryRecord, KeyRecord, ListRecord
+from server.store import (
+    LIST_KIND_ALLOW,
+    AddOutcome,
+    AuditRecord,
+    EntryRecord,
+    KeyRecord,
+    ListRecord,
+    validate_lists_named,
+)
 from server.webhooks import Delivery
 
 log = logging.getLogger(__name__)
@@ -611,6 +620,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
     @rpc
     def CheckHashes(self, request: pb.CheckHashesRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
+        validate_lists_named(request.lists)
         caller = self.access.authorize(context, "CheckHashes", list(request.lists))
         result = self.service.check_hashes(
             request.pdq,
@@ -647,7 +657,9 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
             self.checks.validate_callback(request.callback_url)
         if request.defer:
             return pending_response(self._defer(request, caller))
-        if request.callback_url and request.request_id:
+        if request.request_id:
+            if request.callback_url:
+                validate_check_id(request.request_id)  # its webhook needs it stored
             self.checks.claimable(request.request_id, caller.key_id)
         result = self._check(request, caller)
         self.checks.record(result, caller.key_id, request.callback_url)
@@ -675,6 +687,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
     @rpc
     def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
+        validate_lists_named(request.lists)
         caller = self.access.authorize(context, "Check", list(request.lists))
         return self._answer(request, caller)
 
@@ -685,6 +698,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
         caller = self.access.authorize(context, "CheckStream")
 
         def prepare(request: pb.CheckRequest) -> pb.CheckResponse:
+            validate_lists_named(request.lists)
             self.access.require(caller, Action.CHECK, list(request.lists))
             return self._answer(request, caller)
 
@@ -701,6 +715,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
     @rpc
     def CreateKey(self, request: pb.CreateKeyRequest, context: grpc.ServicerContext) -> pb.CreateKeyResponse:
+        validate_lists_named(request.lists)
         caller = self.access.authorize(context, "CreateKey")
         record, secret = self.access.create_key(caller, request.role, list(request.lists), request.name)
         return pb.CreateKeyResponse(key=key_info(record), secret=secret)
@@ -723,18 +738,23 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
     # Stored checks, feedback, calibration, flood guard ---------------------------
 
-    def _readable_check(self, check_id: str, caller: Caller) -> StoredCheck:
-        """A stored check its caller may read: its own, or any for an admin; others read as not found."""
-        check = self.checks.get(check_id)
-        if caller.role != ADMIN and check.owner != caller.key_id:
-            raise NotFound(f"check {check_id!r} does not exist (or has expired)", "CHECK_NOT_FOUND")
-        return check
+    def _readable_check(self, check_id: str, caller: Caller, owner: str | None) -> StoredCheck:
+        """A stored check of the caller's own key, or of the key an admin names as its `owner`."""
+        if owner is not None and owner != caller.key_id and caller.role != ADMIN:
+            raise PermissionDenied(
+                f"{caller} may read only its own checks: leave out owner (only an admin names another key)",
+                "OWNER_NOT_ALLOWED",
+            )
+        hint = (
+            "; name its owner (a key id) to read another key's check" if caller.role == ADMIN and owner is None else ""
+        )
+        return self.checks.get(caller.key_id if owner is None else owner, check_id, hint)
 
     @rpc
     def GetCheck(self, request: pb.GetCheckRequest, context: grpc.ServicerContext) -> pb.CheckRecord:
         caller = self.access.authorize(context, "GetCheck")
-        check = self._readable_check(request.id, caller)
-        delivery = self.checks.outbox.get(check.id) if check.callback_url else None
+        check = self._readable_check(request.id, caller, _optional(request, "owner"))
+        delivery = self.checks.outbox.get(check.key) if check.callback_url else None
         return check_record_message(check, delivery)
 
     @rpc
@@ -746,7 +766,7 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
                 "verdict is missing: FALSE_POSITIVE, MISSED_DUPLICATE or CONFIRMED", "VERDICT_MISSING"
             )
         validate_note(request.note)
-        check = self._readable_check(request.check_id, caller)
+        check = self._readable_check(request.check_id, caller, _optional(request, "owner"))
         if check.status != DONE or check.result is None:
             raise FailedPrecondition(
                 f"check {check.id!r} is {check.status}: feedback needs a finished check", "CHECK_NOT_DONE"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import signal
+import socket
 import sys
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -15,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from client.errors import LookalikeError
+from client.errors import FailedPrecondition, LookalikeError
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from index import configure_threads
 from server.api import SERVICE, LookalikeServicer, MalformedRequestInterceptor, webhook_body
@@ -91,7 +96,10 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     """
     configure_threads(1)
     metrics = Metrics()
-    metrics_http = metrics.serve(config.metrics_listen) if config.metrics_listen else None
+    try:
+        metrics_http = metrics.serve(config.metrics_listen) if config.metrics_listen else None
+    except OSError as error:
+        raise _cannot_listen(config.metrics_listen, "--metrics-listen", error) from None
     try:
         store = Store(config.data, config.map_size)
     except BaseException:
@@ -128,7 +136,13 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         scan_budgets=(config.vector_scan_budget, config.pdq_scan_budget),
     )
     metrics.watch_lists(service.list_sizes)
-    checks = CheckLedger(store, service, config, WebhookOutbox(store, config, metrics), webhook_body)
+    try:
+        checks = CheckLedger(store, service, config, WebhookOutbox(store, config, metrics), webhook_body)
+    except BaseException:  # e.g. upgrading a format 2 folder's stored checks found the map full
+        workers.shutdown()
+        store.close()
+        _close_http(metrics_http)
+        raise
     metrics.watch_queues(service.flood.counts_by_list, lambda: checks.pending, lambda: checks.outbox.pending)
     ready = threading.Event()
     # FAISS's thread count is per thread (OpenMP): each thread that may search sets its own, or spins up a team.
@@ -141,6 +155,9 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     options = [
         ("grpc.max_receive_message_length", config.max_request_bytes),
         ("grpc.max_send_message_length", config.max_request_bytes),
+        # gRPC shares a port with any other server that asks by default: half the connections would then
+        # reach a second, empty server that accepts every image. A taken port must fail the start instead.
+        ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(
         ThreadPoolExecutor(
@@ -161,15 +178,12 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     try:
-        if credentials is None:
-            port = server.add_insecure_port(config.listen)
-        else:
-            port = server.add_secure_port(config.listen, credentials)
-    except RuntimeError as error:
+        port = _listen(server, config.listen, credentials)
+    except LookalikeError:
         workers.shutdown()
         store.close()
         _close_http(metrics_http)
-        raise SystemExit(f"cannot listen on {config.listen}: {error}") from None
+        raise
     server.start()
     if on_listening is not None:
         on_listening(port)
@@ -195,6 +209,89 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     )
     running._snapshotter.start()
     return running
+
+
+def _listen(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Bind `listen` (its port, or 1 for a unix socket), or FAILED_PRECONDITION saying why not."""
+    if _unix_socket_answers(listen):
+        raise _cannot_listen(listen, "--listen", OSError(errno.EADDRINUSE, "in use"))
+    try:
+        with _stderr_held() as said:
+            port = (
+                server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
+            )
+        os.write(2, said)  # bound: what gRPC said meanwhile (e.g. that one of two addresses was taken) is news
+    except RuntimeError:  # grpcio 1.85; older releases return port 0 instead
+        port = 0
+    if port == 0:
+        raise _cannot_listen(listen, "--listen", _bind_error(listen))
+    return port
+
+
+def _cannot_listen(address: str, flag: str, error: OSError | None) -> FailedPrecondition:
+    """A start refused on one line: which address, why, and what to do about it."""
+    number = None if error is None else error.errno
+    if number == errno.EADDRINUSE:
+        why = f"the address is in use (is another lookalike serve running? choose another {flag})"
+        return FailedPrecondition(f"cannot listen on {address}: {why}", "ADDRESS_IN_USE")
+    if number == errno.EADDRNOTAVAIL:
+        why = f"no network interface of this machine has that address (choose another {flag})"
+    elif number == errno.EACCES:
+        why = f"permission denied (ports below 1024 need privileges; choose another {flag})"
+    elif error is not None:
+        why = f"{error.strerror or error} (check {flag})"
+    else:
+        why = f"gRPC could not bind it (check {flag}; GRPC_VERBOSITY=debug shows gRPC's reason)"
+    return FailedPrecondition(f"cannot listen on {address}: {why}", "LISTEN_FAILED")
+
+
+def _bind_error(listen: str) -> OSError | None:
+    """Why HOST:PORT cannot be bound, tried with a plain socket: gRPC's error does not say (None: no error now)."""
+    host, _, port = listen.rpartition(":")
+    if listen.startswith("unix:") or not port.isdigit():
+        return None
+    try:
+        found = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, kind, protocol, _, address in found:
+            with socket.socket(family, kind, protocol) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+                probe.bind(address)
+    except OSError as error:
+        return error
+    return None
+
+
+def _unix_socket_answers(listen: str) -> bool:
+    """Whether a server already listens on this unix socket: gRPC would replace its file and take its callers."""
+    if not listen.startswith("unix:"):
+        return False
+    path = listen.removeprefix("unix:").removeprefix("//")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+@contextmanager
+def _stderr_held() -> Iterator[bytearray]:
+    """Hold what is written to stderr meanwhile, in the bytes yielded once the block ends: gRPC's core
+    logs a failed bind there itself, a line of its own beside the one `lookalike serve` prints."""
+    said = bytearray()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            said += held.read()
 
 
 def _snapshot_loop(service: LookalikeService, config: ServerConfig, stop: threading.Event) -> None:

@@ -1,7 +1,8 @@
 """Stored checks: deferred checks and their worker pool, results kept for a while, the expiry sweep.
 
 Every check's result is stored (JSON, never the image) for `check_retention`
-seconds, keyed by its id (the request id), so a caller can read it again
+seconds, keyed by its owner (the caller's key id) and its id (the request id): each
+key's ids are its own, so two keys may use the same request id. A caller can read it again
 (`GetCheck`), send feedback on it, and calibration can see the score
 distribution. A synchronous check hands its result to a writer thread that
 commits whatever has queued up within a tenth of a second in one transaction, so
@@ -13,8 +14,10 @@ A deferred check is written at once, with its image bytes (or the URL to fetch),
 and answered with its id; worker threads run it through the same `check` as any
 other, then store the result, drop the image and queue the webhook in one
 transaction. Pending checks are queued again on start-up, so a restart loses
-none. A check id belongs to the key that made it: another key (admin aside)
-reads it as not found, and cannot reuse it.
+none. A key reads its own checks (an admin names the owner to read another's);
+another key's id reads as not found. A synchronous check of an id that the same
+key's deferred check still holds is refused before it runs, never answered and then
+dropped. Format 2 folders kept checks by id alone: `_upgrade_from_ids` rekeys them.
 """
 
 from __future__ import annotations
@@ -46,18 +49,25 @@ from server.service import (
     raise_if_abandoned,
 )
 from server.sources import image_bytes
-from server.store import TIME_KEY_SIZE, EntryRecord, Store, time_key
+from server.store import TIME_KEY_SIZE, EntryRecord, Store, owned_key, split_owned_key, time_key
 from server.webhooks import Delivery, WebhookOutbox
 
 log = logging.getLogger(__name__)
 
-DB_CHECKS = b"checks"
-DB_CHECK_IMAGES = b"check_images"
-DB_CHECK_EXPIRY = b"check_expiry"
-DB_CHECK_PENDING = b"check_pending"
-"""The ids of pending checks (values empty), so a start finds them without reading every stored check: written
+DB_CHECKS = b"checks_by_owner"
+DB_CHECK_IMAGES = b"check_images_by_owner"
+DB_CHECK_EXPIRY = b"check_expiry_by_owner"
+DB_CHECK_PENDING = b"check_pending_by_owner"
+"""The keys of pending checks (values empty), so a start finds them without reading every stored check: written
 with the check in `defer`, deleted in the transaction that finishes it in `_run` (a pending check has no expiry,
 so the sweep never deletes one)."""
+FORMAT_CHECKS_BY_OWNER = 3
+"""The data folder format that keys checks by `owned_key(owner, id)`. Format 2 keyed them by id alone, in:"""
+DB_CHECKS_BY_ID = b"checks"
+DB_CHECK_IMAGES_BY_ID = b"check_images"
+DB_CHECK_EXPIRY_BY_ID = b"check_expiry"
+"""Format 2's expiry keys: the time, then the check id."""
+DB_CHECK_PENDING_BY_ID = b"check_pending"
 PENDING, DONE, FAILED = "pending", "done", "failed"
 CHECK_ID_MAX = 256
 WRITE_BATCH = 512
@@ -96,6 +106,10 @@ class StoredCheck:
     error: dict[str, str] | None = None
     """code, message, reason of a failed check."""
     callback_url: str = ""
+
+    @property
+    def key(self) -> bytes:
+        return owned_key(self.owner, self.id)
 
 
 def validate_check_id(check_id: str) -> None:
@@ -187,8 +201,19 @@ def _from_bytes(raw: bytes | memoryview) -> StoredCheck:
     )
 
 
-def _expiry_key(expires: float, check_id: str) -> bytes:
-    return time_key(expires) + check_id.encode()
+def _expiry_key(expires: float, key: bytes) -> bytes:
+    return time_key(expires) + key
+
+
+def _not_found(check_id: str, hint: str = "") -> NotFound:
+    return NotFound(f"check {check_id[:CHECK_ID_MAX]!r} does not exist (or has expired){hint}", "CHECK_NOT_FOUND")
+
+
+def _held_by_pending(check_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"check id {check_id!r} is held by your deferred check, still pending; use unique request ids",
+        "CHECK_ID_TAKEN",
+    )
 
 
 class _Stopping(Exception):
@@ -196,10 +221,12 @@ class _Stopping(Exception):
 
 
 @dataclass
-class _Unwritten:
-    """Results of synchronous checks waiting for the writer, readable meanwhile."""
+class _InHand:
+    """Keys of checks in flight, by `owned_key`: synchronous results waiting for the writer (readable
+    meanwhile) and pending deferred checks, so neither is stored over the other."""
 
-    by_id: dict[str, StoredCheck] = field(default_factory=dict)
+    unwritten: dict[bytes, StoredCheck] = field(default_factory=dict)
+    pending: set[bytes] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -223,9 +250,13 @@ class CheckLedger:
         self._images = store.open_db(DB_CHECK_IMAGES)
         self._expiry = store.open_db(DB_CHECK_EXPIRY)
         self._pending_ids = store.open_db(DB_CHECK_PENDING)
-        self._queue: queue.Queue[str] = queue.Queue()
+        if store.upgrade(FORMAT_CHECKS_BY_OWNER, self._upgrade_from_ids):
+            log.info(
+                "stored checks and webhook deliveries rekeyed by owner (data folder format %d)", FORMAT_CHECKS_BY_OWNER
+            )
+        self._queue: queue.Queue[bytes] = queue.Queue()
         self._writes: queue.Queue[StoredCheck] = queue.Queue()
-        self._unwritten = _Unwritten()
+        self._in_hand = _InHand()
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -257,54 +288,51 @@ class CheckLedger:
                 raise
             return  # not storable (an odd caller-chosen request id); the check itself stands
         if callback_url:
+            self.claimable(check.id, owner)
             deliveries: list[Delivery] = []
             with self.store.transaction(grows=True) as txn:
-                previous_expires = self._claim(txn, check.id, owner)
+                previous_expires = self._claim(txn, check.key)
                 if previous_expires is None:
-                    raise AlreadyExists(f"check id {check.id!r} was taken meanwhile", "CHECK_ID_TAKEN")
+                    raise _held_by_pending(check.id)
                 deliveries = self._put(txn, check, previous_expires)
             self._schedule(deliveries)
             return
-        with self._unwritten.lock:
-            self._unwritten.by_id[check.id] = check
+        with self._in_hand.lock:
+            if check.key in self._in_hand.pending:  # deferred meanwhile: refused, not answered and then dropped
+                raise _held_by_pending(check.id)
+            self._in_hand.unwritten[check.key] = check
         self._writes.put(check)
 
     def claimable(self, check_id: str, owner: str) -> None:
-        """Refuse, before a check runs, an id that another key's check holds (or a deferred one still runs)."""
-        validate_check_id(check_id)
-        with self.store.env.begin() as txn:
-            if self._claim(txn, check_id, owner) is None:
-                raise AlreadyExists(
-                    f"check id {check_id!r} is taken by another caller's or a pending check; use unique request ids",
-                    "CHECK_ID_TAKEN",
-                )
+        """Refuse, before a check runs, an id that the same key's deferred check still holds."""
+        with self._in_hand.lock:
+            if owned_key(owner, check_id) in self._in_hand.pending:
+                raise _held_by_pending(check_id)
 
-    def _claim(self, txn: lmdb.Transaction, check_id: str, owner: str) -> float | None:
-        """Whether a finished check may be stored under `check_id`: free, or an earlier finished one of the same key.
+    def _claim(self, txn: lmdb.Transaction, key: bytes) -> float | None:
+        """Whether a finished check may be stored under `key`: free, or an earlier finished one it replaces.
 
-        None when it may not; else the expiry of the check it replaces (0.0: none), for `_put`.
+        None when a pending check holds it; else the expiry of the check it replaces (0.0: none), for `_put`.
         """
-        raw = txn.get(check_id.encode(), db=self._checks)
+        raw = txn.get(key, db=self._checks)
         if raw is None:
             return 0.0
         existing = _from_bytes(raw)
-        if existing.owner != owner or existing.status == PENDING:
-            return None
-        return existing.expires
+        return None if existing.status == PENDING else existing.expires
 
     def _put(self, txn: lmdb.Transaction, check: StoredCheck, previous_expires: float = 0.0) -> list[Delivery]:
         """Write a check (and, finished with a callback, its delivery) in the caller's transaction.
 
         `previous_expires`: the expiry of the check stored under the same id that this one replaces (0.0: none).
         """
-        key = check.id.encode()
+        key = check.key
         if previous_expires:
-            txn.delete(_expiry_key(previous_expires, check.id), db=self._expiry)
+            txn.delete(_expiry_key(previous_expires, key), db=self._expiry)
         txn.put(key, _to_bytes(check), db=self._checks)
         if check.expires:
-            txn.put(_expiry_key(check.expires, check.id), b"", db=self._expiry)
+            txn.put(_expiry_key(check.expires, key), b"", db=self._expiry)
         if check.status != PENDING and check.callback_url:
-            return [self.outbox.put(txn, check.id, check.callback_url, self._render(check))]
+            return [self.outbox.put(txn, check.owner, check.id, check.callback_url, self._render(check))]
         return []
 
     def _schedule(self, deliveries: list[Delivery]) -> None:
@@ -317,8 +345,10 @@ class CheckLedger:
         self, check_id: str, owner: str, order: CheckOrder, data: bytes | None, callback_url: str = ""
     ) -> StoredCheck:
         """Store a pending check and queue it. The same id from the same key again returns the stored check
-        (a retried submission is not run twice); from another key it is refused."""
+        (a retried submission is not run twice); another key's id of the same name is another check."""
         validate_check_id(check_id)
+        check = StoredCheck(check_id, owner, PENDING, time.time(), order=order, callback_url=callback_url)
+        key = check.key
         with self._pending_lock:
             if self._pending >= self.config.max_pending_checks:
                 raise ResourceExhausted(
@@ -326,23 +356,30 @@ class CheckLedger:
                     "synchronously",
                     "QUEUE_FULL",
                 )
-            check = StoredCheck(check_id, owner, PENDING, time.time(), order=order, callback_url=callback_url)
-            with self.store.transaction(grows=True) as txn:
-                raw = txn.get(check_id.encode(), db=self._checks)
-                if raw is not None:
-                    existing = _from_bytes(raw)
-                    if existing.owner != owner:
-                        raise AlreadyExists(
-                            f"check id {check_id!r} is taken by another caller; use unique request ids",
-                            "CHECK_ID_TAKEN",
-                        )
-                    return existing
-                self._put(txn, check)
-                txn.put(check_id.encode(), b"", db=self._pending_ids)
-                if data is not None:
-                    txn.put(check_id.encode(), data, db=self._images)
+            with self._in_hand.lock:
+                answered = self._in_hand.unwritten.get(key)
+                reserved = answered is None and key not in self._in_hand.pending
+                if reserved:  # from here a synchronous check of this id is refused, not stored over this one
+                    self._in_hand.pending.add(key)
+            if answered is not None:
+                return answered  # checked synchronously a moment ago, being written: as resubmitted
+            stored = False
+            try:
+                with self.store.transaction(grows=True) as txn:
+                    raw = txn.get(key, db=self._checks)
+                    if raw is not None:
+                        return _from_bytes(raw)
+                    self._put(txn, check)
+                    txn.put(key, b"", db=self._pending_ids)
+                    if data is not None:
+                        txn.put(key, data, db=self._images)
+                stored = True
+            finally:
+                if reserved and not stored:
+                    with self._in_hand.lock:
+                        self._in_hand.pending.discard(key)
             self._pending += 1
-        self._queue.put(check_id)
+        self._queue.put(key)
         return check
 
     @property
@@ -353,32 +390,34 @@ class CheckLedger:
     @property
     def unwritten(self) -> int:
         """Synchronous checks' results not yet committed by the writer."""
-        with self._unwritten.lock:
-            return len(self._unwritten.by_id)
+        with self._in_hand.lock:
+            return len(self._in_hand.unwritten)
 
     # Reading ----------------------------------------------------------------------
 
-    def get(self, check_id: str) -> StoredCheck:
-        with self._unwritten.lock:
-            unwritten = self._unwritten.by_id.get(check_id)
+    def get(self, owner: str, check_id: str, hint: str = "") -> StoredCheck:
+        """The check `owner`'s key stored under `check_id`; NOT_FOUND (ending with `hint`) when there is none."""
+        key = owned_key(owner, check_id)
+        with self._in_hand.lock:
+            unwritten = self._in_hand.unwritten.get(key)
         if unwritten is not None:
             return unwritten
         if not check_id or len(check_id.encode()) > CHECK_ID_MAX:
-            raise NotFound(f"check {check_id[:40]!r} does not exist (or has expired)", "CHECK_NOT_FOUND")
+            raise _not_found(check_id, hint)
         with self.store.env.begin() as txn:
-            raw = txn.get(check_id.encode(), db=self._checks)
+            raw = txn.get(key, db=self._checks)
         if raw is None:
-            raise NotFound(f"check {check_id!r} does not exist (or has expired)", "CHECK_NOT_FOUND")
+            raise _not_found(check_id, hint)
         return _from_bytes(raw)
 
     def finished(self) -> Iterator[StoredCheck]:
-        """Every finished check kept (for calibration), those not yet written included."""
-        with self._unwritten.lock:
-            unwritten = dict(self._unwritten.by_id)
+        """Every finished check kept (for calibration), every key's, those not yet written included."""
+        with self._in_hand.lock:
+            unwritten = dict(self._in_hand.unwritten)
         yield from unwritten.values()
         with self.store.env.begin() as txn:
             for key, raw in txn.cursor(db=self._checks):
-                if bytes(key).decode() in unwritten:
+                if bytes(key) in unwritten:
                     continue
                 check = _from_bytes(raw)
                 if check.status == DONE:
@@ -390,11 +429,13 @@ class CheckLedger:
         """Queue the pending checks left by the last run, then start workers, writer and sweeper."""
         with self.store.env.begin() as txn:
             cursor = txn.cursor(db=self._pending_ids)
-            pending = [bytes(key).decode() for key in cursor.iternext(keys=True, values=False)]
+            pending = [bytes(key) for key in cursor.iternext(keys=True, values=False)]
         with self._pending_lock:
             self._pending += len(pending)
-        for check_id in pending:
-            self._queue.put(check_id)
+        with self._in_hand.lock:
+            self._in_hand.pending.update(pending)
+        for key in pending:
+            self._queue.put(key)
         if pending:
             log.info("%d deferred checks pending from the last run: queued again", len(pending))
         self.outbox.start()
@@ -428,30 +469,33 @@ class CheckLedger:
 
         while not self._stopping.is_set():
             try:
-                check_id = self._queue.get(timeout=WORKER_POLL_SECONDS)
+                key = self._queue.get(timeout=WORKER_POLL_SECONDS)
             except queue.Empty:
                 continue
             context = copy_context()
             context.run(raise_if_abandoned.set, still_wanted)
             try:
-                context.run(self._run, check_id)
+                context.run(self._run, key)
             except _Stopping:
                 return  # left pending: the next start queues it again
             except Exception:
-                log.exception("deferred check %s could not be stored; it stays pending until a restart", check_id)
+                owner, check_id = split_owned_key(key)
+                log.exception(
+                    "deferred check %s of key %r could not be stored; it stays pending until a restart", check_id, owner
+                )
                 self._done_one()
 
-    def _run(self, check_id: str) -> None:
+    def _run(self, key: bytes) -> None:
         with self.store.env.begin() as txn:
-            raw = txn.get(check_id.encode(), db=self._checks)
-            data = txn.get(check_id.encode(), db=self._images)
+            raw = txn.get(key, db=self._checks)
+            data = txn.get(key, db=self._images)
             data = None if data is None else bytes(data)
         if raw is None:
-            self._done_one()
+            self._done_one(key)
             return
         check = _from_bytes(raw)
         if check.status != PENDING or check.order is None:
-            self._done_one()
+            self._done_one(key)
             return
         order = check.order
         finished: StoredCheck
@@ -475,7 +519,7 @@ class CheckLedger:
                 check, status=FAILED, error={"code": error.code, "message": error.message, "reason": error.reason}
             )
         except Exception:
-            log.exception("deferred check %s failed", check_id)
+            log.exception("deferred check %s of key %r failed", check.id, check.owner)
             finished = replace(
                 check,
                 status=FAILED,
@@ -485,14 +529,18 @@ class CheckLedger:
         finished = replace(finished, order=None, completed=now, expires=now + self.config.check_retention)
         with self.store.transaction() as txn:
             deliveries = self._put(txn, finished, check.expires)
-            txn.delete(check_id.encode(), db=self._images)
-            txn.delete(check_id.encode(), db=self._pending_ids)
-        self._done_one()
+            txn.delete(key, db=self._images)
+            txn.delete(key, db=self._pending_ids)
+        self._done_one(key)
         self._schedule(deliveries)
 
-    def _done_one(self) -> None:
+    def _done_one(self, key: bytes | None = None) -> None:
+        """One deferred check less in hand; with its key once it no longer holds its id."""
         with self._pending_lock:
             self._pending -= 1
+        if key is not None:
+            with self._in_hand.lock:
+                self._in_hand.pending.discard(key)
 
     # Writer and sweeper ---------------------------------------------------------------
 
@@ -520,15 +568,17 @@ class CheckLedger:
             try:
                 with self.store.transaction(grows=True) as txn:
                     for check in batch:
-                        previous_expires = self._claim(txn, check.id, check.owner)
-                        if previous_expires is not None:
+                        previous_expires = self._claim(txn, check.key)
+                        if previous_expires is None:  # `record` and `defer` keep this from happening
+                            log.error("check %s of key %r not stored: a pending check holds it", check.id, check.owner)
+                        else:
                             self._put(txn, check, previous_expires)
             except Exception:
                 log.exception("could not store %d check results; they are lost", len(batch))
-            with self._unwritten.lock:
+            with self._in_hand.lock:
                 for check in batch:
-                    if self._unwritten.by_id.get(check.id) is check:
-                        del self._unwritten.by_id[check.id]
+                    if self._in_hand.unwritten.get(check.key) is check:
+                        del self._in_hand.unwritten[check.key]
             batch = []
 
     def _sweep_loop(self) -> None:
@@ -556,11 +606,46 @@ class CheckLedger:
                         break
                     expired.append(bytes(key))
             for key in expired:
-                check_id = key[TIME_KEY_SIZE:].decode()
-                if self.outbox.still_sending(txn, check_id):
+                check_key = key[TIME_KEY_SIZE:]
+                if self.outbox.still_sending(txn, check_key):
                     continue  # kept until its webhook is delivered or given up
                 txn.delete(key, db=self._expiry)
-                txn.delete(check_id.encode(), db=self._checks)
-                self.outbox.delete(txn, check_id)
+                txn.delete(check_key, db=self._checks)
+                self.outbox.delete(txn, check_key)
                 deleted += 1
         return deleted
+
+    # Upgrading a format 2 folder --------------------------------------------------------
+
+    def _upgrade_from_ids(self, txn: lmdb.Transaction) -> None:
+        """Move checks, their images, expiry, pending marks and webhook deliveries from the databases a format 2
+        server keyed by check id alone to `owned_key(owner, id)`, and drop the old databases (one transaction)."""
+        moves = {
+            DB_CHECKS_BY_ID: self._checks,
+            DB_CHECK_IMAGES_BY_ID: self._images,
+            DB_CHECK_EXPIRY_BY_ID: self._expiry,
+            DB_CHECK_PENDING_BY_ID: self._pending_ids,
+        }
+        old = {}
+        for name in moves:
+            try:
+                old[name] = self.store.env.open_db(name, txn=txn, create=False)
+            except lmdb.NotFoundError:
+                continue  # a folder from before stored checks
+        checks = old.get(DB_CHECKS_BY_ID)
+
+        def owner_of(check_id: str) -> str:
+            raw = None if checks is None else txn.get(check_id.encode(), db=checks)
+            return "" if raw is None else _from_bytes(raw).owner
+
+        self.outbox.upgrade_from_ids(txn, owner_of)
+        for name, db in old.items():
+            for key, value in txn.cursor(db=db):
+                if name == DB_CHECK_EXPIRY_BY_ID:
+                    when, check_id = bytes(key[:TIME_KEY_SIZE]), bytes(key[TIME_KEY_SIZE:]).decode()
+                    txn.put(when + owned_key(owner_of(check_id), check_id), b"", db=moves[name])
+                else:
+                    check_id = bytes(key).decode()
+                    txn.put(owned_key(owner_of(check_id), check_id), value, db=moves[name])
+        for db in old.values():
+            txn.drop(db, delete=True)

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -30,11 +30,16 @@ else:
 
 request_log = logging.getLogger("lookalike.requests")
 _PLAIN = re.compile(r"[A-Za-z0-9._:*-]{1,64}")
+LOG_VALUE_CHARS = 100
+"""A logged value is cut to this many characters (before escaping)."""
+LOG_LISTS_SHOWN = 3
+"""List names a log line shows; the others are counted (`lists=a,b,c,+997`): a line and what a
+call keeps for it stay small however many names it sends, a stream's items included."""
 
 
 def _log_value(text: str) -> str:
     """Plain names as they are; anything else quoted and escaped, so a line stays one line."""
-    return text if _PLAIN.fullmatch(text) else json.dumps(text[:100])
+    return text if _PLAIN.fullmatch(text) else json.dumps(text[:LOG_VALUE_CHARS])
 
 
 def _lists_named(request: Any) -> list[str]:
@@ -77,7 +82,10 @@ class _Call:
         self.streaming = streaming
         self.started = time.perf_counter()
         self.request_id = _metadata_request_id(context)
-        self.lists: dict[str, None] = {}
+        self.lists: list[str] = []
+        """The first LOG_LISTS_SHOWN names the call named (each cut short)."""
+        self.more_lists = 0
+        """Names beyond those, counted each time an item names one."""
         self.items = 0
         self.decisions: Tally[str] = Tally()
 
@@ -88,7 +96,22 @@ class _Call:
         names = _lists_named(request)
         if not names and "lists" in request.DESCRIPTOR.fields_by_name:
             names = ["*"]  # a check of every list
-        self.lists.update(dict.fromkeys(names))
+        self._note_lists(names)
+
+    def _note_lists(self, names: Sequence[str]) -> None:
+        position = 0
+        while len(self.lists) < LOG_LISTS_SHOWN and position < len(names):
+            name = names[position][: LOG_VALUE_CHARS + 1]  # never pins a huge name for the call's life
+            if name not in self.lists:
+                self.lists.append(name)
+            position += 1
+        shown = set(self.lists)
+        self.more_lists += sum(1 for name in names[position:] if name not in shown)
+
+    def lists_text(self) -> str:
+        """`a,b,c,+997`: the names shown and how many more; `-` when the call named none."""
+        shown = [_log_value(name) for name in self.lists] + ([f"+{self.more_lists}"] if self.more_lists else [])
+        return ",".join(shown) or "-"
 
     def saw_response(self, response: Any) -> None:
         if isinstance(response, pb.CheckStreamResult):
@@ -221,7 +244,7 @@ class RequestObserver(_Interceptor):
             "request id=%s method=%s lists=%s items=%d decision=%s code=%s ms=%.1f",
             _log_value(call.request_id or uuid.uuid4().hex[:16]),
             call.method,
-            ",".join(_log_value(name) for name in call.lists) or "-",
+            call.lists_text(),
             call.items,
             call.decision(),
             code,

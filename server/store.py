@@ -34,10 +34,14 @@ import numpy as np
 from client.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from index.list_index import EMBEDDING_DIM
 
-FORMAT_VERSION = 2
-"""Bumped whenever a stored layout changes: 2 stores embeddings as float16 (1 stored float32)."""
-READABLE_FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""Bumped whenever a stored layout changes: 2 stores embeddings as float16 (1 stored float32); 3 keys stored
+checks and their webhooks by owner and id (2 by id alone)."""
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 """Older folders this server reads (and upgrades in place, so an older server refuses them)."""
+FORMAT_UPGRADED_ON_OPEN = 2
+"""Opening a folder upgrades it this far (float32 embeddings are read beside float16 ones). A later
+format needs its records rewritten: the module that owns them runs that step through `Store.upgrade`."""
 
 DB_META = b"meta"
 DB_LISTS = b"lists"
@@ -74,6 +78,10 @@ LIST_KIND_ALLOW = "allow"
 LIST_KINDS = (LIST_KIND_DISALLOW, LIST_KIND_ALLOW)
 
 LIST_NAME = re.compile(r"^[a-z0-9_-]{1,64}\Z")  # \Z: `$` would also accept a trailing newline
+LISTS_NAMED_MAX = 256
+"""List names one request may carry (a check's, a key's): more than any caller needs, few enough that
+authorizing, logging and checking them stays cheap whatever a caller sends."""
+LISTS_NAMED_MAX_BYTES = LISTS_NAMED_MAX * 64
 ENTRY_ID_MAX = 256
 META_MAX_ITEMS = 64
 META_MAX_CHARS = 4096
@@ -196,6 +204,21 @@ def validate_list_name(name: str) -> None:
         )
 
 
+def validate_lists_named(names: Sequence[str]) -> None:
+    """Refuse more list names than any real caller sends, before any other work is done for them."""
+    if len(names) > LISTS_NAMED_MAX:
+        raise InvalidArgument(
+            f"{len(names):,} list names in one request; at most {LISTS_NAMED_MAX}: name fewer", "LISTS_TOO_MANY"
+        )
+    size = sum(len(name.encode()) for name in names)
+    if size > LISTS_NAMED_MAX_BYTES:
+        raise InvalidArgument(
+            f"list names of {size:,} bytes in one request; at most {LISTS_NAMED_MAX_BYTES:,} "
+            "(a list name has at most 64 characters)",
+            "LISTS_TOO_MANY",
+        )
+
+
 def validate_thresholds(review: float, reject: float) -> None:
     if not (0.0 <= review <= 1.0 and 0.0 <= reject <= 1.0):
         raise InvalidArgument(
@@ -283,6 +306,18 @@ def _delete_prefix(cursor: lmdb.Cursor, prefix: bytes, up_to: int | None = None)
 def time_key(when: float) -> bytes:
     """A time as a key prefix (TIME_KEY_SIZE bytes, big-endian µs, never below 0): keys sort by time."""
     return _SEQ.pack(max(0, int(when * 1_000_000)))
+
+
+def owned_key(owner: str, name: str) -> bytes:
+    """The key of a record that belongs to an API key (a stored check): each key's names are its own.
+    Owner (a key id, "" for the keyless caller), NUL, then the name (printable, so never NUL)."""
+    return owner.encode() + b"\0" + name.encode()
+
+
+def split_owned_key(key: bytes) -> tuple[str, str]:
+    """(owner, name) of an `owned_key`."""
+    owner, _, name = key.partition(b"\0")
+    return owner.decode(), name.decode()
 
 
 def _audit_key(when: float, seq: int) -> bytes:
@@ -397,8 +432,11 @@ class Store:
     def _check_format(self) -> None:
         with self._write() as txn:
             stored = txn.get(KEY_FORMAT_VERSION, db=self._meta)
-            if stored is None or int(stored) in READABLE_FORMAT_VERSIONS:
+            if stored is None:  # a new folder: nothing to upgrade
                 txn.put(KEY_FORMAT_VERSION, str(FORMAT_VERSION).encode(), db=self._meta)
+            elif int(stored) in READABLE_FORMAT_VERSIONS:
+                if int(stored) < FORMAT_UPGRADED_ON_OPEN:
+                    txn.put(KEY_FORMAT_VERSION, str(FORMAT_UPGRADED_ON_OPEN).encode(), db=self._meta)
             else:
                 raise FailedPrecondition(
                     f"data folder {self.path} holds format version {int(stored)}; this server reads "
@@ -934,6 +972,16 @@ class Store:
             if grows:
                 self._ensure_room_to_grow(txn)
             yield txn
+
+    def upgrade(self, version: int, step: Callable[[lmdb.Transaction], None]) -> bool:
+        """Bring a folder of an older format to `version`: `step` rewrites what changed, in the transaction
+        that records the new version, so a crash midway leaves the old format whole. True when it ran."""
+        with self.transaction() as txn:
+            if int(txn.get(KEY_FORMAT_VERSION, default=b"0", db=self._meta)) >= version:
+                return False
+            step(txn)
+            txn.put(KEY_FORMAT_VERSION, str(version).encode(), db=self._meta)
+        return True
 
     def meta_value(self, key: bytes, make: Callable[[], bytes]) -> bytes:
         """A value in the meta database, made (and stored) by `make` the first time it is asked for."""

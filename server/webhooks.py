@@ -13,7 +13,8 @@ timeout) is retried after an exponentially growing, jittered wait until
 allows private URLs, and a refused address is not retried. On start-up every
 pending delivery is scheduled again, so a restart in the middle of retries still
 delivers; an attempt interrupted by a crash is made again (receivers deduplicate
-by `X-Lookalike-Check-Id`).
+by `X-Lookalike-Check-Id`). Deliveries are keyed like the checks they belong to,
+by owner and check id (`server.store.owned_key`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import random
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import lmdb
@@ -34,11 +36,13 @@ from client.webhooks import CHECK_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 from server.config import ServerConfig
 from server.fetch import FetchLimits, post
 from server.metrics import Metrics
-from server.store import Store
+from server.store import Store, owned_key
 
 log = logging.getLogger(__name__)
 
-DB_OUTBOX = b"webhook_outbox"
+DB_OUTBOX = b"webhook_outbox_by_owner"
+DB_OUTBOX_BY_ID = b"webhook_outbox"
+"""Deliveries keyed by check id alone, up to format 2: moved to DB_OUTBOX by `upgrade_from_ids`."""
 KEY_WEBHOOK_SECRET = b"webhook_secret"
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 SENDER_THREADS = 4
@@ -59,6 +63,12 @@ class Delivery:
     last_error: str = ""
     last_status: int = 0
     delivered: float = 0.0
+    owner: str = ""
+    """Key id of the check's caller ("" for the keyless loopback caller)."""
+
+    @property
+    def key(self) -> bytes:
+        return owned_key(self.owner, self.check_id)
 
 
 def backoff_seconds(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -83,8 +93,8 @@ class WebhookOutbox:
         self._limits = FetchLimits(
             timeout_s=config.webhook_timeout, max_redirects=0, allow_private=config.allow_private_urls
         )
-        self._due: list[tuple[float, str]] = []
-        self._sending: set[str] = set()
+        self._due: list[tuple[float, bytes]] = []
+        self._sending: set[bytes] = set()
         self._pending = 0
         self._wake = threading.Condition()
         self._stopping = threading.Event()
@@ -92,30 +102,46 @@ class WebhookOutbox:
 
     # Writing (inside the caller's transaction) -----------------------------------
 
-    def put(self, txn: lmdb.Transaction, check_id: str, url: str, body: bytes) -> Delivery:
+    def put(self, txn: lmdb.Transaction, owner: str, check_id: str, url: str, body: bytes) -> Delivery:
         """Store a new delivery in the caller's transaction; `schedule` it once that commits."""
-        delivery = Delivery(check_id, url, body.decode(), next_attempt=time.time())
-        txn.put(check_id.encode(), json.dumps(asdict(delivery)).encode(), db=self._db)
+        delivery = Delivery(check_id, url, body.decode(), next_attempt=time.time(), owner=owner)
+        txn.put(delivery.key, json.dumps(asdict(delivery)).encode(), db=self._db)
         return delivery
 
     def schedule(self, delivery: Delivery) -> None:
         with self._wake:
             self._pending += 1
-            heapq.heappush(self._due, (delivery.next_attempt, delivery.check_id))
+            heapq.heappush(self._due, (delivery.next_attempt, delivery.key))
             self._wake.notify()
 
-    def get(self, check_id: str) -> Delivery | None:
+    def get(self, key: bytes) -> Delivery | None:
+        """The delivery of the check stored under `key` (`owned_key`)."""
         with self.store.env.begin() as txn:
-            raw = txn.get(check_id.encode(), db=self._db)
+            raw = txn.get(key, db=self._db)
         return None if raw is None else Delivery(**json.loads(bytes(raw)))
 
-    def still_sending(self, txn: lmdb.Transaction, check_id: str) -> bool:
-        raw = txn.get(check_id.encode(), db=self._db)
+    def still_sending(self, txn: lmdb.Transaction, key: bytes) -> bool:
+        raw = txn.get(key, db=self._db)
         return raw is not None and json.loads(bytes(raw))["state"] == PENDING
 
-    def delete(self, txn: lmdb.Transaction, check_id: str) -> None:
+    def delete(self, txn: lmdb.Transaction, key: bytes) -> None:
         """Drop a delivery with its expired check."""
-        txn.delete(check_id.encode(), db=self._db)
+        txn.delete(key, db=self._db)
+
+    def upgrade_from_ids(self, txn: lmdb.Transaction, owner_of: Callable[[str], str]) -> int:
+        """Move the deliveries a format 2 server kept by check id alone to their owner's keys; how many."""
+        try:
+            old = self.store.env.open_db(DB_OUTBOX_BY_ID, txn=txn, create=False)
+        except lmdb.NotFoundError:
+            return 0
+        moved = 0
+        for _, raw in txn.cursor(db=old):
+            delivery = Delivery(**json.loads(bytes(raw)))
+            owned = replace(delivery, owner=owner_of(delivery.check_id))
+            txn.put(owned.key, json.dumps(asdict(owned)).encode(), db=self._db)
+            moved += 1
+        txn.drop(old, delete=True)
+        return moved
 
     @property
     def pending(self) -> int:
@@ -143,38 +169,38 @@ class WebhookOutbox:
         for thread in self._threads:
             thread.join(timeout=self.config.webhook_timeout + 5)
 
-    def _next_due(self) -> str | None:
+    def _next_due(self) -> bytes | None:
         with self._wake:
             while not self._stopping.is_set():
                 now = time.time()
                 if self._due and self._due[0][0] <= now:
-                    _, check_id = heapq.heappop(self._due)
-                    if check_id in self._sending:
+                    _, key = heapq.heappop(self._due)
+                    if key in self._sending:
                         continue
-                    self._sending.add(check_id)
-                    return check_id
+                    self._sending.add(key)
+                    return key
                 wait = IDLE_POLL_SECONDS if not self._due else min(IDLE_POLL_SECONDS, self._due[0][0] - now)
                 self._wake.wait(max(0.001, wait))
         return None
 
     def _send_loop(self) -> None:
-        while (check_id := self._next_due()) is not None:
+        while (key := self._next_due()) is not None:
             try:
-                self._attempt(check_id)
+                self._attempt(key)
             except Exception:
-                log.exception("webhook delivery of check %s failed unexpectedly; will retry", check_id)
-                self._reschedule(check_id, time.time() + self.config.webhook_backoff)
+                log.exception("webhook delivery of check %r failed unexpectedly; will retry", key)
+                self._reschedule(key, time.time() + self.config.webhook_backoff)
             finally:
                 with self._wake:
-                    self._sending.discard(check_id)
+                    self._sending.discard(key)
 
-    def _reschedule(self, check_id: str, when: float) -> None:
+    def _reschedule(self, key: bytes, when: float) -> None:
         with self._wake:
-            heapq.heappush(self._due, (when, check_id))
+            heapq.heappush(self._due, (when, key))
             self._wake.notify()
 
-    def _attempt(self, check_id: str) -> None:
-        delivery = self.get(check_id)
+    def _attempt(self, key: bytes) -> None:
+        delivery = self.get(key)
         if delivery is None or delivery.state != PENDING:
             return
         if delivery.next_attempt > time.time() + 0.001:  # scheduled twice; the later entry is the real one
@@ -185,7 +211,7 @@ class WebhookOutbox:
             "Content-Type": "application/json",
             TIMESTAMP_HEADER: timestamp,
             SIGNATURE_HEADER: sign(self.secret, timestamp, body),
-            CHECK_ID_HEADER: check_id,
+            CHECK_ID_HEADER: delivery.check_id,
         }
         status, error, refused = 0, "", False
         try:
@@ -222,15 +248,19 @@ class WebhookOutbox:
         self._store(updated)
         self.metrics.webhook_deliveries.labels(outcome).inc()
         if updated.state == PENDING:
-            self._reschedule(check_id, updated.next_attempt)
+            self._reschedule(key, updated.next_attempt)
         else:
             with self._wake:
                 self._pending -= 1
             if outcome != "delivered":
                 log.warning(
-                    "webhook for check %s to %s gave up after %d attempts: %s", check_id, delivery.url, attempts, error
+                    "webhook for check %s to %s gave up after %d attempts: %s",
+                    delivery.check_id,
+                    delivery.url,
+                    attempts,
+                    error,
                 )
 
     def _store(self, delivery: Delivery) -> None:
         with self.store.transaction() as txn:
-            txn.put(delivery.check_id.encode(), json.dumps(asdict(delivery)).encode(), db=self._db)
+            txn.put(delivery.key, json.dumps(asdict(delivery)).encode(), db=self._db)

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from client import LookalikeClient, NotFound, ResourceExhausted
-from client.errors import DeadlineExceeded, Unavailable
+from client.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from client.lookalike_pb import lookalike_pb2 as pb
 from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from client.stub import translate
@@ -312,7 +312,8 @@ def test_limits_and_metrics_settings_come_from_flags_and_environment() -> None:
 
 def test_a_metrics_address_already_taken_stops_start_up_with_a_clear_error(observed: ServerHandle) -> None:
     taken = f"127.0.0.1:{metrics_port(observed)}"
-    with pytest.raises(SystemExit, match="cannot serve metrics"):
+    with pytest.raises(FailedPrecondition, match=f"cannot listen on {taken}: the address is in use") as raised:
         create_server(
             ServerConfig(listen="127.0.0.1:0", data=observed.config.data.parent / "other", metrics_listen=taken)
         )
+    assert raised.value.reason == "ADDRESS_IN_USE"

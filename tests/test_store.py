@@ -20,6 +20,7 @@ from server.store import (
     DB_META,
     DB_SNAPSHOTS,
     DB_VECTORS,
+    FORMAT_UPGRADED_ON_OPEN,
     FORMAT_VERSION,
     KEY_FORMAT_VERSION,
     OP_ADD,
@@ -510,7 +511,7 @@ def test_a_format_1_folder_with_float32_embeddings_is_read_and_upgraded(tmp_path
         assert len(reopened.embeddings(uid, [2])[2]) == DIM
         meta = reopened.env.open_db(DB_META)
         with reopened.env.begin() as txn:
-            assert txn.get(KEY_FORMAT_VERSION, db=meta) == str(FORMAT_VERSION).encode()
+            assert txn.get(KEY_FORMAT_VERSION, db=meta) == str(FORMAT_UPGRADED_ON_OPEN).encode()
     finally:
         reopened.close()
 

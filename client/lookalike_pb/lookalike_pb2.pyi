@@ -613,10 +613,12 @@ class CheckHashesRequest(_message.Message):
     def __init__(self, lists: _Optional[_Iterable[str]] = ..., pdq: _Optional[str] = ..., pdq_quality: _Optional[int] = ..., md5: _Optional[str] = ..., sha256: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GetCheckRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "owner")
     ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, id: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class WebhookDelivery(_message.Message):
     __slots__ = ("url", "state", "attempts", "last_error", "last_status", "next_attempt", "delivered")
@@ -657,18 +659,20 @@ class CheckRecord(_message.Message):
     def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[CheckStatus, str]] = ..., result: _Optional[_Union[CheckResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., submitted: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivery: _Optional[_Union[WebhookDelivery, _Mapping]] = ...) -> None: ...
 
 class SubmitFeedbackRequest(_message.Message):
-    __slots__ = ("check_id", "entry_id", "verdict", "note", "list")
+    __slots__ = ("check_id", "entry_id", "verdict", "note", "list", "owner")
     CHECK_ID_FIELD_NUMBER: _ClassVar[int]
     ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
     LIST_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     check_id: str
     entry_id: str
     verdict: Verdict
     note: str
     list: str
-    def __init__(self, check_id: _Optional[str] = ..., entry_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., note: _Optional[str] = ..., list: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, check_id: _Optional[str] = ..., entry_id: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., note: _Optional[str] = ..., list: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class Feedback(_message.Message):
     __slots__ = ("time", "key_id", "check_id", "list", "entry_id", "verdict", "note", "score", "decision")

@@ -291,7 +291,7 @@ class LookalikeServicer:
 
     def GetCheck(self, request, context):
         """A stored check: pending (deferred) or its result, and its webhook delivery. A caller
-        reads its own checks; an admin reads any.
+        reads its own checks; an admin reads any, naming its owner.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
