@@ -312,7 +312,7 @@ def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output
 
     try:
         with _progress(total, f"importing into {args.list}", not args.quiet, unit="line") as bar:
-            for index, result in client.import_entries(args.list, entries(), batch=args.batch):
+            for index, result in client.import_stream(args.list, entries(), batch=args.batch):
                 line = sent[index]
                 report_bad(line, bar)
                 bar.update(1)

@@ -163,7 +163,7 @@ CALLS: dict[str, Call] = {
     ),
     "AddHash": lambda client, admin, target: client.add_hash(target, client.hash_entry(pdq=random_pdq())),
     "ImportEntries": lambda client, admin, target: _raise_item_error(
-        client.import_entries(target, [client.hash_entry(pdq=random_pdq())])
+        client.import_stream(target, [client.hash_entry(pdq=random_pdq())])
     ),
     "ExportEntries": lambda client, admin, target: list(client.export_entries(target)),
     "CheckHashes": lambda client, admin, target: client.check_hashes([target], pdq=random_pdq()),

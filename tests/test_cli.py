@@ -157,7 +157,7 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(lookalike: ServerHan
     """`lookalike export LIST | head` must not end in a traceback."""
     lookalike.client.create_list("banned")
     entries = [LookalikeClient.hash_entry(pdq=f"{number + 1:064x}") for number in range(2000)]
-    assert all(not isinstance(result, Exception) for _, result in lookalike.client.import_entries("banned", entries))
+    assert lookalike.client.import_entries("banned", entries).added == 2000
     with subprocess.Popen(
         [str(LOOKALIKE), "export", "banned"],
         stdout=subprocess.PIPE,
