@@ -5,6 +5,11 @@ that fails prints {"path", "error"}, the rest carry on, and the exit status is 1
 `import` prints {"line", "error"} per line it could not import (the rest are
 imported) and a closing {"list", "added", "duplicates", "failed"}; `export` writes
 the file to stdout (or --output) and its progress to stderr.
+`add` and `check` end with a one-line summary on stderr (counts, failures, elapsed time).
+An error that every image would meet alike (a list that does not exist, a key without the
+right, an option the server refuses) is reported once and ends the command with status 1.
+A command that fails as a whole prints {"error", "code", "reason"} with --json, plus "hint"
+when there is advice (also on stderr): a server not reached, TLS on one side only.
 `keys create` prints the new key alone on stdout (its only showing), so a script
 can capture it; `audit --json` prints one change per line. `check --defer --json`
 prints {"path", "id"} per image; `result ID --json` prints the stored check with its
@@ -16,8 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import ssl
 import sys
-from collections import deque
+import threading
+import time
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -58,6 +67,22 @@ from client.types import (
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif"}
 MODEL_CHOICES = ("sscd", "sscd-distilled")
 OWNER_HELP = "the key id that made the check (admin, to reach another key's check; default: your own)"
+STDIN = "-"
+MAX_TOP_K = 1000
+"""The server's bound on `top_k` (server/service.py; a test keeps the two equal)."""
+REQUEST_WIDE_REASONS = frozenset(
+    {
+        "LIST_NOT_FOUND",
+        "LIST_NAME_INVALID",
+        "LIST_NOT_ALLOWED",
+        "ROLE_NOT_ALLOWED",
+        "TOP_K_OUT_OF_RANGE",
+        "MIN_SCORE_OUT_OF_RANGE",
+        "META_TOO_LARGE",
+        "STORAGE_FULL",
+    }
+)
+"""Per-image errors that say nothing about the image: every other image would get the same."""
 
 
 def _is_url(text: str) -> bool:
@@ -65,22 +90,50 @@ def _is_url(text: str) -> bool:
 
 
 def expand_inputs(inputs: Sequence[str]) -> Iterator[str]:
-    """URLs as given, files as given, folders recursed (image files, sorted, hidden skipped)."""
+    """URLs as given, files as given, folders recursed (image files, sorted, hidden skipped).
+
+    A folder with no picture in it is yielded itself, so that it is reported rather than skipped
+    in silence."""
     for item in inputs:
         path = Path(item)
         if _is_url(item) or not path.is_dir():
             yield item
             continue
+        found = False
         for root, folders, files in os.walk(path):
             folders[:] = sorted(f for f in folders if not f.startswith("."))
             for name in sorted(files):
                 if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    found = True
                     yield str(Path(root) / name)
+        if not found:
+            yield item
+
+
+class NoPictures(OSError):
+    """A folder given as input holds no picture files."""
+
+    def __str__(self) -> str:
+        return f"no pictures in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))}; hidden files skipped)"
 
 
 def _image(item: str) -> pb.Image:
-    """What to send for one input; raises OSError for an unreadable file."""
-    return pb.Image(url=item) if _is_url(item) else image_message(Path(item))
+    """What to send for one input (`-`: the bytes on stdin); raises OSError for an unreadable file."""
+    if item == STDIN:
+        return pb.Image(data=sys.stdin.buffer.read())
+    if _is_url(item):
+        return pb.Image(url=item)
+    if Path(item).is_dir():
+        raise NoPictures()
+    return image_message(Path(item))
+
+
+def _one_stdin(inputs: Sequence[str]) -> None:
+    """Refuse `-` twice (stdin holds one picture), or when stdin is a terminal (it would wait on a person)."""
+    if list(inputs).count(STDIN) > 1:
+        raise SystemExit(f"lookalike: {STDIN} (stdin) can be given only once")
+    if STDIN in inputs and sys.stdin.isatty():
+        raise SystemExit(f"lookalike: {STDIN} reads a picture from stdin, here a terminal: redirect one (< photo.jpg)")
 
 
 def _parse_meta(pairs: Sequence[str]) -> dict[str, str]:
@@ -94,18 +147,39 @@ def _parse_meta(pairs: Sequence[str]) -> dict[str, str]:
 
 
 class Output:
-    """Prints results as JSON lines or readable text, and remembers failures."""
+    """Prints results as JSON lines or readable text, and remembers failures.
+
+    Results may come from two threads (gRPC's request thread reports unreadable files), so
+    printing is serialised. On a terminal that also shows the progress bar (stdout and stderr
+    both ttys), the bar is taken off its line for each result and drawn again below it."""
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
         self.failures = 0
+        self._lock = threading.Lock()
+        self._bar: Any = None
+        self._shared_terminal = sys.stdout.isatty() and sys.stderr.isatty()
+
+    def attach(self, bar: Any) -> Any:
+        """Keep results and this progress bar on separate lines; returns the bar."""
+        if self._shared_terminal:
+            self._bar = bar
+        return bar
 
     def emit(self, record: dict[str, Any], text: str) -> None:
-        print(json.dumps(record, ensure_ascii=False) if self.as_json else text, flush=True)
+        line = json.dumps(record, ensure_ascii=False) if self.as_json else text
+        with self._lock:
+            if self._bar is None:
+                print(line, flush=True)
+                return
+            self._bar.clear()
+            print(line, flush=True)
+            self._bar.refresh()
 
     def _failure(self, key: str, value: Any, label: str, message: str, error: Exception | str) -> None:
         """Count a failure and print {key: value, "error", "code"?, "reason"?} or `label<TAB>ERROR<TAB>message`."""
-        self.failures += 1
+        with self._lock:
+            self.failures += 1
         record: dict[str, Any] = {key: value, "error": message}
         if isinstance(error, LookalikeError):
             record["code"] = error.code
@@ -118,7 +192,8 @@ class Output:
         self._failure("line", line, f"line {line}", message, error)
 
     def fail(self, path: str, error: Exception) -> None:
-        message = str(error) if isinstance(error, LookalikeError) else f"{type(error).__name__}: {error}"
+        plain = isinstance(error, LookalikeError | NoPictures)
+        message = str(error) if plain else f"{type(error).__name__}: {error}"
         self._failure("path", path, path, message, error)
 
     def fail_id(self, id: str, error: LookalikeError) -> None:
@@ -150,20 +225,49 @@ def _streamed(items: list[str], output: Output, make_request: Any) -> tuple[list
     return sent, requests()
 
 
+def _plural(count: int, singular: str, plural: str = "") -> str:
+    """`1 entry`, `2 entries`."""
+    return f"{count} {singular if count == 1 else (plural or singular + 's')}"
+
+
+def _stops_the_run(error: LookalikeError, item: str) -> bool:
+    """Whether an image's error would repeat for every image: report it once and stop."""
+    return error.reason in REQUEST_WIDE_REASONS or _about_callback(error, item)
+
+
+def _about_callback(error: LookalikeError, item: str) -> bool:
+    """A URL error on an input that is no URL is about --callback-url."""
+    return error.reason.startswith("URL_") and not _is_url(item)
+
+
+def _summary(args: argparse.Namespace, started: float, counts: str, output: Output) -> None:
+    """The closing line on stderr (left out with --quiet): what happened to each input, and how long it took."""
+    if not args.quiet:
+        print(f"{counts}, {output.failures} failed in {time.monotonic() - started:.1f} s", file=sys.stderr)
+
+
 def cmd_add(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    started = time.monotonic()
+    _one_stdin(args.inputs)
     items = list(expand_inputs(args.inputs))
     meta = _parse_meta(args.meta)
     sent, requests = _streamed(items, output, lambda image: pb.AddEntryRequest(list=args.list, image=image, meta=meta))
-    with _progress(len(items), f"adding to {args.list}", not args.quiet) as bar:
+    counts = Counter[str]()
+    with output.attach(_progress(len(items), f"adding to {args.list}", not args.quiet)) as bar:
         for index, result in client.add_many(requests):
             path = sent[index]
             bar.update(1)
             if isinstance(result, LookalikeError):
+                if _stops_the_run(result, path):
+                    raise result
                 output.fail(path, result)
             else:
+                counts["duplicate" if result.duplicate else "added"] += 1
                 output.emit(
                     add_record(path, result), f"{path}\t{result.id}{'  (duplicate)' if result.duplicate else ''}"
                 )
+    summary = f"{counts['added']} added to {args.list}, {_plural(counts['duplicate'], 'duplicate')}"
+    _summary(args, started, summary, output)
 
 
 def add_record(path: str, result: AddResult) -> dict[str, Any]:
@@ -200,17 +304,20 @@ def check_record(path: str, result: CheckResult) -> dict[str, Any]:
 
 
 def _check_text(label: str, result: CheckResult, signals: bool = True) -> str:
-    """`label<TAB>decision`, then the best match and its score (and its signals, unless `signals` is false)."""
-    best = result.matches[0] if result.matches else None
+    """`label<TAB>decision`, then the best match and its score (and its signals, unless `signals` is false);
+    each further match (--top-k, --min-score) on a line of its own below, indented, with its own decision."""
     text = f"{label}\t{result.decision}"
-    if best is not None:
-        text += f"\t{best.list}/{best.id}\tscore {best.score:.3f}"
+    for number, match in enumerate(result.matches):
+        shown = f"{match.list}/{match.id}\tscore {match.score:.3f}"
         if signals:
-            text += f"\t{'+'.join(best.evidence.signals) or '-'}"
+            shown += f"\t{'+'.join(match.evidence.signals) or '-'}"
+        text += f"\t{shown}" if number == 0 else f"\n  {shown}\t{match.decision}"
     return text
 
 
 def cmd_check(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    started = time.monotonic()
+    _one_stdin(args.inputs)
     lists = [name for name in args.lists.split(",") if name]
     items = list(expand_inputs(args.inputs))
     meta = _parse_meta(args.meta)
@@ -227,17 +334,27 @@ def cmd_check(client: LookalikeClient, args: argparse.Namespace, output: Output)
         )
 
     sent, requests = _streamed(items, output, request)
-    with _progress(len(items), "checking", not args.quiet) as bar:
+    decisions = Counter[str]()
+    with output.attach(_progress(len(items), "checking", not args.quiet)) as bar:
         for index, result in client.check_many(requests):
             path = sent[index]
             bar.update(1)
             if isinstance(result, LookalikeError):
+                if _about_callback(result, path):
+                    raise type(result)(f"--callback-url {args.callback_url}: {result.message}", result.reason)
+                if _stops_the_run(result, path):
+                    raise result
                 output.fail(path, result)
                 continue
             if result.status == "pending":
+                decisions["queued"] += 1
                 output.emit({"path": path, "id": result.id}, f"{path}\t{result.id}\tpending")
                 continue
+            decisions[result.decision] += 1
             output.emit(check_record(path, result), _check_text(path, result, signals=False))
+    shown = ("reject", "review", "accept", "queued")
+    tally = ", ".join(f"{decisions[name]} {name}" for name in shown if decisions[name] or name != "queued")
+    _summary(args, started, f"{sum(decisions.values())} checked: {tally}", output)
 
 
 # Hash lists ----------------------------------------------------------------
@@ -325,8 +442,8 @@ def cmd_import(client: LookalikeClient, args: argparse.Namespace, output: Output
                 yield item
 
     try:
-        with _progress(total, f"importing into {args.list}", not args.quiet, unit="line") as bar:
-            for index, result in client.import_entries(args.list, entries(), batch=args.batch):
+        with output.attach(_progress(total, f"importing into {args.list}", not args.quiet, unit="line")) as bar:
+            for index, result in client.import_stream(args.list, entries(), batch=args.batch):
                 line = sent[index]
                 report_bad(line, bar)
                 bar.update(1)
@@ -351,8 +468,10 @@ def cmd_export(client: LookalikeClient, args: argparse.Namespace, output: Output
         raise SystemExit(f"lookalike: --no-header applies to --format {PDQ_CSV} only, not {file_format}")
     total = client.get_list(args.list).entry_count
     out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+    # entries written to the terminal would share its lines with the bar: no bar then
+    bar_shown = not args.quiet and not (out is sys.stdout and out.isatty() and sys.stderr.isatty())
     try:
-        with _progress(total, f"exporting {args.list}", not args.quiet, unit="entry") as bar:
+        with _progress(total, f"exporting {args.list}", bar_shown, unit="entry") as bar:
 
             def entries() -> Iterator[Any]:
                 for entry in client.export_entries(args.list, with_embeddings=args.with_embeddings):
@@ -370,7 +489,7 @@ def cmd_export(client: LookalikeClient, args: argparse.Namespace, output: Output
         if out is not sys.stdout:
             out.close()
     note = f" ({skipped} without a PDQ hash left out)" if skipped else ""
-    print(f"exported {written} entries of {args.list}{note}", file=sys.stderr)
+    print(f"exported {_plural(written, 'entry', 'entries')} of {args.list}{note}", file=sys.stderr)
 
 
 def stored_check_record(record: CheckRecord) -> dict[str, Any]:
@@ -410,7 +529,7 @@ def cmd_result(client: LookalikeClient, args: argparse.Namespace, output: Output
             output.failures += 1
             text += f"\t{record.error['code']}: {record.error['message']}"
         if record.delivery is not None:
-            text += f"\twebhook {record.delivery.state} after {record.delivery.attempts} attempt(s)"
+            text += f"\twebhook {record.delivery.state} after {_plural(record.delivery.attempts, 'attempt')}"
         output.emit(stored_check_record(record), text)
 
 
@@ -466,13 +585,15 @@ def calibration_record(calibration: Calibration) -> dict[str, Any]:
 
 def _calibration_text(calibration: Calibration) -> str:
     lines = [
-        f"{calibration.list}: {calibration.feedback_seen} feedback, {calibration.checks_seen} stored checks scored"
+        f"{calibration.list}: {calibration.feedback_seen} feedback, "
+        f"{_plural(calibration.checks_seen, 'stored check')} scored"
     ]
     for name, advice in (("review", calibration.review), ("reject", calibration.reject)):
         lines.append(
-            f"  {name} {advice.current:g} -> {advice.recommended:g}: avoids {advice.errors_avoided} reported "
-            f"error(s), {advice.errors_left} left; changes {advice.checks_affected} stored check(s) and "
-            f"{advice.confirmed_affected} confirmed match(es)"
+            f"  {name} {advice.current:g} -> {advice.recommended:g}: avoids "
+            f"{_plural(advice.errors_avoided, 'reported error')}, {advice.errors_left} left; changes "
+            f"{_plural(advice.checks_affected, 'stored check')} and "
+            f"{_plural(advice.confirmed_affected, 'confirmed match', 'confirmed matches')}"
         )
     lines += [f"  note: {note}" for note in calibration.notes]
     lines.append("  applied" if calibration.applied else "  not applied (use --apply)")
@@ -534,14 +655,14 @@ def list_record(info: ListInfo) -> dict[str, Any]:
 
 def _list_text(info: ListInfo) -> str:
     text = (
-        f"{info.name}\t{info.entry_count} entries\tmodel {info.model}\t"
+        f"{info.name}\t{_plural(info.entry_count, 'entry', 'entries')}\tmodel {info.model}\t"
         f"review ≥ {info.review_threshold:g}\treject ≥ {info.reject_threshold:g}\t"
         f"{'' if info.dihedral else 'no rotations/mirrors\t'}{info.description}"
     )
     if info.kind != "disallow":
         text += f"\t({info.kind} list)"
     if info.guarded:
-        text += f"\t{len(info.guarded)} entries under flood guard"
+        text += f"\t{_plural(len(info.guarded), 'entry', 'entries')} under flood guard"
     return text
 
 
@@ -581,10 +702,24 @@ def cmd_lists(client: LookalikeClient, args: argparse.Namespace, output: Output)
         )
         output.emit(list_record(info), f"updated {_list_text(info)}")
     elif args.lists_command == "rm":
+        if not args.yes and sys.stdin.isatty() and sys.stderr.isatty() and not _confirmed(client, args.name):
+            raise SystemExit(f"lookalike: {args.name} not deleted")
         deleted = client.delete_list(args.name)
         output.emit(
-            {"name": args.name, "deleted": True, "entries_deleted": deleted}, f"deleted {args.name} ({deleted} entries)"
+            {"name": args.name, "deleted": True, "entries_deleted": deleted},
+            f"deleted {args.name} ({_plural(deleted, 'entry', 'entries')})",
         )
+
+
+def _confirmed(client: LookalikeClient, name: str) -> bool:
+    """Ask on the terminal before deleting a list; only `y` or `yes` deletes it."""
+    count = _plural(client.get_list(name).entry_count, "entry", "entries")
+    print(f"delete list {name} and its {count}? This cannot be undone. [y/N] ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        answer = ""
+    return answer.strip().lower() in ("y", "yes")
 
 
 def cmd_entry(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
@@ -597,7 +732,8 @@ def cmd_entry(client: LookalikeClient, args: argparse.Namespace, output: Output)
         "model": entry.model,
         **asdict(entry.hashes),
     }
-    output.emit(record, "\n".join(f"{k}\t{v}" for k, v in record.items()))
+    shown = record | {"meta": " ".join(f"{k}={v}" for k, v in sorted(entry.meta.items())) or "-"}
+    output.emit(record, "\n".join(f"{k}\t{v}" for k, v in shown.items()))
 
 
 def key_record(info: KeyInfo) -> dict[str, Any]:
@@ -668,6 +804,65 @@ def cmd_audit(client: LookalikeClient, args: argparse.Namespace, output: Output)
         output.emit(audit_record(record), f"{text}\t{detail}")
 
 
+def _bounded(kind: type[int] | type[float], low: float, high: float | None = None) -> Any:
+    """An argparse type for a number in [low, high] (no upper bound when `high` is None)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
+        if not (low <= value and (high is None or value <= high)):  # NaN fails too
+            bounds = f"lie in [{low:g}, {high:g}]" if high is not None else f"be at least {low:g}"
+            raise argparse.ArgumentTypeError(f"must {bounds}, got {text}")
+        return value
+
+    return parse
+
+
+SCORE = _bounded(float, 0, 1)
+
+
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Shows an option's default after its help, unless the help already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not text
+            or "default" in text
+            or not action.option_strings
+            or default is None
+            or default is False
+            or default in ("", [], argparse.SUPPRESS)
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+def _explain(parser: argparse.ArgumentParser) -> None:
+    """Every command's --help starts with what it does (its one-line help) and shows defaults."""
+    parser.formatter_class = _HelpWithDefaults
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            said = {choice.dest: choice.help or "" for choice in action._choices_actions}
+            for name, command in action.choices.items():
+                text = said.get(name, "")
+                if command.description is None and text:
+                    command.description = f"{text[0].upper()}{text[1:]}."
+                _explain(command)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lookalike")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -676,7 +871,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"HOST:PORT of the server (env LOOKALIKE_SERVER; default {DEFAULT_SERVER})",
     )
     common.add_argument("--json", action="store_true", help="print JSON, one object per line")
-    common.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bar (nor the summary of add and check)")
     common.add_argument(
         "--api-key",
         default=None,
@@ -700,6 +895,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser = argparse.ArgumentParser(prog="lookalike", description="Near-duplicate image disallow lists.")
+    parser.add_argument("--version", action="version", version=f"lookalike {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("serve", help="run the server (see `lookalike serve --help`)", add_help=False)
@@ -707,11 +903,15 @@ def build_parser() -> argparse.ArgumentParser:
     lists = commands.add_parser("lists", help="create, show and delete lists")
     lists_commands = lists.add_subparsers(dest="lists_command", required=True, metavar="ACTION")
     create = lists_commands.add_parser("create", parents=[common], help="create a list")
-    create.add_argument("name")
-    create.add_argument("--review-threshold", type=float, help="score from which a match goes to review")
-    create.add_argument("--reject-threshold", type=float, help="score from which a match is rejected")
+    create.add_argument("name", help="the new list's name")
+    create.add_argument(
+        "--review-threshold", type=SCORE, help="score from which a match goes to review, 0-1 (default 0.5)"
+    )
+    create.add_argument(
+        "--reject-threshold", type=SCORE, help="score from which a match is rejected, 0-1 (default 0.8)"
+    )
     create.add_argument("--model", choices=MODEL_CHOICES, help="embedding model (default: the server's)")
-    create.add_argument("--description", default="")
+    create.add_argument("--description", default="", help="what the list holds, for people")
     dihedral_help = "match PDQ's rotations and mirrors of what is checked (default: on)"
     create.add_argument("--dihedral", action=argparse.BooleanOptionalAction, help=dihedral_help)
     create.add_argument(
@@ -722,43 +922,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lists_commands.add_parser("ls", parents=[common], help="list all lists")
     show = lists_commands.add_parser("show", parents=[common], help="show one list")
-    show.add_argument("name")
+    show.add_argument("name", help="the list")
     update = lists_commands.add_parser("update", parents=[common], help="change thresholds or description")
-    update.add_argument("name")
-    update.add_argument("--review-threshold", type=float)
-    update.add_argument("--reject-threshold", type=float)
-    update.add_argument("--description")
+    update.add_argument("name", help="the list")
+    update.add_argument("--review-threshold", type=SCORE, help="score from which a match goes to review, 0-1")
+    update.add_argument("--reject-threshold", type=SCORE, help="score from which a match is rejected, 0-1")
+    update.add_argument("--description", help="what the list holds, for people")
     update.add_argument("--dihedral", action=argparse.BooleanOptionalAction, help=dihedral_help)
     remove_list = lists_commands.add_parser("rm", parents=[common], help="delete a list and all its entries")
-    remove_list.add_argument("name")
+    remove_list.add_argument("name", help="the list")
+    remove_list.add_argument(
+        "--yes", "-y", action="store_true", help="do not ask first (it asks only when run on a terminal)"
+    )
 
     add = commands.add_parser("add", parents=[common], help="add images (files, folders, URLs) to a list")
-    add.add_argument("list")
-    add.add_argument("inputs", nargs="+", metavar="PATH|DIR|URL")
+    inputs_help = "picture files, folders (searched recursively), http(s) URLs the server fetches, or - for stdin"
+    add.add_argument("list", help="the list to add to")
+    add.add_argument("inputs", nargs="+", metavar="PATH|DIR|URL", help=inputs_help)
     add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="meta for every entry")
 
     check = commands.add_parser("check", parents=[common], help="check images against lists")
-    check.add_argument("lists", metavar="LIST[,LIST...]")
-    check.add_argument("inputs", nargs="+", metavar="PATH|DIR|URL")
-    check.add_argument("--top-k", type=int, default=0, help="show up to N nearest entries, even below review")
-    check.add_argument("--min-score", type=float, help="show matches scoring at least S")
+    lists_help = 'lists to check against, comma-separated ("": every list the key may use); allow lists always count'
+    top_k_help = f"show up to N nearest entries, even below review, 0-{MAX_TOP_K} (default 0: matches from review up)"
+    check.add_argument("lists", metavar="LIST[,LIST...]", help=lists_help)
+    check.add_argument("inputs", nargs="+", metavar="PATH|DIR|URL", help=inputs_help)
+    check.add_argument("--top-k", type=_bounded(int, 0, MAX_TOP_K), default=0, help=top_k_help)
+    check.add_argument("--min-score", type=SCORE, help="show matches scoring at least S, 0-1")
     check.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="meta echoed back")
     check.add_argument("--defer", action="store_true", help="queue the checks; print their ids (see `result`)")
     check.add_argument("--callback-url", default="", metavar="URL", help="POST each result there, signed")
 
     result = commands.add_parser("result", parents=[common], help="the stored result of checks, by id")
-    result.add_argument("ids", nargs="+", metavar="ID")
-    result.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait while a check is pending")
+    result.add_argument("ids", nargs="+", metavar="ID", help="check ids (a check's request_id)")
+    result.add_argument(
+        "--wait", type=_bounded(float, 0), default=0.0, metavar="SECONDS", help="wait up to this long while pending"
+    )
     result.add_argument("--owner", metavar="KEY_ID", help=OWNER_HELP)
 
     feedback = commands.add_parser("feedback", help="send and list feedback on checks")
     feedback_commands = feedback.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
     feedback_add = feedback_commands.add_parser("add", parents=[common], help="a verdict on a stored check")
-    feedback_add.add_argument("check_id", metavar="CHECK_ID")
+    feedback_add.add_argument("check_id", metavar="CHECK_ID", help="the stored check judged")
     feedback_add.add_argument("--verdict", required=True, choices=tuple(VERDICTS))
     feedback_add.add_argument("--entry", default="", help="the entry judged (default: the best flagging match)")
     feedback_add.add_argument("--list", default="", help="the entry's list, when the check did not come near it")
-    feedback_add.add_argument("--note", default="")
+    feedback_add.add_argument("--note", default="", help="free text kept with the verdict")
     feedback_add.add_argument("--owner", metavar="KEY_ID", help=OWNER_HELP)
     feedback_ls = feedback_commands.add_parser("ls", parents=[common], help="list feedback, oldest first (admin)")
     feedback_ls.add_argument("--list", default="", help="only feedback on this list")
@@ -767,14 +975,14 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate = commands.add_parser(
         "calibrate", parents=[common], help="thresholds that would have avoided the reported errors (admin)"
     )
-    calibrate.add_argument("list")
+    calibrate.add_argument("list", help="the list whose feedback is weighed")
     calibrate.add_argument("--apply", action="store_true", help="set the recommended thresholds (audited)")
 
     confirm = commands.add_parser(
         "confirm", parents=[common], help="lift the flood guard of entries: their match rate is normal (admin)"
     )
-    confirm.add_argument("list")
-    confirm.add_argument("ids", nargs="+", metavar="ID")
+    confirm.add_argument("list", help="the entries' list")
+    confirm.add_argument("ids", nargs="+", metavar="ID", help="entries under flood guard")
 
     webhooks = commands.add_parser("webhooks", help="webhook settings (admin)")
     webhooks_commands = webhooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
@@ -782,45 +990,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     def hash_arguments(command: argparse.ArgumentParser) -> None:
         command.add_argument("--pdq", default="", metavar="HEX", help="PDQ hash, 64 hex characters")
-        command.add_argument("--quality", type=int, help="the PDQ hash's quality, 0-100 (default 100)")
+        quality_help = "the PDQ hash's quality, 0-100 (default 100)"
+        command.add_argument("--quality", type=_bounded(int, 0, 100), help=quality_help)
         command.add_argument("--md5", default="", metavar="HEX", help="MD5 of the picture's bytes")
         command.add_argument("--sha256", default="", metavar="HEX", help="SHA-256 of the picture's bytes")
 
     add_hash = commands.add_parser("add-hash", parents=[common], help="add an entry by its hashes (no picture)")
-    add_hash.add_argument("list")
+    add_hash.add_argument("list", help="the list to add to")
     hash_arguments(add_hash)
     add_hash.add_argument("--id", default="", help="entry id (default: generated)")
-    add_hash.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE")
+    add_hash.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="meta of the entry")
 
     check_hash = commands.add_parser("check-hash", parents=[common], help="check hashes computed elsewhere")
-    check_hash.add_argument("lists", metavar="LIST[,LIST...]")
+    check_hash.add_argument("lists", metavar="LIST[,LIST...]", help=lists_help)
     hash_arguments(check_hash)
-    check_hash.add_argument("--top-k", type=int, default=0, help="show up to N nearest entries, even below review")
-    check_hash.add_argument("--min-score", type=float, help="show matches scoring at least S")
+    check_hash.add_argument("--top-k", type=_bounded(int, 0, MAX_TOP_K), default=0, help=top_k_help)
+    check_hash.add_argument("--min-score", type=SCORE, help="show matches scoring at least S, 0-1")
     check_hash.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="meta echoed back")
 
     import_file = commands.add_parser("import", parents=[common], help="import a hash list file into a list")
-    import_file.add_argument("list")
+    import_file.add_argument("list", help="the list to import into")
     import_file.add_argument("file", metavar="FILE", help="the file, or - for stdin")
     import_file.add_argument(
         "--format", choices=FORMATS, help="default: recognised from the first lines, else pdq-csv for *.csv, else jsonl"
     )
-    import_file.add_argument("--batch", type=int, default=IMPORT_BATCH, help="entries per transaction")
+    import_file.add_argument("--batch", type=_bounded(int, 1), default=IMPORT_BATCH, help="entries per transaction")
 
     export = commands.add_parser("export", parents=[common], help="write a list's entries to stdout")
-    export.add_argument("list")
+    export.add_argument("list", help="the list to export")
     export.add_argument("--format", choices=EXPORT_FORMATS, help="default: jsonl (pdq-csv for an --output *.csv)")
     export.add_argument("--no-header", action="store_true", help="pdq-csv rows only: hash,quality,filename")
     export.add_argument("--with-embeddings", action="store_true", help="include embeddings (jsonl only)")
     export.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
 
     remove = commands.add_parser("remove", parents=[common], help="remove entries by id")
-    remove.add_argument("list")
-    remove.add_argument("ids", nargs="+", metavar="ID")
+    remove.add_argument("list", help="the entries' list")
+    remove.add_argument("ids", nargs="+", metavar="ID", help="ids of the entries to remove")
 
     entry = commands.add_parser("entry", parents=[common], help="show one entry")
-    entry.add_argument("list")
-    entry.add_argument("id")
+    entry.add_argument("list", help="the entry's list")
+    entry.add_argument("id", help="the entry's id")
 
     keys = commands.add_parser("keys", help="create, list and revoke API keys (admin)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -830,11 +1039,12 @@ def build_parser() -> argparse.ArgumentParser:
     create_key.add_argument("--name", default="", help="a label, e.g. the service that uses the key")
     keys_commands.add_parser("ls", parents=[common], help="list keys (revoked ones too)")
     revoke_key = keys_commands.add_parser("revoke", parents=[common], help="revoke a key at once")
-    revoke_key.add_argument("id")
+    revoke_key.add_argument("id", help="the key's id (`keys ls`), not the key itself")
 
     audit = commands.add_parser("audit", parents=[common], help="changes to lists, entries and keys (admin)")
     audit.add_argument("--list", default="", help="only changes to this list")
     audit.add_argument("--since", type=parse_time, metavar="TIME", help="ISO-8601 (UTC unless given) or unix seconds")
+    _explain(parser)
     return parser
 
 
@@ -858,6 +1068,49 @@ HANDLERS = {
 }
 
 
+def _speaks_tls(target: str) -> bool:
+    """Whether the server at HOST:PORT completes a TLS handshake (its certificate unchecked: this only
+    tells a plain client why it was refused)."""
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        return False
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=3) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return True
+    except OSError:  # ssl.SSLError included: no TLS there
+        return False
+
+
+def _hint(error: LookalikeError, target: str, tls: bool) -> str:
+    """What to do about a common failure, in the CLI's terms ("" when there is nothing to add)."""
+    if error.reason == "LIST_NOT_FOUND":
+        return "`lookalike lists ls` shows the lists there are; `lookalike lists create NAME` makes one"
+    if error.code != "UNAVAILABLE" or error.reason != "UNAVAILABLE":  # UNAVAILABLE without a reason: no server answered
+        return ""
+    message = error.message
+    if tls and "WRONG_VERSION_NUMBER" in message:
+        return f"the server at {target} does not speak TLS: leave out --tls and --tls-ca (and LOOKALIKE_TLS_CA)"
+    if tls and "Socket closed" in message:
+        return "the server ended the TLS handshake: it may want a client certificate it trusts (--tls-cert, --tls-key)"
+    if "CERTIFICATE_VERIFY_FAILED" in message:
+        return "the server's certificate is not signed by a CA you trust: pass --tls-ca with the CA that signs it"
+    if "errors resolving" in message:
+        return f"no such host in {target}: check --server HOST:PORT (or LOOKALIKE_SERVER)"
+    if not tls and _speaks_tls(target):
+        return (
+            f"the server at {target} speaks TLS: pass --tls-ca CA.pem (or --tls if a public CA signed its certificate)"
+        )
+    return f"is `lookalike serve` running on {target}? (--server HOST:PORT or LOOKALIKE_SERVER say where to look)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
@@ -869,6 +1122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(argv[1:])
     args = build_parser().parse_args(argv)
     output = Output(args.json)
+    client: LookalikeClient | None = None
     try:
         with LookalikeClient(
             args.server,
@@ -880,9 +1134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ) as client:
             HANDLERS[args.command](client, args, output)
     except LookalikeError as error:
+        advice = _hint(error, client.target, client.tls) if client is not None else ""
         if args.json:
-            print(json.dumps({"error": str(error), "code": error.code, "reason": error.reason}), flush=True)
+            record = {"error": str(error), "code": error.code, "reason": error.reason}
+            print(json.dumps(record | ({"hint": advice} if advice else {})), flush=True)
         print(f"lookalike: {error}", file=sys.stderr)
+        if advice:
+            print(f"hint: {advice}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -30,6 +30,7 @@ from client.types import (
     Entry,
     Feedback,
     ImageInput,
+    ImportSummary,
     KeyInfo,
     ListInfo,
     NewKey,
@@ -169,6 +170,8 @@ class LookalikeClient:
     ) -> None:
         self.target = target or os.environ.get("LOOKALIKE_SERVER") or DEFAULT_SERVER
         self.timeout = timeout
+        self.tls = False
+        """Whether this client made a TLS channel (unknown, False, for a `channel` passed in)."""
         api_key = os.environ.get("LOOKALIKE_API_KEY", "") if api_key is None else api_key
         tls_ca = os.environ.get("LOOKALIKE_TLS_CA") if tls_ca is None else tls_ca
         tls_cert = os.environ.get("LOOKALIKE_CLIENT_CERT") if tls_cert is None else tls_cert
@@ -178,7 +181,8 @@ class LookalikeClient:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ]
-            if tls or tls_ca or tls_cert or tls_key:
+            self.tls = bool(tls or tls_ca or tls_cert or tls_key)
+            if self.tls:
                 credentials = channel_credentials(tls_ca, tls_cert, tls_key)
                 channel = grpc.secure_channel(self.target, credentials, options=options)
             else:
@@ -308,9 +312,24 @@ class LookalikeClient:
 
     def import_entries(
         self, list_name: str, entries: Iterable[pb.HashEntry], *, batch: int = IMPORT_BATCH
+    ) -> ImportSummary:
+        """Bulk add by hashes (see `hash_entry`), `batch` entries per transaction, all before returning:
+        how many were added, how many were listed already, and each refused entry's error. A failed
+        call (a list that does not exist, a lost connection) raises; the entries before it stay added."""
+        counts = {"added": 0, "duplicates": 0}
+        errors: list[tuple[int, LookalikeError]] = []
+        for index, result in self.import_stream(list_name, entries, batch=batch):
+            if isinstance(result, LookalikeError):
+                errors.append((index, result))
+            else:
+                counts["duplicates" if result.duplicate else "added"] += 1
+        return ImportSummary(list_name, counts["added"], counts["duplicates"], tuple(errors))
+
+    def import_stream(
+        self, list_name: str, entries: Iterable[pb.HashEntry], *, batch: int = IMPORT_BATCH
     ) -> Iterator[tuple[int, AddResult | LookalikeError]]:
-        """Bulk add by hashes over one stream, `batch` entries per transaction: yields (position,
-        result or that entry's error) in order. Entries before a failed call stay added."""
+        """`import_entries` one result at a time, as the server answers: yields (position, result or
+        that entry's error) in order. Nothing is sent until it is iterated."""
 
         def requests() -> Iterator[pb.ImportEntriesRequest]:
             pending: list[pb.HashEntry] = []

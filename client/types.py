@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from client.errors import LookalikeError
 from client.lookalike_pb import lookalike_pb2 as pb
 
 DECISION_NAMES = {pb.ACCEPT: "accept", pb.REVIEW: "review", pb.REJECT: "reject", pb.DECISION_UNSPECIFIED: "accept"}
@@ -430,6 +431,21 @@ class KeyInfo:
             message.created_by,
             _time(message.revoked) if message.HasField("revoked") else None,
         )
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What `import_entries` did: entries added, already listed (duplicates), and those refused,
+    each as (its position among the entries given, the error)."""
+
+    list: str
+    added: int
+    duplicates: int
+    errors: tuple[tuple[int, LookalikeError], ...] = ()
+
+    @property
+    def failed(self) -> int:
+        return len(self.errors)
 
 
 @dataclass(frozen=True)

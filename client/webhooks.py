@@ -14,6 +14,9 @@ The body is a `CheckRecord` as protobuf JSON (`parse_body` turns it back into on
     except SignatureError:
         return 401
 
+`verify` returns None and raises on a bad signature, so forgetting to look at its result
+can never let a forged request through; `is_valid` is the same test answering True or False.
+
 Standard library and protobuf only, like the rest of the thin client.
 """
 
@@ -67,6 +70,22 @@ def verify(
     expected = sign(secret, str(timestamp).strip(), body)
     if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
         raise SignatureError("signature does not match: another secret, or the body was changed")
+
+
+def is_valid(
+    secret: str | bytes,
+    timestamp: str | int,
+    body: bytes,
+    signature: str,
+    tolerance: float = DEFAULT_TOLERANCE,
+    now: float | None = None,
+) -> bool:
+    """`verify` as a yes or no: True when `signature` signs `body` at `timestamp`, within `tolerance` of now."""
+    try:
+        verify(secret, timestamp, body, signature, tolerance, now)
+    except SignatureError:
+        return False
+    return True
 
 
 def parse_body(body: bytes) -> pb.CheckRecord:

@@ -163,7 +163,7 @@ CALLS: dict[str, Call] = {
     ),
     "AddHash": lambda client, admin, target: client.add_hash(target, client.hash_entry(pdq=random_pdq())),
     "ImportEntries": lambda client, admin, target: _raise_item_error(
-        client.import_entries(target, [client.hash_entry(pdq=random_pdq())])
+        client.import_stream(target, [client.hash_entry(pdq=random_pdq())])
     ),
     "ExportEntries": lambda client, admin, target: list(client.export_entries(target)),
     "CheckHashes": lambda client, admin, target: client.check_hashes([target], pdq=random_pdq()),
@@ -519,6 +519,31 @@ def test_client_certificates_are_required_with_tls_client_ca(tmp_path: Path, pki
         assert over_cli.returncode == 0, over_cli.stderr
     finally:
         server.stop()
+
+
+def test_the_cli_says_which_side_speaks_tls(lookalike: ServerHandle, tmp_path: Path, pki: Pki) -> None:
+    server = start_server(
+        tmp_path / "tls",
+        tls_cert=str(pki.server_cert),
+        tls_key=str(pki.server_key),
+        tls_client_ca=str(pki.ca),
+    )
+    try:
+        plain = cli(server, "lists", "ls")
+        assert plain.returncode == 1
+        assert f"hint: the server at {server.address} speaks TLS: pass --tls-ca" in plain.stderr
+        untrusting = cli(server, "lists", "ls", "--tls")
+        assert untrusting.returncode == 1
+        assert "hint: the server's certificate is not signed by a CA you trust: pass --tls-ca" in untrusting.stderr
+        anonymous = cli(server, "lists", "ls", "--tls-ca", str(pki.ca))
+        assert anonymous.returncode == 1 and "it may want a client certificate it trusts (--tls-cert, --tls-key)" in (
+            anonymous.stderr
+        )
+    finally:
+        server.stop()
+    secure = cli(lookalike, "lists", "ls", "--json", "--tls-ca", str(pki.ca))
+    assert secure.returncode == 1 and "does not speak TLS: leave out --tls" in json.loads(secure.stdout)["hint"]
+    assert "does not speak TLS" in secure.stderr
 
 
 def test_bad_tls_settings_stop_the_start_with_a_clear_message(tmp_path: Path, pki: Pki) -> None:

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
+import fcntl
 import json
 import os
+import pty
+import re
+import select
+import struct
 import subprocess
+import termios
+import time
+from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from client import LookalikeClient
+from client.cli import MAX_TOP_K, build_parser
+from server import service
 from tests.conftest import ServerHandle, distinct_photos, jpeg_bytes
 from tests.processes import LOOKALIKE
 
@@ -122,6 +134,7 @@ def test_server_flag_and_unreachable_server(lookalike: ServerHandle) -> None:
     assert code == 0 and lists == []
     code, _, stderr = run(lookalike, "lists", "ls", "--server", "127.0.0.1:1")
     assert code == 1 and "UNAVAILABLE" in stderr
+    assert "hint: is `lookalike serve` running on 127.0.0.1:1?" in stderr
 
 
 def test_urls_are_fetched_by_the_server(lookalike: ServerHandle, tmp_path: Path) -> None:
@@ -157,7 +170,7 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(lookalike: ServerHan
     """`lookalike export LIST | head` must not end in a traceback."""
     lookalike.client.create_list("banned")
     entries = [LookalikeClient.hash_entry(pdq=f"{number + 1:064x}") for number in range(2000)]
-    assert all(not isinstance(result, Exception) for _, result in lookalike.client.import_entries("banned", entries))
+    assert lookalike.client.import_entries("banned", entries).added == 2000
     with subprocess.Popen(
         [str(LOOKALIKE), "export", "banned"],
         stdout=subprocess.PIPE,
@@ -170,3 +183,227 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(lookalike: ServerHan
         stderr = process.stderr.read().decode()
         assert process.wait(timeout=60) == 141
     assert "Traceback" not in stderr
+
+
+# A new user's rough edges -----------------------------------------------------------------------
+
+
+def on_terminal(
+    server: ServerHandle, *args: str, answer: str | None = None, stdin_terminal: bool = True
+) -> tuple[int, list[str]]:
+    """Run the CLI with stdout and stderr (and stdin, unless `stdin_terminal` is false) on a
+    pseudo-terminal, as a person at a terminal would; `answer` is typed once a question ends in `] `.
+    Returns the exit status and the terminal's lines as they would be seen."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 400, 0, 0))
+    process = subprocess.Popen(
+        [str(LOOKALIKE), *args],
+        stdin=terminal if stdin_terminal else subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+        env={**os.environ, "LOOKALIKE_SERVER": server.address},
+    )
+    os.close(terminal)
+    raw = b""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: every holder of the terminal is gone
+            break
+        if not chunk:
+            break
+        raw += chunk
+        if answer is not None and raw.rstrip().endswith(b"]"):
+            os.write(controller, answer.encode() + b"\n")
+            answer = None
+    os.close(controller)
+    code = process.wait(timeout=30)
+    return code, screen(raw.decode(errors="replace"))
+
+
+def screen(raw: str) -> list[str]:
+    """What a terminal shows for `raw`: a carriage return goes back to the line's start and later
+    characters overwrite earlier ones (cursor-movement escapes are dropped)."""
+    lines: list[str] = []
+    line: list[str] = []
+    column = 0
+    for char in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw):
+        if char == "\r":
+            column = 0
+        elif char == "\n":
+            lines.append("".join(line).rstrip())
+            line, column = [], 0
+        else:
+            line[column : column + 1] = [char]
+            column += 1
+    if line:
+        lines.append("".join(line).rstrip())
+    return lines
+
+
+def cli(server: ServerHandle, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """Run the CLI with no terminal (`stdin` on its standard input): exit status, stdout, stderr."""
+    completed = subprocess.run(
+        [str(LOOKALIKE), *args],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "LOOKALIKE_SERVER": server.address},
+    )
+    return completed.returncode, completed.stdout.decode(), completed.stderr.decode()
+
+
+def copies(folder: Path, photos: list[Path]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for photo in photos:
+        (folder / photo.name).write_bytes(photo.read_bytes())
+    return folder
+
+
+def test_results_and_the_progress_bar_never_share_a_terminal_line(lookalike: ServerHandle, tmp_path: Path) -> None:
+    photos = distinct_photos(4, seed=23)
+    lookalike.client.create_list("banned")
+    for photo in photos[:2]:
+        lookalike.client.add("banned", photo)
+    folder = copies(tmp_path / "uploads", photos)
+    code, lines = on_terminal(lookalike, "check", "banned", str(folder))
+    assert code == 0, lines
+    shown = [line for line in lines if str(folder) in line]
+    assert len(shown) == 4, lines
+    assert all(line.startswith(str(folder)) for line in shown), lines  # no bar before a result
+    assert all("img/s" not in line and "%|" not in line for line in shown), lines  # nor after one
+    assert re.fullmatch(r"4 checked: 2 reject, 0 review, 2 accept, 0 failed in \d+\.\d s", lines[-1]), lines
+
+
+def test_plain_text_shows_every_match_readable_meta_and_plurals(lookalike: ServerHandle) -> None:
+    photos = distinct_photos(4, seed=29)
+    lookalike.client.create_list("banned")
+    ids = [lookalike.client.add("banned", photo, meta={"case": "12", "source": "cli"}).id for photo in photos[:3]]
+    _, stdout, _ = cli(lookalike, "check", "banned", str(photos[0]), "--top-k", "3", "-q")
+    first, *more = stdout.splitlines()
+    assert first.split("\t")[:3] == [str(photos[0]), "reject", f"banned/{ids[0]}"]
+    assert sorted(line.split("\t")[0].strip() for line in more) == sorted(f"banned/{i}" for i in ids[1:])
+    assert all(line.startswith("  ") and line.endswith("\taccept") for line in more), more
+
+    shown = cli(lookalike, "entry", "banned", ids[0])[1].splitlines()
+    assert "meta\tcase=12 source=cli" in shown
+    lookalike.client.create_list("single")
+    lookalike.client.add("single", photos[3])
+    listed = cli(lookalike, "lists", "ls")[1]
+    assert "banned\t3 entries\t" in listed and "single\t1 entry\t" in listed
+    assert cli(lookalike, "lists", "rm", "single")[1] == "deleted single (1 entry)\n"
+
+
+def test_an_error_every_image_would_meet_is_reported_once(lookalike: ServerHandle, tmp_path: Path) -> None:
+    folder = copies(tmp_path / "uploads", distinct_photos(12, seed=31))
+    lookalike.client.create_list("banned")
+    for command in (["add", "nope"], ["check", "banned,nope"], ["check", "banned", "--callback-url", "ftp://hooks"]):
+        code, stdout, stderr = cli(lookalike, *command, str(folder), "--json")
+        (printed,) = [json.loads(line) for line in stdout.splitlines()]
+        assert code == 1 and "path" not in printed, (command, stdout)
+        assert stderr.count("lookalike: ") == 1, (command, stderr)
+        if "--callback-url" not in command:
+            assert printed["reason"] == "LIST_NOT_FOUND" and "'nope' does not exist" in printed["error"]
+            assert "`lookalike lists ls`" in printed["hint"] and "hint: `lookalike lists ls`" in stderr
+        else:
+            assert printed["reason"] == "URL_SCHEME" and printed["error"].startswith("INVALID_ARGUMENT: --callback-url")
+    assert lookalike.client.get_list("banned").entry_count == 0
+
+
+def test_empty_folders_are_reported_and_stdin_is_a_picture(lookalike: ServerHandle, tmp_path: Path) -> None:
+    (photo,) = distinct_photos(1, seed=37)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("no pictures here")
+    (notes / ".hidden.jpg").write_bytes(photo.read_bytes())
+    lookalike.client.create_list("banned")
+    for command in ("add", "check"):
+        code, stdout, stderr = cli(lookalike, command, "banned", str(empty), str(notes), "--json")
+        printed = [json.loads(line) for line in stdout.splitlines()]
+        assert code == 1 and [p["path"] for p in printed] == [str(empty), str(notes)], stdout
+        assert all(p["error"].startswith("no pictures in this folder") for p in printed)
+        assert "0 failed" not in stderr and "2 failed" in stderr
+
+    code, stdout, stderr = cli(lookalike, "add", "banned", "-", "--json", stdin=photo.read_bytes())
+    (added,) = [json.loads(line) for line in stdout.splitlines()]
+    assert code == 0 and added["path"] == "-" and not added["duplicate"], stderr
+    code, stdout, stderr = cli(lookalike, "check", "banned", "-", "--json", stdin=photo.read_bytes())
+    (checked,) = [json.loads(line) for line in stdout.splitlines()]
+    assert code == 0 and checked["decision"] == "reject" and checked["matches"][0]["id"] == added["id"], stderr
+    code, _, stderr = cli(lookalike, "check", "banned", "-", "-", stdin=photo.read_bytes())
+    assert code == 1 and "can be given only once" in stderr
+    code, lines = on_terminal(lookalike, "check", "banned", "-")  # no picture will come: say so, do not wait
+    assert code == 1 and "reads a picture from stdin, here a terminal" in lines[-1]
+
+
+def test_add_and_check_end_with_a_summary_on_stderr(lookalike: ServerHandle, tmp_path: Path) -> None:
+    photos = distinct_photos(3, seed=41)
+    folder = copies(tmp_path / "uploads", photos[:2])
+    (folder / "broken.jpg").write_bytes(b"not a picture")
+    lookalike.client.create_list("banned")
+    lookalike.client.add("banned", photos[0])
+    code, stdout, stderr = cli(lookalike, "add", "banned", str(folder), "--json")
+    assert code == 1 and len(stdout.splitlines()) == 3  # --json output unchanged: one object per input
+    assert all(
+        set(json.loads(line)) <= {"path", "id", "sha256", "duplicate", "error", "code", "reason"}
+        for line in stdout.splitlines()
+    )
+    assert re.fullmatch(r"1 added to banned, 1 duplicate, 1 failed in \d+\.\d s", screen(stderr)[-1]), stderr
+    code, stdout, stderr = cli(lookalike, "check", "banned", str(folder), str(photos[2]), "--json")
+    assert code == 1 and len(stdout.splitlines()) == 4
+    assert re.fullmatch(r"3 checked: 2 reject, 0 review, 1 accept, 1 failed in \d+\.\d s", screen(stderr)[-1]), stderr
+    code, _, stderr = cli(lookalike, "check", "banned", str(photos[2]), "--quiet")
+    assert code == 0 and stderr == ""
+
+
+def test_version_and_help_say_what_each_command_does(lookalike: ServerHandle) -> None:
+    code, stdout, _ = cli(lookalike, "--version")
+    assert code == 0 and stdout.strip() == f"lookalike {version('lookalike')}"
+    code, stdout, _ = cli(lookalike, "import", "--help")
+    assert code == 0 and "Import a hash list file into a list." in stdout and "(default: 1000)" in stdout
+    code, _, stderr = cli(lookalike, "check", "banned", "x.jpg", "--top-k", "-1")
+    assert code == 2 and "--top-k: must lie in [0, 1000], got -1" in stderr
+    assert MAX_TOP_K == service.MAX_TOP_K
+
+    def commands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command in action.choices.values():
+                    yield from commands(command)
+
+    for command in commands(build_parser()):
+        assert command.description, command.prog
+        for action in command._actions:
+            if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{command.prog} {action.dest}"
+        helped = command.format_help()
+        for action in command._actions:
+            if action.option_strings and action.dest != "server" and isinstance(action.default, int | float | str):
+                # --server's default may come from LOOKALIKE_SERVER; its help names the built-in one
+                shown = action.default not in (0, False, "", argparse.SUPPRESS)
+                assert not shown or str(action.default) in helped, f"{command.prog} {action.dest}"
+
+
+def test_removing_a_list_asks_on_a_terminal(lookalike: ServerHandle) -> None:
+    (photo,) = distinct_photos(1, seed=43)
+    for name in ("kept", "asked", "scripted", "piped"):
+        lookalike.client.create_list(name)
+    lookalike.client.add("kept", photo)
+    code, lines = on_terminal(lookalike, "lists", "rm", "kept", answer="n")
+    assert code == 1 and "delete list kept and its 1 entry? This cannot be undone. [y/N]" in lines[0]
+    assert lines[-1] == "lookalike: kept not deleted"
+    code, lines = on_terminal(lookalike, "lists", "rm", "asked", answer="y")
+    assert code == 0 and lines[-1] == "deleted asked (0 entries)", lines
+    code, lines = on_terminal(lookalike, "lists", "rm", "scripted", "--yes")
+    assert code == 0 and lines == ["deleted scripted (0 entries)"]
+    # no terminal to ask on (a script, a pipe): deleted as before, so existing scripts keep working
+    code, lines = on_terminal(lookalike, "lists", "rm", "piped", stdin_terminal=False)
+    assert code == 0 and lines == ["deleted piped (0 entries)"]
+    assert [info.name for info in lookalike.client.lists()] == ["kept"]

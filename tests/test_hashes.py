@@ -369,10 +369,10 @@ def test_imports_and_exports_are_logged_and_refused_on_unknown_lists(
     client.create_list("shared")
     rng = random.Random(19)
     entries = [client.hash_entry(pdq=random_pdq(rng)) for _ in range(5)]
-    assert [i for i, _ in client.import_entries("shared", entries, batch=2)] == [0, 1, 2, 3, 4]
+    assert [i for i, _ in client.import_stream("shared", entries, batch=2)] == [0, 1, 2, 3, 4]
     assert len(list(client.export_entries("shared"))) == 5
     with pytest.raises(NotFound):
-        list(client.import_entries("missing", entries))
+        client.import_entries("missing", entries)
     with pytest.raises(NotFound):
         list(client.export_entries("missing"))
     lines = [r.getMessage() for r in caplog.records if r.name == "lookalike.requests"]
