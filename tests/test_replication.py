@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 
 from client.errors import FailedPrecondition, InvalidArgument, Unavailable
 from server.replication import LOG_UNAVAILABLE, ChangeLog
@@ -375,6 +376,43 @@ def test_a_follower_behind_the_trimmed_log_stops_with_a_clear_error(nats_one: Na
         late = log.follow(5, Applied())
         assert not late.wait_for(20, 5)
         assert isinstance(late.error, FailedPrecondition) and late.error.reason == "LOG_TRIMMED"
+
+
+def test_a_sequence_handed_over_again_is_not_applied_twice(nats_one: NatsCluster) -> None:
+    """The follower asks NATS for what follows its last applied sequence, but does not rely on it: the
+    same real messages handed to it again (as a redelivering consumer would) are skipped by sequence,
+    and one past a hole stops it."""
+    with ChangeLog(nats_one.urls, "AGAIN", node="a") as log:
+        for i in range(3):
+            log.append(b"r%d" % i, f"id-{i}")
+        applied = Applied()
+        follower = log.follow(0, applied)
+        assert follower.wait_for(3, 5)
+        follower.stop()
+        messages = read_messages(nats_one.urls[0], "AGAIN")
+        for message in messages:
+            follower._deliver(message)
+        assert applied.records == [(1, b"r0"), (2, b"r1"), (3, b"r2")]
+
+        behind = log.follow(1, Applied())
+        behind.stop()
+        with pytest.raises(FailedPrecondition) as hole:
+            behind._deliver(messages[2])  # 3 after 1: 2 is missing
+        assert hole.value.reason == "LOG_TRIMMED"
+
+
+def read_messages(url: str, stream: str) -> list[Msg]:
+    """Every message of `stream` as a consumer delivers it (with its stream sequence)."""
+
+    async def read() -> list[Msg]:
+        client = await nats.connect(url, allow_reconnect=False)
+        try:
+            reader = await client.jetstream().pull_subscribe("", stream=stream)
+            return await reader.fetch(100, timeout=2)
+        finally:
+            await client.close()
+
+    return asyncio.run(read())
 
 
 def test_the_replication_package_imports_no_grpc_and_nothing_else_of_the_server() -> None:

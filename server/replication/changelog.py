@@ -7,7 +7,7 @@ key-value maps. Records are opaque bytes here; what they mean belongs to the cal
 
 Names in JetStream, all derived from the `stream` name (say LOOKALIKE): the stream LOOKALIKE with the
 subjects LOOKALIKE.changes.>, the object store LOOKALIKE_SNAPSHOTS, the key-value bucket LOOKALIKE_LEASES,
-and per name the work queue stream LOOKALIKE_WORK_<name> and the key-value bucket LOOKALIKE_<name>.
+and per name the work queue stream LOOKALIKE_WORK_<name> and the key-value bucket LOOKALIKE_KV_<name>.
 """
 
 from __future__ import annotations
@@ -97,14 +97,11 @@ class ChangeLog:
         self._snapshots = Snapshots(self.connection, f"{stream}_SNAPSHOTS", keep_snapshots, lambda: self.replicas)
         self.connection.wait_connected(connect_wait)
 
-    async def _setup(self, js: JetStreamContext) -> None:
+    async def _setup(self, js: JetStreamContext, clustered: bool) -> None:
         """Create the stream unless it exists (first connection only; see Connection)."""
         if self._requested_replicas is not None:
             self.replicas = self._requested_replicas
         else:
-            # A server in a cluster says so in its INFO (which nats-py keeps private); the peers it lists
-            # there may still be incomplete right after the cluster formed, so they are not counted.
-            clustered = bool(self.connection.client._server_info.get("cluster"))
             self.replicas = 3 if clustered else 1
         try:
             info = await js.stream_info(self.stream)
@@ -156,13 +153,14 @@ class ChangeLog:
                 )
             except LookalikeError:
                 raise
-            except (ConnectionDropped, nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as error:
-                # Dropped or leaderless for now: another server of the cluster may take it (same id).
+            except Exception as error:  # noqa: BLE001 - every NATS failure is retried or becomes a domain error
+                if not _transient(error):
+                    raise self.connection.translate(error, what) from error
+                # Dropped, or no stream leader for now (an election): try again with the same id, which
+                # another server of the cluster may take; JetStream stores it once.
                 if deadline - time.monotonic() < 0.05:
                     raise self.connection.unavailable(what, f"no acknowledgement within {timeout:.1f} s") from error
                 await asyncio.sleep(0.05)
-            except Exception as error:  # noqa: BLE001 - every other NATS failure becomes a domain error
-                raise self.connection.translate(error, what) from error
 
     async def _publish(self, js: JetStreamContext, record: bytes, dedup_id: str, timeout: float) -> int:
         self.connection.check_payload(len(record), "append to the change log")
@@ -184,7 +182,7 @@ class ChangeLog:
 
     def last_seq(self, timeout: float = 5.0) -> int:
         """The stream's last sequence (0 when empty)."""
-        return self.connection.call(lambda js: self._state(js), timeout, "read the change log's head").last_seq
+        return self.connection.call(self._state, timeout, "read the change log's head").last_seq
 
     async def _state(self, js: JetStreamContext) -> api.StreamState:
         return (await js.stream_info(self.stream)).state
@@ -278,7 +276,7 @@ class ChangeLog:
     def key_value(self, name: str) -> KeyValueMap:
         """The cluster-wide key-value map `name` (latest value per key, with watch)."""
         _check_name("key-value map", name)
-        return KeyValueMap(self.connection, f"{self.stream}_{name}", lambda: self.replicas)
+        return KeyValueMap(self.connection, f"{self.stream}_KV_{name}", lambda: self.replicas)
 
     def close(self) -> None:
         """Stop every follower and watch started here, and close the connection."""
@@ -289,6 +287,13 @@ class ChangeLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _transient(error: Exception) -> bool:
+    """A failure that passes by itself: the connection dropped, or the stream has no leader for now."""
+    if isinstance(error, nats.js.errors.APIError):
+        return error.code == 503
+    return isinstance(error, ConnectionDropped | nats.errors.TimeoutError | nats.js.errors.NoStreamResponseError)
 
 
 def _check_name(what: str, name: str) -> None:

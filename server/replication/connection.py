@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
-import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
@@ -54,8 +53,9 @@ class ConnectionDropped(Exception):
 class Connection:
     """One NATS connection and its JetStream context, usable from any thread.
 
-    `setup` runs once, on the first successful connection (retried until it succeeds): it creates the
-    streams the owner needs. Until it has run, calls wait for it like for a reconnect.
+    `setup(js, clustered)` runs once, on the first successful connection (retried until it succeeds): it
+    creates the streams the owner needs; `clustered` says whether the NATS server is part of a cluster.
+    Until it has run, calls wait for it like for a reconnect.
     """
 
     def __init__(
@@ -63,7 +63,7 @@ class Connection:
         servers: Sequence[str],
         *,
         name: str,
-        setup: Callable[[JetStreamContext], Awaitable[None]],
+        setup: Callable[[JetStreamContext, bool], Awaitable[None]],
         unavailable_after: float = 1.0,
     ) -> None:
         if not servers or not all(isinstance(url, str) and url.strip() for url in servers):
@@ -80,11 +80,12 @@ class Connection:
         self._set_up = threading.Event()  # the first connection and set-up are done
         self._setup_error: BaseException | None = None
         self._closed = False
-        self.followers: list[Stoppable] = []  # stopped before the connection closes
+        self.followers: list[Stoppable] = []  # running followers, stopped before the connection closes
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"nats-{name}", daemon=True)
         self._thread.start()
         self._starting = asyncio.run_coroutine_threadsafe(self._connect(), self._loop)
+        self._starting.add_done_callback(_report_failure)
 
     # -- the loop's side --------------------------------------------------------------------------------
 
@@ -105,7 +106,9 @@ class Connection:
         self._js = self._client.jetstream(timeout=API_TIMEOUT_S)
         while not self._setup_done:
             try:
-                await self._setup(self._js)
+                # The server's INFO (which nats-py keeps private) names its cluster, if any; the peers it
+                # lists there may be incomplete right after the cluster formed, so they are not counted.
+                await self._setup(self._js, bool(self._client._server_info.get("cluster")))
                 self._setup_done = True
             except (TimeoutError, nats.errors.Error, OSError, LookalikeError) as error:
                 self._setup_error = error
@@ -204,14 +207,6 @@ class Connection:
                 f"cannot {what}: {size} bytes exceed NATS's max payload of {limit} bytes", "RECORD_TOO_LARGE"
             )
 
-    @property
-    def connected(self) -> bool:
-        return self._up.is_set()
-
-    @property
-    def client(self) -> Client:
-        return self._client
-
     def wait_connected(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the connection and set-up; whether they are done."""
         return self._set_up.wait(timeout)
@@ -234,7 +229,7 @@ class Connection:
         """Close the connection and end the loop's thread; idempotent."""
         if self._closed:
             return
-        for follower in self.followers:
+        for follower in list(self.followers):
             follower.stop()
         self._closed = True
         try:
@@ -257,3 +252,10 @@ class Connection:
         for task in leftovers:
             task.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_default_executor()  # snapshot file reads and writes
+
+
+def _report_failure(connecting: concurrent.futures.Future[None]) -> None:
+    """Log a connection attempt that ended by a bug rather than by being cancelled at close."""
+    if not connecting.cancelled() and connecting.exception() is not None:
+        log.error("connecting to NATS stopped: %r", connecting.exception())

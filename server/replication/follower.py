@@ -12,6 +12,7 @@ silently vanished is replaced rather than waited on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import uuid
@@ -138,6 +139,8 @@ class Follower:
             self._fail(Internal(f"applying sequence {self._applied + 1} of {self._stream} failed: {error!r}"))
         finally:
             self._drop(consumer)
+            with contextlib.suppress(ValueError):
+                self._connection.followers.remove(self)
             with self._changed:
                 self._changed.notify_all()
 
