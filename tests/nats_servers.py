@@ -94,10 +94,6 @@ class NatsServer:
             self.process.kill()
             self.process.wait(timeout=15)
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def monitor(self, path: str) -> tuple[int, Any]:
         """GET the monitoring endpoint `path` (e.g. "/jsz?streams=true"): status and parsed JSON."""
         try:

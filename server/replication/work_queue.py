@@ -39,10 +39,6 @@ class WorkItem:
         """Done: remove the item for good (waits for JetStream to confirm)."""
         self._connection.call(lambda _js: self._message.ack_sync(timeout), timeout, "acknowledge a work item")
 
-    def nak(self, delay: float = 0.0, timeout: float = 5.0) -> None:
-        """Not done: hand it out again after `delay` seconds instead of waiting for the ack wait."""
-        self._connection.call(lambda _js: self._message.nak(delay or None), timeout, "return a work item")
-
 
 class WorkQueue:
     """Items in the stream `stream` on the subject `subject`; see the module's docstring."""
