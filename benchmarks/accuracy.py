@@ -48,12 +48,12 @@ from benchmarks.metrics import (
     recall_at,
     threshold_at_fpr,
 )
-from client import LookalikeClient, LookalikeError
-from client.lookalike_pb import lookalike_pb2 as pb
-from server.app import create_server
-from server.config import ServerConfig
-from server.embedder import MODEL_SSCD, MODEL_SSCD_DISTILLED
-from server.scoring import DEFAULT_MODEL
+from lookalike.client import LookalikeClient, LookalikeError
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.server.app import create_server
+from lookalike.server.config import ServerConfig
+from lookalike.server.embedder import MODEL_SSCD, MODEL_SSCD_DISTILLED
+from lookalike.server.scoring import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus" / "dev"

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from benchmarks.accuracy import DEFAULT_CORPUS, hardware
 from benchmarks.metrics import format_table
-from client import LookalikeClient
-from server.app import create_server
-from server.config import ServerConfig
+from lookalike.client import LookalikeClient
+from lookalike.server.app import create_server
+from lookalike.server.config import ServerConfig
 
 BLOCK = 20
 

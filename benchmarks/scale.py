@@ -45,11 +45,11 @@ import numpy as np
 from benchmarks.accuracy import hardware
 from benchmarks.metrics import format_table
 from benchmarks.synthetic import new_entries, unit
-from index import configure_threads
-from index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, ListIndex
-from server.indexes import IndexRegistry
-from server.scoring import DEFAULT_MODEL, PDQ_SEARCH_RADIUS
-from server.store import Store
+from lookalike.index import configure_threads
+from lookalike.index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, ListIndex
+from lookalike.server.indexes import IndexRegistry
+from lookalike.server.scoring import DEFAULT_MODEL, PDQ_SEARCH_RADIUS
+from lookalike.server.store import Store
 
 LIST = "scale"
 CHUNK = 20_000
@@ -177,8 +177,9 @@ def startup(data: Path, entries: int) -> dict[str, float]:
     thread); report time to serve, time until the tables answer, and memory."""
     code = (
         "import json,sys,time;from pathlib import Path;"
-        "from benchmarks.scale import rss_mib,map_size_for;from index import configure_threads;"
-        "from server.indexes import IndexRegistry;from server.store import Store;configure_threads(1);"
+        "from benchmarks.scale import rss_mib,map_size_for;from lookalike.index import configure_threads;"
+        "from lookalike.server.indexes import IndexRegistry;from lookalike.server.store import Store;"
+        "configure_threads(1);"
         f"before=rss_mib();t=time.perf_counter();s=Store(Path({str(data)!r}),map_size_for({entries}));"
         "r=IndexRegistry(s,background=True);r.load_all();took=time.perf_counter()-t;rss=rss_mib();"
         "r.wait_for_rebuilds();ready=time.perf_counter()-t;i=r.get(s.lists()[0].uid);"

@@ -32,15 +32,15 @@ from PIL import Image
 
 from benchmarks.accuracy import DEFAULT_CORPUS, hardware
 from benchmarks.metrics import format_table
-from client import LookalikeClient
-from index import ListIndex, configure_threads
-from index.list_index import Layout
-from server.app import create_server
-from server.config import ServerConfig
-from server.embedder import MODELS, EmbedderPool, embedding_input
-from server.fingerprint import pdq_hashes, phash
-from server.imaging import decode_image
-from server.regions import content_box
+from lookalike.client import LookalikeClient
+from lookalike.index import ListIndex, configure_threads
+from lookalike.index.list_index import Layout
+from lookalike.server.app import create_server
+from lookalike.server.config import ServerConfig
+from lookalike.server.embedder import MODELS, EmbedderPool, embedding_input
+from lookalike.server.fingerprint import pdq_hashes, phash
+from lookalike.server.imaging import decode_image
+from lookalike.server.regions import content_box
 
 MAX_PIXELS = 100_000_000
 

@@ -34,12 +34,12 @@ import numpy as np
 from benchmarks.accuracy import DEFAULT_CORPUS, hardware
 from benchmarks.metrics import format_table
 from benchmarks.synthetic import new_entries, unit
-from client import LookalikeClient
-from client.lookalike_pb import lookalike_pb2 as pb
-from server.config import usable_cores
-from server.indexes import IndexRegistry
-from server.scoring import DEFAULT_MODEL
-from server.store import Store
+from lookalike.client import LookalikeClient
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.server.config import usable_cores
+from lookalike.server.indexes import IndexRegistry
+from lookalike.server.scoring import DEFAULT_MODEL
+from lookalike.server.store import Store
 
 LIST = "bench"
 MAP_SIZE = 1 << 34
@@ -66,9 +66,9 @@ def populate(data: Path, entries: int, model: str, seed: int = 0) -> None:
 def _floor_worker(args: tuple[list[bytes], float, str]) -> int:
     """Images one single-threaded process fingerprints and embeds in `seconds`."""
     datas, seconds, model = args
-    from index import configure_threads
-    from server.embedder import EmbedderPool
-    from server.fingerprint import Fingerprinter
+    from lookalike.index import configure_threads
+    from lookalike.server.embedder import EmbedderPool
+    from lookalike.server.fingerprint import Fingerprinter
 
     configure_threads(1)
     fingerprinter = Fingerprinter(100_000_000, EmbedderPool(threads=1))
@@ -98,7 +98,7 @@ class ServerProcess:
             [
                 sys.executable,
                 "-m",
-                "server.app",
+                "lookalike.server.app",
                 "--data",
                 str(data),
                 "--listen",

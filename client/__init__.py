@@ -3,7 +3,7 @@
 Imports grpc and protobuf only, never faiss, onnxruntime, lmdb or Pillow.
 """
 
-from client.errors import (
+from lookalike.client.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -14,8 +14,8 @@ from client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from client.stub import LookalikeClient
-from client.types import (
+from lookalike.client.stub import LookalikeClient
+from lookalike.client.types import (
     AddResult,
     AuditRecord,
     Base64,

@@ -33,8 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from client.errors import LookalikeError
-from client.hashfiles import (
+from lookalike.client.errors import LookalikeError
+from lookalike.client.hashfiles import (
     EXPORT_FORMATS,
     FORMATS,
     JSONL,
@@ -48,9 +48,9 @@ from client.hashfiles import (
     write_pdq_csv,
     write_pdq_hashes,
 )
-from client.lookalike_pb import lookalike_pb2 as pb
-from client.stub import DEFAULT_SERVER, IMPORT_BATCH, LookalikeClient
-from client.types import (
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.client.stub import DEFAULT_SERVER, IMPORT_BATCH, LookalikeClient
+from lookalike.client.types import (
     VERDICTS,
     AddResult,
     AuditRecord,
@@ -858,7 +858,7 @@ def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("lookalike")
+        return version("lookalike-client")
     except PackageNotFoundError:
         return "unknown (not installed)"
 
@@ -1115,7 +1115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         try:
-            from server.app import main as serve
+            from lookalike.server.app import main as serve
         except ImportError as error:
             print(f"lookalike serve needs the server packages ({error}); install lookalike[server]", file=sys.stderr)
             return 2

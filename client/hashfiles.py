@@ -44,8 +44,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from client.lookalike_pb import lookalike_pb2 as pb
-from client.types import Entry
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.client.types import Entry
 
 JSONL = "jsonl"
 PDQ_CSV = "pdq-csv"

@@ -17,10 +17,10 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from client.errors import InvalidArgument, LookalikeError, error_for_code
-from client.lookalike_pb import lookalike_pb2 as pb
-from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
-from client.types import (
+from lookalike.client.errors import InvalidArgument, LookalikeError, error_for_code
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
+from lookalike.client.types import (
     VERDICTS,
     AddResult,
     AuditRecord,

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from client.errors import LookalikeError
-from client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.client.errors import LookalikeError
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 
 DECISION_NAMES = {pb.ACCEPT: "accept", pb.REVIEW: "review", pb.REJECT: "reject", pb.DECISION_UNSPECIFIED: "accept"}
 CHECK_STATUS_NAMES = {

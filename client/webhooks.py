@@ -7,7 +7,7 @@ bytes, compares in constant time, and refuses timestamps outside a tolerance so 
 captured request cannot be replayed later; a retried delivery is signed afresh.
 The body is a `CheckRecord` as protobuf JSON (`parse_body` turns it back into one).
 
-    from client.webhooks import verify, SignatureError
+    from lookalike.client.webhooks import verify, SignatureError
 
     try:
         verify(secret, headers["X-Lookalike-Timestamp"], body, headers["X-Lookalike-Signature"])
@@ -28,7 +28,7 @@ import time
 
 from google.protobuf import json_format
 
-from client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 
 TIMESTAMP_HEADER = "X-Lookalike-Timestamp"
 SIGNATURE_HEADER = "X-Lookalike-Signature"

@@ -3,6 +3,6 @@
 Knows numpy and FAISS only; persistence is bytes handed to whoever stores them.
 """
 
-from index.list_index import EMBEDDING_DIM, PDQ_BITS, IndexCheckpoint, ListIndex, configure_threads
+from lookalike.index.list_index import EMBEDDING_DIM, PDQ_BITS, IndexCheckpoint, ListIndex, configure_threads
 
 __all__ = ["EMBEDDING_DIM", "PDQ_BITS", "IndexCheckpoint", "ListIndex", "configure_threads"]

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from index.pdq_tables import SampledBitTables
-from index.rerank import RerankCodes
+from lookalike.index.pdq_tables import SampledBitTables
+from lookalike.index.rerank import RerankCodes
 
 PDQ_BITS = 256
 PDQ_BYTES = PDQ_BITS // 8

@@ -21,7 +21,7 @@ find_python() {
   return 1
 }
 
-want="$(cat "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$root/pyproject.toml" "$root/client/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -31,5 +31,5 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[server,test]" >&2
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root/client" -e "$root[server,test]" >&2
 echo "$want" > "$stamp"

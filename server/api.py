@@ -19,7 +19,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from client.errors import (
+from lookalike.client.errors import (
     Cancelled,
     DeadlineExceeded,
     FailedPrecondition,
@@ -29,12 +29,12 @@ from client.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
-from client.lookalike_pb import lookalike_pb2 as pb
-from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
-from server.auth import ADMIN, Access, Action, Caller
-from server.checks import DONE, CheckLedger, CheckOrder, StoredCheck, validate_check_id
-from server.config import ServerConfig
-from server.feedback import (
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
+from lookalike.server.auth import ADMIN, Access, Action, Caller
+from lookalike.server.checks import DONE, CheckLedger, CheckOrder, StoredCheck, validate_check_id
+from lookalike.server.config import ServerConfig
+from lookalike.server.feedback import (
     CONFIRMED,
     FALSE_POSITIVE,
     MISSED_DUPLICATE,
@@ -45,11 +45,11 @@ from server.feedback import (
     calibrate,
     validate_note,
 )
-from server.fetch import check_url
-from server.fingerprint import Hashes
-from server.flood import Guard
-from server.hashes import HashAdd
-from server.service import (
+from lookalike.server.fetch import check_url
+from lookalike.server.fingerprint import Hashes
+from lookalike.server.flood import Guard
+from lookalike.server.hashes import HashAdd
+from lookalike.server.service import (
     REJECT,
     REVIEW,
     AddRequest,
@@ -59,8 +59,8 @@ from server.service import (
     Match,
     raise_if_abandoned,
 )
-from server.sources import image_bytes
-from server.store import (
+from lookalike.server.sources import image_bytes
+from lookalike.server.store import (
     LIST_KIND_ALLOW,
     AddOutcome,
     AuditRecord,
@@ -69,7 +69,7 @@ from server.store import (
     ListRecord,
     validate_lists_named,
 )
-from server.webhooks import Delivery
+from lookalike.server.webhooks import Delivery
 
 log = logging.getLogger(__name__)
 ERROR_DOMAIN = "lookalike.v1"

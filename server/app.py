@@ -20,22 +20,22 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from client.errors import FailedPrecondition, LookalikeError
-from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
-from index import configure_threads
-from server.api import SERVICE, LookalikeServicer, MalformedRequestInterceptor, webhook_body
-from server.auth import Access, is_loopback_listen, require_safe_listen, server_credentials
-from server.checks import CheckLedger
-from server.config import ServerConfig, parse_config
-from server.feedback import FeedbackBook
-from server.flood import FloodSettings
-from server.indexes import SNAPSHOT_SHARE
-from server.metrics import Metrics
-from server.observability import RequestObserver
-from server.service import LookalikeService
-from server.store import Store
-from server.webhooks import WebhookOutbox
-from server.workers import FingerprintWorkers
+from lookalike.client.errors import FailedPrecondition, LookalikeError
+from lookalike.client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
+from lookalike.index import configure_threads
+from lookalike.server.api import SERVICE, LookalikeServicer, MalformedRequestInterceptor, webhook_body
+from lookalike.server.auth import Access, is_loopback_listen, require_safe_listen, server_credentials
+from lookalike.server.checks import CheckLedger
+from lookalike.server.config import ServerConfig, parse_config
+from lookalike.server.feedback import FeedbackBook
+from lookalike.server.flood import FloodSettings
+from lookalike.server.indexes import SNAPSHOT_SHARE
+from lookalike.server.metrics import Metrics
+from lookalike.server.observability import RequestObserver
+from lookalike.server.service import LookalikeService
+from lookalike.server.store import Store
+from lookalike.server.webhooks import WebhookOutbox
+from lookalike.server.workers import FingerprintWorkers
 
 log = logging.getLogger("lookalike")
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import grpc
 
-from client.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from server.store import KeyRecord, Store, validate_list_name
+from lookalike.client.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from lookalike.server.store import KeyRecord, Store, validate_list_name
 
 ADMIN, WRITER, CHECKER = "admin", "writer", "checker"
 ROLES = (ADMIN, WRITER, CHECKER)

@@ -34,13 +34,13 @@ from typing import Any
 
 import lmdb
 
-from client.errors import AlreadyExists, InvalidArgument, LookalikeError, NotFound, ResourceExhausted
-from index import configure_threads
-from server.config import ServerConfig
-from server.fetch import check_url
-from server.fingerprint import Hashes
-from server.scoring import Evidence
-from server.service import (
+from lookalike.client.errors import AlreadyExists, InvalidArgument, LookalikeError, NotFound, ResourceExhausted
+from lookalike.index import configure_threads
+from lookalike.server.config import ServerConfig
+from lookalike.server.fetch import check_url
+from lookalike.server.fingerprint import Hashes
+from lookalike.server.scoring import Evidence
+from lookalike.server.service import (
     Candidate,
     CheckResult,
     Downgrade,
@@ -48,9 +48,9 @@ from server.service import (
     Match,
     raise_if_abandoned,
 )
-from server.sources import image_bytes
-from server.store import TIME_KEY_SIZE, EntryRecord, Store, owned_key, split_owned_key, time_key
-from server.webhooks import Delivery, WebhookOutbox
+from lookalike.server.sources import image_bytes
+from lookalike.server.store import TIME_KEY_SIZE, EntryRecord, Store, owned_key, split_owned_key, time_key
+from lookalike.server.webhooks import Delivery, WebhookOutbox
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET
-from server.embedder import MODELS
-from server.scoring import DEFAULT_MODEL
+from lookalike.index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET
+from lookalike.server.embedder import MODELS
+from lookalike.server.scoring import DEFAULT_MODEL
 
 ENV_PREFIX = "LOOKALIKE_"
 MiB = 1024 * 1024

@@ -28,8 +28,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from client.errors import InvalidArgument
-from server.store import TIME_KEY_SIZE, ListRecord, Store, time_key
+from lookalike.client.errors import InvalidArgument
+from lookalike.server.store import TIME_KEY_SIZE, ListRecord, Store, time_key
 
 DB_FEEDBACK = b"feedback"
 FALSE_POSITIVE, MISSED_DUPLICATE, CONFIRMED = "false_positive", "missed_duplicate", "confirmed"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
 
-from client.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from lookalike.client.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer

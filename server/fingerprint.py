@@ -18,9 +18,9 @@ import numpy as np
 import pdqhash
 from PIL import Image
 
-from server.embedder import EmbedderPool, embedding_input
-from server.imaging import DecodedImage, decode_image
-from server.regions import content_box
+from lookalike.server.embedder import EmbedderPool, embedding_input
+from lookalike.server.imaging import DecodedImage, decode_image
+from lookalike.server.regions import content_box
 
 PDQ_BYTES = 32
 PHASH_BYTES = 8

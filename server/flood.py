@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from server.store import AUDIT_ENTRY_CONFIRM, EntryRecord, ListRecord, Store
+from lookalike.server.store import AUDIT_ENTRY_CONFIRM, EntryRecord, ListRecord, Store
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
-from client.errors import InvalidArgument, ResourceExhausted
+from lookalike.client.errors import InvalidArgument, ResourceExhausted
 
 # Pillow's own bomb guard is global and warns before it raises; we check the
 # header's pixel count against our configured limit ourselves instead.

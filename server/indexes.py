@@ -25,9 +25,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from index import ListIndex
-from index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, Layout
-from server.store import OP_ADD, Change, EntryRecord, ListRecord, Store
+from lookalike.index import ListIndex
+from lookalike.index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, Layout
+from lookalike.server.store import OP_ADD, Change, EntryRecord, ListRecord, Store
 
 log = logging.getLogger(__name__)
 BUILD_CHUNK = 10_000

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from client.errors import Unavailable
-from client.lookalike_pb import lookalike_pb2 as pb
-from server.api import _abort
-from server.metrics import Metrics
+from lookalike.client.errors import Unavailable
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.server.api import _abort
+from lookalike.server.metrics import Metrics
 
 if TYPE_CHECKING:
     _Interceptor = grpc.ServerInterceptor[Any, Any]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.embedder import MODEL_SSCD, MODEL_SSCD_DISTILLED
+from lookalike.server.embedder import MODEL_SSCD, MODEL_SSCD_DISTILLED
 
 DEFAULT_REVIEW_THRESHOLD = 0.5
 DEFAULT_REJECT_THRESHOLD = 0.8

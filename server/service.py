@@ -23,24 +23,24 @@ from dataclasses import dataclass, field, replace
 import lmdb
 import numpy as np
 
-from client.errors import InvalidArgument, NotFound
-from index import ListIndex
-from index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET
-from server.embedder import MODELS
-from server.fingerprint import Fingerprinted, Hashes
-from server.flood import FloodGuard, FloodSettings
-from server.hashes import HashAdd, hash_entry, parse_md5, parse_pdq, parse_quality, parse_sha256, pdq_dihedral
-from server.indexes import IndexRegistry
-from server.metrics import ListSize, Metrics
-from server.scoring import (
+from lookalike.client.errors import InvalidArgument, NotFound
+from lookalike.index import ListIndex
+from lookalike.index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET
+from lookalike.server.embedder import MODELS
+from lookalike.server.fingerprint import Fingerprinted, Hashes
+from lookalike.server.flood import FloodGuard, FloodSettings
+from lookalike.server.hashes import HashAdd, hash_entry, parse_md5, parse_pdq, parse_quality, parse_sha256, pdq_dihedral
+from lookalike.server.indexes import IndexRegistry
+from lookalike.server.metrics import ListSize, Metrics
+from lookalike.server.scoring import (
     DEFAULT_REJECT_THRESHOLD,
     DEFAULT_REVIEW_THRESHOLD,
     PDQ_SEARCH_RADIUS,
     Evidence,
     score,
 )
-from server.slots import FairSlots
-from server.store import (
+from lookalike.server.slots import FairSlots
+from lookalike.server.store import (
     LIST_KIND_ALLOW,
     LIST_KIND_DISALLOW,
     AddOutcome,
@@ -52,7 +52,7 @@ from server.store import (
     validate_list_name,
     validate_meta,
 )
-from server.workers import FingerprintWorkers
+from lookalike.server.workers import FingerprintWorkers
 
 ACCEPT, REVIEW, REJECT = "accept", "review", "reject"
 log = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ import base64
 import binascii
 import re
 
-from client.errors import InvalidArgument, ResourceExhausted
-from server.config import ServerConfig
-from server.fetch import FetchLimits, fetch_url
+from lookalike.client.errors import InvalidArgument, ResourceExhausted
+from lookalike.server.config import ServerConfig
+from lookalike.server.fetch import FetchLimits, fetch_url
 
 _URL_SAFE = str.maketrans("-_", "+/")
 _DATA_URI = re.compile(r"^data:[\w/+.-]*(;[\w=-]+)*;base64,", re.I)

@@ -31,8 +31,8 @@ from typing import Protocol
 import lmdb
 import numpy as np
 
-from client.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from index.list_index import EMBEDDING_DIM
+from lookalike.client.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from lookalike.index.list_index import EMBEDDING_DIM
 
 FORMAT_VERSION = 3
 """Bumped whenever a stored layout changes: 2 stores embeddings as float16 (1 stored float32); 3 keys stored

@@ -31,12 +31,12 @@ from dataclasses import asdict, dataclass, replace
 
 import lmdb
 
-from client.errors import LookalikeError
-from client.webhooks import CHECK_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from server.config import ServerConfig
-from server.fetch import FetchLimits, post
-from server.metrics import Metrics
-from server.store import Store, owned_key
+from lookalike.client.errors import LookalikeError
+from lookalike.client.webhooks import CHECK_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from lookalike.server.config import ServerConfig
+from lookalike.server.fetch import FetchLimits, post
+from lookalike.server.metrics import Metrics
+from lookalike.server.store import Store, owned_key
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from client.errors import LookalikeError
-from server.embedder import EmbedderPool
-from server.fingerprint import Fingerprinted, Fingerprinter
+from lookalike.client.errors import LookalikeError
+from lookalike.server.embedder import EmbedderPool
+from lookalike.server.fingerprint import Fingerprinted, Fingerprinter
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _exit_with_parent() -> None:
 
 def _serve(connection: multiprocessing.connection.Connection, max_pixels: int, models: Sequence[str]) -> None:
     """A worker's life: load the models, then answer requests in order until the pipe closes."""
-    from index import configure_threads
+    from lookalike.index import configure_threads
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it closes our pipe
     _exit_with_parent()

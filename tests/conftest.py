@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from client import LookalikeClient
-from server.app import RunningServer, create_server
-from server.config import ServerConfig
+from lookalike.client import LookalikeClient
+from lookalike.server.app import RunningServer, create_server
+from lookalike.server.config import ServerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("LOOKALIKE_CORPUS", REPO.parent / "shared" / "corpus" / "dev"))

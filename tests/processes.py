@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from client import LookalikeClient
+from lookalike.client import LookalikeClient
 
 LOOKALIKE = Path(sys.executable).parent / "lookalike"
 _started: list[ServerProcess] = []

@@ -31,7 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from client import (
+from lookalike.client import (
     FailedPrecondition,
     InvalidArgument,
     LookalikeClient,
@@ -41,8 +41,8 @@ from client import (
     Unauthenticated,
     Unavailable,
 )
-from client.lookalike_pb import lookalike_pb2 as pb
-from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from tests.conftest import ServerHandle, start_server
 from tests.processes import LOOKALIKE
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.edits import EDIT_FAMILIES, encode_edited
-from client import CheckResult, Match
+from lookalike.client import CheckResult, Match
 from tests.conftest import ServerHandle, distinct_photos
 from tests.processes import LOOKALIKE
 

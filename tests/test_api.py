@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
-from client import AlreadyExists, Base64, InvalidArgument, LookalikeError, NotFound, ResourceExhausted, Url
-from client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.client import AlreadyExists, Base64, InvalidArgument, LookalikeError, NotFound, ResourceExhausted, Url
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from tests.conftest import ServerHandle, corpus_photos, jpeg_bytes
 
 
@@ -294,7 +294,7 @@ def test_top_k_and_min_score_show_entries_below_review(lookalike: ServerHandle) 
 
 
 def test_a_second_server_on_the_same_data_folder_is_refused(lookalike: ServerHandle) -> None:
-    from client.errors import FailedPrecondition
+    from lookalike.client.errors import FailedPrecondition
     from tests.conftest import start_server
 
     with pytest.raises(FailedPrecondition) as error:

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
-from client import InvalidArgument, LookalikeClient, LookalikeError, NotFound, PermissionDenied
-from client.lookalike_pb import lookalike_pb2 as pb
-from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
+from lookalike.client import InvalidArgument, LookalikeClient, LookalikeError, NotFound, PermissionDenied
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from tests.conftest import ServerHandle
 from tests.test_access import cli, picture
 

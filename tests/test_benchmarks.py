@@ -7,8 +7,8 @@ import json
 import pytest
 
 from benchmarks import scale
-from index import list_index
-from index.list_index import EXACT_VECTORS_MAX
+from lookalike.index import list_index
+from lookalike.index.list_index import EXACT_VECTORS_MAX
 
 
 @pytest.mark.slow

@@ -20,9 +20,9 @@ from typing import Any
 
 from PIL import Image
 
-from client import LookalikeClient
-from client.cli import MAX_TOP_K, build_parser
-from server import service
+from lookalike.client import LookalikeClient
+from lookalike.client.cli import MAX_TOP_K, build_parser
+from lookalike.server import service
 from tests.conftest import ServerHandle, distinct_photos, jpeg_bytes
 from tests.processes import LOOKALIKE
 

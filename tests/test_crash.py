@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client import LookalikeClient, LookalikeError, NotFound, ResourceExhausted
-from client.lookalike_pb import lookalike_pb2 as pb
-from index import configure_threads
-from server.indexes import IndexRegistry
-from server.store import Store
+from lookalike.client import LookalikeClient, LookalikeError, NotFound, ResourceExhausted
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.index import configure_threads
+from lookalike.server.indexes import IndexRegistry
+from lookalike.server.store import Store
 from tests.conftest import start_server
 from tests.processes import ServerProcess, end_leftovers
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from client import InvalidArgument, LookalikeClient, NotFound, ResourceExhausted, WebhookDelivery
-from client.webhooks import (
+from lookalike.client import InvalidArgument, LookalikeClient, NotFound, ResourceExhausted, WebhookDelivery
+from lookalike.client.webhooks import (
     CHECK_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -29,7 +29,7 @@ from client.webhooks import (
     sign,
     verify,
 )
-from server.checks import DB_CHECK_IMAGES
+from lookalike.server.checks import DB_CHECK_IMAGES
 from tests.conftest import ServerHandle, distinct_photos, start_server
 from tests.processes import json_cli
 from tests.test_flood_guard import scrape
@@ -159,7 +159,7 @@ def test_a_deferred_check_is_pending_then_done_and_its_image_is_dropped(
 def test_a_pending_check_survives_a_restart(
     slow: ServerHandle, photos: list[bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="server.checks")
+    caplog.set_level(logging.INFO, logger="lookalike.server.checks")
     client = slow.client
     client.create_list("banned")
     listed = client.add("banned", photos[1])

@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 from benchmarks.edits import EDIT_FAMILIES, encode_edited
-from client import FailedPrecondition, InvalidArgument, LookalikeClient, NotFound
-from client.lookalike_pb import lookalike_pb2 as pb
-from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
-from client.stub import translate
-from server.feedback import CONFIRMED, FALSE_POSITIVE, MISSED_DUPLICATE, FeedbackRecord, calibrate
-from server.store import ListRecord
+from lookalike.client import FailedPrecondition, InvalidArgument, LookalikeClient, NotFound
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
+from lookalike.client.stub import translate
+from lookalike.server.feedback import CONFIRMED, FALSE_POSITIVE, MISSED_DUPLICATE, FeedbackRecord, calibrate
+from lookalike.server.store import ListRecord
 from tests.conftest import ServerHandle, distinct_photos
 from tests.processes import json_cli
 

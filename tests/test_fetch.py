@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from client.errors import DeadlineExceeded, InvalidArgument, LookalikeError, ResourceExhausted
-from server import fetch
-from server.fetch import FetchLimits, check_address, fetch_url
+from lookalike.client.errors import DeadlineExceeded, InvalidArgument, LookalikeError, ResourceExhausted
+from lookalike.server import fetch
+from lookalike.server.fetch import FetchLimits, check_address, fetch_url
 
 PAYLOAD = bytes(range(256)) * 40  # 10240 bytes
 OPEN = FetchLimits(timeout_s=3.0, allow_private=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from client import LookalikeClient
-from server.flood import FloodGuard, FloodSettings
-from server.store import EntryRecord, Store
+from lookalike.client import LookalikeClient
+from lookalike.server.flood import FloodGuard, FloodSettings
+from lookalike.server.store import EntryRecord, Store
 from tests.conftest import ServerHandle, distinct_photos, start_server
 from tests.processes import json_cli
 
@@ -78,7 +78,7 @@ def test_a_burst_of_matches_guards_the_entry_until_an_admin_confirms_it(guarded:
 
 
 def test_confirming_needs_an_admin(guarded: ServerHandle) -> None:
-    from client import PermissionDenied
+    from lookalike.client import PermissionDenied
 
     (photo,) = (path.read_bytes() for path in distinct_photos(1, seed=4))
     boot = guarded.client

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from client import LookalikeClient
+from lookalike.client import LookalikeClient
 from tests.conftest import ServerHandle
 from tests.processes import LOOKALIKE
 from tests.test_cli import run

@@ -19,13 +19,13 @@ import pytest
 from PIL import Image
 
 from benchmarks.edits import EDIT_FAMILIES, encode_edited
-from client import CheckResult, InvalidArgument, LookalikeClient, NotFound
-from client.stub import translate
-from server.fingerprint import pdq_hashes
-from server.hashes import pdq_dihedral
-from server.scoring import DEFAULT_REJECT_THRESHOLD, DEFAULT_REVIEW_THRESHOLD, Evidence, score
-from server.service import nearest_bits
-from server.store import DB_ENTRIES, DB_LISTS
+from lookalike.client import CheckResult, InvalidArgument, LookalikeClient, NotFound
+from lookalike.client.stub import translate
+from lookalike.server.fingerprint import pdq_hashes
+from lookalike.server.hashes import pdq_dihedral
+from lookalike.server.scoring import DEFAULT_REJECT_THRESHOLD, DEFAULT_REVIEW_THRESHOLD, Evidence, score
+from lookalike.server.service import nearest_bits
+from lookalike.server.store import DB_ENTRIES, DB_LISTS
 from tests.conftest import ServerHandle, distinct_photos, start_server
 from tests.test_cli import run
 

@@ -30,11 +30,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from client import LookalikeError
-from client.errors import InvalidArgument, ResourceExhausted
-from client.lookalike_pb import lookalike_pb2 as pb
-from client.stub import translate
-from server.imaging import decode_image
+from lookalike.client import LookalikeError
+from lookalike.client.errors import InvalidArgument, ResourceExhausted
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.client.stub import translate
+from lookalike.server.imaging import decode_image
 from tests.conftest import ServerHandle, jpeg_bytes, start_server
 
 MAX_PIXELS = 64_000_000  # the server's default
@@ -200,7 +200,7 @@ def test_mutated_real_pictures_decode_or_give_a_typed_error(data: bytes) -> None
 
 PEAK_MEMORY_SCRIPT = """
 import resource, struct, sys, zlib
-from server.imaging import decode_image
+from lookalike.server.imaging import decode_image
 
 side = 4000
 depth, colour_type, channels = (int(arg) for arg in sys.argv[1:])

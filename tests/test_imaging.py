@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client.errors import InvalidArgument, LookalikeError, ResourceExhausted
-from server.imaging import DRAFT_SHORT_SIDE, decode_image
+from lookalike.client.errors import InvalidArgument, LookalikeError, ResourceExhausted
+from lookalike.server.imaging import DRAFT_SHORT_SIDE, decode_image
 
 MAX_PIXELS = 50_000_000
 RED, GREEN, BLUE, WHITE = (220, 20, 30), (20, 200, 40), (30, 40, 210), (255, 255, 255)
@@ -408,7 +408,7 @@ def test_random_corruption_of_real_pictures_gives_only_typed_errors() -> None:
 
 def test_large_lossless_pictures_reach_the_hashes_at_a_bounded_size() -> None:
     """A 12 MP PNG is resized to a short side of MAX_SHORT_SIDE, as a JPEG draft would shrink it."""
-    from server.imaging import MAX_SHORT_SIDE
+    from lookalike.server.imaging import MAX_SHORT_SIDE
 
     gradient = np.linspace(0, 255, 4000, dtype=np.uint8)
     big = Image.fromarray(np.tile(gradient, (3000, 1)), "L").convert("RGB")

@@ -14,8 +14,8 @@ import faiss
 import numpy as np
 import pytest
 
-from index import list_index
-from index.list_index import (
+from lookalike.index import list_index
+from lookalike.index.list_index import (
     _HEADER,
     _HEADER_V3,
     EMBEDDING_DIM,
@@ -33,8 +33,8 @@ from index.list_index import (
     ListIndex,
     configure_threads,
 )
-from index.pdq_tables import SampledBitTables
-from index.rerank import PIECE_ROWS
+from lookalike.index.pdq_tables import SampledBitTables
+from lookalike.index.rerank import PIECE_ROWS
 
 N_ENTRIES = 400
 N_QUERIES = 12

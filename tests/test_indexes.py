@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import list_index
-from index.list_index import EXACT_VECTORS_MAX, PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, Layout, ListIndex
-from server.indexes import IndexRegistry
-from server.store import DB_SNAPSHOT_PIECES, NewEntry, Store
+from lookalike.index import list_index
+from lookalike.index.list_index import EXACT_VECTORS_MAX, PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, Layout, ListIndex
+from lookalike.server.indexes import IndexRegistry
+from lookalike.server.store import DB_SNAPSHOT_PIECES, NewEntry, Store
 
 GROWN = EXACT_VECTORS_MAX + 1_000
 LIST = "big"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from client import LookalikeClient
-from client.errors import FailedPrecondition
+from lookalike.client import LookalikeClient
+from lookalike.client.errors import FailedPrecondition
 from tests.conftest import ServerHandle, start_server
 from tests.processes import LOOKALIKE, ServerProcess, descendants, end_leftovers
 

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from benchmarks.edits import EDIT_FAMILIES, encode_edited
-from server.embedder import MODEL_SSCD_DISTILLED, EmbedderPool
-from server.fingerprint import Fingerprinter
+from lookalike.server.embedder import MODEL_SSCD_DISTILLED, EmbedderPool
+from lookalike.server.fingerprint import Fingerprinter
 from tests.conftest import ServerHandle, distinct_photos
 
 ISSUE_EDITS = ("resize_jpeg", "crop_30", "flip_h", "colour_jitter", "text_caption")

@@ -14,15 +14,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from client import LookalikeClient, NotFound, ResourceExhausted
-from client.errors import DeadlineExceeded, FailedPrecondition, Unavailable
-from client.lookalike_pb import lookalike_pb2 as pb
-from client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
-from client.stub import translate
-from index import EMBEDDING_DIM
-from index.list_index import ID_BYTES, ID_LOOKUP_BYTES, PDQ_BYTES
-from server.app import create_server
-from server.config import ServerConfig, parse_config
+from lookalike.client import LookalikeClient, NotFound, ResourceExhausted
+from lookalike.client.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
+from lookalike.client.stub import translate
+from lookalike.index import EMBEDDING_DIM
+from lookalike.index.list_index import ID_BYTES, ID_LOOKUP_BYTES, PDQ_BYTES
+from lookalike.server.app import create_server
+from lookalike.server.config import ServerConfig, parse_config
 from tests.conftest import ServerHandle, distinct_photos, start_server
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index.pdq_tables import KEY_BITS_MAX, KEY_BITS_MIN, SampledBitTables, key_bits_for
+from lookalike.index.pdq_tables import KEY_BITS_MAX, KEY_BITS_MIN, SampledBitTables, key_bits_for
 
 ENTRIES = 20_000
 RADIUS = 63

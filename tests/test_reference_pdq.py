@@ -16,7 +16,7 @@ import numpy as np
 import pdqhash
 from PIL import Image, ImageOps
 
-from server.imaging import decode_image
+from lookalike.server.imaging import decode_image
 from tests.conftest import ServerHandle, distinct_photos
 
 FEW_BITS = 8

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from server.regions import Box, content_box
+from lookalike.server.regions import Box, content_box
 from tests.conftest import CORPUS, corpus_photos
 
 PHOTOS = ("skimage__chelsea.jpg", "opencv__data__baboon.jpg", "skimage__astronaut.jpg")

@@ -19,8 +19,8 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from client.errors import FailedPrecondition, InvalidArgument, Unavailable
-from server.replication import LOG_UNAVAILABLE, ChangeLog
+from lookalike.client.errors import FailedPrecondition, InvalidArgument, Unavailable
+from lookalike.server.replication import LOG_UNAVAILABLE, ChangeLog
 from tests.nats_servers import NatsCluster, nats_cluster
 
 REPO = Path(__file__).resolve().parent.parent

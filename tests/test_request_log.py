@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from client import LookalikeClient
-from client.errors import InvalidArgument, NotFound, Unauthenticated
-from server.store import LISTS_NAMED_MAX
+from lookalike.client import LookalikeClient
+from lookalike.client.errors import InvalidArgument, NotFound, Unauthenticated
+from lookalike.server.store import LISTS_NAMED_MAX
 from tests.conftest import ServerHandle, corpus_photos
 
 LINE_MAX = 400

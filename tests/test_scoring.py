@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.scoring import (
+from lookalike.server.scoring import (
     DEFAULT_REJECT_THRESHOLD,
     DEFAULT_REVIEW_THRESHOLD,
     EMBEDDING_CURVES,

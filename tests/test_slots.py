@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from client.errors import Cancelled
-from server.slots import FairSlots
+from lookalike.client.errors import Cancelled
+from lookalike.server.slots import FairSlots
 
 
 def always() -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from client import LookalikeClient, LookalikeError
-from client.lookalike_pb import lookalike_pb2 as pb
+from lookalike.client import LookalikeClient, LookalikeError
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from tests.processes import ServerProcess, end_leftovers
 from tests.test_crash import image_for
 

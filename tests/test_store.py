@@ -10,8 +10,8 @@ import lmdb
 import numpy as np
 import pytest
 
-from client.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from server.store import (
+from lookalike.client.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from lookalike.server.store import (
     DB_CHANGES,
     DB_DIGESTS,
     DB_ENTRIES,

@@ -10,8 +10,8 @@ import tomllib
 from importlib.metadata import distribution, packages_distributions
 from pathlib import Path
 
-from client import ImportSummary, LookalikeClient
-from client.webhooks import is_valid, sign, verify
+from lookalike.client import ImportSummary, LookalikeClient
+from lookalike.client.webhooks import is_valid, sign, verify
 from tests.conftest import ServerHandle
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def _distribution_of(module: str) -> str | None:
     """The installed distribution that holds `module` (None for the standard library and our own code:
     `lookalike serve` imports the server, when it is installed)."""
     top = module.split(".")[0]
-    if top in sys.stdlib_module_names or top in ("client", "server", "index"):
+    if top in sys.stdlib_module_names or top == "lookalike":
         return None
     path = module.replace(".", "/")
     for name in packages_distributions().get(top, []):
@@ -72,7 +72,7 @@ def test_the_base_dependencies_are_what_the_thin_client_imports() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 imported.add(node.module)
     needed = {name for module in imported if (name := _distribution_of(module))}
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO / "client" / "pyproject.toml").read_text())["project"]
     declared = {_canonical(re.split(r"[<>=!~\[; ]", requirement)[0]) for requirement in project["dependencies"]}
     assert needed == declared
 

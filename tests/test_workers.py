@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import InvalidArgument, LookalikeError
-from server.embedder import MODEL_SSCD_DISTILLED
-from server.workers import FingerprintWorkers
+from lookalike.client import InvalidArgument, LookalikeError
+from lookalike.server.embedder import MODEL_SSCD_DISTILLED
+from lookalike.server.workers import FingerprintWorkers
 from tests.conftest import ServerHandle, distinct_photos, start_server
 
 

@@ -30,12 +30,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from client.errors import InvalidArgument, LookalikeError
-from server.replication.connection import Connection, ConnectionDropped
-from server.replication.follower import Follower
-from server.replication.key_value import KeyValueMap, key_value_bucket
-from server.replication.snapshots import Snapshots
-from server.replication.work_queue import WorkQueue
+from lookalike.client.errors import InvalidArgument, LookalikeError
+from lookalike.server.replication.connection import Connection, ConnectionDropped
+from lookalike.server.replication.follower import Follower
+from lookalike.server.replication.key_value import KeyValueMap, key_value_bucket
+from lookalike.server.replication.snapshots import Snapshots
+from lookalike.server.replication.work_queue import WorkQueue
 
 log = logging.getLogger(__name__)
 

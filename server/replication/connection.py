@@ -22,7 +22,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from client.errors import Internal, InvalidArgument, LookalikeError, Unavailable
+from lookalike.client.errors import Internal, InvalidArgument, LookalikeError, Unavailable
 
 log = logging.getLogger(__name__)
 

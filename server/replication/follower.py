@@ -25,8 +25,8 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from client.errors import FailedPrecondition, Internal, LookalikeError, Unavailable
-from server.replication.connection import Connection
+from lookalike.client.errors import FailedPrecondition, Internal, LookalikeError, Unavailable
+from lookalike.server.replication.connection import Connection
 
 log = logging.getLogger(__name__)
 

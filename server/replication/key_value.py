@@ -16,9 +16,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from client.errors import InvalidArgument
-from server.replication.connection import Connection
-from server.replication.follower import Follower
+from lookalike.client.errors import InvalidArgument
+from lookalike.server.replication.connection import Connection
+from lookalike.server.replication.follower import Follower
 
 KEY_PATTERN = re.compile(r"^[-/_=.a-zA-Z0-9]{1,512}$")
 """What JetStream accepts as a key (dots separate tokens; no spaces or wildcards)."""

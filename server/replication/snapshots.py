@@ -24,8 +24,8 @@ import nats.js.errors
 from nats.js import JetStreamContext, api
 from nats.js.object_store import ObjectStore
 
-from client.errors import Internal, InvalidArgument
-from server.replication.connection import Connection
+from lookalike.client.errors import Internal, InvalidArgument
+from lookalike.server.replication.connection import Connection
 
 PREFIX = "snapshot-"
 
