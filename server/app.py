@@ -26,7 +26,7 @@ from server.feedback import FeedbackBook
 from server.flood import FloodSettings
 from server.indexes import SNAPSHOT_SHARE
 from server.metrics import Metrics
-from server.observability import RequestObserver
+from server.observability import Admission, AdmittedCalls, RequestObserver
 from server.service import LookalikeService
 from server.store import Store
 from server.webhooks import WebhookOutbox
@@ -50,6 +50,8 @@ class RunningServer:
     """The `/metrics` endpoint when `--metrics-listen` is set."""
     checks: CheckLedger | None = None
     """Stored and deferred checks, webhooks, the expiry sweep."""
+    call_threads: tuple[ThreadPoolExecutor, ...] = ()
+    """The worker threads gRPC runs calls on (Lookalike calls, refusals, health, the rest)."""
 
     @property
     def metrics_port(self) -> int | None:
@@ -59,6 +61,8 @@ class RunningServer:
         """Refuse new calls, let in-flight ones finish, snapshot indexes, close LMDB."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        for threads in self.call_threads:
+            threads.shutdown(wait=False)
         _close_http(self.metrics_http)
         if self.checks is not None:
             self.checks.stop()
@@ -142,14 +146,26 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         ("grpc.max_receive_message_length", config.max_request_bytes),
         ("grpc.max_send_message_length", config.max_request_bytes),
     ]
+    calls = AdmittedCalls(
+        config.max_concurrent_requests,
+        max_workers=config.threads,
+        thread_name_prefix="grpc",
+        initializer=configure_threads,
+        initargs=(1,),
+    )
+    refusals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpc-refusals")
+    health_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health")
+    other_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-other")  # reflection
+    observer = RequestObserver(metrics, SERVICE, ready)
     server = grpc.server(
-        ThreadPoolExecutor(
-            max_workers=config.threads, thread_name_prefix="grpc", initializer=configure_threads, initargs=(1,)
-        ),
+        other_threads,
         options=options,
-        interceptors=[RequestObserver(metrics, SERVICE, ready), MalformedRequestInterceptor()],
-        # Checked before a call is queued for a worker: past it, RESOURCE_EXHAUSTED at once.
-        maximum_concurrent_rpcs=config.max_concurrent_requests,
+        # No `maximum_concurrent_rpcs`: it counts health checks too; Admission limits Lookalike calls alone.
+        interceptors=[
+            Admission(observer, SERVICE, calls, refusals, health_threads),
+            observer,
+            MalformedRequestInterceptor(),
+        ],
     )
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE):
@@ -189,6 +205,7 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         stop_snapshots,
         metrics_http=metrics_http,
         checks=checks,
+        call_threads=(calls, refusals, health_threads, other_threads),
     )
     running._snapshotter = threading.Thread(
         target=_snapshot_loop, args=(service, config, stop_snapshots), name="snapshots", daemon=True
