@@ -25,6 +25,7 @@ from server.config import ServerConfig, parse_config
 from server.feedback import FeedbackBook
 from server.flood import FloodSettings
 from server.indexes import SNAPSHOT_SHARE
+from server.memory import map_large_blocks_apart, trim_when_quiet
 from server.metrics import Metrics
 from server.observability import Admission, AdmittedCalls, RequestObserver
 from server.service import LookalikeService
@@ -94,6 +95,7 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     the window in which health says NOT_SERVING and calls get UNAVAILABLE.
     """
     configure_threads(1)
+    map_large_blocks_apart()
     metrics = Metrics()
     metrics_http = metrics.serve(config.metrics_listen) if config.metrics_listen else None
     try:
@@ -211,6 +213,9 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         target=_snapshot_loop, args=(service, config, stop_snapshots), name="snapshots", daemon=True
     )
     running._snapshotter.start()
+    trimmer = threading.Thread(target=trim_when_quiet, args=(calls.seen, stop_snapshots), name="memory-trim")
+    trimmer.daemon = True  # ends with the snapshots
+    trimmer.start()
     return running
 
 

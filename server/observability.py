@@ -247,7 +247,12 @@ class AdmittedCalls(ThreadPoolExecutor):
         super().__init__(**pool)
         self.limit = limit
         self._admitted = 0
+        self._seen = 0
         self._lock = threading.Lock()
+
+    def seen(self) -> int:
+        """Admissions and ends so far: unchanged while no call comes or goes."""
+        return self._seen
 
     def admit(self) -> bool:
         """Take a place for an arriving call; False when all `limit` are taken."""
@@ -255,11 +260,13 @@ class AdmittedCalls(ThreadPoolExecutor):
             if self._admitted >= self.limit:
                 return False
             self._admitted += 1
+            self._seen += 1
             return True
 
     def _leave(self, _: object = None) -> None:
         with self._lock:
             self._admitted -= 1
+            self._seen += 1
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run an admitted call; its place is given back when it ends."""
