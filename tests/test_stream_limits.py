@@ -175,3 +175,27 @@ def test_stream_limits_come_from_flags_and_environment_and_must_leave_room_for_o
             parse_config(flags, {})  # --threads 4: the default 4 streams per key would hold every thread
     with pytest.raises(SystemExit):
         parse_config(["--max-concurrent-requests", "2", "--max-streams-per-key", "2"], {})
+
+
+def test_an_export_is_one_of_the_keys_streams(keyed: tuple[ServerHandle, dict[str, str]]) -> None:
+    handle, secrets = keyed
+    held = HeldStreams(handle.address)
+    admin = LookalikeClient(handle.address, api_key=secrets["admin"])
+
+    def export_refused() -> bool:
+        try:
+            return list(admin.export_entries("banned")) != []
+        except ResourceExhausted as error:
+            assert error.reason == "STREAMS_PER_KEY", error
+            return True
+
+    try:
+        streams = [held.open("AddEntries", secrets["admin"]) for _ in range(2)]
+        wait_for(export_refused, IDLE_TIMEOUT / 2, "an export was answered while its key held two streams")
+        assert not any(stream.done() for stream in streams)
+        ends = [stream.result(timeout=IDLE_TIMEOUT * 3)[1] for stream in streams]
+        assert all(isinstance(end, DeadlineExceeded) and end.reason == "STREAM_IDLE" for end in ends), ends
+        assert not export_refused()
+    finally:
+        held.close()
+        admin.close()
