@@ -214,7 +214,7 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     )
     running._snapshotter.start()
     trimmer = threading.Thread(target=trim_when_quiet, args=(calls.seen, stop_snapshots), name="memory-trim")
-    trimmer.daemon = True  # ends with the snapshots
+    trimmer.daemon = True  # `stop_snapshots` stops it too
     trimmer.start()
     return running
 

@@ -30,7 +30,7 @@ class ServerConfig:
     max_request_bytes: int = 32 * MiB
     max_pixels: int = 64_000_000
     threads: int = 16
-    """gRPC worker threads (requests in flight)."""
+    """Worker threads of Lookalike calls (requests in flight); health checks have threads of their own."""
     cpu_slots: int = usable_cores()
     """Images fingerprinted at once: one per core, more only oversubscribes."""
     workers: int = usable_cores()
@@ -188,8 +188,8 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     for name in ("threads", "max_concurrent_requests"):
         if config.max_streams_per_key >= getattr(config, name):
             parser.error(
-                f"--max-streams-per-key must be below --{name.replace('_', '-')}: one key's streams must never hold "
-                "every place, or other callers wait for them"
+                f"--max-streams-per-key ({config.max_streams_per_key}) must be below --{name.replace('_', '-')} "
+                f"({getattr(config, name)}), so that one key's open streams leave room for other callers"
             )
     for name in ("check_retention", "sweep_interval", "webhook_timeout", "flood_short_window", "stream_idle_timeout"):
         if getattr(config, name) <= 0:
