@@ -59,6 +59,7 @@ from lookalike.server.service import (
     Match,
     raise_if_abandoned,
 )
+from lookalike.server.slots import PerKeyLimit
 from lookalike.server.sources import image_bytes
 from lookalike.server.store import (
     LIST_KIND_ALLOW,
@@ -483,6 +484,22 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
         self.access = access
         self.checks = checks
         self.feedback = feedback
+        self.streams = PerKeyLimit(config.max_streams_per_key)
+
+    @contextmanager
+    def _stream_place(self, caller: Caller) -> Iterator[None]:
+        """Hold one of the caller's `--max-streams-per-key` places while its stream is open: a stream
+        holds a worker thread for its whole life, and one key must never hold them all."""
+        if not self.streams.take(caller.key_id):
+            raise ResourceExhausted(
+                f"{caller} already has {self.streams.limit} streams open (--max-streams-per-key): send on one "
+                "of those, or open another when one has ended",
+                "STREAMS_PER_KEY",
+            )
+        try:
+            yield
+        finally:
+            self.streams.give_back(caller.key_id)
 
     def _list_info(self, record: ListRecord) -> pb.ListInfo:
         return list_info(record, self.service.flood.guarded(record.uid))
@@ -567,7 +584,8 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
                 list_name = "" if isinstance(outcome, Exception) else item.message.list
                 yield _numbered_add(item.index, list_name, outcome)
 
-        yield from self._pipeline(requests, context, prepare, finish)
+        with self._stream_place(caller):
+            yield from self._pipeline(requests, context, prepare, finish)
 
     @rpc
     def GetEntry(self, request: pb.GetEntryRequest, context: grpc.ServicerContext) -> pb.Entry:
@@ -595,28 +613,32 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     def ImportEntries(
         self, requests: Iterator[pb.ImportEntriesRequest | _Malformed], context: grpc.ServicerContext
     ) -> Iterator[pb.ImportEntriesResponse]:
-        """Each request's entries in one transaction, answered before the next is read: a client
-        sending in lock-step never waits on us, and a fast one gets large transactions."""
+        """Each request's entries in one transaction, answered before the next is taken (the reader
+        holds at most one more): a client sending in lock-step never waits on us, and a fast one
+        gets large transactions."""
         caller = self.access.authorize(context, "ImportEntries")
         position = 0
-        for request in requests:
-            if isinstance(request, _Malformed):  # a whole batch unreadable: how many entries it held is unknown
-                raise _malformed_error()
-            self.access.require(caller, Action.ADD_ENTRIES, [request.list])
-            outcomes = self.service.add_hashes(request.list, [hash_add(e) for e in request.entries], caller.key_id)
-            results = [_numbered_add(i, request.list, outcome) for i, outcome in enumerate(outcomes, start=position)]
-            position += len(outcomes)
-            yield pb.ImportEntriesResponse(results=results)
+        with self._stream_place(caller), self._reader(requests, depth=1) as reader:
+            while (request := reader.next()) is not _StreamReader.END:
+                if isinstance(request, _Malformed):  # a whole batch unreadable: how many entries it held is unknown
+                    raise _malformed_error()
+                self.access.require(caller, Action.ADD_ENTRIES, [request.list])
+                entries = [hash_add(e) for e in request.entries]
+                outcomes = self.service.add_hashes(request.list, entries, caller.key_id)
+                results = [_numbered_add(i, request.list, out) for i, out in enumerate(outcomes, start=position)]
+                position += len(outcomes)
+                yield pb.ImportEntriesResponse(results=results)
 
     @stream_rpc
     def ExportEntries(
         self, request: pb.ExportEntriesRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ExportEntriesResponse]:
-        self.access.authorize(context, "ExportEntries", [request.list])
-        for page in self.service.export_entries(request.list, request.with_embeddings):
-            if not context.is_active():
-                return
-            yield pb.ExportEntriesResponse(entries=[entry_message(request.list, e, vector) for e, vector in page])
+        caller = self.access.authorize(context, "ExportEntries", [request.list])
+        with self._stream_place(caller):
+            for page in self.service.export_entries(request.list, request.with_embeddings):
+                if not context.is_active():
+                    return
+                yield pb.ExportEntriesResponse(entries=[entry_message(request.list, e, vector) for e, vector in page])
 
     @rpc
     def CheckHashes(self, request: pb.CheckHashesRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
@@ -709,7 +731,8 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
                 else:
                     yield pb.CheckStreamResult(index=request.index, response=outcome)
 
-        yield from self._pipeline(requests, context, prepare, finish)
+        with self._stream_place(caller):
+            yield from self._pipeline(requests, context, prepare, finish)
 
     # Keys and audit ----------------------------------------------------------
 
@@ -876,43 +899,17 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     ) -> Iterator[Any]:
         """Prepare stream items concurrently, finish them in order, in batches of what is ready.
 
-        A reader thread pulls requests so that a client which waits for replies
-        before sending more never deadlocks us; the bounded queue and window keep
-        memory flat however fast a client sends. Items past `max_batch_images`
-        end the stream with RESOURCE_EXHAUSTED once the earlier ones are answered;
-        a cancelled or expired stream stops starting items and its reader quits.
+        The requests are read on a thread of their own (`_StreamReader`), so that a client which
+        waits for replies before sending more never deadlocks us; the bounded queue and window keep
+        memory flat however fast a client sends. Items past `max_batch_images` end the stream with
+        RESOURCE_EXHAUSTED once the earlier ones are answered; a cancelled or expired stream stops
+        starting items and its reader quits; one that sends nothing while owed nothing is ended.
         """
         depth = max(2, 2 * self.config.cpu_slots)
         limit = self.config.max_batch_images
-        incoming: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        end, too_many = object(), object()
-        stopped = threading.Event()
-
-        def hand_over(item: Any) -> bool:
-            while not stopped.is_set():
-                try:
-                    incoming.put(item, timeout=READER_POLL_SECONDS)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def read() -> None:
-            last = end
-            try:
-                for position, message in enumerate(requests):
-                    if position >= limit:
-                        last = too_many
-                        break
-                    if not hand_over(_Numbered(position, message)):
-                        return
-            except Exception:  # noqa: BLE001 - a cancelled stream ends the reading
-                pass
-            hand_over(last)
-
-        threading.Thread(target=read, name="stream-reader", daemon=True).start()
         window: deque[tuple[_Numbered, Future[Any]]] = deque()
         ended = overflowed = False
+        position = 0
 
         def run(item: _Numbered) -> Any:
             if not context.is_active():
@@ -925,16 +922,17 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
             except Exception as error:  # noqa: BLE001 - reported per item
                 return error
 
-        try:
+        with self._reader(requests, depth, limit) as reader:
             while not ended or window:
                 while not ended and len(window) < depth:
-                    try:
-                        item = incoming.get(block=not window)
-                    except queue.Empty:
+                    message = reader.next(wait=not window)  # idle only while no item is in hand
+                    if message is None:
                         break
-                    if item is end or item is too_many:
-                        ended, overflowed = True, item is too_many
+                    if message is _StreamReader.END or message is _StreamReader.TOO_MANY:
+                        ended, overflowed = True, message is _StreamReader.TOO_MANY
                         break
+                    item = _Numbered(position, message)
+                    position += 1
                     window.append((item, self.executor.submit(run, item)))
                 if not window:
                     continue
@@ -946,13 +944,76 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
                 yield from finish(ready)
                 if not context.is_active():
                     return
-        finally:
-            stopped.set()
         if overflowed:
             raise ResourceExhausted(
                 f"a stream may carry at most {limit:,} images (--max-batch-images); send the rest on a new stream",
                 "BATCH_TOO_LARGE",
             )
+
+    def _reader(self, requests: Iterator[Any], depth: int, limit: int | None = None) -> _StreamReader:
+        return _StreamReader(requests, self.config.stream_idle_timeout, depth, limit)
+
+
+class _StreamReader:
+    """A client stream read on a thread of its own, so that the handler waits for the next request
+    with a time limit.
+
+    gRPC Python's request iterator waits for ever, and with it the handler's worker thread: a
+    client that opens streams and sends nothing could hold every thread. Here a stream that sends
+    nothing for `--stream-idle-timeout` seconds while it is owed no reply ends with
+    DEADLINE_EXCEEDED (reason STREAM_IDLE); ending it wakes the reader, which then quits. Past
+    `limit` requests the reader stops pulling (the client waits) and reports TOO_MANY.
+    """
+
+    END = object()
+    TOO_MANY = object()
+
+    def __init__(self, requests: Iterator[Any], idle_timeout: float, depth: int, limit: int | None) -> None:
+        self._idle_timeout = idle_timeout
+        self._incoming: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stopped = threading.Event()
+        threading.Thread(target=self._read, args=(requests, limit), name="stream-reader", daemon=True).start()
+
+    def __enter__(self) -> _StreamReader:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stopped.set()
+
+    def _hand_over(self, item: Any) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self._incoming.put(item, timeout=READER_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self, requests: Iterator[Any], limit: int | None) -> None:
+        last = self.END
+        try:
+            for position, message in enumerate(requests):
+                if limit is not None and position >= limit:
+                    last = self.TOO_MANY
+                    break
+                if not self._hand_over(message):
+                    return
+        except Exception:  # noqa: BLE001 - a cancelled stream ends the reading
+            pass
+        self._hand_over(last)
+
+    def next(self, wait: bool = True) -> Any:
+        """The next request, END or TOO_MANY; None when not `wait`ing and none has come yet."""
+        try:
+            return self._incoming.get(timeout=self._idle_timeout) if wait else self._incoming.get_nowait()
+        except queue.Empty:
+            if not wait:
+                return None
+        raise DeadlineExceeded(
+            f"the stream sent nothing for {self._idle_timeout:g} s while owed no reply, so the server ended it "
+            "(--stream-idle-timeout); open a new one when there is more to send",
+            "STREAM_IDLE",
+        )
 
 
 def _single_add(list_name: str, outcomes: list[AddOutcome | Exception]) -> pb.AddEntryResponse:

@@ -30,8 +30,9 @@ from lookalike.server.config import ServerConfig, parse_config
 from lookalike.server.feedback import FeedbackBook
 from lookalike.server.flood import FloodSettings
 from lookalike.server.indexes import SNAPSHOT_SHARE
+from lookalike.server.memory import map_large_blocks_apart, trim_when_quiet
 from lookalike.server.metrics import Metrics
-from lookalike.server.observability import RequestObserver
+from lookalike.server.observability import Admission, AdmittedCalls, RequestObserver
 from lookalike.server.service import LookalikeService
 from lookalike.server.store import Store
 from lookalike.server.webhooks import WebhookOutbox
@@ -55,6 +56,8 @@ class RunningServer:
     """The `/metrics` endpoint when `--metrics-listen` is set."""
     checks: CheckLedger | None = None
     """Stored and deferred checks, webhooks, the expiry sweep."""
+    call_threads: tuple[ThreadPoolExecutor, ...] = ()
+    """The worker threads gRPC runs calls on (Lookalike calls, refusals, health, the rest)."""
 
     @property
     def metrics_port(self) -> int | None:
@@ -64,6 +67,8 @@ class RunningServer:
         """Refuse new calls, let in-flight ones finish, snapshot indexes, close LMDB."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        for threads in self.call_threads:
+            threads.shutdown(wait=False)
         _close_http(self.metrics_http)
         if self.checks is not None:
             self.checks.stop()
@@ -95,6 +100,7 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     the window in which health says NOT_SERVING and calls get UNAVAILABLE.
     """
     configure_threads(1)
+    map_large_blocks_apart()
     metrics = Metrics()
     try:
         metrics_http = metrics.serve(config.metrics_listen) if config.metrics_listen else None
@@ -159,14 +165,26 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         # reach a second, empty server that accepts every image. A taken port must fail the start instead.
         ("grpc.so_reuseport", 0),
     ]
+    calls = AdmittedCalls(
+        config.max_concurrent_requests,
+        max_workers=config.threads,
+        thread_name_prefix="grpc",
+        initializer=configure_threads,
+        initargs=(1,),
+    )
+    refusals = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpc-refusals")
+    health_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-health")
+    other_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="grpc-other")  # reflection
+    observer = RequestObserver(metrics, SERVICE, ready)
     server = grpc.server(
-        ThreadPoolExecutor(
-            max_workers=config.threads, thread_name_prefix="grpc", initializer=configure_threads, initargs=(1,)
-        ),
+        other_threads,
         options=options,
-        interceptors=[RequestObserver(metrics, SERVICE, ready), MalformedRequestInterceptor()],
-        # Checked before a call is queued for a worker: past it, RESOURCE_EXHAUSTED at once.
-        maximum_concurrent_rpcs=config.max_concurrent_requests,
+        # No `maximum_concurrent_rpcs`: it counts health checks too; Admission limits Lookalike calls alone.
+        interceptors=[
+            Admission(observer, SERVICE, calls, refusals, health_threads),
+            observer,
+            MalformedRequestInterceptor(),
+        ],
     )
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE):
@@ -203,11 +221,15 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         stop_snapshots,
         metrics_http=metrics_http,
         checks=checks,
+        call_threads=(calls, refusals, health_threads, other_threads),
     )
     running._snapshotter = threading.Thread(
         target=_snapshot_loop, args=(service, config, stop_snapshots), name="snapshots", daemon=True
     )
     running._snapshotter.start()
+    trimmer = threading.Thread(target=trim_when_quiet, args=(calls.seen, stop_snapshots), name="memory-trim")
+    trimmer.daemon = True  # `stop_snapshots` stops it too
+    trimmer.start()
     return running
 
 

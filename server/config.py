@@ -30,7 +30,7 @@ class ServerConfig:
     max_request_bytes: int = 32 * MiB
     max_pixels: int = 64_000_000
     threads: int = 16
-    """gRPC worker threads (requests in flight)."""
+    """Worker threads of Lookalike calls (requests in flight); health checks have threads of their own."""
     cpu_slots: int = usable_cores()
     """Images fingerprinted at once: one per core, more only oversubscribes."""
     workers: int = usable_cores()
@@ -57,6 +57,10 @@ class ServerConfig:
     """Images one AddEntries/CheckStream stream may carry; a client with more opens another stream."""
     max_concurrent_requests: int = 64
     """Calls in flight (running or waiting for a worker thread); past it new calls are refused at once."""
+    max_streams_per_key: int = 4
+    """Streams one API key may hold open at once: each holds a worker thread for its whole life."""
+    stream_idle_timeout: float = 60.0
+    """Seconds a stream may send nothing while the server owes it no reply; then it is ended."""
     metrics_listen: str = ""
     """HOST:PORT of the Prometheus metrics endpoint; empty: off."""
     check_retention: float = 7 * 86400.0
@@ -109,6 +113,8 @@ _HELP = {
     "tls_client_ca": "PEM CA certificates; when given, clients must present a certificate signed by one",
     "max_batch_images": "most images one AddEntries/CheckStream stream may carry",
     "max_concurrent_requests": "calls in flight at once; more are refused with RESOURCE_EXHAUSTED",
+    "max_streams_per_key": "streams one API key may hold open at once (below --threads and --max-concurrent-requests)",
+    "stream_idle_timeout": "seconds a stream may send nothing (while owed no reply) before the server ends it",
     "metrics_listen": "HOST:PORT serving Prometheus metrics at /metrics, e.g. 127.0.0.1:9464 (empty: off)",
     "check_retention": "seconds check results are kept (for GetCheck, feedback and calibration)",
     "deferred_workers": "threads running deferred checks",
@@ -176,10 +182,16 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     if config.default_model not in MODELS:
         parser.error(f"--default-model must be one of {', '.join(MODELS)}")
     at_least_one = ("max_batch_images", "max_concurrent_requests", "webhook_max_attempts", "max_pending_checks")
-    for name in (*at_least_one, "vector_scan_budget", "pdq_scan_budget"):
+    for name in (*at_least_one, "vector_scan_budget", "pdq_scan_budget", "max_streams_per_key"):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("check_retention", "sweep_interval", "webhook_timeout", "flood_short_window"):
+    for name in ("threads", "max_concurrent_requests"):
+        if config.max_streams_per_key >= getattr(config, name):
+            parser.error(
+                f"--max-streams-per-key ({config.max_streams_per_key}) must be below --{name.replace('_', '-')} "
+                f"({getattr(config, name)}), so that one key's open streams leave room for other callers"
+            )
+    for name in ("check_retention", "sweep_interval", "webhook_timeout", "flood_short_window", "stream_idle_timeout"):
         if getattr(config, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be above 0")
     if config.flood_min_matches and config.flood_long_window <= config.flood_factor * config.flood_short_window:

@@ -1,4 +1,5 @@
-"""Operations at the gRPC boundary: one log line and metrics per call, and the readiness gate.
+"""Operations at the gRPC boundary: one log line and metrics per call, the readiness gate, and
+which calls run where (the concurrency limit, threads of their own for health checks).
 
 Request-level accounting (count, status code, latency, the log line) happens in
 one interceptor, so no servicer method can forget it.
@@ -14,11 +15,13 @@ import time
 import uuid
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import grpc
+from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE
 
-from lookalike.client.errors import Unavailable
+from lookalike.client.errors import ResourceExhausted, Unavailable
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.server.api import _abort
 from lookalike.server.metrics import Metrics
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
 else:
     _Interceptor = grpc.ServerInterceptor
 
+P = ParamSpec("P")
+T = TypeVar("T")
 request_log = logging.getLogger("lookalike.requests")
 _PLAIN = re.compile(r"[A-Za-z0-9._:*-]{1,64}")
 LOG_VALUE_CHARS = 100
@@ -146,10 +151,11 @@ class RequestObserver(_Interceptor):
             handler = continuation(details)
             if handler is None:
                 return None  # an unknown method: never cached, so made-up names cannot grow the table
-            observed = self._observed[details.method] = self._wrap(handler, details.method)
+            observed = self._observed[details.method] = self.observe(handler, details.method)
         return observed
 
-    def _wrap(self, handler: Any, full_method: str) -> Any:
+    def observe(self, handler: Any, full_method: str) -> Any:
+        """`handler`, counted, timed and logged when it serves one of this service's methods."""
         if not full_method.startswith(self._prefix):
             return handler
         method = full_method[len(self._prefix) :]
@@ -250,3 +256,132 @@ class RequestObserver(_Interceptor):
             code,
             seconds * 1000,
         )
+
+
+class AdmittedCalls(ThreadPoolExecutor):
+    """The worker threads of Lookalike calls, and how many calls are admitted at once.
+
+    Like gRPC's `maximum_concurrent_rpcs`, a call counts from its arrival (waiting for a
+    thread included) until its handler returns, so the queue never grows past the limit;
+    unlike it, health checks and reflection are not counted.
+    """
+
+    def __init__(self, limit: int, **pool: Any) -> None:
+        super().__init__(**pool)
+        self.limit = limit
+        self._admitted = 0
+        self._seen = 0
+        self._lock = threading.Lock()
+
+    def seen(self) -> int:
+        """Admissions and ends so far: unchanged while no call comes or goes."""
+        return self._seen
+
+    def admit(self) -> bool:
+        """Take a place for an arriving call; False when all `limit` are taken."""
+        with self._lock:
+            if self._admitted >= self.limit:
+                return False
+            self._admitted += 1
+            self._seen += 1
+            return True
+
+    def _leave(self, _: object = None) -> None:
+        with self._lock:
+            self._admitted -= 1
+            self._seen += 1
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Run an admitted call; its place is given back when it ends."""
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._leave()
+            raise
+        future.add_done_callback(self._leave)
+        return future
+
+
+class _OnPool:
+    """A handler's behaviour that gRPC runs on `pool` rather than on the server's own threads
+    (gRPC Python reads `experimental_thread_pool` off the behaviour; grpc_health uses it too)."""
+
+    def __init__(self, behaviour: Callable[..., Any], pool: ThreadPoolExecutor) -> None:
+        self._behaviour = behaviour
+        self.experimental_thread_pool = pool
+        self.experimental_non_blocking = getattr(behaviour, "experimental_non_blocking", False)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._behaviour(*args, **kwargs)
+
+
+def _on_pool(handler: Any, pool: ThreadPoolExecutor) -> Any:
+    kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
+    return handler._replace(**{kind: _OnPool(getattr(handler, kind), pool)})
+
+
+class Admission(_Interceptor):
+    """The outermost interceptor: whether a call runs, and on which threads.
+
+    gRPC Python holds a worker thread for a call's whole life (a stream's too), and its own
+    concurrency limit counts every service alike: idle streams used to leave health checks
+    queued behind them or refused. Here Lookalike calls are admitted up to
+    `--max-concurrent-requests` and run on `calls`; the rest are refused at once on `refusals`,
+    whose work never waits (their request is never read); health checks run on `health`, so
+    they answer whatever the Lookalike calls do. Other services keep the server's own threads.
+    """
+
+    def __init__(
+        self,
+        observer: RequestObserver,
+        service_name: str,
+        calls: AdmittedCalls,
+        refusals: ThreadPoolExecutor,
+        health: ThreadPoolExecutor,
+    ) -> None:
+        self._observer = observer
+        self._prefix = f"/{service_name}/"
+        self._calls = calls
+        self._refusals = refusals
+        self._health = health
+        self._routed: dict[str, Any] = {}  # per method, like RequestObserver: unknown names are never cached
+        self._refusing: dict[str, Any] = {}
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
+        routed = self._routed.get(details.method)
+        if routed is None:
+            handler = continuation(details)
+            if handler is None:
+                return None
+            routed = self._routed[details.method] = self._route(handler, details.method)
+        if details.method.startswith(self._prefix) and not self._calls.admit():
+            return self._refusal(details.method)
+        return routed
+
+    def _route(self, handler: Any, full_method: str) -> Any:
+        if full_method.startswith(self._prefix):
+            return _on_pool(handler, self._calls)
+        if full_method.startswith(f"/{HEALTH_SERVICE}/"):
+            return _on_pool(handler, self._health)
+        return handler
+
+    def _refusal(self, full_method: str) -> Any:
+        """A handler that answers RESOURCE_EXHAUSTED without reading the request (a stream handler
+        never waits for a message, whatever the method), counted and logged like any call."""
+        refusing = self._refusing.get(full_method)
+        if refusing is None:
+            limit = self._calls.limit
+            error = ResourceExhausted(
+                f"the server already has {limit} calls in flight (--max-concurrent-requests); retry shortly",
+                "TOO_MANY_REQUESTS",
+            )
+
+            def refuse(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+                _abort(context, error, full_method)
+                yield from ()
+
+            handler = grpc.stream_stream_rpc_method_handler(refuse)
+            refusing = self._refusing[full_method] = _on_pool(
+                self._observer.observe(handler, full_method), self._refusals
+            )
+        return refusing

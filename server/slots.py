@@ -61,3 +61,28 @@ class FairSlots:
                 self._waiting.popleft().set()  # the slot passes straight to the longest waiter
             else:
                 self._free += 1
+
+
+class PerKeyLimit:
+    """At most `limit` places per key at once; a taker past it is turned away at once, never queued
+    (a waiting stream would hold a worker thread all the same)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> bool:
+        """Take one of `key`'s places; False when all are taken."""
+        with self._lock:
+            held = self._held.get(key, 0)
+            if held >= self.limit:
+                return False
+            self._held[key] = held + 1
+            return True
+
+    def give_back(self, key: str) -> None:
+        with self._lock:
+            self._held[key] -= 1
+            if not self._held[key]:
+                del self._held[key]  # keys come and go: only those holding places stay in the table

@@ -67,10 +67,12 @@ def _exit_with_parent() -> None:
 def _serve(connection: multiprocessing.connection.Connection, max_pixels: int, models: Sequence[str]) -> None:
     """A worker's life: load the models, then answer requests in order until the pipe closes."""
     from lookalike.index import configure_threads
+    from lookalike.server.memory import map_large_blocks_apart
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it closes our pipe
     _exit_with_parent()
     configure_threads(1)
+    map_large_blocks_apart()  # an image's bytes and pixels go back once it is done (server/memory.py)
     fingerprinter = Fingerprinter(max_pixels, EmbedderPool(threads=1))
     for model in models:  # load models before the first request, not during it
         fingerprinter.embedders.get(model)

@@ -81,15 +81,19 @@ class ServerProcess:
     def anonymous_rss_kib(self) -> int:
         """Resident memory the server and its workers allocated themselves (heap, arenas), leaving
         out the mapped LMDB file and shared libraries, whose pages come and go with the page cache."""
-        total = 0
+        return sum(self.anonymous_rss_kib_by_pid().values())
+
+    def anonymous_rss_kib_by_pid(self) -> dict[int, int]:
+        """`anonymous_rss_kib` of each process: the server's pid first, then its workers'."""
+        found: dict[int, int] = {}
         for pid in self.tree():
             try:
                 status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
                 continue  # ended between listing and reading
-            found = re.search(r"^RssAnon:\s+(\d+) kB", status, re.MULTILINE)
-            total += int(found.group(1)) if found else 0
-        return total
+            rss = re.search(r"^RssAnon:\s+(\d+) kB", status, re.MULTILINE)
+            found[pid] = int(rss.group(1)) if rss else 0
+        return found
 
     def kill(self) -> None:
         """SIGKILL the server alone, as the kernel's OOM killer or `kill -9` would: no shutdown code

@@ -195,8 +195,11 @@ def test_health_is_not_serving_and_calls_are_unavailable_until_indexes_load(
         running.stop(grace=1)
 
 
-def test_calls_past_the_concurrency_limit_are_refused_at_once(tmp_path: Path) -> None:
-    handle = start_server(tmp_path / "data", threads=4, max_concurrent_requests=2, metrics_listen="127.0.0.1:0")
+def test_calls_past_the_concurrency_limit_are_refused_at_once_and_counted_while_health_answers(
+    tmp_path: Path,
+) -> None:
+    # Two held streams take both places and both worker threads.
+    handle = start_server(tmp_path / "data", threads=2, max_concurrent_requests=2, metrics_listen="127.0.0.1:0")
     release = threading.Event()
 
     def held_open() -> Iterator[pb.CheckRequest]:
@@ -211,8 +214,15 @@ def test_calls_past_the_concurrency_limit_are_refused_at_once(tmp_path: Path) ->
         try:
             in_flight = scrape_until(metrics_port(handle), "lookalike_requests_in_flight", 2)
             assert in_flight("lookalike_requests_in_flight") == 2
-            with pytest.raises(ResourceExhausted):
-                handle.client.lists()  # refused though two worker threads are idle: the limit counts calls
+            with pytest.raises(ResourceExhausted) as refused:
+                handle.client.lists()  # refused at once, not queued for a thread
+            assert refused.value.reason == "TOO_MANY_REQUESTS" and "--max-concurrent-requests" in refused.value.message
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING  # not counted, on threads of its own
+            scrape = scrape_until(
+                metrics_port(handle), "lookalike_requests_total", 1, method="ListLists", code="RESOURCE_EXHAUSTED"
+            )
+            assert scrape("lookalike_requests_total", method="ListLists", code="RESOURCE_EXHAUSTED") == 1
         finally:
             release.set()
         assert [list(stream) for stream in streams] == [[], []]
