@@ -28,7 +28,7 @@ from server.indexes import SNAPSHOT_SHARE
 from server.metrics import Metrics
 from server.observability import RequestObserver
 from server.service import LookalikeService
-from server.store import Store
+from server.store import StorageFull, Store
 from server.webhooks import WebhookOutbox
 from server.workers import FingerprintWorkers
 
@@ -202,6 +202,8 @@ def _snapshot_loop(service: LookalikeService, config: ServerConfig, stop: thread
     while not stop.wait(config.snapshot_interval):
         try:
             service.indexes.snapshot_all(config.snapshot_min_changes, SNAPSHOT_SHARE)
+        except StorageFull:
+            pass  # the store logged it once; a snapshot only shortens the next start, so it waits for room
         except Exception:
             log.exception("index snapshot failed; will retry")
 

@@ -15,11 +15,15 @@ have their own lookup (`md5`), so an MD5 given alone finds the entry that has it
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
+import logging
+import os
 import re
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -33,6 +37,8 @@ import numpy as np
 
 from client.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from index.list_index import EMBEDDING_DIM
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 """Bumped whenever a stored layout changes: 2 stores embeddings as float16 (1 stored float32)."""
@@ -52,6 +58,8 @@ DB_SNAPSHOT_PIECES = b"snapshot_pieces"
 DB_KEYS = b"keys"
 DB_AUDIT = b"audit"
 LOCK_FILE = "lookalike.lock"
+DATA_FILE = "data.mdb"
+WRITE_PROBE_FILE = ".lookalike-write-probe"
 KEY_FORMAT_VERSION = b"format_version"
 KEY_NEXT_LIST_UID = b"next_list_uid"
 KEY_NEXT_KEY_NUMBER = b"next_key_number"
@@ -83,6 +91,12 @@ ADD_RESERVE_SHARE = 0.01
 ADD_RESERVE_MIN_BYTES = 128 * 1024
 """Adds stop this far short of a full map (the larger of the two): a removal copies pages before it
 frees any, so a map filled to the last page could not be emptied without a restart."""
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+"""What LMDB reports when the disk will not take a write: no space, a quota, a file size limit (RLIMIT_FSIZE,
+or the file system's largest file), and EIO, which LMDB also reports for a write cut short by a filling disk."""
+STORAGE_RETRY_SECONDS = 1.0
+"""How often background writers (stored checks, deferred checks) try again while the disk is full."""
 
 _UID = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
@@ -187,6 +201,14 @@ class Change:
     number: int
     op: bytes
     seq: int
+
+
+class StorageFull(ResourceExhausted):
+    """RESOURCE_EXHAUSTED with reason STORAGE_FULL: the LMDB map or the disk under it is full. A class of its
+    own so that background writers can tell it from other failures, wait and try again, without a traceback."""
+
+    def __init__(self, message: str, reason: str = "STORAGE_FULL") -> None:
+        super().__init__(message, reason)
 
 
 def validate_list_name(name: str) -> None:
@@ -357,7 +379,7 @@ class Store:
     """Lists and entries in one LMDB environment under the data folder."""
 
     def __init__(self, path: Path, map_size: int) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        _prepare_folder(path)
         self.path = path
         # One server per data folder: a second would keep its own indexes and miss the first's writes.
         self._lock_file = (path / LOCK_FILE).open("a")
@@ -369,7 +391,14 @@ class Store:
                 f"data folder {path} is in use by another Lookalike server; stop it or use another --data",
                 "DATA_FOLDER_IN_USE",
             ) from None
-        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=32, max_readers=512, subdir=True)
+        try:
+            self.env = lmdb.open(str(path), map_size=map_size, max_dbs=32, max_readers=512, subdir=True)
+        except lmdb.Error as error:
+            self._lock_file.close()
+            raise FailedPrecondition(
+                f"data folder {path} cannot be opened: {error}", "DATA_FOLDER_UNREADABLE"
+            ) from None
+        self._disk = _DiskFullState(path / DATA_FILE)
         self._named_dbs: dict[bytes, lmdb._Database] = {}
         """Every named database opened, for the reserve check's count of pages in use."""
         self._meta = self.open_db(DB_META)
@@ -395,8 +424,10 @@ class Store:
         self._lock_file.close()
 
     def _check_format(self) -> None:
-        with self._write() as txn:
+        with self._guard(), self._write() as txn:
             stored = txn.get(KEY_FORMAT_VERSION, db=self._meta)
+            if stored == str(FORMAT_VERSION).encode():
+                return  # nothing to write: a start on a full disk still serves reads
             if stored is None or int(stored) in READABLE_FORMAT_VERSIONS:
                 txn.put(KEY_FORMAT_VERSION, str(FORMAT_VERSION).encode(), db=self._meta)
             else:
@@ -897,8 +928,8 @@ class Store:
                 page_end = bytes(key).hex()
         return records, ""
 
-    def _guard(self) -> _MapFullGuard:
-        return _MapFullGuard(self.path)
+    def _guard(self) -> _WriteGuard:
+        return _WriteGuard(self._disk)
 
     # For the modules that keep their own named databases here (checks, webhooks, feedback, flood guard) --
 
@@ -920,15 +951,14 @@ class Store:
             for stat in [txn.stat(), *(txn.stat(db) for db in self._named_dbs.values())]
         )
         if map_size - in_use * page < 2 * reserve:
-            raise ResourceExhausted(
+            raise StorageFull(
                 "the data folder's LMDB map is nearly full (a reserve is kept so that removals still work); "
-                "restart the server with a larger --map-size",
-                "STORAGE_FULL",
+                "restart the server with a larger --map-size"
             )
 
     @contextmanager
     def transaction(self, grows: bool = False) -> Iterator[lmdb.Transaction]:
-        """A write transaction whose full map becomes RESOURCE_EXHAUSTED (and is rolled back).
+        """A write transaction whose full map or disk becomes StorageFull (and is rolled back).
         One that `grows` the data is refused already within the reserve kept for removals."""
         with self._guard(), self._write() as txn:
             if grows:
@@ -961,17 +991,94 @@ def _settings(record: ListRecord) -> dict[str, str]:
     }
 
 
-class _MapFullGuard:
-    """Turns LMDB's full map into a clean RESOURCE_EXHAUSTED (the write is rolled back)."""
+def _prepare_folder(path: Path) -> None:
+    """Create the data folder if need be and make sure this process may write in it, by writing (as root,
+    permissions say little: a read-only mount or an immutable folder refuse writes all the same)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise FailedPrecondition(
+            f"data folder {path} is a file, not a folder; pass a folder to --data", "DATA_FOLDER_NOT_A_FOLDER"
+        ) from None
+    except OSError as error:
+        raise FailedPrecondition(
+            f"data folder {path} cannot be created ({error.strerror}); create it or pass another --data",
+            "DATA_FOLDER_NOT_WRITABLE",
+        ) from None
+    probe = path / WRITE_PROBE_FILE
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        probe.unlink()
+    except OSError as error:
+        raise FailedPrecondition(
+            f"data folder {path} is not writable ({error.strerror}); give the server a folder it may write in",
+            "DATA_FOLDER_NOT_WRITABLE",
+        ) from None
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+
+def _refused_by_disk(error: lmdb.Error) -> bool:
+    """Whether LMDB failed because the disk would not take the write (py-lmdb names only ENOSPC by class)."""
+    text = str(error)
+    return isinstance(error, lmdb.DiskError) or any(os.strerror(number) in text for number in DISK_FULL_ERRNOS)
+
+
+class _DiskFullState:
+    """Whether the disk refuses the store's writes; logged once when it starts and once when it ends.
+
+    It ends when a write succeeds after the data file grew past its size at the refusal: writes that fit
+    in pages freed meanwhile succeed on a full disk too, and would otherwise log an end and a start again
+    on every write that does not fit."""
+
+    def __init__(self, data_file: Path) -> None:
+        self._data_file = data_file
+        self._size_when_refused: int | None = None
+        self._lock = threading.Lock()
+
+    def _size(self) -> int:
+        try:
+            return self._data_file.stat().st_size
+        except OSError:
+            return 0
+
+    def refused(self, error: lmdb.Error) -> StorageFull:
+        with self._lock:
+            if self._size_when_refused is None:
+                self._size_when_refused = self._size()
+                log.error(
+                    "data folder %s: the disk refused a write (%s): it is full or the file reached a size limit; "
+                    "writes get RESOURCE_EXHAUSTED (STORAGE_FULL) until space is freed, reads go on",
+                    self._data_file.parent,
+                    error,
+                )
+        return StorageFull(
+            "the disk under the data folder is full (or its file reached a size limit); free space there: "
+            "writes resume without a restart"
+        )
+
+    def committed(self) -> None:
+        if self._size_when_refused is None:
+            return
+        with self._lock:
+            if self._size_when_refused is not None and self._size() > self._size_when_refused:
+                self._size_when_refused = None
+                log.warning("data folder %s: the disk takes writes again", self._data_file.parent)
+
+
+class _WriteGuard:
+    """Turns a full LMDB map or disk into StorageFull (the write is rolled back)."""
+
+    def __init__(self, disk: _DiskFullState) -> None:
+        self.disk = disk
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
-        if isinstance(error, lmdb.MapFullError):
-            raise ResourceExhausted(
-                "the data folder's LMDB map is full; restart the server with a larger --map-size", "STORAGE_FULL"
+        if error is None:
+            self.disk.committed()
+        elif isinstance(error, lmdb.MapFullError):
+            raise StorageFull(
+                "the data folder's LMDB map is full; restart the server with a larger --map-size"
             ) from None
+        elif isinstance(error, lmdb.Error) and _refused_by_disk(error):
+            raise self.disk.refused(error) from None

@@ -34,7 +34,7 @@ from client.webhooks import CHECK_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 from server.config import ServerConfig
 from server.fetch import FetchLimits, post
 from server.metrics import Metrics
-from server.store import Store
+from server.store import StorageFull, Store
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,8 @@ class WebhookOutbox:
         while (check_id := self._next_due()) is not None:
             try:
                 self._attempt(check_id)
+            except StorageFull:  # the store logged it once; the attempt is made again (receivers deduplicate)
+                self._reschedule(check_id, time.time() + self.config.webhook_backoff)
             except Exception:
                 log.exception("webhook delivery of check %s failed unexpectedly; will retry", check_id)
                 self._reschedule(check_id, time.time() + self.config.webhook_backoff)

@@ -1,0 +1,196 @@
+"""Storage faults: a full disk, a data folder the server may not write, corrupt records.
+
+Each answers a clear status or one log line, never INTERNAL or a traceback. The full disk is a real
+`lookalike serve` under a file size limit (RLIMIT_FSIZE, set and lifted from here with prlimit): the
+kernel refuses its writes past the limit with EFBIG, on any machine and without mounting anything.
+"""
+
+from __future__ import annotations
+
+import http.server
+import random
+import resource
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from client import LookalikeClient, LookalikeError, ResourceExhausted
+from client.lookalike_pb import lookalike_pb2 as pb
+from server.store import DATA_FILE
+from tests.conftest import distinct_photos
+from tests.processes import ServerProcess, end_leftovers
+from tests.test_deferred import Receiver, receiver  # noqa: F401 - the fixture, shared
+
+FULL_DISK_FLAGS = (
+    "--workers",
+    "0",
+    "--allow-private-urls",
+    # Every background writer runs while the disk is full: sweeps, flood-guard saves, snapshots, webhook retries.
+    "--sweep-interval",
+    "0.3",
+    "--snapshot-interval",
+    "0.3",
+    "--snapshot-min-changes",
+    "1",
+    "--flood-min-matches",
+    "3",
+    "--flood-short-window",
+    "60",
+    "--flood-long-window",
+    "6000",
+    "--flood-factor",
+    "5",
+    "--webhook-backoff",
+    "0.1",
+    "--webhook-backoff-max",
+    "0.3",
+    "--webhook-max-attempts",
+    "1000",
+)
+FILL_HEADROOM = 2 << 20
+"""Bytes the data file may grow by once the limit is set: a few import batches."""
+REFUSED_LINE = "the disk refused a write"
+RECOVERED_LINE = "the disk takes writes again"
+
+
+@pytest.fixture(autouse=True)
+def no_server_left_behind() -> Iterator[None]:
+    yield
+    end_leftovers()
+
+
+@dataclass
+class HeldImage:
+    """An image URL whose answer waits until `release` is set: a deferred check that fetches it runs then."""
+
+    body: bytes = b""
+    url: str = ""
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+@pytest.fixture
+def held_image() -> Iterator[HeldImage]:
+    state = HeldImage()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state.release.wait(30)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(state.body)))
+            self.end_headers()
+            self.wfile.write(state.body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/photo.jpg"
+    yield state
+    state.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def hash_entries(rng: random.Random, count: int) -> list[pb.HashEntry]:
+    return [
+        LookalikeClient.hash_entry(pdq=rng.randbytes(32).hex(), md5=rng.randbytes(16).hex()) for _ in range(count)
+    ]
+
+
+def limit_file_size(server: ServerProcess, limit: int) -> None:
+    """The largest file offset the server may write (RLIM_INFINITY: none); Python ignores SIGXFSZ, so a
+    write past it fails with EFBIG."""
+    resource.prlimit(server.process.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+
+def refused_for_space(error: BaseException | None) -> bool:
+    return isinstance(error, ResourceExhausted) and error.reason == "STORAGE_FULL"
+
+
+def test_a_full_disk_refuses_writes_with_one_log_line_while_reads_go_on_and_writes_resume(
+    tmp_path: Path,
+    receiver: Receiver,  # noqa: F811 - the fixture
+    held_image: HeldImage,
+) -> None:
+    rng = random.Random(16)
+    data = tmp_path / "data"
+    photo, other = (path.read_bytes() for path in distinct_photos(2, seed=16))
+    server = ServerProcess(data, *FULL_DISK_FLAGS, relay_log=True)
+    client = server.client
+    client.create_list("banned")
+    flooding = client.add("banned", photo).id
+    acknowledged = 1
+    client.check(other, ["banned"], request_id="before")
+    receiver.always_fail = True  # a webhook in its retries when the disk fills
+    client.check(other, ["banned"], request_id="hooked", callback_url=receiver.url)
+    held_image.body = photo
+    client.check(held_image.url, ["banned"], defer=True, request_id="deferred")  # runs when the image comes
+
+    # Fill the disk through the API: import batches until one is refused.
+    limit_file_size(server, (data / DATA_FILE).stat().st_size + FILL_HEADROOM)
+    refused: list[LookalikeError] = []
+    while not refused:
+        batch = hash_entries(rng, 1000)
+        results = [result for _, result in client.import_entries("banned", batch)]
+        acknowledged += sum(not isinstance(result, LookalikeError) for result in results)
+        refused = [result for result in results if isinstance(result, LookalikeError)]
+    assert acknowledged > 1000 and all(refused_for_space(error) for error in refused), refused[:3]
+
+    # Now no write at all gets through (not even into pages freed meanwhile): every write path is refused
+    # with STORAGE_FULL or, in the background, waits; reads and checks go on.
+    limit_file_size(server, 0)
+    attempts: list[Callable[[], object]] = [
+        lambda: client.add_hash("banned", hash_entries(rng, 1)[0]),
+        lambda: client.add("banned", other),
+        lambda: client.create_list("more"),
+        lambda: client.create_key("admin", name="ops"),
+        lambda: client.submit_feedback("before", "missed_duplicate", entry_id=flooding, list_name="banned"),
+        lambda: client.check(other, ["banned"], defer=True),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ResourceExhausted) as caught:
+            attempt()
+        assert caught.value.reason == "STORAGE_FULL" and "free space" in caught.value.message
+    decisions = [client.check(photo, ["banned"], request_id=f"full-{n}").decision for n in range(4)]
+    assert decisions == ["reject", "reject", "review", "review"]  # the third trips the flood guard (in memory)
+    assert client.check_hashes(["banned"], pdq=batch[0].pdq).decision == "accept"  # the refused batch: not there
+    assert client.get_check("full-0").result is not None  # held in memory meanwhile
+    held_image.release.set()  # the deferred check runs, and cannot store its result: it stays pending
+    assert client.get_list("banned").entry_count == acknowledged
+    time.sleep(1.5)  # sweeps, snapshots, flood-guard saves, webhook retries and the deferred check meet it
+    assert client.get_check("deferred").status == "pending"
+    log = server.log.read_text()
+    assert log.count(REFUSED_LINE) == 1 and "Traceback" not in log and "INTERNAL" not in log, log
+
+    # Space comes back: writes work again without a restart, and what waited is written.
+    limit_file_size(server, resource.RLIM_INFINITY)
+    receiver.always_fail = False
+    for _ in range(5):  # the line comes once the data file grows past its size when the disk refused
+        results = [result for _, result in client.import_entries("banned", hash_entries(rng, 1000))]
+        assert not any(isinstance(result, LookalikeError) for result in results), results[:3]
+        acknowledged += len(results)
+        if RECOVERED_LINE in server.log.read_text():
+            break
+    receiver.wait_for(1)
+    assert client.wait_for_check("deferred", timeout=30).status == "done"
+    assert client.add("banned", other).id
+    acknowledged += 1
+    assert server.stop() == 0
+    log = server.log.read_text()
+    assert log.count(REFUSED_LINE) == 1 and log.count(RECOVERED_LINE) == 1 and "Traceback" not in log, log
+
+    # Nothing acknowledged was lost; checks answered while the disk was full were stored once it had room.
+    server = ServerProcess(data, "--workers", "0")
+    client = server.client
+    assert sum(1 for _ in client.export_entries("banned")) == acknowledged == client.get_list("banned").entry_count
+    assert client.get_check("full-3").result is not None and client.get_check("before").result is not None
+    assert [guard.id for guard in client.get_list("banned").guarded] == [flooding]
+    delivery = client.get_check("hooked").delivery
+    assert delivery is not None and delivery.state == "delivered"
+    assert server.stop() == 0
