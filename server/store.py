@@ -59,6 +59,7 @@ DB_KEYS = b"keys"
 DB_AUDIT = b"audit"
 LOCK_FILE = "lookalike.lock"
 DATA_FILE = "data.mdb"
+LMDB_LOCK_FILE = "lock.mdb"
 WRITE_PROBE_FILE = ".lookalike-write-probe"
 KEY_FORMAT_VERSION = b"format_version"
 KEY_NEXT_LIST_UID = b"next_list_uid"
@@ -1009,9 +1010,13 @@ def _prepare_folder(path: Path) -> None:
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         probe.unlink()
+        for name in (LOCK_FILE, DATA_FILE, LMDB_LOCK_FILE):  # those there already must be writable too
+            if (path / name).exists():
+                os.close(os.open(path / name, os.O_WRONLY))
     except OSError as error:
         raise FailedPrecondition(
-            f"data folder {path} is not writable ({error.strerror}); give the server a folder it may write in",
+            f"data folder {path} is not writable ({error.strerror}: {error.filename}); give the server a "
+            "folder it may write in",
             "DATA_FOLDER_NOT_WRITABLE",
         ) from None
 

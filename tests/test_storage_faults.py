@@ -8,11 +8,14 @@ kernel refuses its writes past the limit with EFBIG, on any machine and without 
 from __future__ import annotations
 
 import http.server
+import os
 import random
 import resource
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +23,9 @@ import pytest
 
 from client import LookalikeClient, LookalikeError, ResourceExhausted
 from client.lookalike_pb import lookalike_pb2 as pb
-from server.store import DATA_FILE
+from server.store import DATA_FILE, Store
 from tests.conftest import distinct_photos
-from tests.processes import ServerProcess, end_leftovers
+from tests.processes import LOOKALIKE, ServerProcess, end_leftovers
 from tests.test_deferred import Receiver, receiver  # noqa: F401 - the fixture, shared
 
 FULL_DISK_FLAGS = (
@@ -98,9 +101,7 @@ def held_image() -> Iterator[HeldImage]:
 
 
 def hash_entries(rng: random.Random, count: int) -> list[pb.HashEntry]:
-    return [
-        LookalikeClient.hash_entry(pdq=rng.randbytes(32).hex(), md5=rng.randbytes(16).hex()) for _ in range(count)
-    ]
+    return [LookalikeClient.hash_entry(pdq=rng.randbytes(32).hex(), md5=rng.randbytes(16).hex()) for _ in range(count)]
 
 
 def limit_file_size(server: ServerProcess, limit: int) -> None:
@@ -194,3 +195,89 @@ def test_a_full_disk_refuses_writes_with_one_log_line_while_reads_go_on_and_writ
     delivery = client.get_check("hooked").delivery
     assert delivery is not None and delivery.state == "delivered"
     assert server.stop() == 0
+
+
+# A data folder the server may not write ----------------------------------------------------------------
+
+
+def serve_until_it_exits(data: Path, *wrapper: str) -> subprocess.CompletedProcess[str]:
+    """`lookalike serve` on `data` (run through `wrapper`, if any), which should refuse to start."""
+    command = [*wrapper, str(LOOKALIKE), "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--workers", "0"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_refusal(completed: subprocess.CompletedProcess[str], *expected: str) -> None:
+    output = (completed.stdout + completed.stderr).strip()
+    assert completed.returncode == 1 and len(output.splitlines()) == 1, output
+    assert "Traceback" not in output and all(text in output for text in expected), output
+
+
+@contextmanager
+def read_only_bind_mount(folder: Path) -> Iterator[tuple[str, ...]]:
+    """A command prefix that runs a program with `folder` bind-mounted read-only over itself, in a mount
+    namespace of its own (inside a user namespace, so no privilege is needed where those are allowed)."""
+    wrapper = (
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        'mount --bind -o ro "$0" "$0" && exec "$@"',
+    )
+    probe = subprocess.run([*wrapper, str(folder), "touch", str(folder / "probe")], capture_output=True, text=True)
+    if "Read-only file system" not in probe.stderr:
+        pytest.skip(f"no read-only bind mount in a namespace here: {probe.stderr.strip()[:200]}")
+    yield (*wrapper, str(folder))
+
+
+@contextmanager
+def immutable(*paths: Path) -> Iterator[tuple[str, ...]]:
+    """`paths` made immutable (chattr +i): nobody may change them, root included."""
+    if subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not allowed here (needs CAP_LINUX_IMMUTABLE and a file system that has it)")
+    try:
+        yield ()
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
+
+
+def immutable_folder(folder: Path) -> AbstractContextManager[tuple[str, ...]]:
+    return immutable(folder, *folder.iterdir())
+
+
+def immutable_data_files(folder: Path) -> AbstractContextManager[tuple[str, ...]]:
+    """The folder takes new files; the data already in it may not be changed."""
+    return immutable(*folder.iterdir())
+
+
+@contextmanager
+def folder_without_write_permission(folder: Path) -> Iterator[tuple[str, ...]]:
+    if os.geteuid() == 0:
+        pytest.skip("root writes whatever the permissions say")
+    folder.chmod(0o555)
+    try:
+        yield ()
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "make_read_only", [read_only_bind_mount, immutable_folder, immutable_data_files, folder_without_write_permission]
+)
+def test_a_data_folder_the_server_may_not_write_ends_serve_with_one_line(
+    tmp_path: Path, make_read_only: Callable[[Path], AbstractContextManager[tuple[str, ...]]]
+) -> None:
+    data = tmp_path / "data"
+    Store(data, 1 << 20).close()  # a folder that holds data
+    with make_read_only(data) as wrapper:
+        completed = serve_until_it_exits(data, *wrapper)
+    assert_one_line_refusal(completed, f"data folder {data} is not writable")
+
+
+def test_a_data_folder_that_is_a_file_or_cannot_be_created_ends_serve_with_one_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    assert_one_line_refusal(serve_until_it_exits(a_file), f"data folder {a_file} is a file, not a folder")
+    below_a_file = a_file / "data"
+    assert_one_line_refusal(serve_until_it_exits(below_a_file), f"data folder {below_a_file} cannot be created")
