@@ -28,7 +28,7 @@ from server.indexes import SNAPSHOT_SHARE
 from server.metrics import Metrics
 from server.observability import RequestObserver
 from server.service import LookalikeService
-from server.store import StorageFull, Store
+from server.store import VERIFY_HINT, StorageFull, Store
 from server.webhooks import WebhookOutbox
 from server.workers import FingerprintWorkers
 
@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         running = create_server(config)
     except LookalikeError as error:
-        log.error("cannot start: %s", error.message)
+        log.error("cannot start: %s", error.message.replace(VERIFY_HINT, f"run `lookalike verify {config.data}`"))
         return 1
     log.info("serving on %s (port %d), data in %s", config.listen, running.port, config.data.resolve())
     if running.metrics_port is not None:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from server.store import AUDIT_ENTRY_CONFIRM, EntryRecord, ListRecord, StorageFull, Store
+from server.store import AUDIT_ENTRY_CONFIRM, EntryRecord, ListRecord, StorageFull, Store, corrupt
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,15 @@ class FloodGuard:
         self._rates: dict[tuple[int, int], _Rate] = {}
         self._guards: dict[tuple[int, int], Guard] = {}
         with store.env.begin() as txn:
-            for key, value in txn.cursor(db=self._guards_db):
-                self._guards[_KEY.unpack(key)] = Guard(**json.loads(bytes(value)))
-            for key, value in txn.cursor(db=self._rates_db):
-                self._rates[_KEY.unpack(key)] = _Rate(*_RATE.unpack(value))
+            for db in (self._guards_db, self._rates_db):
+                for key, value in txn.cursor(db=db):
+                    try:
+                        if db is self._guards_db:
+                            self._guards[_KEY.unpack(key)] = Guard(**json.loads(bytes(value)))
+                        else:
+                            self._rates[_KEY.unpack(key)] = _Rate(*_RATE.unpack(value))
+                    except (ValueError, TypeError, struct.error) as error:
+                        raise corrupt(f"flood guard record {bytes(key).hex()}", error) from None
 
     @property
     def enabled(self) -> bool:

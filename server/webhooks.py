@@ -34,7 +34,7 @@ from client.webhooks import CHECK_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 from server.config import ServerConfig
 from server.fetch import FetchLimits, post
 from server.metrics import Metrics
-from server.store import StorageFull, Store
+from server.store import StorageFull, Store, corrupt
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,14 @@ class WebhookOutbox:
 
     def start(self) -> None:
         """Schedule every pending delivery found in LMDB, then start the senders."""
+        found = []
         with self.store.env.begin() as txn:
-            found = [Delivery(**json.loads(bytes(raw))) for _, raw in txn.cursor(db=self._db)]
+            for key, raw in txn.cursor(db=self._db):
+                try:
+                    found.append(Delivery(**json.loads(bytes(raw))))
+                except (ValueError, TypeError) as error:
+                    check_id = bytes(key).decode(errors="replace")
+                    raise corrupt(f"the webhook delivery of check {check_id!r}", error) from None
         for delivery in found:
             if delivery.state == PENDING:
                 self.schedule(delivery)

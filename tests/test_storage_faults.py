@@ -8,9 +8,11 @@ kernel refuses its writes past the limit with EFBIG, on any machine and without 
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import random
 import resource
+import struct
 import subprocess
 import threading
 import time
@@ -18,13 +20,16 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import lmdb
 import pytest
 
 from client import LookalikeClient, LookalikeError, ResourceExhausted
+from client.errors import DataLoss
 from client.lookalike_pb import lookalike_pb2 as pb
-from server.store import DATA_FILE, Store
-from tests.conftest import distinct_photos
+from server.store import DATA_FILE, AddOutcome, CorruptRecord, NewEntry, Store
+from tests.conftest import distinct_photos, start_server
 from tests.processes import LOOKALIKE, ServerProcess, end_leftovers
 from tests.test_deferred import Receiver, receiver  # noqa: F401 - the fixture, shared
 
@@ -206,10 +211,12 @@ def serve_until_it_exits(data: Path, *wrapper: str) -> subprocess.CompletedProce
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
-def assert_one_line_refusal(completed: subprocess.CompletedProcess[str], *expected: str) -> None:
+def assert_one_line_refusal(completed: subprocess.CompletedProcess[str], *expected: str, alone: bool = True) -> None:
+    """Exit status 1 and one line saying why (the only line, when `alone`), holding each of `expected`."""
     output = (completed.stdout + completed.stderr).strip()
-    assert completed.returncode == 1 and len(output.splitlines()) == 1, output
-    assert "Traceback" not in output and all(text in output for text in expected), output
+    (refusal,) = [line for line in output.splitlines() if "cannot start" in line] or [output]
+    assert completed.returncode == 1 and (not alone or output == refusal), output
+    assert "Traceback" not in output and all(text in refusal for text in expected), output
 
 
 @contextmanager
@@ -281,3 +288,224 @@ def test_a_data_folder_that_is_a_file_or_cannot_be_created_ends_serve_with_one_l
     assert_one_line_refusal(serve_until_it_exits(a_file), f"data folder {a_file} is a file, not a folder")
     below_a_file = a_file / "data"
     assert_one_line_refusal(serve_until_it_exits(below_a_file), f"data folder {below_a_file} cannot be created")
+
+
+# Corrupt records ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A data folder filled by a real server, now stopped: a picture entry, hash entries, a stored check."""
+
+    path: Path
+    photo: bytes
+    photo_id: str
+    hash_entries: list[pb.HashEntry]
+    hash_ids: list[str]
+
+    def seq(self, entry_id: str, list_name: str = "banned") -> int:
+        store = Store(self.path, 1 << 30)
+        try:
+            return store.get_entry(list_name, entry_id).seq
+        finally:
+            store.close()
+
+    def uid(self, list_name: str = "banned") -> int:
+        store = Store(self.path, 1 << 30)
+        try:
+            return store.get_list(list_name).uid
+        finally:
+            store.close()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Folder:
+    rng = random.Random(3)
+    (photo,) = (path.read_bytes() for path in distinct_photos(1, seed=3))
+    handle = start_server(tmp_path / "data")
+    try:
+        client = handle.client
+        client.create_list("banned")
+        client.create_list("other")
+        photo_id = client.add("banned", photo).id
+        entries = hash_entries(rng, 20)
+        imported = [result for _, result in client.import_entries("banned", entries)]
+        hash_ids = [result.id for result in imported if not isinstance(result, LookalikeError)]
+        client.check(photo, ["banned"], request_id="stored")
+    finally:
+        handle.stop()  # writes the index snapshots
+    return Folder(tmp_path / "data", photo, photo_id, entries, hash_ids)
+
+
+def damage(data: Path, database: bytes, key: bytes, value: bytes) -> None:
+    """Write `value` under `key` in a stopped server's folder, through LMDB itself, as a broken disk or a
+    bug would leave it."""
+    env = lmdb.open(str(data), max_dbs=64, subdir=True)
+    try:
+        db = env.open_db(database)
+        with env.begin(write=True) as txn:
+            txn.put(key, value, db=db)
+    finally:
+        env.close()
+
+
+def seq_key(uid: int, seq: int) -> bytes:
+    return struct.pack(">IQ", uid, seq)
+
+
+def verify_json(data: Path) -> tuple[int, list[dict[str, Any]]]:
+    completed = subprocess.run(
+        [str(LOOKALIKE), "verify", str(data), "--json"], capture_output=True, text=True, timeout=300
+    )
+    assert "Traceback" not in completed.stderr, completed.stderr
+    return completed.returncode, [json.loads(line) for line in completed.stdout.splitlines()]
+
+
+def test_verify_finds_nothing_wrong_in_a_healthy_folder_changes_nothing_and_runs_beside_a_server(
+    folder: Folder,
+) -> None:
+    before = {path.name: path.read_bytes() for path in folder.path.iterdir()}
+    code, lines = verify_json(folder.path)
+    assert code == 0 and len(lines) == 1, lines
+    assert lines[0]["damaged"] == 0 and lines[0]["checked"] > 40
+    assert {path.name: path.read_bytes() for path in folder.path.iterdir()} == before
+
+    server = ServerProcess(folder.path, "--workers", "0")
+    try:
+        code, lines = verify_json(folder.path)  # as one more LMDB reader, in one read transaction
+        assert code == 0 and lines[-1]["damaged"] == 0, lines
+        assert server.client.check(folder.photo, ["banned"]).decision == "reject"
+        assert server.client.add_hash("other", hash_entries(random.Random(4), 1)[0]).id  # writes go on
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("make_read_only", [read_only_bind_mount, immutable_folder])
+def test_verify_reads_a_folder_it_may_not_write(
+    folder: Folder, make_read_only: Callable[[Path], AbstractContextManager[tuple[str, ...]]]
+) -> None:
+    damage(folder.path, b"audit", b"\x00" * 16, b"[1, 2")
+    with make_read_only(folder.path) as wrapper:
+        command = [*wrapper, str(LOOKALIKE), "verify", str(folder.path)]
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 1 and completed.stderr == "", completed.stderr
+    (problem, summary) = completed.stdout.splitlines()
+    assert problem.startswith("audit\t" + "00" * 16 + "\t-\tnot JSON") and summary.endswith(": 1 damaged")
+
+
+@pytest.mark.parametrize(
+    ("database", "key", "value", "named"),
+    [
+        (b"lists", b"banned", b'{"uid": 1, "name": "banned", "descr', "the record of list 'banned'"),
+        (b"lists", b"other", b'{"uid": "two"}', "the record of list 'other'"),
+        (b"keys", b"k1", b'{"id": "k1", "name": "ops"}', "the record of API key 'k1'"),
+        (b"meta", b"next_list_uid", b"\x00\x07", "the meta record 'next_list_uid'"),
+    ],
+)
+def test_a_corrupt_small_record_stops_start_up_with_one_line_naming_it_and_verify_reports_it(
+    folder: Folder, database: bytes, key: bytes, value: bytes, named: str
+) -> None:
+    damage(folder.path, database, key, value)
+    completed = serve_until_it_exits(folder.path)
+    assert_one_line_refusal(completed, f"{named} is corrupt", f"run `lookalike verify {folder.path}`")
+    code, lines = verify_json(folder.path)
+    assert code == 1 and lines[-1]["damaged"] >= 1, lines
+    assert {"database": database.decode(), "key": key.decode()}.items() <= lines[0].items(), lines
+
+
+def test_a_corrupt_entry_record_or_embedding_answers_data_loss_naming_it_while_the_rest_is_served(
+    folder: Folder,
+) -> None:
+    uid = folder.uid()
+    broken_seq, photo_seq = folder.seq(folder.hash_ids[4]), folder.seq(folder.photo_id)
+    damage(folder.path, b"entries", seq_key(uid, broken_seq), b'{"id": "' + folder.hash_ids[4].encode())
+    damage(folder.path, b"vectors", seq_key(uid, photo_seq), b"\x00" * 100)  # a truncated embedding
+
+    server = ServerProcess(folder.path, "--workers", "0")  # the snapshot holds both: the start reads neither
+    try:
+        client = server.client
+        assert client.check(folder.photo, ["banned"]).decision == "reject"
+        assert client.check_hashes(["banned"], md5=folder.hash_entries[5].md5).decision == "reject"
+        for read in (
+            lambda: list(client.export_entries("banned")),
+            lambda: client.get_entry("banned", folder.hash_ids[4]),
+            lambda: client.check_hashes(["banned"], md5=folder.hash_entries[4].md5),
+        ):
+            with pytest.raises(DataLoss) as caught:
+                read()
+            assert caught.value.reason == "DATA_CORRUPT", caught.value
+            assert f"entry seq {broken_seq} of list banned is corrupt (not JSON" in caught.value.message
+            assert "run `lookalike verify DATA_DIR`" in caught.value.message
+        assert client.get_entry("banned", folder.photo_id).id == folder.photo_id  # its record is whole
+        with pytest.raises(DataLoss, match=f"entry seq {photo_seq} of list banned is corrupt .*100 bytes"):
+            list(client.export_entries("banned", with_embeddings=True))
+    finally:
+        assert server.stop() == 0
+    log = server.log.read_text()
+    assert "Traceback" not in log and "INTERNAL" not in log, log
+
+    code, lines = verify_json(folder.path)
+    assert code == 1 and lines[-1]["damaged"] == 2, lines
+    found = {(line["database"], line["key"], line["list"]) for line in lines[:-1]}
+    assert found == {("entries", f"{uid}:{broken_seq}", "banned"), ("vectors", f"{uid}:{photo_seq}", "banned")}
+
+
+def test_a_corrupt_entry_in_the_change_log_to_replay_stops_start_up_with_one_line(folder: Folder) -> None:
+    store = Store(folder.path, 1 << 30)  # an add after the last snapshot: the next start replays it
+    try:
+        new = NewEntry("late", "", "ab" * 32, 100, "", "", None, {})
+        (added,) = store.add_entries("banned", [new])
+        assert isinstance(added, AddOutcome)
+        uid = store.get_list("banned").uid
+    finally:
+        store.close()
+    misplaced = json.dumps(vars(added.entry) | {"seq": 99999}).encode()
+    damage(folder.path, b"entries", seq_key(uid, added.entry.seq), misplaced)
+    completed = serve_until_it_exits(folder.path)
+    expected = f"entry seq {added.entry.seq} of list banned is corrupt (it says seq 99999)"
+    assert_one_line_refusal(completed, expected, f"run `lookalike verify {folder.path}`", alone=False)
+
+
+def test_a_damaged_index_snapshot_is_rebuilt_from_the_entries_and_verify_reports_it(folder: Folder) -> None:
+    uid = folder.uid()
+    env = lmdb.open(str(folder.path), max_dbs=64, subdir=True)
+    try:
+        with env.begin() as txn:
+            stored = bytearray(txn.get(struct.pack(">I", uid), db=env.open_db(b"snapshots", txn=txn)))
+    finally:
+        env.close()
+    middle = len(stored) // 2
+    stored[middle : middle + 8] = bytes(byte ^ 0xFF for byte in stored[middle : middle + 8])
+    damage(folder.path, b"snapshots", struct.pack(">I", uid), bytes(stored))
+
+    code, lines = verify_json(folder.path)
+    assert code == 1 and lines[0]["database"] == "snapshots" and "checksum" in lines[0]["problem"], lines
+    server = ServerProcess(folder.path, "--workers", "0")
+    try:
+        result = server.client.check(folder.photo, ["banned"])
+        assert result.decision == "reject" and result.matches[0].id == folder.photo_id
+        assert result.matches[0].score == 1.0
+        assert sum(1 for _ in server.client.export_entries("banned")) == 21
+    finally:
+        assert server.stop() == 0  # and writes a good snapshot
+    assert "list banned: snapshot unreadable (the snapshot does not match its checksum)" in server.log.read_text()
+    assert verify_json(folder.path)[0] == 0
+
+
+def test_a_snapshot_piece_that_does_not_match_its_checksum_is_refused(tmp_path: Path) -> None:
+    store = Store(tmp_path / "data", 1 << 30)
+    try:
+        uid = store.create_list("big", "", 0.5, 0.8, "sscd").uid
+        assert store.save_snapshot(uid, 0, b"blob", {0: b"piece zero", 1: b"piece one"}, {0, 1})
+        assert [(n, bytes(data)) for n, data in store.snapshot_pieces(uid)] == [(0, b"piece zero"), (1, b"piece one")]
+    finally:
+        store.close()
+    damage(tmp_path / "data", b"snapshot_pieces", struct.pack(">II", uid, 1), b"piece 0ne")
+    store = Store(tmp_path / "data", 1 << 30)
+    try:
+        with pytest.raises(CorruptRecord, match="snapshot piece 1 does not match its checksum"):
+            list(store.snapshot_pieces(uid))
+    finally:
+        store.close()
+    code, lines = verify_json(tmp_path / "data")
+    assert code == 1 and (lines[0]["database"], lines[0]["list"]) == ("snapshot_pieces", "big"), lines
