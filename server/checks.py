@@ -232,6 +232,8 @@ class CheckLedger:
         self._unwritten = _Unwritten()
         self._held: deque[StoredCheck] = deque()
         """Results the writer could not store for want of space, oldest first; retried now and then."""
+        self._dropping = False
+        """Held results past HELD_RESULTS_MAX have been dropped since the disk filled (logged once)."""
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -553,6 +555,7 @@ class CheckLedger:
             except Exception:
                 log.exception("could not store %d check results; they are lost", len(batch))
             self._forget_unwritten(batch)
+            self._dropping = self._dropping and bool(self._held)
             batch = []
 
     def _hold(self, batch: list[StoredCheck]) -> None:
@@ -564,12 +567,13 @@ class CheckLedger:
             except queue.Empty:
                 break
         dropped = [self._held.popleft() for _ in range(len(self._held) - HELD_RESULTS_MAX)]
-        if dropped:
-            self._forget_unwritten(dropped)
+        self._forget_unwritten(dropped)
+        if dropped and not self._dropping:
+            self._dropping = True
             log.warning(
-                "the disk is still full: %d results of answered checks dropped, %d kept to store later",
-                len(dropped),
-                len(self._held),
+                "the disk is still full: past %d results of answered checks kept to store later, the oldest "
+                "are dropped",
+                HELD_RESULTS_MAX,
             )
 
     def _forget_unwritten(self, checks: list[StoredCheck]) -> None:

@@ -94,7 +94,7 @@ class IndexRegistry:
             snapshot = self.store.load_snapshot(record.uid)
             if snapshot is not None:
                 index = ListIndex.deserialize(snapshot[1], self.store.snapshot_pieces(record.uid))
-                if not index.change == snapshot[0] <= record.next_change - 1:
+                if index.change != snapshot[0] or snapshot[0] > record.next_change - 1:
                     raise ValueError(
                         f"it holds change {index.change}, its record {snapshot[0]}, the list's last "
                         f"{record.next_change - 1}"

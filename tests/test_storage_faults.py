@@ -58,9 +58,12 @@ FULL_DISK_FLAGS = (
     "0.3",
     "--webhook-max-attempts",
     "1000",
+    "--url-timeout",  # the deferred check's image is held back until the disk is full
+    "300",
 )
 FILL_HEADROOM = 2 << 20
 """Bytes the data file may grow by once the limit is set: a few import batches."""
+LMDB_META_PAGES = 2
 REFUSED_LINE = "the disk refused a write"
 RECOVERED_LINE = "the disk takes writes again"
 
@@ -86,7 +89,7 @@ def held_image() -> Iterator[HeldImage]:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            state.release.wait(30)
+            state.release.wait(300)
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")
             self.send_header("Content-Length", str(len(state.body)))
@@ -148,9 +151,13 @@ def test_a_full_disk_refuses_writes_with_one_log_line_while_reads_go_on_and_writ
         refused = [result for result in results if isinstance(result, LookalikeError)]
     assert acknowledged > 1000 and all(refused_for_space(error) for error in refused), refused[:3]
 
-    # Now no write at all gets through (not even into pages freed meanwhile): every write path is refused
-    # with STORAGE_FULL or, in the background, waits; reads and checks go on.
-    limit_file_size(server, 0)
+    # Now no data page can be written, not even one freed meanwhile (LMDB's two meta pages, which start the
+    # file, still can: a commit that wrote its pages before this and its meta page after must not fail, or
+    # LMDB would stop the whole environment): every write path is refused with STORAGE_FULL or, in the
+    # background, waits; reads and checks go on.
+    limit_file_size(server, LMDB_META_PAGES * resource.getpagesize())
+    decisions = [client.check(photo, ["banned"], request_id=f"full-{n}").decision for n in range(4)]
+    assert decisions == ["reject", "reject", "review", "review"]  # the third trips the flood guard (in memory)
     attempts: list[Callable[[], object]] = [
         lambda: client.add_hash("banned", hash_entries(rng, 1)[0]),
         lambda: client.add("banned", other),
@@ -158,13 +165,13 @@ def test_a_full_disk_refuses_writes_with_one_log_line_while_reads_go_on_and_writ
         lambda: client.create_key("admin", name="ops"),
         lambda: client.submit_feedback("before", "missed_duplicate", entry_id=flooding, list_name="banned"),
         lambda: client.check(other, ["banned"], defer=True),
+        lambda: client.confirm_entry("banned", flooding),
     ]
     for attempt in attempts:
         with pytest.raises(ResourceExhausted) as caught:
             attempt()
         assert caught.value.reason == "STORAGE_FULL" and "free space" in caught.value.message
-    decisions = [client.check(photo, ["banned"], request_id=f"full-{n}").decision for n in range(4)]
-    assert decisions == ["reject", "reject", "review", "review"]  # the third trips the flood guard (in memory)
+    assert [guard.id for guard in client.get_list("banned").guarded] == [flooding]  # the refused confirm
     assert client.check_hashes(["banned"], pdq=batch[0].pdq).decision == "accept"  # the refused batch: not there
     assert client.get_check("full-0").result is not None  # held in memory meanwhile
     held_image.release.set()  # the deferred check runs, and cannot store its result: it stays pending
@@ -400,6 +407,7 @@ def test_verify_reads_a_folder_it_may_not_write(
         (b"lists", b"other", b'{"uid": "two"}', "the record of list 'other'"),
         (b"keys", b"k1", b'{"id": "k1", "name": "ops"}', "the record of API key 'k1'"),
         (b"meta", b"next_list_uid", b"\x00\x07", "the meta record 'next_list_uid'"),
+        (b"meta", b"format_version", b"two", "the meta record 'format_version'"),
         (b"flood_guards", bytes(12), b'{"list": "banned"', f"flood guard record {bytes(12).hex()}"),
         (b"webhook_outbox", b"hooked", b"[]", "the webhook delivery of check 'hooked'"),
     ],
@@ -425,6 +433,7 @@ def test_a_corrupt_entry_record_or_embedding_answers_data_loss_naming_it_while_t
     broken_seq, photo_seq = folder.seq(folder.hash_ids[4]), folder.seq(folder.photo_id)
     damage(folder.path, b"entries", seq_key(uid, broken_seq), b'{"id": "' + folder.hash_ids[4].encode())
     damage(folder.path, b"vectors", seq_key(uid, photo_seq), b"\x00" * 100)  # a truncated embedding
+    damage(folder.path, b"audit", bytes(16), b'{"time": 1')
 
     server = ServerProcess(folder.path, "--workers", "0")  # the snapshot holds both: the start reads neither
     try:
@@ -444,15 +453,21 @@ def test_a_corrupt_entry_record_or_embedding_answers_data_loss_naming_it_while_t
         assert client.get_entry("banned", folder.photo_id).id == folder.photo_id  # its record is whole
         with pytest.raises(DataLoss, match=f"entry seq {photo_seq} of list banned is corrupt .*100 bytes"):
             list(client.export_entries("banned", with_embeddings=True))
+        with pytest.raises(DataLoss, match=f"record {'00' * 16} of database 'audit' is corrupt .not JSON"):
+            list(client.audit())
     finally:
         assert server.stop() == 0
     log = server.log.read_text()
     assert "Traceback" not in log and "INTERNAL" not in log, log
 
     code, lines = verify_json(folder.path)
-    assert code == 1 and lines[-1]["damaged"] == 2, lines
+    assert code == 1 and lines[-1]["damaged"] == 3, lines
     found = {(line["database"], line["key"], line["list"]) for line in lines[:-1]}
-    assert found == {("entries", f"{uid}:{broken_seq}", "banned"), ("vectors", f"{uid}:{photo_seq}", "banned")}
+    assert found == {
+        ("entries", f"{uid}:{broken_seq}", "banned"),
+        ("vectors", f"{uid}:{photo_seq}", "banned"),
+        ("audit", "00" * 16, ""),
+    }
 
 
 def test_a_corrupt_entry_in_the_change_log_to_replay_stops_start_up_with_one_line(folder: Folder) -> None:
