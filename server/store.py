@@ -303,7 +303,8 @@ def _add_detail(entry: EntryRecord) -> dict[str, str]:
     return {"md5": entry.md5} if entry.md5 else {"pdq": entry.pdq}
 
 
-def _json_fields(raw: bytes | memoryview) -> dict[str, object]:
+def json_object(raw: bytes | memoryview) -> dict[str, object]:
+    """A stored JSON object; raises CorruptRecord."""
     try:
         fields = json.loads(bytes(raw))
     except ValueError as error:  # UnicodeDecodeError too
@@ -320,9 +321,15 @@ def _record[R](cls: Callable[..., R], fields: dict[str, object]) -> R:
         raise CorruptRecord(f"its fields do not fit: {error}") from None
 
 
+def decode_record[R](cls: Callable[..., R], raw: bytes | memoryview) -> R:
+    """A stored JSON record of the dataclass `cls` (its field names checked, not their types); raises
+    CorruptRecord."""
+    return _record(cls, json_object(raw))
+
+
 def decode_list(raw: bytes | memoryview) -> ListRecord:
     """A stored list record; raises CorruptRecord."""
-    fields = _json_fields(raw)
+    fields = json_object(raw)
     fields.setdefault("pdq_only_count", None)  # a list stored before the count was kept
     return _record(ListRecord, fields)
 
@@ -402,7 +409,7 @@ _HEX = re.compile(r"[0-9a-f]*").fullmatch
 def decode_entry(raw: bytes | memoryview, seq: int) -> EntryRecord:
     """A stored entry record (under sequence number `seq`); raises CorruptRecord. The checks beyond the
     JSON (their cost is within the noise of decoding it) keep a bad hash from failing later, in an index."""
-    entry = _record(EntryRecord, _json_fields(raw))
+    entry = decode_record(EntryRecord, raw)
     if entry.seq != seq:
         raise CorruptRecord(f"it says seq {entry.seq!r}")
     if (
@@ -471,7 +478,7 @@ def decode_change(raw: bytes | memoryview) -> tuple[bytes, int]:
 
 def decode_key(raw: bytes | memoryview) -> KeyRecord:
     """A stored API key record; raises CorruptRecord."""
-    return _record(KeyRecord, _json_fields(raw))
+    return decode_record(KeyRecord, raw)
 
 
 def _key_record(raw: bytes | memoryview, key: bytes | memoryview, check_fields: bool = False) -> KeyRecord:
@@ -1120,7 +1127,7 @@ class Store:
         """
 
         def decode(raw: bytes) -> AuditRecord:
-            return _record(AuditRecord, _json_fields(raw))
+            return decode_record(AuditRecord, raw)
 
         return self.page(self._audit_log, 2 * _SEQ.size, decode, list_name, since, limit, page_token)
 

@@ -60,6 +60,8 @@ from server.store import (
     decode_entry,
     decode_key,
     decode_list,
+    decode_record,
+    json_object,
 )
 from server.webhooks import DB_OUTBOX, Delivery
 
@@ -85,23 +87,6 @@ class Problem:
 class Report:
     problems: list[Problem]
     checked: int = 0
-
-
-def _json_object(raw: bytes | memoryview) -> dict[str, object]:
-    try:
-        value = json.loads(bytes(raw))
-    except ValueError as error:
-        raise CorruptRecord(f"not JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise CorruptRecord("not a JSON object")
-    return value
-
-
-def _fields[R](cls: Callable[..., R], raw: bytes | memoryview) -> R:
-    try:
-        return cls(**_json_object(raw))
-    except TypeError as error:
-        raise CorruptRecord(f"its fields do not fit: {error}") from None
 
 
 def _entry_fields(entry: EntryRecord) -> None:
@@ -210,13 +195,13 @@ class _Verifier:
         self.each(DB_CHANGES, _seq_text, self.change)
         self.each(DB_SNAPSHOTS, lambda key: key.hex(), self.snapshot)
         self.each(DB_SNAPSHOT_PIECES, lambda key: key.hex(), self.snapshot_piece)
-        self.each(DB_AUDIT, lambda key: key.hex(), lambda key, raw: _fields(AuditRecord, raw))
+        self.each(DB_AUDIT, lambda key: key.hex(), lambda key, raw: decode_record(AuditRecord, raw))
         self.each(DB_CHECKS, _text, self.stored_check)
         for database in (DB_CHECK_PENDING, DB_CHECK_IMAGES):
             self.each(database, _text, self.about_a_stored_check)
         self.each(DB_CHECK_EXPIRY, lambda key: key.hex(), lambda key, raw: None)
-        self.each(DB_OUTBOX, _text, lambda key, raw: _fields(Delivery, raw))
-        self.each(DB_FEEDBACK, lambda key: key.hex(), lambda key, raw: _fields(FeedbackRecord, raw))
+        self.each(DB_OUTBOX, _text, lambda key, raw: decode_record(Delivery, raw))
+        self.each(DB_FEEDBACK, lambda key: key.hex(), lambda key, raw: decode_record(FeedbackRecord, raw))
         self.each(DB_GUARDS, lambda key: key.hex(), self.flood_guard)
         self.each(DB_RATES, lambda key: key.hex(), self.flood_rate)
         return self.report
@@ -315,7 +300,7 @@ class _Verifier:
 
     @staticmethod
     def stored_check(key: bytes, raw: Raw) -> None:
-        record = _json_object(raw)
+        record = json_object(raw)
         if record.get("id") != _text(key) or not isinstance(record.get("status"), str):
             raise CorruptRecord(f"its id is {str(record.get('id'))[:40]!r}, its status {record.get('status')!r}")
 
@@ -327,7 +312,7 @@ class _Verifier:
     def flood_guard(key: bytes, raw: Raw) -> None:
         if len(key) != _FLOOD_KEY_SIZE:
             raise CorruptRecord(f"a key of {len(key)} bytes")
-        _fields(Guard, raw)
+        decode_record(Guard, raw)
 
     @staticmethod
     def flood_rate(key: bytes, raw: Raw) -> None:
