@@ -13,7 +13,9 @@ when there is advice (also on stderr): a server not reached, TLS on one side onl
 `keys create` prints the new key alone on stdout (its only showing), so a script
 can capture it; `audit --json` prints one change per line. `check --defer --json`
 prints {"path", "id"} per image; `result ID --json` prints the stored check with its
-`status` ("pending", "done" or "failed").
+`status` ("pending", "done" or "failed"). `verify DATA_DIR --json` (run on the server's
+machine, like `serve`) prints {"database", "key", "list", "problem"} per damaged record and a
+closing {"data", "checked", "damaged"}; it exits 1 when any record is damaged.
 """
 
 from __future__ import annotations
@@ -899,6 +901,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("serve", help="run the server (see `lookalike serve --help`)", add_help=False)
+    commands.add_parser(
+        "verify", help="check a data folder's records, changing nothing (`lookalike verify DATA_DIR`)", add_help=False
+    )
 
     lists = commands.add_parser("lists", help="create, show and delete lists")
     lists_commands = lists.add_subparsers(dest="lists_command", required=True, metavar="ACTION")
@@ -1120,6 +1125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"lookalike serve needs the server packages ({error}); install lookalike[server]", file=sys.stderr)
             return 2
         return serve(argv[1:])
+    if argv[:1] == ["verify"]:
+        try:
+            from lookalike.server.verify import main as verify
+        except ImportError as error:
+            print(f"lookalike verify needs the server packages ({error}); install lookalike[server]", file=sys.stderr)
+            return 2
+        return verify(argv[1:])
     args = build_parser().parse_args(argv)
     output = Output(args.json)
     client: LookalikeClient | None = None

@@ -72,6 +72,12 @@ class Internal(LookalikeError):
     code = "INTERNAL"
 
 
+class DataLoss(LookalikeError):
+    """Stored data that cannot be read back (a corrupt record)."""
+
+    code = "DATA_LOSS"
+
+
 ERRORS_BY_CODE: dict[str, type[LookalikeError]] = {
     cls.code: cls
     for cls in (
@@ -86,6 +92,7 @@ ERRORS_BY_CODE: dict[str, type[LookalikeError]] = {
         Cancelled,
         Unavailable,
         Internal,
+        DataLoss,
     )
 }
 

@@ -34,7 +34,7 @@ from lookalike.server.memory import map_large_blocks_apart, trim_when_quiet
 from lookalike.server.metrics import Metrics
 from lookalike.server.observability import Admission, AdmittedCalls, RequestObserver
 from lookalike.server.service import LookalikeService
-from lookalike.server.store import Store
+from lookalike.server.store import VERIFY_HINT, StorageFull, Store
 from lookalike.server.webhooks import WebhookOutbox
 from lookalike.server.workers import FingerprintWorkers
 
@@ -321,6 +321,8 @@ def _snapshot_loop(service: LookalikeService, config: ServerConfig, stop: thread
     while not stop.wait(config.snapshot_interval):
         try:
             service.indexes.snapshot_all(config.snapshot_min_changes, SNAPSHOT_SHARE)
+        except StorageFull:
+            pass  # the store logged it once; a snapshot only shortens the next start, so it waits for room
         except Exception:
             log.exception("index snapshot failed; will retry")
 
@@ -335,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         running = create_server(config)
     except LookalikeError as error:
-        log.error("cannot start: %s", error.message)
+        log.error("cannot start: %s", error.message.replace(VERIFY_HINT, f"run `lookalike verify {config.data}`"))
         return 1
     log.info("serving on %s (port %d), data in %s", config.listen, running.port, config.data.resolve())
     if running.metrics_port is not None:

@@ -27,6 +27,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextvars import copy_context
 from dataclasses import asdict, dataclass, field, replace
@@ -49,7 +50,16 @@ from lookalike.server.service import (
     raise_if_abandoned,
 )
 from lookalike.server.sources import image_bytes
-from lookalike.server.store import TIME_KEY_SIZE, EntryRecord, Store, owned_key, split_owned_key, time_key
+from lookalike.server.store import (
+    STORAGE_RETRY_SECONDS,
+    TIME_KEY_SIZE,
+    EntryRecord,
+    StorageFull,
+    Store,
+    owned_key,
+    split_owned_key,
+    time_key,
+)
 from lookalike.server.webhooks import Delivery, WebhookOutbox
 
 log = logging.getLogger(__name__)
@@ -75,6 +85,9 @@ WRITER_IDLE_SECONDS = 0.2
 WRITE_GATHER_SECONDS = 0.1
 """How long the writer waits, after a result arrives, for more to commit with it."""
 WORKER_POLL_SECONDS = 0.2
+HELD_RESULTS_MAX = 20_000
+"""Results of synchronous checks kept in memory (and readable) while the disk is full, written once it has room;
+past this many the oldest are dropped: their checks were answered, only the stored copies are lost."""
 
 
 @dataclass(frozen=True)
@@ -257,6 +270,10 @@ class CheckLedger:
         self._queue: queue.Queue[bytes] = queue.Queue()
         self._writes: queue.Queue[StoredCheck] = queue.Queue()
         self._in_hand = _InHand()
+        self._held: deque[StoredCheck] = deque()
+        """Results the writer could not store for want of space, oldest first; retried now and then."""
+        self._dropping = False
+        """Held results past HELD_RESULTS_MAX have been dropped since the disk filled (logged once)."""
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -455,8 +472,13 @@ class CheckLedger:
         for thread in self._threads:
             thread.join()
         self._write_queued()
+        if self._held:
+            log.warning("stopping with the disk full: %d results of answered checks were not stored", len(self._held))
         self.outbox.stop()
-        self.service.flood.save_rates()
+        try:
+            self.service.flood.save_rates()
+        except StorageFull:
+            log.warning("stopping with the disk full: the flood guard's rates since the last sweep were not saved")
 
     # Deferred workers ---------------------------------------------------------------
 
@@ -527,10 +549,16 @@ class CheckLedger:
             )
         now = time.time()
         finished = replace(finished, order=None, completed=now, expires=now + self.config.check_retention)
-        with self.store.transaction() as txn:
-            deliveries = self._put(txn, finished, check.expires)
-            txn.delete(key, db=self._images)
-            txn.delete(key, db=self._pending_ids)
+        while True:
+            try:
+                with self.store.transaction() as txn:
+                    deliveries = self._put(txn, finished, check.expires)
+                    txn.delete(key, db=self._images)
+                    txn.delete(key, db=self._pending_ids)
+                break
+            except StorageFull:  # the store logged it; the check stays pending in LMDB meanwhile
+                if self._stopping.wait(STORAGE_RETRY_SECONDS):
+                    raise _Stopping from None
         self._done_one(key)
         self._schedule(deliveries)
 
@@ -546,6 +574,10 @@ class CheckLedger:
 
     def _write_loop(self) -> None:
         while not self._stopping.is_set():
+            if self._held:  # the disk was full: try again now and then, with whatever queued meanwhile
+                self._stopping.wait(STORAGE_RETRY_SECONDS)
+                self._write_queued()
+                continue
             try:
                 first = self._writes.get(timeout=WRITER_IDLE_SECONDS)
             except queue.Empty:
@@ -555,9 +587,12 @@ class CheckLedger:
             self._write_queued([first])
 
     def _write_queued(self, batch: list[StoredCheck] | None = None) -> None:
-        """Commit queued results in batches of up to WRITE_BATCH, one transaction each."""
+        """Commit held, then queued results in batches of up to WRITE_BATCH, one transaction each; on a
+        full disk they are held for the next try."""
         batch = batch or []
         while True:
+            while self._held and len(batch) < WRITE_BATCH:
+                batch.append(self._held.popleft())
             while len(batch) < WRITE_BATCH:
                 try:
                     batch.append(self._writes.get_nowait())
@@ -573,22 +608,51 @@ class CheckLedger:
                             log.error("check %s of key %r not stored: a pending check holds it", check.id, check.owner)
                         else:
                             self._put(txn, check, previous_expires)
+            except StorageFull:  # the store logged it once
+                self._hold(batch)
+                return
             except Exception:
                 log.exception("could not store %d check results; they are lost", len(batch))
-            with self._in_hand.lock:
-                for check in batch:
-                    if self._in_hand.unwritten.get(check.key) is check:
-                        del self._in_hand.unwritten[check.key]
+            self._forget_unwritten(batch)
+            self._dropping = self._dropping and bool(self._held)
             batch = []
+
+    def _hold(self, batch: list[StoredCheck]) -> None:
+        """Keep results the disk had no room for (and everything queued behind them), up to HELD_RESULTS_MAX."""
+        self._held.extendleft(reversed(batch))
+        while True:
+            try:
+                self._held.append(self._writes.get_nowait())
+            except queue.Empty:
+                break
+        dropped = [self._held.popleft() for _ in range(len(self._held) - HELD_RESULTS_MAX)]
+        self._forget_unwritten(dropped)
+        if dropped and not self._dropping:
+            self._dropping = True
+            log.warning(
+                "the disk is still full: past %d results of answered checks kept to store later, the oldest "
+                "are dropped",
+                HELD_RESULTS_MAX,
+            )
+
+    def _forget_unwritten(self, checks: list[StoredCheck]) -> None:
+        with self._in_hand.lock:
+            for check in checks:
+                if self._in_hand.unwritten.get(check.key) is check:
+                    del self._in_hand.unwritten[check.key]
 
     def _sweep_loop(self) -> None:
         while not self._stopping.wait(self.config.sweep_interval):
             try:
                 self.sweep()
+            except StorageFull:
+                pass  # the store logged it once; the next sweep tries again
             except Exception:
                 log.exception("sweep of expired checks failed; will retry")
             try:
                 self.service.flood.save_rates()
+            except StorageFull:
+                pass  # as above: kept in memory until the next sweep
             except Exception:
                 log.exception("saving the flood guard's rates failed; will retry at the next sweep")
 

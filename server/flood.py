@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from lookalike.server.store import AUDIT_ENTRY_CONFIRM, EntryRecord, ListRecord, Store
+from lookalike.server.store import AUDIT_ENTRY_CONFIRM, EntryRecord, ListRecord, StorageFull, Store, corrupt
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,15 @@ class FloodGuard:
         self._rates: dict[tuple[int, int], _Rate] = {}
         self._guards: dict[tuple[int, int], Guard] = {}
         with store.env.begin() as txn:
-            for key, value in txn.cursor(db=self._guards_db):
-                self._guards[_KEY.unpack(key)] = Guard(**json.loads(bytes(value)))
-            for key, value in txn.cursor(db=self._rates_db):
-                self._rates[_KEY.unpack(key)] = _Rate(*_RATE.unpack(value))
+            for db in (self._guards_db, self._rates_db):
+                for key, value in txn.cursor(db=db):
+                    try:
+                        if db is self._guards_db:
+                            self._guards[_KEY.unpack(key)] = Guard(**json.loads(bytes(value)))
+                        else:
+                            self._rates[_KEY.unpack(key)] = _Rate(*_RATE.unpack(value))
+                    except (ValueError, TypeError, struct.error) as error:
+                        raise corrupt(f"flood guard record {bytes(key).hex()}", error) from None
 
     @property
     def enabled(self) -> bool:
@@ -125,9 +130,12 @@ class FloodGuard:
                     self._guards[key] = guard
                     tripped.append((key, guard))
             if tripped:
-                with self.store.transaction() as txn:
-                    for key, guard in tripped:
-                        txn.put(_KEY.pack(*key), json.dumps(asdict(guard)).encode(), db=self._guards_db)
+                try:
+                    with self.store.transaction() as txn:
+                        for key, guard in tripped:
+                            txn.put(_KEY.pack(*key), json.dumps(asdict(guard)).encode(), db=self._guards_db)
+                except StorageFull:
+                    pass  # the check goes on; `save_rates` stores the guard once the disk has room
         for _, guard in tripped:
             log.warning(
                 "flood guard: entry %r on list %r matched %.0f times in the last %.0f s (usual %.1f); its rejects "
@@ -169,18 +177,22 @@ class FloodGuard:
         with self._lock:
             rate = self._rates.get(key)
             detail = {"guarded": "false"}
+            usual = 0.0
             if rate is not None:
                 rate.decay(now, self.settings)
-                rate.long = max(rate.long, rate.short * self.settings.long_window / self.settings.short_window)
+                usual = max(rate.long, rate.short * self.settings.long_window / self.settings.short_window)
                 detail["recent_matches"] = f"{rate.short:.1f}"
-            guard = self._guards.pop(key, None)
+            guard = self._guards.get(key)
             if guard is not None:
                 detail |= {"guarded": "true", "since": f"{guard.since:.3f}"}
-            with self.store.transaction() as txn:
+            with self.store.transaction() as txn:  # first: a refused write (a full disk) changes nothing
                 txn.delete(_KEY.pack(*key), db=self._guards_db)
                 if rate is not None:
-                    txn.put(_KEY.pack(*key), _RATE.pack(rate.short, rate.long, rate.updated), db=self._rates_db)
+                    txn.put(_KEY.pack(*key), _RATE.pack(rate.short, usual, rate.updated), db=self._rates_db)
                 self.store.record_audit(txn, actor, AUDIT_ENTRY_CONFIRM, record.name, entry.id, detail)
+            if rate is not None:
+                rate.long = usual
+            self._guards.pop(key, None)
         return guard
 
     def forget(self, uid: int, seqs: Iterable[int] | None = None) -> None:
@@ -192,13 +204,18 @@ class FloodGuard:
                 self._rates.pop(key, None)
                 self._guards.pop(key, None)
             if keys:
-                with self.store.transaction() as txn:
-                    for key in keys:
-                        txn.delete(_KEY.pack(*key), db=self._guards_db)
-                        txn.delete(_KEY.pack(*key), db=self._rates_db)
+                try:
+                    with self.store.transaction() as txn:
+                        for key in keys:
+                            txn.delete(_KEY.pack(*key), db=self._guards_db)
+                            txn.delete(_KEY.pack(*key), db=self._rates_db)
+                except StorageFull:
+                    pass  # the removal stands; `save_rates` rewrites both tables once the disk has room
 
     def save_rates(self, now: float | None = None) -> int:
-        """Write every rate still worth remembering (one transaction); forget the rest. Returns how many."""
+        """Write every rate still worth remembering, and the guards (one transaction); forget the rest.
+        Returns how many rates. Both tables are written whole, so a write the disk refused earlier (a guard
+        tripped, entries forgotten) is made good here."""
         now = time.time() if now is None else now
         with self._lock:
             for key, rate in list(self._rates.items()):
@@ -206,8 +223,13 @@ class FloodGuard:
                 if rate.long < FORGOTTEN_BELOW and key not in self._guards:
                     del self._rates[key]
             rows = [(_KEY.pack(*key), _RATE.pack(r.short, r.long, r.updated)) for key, r in self._rates.items()]
-        with self.store.transaction() as txn:
-            txn.drop(self._rates_db, delete=False)
-            for packed, value in rows:
-                txn.put(packed, value, db=self._rates_db)
+            guards = [(_KEY.pack(*key), json.dumps(asdict(guard)).encode()) for key, guard in self._guards.items()]
+            # Under the lock: a guard lifted meanwhile must not be written back.
+            with self.store.transaction() as txn:
+                txn.drop(self._rates_db, delete=False)
+                for packed, value in rows:
+                    txn.put(packed, value, db=self._rates_db)
+                txn.drop(self._guards_db, delete=False)
+                for packed, value in guards:
+                    txn.put(packed, value, db=self._guards_db)
         return len(rows)

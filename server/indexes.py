@@ -59,6 +59,8 @@ class IndexRegistry:
         self._guard = threading.Lock()
         self._snapshot_lock = threading.Lock()
         self._rebuilding: dict[int, threading.Thread] = {}
+        self._unreadable_snapshots: set[int] = set()
+        """Lists whose stored snapshot did not load: the next snapshot pass replaces it, however little changed."""
         self._tabling: list[threading.Thread] = []
 
     def load_all(self) -> None:
@@ -87,13 +89,20 @@ class IndexRegistry:
         worker.start()
 
     def _load(self, record: ListRecord) -> ListIndex:
-        snapshot = self.store.load_snapshot(record.uid)
         index: ListIndex | None = None
-        if snapshot is not None:
-            try:
+        try:  # a damaged snapshot only costs a rebuild from the entries
+            snapshot = self.store.load_snapshot(record.uid)
+            if snapshot is not None:
                 index = ListIndex.deserialize(snapshot[1], self.store.snapshot_pieces(record.uid))
-            except ValueError as error:
-                log.warning("list %s: snapshot unreadable (%s); rebuilding from entries", record.name, error)
+                if index.change != snapshot[0] or snapshot[0] > record.next_change - 1:
+                    raise ValueError(
+                        f"it holds change {index.change}, its record {snapshot[0]}, the list's last "
+                        f"{record.next_change - 1}"
+                    )
+        except ValueError as error:  # CorruptRecord too
+            log.warning("list %s: snapshot unreadable (%s); rebuilding from entries", record.name, error)
+            self._unreadable_snapshots.add(record.uid)
+            index = None
         if index is None:
             index = self.build(record.uid)
         else:
@@ -254,12 +263,14 @@ class IndexRegistry:
                     if index is None or record.uid in self._rebuilding:
                         continue
                     behind = index.change - self.store.snapshot_change(record.uid)
-                    if behind < max(1, min_changes, share * max(index.pdq_count, index.vector_count)):
+                    wanted = max(1, min_changes, share * max(index.pdq_count, index.vector_count))
+                    if behind < wanted and record.uid not in self._unreadable_snapshots:
                         continue
                     snapshot = index.serialize()
                 if self.store.save_snapshot(
                     record.uid, snapshot.checkpoint.change, snapshot.blob, snapshot.pieces, snapshot.piece_numbers
                 ):
                     index.saved(snapshot)
+                    self._unreadable_snapshots.discard(record.uid)
                     saved += 1
         return saved

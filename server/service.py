@@ -47,6 +47,7 @@ from lookalike.server.store import (
     EntryRecord,
     ListRecord,
     NewEntry,
+    StorageFull,
     Store,
     validate_entry_id,
     validate_list_name,
@@ -212,8 +213,8 @@ class LookalikeService:
             try:
                 if self.store.count_pdq_only(name):
                     log.info("list %s: hash-only entries counted", name)
-            except lmdb.Error:  # the store closed under us (shutdown): the next start counts again
-                return
+            except (lmdb.Error, StorageFull):  # the store closed under us (shutdown), or the disk is full:
+                return  # the next start counts again
 
     # Lists ---------------------------------------------------------------
 

@@ -15,11 +15,15 @@ have their own lookup (`md5`), so an MD5 given alone finds the entry that has it
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
+import logging
+import os
 import re
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -31,8 +35,18 @@ from typing import Protocol
 import lmdb
 import numpy as np
 
-from lookalike.client.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from lookalike.client.errors import (
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    LookalikeError,
+    NotFound,
+    ResourceExhausted,
+)
 from lookalike.index.list_index import EMBEDDING_DIM
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3
 """Bumped whenever a stored layout changes: 2 stores embeddings as float16 (1 stored float32); 3 keys stored
@@ -53,13 +67,21 @@ DB_VECTORS = b"vectors"
 DB_CHANGES = b"changes"
 DB_SNAPSHOTS = b"snapshots"
 DB_SNAPSHOT_PIECES = b"snapshot_pieces"
+DB_SNAPSHOT_SUMS = b"snapshot_sums"
+"""Checksums of snapshots (keyed as in `snapshots`, valued change + sum) and of their pieces (keyed as in
+`snapshot_pieces`): a snapshot's bytes are loaded into the index as they are, so damage would give wrong
+distances and scores instead of an error. Snapshots saved before sums were kept load unchecked."""
 DB_KEYS = b"keys"
 DB_AUDIT = b"audit"
 LOCK_FILE = "lookalike.lock"
+DATA_FILE = "data.mdb"
+LMDB_LOCK_FILE = "lock.mdb"
+WRITE_PROBE_FILE = ".lookalike-write-probe-{pid}"
 KEY_FORMAT_VERSION = b"format_version"
 KEY_NEXT_LIST_UID = b"next_list_uid"
 KEY_NEXT_KEY_NUMBER = b"next_key_number"
 KEY_NEXT_AUDIT_SEQ = b"next_audit_seq"
+META_COUNTERS = (KEY_NEXT_LIST_UID, KEY_NEXT_KEY_NUMBER, KEY_NEXT_AUDIT_SEQ)
 
 OP_ADD = b"A"
 OP_REMOVE = b"R"
@@ -91,6 +113,12 @@ ADD_RESERVE_SHARE = 0.01
 ADD_RESERVE_MIN_BYTES = 128 * 1024
 """Adds stop this far short of a full map (the larger of the two): a removal copies pages before it
 frees any, so a map filled to the last page could not be emptied without a restart."""
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+"""What LMDB reports when the disk will not take a write: no space, a quota, a file size limit (RLIMIT_FSIZE,
+or the file system's largest file), and EIO, which LMDB also reports for a write cut short by a filling disk."""
+STORAGE_RETRY_SECONDS = 1.0
+"""How often background writers (stored checks, deferred checks) try again while the disk is full."""
 
 _UID = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
@@ -197,6 +225,27 @@ class Change:
     seq: int
 
 
+class CorruptRecord(ValueError):
+    """A stored record that does not decode as what it should be; the message says how."""
+
+
+VERIFY_HINT = "run `lookalike verify DATA_DIR`"
+"""Ends every DATA_CORRUPT message (`serve` names its own folder instead of DATA_DIR in start-up errors)."""
+
+
+def corrupt(record: str, problem: object) -> DataLoss:
+    """DATA_LOSS (DATA_CORRUPT) naming a stored record that cannot be read, and what to run."""
+    return DataLoss(f"{record} is corrupt ({problem}); {VERIFY_HINT}", "DATA_CORRUPT")
+
+
+class StorageFull(ResourceExhausted):
+    """RESOURCE_EXHAUSTED with reason STORAGE_FULL: the LMDB map or the disk under it is full. A class of its
+    own so that background writers can tell it from other failures, wait and try again, without a traceback."""
+
+    def __init__(self, message: str, reason: str = "STORAGE_FULL") -> None:
+        super().__init__(message, reason)
+
+
 def validate_list_name(name: str) -> None:
     if not LIST_NAME.match(name):
         raise InvalidArgument(
@@ -277,10 +326,99 @@ def _add_detail(entry: EntryRecord) -> dict[str, str]:
     return {"md5": entry.md5} if entry.md5 else {"pdq": entry.pdq}
 
 
-def _list_record(raw: bytes | memoryview) -> ListRecord:
-    fields = json.loads(bytes(raw))
+def json_object(raw: bytes | memoryview) -> dict[str, object]:
+    """A stored JSON object; raises CorruptRecord."""
+    try:
+        fields = json.loads(bytes(raw))
+    except ValueError as error:  # UnicodeDecodeError too
+        raise CorruptRecord(f"not JSON: {error}") from None
+    if not isinstance(fields, dict):
+        raise CorruptRecord("not a JSON object")
+    return fields
+
+
+def _record[R](cls: Callable[..., R], fields: dict[str, object]) -> R:
+    try:
+        return cls(**fields)
+    except TypeError as error:  # a field missing or unknown
+        raise CorruptRecord(f"its fields do not fit: {error}") from None
+
+
+def decode_record[R](cls: Callable[..., R], raw: bytes | memoryview) -> R:
+    """A stored JSON record of the dataclass `cls` (its field names checked, not their types); raises
+    CorruptRecord."""
+    return _record(cls, json_object(raw))
+
+
+def decode_list(raw: bytes | memoryview) -> ListRecord:
+    """A stored list record; raises CorruptRecord."""
+    fields = json_object(raw)
     fields.setdefault("pdq_only_count", None)  # a list stored before the count was kept
-    return ListRecord(**fields)
+    return _record(ListRecord, fields)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _count(value: object, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def check_list_fields(record: ListRecord, key: bytes | memoryview) -> None:
+    """Every field of a list record of the type and range it must have (the decoder checks only their names);
+    raises CorruptRecord."""
+    wrong = [
+        name
+        for name, right in (
+            ("uid", _count(record.uid, 1)),
+            ("name", record.name == bytes(key).decode(errors="replace")),
+            ("description", isinstance(record.description, str)),
+            ("review_threshold", _number(record.review_threshold) and 0 <= record.review_threshold <= 1),
+            ("reject_threshold", _number(record.reject_threshold) and 0 <= record.reject_threshold <= 1),
+            ("model", isinstance(record.model, str)),
+            ("created", _number(record.created)),
+            ("entry_count", _count(record.entry_count)),
+            ("next_seq", _count(record.next_seq, 1)),
+            ("next_change", _count(record.next_change, 1)),
+            ("dihedral", isinstance(record.dihedral, bool)),
+            ("kind", record.kind in LIST_KINDS),
+            ("pdq_only_count", record.pdq_only_count is None or _count(record.pdq_only_count)),
+        )
+        if not right
+    ]
+    if wrong:
+        raise CorruptRecord(f"bad {', '.join(wrong)}")
+
+
+def check_key_fields(record: KeyRecord, key: bytes | memoryview) -> None:
+    """As `check_list_fields`, for an API key record."""
+    wrong = [
+        name
+        for name, right in (
+            ("id", record.id == bytes(key).decode(errors="replace")),
+            ("name", isinstance(record.name, str)),
+            ("role", isinstance(record.role, str)),
+            ("lists", isinstance(record.lists, list) and all(isinstance(item, str) for item in record.lists)),
+            ("digest", isinstance(record.digest, str) and len(record.digest) == 64 and bool(_HEX(record.digest))),
+            ("created", _number(record.created)),
+            ("created_by", isinstance(record.created_by, str)),
+            ("revoked", _number(record.revoked)),
+        )
+        if not right
+    ]
+    if wrong:
+        raise CorruptRecord(f"bad {', '.join(wrong)}")
+
+
+def _list_record(raw: bytes | memoryview, key: bytes | memoryview, check_fields: bool = False) -> ListRecord:
+    try:
+        record = decode_list(raw)
+        if check_fields:
+            check_list_fields(record, key)
+        return record
+    except CorruptRecord as error:
+        raise corrupt(f"the record of list {bytes(key).decode(errors='replace')!r}", error) from None
 
 
 def _is_pdq_only(entry: EntryRecord) -> bool:
@@ -288,8 +426,24 @@ def _is_pdq_only(entry: EntryRecord) -> bool:
     return bool(entry.pdq) and not entry.model
 
 
-def _entry_record(raw: bytes | memoryview) -> EntryRecord:
-    return EntryRecord(**json.loads(bytes(raw)))
+_HEX = re.compile(r"[0-9a-f]*").fullmatch
+
+
+def decode_entry(raw: bytes | memoryview, seq: int) -> EntryRecord:
+    """A stored entry record (under sequence number `seq`); raises CorruptRecord. The checks beyond the
+    JSON (their cost is within the noise of decoding it) keep a bad hash from failing later, in an index."""
+    entry = decode_record(EntryRecord, raw)
+    if entry.seq != seq:
+        raise CorruptRecord(f"it says seq {entry.seq!r}")
+    if (
+        len(entry.sha256) not in (0, 64)
+        or len(entry.pdq) not in (0, 64)
+        or len(entry.md5) not in (0, 32)
+        or len(entry.phash) not in (0, 16)
+        or not _HEX(entry.sha256 + entry.pdq + entry.md5 + entry.phash)
+    ):
+        raise CorruptRecord("a hash is not hex of its length")
+    return entry
 
 
 def _delete_prefix(cursor: lmdb.Cursor, prefix: bytes, up_to: int | None = None) -> None:
@@ -340,10 +494,45 @@ def encode_embedding(vector: np.ndarray) -> bytes:
 
 
 def decode_embedding(raw: bytes | memoryview) -> np.ndarray:
-    """float32 from a stored embedding: float16 since format 2, float32 before (twice the bytes)."""
+    """float32 from a stored embedding: float16 since format 2, float32 before (twice the bytes).
+    Raises CorruptRecord for any other length."""
     if len(raw) == 4 * EMBEDDING_DIM:
         return np.frombuffer(raw, dtype="<f4")
+    if len(raw) != 2 * EMBEDDING_DIM:
+        raise CorruptRecord(f"its embedding holds {len(raw)} bytes, not {2 * EMBEDDING_DIM}")
     return np.frombuffer(raw, dtype="<f2").astype(np.float32)
+
+
+def decode_change(raw: bytes | memoryview) -> tuple[bytes, int]:
+    """A change log record: its operation and the entry's sequence number; raises CorruptRecord."""
+    value = bytes(raw)
+    if len(value) != 1 + _SEQ.size or value[:1] not in (OP_ADD, OP_REMOVE):
+        raise CorruptRecord(f"{len(value)} bytes, operation {value[:1]!r}")
+    return value[:1], int(_SEQ.unpack(value[1:])[0])
+
+
+def decode_key(raw: bytes | memoryview) -> KeyRecord:
+    """A stored API key record; raises CorruptRecord."""
+    return decode_record(KeyRecord, raw)
+
+
+def _key_record(raw: bytes | memoryview, key: bytes | memoryview, check_fields: bool = False) -> KeyRecord:
+    try:
+        record = decode_key(raw)
+        if check_fields:
+            check_key_fields(record, key)
+        return record
+    except CorruptRecord as error:
+        raise corrupt(f"the record of API key {bytes(key).decode(errors='replace')!r}", error) from None
+
+
+def checksum(data: bytes | memoryview) -> bytes:
+    """8 bytes that change when any of the data does: its little-endian 64-bit words summed, with its
+    tail and length. numpy sums about 4 GB/s on the development box, where zlib.crc32 managed 0.3-2.3."""
+    words = len(data) // 8
+    total = int(np.frombuffer(data, dtype="<u8", count=words).sum(dtype=np.uint64)) if words else 0
+    tail = int.from_bytes(bytes(memoryview(data)[words * 8 :]), "little")
+    return _SEQ.pack((total + tail + len(data)) & 0xFFFF_FFFF_FFFF_FFFF)
 
 
 def _prefix(uid: int) -> bytes:
@@ -351,10 +540,16 @@ def _prefix(uid: int) -> bytes:
 
 
 def _iter_entries(
-    txn: lmdb.Transaction, entries: lmdb._Database, vectors: lmdb._Database | None, uid: int, step: int = 1
+    txn: lmdb.Transaction,
+    entries: lmdb._Database,
+    vectors: lmdb._Database | None,
+    uid: int,
+    list_name: str,
+    step: int = 1,
 ) -> Iterator[tuple[EntryRecord, np.ndarray | None]]:
     """A list's entries with their embeddings (none read when `vectors` is None) in sequence order;
-    every `step`-th only (decoding the rest would cost most of a sampling pass)."""
+    every `step`-th only (decoding the rest would cost most of a sampling pass). A record that does
+    not decode raises DataLoss naming it."""
     prefix = _prefix(uid)
     cursor = txn.cursor(db=entries)
     vector_cursor = None if vectors is None else txn.cursor(db=vectors)
@@ -366,7 +561,11 @@ def _iter_entries(
             break
         if position % step == 0:
             vector = None if vector_cursor is None else vector_cursor.get(key)
-            yield _entry_record(cursor.value()), None if vector is None else decode_embedding(vector)
+            seq = _SEQ.unpack(key[4:])[0]
+            try:
+                yield decode_entry(cursor.value(), seq), None if vector is None else decode_embedding(vector)
+            except CorruptRecord as error:
+                raise corrupt(f"entry seq {seq} of list {list_name}", error) from None
         position += 1
 
 
@@ -385,14 +584,14 @@ class ListView:
         return self.record.next_change - 1
 
     def entries(self, step: int = 1) -> Iterator[tuple[EntryRecord, np.ndarray | None]]:
-        return _iter_entries(self._txn, self._entries, self._vectors, self.record.uid, step)
+        return _iter_entries(self._txn, self._entries, self._vectors, self.record.uid, self.record.name, step)
 
 
 class Store:
     """Lists and entries in one LMDB environment under the data folder."""
 
     def __init__(self, path: Path, map_size: int) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        _prepare_folder(path)
         self.path = path
         # One server per data folder: a second would keep its own indexes and miss the first's writes.
         self._lock_file = (path / LOCK_FILE).open("a")
@@ -404,7 +603,14 @@ class Store:
                 f"data folder {path} is in use by another Lookalike server; stop it or use another --data",
                 "DATA_FOLDER_IN_USE",
             ) from None
-        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=32, max_readers=512, subdir=True)
+        try:
+            self.env = lmdb.open(str(path), map_size=map_size, max_dbs=32, max_readers=512, subdir=True)
+        except lmdb.Error as error:
+            self._lock_file.close()
+            raise FailedPrecondition(
+                f"data folder {path} cannot be opened: {error}", "DATA_FOLDER_UNREADABLE"
+            ) from None
+        self._disk = _DiskFullState(path / DATA_FILE)
         self._named_dbs: dict[bytes, lmdb._Database] = {}
         """Every named database opened, for the reserve check's count of pages in use."""
         self._meta = self.open_db(DB_META)
@@ -417,11 +623,13 @@ class Store:
         self._changes = self.open_db(DB_CHANGES)
         self._snapshots = self.open_db(DB_SNAPSHOTS)
         self._snapshot_pieces = self.open_db(DB_SNAPSHOT_PIECES)
+        self._snapshot_sums = self.open_db(DB_SNAPSHOT_SUMS)
         self._keys = self.open_db(DB_KEYS)
         self._audit_log = self.open_db(DB_AUDIT)
         try:
             self._check_format()
-        except FailedPrecondition:
+            self._check_small_records()
+        except LookalikeError:
             self.close()
             raise
 
@@ -430,8 +638,12 @@ class Store:
         self._lock_file.close()
 
     def _check_format(self) -> None:
-        with self._write() as txn:
+        with self._guard(), self._write() as txn:
             stored = txn.get(KEY_FORMAT_VERSION, db=self._meta)
+            if stored == str(FORMAT_VERSION).encode():
+                return  # nothing to write: a start on a full disk still serves reads
+            if stored is not None and not bytes(stored).isdigit():
+                raise corrupt("the meta record 'format_version'", f"{bytes(stored)[:20]!r}")
             if stored is None:  # a new folder: nothing to upgrade
                 txn.put(KEY_FORMAT_VERSION, str(FORMAT_VERSION).encode(), db=self._meta)
             elif int(stored) in READABLE_FORMAT_VERSIONS:
@@ -443,6 +655,20 @@ class Store:
                     f"version {FORMAT_VERSION}",
                     "DATA_FORMAT_VERSION",
                 )
+
+    def _check_small_records(self) -> None:
+        """Read every meta counter, list and key record at start-up (a few kilobytes): a corrupt one stops the
+        start with DATA_LOSS naming it. Entry records are checked when read: at 10M entries reading all
+        would make a start take minutes."""
+        with self.env.begin() as txn:
+            for name in META_COUNTERS:
+                value = txn.get(name, db=self._meta)
+                if value is not None and not bytes(value).isdigit():
+                    raise corrupt(f"the meta record {name.decode()!r}", f"{bytes(value)[:20]!r}")
+            for key, raw in txn.cursor(db=self._lists):
+                _list_record(raw, key, check_fields=True)
+            for key, raw in txn.cursor(db=self._keys):
+                _key_record(raw, key, check_fields=True)
 
     def _write(self) -> lmdb.Transaction:
         return self.env.begin(write=True)
@@ -495,7 +721,7 @@ class Store:
         raw = txn.get(_list_key(name), db=self._lists)
         if raw is None:
             raise NotFound(f"list {name!r} does not exist", "LIST_NOT_FOUND")
-        return _list_record(raw)
+        return _list_record(raw, _list_key(name))
 
     def get_list(self, name: str) -> ListRecord:
         with self.env.begin() as txn:
@@ -503,7 +729,7 @@ class Store:
 
     def lists(self) -> list[ListRecord]:
         with self.env.begin() as txn:
-            return [_list_record(raw) for _, raw in txn.cursor(db=self._lists)]
+            return [_list_record(raw, key) for key, raw in txn.cursor(db=self._lists)]
 
     def update_list(
         self,
@@ -540,7 +766,7 @@ class Store:
             self.record_audit(txn, actor, AUDIT_LIST_DELETE, name, detail={"entries_deleted": str(record.entry_count)})
             prefix = _prefix(record.uid)
             entry_dbs = (self._entries, self._entry_ids, self._digests, self._md5, self._vectors)
-            for db in (*entry_dbs, self._changes, self._snapshots, self._snapshot_pieces):
+            for db in (*entry_dbs, self._changes, self._snapshots, self._snapshot_pieces, self._snapshot_sums):
                 _delete_prefix(txn.cursor(db=db), prefix)
         return record
 
@@ -624,7 +850,7 @@ class Store:
                 record = self._uncounted_list(txn, name)
                 if record is None:
                     return False
-                count = self._scan_pdq_only(txn, record.uid)
+                count = self._scan_pdq_only(txn, record)
             with self._guard(), self._write() as txn:
                 now = self._uncounted_list(txn, name)
                 if now is None:
@@ -636,7 +862,7 @@ class Store:
             record = self._uncounted_list(txn, name)
             if record is None:
                 return False
-            self._put_list(txn, replace(record, pdq_only_count=self._scan_pdq_only(txn, record.uid)))
+            self._put_list(txn, replace(record, pdq_only_count=self._scan_pdq_only(txn, record)))
             return True
 
     def _uncounted_list(self, txn: lmdb.Transaction, name: str) -> ListRecord | None:
@@ -646,8 +872,9 @@ class Store:
             return None
         return record if record.pdq_only_count is None else None
 
-    def _scan_pdq_only(self, txn: lmdb.Transaction, uid: int) -> int:
-        return sum(_is_pdq_only(entry) for entry, _ in _iter_entries(txn, self._entries, None, uid))
+    def _scan_pdq_only(self, txn: lmdb.Transaction, record: ListRecord) -> int:
+        entries = _iter_entries(txn, self._entries, None, record.uid, record.name)
+        return sum(_is_pdq_only(entry) for entry, _ in entries)
 
     def remove_entry(self, name: str, entry_id: str, actor: str = "") -> tuple[EntryRecord, int]:
         """Remove an entry; returns it and the change number of the removal."""
@@ -683,7 +910,23 @@ class Store:
         raw = txn.get(_seq_key(uid, seq), db=self._entries)
         if raw is None:
             raise NotFound(f"entry #{seq} is gone", "ENTRY_NOT_FOUND")
-        return _entry_record(raw)
+        try:
+            return decode_entry(raw, seq)
+        except CorruptRecord as error:
+            raise self._corrupt_entry(txn, uid, seq, error) from None
+
+    def _corrupt_entry(self, txn: lmdb.Transaction, uid: int, seq: int, error: CorruptRecord) -> DataLoss:
+        return corrupt(f"entry seq {seq} of list {self._list_name(txn, uid)}", error)
+
+    def _list_name(self, txn: lmdb.Transaction, uid: int) -> str:
+        """The name of list `uid` (for messages; "#uid" when none decodes)."""
+        for key, raw in txn.cursor(db=self._lists):
+            try:
+                if decode_list(raw).uid == uid:
+                    return bytes(key).decode()
+            except CorruptRecord:
+                continue
+        return f"#{uid}"
 
     def get_entry(self, name: str, entry_id: str) -> EntryRecord:
         with self.env.begin() as txn:
@@ -700,7 +943,10 @@ class Store:
             for seq in seqs:
                 raw = txn.get(_seq_key(uid, seq), db=self._entries)
                 if raw is not None:
-                    found[seq] = _entry_record(raw)
+                    try:
+                        found[seq] = decode_entry(raw, seq)
+                    except CorruptRecord as error:
+                        raise self._corrupt_entry(txn, uid, seq, error) from None
         return found
 
     def seq_for_digest(self, uid: int, sha256: bytes) -> int | None:
@@ -728,7 +974,12 @@ class Store:
                 if not bytes(key).startswith(prefix) or len(page) >= limit:
                     break
                 vector = txn.get(key, db=self._vectors) if with_embeddings else None
-                page.append((_entry_record(raw), None if vector is None else decode_embedding(vector).tobytes()))
+                seq = _SEQ.unpack(key[4:])[0]
+                try:
+                    embedding = None if vector is None else decode_embedding(vector).tobytes()
+                    page.append((decode_entry(raw, seq), embedding))
+                except CorruptRecord as error:
+                    raise self._corrupt_entry(txn, uid, seq, error) from None
         return page
 
     def embeddings(self, uid: int, seqs: Sequence[int]) -> dict[int, np.ndarray]:
@@ -737,19 +988,23 @@ class Store:
             for seq in seqs:
                 raw = txn.get(_seq_key(uid, seq), db=self._vectors)
                 if raw is not None:
-                    found[seq] = decode_embedding(raw)
+                    try:
+                        found[seq] = decode_embedding(raw)
+                    except CorruptRecord as error:
+                        raise self._corrupt_entry(txn, uid, seq, error) from None
         return found
 
     def iter_entries(self, uid: int) -> Iterator[tuple[EntryRecord, np.ndarray | None]]:
         """Every entry of a list with its embedding, in sequence order."""
         with self.env.begin() as txn:
-            yield from _iter_entries(txn, self._entries, self._vectors, uid)
+            yield from _iter_entries(txn, self._entries, self._vectors, uid, self._list_name(txn, uid))
 
     @contextmanager
     def list_view(self, uid: int) -> Iterator[ListView]:
         """One list as of one moment (a read transaction), to rebuild its index from."""
         with self.env.begin() as txn:
-            record = next((r for _, raw in txn.cursor(db=self._lists) if (r := _list_record(raw)).uid == uid), None)
+            lists = txn.cursor(db=self._lists)
+            record = next((r for key, raw in lists if (r := _list_record(raw, key)).uid == uid), None)
             if record is None:
                 raise NotFound(f"list #{uid} does not exist", "LIST_NOT_FOUND")
             yield ListView(record, txn, self._entries, self._vectors)
@@ -765,7 +1020,11 @@ class Store:
                 for key, value in cursor:
                     if not key.startswith(prefix):
                         break
-                    changes.append(Change(_SEQ.unpack(key[4:])[0], value[:1], _SEQ.unpack(value[1:])[0]))
+                    number = _SEQ.unpack(key[4:])[0]
+                    try:
+                        changes.append(Change(number, *decode_change(value)))
+                    except CorruptRecord as error:
+                        raise corrupt(f"change {number} of list {self._list_name(txn, uid)}", error) from None
         return changes
 
     def save_snapshot(
@@ -783,13 +1042,17 @@ class Store:
         Returns False when the list was deleted meanwhile (nothing written).
         """
         prefix = _prefix(uid)
+        blob_sum = checksum(blob)  # before the write lock
+        piece_sums = {number: checksum(data) for number, data in (pieces or {}).items()}
         with self._guard(), self._write() as txn:
-            if not any(_list_record(raw).uid == uid for _, raw in txn.cursor(db=self._lists)):
+            if not any(_list_record(raw, key).uid == uid for key, raw in txn.cursor(db=self._lists)):
                 return False
             self._ensure_room_to_grow(txn)
             txn.put(prefix, _SEQ.pack(change) + blob, db=self._snapshots)
+            txn.put(prefix, _SEQ.pack(change) + blob_sum, db=self._snapshot_sums)
             for number, data in (pieces or {}).items():
                 txn.put(prefix + _UID.pack(number), data, db=self._snapshot_pieces)
+                txn.put(prefix + _UID.pack(number), piece_sums[number], db=self._snapshot_sums)
             cursor = txn.cursor(db=self._snapshot_pieces)
             kept = set(piece_numbers) | set(pieces or {})
             found = cursor.set_range(prefix)
@@ -797,39 +1060,53 @@ class Store:
                 if _UID.unpack(cursor.key()[4:])[0] in kept:
                     found = cursor.next()
                 else:
+                    txn.delete(cursor.key(), db=self._snapshot_sums)
                     found = cursor.delete()
             _delete_prefix(txn.cursor(db=self._changes), prefix, up_to=change)
         return True
 
     def snapshot_pieces(self, uid: int) -> Iterator[tuple[int, memoryview]]:
-        """The stored pieces of a list's snapshot, each valid only until the next is read."""
+        """The stored pieces of a list's snapshot, each valid only until the next is read; raises
+        CorruptRecord for one that does not match its checksum."""
         prefix = _prefix(uid)
         with self.env.begin(buffers=True) as txn:
             cursor = txn.cursor(db=self._snapshot_pieces)
             found = cursor.set_range(prefix)
             while found and bytes(cursor.key()).startswith(prefix):
-                yield _UID.unpack(bytes(cursor.key()[4:]))[0], cursor.value()
+                number = _UID.unpack(bytes(cursor.key()[4:]))[0]
+                expected = txn.get(cursor.key(), db=self._snapshot_sums)
+                if expected is not None and checksum(cursor.value()) != bytes(expected):
+                    raise CorruptRecord(f"snapshot piece {number} does not match its checksum")
+                yield number, cursor.value()
                 found = cursor.next()
 
     def load_snapshot(self, uid: int) -> tuple[int, bytes] | None:
+        """The stored snapshot's change and blob; raises CorruptRecord when too short to hold them, or
+        not matching its checksum."""
         with self.env.begin() as txn:
             raw = txn.get(_prefix(uid), db=self._snapshots)
+            summed = txn.get(_prefix(uid), db=self._snapshot_sums)
         if raw is None:
             return None
-        return int(_SEQ.unpack(raw[:8])[0]), bytes(raw[8:])
+        if len(raw) < _SEQ.size:
+            raise CorruptRecord(f"the snapshot record holds {len(raw)} bytes")
+        blob = bytes(raw[_SEQ.size :])
+        if summed is not None and summed[: _SEQ.size] == raw[: _SEQ.size] and summed[_SEQ.size :] != checksum(blob):
+            raise CorruptRecord("the snapshot does not match its checksum")
+        return int(_SEQ.unpack(raw[:8])[0]), blob
 
     def snapshot_change(self, uid: int) -> int:
         """The change the stored snapshot reflects (0 when none), without reading it whole."""
         with self.env.begin(buffers=True) as txn:
             raw = txn.get(_prefix(uid), db=self._snapshots)
-            return 0 if raw is None else int(_SEQ.unpack(bytes(raw[:8]))[0])
+            return 0 if raw is None or len(raw) < _SEQ.size else int(_SEQ.unpack(bytes(raw[:8]))[0])
 
     # API keys ----------------------------------------------------------------
 
     def keys(self) -> list[KeyRecord]:
         """Every key ever created, revoked ones included, in creation order."""
         with self.env.begin() as txn:
-            records = [KeyRecord(**json.loads(bytes(raw))) for _, raw in txn.cursor(db=self._keys)]
+            records = [_key_record(raw, key) for key, raw in txn.cursor(db=self._keys)]
         return sorted(records, key=lambda record: (record.created, int(record.id.lstrip("k") or 0)))
 
     def create_key(self, name: str, role: str, lists: Sequence[str], digest: str, actor: str = "") -> KeyRecord:
@@ -849,7 +1126,7 @@ class Store:
             raw = txn.get(key_id.encode(), db=self._keys) if key_id else None
             if raw is None:
                 raise NotFound(f"key {key_id!r} does not exist", "KEY_NOT_FOUND")
-            record = KeyRecord(**json.loads(bytes(raw)))
+            record = _key_record(raw, key_id.encode())
             if record.revoked:
                 return record
             record = replace(record, revoked=time.time())
@@ -888,7 +1165,7 @@ class Store:
         """
 
         def decode(raw: bytes) -> AuditRecord:
-            return AuditRecord(**json.loads(raw))
+            return decode_record(AuditRecord, raw)
 
         return self.page(self._audit_log, 2 * _SEQ.size, decode, list_name, since, limit, page_token)
 
@@ -926,7 +1203,11 @@ class Store:
             if not cursor.set_range(start):
                 return records, ""
             for key, raw in cursor:
-                record = decode(bytes(raw))
+                try:
+                    record = decode(bytes(raw))
+                except (ValueError, TypeError) as error:  # CorruptRecord, or another module's decoder failing
+                    name = next((n.decode() for n, d in self._named_dbs.items() if d == db), "?")
+                    raise corrupt(f"record {bytes(key).hex()} of database {name!r}", error) from None
                 if list_name and record.list != list_name:
                     continue
                 if len(records) == limit:
@@ -935,8 +1216,8 @@ class Store:
                 page_end = bytes(key).hex()
         return records, ""
 
-    def _guard(self) -> _MapFullGuard:
-        return _MapFullGuard(self.path)
+    def _guard(self) -> _WriteGuard:
+        return _WriteGuard(self._disk)
 
     # For the modules that keep their own named databases here (checks, webhooks, feedback, flood guard) --
 
@@ -958,15 +1239,14 @@ class Store:
             for stat in [txn.stat(), *(txn.stat(db) for db in self._named_dbs.values())]
         )
         if map_size - in_use * page < 2 * reserve:
-            raise ResourceExhausted(
+            raise StorageFull(
                 "the data folder's LMDB map is nearly full (a reserve is kept so that removals still work); "
-                "restart the server with a larger --map-size",
-                "STORAGE_FULL",
+                "restart the server with a larger --map-size"
             )
 
     @contextmanager
     def transaction(self, grows: bool = False) -> Iterator[lmdb.Transaction]:
-        """A write transaction whose full map becomes RESOURCE_EXHAUSTED (and is rolled back).
+        """A write transaction whose full map or disk becomes StorageFull (and is rolled back).
         One that `grows` the data is refused already within the reserve kept for removals."""
         with self._guard(), self._write() as txn:
             if grows:
@@ -1009,17 +1289,98 @@ def _settings(record: ListRecord) -> dict[str, str]:
     }
 
 
-class _MapFullGuard:
-    """Turns LMDB's full map into a clean RESOURCE_EXHAUSTED (the write is rolled back)."""
+def _prepare_folder(path: Path) -> None:
+    """Create the data folder if need be and make sure this process may write in it, by writing (as root,
+    permissions say little: a read-only mount or an immutable folder refuse writes all the same)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise FailedPrecondition(
+            f"data folder {path} is a file, not a folder; pass a folder to --data", "DATA_FOLDER_NOT_A_FOLDER"
+        ) from None
+    except OSError as error:
+        raise FailedPrecondition(
+            f"data folder {path} cannot be created ({error.strerror}); create it or pass another --data",
+            "DATA_FOLDER_NOT_WRITABLE",
+        ) from None
+    probe = path / WRITE_PROBE_FILE.format(pid=os.getpid())  # two servers starting at once do not collide
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        probe.unlink()
+        for name in (LOCK_FILE, DATA_FILE, LMDB_LOCK_FILE):  # those there already must be writable too
+            if (path / name).exists():
+                os.close(os.open(path / name, os.O_WRONLY))
+    except OSError as error:
+        raise FailedPrecondition(
+            f"data folder {path} is not writable ({error.strerror}: {error.filename}); give the server a "
+            "folder it may write in",
+            "DATA_FOLDER_NOT_WRITABLE",
+        ) from None
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+
+def _refused_by_disk(error: lmdb.Error) -> bool:
+    """Whether LMDB failed because the disk would not take the write (py-lmdb names only ENOSPC by class)."""
+    text = str(error)
+    return isinstance(error, lmdb.DiskError) or any(os.strerror(number) in text for number in DISK_FULL_ERRNOS)
+
+
+class _DiskFullState:
+    """Whether the disk refuses the store's writes; logged once when it starts and once when it ends.
+
+    It ends when a write succeeds after the data file grew past its size at the refusal: writes that fit
+    in pages freed meanwhile succeed on a full disk too, and would otherwise log an end and a start again
+    on every write that does not fit."""
+
+    def __init__(self, data_file: Path) -> None:
+        self._data_file = data_file
+        self._size_when_refused: int | None = None
+        self._lock = threading.Lock()
+
+    def _size(self) -> int:
+        try:
+            return self._data_file.stat().st_size
+        except OSError:
+            return 0
+
+    def refused(self, error: lmdb.Error) -> StorageFull:
+        with self._lock:
+            if self._size_when_refused is None:
+                self._size_when_refused = self._size()
+                log.error(
+                    "data folder %s: the disk refused a write (%s): it is full or the file reached a size limit; "
+                    "writes get RESOURCE_EXHAUSTED (STORAGE_FULL) until space is freed, reads go on",
+                    self._data_file.parent,
+                    error,
+                )
+        return StorageFull(
+            "the disk under the data folder is full (or its file reached a size limit); free space there: "
+            "writes resume without a restart"
+        )
+
+    def committed(self) -> None:
+        if self._size_when_refused is None:
+            return
+        with self._lock:
+            if self._size_when_refused is not None and self._size() > self._size_when_refused:
+                self._size_when_refused = None
+                log.warning("data folder %s: the disk takes writes again", self._data_file.parent)
+
+
+class _WriteGuard:
+    """Turns a full LMDB map or disk into StorageFull (the write is rolled back)."""
+
+    def __init__(self, disk: _DiskFullState) -> None:
+        self.disk = disk
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
-        if isinstance(error, lmdb.MapFullError):
-            raise ResourceExhausted(
-                "the data folder's LMDB map is full; restart the server with a larger --map-size", "STORAGE_FULL"
+        if error is None:
+            self.disk.committed()
+        elif isinstance(error, lmdb.MapFullError):
+            raise StorageFull(
+                "the data folder's LMDB map is full; restart the server with a larger --map-size"
             ) from None
+        elif isinstance(error, lmdb.Error) and _refused_by_disk(error):
+            raise self.disk.refused(error) from None

@@ -36,7 +36,7 @@ from lookalike.client.webhooks import CHECK_ID_HEADER, SIGNATURE_HEADER, TIMESTA
 from lookalike.server.config import ServerConfig
 from lookalike.server.fetch import FetchLimits, post
 from lookalike.server.metrics import Metrics
-from lookalike.server.store import Store, owned_key
+from lookalike.server.store import StorageFull, Store, corrupt, owned_key, split_owned_key
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,15 @@ class WebhookOutbox:
 
     def start(self) -> None:
         """Schedule every pending delivery found in LMDB, then start the senders."""
+        found = []
         with self.store.env.begin() as txn:
-            found = [Delivery(**json.loads(bytes(raw))) for _, raw in txn.cursor(db=self._db)]
+            for key, raw in txn.cursor(db=self._db):
+                try:
+                    found.append(Delivery(**json.loads(bytes(raw))))
+                except (ValueError, TypeError) as error:
+                    owner, check_id = split_owned_key(bytes(key))
+                    whose = f" of key {owner!r}" if owner else ""
+                    raise corrupt(f"the webhook delivery of check {check_id!r}{whose}", error) from None
         for delivery in found:
             if delivery.state == PENDING:
                 self.schedule(delivery)
@@ -187,6 +194,8 @@ class WebhookOutbox:
         while (key := self._next_due()) is not None:
             try:
                 self._attempt(key)
+            except StorageFull:  # the store logged it once; the attempt is made again (receivers deduplicate)
+                self._reschedule(key, time.time() + self.config.webhook_backoff)
             except Exception:
                 log.exception("webhook delivery of check %r failed unexpectedly; will retry", key)
                 self._reschedule(key, time.time() + self.config.webhook_backoff)

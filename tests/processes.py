@@ -9,9 +9,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from lookalike.client import LookalikeClient
 
@@ -49,19 +50,36 @@ def end_leftovers() -> None:
 class ServerProcess:
     """`lookalike serve` on a free loopback port, its log in a file beside the data folder."""
 
-    def __init__(self, data: Path, *flags: str) -> None:
+    def __init__(self, data: Path, *flags: str, relay_log: bool = False) -> None:
+        """`relay_log`: the server logs into a pipe that a thread here copies to the log file, so that its
+        log is kept while the server's own writes to files fail (under a file size limit, say)."""
         self.log = data.parent / f"serve-{time.monotonic_ns()}.log"
         self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
             [str(LOOKALIKE), "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--grace", "2", *flags],
-            stdout=self._log_file,
+            stdout=subprocess.PIPE if relay_log else self._log_file,
             stderr=subprocess.STDOUT,
             env=os.environ.copy(),
         )
+        self._relay: threading.Thread | None = None
+        if self.process.stdout is not None:
+            self._relay = threading.Thread(target=self._copy_log, args=(self.process.stdout,), daemon=True)
+            self._relay.start()
         _started.append(self)
         self.port = self._wait_for_port()
         self.address = f"127.0.0.1:{self.port}"
         self.client = LookalikeClient(self.address)
+
+    def _copy_log(self, pipe: IO[bytes]) -> None:
+        for line in iter(pipe.readline, b""):
+            self._log_file.write(line.decode(errors="replace"))
+            self._log_file.flush()
+
+    def _close_log(self) -> None:
+        if self._relay is not None and self.process.stdout is not None:
+            self._relay.join(timeout=30)
+            self.process.stdout.close()
+        self._log_file.close()
 
     def _wait_for_port(self) -> int:
         deadline = time.monotonic() + 120
@@ -103,7 +121,7 @@ class ServerProcess:
         self.process.send_signal(signal.SIGKILL)
         assert self.process.wait(timeout=30) == -signal.SIGKILL
         self.client.close()
-        self._log_file.close()
+        self._close_log()
         deadline = time.monotonic() + 20
         while (alive := [pid for pid in workers if _running(pid)]) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -116,7 +134,7 @@ class ServerProcess:
         self.client.close()
         self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=60)
-        self._log_file.close()
+        self._close_log()
         return code
 
 
