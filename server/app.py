@@ -61,6 +61,9 @@ class RunningServer:
     """Stored and deferred checks, webhooks, the expiry sweep."""
     call_threads: tuple[ThreadPoolExecutor, ...] = ()
     """The worker threads gRPC runs calls on (Lookalike calls, refusals, health, the rest)."""
+    operations: Operations | None = None
+    """What every transport calls; `access` turns a credential into the caller operations take."""
+    access: Access | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -252,6 +255,8 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         metrics_http=metrics_http,
         checks=checks,
         call_threads=(calls, refusals, health_threads, other_threads),
+        operations=operations,
+        access=access,
     )
     running._snapshotter = threading.Thread(
         target=_snapshot_loop, args=(service, config, stop_snapshots), name="snapshots", daemon=True
