@@ -265,6 +265,11 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
         return messages.listed_entry(self.ops.entries.get(self._caller(context), request.list, request.id))
 
     @rpc
+    def ListEntries(self, request: pb.ListEntriesRequest, context: grpc.ServicerContext) -> pb.ListEntriesResponse:
+        page = self.ops.entries.page(self._caller(context), request.list, messages.entry_query(request))
+        return messages.entry_page(page)
+
+    @rpc
     def RemoveEntry(self, request: pb.RemoveEntryRequest, context: grpc.ServicerContext) -> pb.RemoveEntryResponse:
         entry = self.ops.entries.remove(self._caller(context), request.list, request.id)
         return pb.RemoveEntryResponse(list=request.list, id=entry.id)

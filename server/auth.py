@@ -64,6 +64,7 @@ METHOD_ACTIONS: dict[str, Action] = {
     "AddEntry": Action.ADD_ENTRIES,
     "AddEntries": Action.ADD_ENTRIES,
     "GetEntry": Action.READ_ENTRIES,
+    "ListEntries": Action.READ_ENTRIES,
     "RemoveEntry": Action.REMOVE_ENTRIES,
     "Check": Action.CHECK,
     "CheckStream": Action.CHECK,

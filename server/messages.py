@@ -21,7 +21,7 @@ from lookalike.server.fingerprint import Hashes
 from lookalike.server.flood import Guard
 from lookalike.server.hashes import HashAdd
 from lookalike.server.operations.checking import CheckView, HashCheck, NewCheck
-from lookalike.server.operations.entries import ListedEntry, NewPicture
+from lookalike.server.operations.entries import EntryPage, EntryQuery, ListedEntry, NewPicture
 from lookalike.server.operations.judging import CalibrationOutcome, FeedbackSubmission
 from lookalike.server.operations.lists import ListChange, ListSpec, ListState
 from lookalike.server.operations.types import ImageSource, PageRequest
@@ -87,6 +87,10 @@ def hash_add(message: pb.HashEntry) -> HashAdd:
         embedding=message.embedding,
         model=message.model,
     )
+
+
+def entry_query(request: pb.ListEntriesRequest) -> EntryQuery:
+    return EntryQuery(request.q, request.page_size, request.page_token)
 
 
 def new_check(request: pb.CheckRequest) -> NewCheck:
@@ -190,6 +194,7 @@ def entry_message(
         created=timestamp(entry.created),
         model=entry.model,
         embedding=embedding or b"",
+        added_by=entry.added_by or "",
     )
     if guard is not None:
         message.guard.CopyFrom(guard_message(guard))
@@ -198,6 +203,12 @@ def entry_message(
 
 def listed_entry(listed: ListedEntry) -> pb.Entry:
     return entry_message(listed.list, listed.entry, guard=listed.guard)
+
+
+def entry_page(page: EntryPage) -> pb.ListEntriesResponse:
+    return pb.ListEntriesResponse(
+        entries=[listed_entry(listed) for listed in page.entries], next_page_token=page.next_page_token
+    )
 
 
 def match_message(match: Match) -> pb.Match:

@@ -157,6 +157,7 @@ CALLS: dict[str, Call] = {
         client.add_many([pb.AddEntryRequest(list=target, image=pb.Image(data=picture()))])
     ),
     "GetEntry": _get_entry,
+    "ListEntries": lambda client, admin, target: list(client.entries(target)),
     "RemoveEntry": _remove_entry,
     "Check": lambda client, admin, target: client.check(picture(), [target]),
     "CheckStream": lambda client, admin, target: _raise_item_error(
@@ -182,7 +183,8 @@ CALLS: dict[str, Call] = {
 """One real call per RPC, made by `client` on list `target` (`admin` prepares what it needs)."""
 
 CHECKER_CALLS = {"Check", "CheckStream", "CheckHashes", "GetCheck", "SubmitFeedback"}
-WRITER_CALLS = {"GetList", "ListLists", "AddEntry", "AddEntries", "GetEntry", "RemoveEntry"} | CHECKER_CALLS
+WRITER_CALLS = {"GetList", "ListLists", "AddEntry", "AddEntries", "GetEntry", "ListEntries", "RemoveEntry"}
+WRITER_CALLS |= CHECKER_CALLS
 WRITER_CALLS |= {"AddHash", "ImportEntries", "ExportEntries"}
 ALLOWED = {"admin": set(CALLS), "writer": WRITER_CALLS, "checker": CHECKER_CALLS}
 ALLOWED["checker-a"] = ALLOWED["checker"]

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import struct
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from lookalike.client.errors import InvalidArgument
 from lookalike.server.auth import Access, Action, Caller
 from lookalike.server.config import ServerConfig
 from lookalike.server.flood import Guard
 from lookalike.server.hashes import HashAdd
 from lookalike.server.operations.types import ImageSource
 from lookalike.server.service import AddRequest, LookalikeService, PreparedAdd
-from lookalike.server.store import AddOutcome, EntryRecord
+from lookalike.server.store import AddOutcome, EntryRecord, EntryScan
+
+ENTRY_PAGE_DEFAULT = 100
+ENTRY_PAGE_MAX = 1000
+ENTRY_SCAN_BUDGET = 10_000
+"""Entries a search by meta value reads per page at most: a page that read them all without filling up
+answers with what it found and a token to read on, so no call holds a read transaction for long."""
+QUERY_MAX_CHARS = 1024
+_TOKEN = struct.Struct(">QI")  # read on below this sequence number; checksum of the list's uid and q
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,52 @@ class ListedEntry:
     list: str
     entry: EntryRecord
     guard: Guard | None = None
+
+
+@dataclass(frozen=True)
+class EntryQuery:
+    """A page of a list's entries, newest first; `q` narrows them (see `EntryOperations.page`)."""
+
+    q: str = ""
+    page_size: int = 0
+    """0: ENTRY_PAGE_DEFAULT; more than ENTRY_PAGE_MAX is read as that."""
+    page_token: str = ""
+
+
+@dataclass(frozen=True)
+class EntryPage:
+    entries: list[ListedEntry]
+    next_page_token: str
+    """"" when nothing more matches."""
+
+
+def _is_hash(text: str) -> bool:
+    """Whether `text` reads as the hex of an MD5 (32 characters) or a SHA-256 or PDQ hash (64)."""
+    return len(text) in (32, 64) and _HEX.issuperset(text)
+
+
+def _binding(uid: int, q: str) -> int:
+    return zlib.crc32(f"{uid}\0{q}".encode())
+
+
+def _token(before: int, uid: int, q: str) -> str:
+    return base64.urlsafe_b64encode(_TOKEN.pack(before, _binding(uid, q))).decode().rstrip("=")
+
+
+def _resume_before(token: str, uid: int, q: str) -> int:
+    """The sequence number a page token says to read on below; INVALID_ARGUMENT for a token this server
+    did not give for this list and q."""
+    try:
+        before, binding = _TOKEN.unpack(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, ValueError, struct.error):
+        before, binding = 0, None
+    if binding != _binding(uid, q) or before == 0:
+        raise InvalidArgument(
+            f"page token {token[:40]!r} is not one this server gave for this list and q: ask the first page "
+            "again without one",
+            "PAGE_TOKEN_INVALID",
+        )
+    return int(before)
 
 
 def _single(outcomes: list[AddOutcome | Exception]) -> AddOutcome:
@@ -89,6 +149,37 @@ class EntryOperations:
         entry = self.service.store.get_entry(list_name, entry_id)
         guard = self.service.flood.guard_of(self.service.store.get_list(list_name).uid, entry.seq)
         return ListedEntry(list_name, entry, guard)
+
+    def page(self, caller: Caller, list_name: str, query: EntryQuery) -> EntryPage:
+        """A page of the list's entries, newest first. `q` empty: every entry. An entry id or the hex of a
+        SHA-256, MD5 or PDQ hash matches exactly, looked up (a PDQ hash in the list's index, at distance
+        0); other text also matches entries with a meta value containing it in any case, read newest
+        first, at most ENTRY_SCAN_BUDGET per page (a page may then come back short, or empty, with a
+        token to read on)."""
+        self.access.require(caller, Action.READ_ENTRIES, [list_name])
+        if query.page_size < 0:
+            raise InvalidArgument(f"page_size must be 0 or more, got {query.page_size}", "PAGE_SIZE_INVALID")
+        size = min(query.page_size or ENTRY_PAGE_DEFAULT, ENTRY_PAGE_MAX)
+        q = query.q.strip()
+        if len(q) > QUERY_MAX_CHARS:
+            raise InvalidArgument(f"q has {len(q):,} characters; at most {QUERY_MAX_CHARS}", "QUERY_TOO_LONG")
+        record = self.service.store.get_list(list_name)
+        before = _resume_before(query.page_token, record.uid, q) if query.page_token else record.next_seq
+        if _is_hash(q):
+            index = self.service.indexes.get(record.uid)
+            near = index.search_pdq([bytes.fromhex(q)], 0) if index is not None and len(q) == 64 else []
+            named = self.service.store.entries_named(list_name, q, [hit.id for hit in near])
+            found = [entry for entry in named if entry.seq < before]
+            scan = EntryScan(found[:size], found[size - 1].seq if len(found) > size else 0)
+        else:
+            needle = q.casefold()
+
+            def keep(entry: EntryRecord) -> bool:
+                return not q or entry.id == q or any(needle in value.casefold() for value in entry.meta.values())
+
+            scan = self.service.store.entries_newest_first(list_name, before, size, ENTRY_SCAN_BUDGET, keep)
+        entries = [ListedEntry(list_name, e, self.service.flood.guard_of(record.uid, e.seq)) for e in scan.entries]
+        return EntryPage(entries, _token(scan.resume_before, record.uid, q) if scan.resume_before else "")
 
     def remove(self, caller: Caller, list_name: str, entry_id: str) -> EntryRecord:
         self.access.require(caller, Action.REMOVE_ENTRIES, [list_name])
