@@ -10,6 +10,7 @@ An error that every image would meet alike (a list that does not exist, a key wi
 right, an option the server refuses) is reported once and ends the command with status 1.
 A command that fails as a whole prints {"error", "code", "reason"} with --json, plus "hint"
 when there is advice (also on stderr): a server not reached, TLS on one side only.
+`entries LIST --json` prints one entry per line, newest first.
 `keys create` prints the new key alone on stdout (its only showing), so a script
 can capture it; `audit --json` prints one change per line. `check --defer --json`
 prints {"path", "id"} per image; `result ID --json` prints the stored check with its
@@ -59,6 +60,7 @@ from lookalike.client.types import (
     Calibration,
     CheckRecord,
     CheckResult,
+    Entry,
     Feedback,
     KeyInfo,
     ListInfo,
@@ -71,6 +73,7 @@ MODEL_CHOICES = ("sscd", "sscd-distilled")
 OWNER_HELP = "the key id that made the check (admin, to reach another key's check; default: your own)"
 STDIN = "-"
 MAX_TOP_K = 1000
+ENTRIES_PAGE_MAX = 1000
 """The server's bound on `top_k` (server/service.py; a test keeps the two equal)."""
 REQUEST_WIDE_REASONS = frozenset(
     {
@@ -724,18 +727,36 @@ def _confirmed(client: LookalikeClient, name: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def cmd_entry(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
-    entry = client.get_entry(args.list, args.id)
-    record = {
+def entry_record(entry: Entry) -> dict[str, Any]:
+    return {
         "list": entry.list,
         "id": entry.id,
         "meta": entry.meta,
         "created": entry.created.isoformat(),
         "model": entry.model,
         **asdict(entry.hashes),
+        "added_by": entry.added_by,
     }
-    shown = record | {"meta": " ".join(f"{k}={v}" for k, v in sorted(entry.meta.items())) or "-"}
+
+
+def _meta_text(meta: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(meta.items())) or "-"
+
+
+def cmd_entry(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    entry = client.get_entry(args.list, args.id)
+    record = entry_record(entry)
+    shown = record | {"meta": _meta_text(entry.meta)}
     output.emit(record, "\n".join(f"{k}\t{v}" for k, v in shown.items()))
+
+
+def cmd_entries(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:
+    page_size = min(args.limit, ENTRIES_PAGE_MAX) if args.limit else ENTRIES_PAGE_MAX
+    for number, entry in enumerate(client.entries(args.list, q=args.q, page_size=page_size), start=1):
+        by = f"by {entry.added_by}" if entry.added_by else "-"
+        output.emit(entry_record(entry), f"{entry.id}\t{entry.created.isoformat()}\t{by}\t{_meta_text(entry.meta)}")
+        if number == args.limit:
+            return
 
 
 def key_record(info: KeyInfo) -> dict[str, Any]:
@@ -1036,6 +1057,19 @@ def build_parser() -> argparse.ArgumentParser:
     entry.add_argument("list", help="the entry's list")
     entry.add_argument("id", help="the entry's id")
 
+    entries = commands.add_parser("entries", parents=[common], help="a list's entries, newest first")
+    entries.add_argument("list", help="the list")
+    entries.add_argument(
+        "--q",
+        default="",
+        metavar="TEXT",
+        help="only entries whose id is TEXT, whose SHA-256, MD5 or PDQ hash (hex) is TEXT, "
+        "or with a meta value containing TEXT (any case)",
+    )
+    entries.add_argument(
+        "--limit", type=_bounded(int, 0), default=0, metavar="N", help="print at most N entries (default 0: all)"
+    )
+
     keys = commands.add_parser("keys", help="create, list and revoke API keys (admin)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create_key = keys_commands.add_parser("create", parents=[common], help="create a key; prints it once")
@@ -1063,6 +1097,7 @@ HANDLERS = {
     "remove": cmd_remove,
     "lists": cmd_lists,
     "entry": cmd_entry,
+    "entries": cmd_entries,
     "keys": cmd_keys,
     "audit": cmd_audit,
     "result": cmd_result,

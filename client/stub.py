@@ -28,6 +28,7 @@ from lookalike.client.types import (
     CheckRecord,
     CheckResult,
     Entry,
+    EntryPage,
     Feedback,
     ImageInput,
     ImportSummary,
@@ -283,6 +284,24 @@ class LookalikeClient:
     def get_entry(self, list_name: str, entry_id: str) -> Entry:
         request = pb.GetEntryRequest(list=list_name, id=entry_id)
         return Entry.from_pb(_call(self._stub.GetEntry, request, timeout=self.timeout))
+
+    def entries(self, list_name: str, *, q: str = "", page_size: int = 0) -> Iterator[Entry]:
+        """A list's entries, newest first, every page (asked as they are read). `q` narrows them: an entry
+        id or a hash's hex (SHA-256, MD5, PDQ) matches exactly, other text also matches meta values."""
+        page_token = ""
+        while True:
+            page = self.entries_page(list_name, q=q, page_size=page_size, page_token=page_token)
+            yield from page.entries
+            if not page.next_page_token:
+                return
+            page_token = page.next_page_token
+
+    def entries_page(self, list_name: str, *, q: str = "", page_size: int = 0, page_token: str = "") -> EntryPage:
+        """One page of `entries` (`page_size` 0: the server's default, 100; at most 1000). A page may hold
+        fewer entries than asked, even none, and still have a `next_page_token` (a search reads a bounded
+        number of entries per page)."""
+        request = pb.ListEntriesRequest(list=list_name, q=q, page_size=page_size, page_token=page_token)
+        return EntryPage.from_pb(_call(self._stub.ListEntries, request, timeout=self.timeout))
 
     def remove(self, list_name: str, entry_id: str) -> None:
         _call(self._stub.RemoveEntry, pb.RemoveEntryRequest(list=list_name, id=entry_id), timeout=self.timeout)

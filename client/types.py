@@ -154,6 +154,8 @@ class Entry:
     embedding: bytes = field(default=b"", repr=False)
     """float32 little-endian; only from an export with embeddings."""
     guard: GuardedEntry | None = None
+    added_by: str = ""
+    """Id of the key that added it ("" for the keyless loopback caller); from `get_entry` and `entries`."""
 
     @classmethod
     def from_pb(cls, message: pb.Entry) -> Entry:
@@ -166,7 +168,20 @@ class Entry:
             message.model,
             message.embedding,
             GuardedEntry.from_pb(message.guard) if message.HasField("guard") else None,
+            message.added_by,
         )
+
+
+@dataclass(frozen=True)
+class EntryPage:
+    """One page of a list's entries, newest first; pass `next_page_token` for the next ("" : none)."""
+
+    entries: list[Entry]
+    next_page_token: str
+
+    @classmethod
+    def from_pb(cls, message: pb.ListEntriesResponse) -> EntryPage:
+        return cls([Entry.from_pb(entry) for entry in message.entries], message.next_page_token)
 
 
 @dataclass(frozen=True)

@@ -19,20 +19,23 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from lookalike.client.errors import FailedPrecondition, LookalikeError
 from lookalike.client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from lookalike.index import configure_threads
-from lookalike.server.api import SERVICE, LookalikeServicer, MalformedRequestInterceptor, webhook_body
-from lookalike.server.auth import Access, is_loopback_listen, require_safe_listen, server_credentials
+from lookalike.server.api import SERVICE, LookalikeServicer, MalformedRequestInterceptor
+from lookalike.server.auth import Access, TlsFiles, is_loopback_listen, require_safe_listen, tls_files
 from lookalike.server.checks import CheckLedger
 from lookalike.server.config import ServerConfig, parse_config
 from lookalike.server.feedback import FeedbackBook
 from lookalike.server.flood import FloodSettings
 from lookalike.server.indexes import SNAPSHOT_SHARE
 from lookalike.server.memory import map_large_blocks_apart, trim_when_quiet
+from lookalike.server.messages import webhook_body, webhook_headers
 from lookalike.server.metrics import Metrics
 from lookalike.server.observability import Admission, AdmittedCalls, RequestObserver
+from lookalike.server.operations import Operations
 from lookalike.server.service import LookalikeService
 from lookalike.server.store import VERIFY_HINT, StorageFull, Store
 from lookalike.server.webhooks import WebhookOutbox
@@ -58,6 +61,9 @@ class RunningServer:
     """Stored and deferred checks, webhooks, the expiry sweep."""
     call_threads: tuple[ThreadPoolExecutor, ...] = ()
     """The worker threads gRPC runs calls on (Lookalike calls, refusals, health, the rest)."""
+    operations: Operations | None = None
+    """What every transport calls; `access` turns a credential into the caller operations take."""
+    access: Access | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -87,6 +93,31 @@ class RunningServer:
             self.service.store.close()
 
 
+def _serve_metrics(metrics: Metrics, listen: str) -> WSGIServer:
+    """Serve `/metrics` over HTTP on HOST:PORT (port 0: any free one) in a daemon thread.
+
+    OSError when the address cannot be bound (the caller words it, as for `--listen`)."""
+    host, _, port = listen.rpartition(":")
+    try:
+        server, _thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=metrics.registry)
+    except (ValueError, OverflowError) as error:
+        raise FailedPrecondition(
+            f"cannot serve metrics on {listen!r}: {error}; give --metrics-listen as HOST:PORT", "LISTEN_FAILED"
+        ) from None
+    return server
+
+
+def _server_credentials(files: TlsFiles | None) -> grpc.ServerCredentials | None:
+    """gRPC's TLS from the files read (None: no TLS); a client CA makes client certificates required."""
+    if files is None:
+        return None
+    return grpc.ssl_server_credentials(
+        [(files.key, files.cert)],
+        root_certificates=files.client_ca,
+        require_client_auth=files.client_ca is not None,
+    )
+
+
 def _close_http(server: WSGIServer | None) -> None:
     if server is not None:
         server.shutdown()
@@ -103,7 +134,7 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     map_large_blocks_apart()
     metrics = Metrics()
     try:
-        metrics_http = metrics.serve(config.metrics_listen) if config.metrics_listen else None
+        metrics_http = _serve_metrics(metrics, config.metrics_listen) if config.metrics_listen else None
     except OSError as error:
         raise _cannot_listen(config.metrics_listen, "--metrics-listen", error) from None
     try:
@@ -114,7 +145,7 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     access = Access(store)
     try:
         require_safe_listen(config.listen, access)
-        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        credentials = _server_credentials(tls_files(config.tls_cert, config.tls_key, config.tls_client_ca))
     except LookalikeError:
         store.close()
         _close_http(metrics_http)
@@ -143,7 +174,8 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     )
     metrics.watch_lists(service.list_sizes)
     try:
-        checks = CheckLedger(store, service, config, WebhookOutbox(store, config, metrics), webhook_body)
+        outbox = WebhookOutbox(store, config, metrics, webhook_headers)
+        checks = CheckLedger(store, service, config, outbox, webhook_body)
     except BaseException:  # e.g. upgrading a format 2 folder's stored checks found the map full
         workers.shutdown()
         store.close()
@@ -190,7 +222,8 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     for name in ("", SERVICE):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    servicer = LookalikeServicer(service, config, executor, access, checks=checks, feedback=FeedbackBook(store))
+    operations = Operations(service, config, access, checks, FeedbackBook(store))
+    servicer = LookalikeServicer(operations, config, executor, access)
     pb_grpc.add_LookalikeServicer_to_server(servicer, server)
     reflection.enable_server_reflection(
         (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
@@ -222,6 +255,8 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         metrics_http=metrics_http,
         checks=checks,
         call_threads=(calls, refusals, health_threads, other_threads),
+        operations=operations,
+        access=access,
     )
     running._snapshotter = threading.Thread(
         target=_snapshot_loop, args=(service, config, stop_snapshots), name="snapshots", daemon=True

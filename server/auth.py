@@ -1,4 +1,4 @@
-"""Who may call what: API keys, roles, list scoping, the loopback bootstrap, and TLS credentials.
+"""Who may call what: API keys, roles, list scoping, the loopback bootstrap, and TLS files.
 
 A key reads `lk_<id>_<secret>`. The id finds the key's record; the SHA-256 of the
 secret (32 random bytes, so no slow hash is needed) is compared in constant time
@@ -25,8 +25,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-
-import grpc
 
 from lookalike.client.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from lookalike.server.store import KeyRecord, Store, validate_list_name
@@ -66,6 +64,7 @@ METHOD_ACTIONS: dict[str, Action] = {
     "AddEntry": Action.ADD_ENTRIES,
     "AddEntries": Action.ADD_ENTRIES,
     "GetEntry": Action.READ_ENTRIES,
+    "ListEntries": Action.READ_ENTRIES,
     "RemoveEntry": Action.REMOVE_ENTRIES,
     "Check": Action.CHECK,
     "CheckStream": Action.CHECK,
@@ -85,7 +84,8 @@ METHOD_ACTIONS: dict[str, Action] = {
     "ConfirmEntry": Action.CONFIRM_ENTRIES,
     "GetWebhookSecret": Action.MANAGE_KEYS,
 }
-"""Every RPC of the Lookalike service and what it needs; a test checks none is missing."""
+"""Every RPC of the Lookalike service and the action its operation requires (`server.operations` enforce
+it); tests check that none is missing and that each role may make the calls this table gives it."""
 
 ROLE_ACTIONS: dict[str, frozenset[Action]] = {
     ADMIN: frozenset(Action),
@@ -166,28 +166,20 @@ class Access:
 
     # Checking calls --------------------------------------------------------
 
-    def authorize(self, context: grpc.ServicerContext, method: str, lists: Sequence[str] = ()) -> Caller:
-        """The caller of an RPC, once its key and role allow `method` on `lists`."""
-        caller = self.authenticate(context)
-        caller.require(METHOD_ACTIONS[method], lists)
-        return caller
-
-    def authenticate(self, context: grpc.ServicerContext) -> Caller:
-        headers = [str(value) for key, value in context.invocation_metadata() or () if key == AUTHORIZATION]
-        if not headers:
+    def caller_for(self, authorization: str | None, peer_is_loopback: bool) -> Caller:
+        """Who calls, from the `authorization` value it sent (`Bearer <key>`; None: it sent none) and
+        whether it calls from this machine, as every transport reads them off its own request."""
+        if authorization is None:
             if not self.open:
                 raise Unauthenticated(
                     "this server requires an API key: send the metadata `authorization: Bearer <key>` "
                     "(lookalike --api-key or LOOKALIKE_API_KEY)",
                     "API_KEY_MISSING",
                 )
-            if not is_loopback_peer(context.peer()):
+            if not peer_is_loopback:
                 raise Unauthenticated("no API keys exist yet: calls without a key come only over loopback")
             return BOOTSTRAP
-        return self.caller_for(headers[0])
-
-    def caller_for(self, header: str) -> Caller:
-        scheme, _, key = header.strip().partition(" ")
+        scheme, _, key = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated("the authorization metadata must read `Bearer <key>`", "API_KEY_MALFORMED")
         parsed = parse_key(key.strip())
@@ -201,7 +193,8 @@ class Access:
         return Caller(record.id, record.role, frozenset(record.lists) if record.lists else None)
 
     def require(self, caller: Caller, action: Action, lists: Iterable[str] = ()) -> None:
-        """`caller.require` for each item of a stream: a key revoked meanwhile stops at the next item."""
+        """`caller.require`, and that its key is still valid: a key revoked meanwhile (during a stream)
+        stops at the next item. Every operation authorizes its caller through here."""
         if caller.key_id:
             record = self._keys.get(caller.key_id)
             if record is None or record.revoked:
@@ -298,18 +291,25 @@ def require_safe_listen(listen: str, access: Access) -> None:
 # TLS --------------------------------------------------------------------------------
 
 
-def server_credentials(cert: str, key: str, client_ca: str) -> grpc.ServerCredentials | None:
-    """TLS from PEM files (None when no certificate is given); a client CA makes client certificates required."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server's TLS material, read from PEM files: its certificate chain and key, and the CA whose
+    client certificates it requires (None: none required)."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None = None
+
+
+def tls_files(cert: str, key: str, client_ca: str) -> TlsFiles | None:
+    """The PEM files of `--tls-cert`, `--tls-key` and `--tls-client-ca`, read and checked (None: no TLS)."""
     if not cert and not key and not client_ca:
         return None
     if not cert or not key:
         raise FailedPrecondition("TLS needs both --tls-cert and --tls-key", "TLS_INCOMPLETE")
     client_roots = _read_pem(client_ca, "--tls-client-ca") if client_ca else None
-    return grpc.ssl_server_credentials(
-        [(_read_pem(key, "--tls-key"), _read_pem(cert, "--tls-cert"))],
-        root_certificates=client_roots,
-        require_client_auth=client_roots is not None,
-    )
+    key_pem = _read_pem(key, "--tls-key")
+    return TlsFiles(_read_pem(cert, "--tls-cert"), key_pem, client_roots)
 
 
 def _read_pem(path: str, flag: str) -> bytes:

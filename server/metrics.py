@@ -10,13 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from lookalike.client.errors import FailedPrecondition
 
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -126,16 +123,3 @@ class Metrics:
     ) -> None:
         """Report flood-guarded entries per list and the deferred-check and webhook queues at every scrape."""
         self.registry.register(_QueueCollector(guarded, pending_checks, webhooks))
-
-    def serve(self, listen: str) -> WSGIServer:
-        """Serve `/metrics` over HTTP on HOST:PORT (port 0: any free one) in a daemon thread.
-
-        OSError when the address cannot be bound (the caller words it, as for `--listen`)."""
-        host, _, port = listen.rpartition(":")
-        try:
-            server, _thread = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=self.registry)
-        except (ValueError, OverflowError) as error:
-            raise FailedPrecondition(
-                f"cannot serve metrics on {listen!r}: {error}; give --metrics-listen as HOST:PORT", "LISTEN_FAILED"
-            ) from None
-        return server

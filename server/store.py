@@ -108,6 +108,11 @@ ENTRY_ID_MAX = 256
 META_MAX_ITEMS = 64
 META_MAX_CHARS = 4096
 DESCRIPTION_MAX_CHARS = 4096
+AUDIT_LOOKUP_SECONDS = 1.0
+AUDIT_LOOKUP_RECORDS = 10_000
+"""How far after an entry's creation its audit record is looked for (entries stored before the adding key
+was kept with them): the record is written in the same transaction, at the same moment since audit
+records began sharing the entry's time, a moment later before that."""
 
 ADD_RESERVE_SHARE = 0.01
 ADD_RESERVE_MIN_BYTES = 128 * 1024
@@ -160,6 +165,18 @@ class EntryRecord:
     meta: dict[str, str] = field(default_factory=dict)
     created: float = 0.0
     md5: str = ""
+    added_by: str | None = None
+    """Id of the key that added it ("" for the keyless loopback caller); None on entries stored before it
+    was kept with them, whose reads fill it from the audit log (`_with_added_by`)."""
+
+
+@dataclass(frozen=True)
+class EntryScan:
+    """A stretch of a list's entries read newest first: those kept, and the sequence number to read on
+    below (0: the oldest entry was reached)."""
+
+    entries: list[EntryRecord]
+    resume_before: int
 
 
 @dataclass(frozen=True)
@@ -444,6 +461,10 @@ def decode_entry(raw: bytes | memoryview, seq: int) -> EntryRecord:
     ):
         raise CorruptRecord("a hash is not hex of its length")
     return entry
+
+
+def _is_hex(text: str, chars: int) -> bool:
+    return len(text) == chars and all(c in "0123456789abcdef" for c in text)
 
 
 def _delete_prefix(cursor: lmdb.Cursor, prefix: bytes, up_to: int | None = None) -> None:
@@ -815,6 +836,7 @@ class Store:
                     item.meta,
                     time.time(),
                     item.md5,
+                    actor,
                 )
                 seq_key = _seq_key(record.uid, seq)
                 txn.put(seq_key, json.dumps(vars(entry)).encode(), db=self._entries)  # flat: no asdict deep copy
@@ -934,7 +956,69 @@ class Store:
             raw_seq = txn.get(_prefix(record.uid) + entry_id.encode(), db=self._entry_ids)
             if raw_seq is None:
                 raise NotFound(f"entry {entry_id[:80]!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
-            return self._entry(txn, record.uid, _SEQ.unpack(raw_seq)[0])
+            return self._with_added_by(txn, name, self._entry(txn, record.uid, _SEQ.unpack(raw_seq)[0]))
+
+    def entries_newest_first(
+        self, name: str, before: int, limit: int, budget: int, keep: Callable[[EntryRecord], bool]
+    ) -> EntryScan:
+        """Entries of list `name` below sequence number `before`, newest first: up to `limit` that `keep`
+        accepts, reading at most `budget` (one short read transaction, however large the list)."""
+        kept: list[EntryRecord] = []
+        resume = 0
+        with self.env.begin() as txn:
+            record = self._get_list(txn, name)
+            prefix = _prefix(record.uid)
+            cursor = txn.cursor(db=self._entries)
+            found = cursor.prev() if cursor.set_range(_seq_key(record.uid, before)) else cursor.last()
+            read = 0
+            while found and bytes(cursor.key()).startswith(prefix):
+                entry = _entry_record(cursor.value())
+                read += 1
+                if keep(entry):
+                    kept.append(entry)
+                found = cursor.prev() and bytes(cursor.key()).startswith(prefix)
+                if found and (len(kept) == limit or read == budget):
+                    resume = entry.seq
+                    break
+            return EntryScan([self._with_added_by(txn, name, entry) for entry in kept], resume)
+
+    def entries_named(self, name: str, text: str, seqs: Collection[int] = ()) -> list[EntryRecord]:
+        """The entries of list `name` that `text` names exactly, newest first: by id, or as the hex of a
+        SHA-256 or MD5 (looked up in `digests` and `md5`, never scanned), or at `seqs` (PDQ hashes, found
+        by the caller in the index) when their PDQ is `text`."""
+        hexed = text.lower()
+        with self.env.begin() as txn:
+            record = self._get_list(txn, name)
+            prefix = _prefix(record.uid)
+            keys = [(self._entry_ids, text.encode())] if len(text.encode()) <= ENTRY_ID_MAX else []
+            if _is_hex(hexed, 64):
+                keys += [(self._digests, bytes.fromhex(hexed)), (self._digests, entry_key("", "", hexed))]
+            if _is_hex(hexed, 32):
+                keys += [(self._md5, bytes.fromhex(hexed)), (self._digests, entry_key("", hexed))]
+            found = {_SEQ.unpack(raw)[0] for db, key in keys if (raw := txn.get(prefix + key, db=db)) is not None}
+            entries = []
+            for seq in sorted(found | set(seqs), reverse=True):
+                raw = txn.get(_seq_key(record.uid, seq), db=self._entries)
+                entry = None if raw is None else _entry_record(raw)
+                if entry is not None and (entry.id == text or hexed in (entry.sha256, entry.md5, entry.pdq)):
+                    entries.append(self._with_added_by(txn, name, entry))
+            return entries
+
+    def _with_added_by(self, txn: lmdb.Transaction, name: str, entry: EntryRecord) -> EntryRecord:
+        """The entry with the key that added it: kept with entries since it was, read from its audit record
+        for those stored before (written with the entry, at its creation time or just after; "" if none)."""
+        if entry.added_by is not None:
+            return entry
+        cursor = txn.cursor(db=self._audit_log)
+        end = time_key(entry.created + AUDIT_LOOKUP_SECONDS)
+        if cursor.set_range(time_key(entry.created)):
+            for read, (key, raw) in enumerate(cursor):
+                if bytes(key[:TIME_KEY_SIZE]) > end or read == AUDIT_LOOKUP_RECORDS:
+                    break
+                audit = json.loads(bytes(raw))
+                if (audit["action"], audit["list"], audit["entry_id"]) == (AUDIT_ENTRY_ADD, name, entry.id):
+                    return replace(entry, added_by=audit["key_id"])
+        return replace(entry, added_by="")
 
     def entries_by_seq(self, uid: int, seqs: Sequence[int]) -> dict[int, EntryRecord]:
         """Entries still present, by sequence number (matching reads their meta)."""

@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, replace
 import lmdb
 
 from lookalike.client.errors import LookalikeError
-from lookalike.client.webhooks import CHECK_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from lookalike.server.config import ServerConfig
 from lookalike.server.fetch import FetchLimits, post
 from lookalike.server.metrics import Metrics
@@ -81,10 +80,16 @@ def backoff_seconds(attempts: int, base: float, cap: float, rng: random.Random |
 class WebhookOutbox:
     """The deliveries of one server and the threads that send them."""
 
-    def __init__(self, store: Store, config: ServerConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, store: Store, config: ServerConfig, metrics: Metrics, headers: Callable[[str, str, bytes], dict[str, str]]
+    ) -> None:
+        """`headers(secret, check id, body)`: an attempt's headers, signed afresh (the webhook format is
+        the transport's: `server.messages` renders bodies and signs them as `lookalike.client.webhooks`
+        verifies)."""
         self.store = store
         self.config = config
         self.metrics = metrics
+        self._headers = headers
         self._db = store.open_db(DB_OUTBOX)
         self.secret = (
             config.webhook_secret
@@ -215,13 +220,7 @@ class WebhookOutbox:
         if delivery.next_attempt > time.time() + 0.001:  # scheduled twice; the later entry is the real one
             return
         body = delivery.body.encode()
-        timestamp = str(int(time.time()))
-        headers = {
-            "Content-Type": "application/json",
-            TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(self.secret, timestamp, body),
-            CHECK_ID_HEADER: delivery.check_id,
-        }
+        headers = self._headers(self.secret, delivery.check_id, body)
         status, error, refused = 0, "", False
         try:
             status = post(delivery.url, body, headers, self._limits)

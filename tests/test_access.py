@@ -43,6 +43,7 @@ from lookalike.client import (
 )
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
+from lookalike.server.auth import METHOD_ACTIONS, ROLE_ACTIONS
 from tests.conftest import ServerHandle, start_server
 from tests.processes import LOOKALIKE
 
@@ -156,6 +157,7 @@ CALLS: dict[str, Call] = {
         client.add_many([pb.AddEntryRequest(list=target, image=pb.Image(data=picture()))])
     ),
     "GetEntry": _get_entry,
+    "ListEntries": lambda client, admin, target: list(client.entries(target)),
     "RemoveEntry": _remove_entry,
     "Check": lambda client, admin, target: client.check(picture(), [target]),
     "CheckStream": lambda client, admin, target: _raise_item_error(
@@ -181,7 +183,8 @@ CALLS: dict[str, Call] = {
 """One real call per RPC, made by `client` on list `target` (`admin` prepares what it needs)."""
 
 CHECKER_CALLS = {"Check", "CheckStream", "CheckHashes", "GetCheck", "SubmitFeedback"}
-WRITER_CALLS = {"GetList", "ListLists", "AddEntry", "AddEntries", "GetEntry", "RemoveEntry"} | CHECKER_CALLS
+WRITER_CALLS = {"GetList", "ListLists", "AddEntry", "AddEntries", "GetEntry", "ListEntries", "RemoveEntry"}
+WRITER_CALLS |= CHECKER_CALLS
 WRITER_CALLS |= {"AddHash", "ImportEntries", "ExportEntries"}
 ALLOWED = {"admin": set(CALLS), "writer": WRITER_CALLS, "checker": CHECKER_CALLS}
 ALLOWED["checker-a"] = ALLOWED["checker"]
@@ -192,6 +195,12 @@ UNSCOPED_CALLS = {"ListLists"}  # names no list: its answer is narrowed instead
 def test_every_rpc_of_the_service_is_covered_here() -> None:
     methods = set(pb.DESCRIPTOR.services_by_name["Lookalike"].methods_by_name)
     assert set(CALLS) == methods
+
+
+def test_the_table_of_what_each_rpc_needs_gives_each_role_the_calls_written_here() -> None:
+    assert set(METHOD_ACTIONS) == set(CALLS)
+    for role in ("admin", "writer", "checker"):
+        assert {method for method, action in METHOD_ACTIONS.items() if action in ROLE_ACTIONS[role]} == ALLOWED[role]
 
 
 @pytest.mark.parametrize("role", ["admin", "writer", "checker", "checker-a"])

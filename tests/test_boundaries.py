@@ -5,8 +5,14 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
+
+from google.rpc import code_pb2
+
+from lookalike.client.errors import ERRORS_BY_CODE
+from lookalike.server.api import GRPC_CODES
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("faiss", "onnxruntime", "lmdb", "PIL", "numpy")
@@ -35,6 +41,37 @@ def test_the_index_package_knows_nothing_of_grpc_storage_or_images() -> None:
                 parts = name.split(".")
                 top = parts[1] if parts[0] == "lookalike" and len(parts) > 1 else parts[0]
                 assert top not in forbidden, f"{path.name} imports {name}"
+
+
+def _contracts() -> dict[str, dict[str, list[str]]]:
+    settings = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    return {contract["id"]: contract for contract in settings["contracts"]}
+
+
+def test_import_contracts_hold() -> None:
+    """Operations and all they use import no gRPC, protobuf or HTTP server; the index imports nothing of
+    the server or client; the thin client nothing of the server (pyproject.toml [tool.importlinter])."""
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    completed = subprocess.run([str(lint_imports)], capture_output=True, text=True, cwd=REPO)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "0 broken" in completed.stdout
+
+
+def test_every_server_module_is_core_or_transport() -> None:
+    """A new module must be named in the core contract, or as a transport it forbids the core: none goes unchecked."""
+    core = _contracts()["core"]
+    camps = set(core["source_modules"]) | set(core["forbidden_modules"])
+    modules = {f"lookalike.server.{path.stem}" for path in (REPO / "server").glob("*.py") if path.stem != "__init__"}
+    modules |= {f"lookalike.server.{path.parent.name}" for path in (REPO / "server").glob("*/__init__.py")}
+    assert sorted(modules - camps) == []
+
+
+def test_every_domain_error_has_its_grpc_status() -> None:
+    """One table maps domain errors to gRPC codes (a second transport keeps its own beside it)."""
+    assert set(GRPC_CODES) == set(ERRORS_BY_CODE.values())
+    assert {error.code: code_pb2.Code.Name(code) for error, code in GRPC_CODES.items()} == {
+        error.code: error.code for error in GRPC_CODES
+    }
 
 
 def test_generated_stubs_match_the_proto() -> None:

@@ -238,7 +238,7 @@ class GetEntryRequest(_message.Message):
     def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("list", "id", "hashes", "meta", "created", "model", "embedding", "guard")
+    __slots__ = ("list", "id", "hashes", "meta", "created", "model", "embedding", "guard", "added_by")
     class MetaEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +254,7 @@ class Entry(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     GUARD_FIELD_NUMBER: _ClassVar[int]
+    ADDED_BY_FIELD_NUMBER: _ClassVar[int]
     list: str
     id: str
     hashes: Hashes
@@ -262,7 +263,28 @@ class Entry(_message.Message):
     model: str
     embedding: bytes
     guard: GuardedEntry
-    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ..., meta: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., embedding: _Optional[bytes] = ..., guard: _Optional[_Union[GuardedEntry, _Mapping]] = ...) -> None: ...
+    added_by: str
+    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ..., meta: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., embedding: _Optional[bytes] = ..., guard: _Optional[_Union[GuardedEntry, _Mapping]] = ..., added_by: _Optional[str] = ...) -> None: ...
+
+class ListEntriesRequest(_message.Message):
+    __slots__ = ("list", "page_size", "page_token", "q")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    Q_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    page_size: int
+    page_token: str
+    q: str
+    def __init__(self, list: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., q: _Optional[str] = ...) -> None: ...
+
+class ListEntriesResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[Entry]
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RemoveEntryRequest(_message.Message):
     __slots__ = ("list", "id")

@@ -75,6 +75,11 @@ class LookalikeStub:
                 request_serializer=lookalike_dot_v1_dot_lookalike__pb2.GetEntryRequest.SerializeToString,
                 response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.Entry.FromString,
                 _registered_method=True)
+        self.ListEntries = channel.unary_unary(
+                '/lookalike.v1.Lookalike/ListEntries',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ListEntriesRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ListEntriesResponse.FromString,
+                _registered_method=True)
         self.RemoveEntry = channel.unary_unary(
                 '/lookalike.v1.Lookalike/RemoveEntry',
                 request_serializer=lookalike_dot_v1_dot_lookalike__pb2.RemoveEntryRequest.SerializeToString,
@@ -211,6 +216,13 @@ class LookalikeServicer:
 
     def GetEntry(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEntries(self, request, context):
+        """A list's entries, newest first, a page at a time; `q` finds entries by id, hash or meta value.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -374,6 +386,11 @@ def add_LookalikeServicer_to_server(servicer, server):
                     servicer.GetEntry,
                     request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.GetEntryRequest.FromString,
                     response_serializer=lookalike_dot_v1_dot_lookalike__pb2.Entry.SerializeToString,
+            ),
+            'ListEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEntries,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ListEntriesRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ListEntriesResponse.SerializeToString,
             ),
             'RemoveEntry': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveEntry,
@@ -678,6 +695,33 @@ class Lookalike:
             '/lookalike.v1.Lookalike/GetEntry',
             lookalike_dot_v1_dot_lookalike__pb2.GetEntryRequest.SerializeToString,
             lookalike_dot_v1_dot_lookalike__pb2.Entry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/ListEntries',
+            lookalike_dot_v1_dot_lookalike__pb2.ListEntriesRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.ListEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,
