@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 from lookalike.client.errors import (
     AlreadyExists,
     Cancelled,
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -65,6 +66,7 @@ GRPC_CODES: dict[type[LookalikeError], int] = {
     Cancelled: code_pb2.CANCELLED,
     Unavailable: code_pb2.UNAVAILABLE,
     Internal: code_pb2.INTERNAL,
+    DataLoss: code_pb2.DATA_LOSS,
 }
 """The gRPC status of each domain error: the one place errors meet gRPC codes (the reason travels in ErrorInfo)."""
 

@@ -972,7 +972,7 @@ class Store:
             found = cursor.prev() if cursor.set_range(_seq_key(record.uid, before)) else cursor.last()
             read = 0
             while found and bytes(cursor.key()).startswith(prefix):
-                entry = _entry_record(cursor.value())
+                entry = self._entry(txn, record.uid, _SEQ.unpack(cursor.key()[len(prefix) :])[0])
                 read += 1
                 if keep(entry):
                     kept.append(entry)
@@ -998,9 +998,11 @@ class Store:
             found = {_SEQ.unpack(raw)[0] for db, key in keys if (raw := txn.get(prefix + key, db=db)) is not None}
             entries = []
             for seq in sorted(found | set(seqs), reverse=True):
-                raw = txn.get(_seq_key(record.uid, seq), db=self._entries)
-                entry = None if raw is None else _entry_record(raw)
-                if entry is not None and (entry.id == text or hexed in (entry.sha256, entry.md5, entry.pdq)):
+                try:
+                    entry = self._entry(txn, record.uid, seq)
+                except NotFound:  # removed: its id or digest keys went with it, an index hit may linger
+                    continue
+                if entry.id == text or hexed in (entry.sha256, entry.md5, entry.pdq):
                     entries.append(self._with_added_by(txn, name, entry))
             return entries
 
