@@ -93,6 +93,7 @@ class HttpServer:
     """uvicorn serving the app on a bound socket, on its own thread and event loop."""
 
     def __init__(self, app: Starlette, sock: socket.socket, config: ServerConfig) -> None:
+        self.app = app
         self.socket = sock
         self.port = int(sock.getsockname()[1])
         self.tls = bool(config.tls_cert)
