@@ -119,6 +119,7 @@ class HttpServer:
             raise FailedPrecondition(
                 f"cannot serve HTTPS with --tls-cert/--tls-key: {error}", "TLS_FILE_INVALID"
             ) from None
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start and stop lines repeat ours
         self._server = uvicorn.Server(self._config)
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
 
