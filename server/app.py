@@ -243,9 +243,7 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     http_threads = ThreadPoolExecutor(
         max_workers=config.threads, thread_name_prefix="http", initializer=configure_threads, initargs=(1,)
     )
-    http_context = HttpContext(
-        operations, access, config, metrics, calls, servicer.streams, ready, http_threads
-    )
+    http_context = HttpContext(operations, access, config, metrics, calls, servicer.streams, ready, http_threads)
     pb_grpc.add_LookalikeServicer_to_server(servicer, server)
     reflection.enable_server_reflection(
         (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server

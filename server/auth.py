@@ -171,8 +171,8 @@ class Access:
         if authorization is None:
             if not self.open:
                 raise Unauthenticated(
-                    "this server requires an API key: send the metadata `authorization: Bearer <key>` "
-                    "(lookalike --api-key or LOOKALIKE_API_KEY)",
+                    "this server requires an API key: send `authorization: Bearer <key>` as gRPC metadata or an "
+                    "HTTP header (lookalike --api-key or LOOKALIKE_API_KEY)",
                     "API_KEY_MISSING",
                 )
             if not peer_is_loopback:
@@ -180,7 +180,7 @@ class Access:
             return BOOTSTRAP
         scheme, _, key = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthenticated("the authorization metadata must read `Bearer <key>`", "API_KEY_MALFORMED")
+            raise Unauthenticated("authorization (metadata or header) must read `Bearer <key>`", "API_KEY_MALFORMED")
         parsed = parse_key(key.strip())
         record = self._keys.get(parsed[0]) if parsed else None
         offered = secret_digest(parsed[1] if parsed else key)

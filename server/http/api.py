@@ -113,10 +113,6 @@ class Endpoint:
 # Requests -------------------------------------------------------------------------------
 
 
-def _bad(message: str, reason: str) -> InvalidArgument:
-    return InvalidArgument(message, reason)
-
-
 async def _bounded_stream(request: Request, limit: int) -> AsyncGenerator[bytes]:
     """The body's chunks, RESOURCE_EXHAUSTED (413) past `limit` bytes: refused by its Content-Length before
     any is read, else as soon as the count passes the limit."""
@@ -147,9 +143,9 @@ async def read_form(request: Request, limit: int, files: int) -> FormData:
     try:
         return await parser.parse()
     except MultiPartException as error:
-        raise _bad(f"the multipart body cannot be read: {error.message}", "MULTIPART_MALFORMED") from None
+        raise InvalidArgument(f"the multipart body cannot be read: {error.message}", "MULTIPART_MALFORMED") from None
     except KeyError:  # no Content-Type parameters at all
-        raise _bad(
+        raise InvalidArgument(
             "the multipart body has no boundary: send Content-Type multipart/form-data", "MULTIPART_MALFORMED"
         ) from None
 
@@ -168,9 +164,9 @@ def _json_object(data: bytes) -> dict[str, Any]:
     try:
         value = json.loads(data)
     except (ValueError, RecursionError) as error:
-        raise _bad(f"the body is not valid JSON: {error}", "JSON_MALFORMED") from None
+        raise InvalidArgument(f"the body is not valid JSON: {error}", "JSON_MALFORMED") from None
     if not isinstance(value, dict):
-        raise _bad(f"the body must be a JSON object, not {type(value).__name__}", "JSON_NOT_OBJECT")
+        raise InvalidArgument(f"the body must be a JSON object, not {type(value).__name__}", "JSON_NOT_OBJECT")
     return value
 
 
@@ -194,7 +190,7 @@ def _text_value(item: FieldDescriptor, name: str, text: str) -> Any:
         lowered = text.strip().lower()
         if lowered in _TRUE or lowered in _FALSE:
             return lowered in _TRUE
-        raise _bad(f"{name} must be true or false, got {text!r}", "VALUE_INVALID")
+        raise InvalidArgument(f"{name} must be true or false, got {text!r}", "VALUE_INVALID")
     return text
 
 
@@ -202,9 +198,13 @@ def _fill[M: Message](message: M, data: dict[str, Any]) -> M:
     try:
         json_format.ParseDict(data, message)
     except json_format.ParseError as error:
-        raise _bad(f"the request does not fit {message.DESCRIPTOR.name}: {error}", "REQUEST_INVALID") from None
+        raise InvalidArgument(
+            f"the request does not fit {message.DESCRIPTOR.name}: {error}", "REQUEST_INVALID"
+        ) from None
     except (ValueError, TypeError, RecursionError) as error:  # values protobuf's parser does not catch itself
-        raise _bad(f"the request does not fit {message.DESCRIPTOR.name}: {error}", "REQUEST_INVALID") from None
+        raise InvalidArgument(
+            f"the request does not fit {message.DESCRIPTOR.name}: {error}", "REQUEST_INVALID"
+        ) from None
     return message
 
 
@@ -223,12 +223,14 @@ def _query_values(request: Request, endpoint: Endpoint, fields: dict[str, FieldD
                 sorted({f.name for f in fields.values() if f.name not in path_fields}) if endpoint.body is None else []
             )
             hint = f"this path takes {', '.join(known)}" if known else "this path takes no query parameters"
-            raise _bad(f"unknown query parameter {name!r}: {hint}", "QUERY_PARAMETER_UNKNOWN")
+            raise InvalidArgument(f"unknown query parameter {name!r}: {hint}", "QUERY_PARAMETER_UNKNOWN")
         texts = request.query_params.getlist(name)
         if item.is_repeated:
             values[item.name] = [_text_value(item, name, t) for text in texts for t in text.split(",") if t]
         elif len(texts) > 1:
-            raise _bad(f"query parameter {name!r} is given {len(texts)} times; give it once", "VALUE_INVALID")
+            raise InvalidArgument(
+                f"query parameter {name!r} is given {len(texts)} times; give it once", "VALUE_INVALID"
+            )
         else:
             values[item.name] = _text_value(item, name, texts[0])
     return values
@@ -241,7 +243,9 @@ def _body_values(endpoint: Endpoint, body: dict[str, Any], fields: dict[str, Fie
     for variable in endpoint.variables:
         target = fields.get(endpoint.field_of(variable))
         if target is not None and (target.name in body or target.json_name in body):
-            raise _bad(f"{target.name} comes from the path ({{{variable}}}); leave it out of the body", "FIELD_IN_PATH")
+            raise InvalidArgument(
+                f"{target.name} comes from the path ({{{variable}}}); leave it out of the body", "FIELD_IN_PATH"
+            )
     return body
 
 
@@ -254,10 +258,10 @@ def _form_values(form: FormData, message: Message) -> dict[str, Any]:
     for name, value in form.multi_items():
         if name == "image":
             if not isinstance(value, UploadFile):
-                raise _bad("image must be a file part (a picture), not a text field", "IMAGE_NOT_FILE")
+                raise InvalidArgument("image must be a file part (a picture), not a text field", "IMAGE_NOT_FILE")
             continue  # read by the caller, without a copy through JSON
         if isinstance(value, UploadFile):
-            raise _bad(f"only the picture is a file part (field image), not {name!r}", "FORM_FIELD_UNKNOWN")
+            raise InvalidArgument(f"only the picture is a file part (field image), not {name!r}", "FORM_FIELD_UNKNOWN")
         if name.startswith("meta.") and "meta" in fields:
             meta[name.removeprefix("meta.")] = value
             continue
@@ -266,14 +270,14 @@ def _form_values(form: FormData, message: Message) -> dict[str, Any]:
             known = sorted(
                 f.name for f in message.DESCRIPTOR.fields if f.name not in ("image", "meta") and f.message_type is None
             )
-            raise _bad(
+            raise InvalidArgument(
                 f"unknown form field {name!r}: send image (a file), meta.KEY fields and {', '.join(known)}",
                 "FORM_FIELD_UNKNOWN",
             )
         if item.is_repeated:
             values.setdefault(item.name, []).extend(_text_value(item, name, t) for t in value.split(",") if t)
         elif item.name in values:
-            raise _bad(f"form field {name!r} is given twice; give it once", "VALUE_INVALID")
+            raise InvalidArgument(f"form field {name!r} is given twice; give it once", "VALUE_INVALID")
         else:
             values[item.name] = _text_value(item, name, value)
     if meta:
@@ -304,7 +308,7 @@ async def request_message(request: Request, endpoint: Endpoint, context: HttpCon
             data = await read_body(request, limit)
             if data.strip() and not _is_json(media):
                 accepted = "application/json" + (" or multipart/form-data" if endpoint.form else "")
-                raise _bad(
+                raise InvalidArgument(
                     f"Content-Type {media or 'none'} is not accepted here: send {accepted}", "CONTENT_TYPE_UNSUPPORTED"
                 )
             values |= _body_values(endpoint, _json_object(data), fields)
@@ -341,9 +345,11 @@ async def add_entry(request: Request, endpoint: Endpoint, context: HttpContext, 
     caller = auth.caller(request, context.access)
     body = _json_object(await read_body(request, context.config.max_request_bytes))
     if not _is_json(media_type(request)) and body:
-        raise _bad("send the picture as multipart/form-data or JSON (application/json)", "CONTENT_TYPE_UNSUPPORTED")
+        raise InvalidArgument(
+            "send the picture as multipart/form-data or JSON (application/json)", "CONTENT_TYPE_UNSUPPORTED"
+        )
     if request.query_params:
-        raise _bad("this path takes no query parameters", "QUERY_PARAMETER_UNKNOWN")
+        raise InvalidArgument("this path takes no query parameters", "QUERY_PARAMETER_UNKNOWN")
     list_name = str(request.path_params["list"])
     reply: Message
     if "image" in body:
@@ -464,17 +470,21 @@ async def import_entries(request: Request, endpoint: Endpoint, context: HttpCont
     given = request.query_params.get("format") or None
     unknown = sorted(set(request.query_params) - {"format"})
     if unknown:
-        raise _bad(f"unknown query parameter {unknown[0]!r}: this path takes format", "QUERY_PARAMETER_UNKNOWN")
+        raise InvalidArgument(
+            f"unknown query parameter {unknown[0]!r}: this path takes format", "QUERY_PARAMETER_UNKNOWN"
+        )
     filename = ""
     if media_type(request) == MULTIPART_MEDIA:
         form = await read_form(request, limit, files=1)
         try:
             unexpected = sorted(set(form.keys()) - {"file", "format"})
             if unexpected:
-                raise _bad(f"unknown form field {unexpected[0]!r}: send file and format", "FORM_FIELD_UNKNOWN")
+                raise InvalidArgument(
+                    f"unknown form field {unexpected[0]!r}: send file and format", "FORM_FIELD_UNKNOWN"
+                )
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
-                raise _bad("send the hash list as the file part `file`", "FILE_MISSING")
+                raise InvalidArgument("send the hash list as the file part `file`", "FILE_MISSING")
             filename = upload.filename or ""
             data = await upload.read()
             format_field = form.get("format")
@@ -484,7 +494,7 @@ async def import_entries(request: Request, endpoint: Endpoint, context: HttpCont
     else:
         data = await read_body(request, limit)
     if given is not None and given not in FORMATS:
-        raise _bad(f"format {given!r} is unknown; use one of {', '.join(FORMATS)}", "FORMAT_UNKNOWN")
+        raise InvalidArgument(f"format {given!r} is unknown; use one of {', '.join(FORMATS)}", "FORMAT_UNKNOWN")
     summary = await context.run(lambda: _import(context.operations, caller, list_name, data, given, filename))
     notes.items = summary["added"] + summary["duplicates"] + summary["failed"]
     return JSONResponse(summary)
@@ -553,7 +563,7 @@ def _query_flag(request: Request, name: str, default: bool) -> bool:
     if text is None:
         return default
     if text.strip().lower() not in (*_TRUE, *_FALSE):
-        raise _bad(f"{name} must be true or false, got {text!r}", "VALUE_INVALID")
+        raise InvalidArgument(f"{name} must be true or false, got {text!r}", "VALUE_INVALID")
     return text.strip().lower() in _TRUE
 
 
@@ -565,13 +575,13 @@ async def export_entries(request: Request, endpoint: Endpoint, context: HttpCont
     notes.saw_request(pb.ExportEntriesRequest(list=list_name))
     unknown = sorted(set(request.query_params) - {"format", "with_embeddings", "header"})
     if unknown:
-        raise _bad(
+        raise InvalidArgument(
             f"unknown query parameter {unknown[0]!r}: this path takes format, with_embeddings and header",
             "QUERY_PARAMETER_UNKNOWN",
         )
     file_format = request.query_params.get("format") or JSONL
     if file_format not in EXPORT_FORMATS:
-        raise _bad(
+        raise InvalidArgument(
             f"format {file_format!r} cannot be exported; use one of {', '.join(EXPORT_FORMATS)}", "FORMAT_UNKNOWN"
         )
     with_embeddings = _query_flag(request, "with_embeddings", False)
