@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import scale
+from benchmarks import scale, throughput
 from lookalike.index import list_index
 from lookalike.index.list_index import EXACT_VECTORS_MAX
 
@@ -31,3 +31,19 @@ def test_scale_benchmark_reports_an_ivf_list_with_full_recall_and_a_matchable_ne
     assert report["layout"]["pdq_cells"] > 0 and report["pdq_tables_s"] > 0
     assert set(report["pdq_recall_by_distance"].values()) == {1.0}, "the hash tables miss nothing to 48 bits here"
     assert report["binary_ivf_alone"]["pdq_search_own_code"]["p50_ms"] > 0
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_reports_the_models_own_rate_and_the_ratio_to_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    arguments = ["--entries", "200", "--seconds", "1", "--clients", "2", "--bulk-images", "4"]
+    assert throughput.main(arguments) == 0
+    output = capsys.readouterr().out
+    report = json.loads(output.strip().splitlines()[-1])
+    rate = report["model_images_per_s"]
+    assert rate["before"] > 0 and rate["after"] > 0 and rate["mean"] == (rate["before"] + rate["after"]) / 2
+    (load,) = report["loads"]
+    assert load["ratio_to_model"] == pytest.approx(load["checks_per_s"] / rate["mean"])
+    assert load["ratio_to_floor"] == pytest.approx(load["checks_per_s"] / report["floor_checks_per_s"]["mean"])
+    assert "ratio_to_model" in output.splitlines()[2], "the table shows the ratio beside the floor's"
