@@ -132,7 +132,7 @@ def measure_model_rate(datas: list[bytes], seconds: float, model: str) -> float:
 class ServerProcess:
     """`lookalike serve` on a free loopback port, in its own process."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, *flags: str) -> None:
         self.log = data.parent / "serve.log"
         self._log = self.log.open("w")
         self.process = subprocess.Popen(
@@ -146,6 +146,7 @@ class ServerProcess:
                 "127.0.0.1:0",
                 "--map-size",
                 str(MAP_SIZE),
+                *flags,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
