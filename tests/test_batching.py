@@ -118,11 +118,14 @@ def test_shutdown_answers_every_picture_already_queued_then_refuses_more(
     embedders: EmbedderPool, same_sized: list[np.ndarray]
 ) -> None:
     batcher = EmbeddingBatcher(embedders, max_batch=64, window=30.0)  # nothing would run for 30 s but shutdown
-    futures = [batcher.submit(MODEL_SSCD_DISTILLED, picture) for picture in same_sized[:5]]
+    narrower = [np.ascontiguousarray(picture[:, :200]) for picture in same_sized[:2]]
+    pictures = [*same_sized[:3], *narrower]  # two sizes: two inferences left to run at shutdown
+    futures = [batcher.submit(MODEL_SSCD_DISTILLED, picture) for picture in pictures]
     batcher.shutdown()
     assert all(future.done() for future in futures)
-    for picture, future in zip(same_sized, futures, strict=False):
+    for picture, future in zip(pictures, futures, strict=True):
         np.testing.assert_allclose(future.result(), alone(embedders, picture), atol=1e-5)
+    assert batcher.batch_sizes == Counter({3: 1, 2: 1})
     with pytest.raises(BatcherStopped):
         batcher.submit(MODEL_SSCD_DISTILLED, same_sized[0])
 
