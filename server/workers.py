@@ -185,17 +185,15 @@ class FingerprintWorkers:
         return _Worker(self._context, self.max_pixels, self.models)
 
     def compute(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
-        if self.batcher is None:
-            if self.local is not None:
-                return self.local.compute(data, embed, views)
-            value = self._ask(data, embed, views, inputs_only=False)
-            assert isinstance(value, Fingerprinted)
-            return value
         if self.local is not None:
+            if self.batcher is None:
+                return self.local.compute(data, embed, views)
             return self.local.model_inputs(data, embed, views).embedded(self.batcher)
-        inputs = self._ask(data, embed, views, inputs_only=True)
-        assert isinstance(inputs, ModelInputs)
-        return inputs.embedded(self.batcher)
+        reply = self._ask(data, embed, views, inputs_only=self.batcher is not None)
+        if isinstance(reply, ModelInputs) and self.batcher is not None:
+            return reply.embedded(self.batcher)
+        assert isinstance(reply, Fingerprinted)
+        return reply
 
     def _ask(self, data: bytes, embed: Sequence[str], views: Sequence[str], inputs_only: bool) -> object:
         """One request to the least busy worker; its reply, or its error raised here."""
