@@ -43,7 +43,7 @@ from benchmarks.synthetic import new_entries, unit
 from lookalike.client import LookalikeClient
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.server.config import usable_cores
-from lookalike.server.embedder import SHORT_SIDE, embedding_input
+from lookalike.server.embedder import SHORT_SIDE, Embedder, embedding_input
 from lookalike.server.indexes import IndexRegistry
 from lookalike.server.scoring import DEFAULT_MODEL
 from lookalike.server.store import Store
@@ -109,7 +109,6 @@ def _model_worker(args: tuple[list[bytes], float, str]) -> int:
     """Images one single-threaded process draft-decodes and embeds in `seconds`: the model's own rate."""
     datas, seconds, model = args
     from lookalike.index import configure_threads
-    from lookalike.server.embedder import Embedder
 
     configure_threads(1)
     embedder = Embedder(model, threads=1)
