@@ -52,8 +52,7 @@ from lookalike.server.embedder import (
 from lookalike.server.scoring import DEFAULT_MODEL
 
 WINDOW = 0.005
-"""Seconds a picture waits for others (`--embed-window`); a few milliseconds, against an inference of
-about as much on a GPU."""
+"""Seconds a picture waits for others (`--embed-window`): a few milliseconds, not yet tuned on a GPU."""
 
 
 def clients_for(batch: int) -> int:

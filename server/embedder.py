@@ -33,7 +33,8 @@ DEVICE_CPU = "cpu"
 DEVICE_CUDA = "cuda"
 DEVICES = (DEVICE_CPU, DEVICE_CUDA)
 GPU_BATCH = 32
-"""Pictures one GPU inference takes at most, unless `--embed-batch` says otherwise."""
+"""Pictures one GPU inference takes at most, unless `--embed-batch` says otherwise (a starting point, not yet
+tuned on a GPU: benchmarks/gpu.py measures 1, 8, 32 and 128)."""
 _CUDA = "CUDAExecutionProvider"
 _CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC"}
 """cuDNN's default, an exhaustive search of convolution algorithms, runs again for every new input shape; a
@@ -198,8 +199,9 @@ class EmbeddingBatcher:
     at most `max_batch` pictures of the same model and size: SSCD embeds any size, and padding
     pictures to a common one would change their embeddings. Each caller gets its own picture's
     embedding (unit length, as `Embedder.embed` gives) or the error its inference raised.
-    On a GPU one inference of 32 pictures costs little more than one of a single picture; on
-    a CPU it costs what 32 do, so the CPU path leaves the model to the fingerprint workers.
+    Batches are what a GPU is expected to reward (not yet measured); on a CPU a batch of 8 cost
+    what 8 pictures do (benchmarks/README.md, Throughput), so the CPU path leaves the model to
+    the fingerprint workers.
     """
 
     def __init__(self, embedders: EmbedderPool, max_batch: int, window: float) -> None:
