@@ -28,6 +28,7 @@ from lookalike.server.api import SERVICE, LookalikeServicer, MalformedRequestInt
 from lookalike.server.auth import Access, TlsFiles, is_loopback_listen, require_safe_listen, tls_files
 from lookalike.server.checks import CheckLedger
 from lookalike.server.config import ServerConfig, parse_config
+from lookalike.server.embedder import model_batcher
 from lookalike.server.feedback import FeedbackBook
 from lookalike.server.flood import FloodSettings
 from lookalike.server.http.app import HttpServer, bind, build_app
@@ -174,7 +175,8 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         if credentials is None and not is_loopback_listen(listen):
             log.warning("listening on %s without TLS: API keys and images cross the network in clear", listen)
     models = sorted({record.model for record in store.lists()} | {config.default_model})
-    workers = FingerprintWorkers(config.max_pixels, config.workers, models)
+    batcher = model_batcher(config.device, config.embed_batch, config.embed_window, models, config.cpu_slots)
+    workers = FingerprintWorkers(config.max_pixels, config.workers, models, batcher)
     flood = FloodSettings(
         config.flood_min_matches, config.flood_factor, config.flood_short_window, config.flood_long_window
     )

@@ -18,7 +18,7 @@ import numpy as np
 import pdqhash
 from PIL import Image
 
-from lookalike.server.embedder import EmbedderPool, embedding_input
+from lookalike.server.embedder import EmbedderPool, EmbeddingBatcher, embedding_input
 from lookalike.server.imaging import DecodedImage, decode_image
 from lookalike.server.regions import content_box
 
@@ -93,6 +93,37 @@ class Fingerprinted:
     stage_seconds: tuple[tuple[str, float], ...] = ()
 
 
+@dataclass(frozen=True)
+class ModelInputs:
+    """An image fingerprinted up to its embeddings, for models that run elsewhere (batched on a GPU)."""
+
+    fingerprinted: Fingerprinted
+    """Hashes and stages so far; no embeddings yet."""
+    pictures: tuple[np.ndarray, ...]
+    """uint8 HWC pictures at the model's input size: the whole picture, then its region when one was found
+    (looked for only when views are asked for); none when no model is."""
+    embed: tuple[str, ...]
+    views: tuple[str, ...]
+
+    def embedded(self, batcher: EmbeddingBatcher) -> Fingerprinted:
+        """The Fingerprinted that `Fingerprinter.compute` gives, its embeddings from `batcher` (all asked at once)."""
+        started = time.perf_counter()
+        asked = {
+            (model, number): batcher.submit(model, picture)
+            for model in dict.fromkeys((*self.embed, *self.views))
+            for number, picture in enumerate(self.pictures if model in self.views else self.pictures[:1])
+        }
+        vectors = {key: future.result() for key, future in asked.items()}
+        done = self.fingerprinted
+        return Fingerprinted(
+            done.hashes,
+            done.pdq_variants,
+            {model: vector for (model, number), vector in vectors.items() if number == 0},
+            {model: np.stack([vectors[model, n] for n in range(len(self.pictures))]) for model in self.views},
+            (*done.stage_seconds, ("embed", time.perf_counter() - started)) if asked else done.stage_seconds,
+        )
+
+
 @contextmanager
 def _timed(stages: list[tuple[str, float]], stage: str) -> Iterator[None]:
     """Note a stage's duration; metrics live in the server process, this may run in a worker."""
@@ -154,6 +185,20 @@ class Fingerprinter:
             fingerprint.views,
             tuple(fingerprint.stage_seconds),
         )
+
+    def model_inputs(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> ModelInputs:
+        """What `compute` does short of running the models: their input pictures instead."""
+        fingerprint = self.fingerprint(data)
+        pictures = [np.asarray(fingerprint.model_input, dtype=np.uint8)] if embed or views else []
+        if views:
+            with _timed(fingerprint.stage_seconds, "region"):
+                region = fingerprint.region_input
+            if region is not None:
+                pictures.append(np.asarray(region, dtype=np.uint8))
+        hashes_only = Fingerprinted(
+            fingerprint.hashes, fingerprint.pdq_variants, {}, {}, tuple(fingerprint.stage_seconds)
+        )
+        return ModelInputs(hashes_only, tuple(pictures), tuple(embed), tuple(views))
 
     def embedding(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
         """The picture's embedding under `model` (what an entry stores), computed once."""
