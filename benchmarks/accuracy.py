@@ -250,6 +250,8 @@ class Collected:
     predictions: dict[str, list[Prediction]] = field(default_factory=dict)
     decisions: dict[str, dict[str, tuple[str, bool]]] = field(default_factory=dict)
     """Per model: query id -> (decision, the top flagged match is the true original)."""
+    flagged: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict)
+    """Per model: query id -> (top flagged entry, its score), for queries with a flagged match."""
 
     def add(self, signal: str, query: str, reference: str, score: float) -> None:
         self.predictions.setdefault(signal, []).append(Prediction(query, reference, score))
@@ -298,8 +300,11 @@ def run_checks(
         for name in names:
             flagged = [m for m in result.matches if m.list == name and m.decision != "accept"]
             decision = max((m.decision for m in flagged), key=("review", "reject").index, default="accept")
-            right = bool(flagged) and max(flagged, key=lambda m: m.score).id == truth.get(query.id)
+            top = max(flagged, key=lambda m: m.score) if flagged else None
+            right = top is not None and top.id == truth.get(query.id)
             collected.decisions.setdefault(model_of[name], {})[query.id] = (decision, right)
+            if top is not None:
+                collected.flagged.setdefault(model_of[name], {})[query.id] = (top.id, round(top.score, 4))
         if position % 500 == 499:
             rate = (position + 1) / (time.monotonic() - started)
             print(f"  {position + 1}/{len(queries)} checks ({rate:.1f}/s)", file=sys.stderr)
@@ -375,6 +380,11 @@ def evaluate(collected: Collected, queries: Sequence[Query], truth: dict[str, st
             "negatives_plain": _alarms(decided, queries, NEGATIVE, composite=False),
             "negatives_composite": _alarms(decided, queries, NEGATIVE, composite=True),
             "same_scene": _alarms(decided, queries, SCENE),
+            "flagged_negatives": {
+                q.id: [decided[q.id][0], *collected.flagged.get(model, {}).get(q.id, ("", 0.0))]
+                for q in queries
+                if not q.positive and q.id in decided and decided[q.id][0] != "accept"
+            },
             "recall_by_family": {
                 family: _shares(decided, [q for q in positives if q.family == family])["caught"]
                 for family in sorted({q.family for q in positives})
