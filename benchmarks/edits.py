@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 Edit = Callable[[Image.Image, random.Random], Image.Image]
 
 _JPEG_KEY = "lookalike_jpeg"
+_REGION_KEY = "lookalike_region"
 _WORDS = (
     "when",
     "you",
@@ -72,6 +73,22 @@ def _jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:
     decoded.load()
     decoded.info[_JPEG_KEY] = data
     return decoded
+
+
+def _marked(image: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+    """Note where a composite put the picture (clipped to the canvas), for `region_of`."""
+    left, top, right, bottom = max(0, round(box[0])), max(0, round(box[1])), round(box[2]), round(box[3])
+    right, bottom = min(image.width, right), min(image.height, bottom)
+    if right > left and bottom > top:
+        image.info[_REGION_KEY] = (left, top, right, bottom)
+    return image
+
+
+def region_of(image: Image.Image) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of the picture inside a composite's result, where the edit noted it
+    (the last step was the composite); else None."""
+    box = image.info.get(_REGION_KEY)
+    return box if isinstance(box, tuple) else None
 
 
 def _colour(rng: random.Random) -> tuple[int, int, int]:
@@ -438,7 +455,7 @@ def _paste_at_random(canvas: Image.Image, picture: Image.Image, rng: random.Rand
         shadow = shadow.filter(ImageFilter.GaussianBlur(offset))
         canvas = Image.composite(Image.new("RGB", canvas.size, (0, 0, 0)), canvas, shadow)
     canvas.paste(picture, (x, y))
-    return canvas
+    return _marked(canvas, (x, y, x + picture.width, y + picture.height))
 
 
 def _canvas_size(rng: random.Random) -> tuple[int, int]:
@@ -544,6 +561,7 @@ def _feed(image: Image.Image, rng: random.Random, others: Others, size: tuple[in
         canvas.paste(shown, ((w - shown.width) // 2, round(y)))
         if post == 1:
             placed = y + shown.height / 2
+            box = ((w - shown.width) // 2, round(y), (w - shown.width) // 2 + shown.width, round(y) + shown.height)
         y += shown.height + w * 0.02
         _icons(draw, y, w * 0.04, w * 0.06, ink, rng.randint(3, 4))
         y += w * 0.09
@@ -551,6 +569,7 @@ def _feed(image: Image.Image, rng: random.Random, others: Others, size: tuple[in
         y += w * 0.05
     top = round(min(max(0.0, placed - h * rng.uniform(0.35, 0.65)), canvas.height - h))
     screen = canvas.crop((0, top, w, top + h))
+    bar_bottom = h * 0.035 + h * 0.06
     draw = ImageDraw.Draw(screen)
     draw.rectangle((0, 0, w, h * 0.035 + h * 0.06), fill=bg)
     bar = _phone_chrome(draw, size, ink, rng)
@@ -559,7 +578,7 @@ def _feed(image: Image.Image, rng: random.Random, others: Others, size: tuple[in
     )
     draw.rectangle((0, h - h * 0.06, w, h), fill=bg)
     _icons(draw, h - h * 0.045, w * 0.08, w * 0.06, ink, 5)
-    return screen
+    return _marked(screen, (box[0], max(box[1] - top, bar_bottom), box[2], min(box[3] - top, h * 0.94)))
 
 
 def _chat(image: Image.Image, rng: random.Random, others: Others, size: tuple[int, int]) -> Image.Image:
@@ -578,6 +597,7 @@ def _chat(image: Image.Image, rng: random.Random, others: Others, size: tuple[in
     draw.text((w * 0.2, bar + h * 0.02), _words(rng, 1, 2).lower(), font=_font(round(h * 0.025)), fill=ink)
     y = bar + h * 0.09
     picture_at = rng.randint(0, 2)
+    box = (0.0, 0.0, 0.0, 0.0)
     for turn in range(6):
         if y > h * 0.88:
             break
@@ -596,6 +616,7 @@ def _chat(image: Image.Image, rng: random.Random, others: Others, size: tuple[in
             )
             x = w - bubble.width - w * 0.03 if mine else w * 0.03
             _rounded_paste(wallpaper, bubble, (round(x), round(y)), 14)
+            box = (round(x) + 6, round(y) + 6, round(x) + 6 + shown.width, round(y) + 6 + shown.height)
             y += bubble.height + h * 0.015
             continue
         lines = rng.randint(1, 3)
@@ -608,7 +629,7 @@ def _chat(image: Image.Image, rng: random.Random, others: Others, size: tuple[in
         y += lines * h * 0.03 + h * 0.035
     draw.rectangle((0, h * 0.93, w, h), fill=(245, 245, 245))
     draw.rounded_rectangle((w * 0.05, h * 0.94, w * 0.8, h * 0.985), 20, fill=(255, 255, 255), outline=(200, 200, 200))
-    return wallpaper
+    return _marked(wallpaper, box)
 
 
 def _story(image: Image.Image, rng: random.Random, others: Others, size: tuple[int, int]) -> Image.Image:
@@ -623,7 +644,9 @@ def _story(image: Image.Image, rng: random.Random, others: Others, size: tuple[i
         shown = shown.rotate(tilt, Image.Resampling.BICUBIC, expand=True)
     else:
         mask = Image.new("L", shown.size, 255)
-    canvas.paste(shown, ((w - shown.width) // 2, round(h * rng.uniform(0.15, 0.3))), mask)
+    left, top = (w - shown.width) // 2, round(h * rng.uniform(0.15, 0.3))
+    canvas.paste(shown, (left, top), mask)
+    box = (left, top, left + shown.width, top + shown.height)
     draw = ImageDraw.Draw(canvas)
     for i in range(rng.randint(2, 5)):
         draw.rectangle((w * 0.02 + i * w * 0.2, h * 0.01, w * 0.2 + i * w * 0.2, h * 0.015), fill=(240, 240, 240))
@@ -635,7 +658,7 @@ def _story(image: Image.Image, rng: random.Random, others: Others, size: tuple[i
         )
         draw.text((x, y), text, font=_font(size_px), fill=(255, 255, 255))
     draw.rounded_rectangle((w * 0.04, h * 0.93, w * 0.8, h * 0.98), 25, outline=(240, 240, 240), width=2)
-    return canvas
+    return _marked(canvas, box)
 
 
 def app_screenshot(image: Image.Image, rng: random.Random, others: Others) -> Image.Image:
@@ -659,7 +682,9 @@ def _collage(cells: int) -> CompositeEdit:
             tile = _fill(image if position == mine else others(rng), (cell, cell))
             row, column = divmod(position, cells)
             canvas.paste(tile, (gutter + column * (cell + gutter), gutter + row * (cell + gutter)))
-        return canvas
+        row, column = divmod(mine, cells)
+        left, top = gutter + column * (cell + gutter), gutter + row * (cell + gutter)
+        return _marked(canvas, (left, top, left + cell, top + cell))
 
     edit.__doc__ = f"A {cells}×{cells} collage of photos, the picture (cropped square) in one cell."
     return edit
@@ -690,7 +715,7 @@ def meme(image: Image.Image, rng: random.Random, others: Others) -> Image.Image:
             font=_font(bottom // 2),
             fill=(90, 90, 90),
         )
-    return canvas
+    return _marked(canvas, (0, top, w, top + picture.height))
 
 
 def _moire(size: tuple[int, int], rng: random.Random) -> np.ndarray:
@@ -734,7 +759,8 @@ def screen_photo(image: Image.Image, rng: random.Random, others: Others) -> Imag
     pixels += np.random.default_rng(rng.getrandbits(64)).normal(0.0, rng.uniform(2, 6), pixels.shape)
     photo = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), "RGB")
     photo = photo.filter(ImageFilter.GaussianBlur(rng.uniform(0.6, 1.4)))
-    return _jpeg_roundtrip(photo, rng.randint(70, 90))
+    xs, ys = [x for x, _ in corners], [y for _, y in corners]
+    return _marked(_jpeg_roundtrip(photo, rng.randint(70, 90)), (min(xs), min(ys), max(xs), max(ys)))
 
 
 COMPOSITES_IN_CHAINS = ("paste_on_photo", "paste_on_busy", "app_screenshot", "collage_2x2", "meme", "screen_photo")
