@@ -40,7 +40,7 @@ from server.config import ServerConfig
 from server.embedder import MODELS, EmbedderPool, embedding_input
 from server.fingerprint import pdq_hashes, phash
 from server.imaging import decode_image
-from server.regions import content_box
+from server.regions import content_box, find_regions
 
 MAX_PIXELS = 100_000_000
 
@@ -79,7 +79,8 @@ def stage_costs(datas: Sequence[bytes]) -> dict[str, list[float]]:
         small = embedding_input(rgb)
         record("resize to model input", timed(embedding_input, rgb))
         record("phash", timed(phash, small))
-        record("region detection", timed(content_box, rgb))
+        record("region detection, flat canvas only (before frames and grids)", timed(content_box, rgb))
+        record("region detection (flat canvas, collage grid, frames)", timed(find_regions, rgb))
         for model in MODELS:
             record(f"embed {model}", timed(embedders.get(model).embed, small))
     return costs
