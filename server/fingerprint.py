@@ -20,7 +20,7 @@ from PIL import Image
 
 from server.embedder import EmbedderPool, embedding_input, resized_to
 from server.imaging import DecodedImage, decode_image
-from server.regions import Box, find_regions, overlap
+from server.regions import Box, find_regions, overlap, straightened
 
 PDQ_BYTES = 32
 PHASH_BYTES = 8
@@ -84,14 +84,17 @@ class Fingerprint:
     @cached_property
     def region_inputs(self) -> list[list[Image.Image]]:
         """Pictures found inside the image, ready to embed, in batches of one size: the one framed by
-        a flat canvas (a padded border, a plain screenshot) at model input size; the cells of a
-        collage; else up to MAX_REGION_VIEWS pictures framed by straight edges (pasted on a photo,
-        inside an app's UI). Looked for only when a check needs it, never for an add."""
+        a flat canvas (a padded border, a plain screenshot) and one turned on a flat fill, set
+        upright, at model input size; the cells of a collage; else up to MAX_REGION_VIEWS pictures
+        framed by straight edges (pasted on a photo, inside an app's UI). Looked for only when a
+        check needs it, never for an add."""
         rgb = self.image.rgb
         regions = find_regions(rgb)
         batches: list[list[Image.Image]] = []
         if regions.canvas is not None:
             batches.append([embedding_input(rgb.crop(regions.canvas))])
+        if regions.tilt is not None:
+            batches.append([embedding_input(straightened(rgb, regions.tilt))])
         if regions.cells:
             batches.append(_same_size([rgb.crop(cell) for cell in regions.cells], CELL_SHORT_SIDE))
         taken: list[Box] = [] if regions.canvas is None else [regions.canvas]

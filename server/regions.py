@@ -70,14 +70,17 @@ _EIGHT = ndimage.generate_binary_structure(2, 2)
 def content_box(rgb: Image.Image) -> Box | None:
     """(left, top, right, bottom) of the main picture when the image looks like a picture
     embedded in a larger flat or UI-like canvas, in the image's pixels; else None."""
-    width, height = rgb.size
-    if min(width, height) < MIN_SIDE:
+    if min(rgb.size) < MIN_SIDE:
         return None
-    gray, scale = work_gray(rgb)
+    return _content_box(*work_gray(rgb), rgb.size)
+
+
+def _content_box(gray: np.ndarray, scale: float, size: tuple[int, int]) -> Box | None:
     found, _ = locate(gray)
     if found is None:
         return None
     top, bottom, left, right = found
+    width, height = size
     return (
         max(0, round(left / scale)),
         max(0, round(top / scale)),
@@ -235,6 +238,54 @@ def _peel(mask: np.ndarray, top: int, bottom: int, left: int, right: int) -> tup
     return top, bottom, left, right
 
 
+# A picture turned on a fill: four flat corners of one colour around a tilted rectangle ------------
+
+TILT_RANGE = (3.0, 45.0)
+"""Tilts (degrees) worth turning back: smaller ones SSCD sees through, larger ones are a quarter turn off."""
+CORNER_PATCH = 3
+"""Pixels on a side of the corner patches that must be flat and of one colour."""
+MIN_TILTED_SHARE = 0.3
+"""Share of the image the tilted picture must cover."""
+
+
+def tilt(rgb: Image.Image) -> float | None:
+    """Degrees to turn the image by (`Image.rotate`, counter-clockwise) to set upright a picture that
+    was turned on a flat fill (the four corners flat and of one colour, the fill reaching in from
+    them as triangles); None when the image does not look so, or the tilt is outside TILT_RANGE.
+    The angle is fitted to the longer of the picture's two edges that meet at its topmost corner."""
+    if min(rgb.size) < MIN_SIDE:
+        return None
+    return _tilt(work_gray(rgb)[0])
+
+
+def _tilt(g: np.ndarray) -> float | None:
+    k = CORNER_PATCH
+    patches = [g[:k, :k], g[:k, -k:], g[-k:, :k], g[-k:, -k:]]
+    levels = [float(patch.mean()) for patch in patches]
+    if max(levels) - min(levels) > 2 * CANVAS_SPREAD or max(float(patch.std()) for patch in patches) > FLAT_STEP:
+        return None
+    near = np.abs(g - sum(levels) / 4) <= 2 * CANVAS_SPREAD
+    labels, _ = ndimage.label(near, _FOUR)
+    fill_labels = {int(labels[y, x]) for y, x in ((0, 0), (0, -1), (-1, 0), (-1, -1))} - {0}
+    content = ~np.isin(labels, list(fill_labels))
+    if content.mean() < MIN_TILTED_SHARE:
+        return None
+    ys, xs = np.nonzero(content)
+    top_x = int(round(float(xs[ys == ys.min()].mean())))
+    left_x, right_x = int(xs.min()), int(xs.max())
+    # The picture's two upper edges meet at its topmost corner; fit the longer one (the first row of
+    # picture in each of its columns) and fold its angle into ±45°.
+    first, last = (top_x, right_x) if right_x - top_x >= top_x - left_x else (left_x, top_x)
+    margin = max(1, (last - first) // 10)
+    columns = np.arange(first + margin, last - margin)
+    if columns.size < 4:
+        return None
+    first_rows = content[:, columns].argmax(axis=0)
+    angle = float(np.degrees(np.arctan(np.polyfit(columns, first_rows, 1)[0])))
+    angle = angle - 90.0 if angle > 45.0 else angle + 90.0 if angle < -45.0 else angle
+    return angle if TILT_RANGE[0] <= abs(angle) <= TILT_RANGE[1] else None
+
+
 # Pictures inside busy surroundings: frames of straight edges, and collage grids ---------------------
 #
 # A picture pasted onto a photograph, a post in a feed, a chat bubble or a collage tile has no flat
@@ -296,6 +347,8 @@ class Regions:
 
     canvas: Box | None
     """The picture framed by a flat canvas (`content_box`)."""
+    tilt: float | None
+    """Degrees that set upright a picture turned on a flat fill (`tilt`)."""
     cells: list[Box]
     """A collage's cells, row by row (`grid_cells`)."""
     frames: list[Box]
@@ -305,12 +358,21 @@ class Regions:
 def find_regions(rgb: Image.Image) -> Regions:
     """Every kind of region at once, from one grey conversion and one pair of edge maps."""
     gray = rgb.convert("L")
-    canvas = content_box(gray)
     edges = _Edges.of(gray)
     if edges is None:
-        return Regions(canvas, [], [])
+        return Regions(None, None, [], [])
+    small, scale = work_gray(gray)
+    canvas, turned = _content_box(small, scale, rgb.size), _tilt(small)
     cells = edges.grid_cells()
-    return Regions(canvas, cells, [] if cells else edges.frame_boxes())
+    return Regions(canvas, turned, cells, [] if cells else edges.frame_boxes())
+
+
+def straightened(rgb: Image.Image, angle: float) -> Image.Image:
+    """The picture turned by `angle` on a fill (see `tilt`) set upright and cut out of its fill."""
+    fill = rgb.getpixel((0, 0))
+    upright = rgb.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=fill)
+    box = content_box(upright)
+    return upright if box is None else upright.crop(box)
 
 
 def frame_boxes(rgb: Image.Image) -> list[Box]:

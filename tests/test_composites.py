@@ -64,3 +64,17 @@ def test_composites_of_unlisted_photos_are_accepted(
             query = encode_edited(apply_edit(family, rgb(path), random.Random(seed), others))
             result = client.check(query, ["banned"])
             assert result.decision == "accept", (family, path.name, result.matches[:1])
+
+
+@pytest.mark.slow
+def test_a_listed_picture_turned_on_a_fill_is_found(
+    lookalike: ServerHandle, photos: tuple[list[Path], list[Path]]
+) -> None:
+    listed, _ = photos
+    client = lookalike.client
+    client.create_list("banned")
+    ids = {path.name: client.add("banned", path).id for path in listed}
+    for angle, path in zip((-28, -19, 22, 30), listed, strict=True):
+        turned = rgb(path).rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=(250, 250, 250))
+        result = client.check(encode_edited(turned), ["banned"])
+        assert result.decision != "accept" and result.matches[0].id == ids[path.name], (path.name, angle)

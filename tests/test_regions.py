@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from benchmarks.edits import Others, apply_edit, region_of
-from server.regions import Box, content_box, find_regions, frame_boxes, grid_cells
+from server.regions import Box, Regions, content_box, find_regions, frame_boxes, grid_cells, straightened, tilt
 from tests.conftest import CORPUS, corpus_photos
 
 PHOTOS = ("skimage__chelsea.jpg", "opencv__data__baboon.jpg", "skimage__astronaut.jpg")
@@ -178,8 +178,7 @@ def test_a_collage_is_cut_into_its_cells(name: str, family: str) -> None:
 
 @pytest.mark.parametrize("name", PHOTOS)
 def test_the_unedited_photo_has_no_frame_or_grid(name: str) -> None:
-    regions = find_regions(photo(name))
-    assert regions == type(regions)(None, [], [])
+    assert find_regions(photo(name)) == Regions(None, None, [], [])
 
 
 def test_few_corpus_photos_have_a_frame_and_almost_none_a_grid() -> None:
@@ -194,3 +193,23 @@ def test_frames_and_grids_ignore_flat_images_noise_and_tiny_ones() -> None:
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8), "RGB")
     for image in (Image.new("RGB", (640, 480), (90, 140, 200)), noise, Image.new("RGB", (20, 20), (0, 0, 0))):
         assert frame_boxes(image) == [] and grid_cells(image) == []
+
+
+@pytest.mark.parametrize("angle", [-30, -17, -6, 9, 24])
+@pytest.mark.parametrize("name", PHOTOS)
+def test_a_photo_turned_on_a_fill_is_set_upright(name: str, angle: float) -> None:
+    picture = photo(name)
+    turned = jpeg_roundtrip(picture.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=(40, 160, 90)))
+    back = tilt(turned)
+    assert back is not None and abs(back + angle) <= 1.5, back
+    upright = straightened(turned, back)
+    assert abs(upright.width / upright.height - picture.width / picture.height) < 0.08
+    assert abs(upright.width - picture.width) <= 0.05 * picture.width
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_upright_padded_and_slightly_turned_photos_are_not_turned(name: str) -> None:
+    picture = photo(name)
+    assert tilt(picture) is None
+    assert tilt(padded(picture, (255, 255, 255))[0]) is None
+    assert tilt(picture.rotate(1.5, Image.Resampling.BICUBIC, expand=True, fillcolor=(0, 0, 0))) is None
