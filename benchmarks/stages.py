@@ -79,8 +79,8 @@ def stage_costs(datas: Sequence[bytes]) -> dict[str, list[float]]:
         small = embedding_input(rgb)
         record("resize to model input", timed(embedding_input, rgb))
         record("phash", timed(phash, small))
-        record("region detection, flat canvas only (before frames and grids)", timed(content_box, rgb))
-        record("region detection (flat canvas, collage grid, frames)", timed(find_regions, rgb))
+        record("region detection", timed(find_regions, rgb))
+        record("region detection, flat canvas alone (as before frames, grids, tilts)", timed(content_box, rgb))
         for model in MODELS:
             record(f"embed {model}", timed(embedders.get(model).embed, small))
     return costs
