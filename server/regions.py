@@ -1,4 +1,5 @@
-"""Finding the picture inside a larger canvas: screenshots, padded borders, UI chrome.
+"""Finding pictures inside a larger picture: screenshots, padded borders, UI chrome, a fill a
+picture was turned on, collages, photos a picture was pasted onto (`find_regions` runs them all).
 
 A copy pasted small into a screenshot (status bar, header, text lines, navigation bar)
 or framed by a solid border keeps only part of its global embedding; embedding the
