@@ -57,10 +57,15 @@ def model_path(model: str) -> Path:
 
 def embedding_input(rgb: Image.Image) -> Image.Image:
     """The picture the model sees: short side 288, aspect kept (capped)."""
+    return resized_to(rgb, SHORT_SIDE)
+
+
+def resized_to(rgb: Image.Image, short_side: int) -> Image.Image:
+    """The picture with the given short side, aspect kept (capped at MAX_ASPECT)."""
     width, height = rgb.size
-    scale = SHORT_SIDE / min(width, height)
+    scale = short_side / min(width, height)
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    cap = round(SHORT_SIDE * MAX_ASPECT)
+    cap = round(short_side * MAX_ASPECT)
     new_w, new_h = min(new_w, cap), min(new_h, cap)
     if (new_w, new_h) != (width, height):
         rgb = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR)
@@ -103,6 +108,13 @@ class Embedder:
     def embed(self, picture: Image.Image | np.ndarray) -> np.ndarray:
         """512 float32, unit length, for one picture prepared by `embedding_input`."""
         return unit_length(self.embed_batch(np.asarray(picture, dtype=np.uint8)[np.newaxis])[0])
+
+    def embed_many(self, pictures: Sequence[Image.Image]) -> np.ndarray:
+        """One unit-length row per picture; the pictures share one size and run as one batch."""
+        batch = self.embed_batch(np.stack([np.asarray(picture, dtype=np.uint8) for picture in pictures]))
+        norms = np.linalg.norm(batch, axis=1, keepdims=True)
+        normalised: np.ndarray = batch / np.where(norms > 0, norms, 1.0)
+        return normalised
 
 
 class EmbedderPool:
