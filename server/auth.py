@@ -267,6 +267,11 @@ def is_loopback_peer(peer: str) -> bool:
     return _is_loopback_ip(address.rpartition(":")[0].strip("[]"))
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a peer's IP address (as an HTTP server reports it) is this machine's."""
+    return _is_loopback_ip(host)
+
+
 def _is_loopback_ip(host: str) -> bool:
     try:
         address = ipaddress.ip_address(host)
@@ -277,12 +282,12 @@ def _is_loopback_ip(host: str) -> bool:
     return address.is_loopback
 
 
-def require_safe_listen(listen: str, access: Access) -> None:
-    """Refuse to serve beyond loopback while calls need no key."""
+def require_safe_listen(listen: str, access: Access, flag: str = "--listen 127.0.0.1:50051") -> None:
+    """Refuse to serve beyond loopback while calls need no key (`flag`: the loopback address to suggest)."""
     if access.open and not is_loopback_listen(listen):
         raise FailedPrecondition(
             f"refusing to listen on {listen}: no API keys exist, so anyone reaching it could change every list. "
-            "Start on loopback (--listen 127.0.0.1:50051), create an admin key with "
+            f"Start on loopback ({flag}), create an admin key with "
             "`lookalike keys create --role admin`, then restart with this address",
             "NO_KEYS_BEYOND_LOOPBACK",
         )

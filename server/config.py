@@ -63,6 +63,8 @@ class ServerConfig:
     """Seconds a stream may send nothing while the server owes it no reply; then it is ended."""
     metrics_listen: str = ""
     """HOST:PORT of the Prometheus metrics endpoint; empty: off."""
+    http_listen: str = "127.0.0.1:8080"
+    """HOST:PORT of the HTTP/JSON API (and dashboard); "off": no HTTP server."""
     check_retention: float = 7 * 86400.0
     """Seconds a check's result (never its image) is kept for GetCheck, feedback and calibration."""
     deferred_workers: int = 2
@@ -116,6 +118,7 @@ _HELP = {
     "max_streams_per_key": "streams one API key may hold open at once (below --threads and --max-concurrent-requests)",
     "stream_idle_timeout": "seconds a stream may send nothing (while owed no reply) before the server ends it",
     "metrics_listen": "HOST:PORT serving Prometheus metrics at /metrics, e.g. 127.0.0.1:9464 (empty: off)",
+    "http_listen": "HOST:PORT serving the HTTP/JSON API under /v1 (same keys, limits and TLS as gRPC); off: none",
     "check_retention": "seconds check results are kept (for GetCheck, feedback and calibration)",
     "deferred_workers": "threads running deferred checks",
     "max_pending_checks": "deferred checks waiting at once; more are refused with RESOURCE_EXHAUSTED",

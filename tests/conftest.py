@@ -96,6 +96,7 @@ def start_server(data: Path, **overrides: object) -> ServerHandle:
         "workers": 0,  # in-process: a worker pool costs seconds a start; tests/test_workers.py covers it
         # Tests check one picture many times over; tests/test_flood_guard.py turns the guard on with small windows.
         "flood_min_matches": 0,
+        "http_listen": "off",  # tests of the HTTP API ask for it (127.0.0.1:0); 8080 may be anyone's
     }
     config = ServerConfig(**{**settings, **overrides})  # type: ignore[arg-type]
     running = create_server(config)

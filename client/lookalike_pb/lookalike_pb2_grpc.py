@@ -27,6 +27,11 @@ if _version_not_supported:
 
 class LookalikeStub:
     """Lists of images never to be seen again, and checks of new images against them.
+
+    The `google.api.http` options name each unary method's path in the HTTP/JSON API that `lookalike serve`
+    also serves (--http-listen), so a transcoding proxy (Envoy, grpc-gateway) offers the same paths. Streams
+    have no such option: over HTTP, import and export take and give files instead
+    (POST /v1/lists/{list}/entries:import, GET /v1/lists/{list}/entries:export).
     """
 
     def __init__(self, channel):
@@ -169,6 +174,11 @@ class LookalikeStub:
 
 class LookalikeServicer:
     """Lists of images never to be seen again, and checks of new images against them.
+
+    The `google.api.http` options name each unary method's path in the HTTP/JSON API that `lookalike serve`
+    also serves (--http-listen), so a transcoding proxy (Envoy, grpc-gateway) offers the same paths. Streams
+    have no such option: over HTTP, import and export take and give files instead
+    (POST /v1/lists/{list}/entries:import, GET /v1/lists/{list}/entries:export).
     """
 
     def CreateList(self, request, context):
@@ -317,8 +327,7 @@ class LookalikeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListFeedback(self, request, context):
-        """admin
-        """
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -487,6 +496,11 @@ def add_LookalikeServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Lookalike:
     """Lists of images never to be seen again, and checks of new images against them.
+
+    The `google.api.http` options name each unary method's path in the HTTP/JSON API that `lookalike serve`
+    also serves (--http-listen), so a transcoding proxy (Envoy, grpc-gateway) offers the same paths. Streams
+    have no such option: over HTTP, import and export take and give files instead
+    (POST /v1/lists/{list}/entries:import, GET /v1/lists/{list}/entries:export).
     """
 
     @staticmethod
