@@ -19,7 +19,7 @@ import pdqhash
 from PIL import Image
 
 from lookalike.server.embedder import EmbedderPool, embedding_input
-from lookalike.server.imaging import DecodedImage, decode_image
+from lookalike.server.imaging import DecodedImage, decode_image, thumbnail_webp
 from lookalike.server.regions import content_box
 
 PDQ_BYTES = 32
@@ -91,6 +91,8 @@ class Fingerprinted:
     views: dict[str, np.ndarray]
     """Per model asked for: the embeddings a check searches with, one row per view."""
     stage_seconds: tuple[tuple[str, float], ...] = ()
+    thumbnail: bytes | None = None
+    """A small WebP of the picture, when asked for (lists that keep thumbnails)."""
 
 
 @contextmanager
@@ -140,19 +142,27 @@ class Fingerprinter:
             )
         return Fingerprint(hashes, decoded, model_input, variants, stage_seconds=stages)
 
-    def compute(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
-        """Hashes, plus embeddings for the models in `embed` and check views for those in `views`."""
+    def compute(
+        self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = (), thumbnail: bool = False
+    ) -> Fingerprinted:
+        """Hashes, plus embeddings for the models in `embed`, check views for those in `views`, and with
+        `thumbnail` a small WebP of the picture."""
         fingerprint = self.fingerprint(data)
         for model in embed:
             self.embedding(fingerprint, model)
         for model in views:
             self.views(fingerprint, model)
+        small = None
+        if thumbnail:
+            with _timed(fingerprint.stage_seconds, "thumbnail"):
+                small = thumbnail_webp(fingerprint.image.rgb)
         return Fingerprinted(
             fingerprint.hashes,
             fingerprint.pdq_variants,
             fingerprint.embeddings,
             fingerprint.views,
             tuple(fingerprint.stage_seconds),
+            small,
         )
 
     def embedding(self, fingerprint: Fingerprint, model: str) -> np.ndarray:

@@ -84,10 +84,10 @@ def _serve(connection: multiprocessing.connection.Connection, max_pixels: int, m
         if request is None:
             connection.send(_STARTED)
             continue
-        data, embed, views = request
+        data, embed, views, thumbnail = request
         reply: tuple[bool, Any]
         try:
-            reply = (True, fingerprinter.compute(data, embed, views))
+            reply = (True, fingerprinter.compute(data, embed, views, thumbnail))
         except LookalikeError as error:  # the image's fault (undecodable, too large): status and reason travel
             reply = (False, error)
         except Exception as error:  # noqa: BLE001 - a bug: raised in the caller, with where it happened here
@@ -173,12 +173,14 @@ class FingerprintWorkers:
     def _start(self) -> _Worker:
         return _Worker(self._context, self.max_pixels, self.models)
 
-    def compute(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
+    def compute(
+        self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = (), thumbnail: bool = False
+    ) -> Fingerprinted:
         if self.local is not None:
-            return self.local.compute(data, embed, views)
+            return self.local.compute(data, embed, views, thumbnail)
         worker = self._take()
         try:
-            ok, value = worker.ask((data, tuple(embed), tuple(views)))
+            ok, value = worker.ask((data, tuple(embed), tuple(views), thumbnail))
         except (EOFError, OSError):
             self._replace(worker)
             raise WorkerCrashed(
