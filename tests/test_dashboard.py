@@ -7,9 +7,11 @@ from __future__ import annotations
 import logging
 import re
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -342,3 +344,88 @@ def test_the_activity_page_filters_the_audit_log_by_list_key_and_time(site: Site
     assert actions(since="2000-01-01T00:00", until="2000-01-02T00:00") == []
     chart = browser.get("/activity", params={"list": "b", "hours": "48"}).text
     assert chart.count('class="bar accept"') == 1 and "48 hours" in chart
+
+
+class _Picture(BaseHTTPRequestHandler):
+    """Serves one picture at any path, for adding and checking by URL."""
+
+    picture = b""
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(self.picture)))
+        self.end_headers()
+        self.wfile.write(self.picture)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_an_admin_edits_and_deletes_lists_adds_and_checks_by_url_confirms_guards_and_manages_keys(
+    tmp_path: Path,
+) -> None:
+    (photo,) = distinct_photos(1, seed=43)
+    handler = type("Served", (_Picture,), {"picture": photo.read_bytes()})
+    pictures = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=pictures.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{pictures.server_address[1]}/photo.jpg"
+    guard_on = {"flood_min_matches": 3, "flood_short_window": 60.0, "flood_long_window": 6000.0, "flood_factor": 5.0}
+    handle = start_server(tmp_path / "data", http_listen="127.0.0.1:0", **guard_on)
+    site = Site(handle, f"http://127.0.0.1:{handle.running.http_port}")
+    try:
+        client = handle.client
+        client.create_list("banned", thumbnails=True)
+        browser = site.browser()
+        token = csrf(browser.get("/lists"))
+
+        added = browser.post("/lists/banned/add-url", data={"csrf_token": token, "url": url, "id": "from-url"})
+        assert added.status_code == 303
+        assert f"{url}: added as entry from-url." in browser.get("/lists/banned").text
+        checked = browser.post("/check", data={"csrf_token": token, "url": url, "lists": "banned"}, files={})
+        assert 'class="decision reject"' in checked.text and "from-url" in checked.text
+
+        flooding = client.add_hash("banned", client.hash_entry(pdq="ab" * 32, id="stock")).id
+        for _ in range(3):
+            client.check_hashes(["banned"], pdq="ab" * 32)
+        page = browser.get("/lists/banned").text
+        assert "Entries under flood guard" in page and "under flood guard</div>" in page
+        confirmed = browser.post("/lists/banned/confirm", data={"csrf_token": token, "id": flooding})
+        assert confirmed.status_code == 303 and client.get_list("banned").guarded == []
+        assert "its flood guard is lifted" in browser.get("/lists/banned").text
+
+        settings = {"description": "new", "review_threshold": "0.6", "reject_threshold": "0.9", "dihedral": "on"}
+        assert browser.post("/lists/banned/settings", data={"csrf_token": token, **settings}).status_code == 303
+        info = client.get_list("banned")
+        assert (info.description, info.review_threshold, info.reject_threshold) == ("new", 0.6, 0.9)
+        assert info.dihedral and not info.thumbnails  # the box left unticked turns thumbnails off
+        reversed_order = {**settings, "review_threshold": "0.95"}
+        refused = browser.post("/lists/banned/settings", data={"csrf_token": token, **reversed_order})
+        assert refused.status_code == 400 and "THRESHOLD_ORDER" in refused.text
+
+        confirm_page = browser.get("/lists/banned/delete")
+        assert "Delete banned and its entries" in confirm_page.text and client.get_list("banned")
+        assert browser.post("/lists/banned/delete", data={"csrf_token": token}).status_code == 303
+        assert client.lists() == [] and "deleted with its 2 entries" in browser.get("/lists").text
+
+        first = browser.post("/keys", data={"csrf_token": token, "role": "checker", "lists": "", "name": "x"})
+        assert first.status_code == 400 and "FIRST_KEY_NOT_ADMIN" in first.text
+        made = browser.post("/keys", data={"csrf_token": token, "role": "admin", "lists": "", "name": "ops"})
+        shown = re.search(r'value="(lk_k1_[\w-]+)"', made.text)
+        assert made.status_code == 200 and shown is not None and "shown this once" in made.text
+        assert browser.get("/lists").headers["location"] == "/login?next=%2Flists"  # keys exist now: log in
+        admin, token = log_in(site, shown.group(1))
+        admin.post("/keys", data={"csrf_token": token, "role": "checker", "lists": "a, b", "name": "uploads"})
+        revoked = admin.post("/keys/revoke", data={"csrf_token": token, "id": "k2"})
+        assert revoked.status_code == 303 and "Key k2 (uploads) revoked" in admin.get("/activity").text
+        with LookalikeClient(handle.address, api_key=shown.group(1)) as keys:
+            assert [(k.id, k.role, k.lists, k.revoked is not None) for k in keys.keys()] == [
+                ("k1", "admin", [], False),
+                ("k2", "checker", ["a", "b"], True),
+            ]
+    finally:
+        for visitor in site.visitors:
+            visitor.close()
+        handle.stop()
+        pictures.shutdown()
+        pictures.server_close()
