@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 import struct
 import time
 from collections import Counter
@@ -29,8 +28,6 @@ import lmdb
 
 from lookalike.client.errors import InvalidArgument
 from lookalike.server.store import DB_META, TIME_KEY_SIZE, Store, owned_key, time_key
-
-log = logging.getLogger(__name__)
 
 DB_CHECK_DECISIONS = b"check_decisions"
 DB_CHECK_COUNTS = b"check_counts"
@@ -46,7 +43,6 @@ HOUR = 3600
 _UID = struct.Struct(">I")
 _COUNTS = struct.Struct(">QQQ")
 COUNTS_KEY_SIZE = TIME_KEY_SIZE + _UID.size
-COUNTS_VALUE_SIZE = _COUNTS.size
 
 
 @dataclass(frozen=True)
@@ -160,15 +156,11 @@ class CheckIndex:
     def count(self, txn: lmdb.Transaction, results: Iterable[tuple[float, str, dict[int, str]]]) -> None:
         """Count finished checks, each given as (when, its decision, the decision of each list uid it covered),
         summed first so that a batch writes each hour's record of a list once."""
-        tally: Counter[tuple[int, int, str]] = Counter()
+        added: dict[tuple[int, int], Counter[str]] = {}
         for when, decision, lists in results:
             hour = hour_of(when)
-            tally[(hour, ALL_CHECKS, decision)] += 1
-            for uid, list_decision in lists.items():
-                tally[(hour, uid, list_decision)] += 1
-        added: dict[tuple[int, int], Counter[str]] = {}
-        for (hour, uid, decision), number in tally.items():
-            added.setdefault((hour, uid), Counter())[decision] += number
+            for uid, counted in ((ALL_CHECKS, decision), *lists.items()):
+                added.setdefault((hour, uid), Counter())[counted] += 1
         for (hour, uid), more in added.items():
             key = time_key(hour) + _UID.pack(uid)
             raw = txn.get(key, db=self._counts)
