@@ -421,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scheme = "https" if running.http.tls else "http"
         address = f"{config.http_listen.rpartition(':')[0]}:{running.http.port}"
         log.info("HTTP API at %s://%s/v1, docs at /v1/docs (http port %d)", scheme, address, running.http.port)
+        log.info("dashboard at %s://%s/ (open it in a browser; log in with an API key)", scheme, address)
     stopping.wait()
     log.info("shutting down (grace %.0f s)", config.grace)
     running.stop(config.grace)

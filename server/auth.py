@@ -79,6 +79,9 @@ METHOD_ACTIONS: dict[str, Action] = {
     # A caller reads, and sends feedback on, its own checks only (admin: any).
     "GetCheck": Action.CHECK,
     "SubmitFeedback": Action.CHECK,
+    "ListChecks": Action.CHECK,
+    # One list's activity needs the right to read it; every check's (no list named), the audit log's.
+    "GetCheckActivity": Action.READ_LISTS,
     "ListFeedback": Action.READ_FEEDBACK,
     "Calibrate": Action.CALIBRATE,
     "ConfirmEntry": Action.CONFIRM_ENTRIES,

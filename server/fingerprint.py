@@ -19,7 +19,7 @@ import pdqhash
 from PIL import Image
 
 from lookalike.server.embedder import EmbedderPool, EmbeddingBatcher, embedding_input, resized_to
-from lookalike.server.imaging import DecodedImage, decode_image
+from lookalike.server.imaging import DecodedImage, decode_image, thumbnail_webp
 from lookalike.server.regions import Box, find_regions, overlap, straightened
 
 PDQ_BYTES = 32
@@ -119,6 +119,8 @@ class Fingerprinted:
     views: dict[str, np.ndarray]
     """Per model asked for: the embeddings a check searches with, one row per view."""
     stage_seconds: tuple[tuple[str, float], ...] = ()
+    thumbnail: bytes | None = None
+    """A small WebP of the picture, when asked for (lists that keep thumbnails)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ class ModelInputs:
             {model: vector for (model, number), vector in vectors.items() if number == 0},
             {model: np.stack([vectors[model, n] for n in range(len(self.pictures))]) for model in self.views},
             (*done.stage_seconds, ("embed", time.perf_counter() - started)) if asked else done.stage_seconds,
+            done.thumbnail,
         )
 
 
@@ -199,22 +202,34 @@ class Fingerprinter:
             )
         return Fingerprint(hashes, decoded, model_input, variants, stage_seconds=stages)
 
-    def compute(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
-        """Hashes, plus embeddings for the models in `embed` and check views for those in `views`."""
+    def compute(
+        self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = (), thumbnail: bool = False
+    ) -> Fingerprinted:
+        """Hashes, plus embeddings for the models in `embed`, check views for those in `views`, and with
+        `thumbnail` a small WebP of the picture."""
         fingerprint = self.fingerprint(data)
         for model in embed:
             self.embedding(fingerprint, model)
         for model in views:
             self.views(fingerprint, model)
+        small = self._thumbnail(fingerprint) if thumbnail else None
         return Fingerprinted(
             fingerprint.hashes,
             fingerprint.pdq_variants,
             fingerprint.embeddings,
             fingerprint.views,
             tuple(fingerprint.stage_seconds),
+            small,
         )
 
-    def model_inputs(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> ModelInputs:
+    @staticmethod
+    def _thumbnail(fingerprint: Fingerprint) -> bytes:
+        with _timed(fingerprint.stage_seconds, "thumbnail"):
+            return thumbnail_webp(fingerprint.image.rgb)
+
+    def model_inputs(
+        self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = (), thumbnail: bool = False
+    ) -> ModelInputs:
         """What `compute` does short of running the models: their input pictures instead."""
         fingerprint = self.fingerprint(data)
         pictures = [np.asarray(fingerprint.model_input, dtype=np.uint8)] if embed or views else []
@@ -222,8 +237,9 @@ class Fingerprinter:
             with _timed(fingerprint.stage_seconds, "region"):
                 batches = fingerprint.region_inputs
             pictures += [np.asarray(picture, dtype=np.uint8) for batch in batches for picture in batch]
+        small = self._thumbnail(fingerprint) if thumbnail else None
         hashes_only = Fingerprinted(
-            fingerprint.hashes, fingerprint.pdq_variants, {}, {}, tuple(fingerprint.stage_seconds)
+            fingerprint.hashes, fingerprint.pdq_variants, {}, {}, tuple(fingerprint.stage_seconds), small
         )
         return ModelInputs(hashes_only, tuple(pictures), tuple(embed), tuple(views))
 

@@ -122,6 +122,9 @@ class CheckResult:
     downgrades: list[Downgrade] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     """Every entry scored, best first (up to `STORED_CANDIDATES`), whatever the reply shows."""
+    list_decisions: dict[int, str] = field(default_factory=dict, compare=False)
+    """The decision each list covered gave on its own, by list uid (its strictest match, flood guard applied;
+    accept when nothing came near; allow lists accept): for the hourly counts, never stored."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,7 @@ class LookalikeService:
         actor: str = "",
         dihedral: bool = True,
         kind: str = "",
+        thumbnails: bool = False,
     ) -> ListRecord:
         model = model or self.default_model
         if model not in MODELS:
@@ -237,7 +241,15 @@ class LookalikeService:
         if reject_threshold is None and review > reject:
             reject = review
         record = self.store.create_list(
-            name, description, review, reject, model, actor, dihedral=dihedral, kind=kind or LIST_KIND_DISALLOW
+            name,
+            description,
+            review,
+            reject,
+            model,
+            actor,
+            dihedral=dihedral,
+            kind=kind or LIST_KIND_DISALLOW,
+            thumbnails=thumbnails,
         )
         self.indexes.created(record.uid)
         return record
@@ -266,11 +278,13 @@ class LookalikeService:
         with self._cpu.hold(raise_if_abandoned.get()):
             yield
 
-    def fingerprint(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
-        """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named."""
+    def fingerprint(
+        self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = (), thumbnail: bool = False
+    ) -> Fingerprinted:
+        """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named, and a thumbnail."""
         with self.cpu_slot():
             self.metrics.fingerprints_started.inc()
-            fingerprinted = self.workers.compute(data, embed, views)
+            fingerprinted = self.workers.compute(data, embed, views, thumbnail)
         for stage, seconds in fingerprinted.stage_seconds:
             self.metrics.observe_stage(stage, seconds)
         return fingerprinted
@@ -303,7 +317,9 @@ class LookalikeService:
         validate_meta(request.meta)
         # Same bytes already listed: the add is a no-op, so skip the model.
         known = self.store.seq_for_digest(record.uid, hashlib.sha256(request.data).digest()) is not None
-        fingerprint = self.fingerprint(request.data, embed=() if known else (record.model,))
+        fingerprint = self.fingerprint(
+            request.data, embed=() if known else (record.model,), thumbnail=record.thumbnails and not known
+        )
         hashes = fingerprint.hashes
         embedding = fingerprint.embeddings.get(record.model)
         entry = NewEntry(
@@ -316,6 +332,7 @@ class LookalikeService:
             embedding=embedding,
             meta=dict(request.meta),
             md5=hashes.md5_hex,
+            thumbnail=fingerprint.thumbnail,
         )
         return PreparedAdd(record, entry)
 
@@ -495,6 +512,7 @@ class LookalikeService:
         candidates: list[Match] = []
         allowing: list[Match] = []
         downgrades: list[Downgrade] = []
+        list_decisions: dict[int, str] = {}
         for record, index in targets:
             found = self._match_list(record, index, fingerprint, max(top_k, EMBEDDING_CANDIDATES))
             if record.kind == LIST_KIND_ALLOW:
@@ -503,6 +521,7 @@ class LookalikeService:
             else:
                 found = self._apply_flood_guard(record, found, downgrades)
             candidates.extend(found)
+            list_decisions[record.uid] = max((m.decision for m in found), key=_STRICTNESS.__getitem__, default=ACCEPT)
         candidates.sort(key=_rank)
         decision = max(
             (m.decision for m in candidates if m.list_kind == LIST_KIND_DISALLOW),
@@ -526,6 +545,7 @@ class LookalikeService:
             meta=dict(meta or {}),
             downgrades=downgrades,
             candidates=[Candidate(m.list, m.entry.id, m.score) for m in candidates[:STORED_CANDIDATES]],
+            list_decisions=list_decisions,
         )
 
     def validate_check(

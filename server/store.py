@@ -72,6 +72,9 @@ DB_SNAPSHOT_SUMS = b"snapshot_sums"
 `snapshot_pieces`): a snapshot's bytes are loaded into the index as they are, so damage would give wrong
 distances and scores instead of an error. Snapshots saved before sums were kept load unchecked."""
 DB_KEYS = b"keys"
+DB_THUMBNAILS = b"thumbnails"
+"""Small WebP thumbnails of the entries of lists that opted in (`ListRecord.thumbnails`), keyed as in `entries`:
+written with the entry, deleted with it, with its list, and with the setting turned off."""
 DB_AUDIT = b"audit"
 LOCK_FILE = "lookalike.lock"
 DATA_FILE = "data.mdb"
@@ -149,6 +152,9 @@ class ListRecord:
     pdq_only_count: int | None = 0
     """Entries with a PDQ hash and no embedding, which only a PDQ search finds; None on lists stored
     before the count was kept (unknown)."""
+    thumbnails: bool = False
+    """Pictures added keep a small thumbnail (`DB_THUMBNAILS`); off by default, and on lists stored before it
+    existed: no picture is kept unless a list opts in."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,8 @@ class NewEntry:
     embedding: np.ndarray | None
     meta: dict[str, str]
     md5: str = ""
+    thumbnail: bytes | None = None
+    """Kept only when the list keeps thumbnails."""
 
 
 @dataclass(frozen=True)
@@ -401,6 +409,7 @@ def check_list_fields(record: ListRecord, key: bytes | memoryview) -> None:
             ("dihedral", isinstance(record.dihedral, bool)),
             ("kind", record.kind in LIST_KINDS),
             ("pdq_only_count", record.pdq_only_count is None or _count(record.pdq_only_count)),
+            ("thumbnails", isinstance(record.thumbnails, bool)),
         )
         if not right
     ]
@@ -647,6 +656,7 @@ class Store:
         self._snapshot_sums = self.open_db(DB_SNAPSHOT_SUMS)
         self._keys = self.open_db(DB_KEYS)
         self._audit_log = self.open_db(DB_AUDIT)
+        self._thumbnails = self.open_db(DB_THUMBNAILS)
         try:
             self._check_format()
             self._check_small_records()
@@ -706,6 +716,7 @@ class Store:
         actor: str = "",
         dihedral: bool = True,
         kind: str = LIST_KIND_DISALLOW,
+        thumbnails: bool = False,
     ) -> ListRecord:
         validate_list_name(name)
         validate_thresholds(review_threshold, reject_threshold)
@@ -729,6 +740,7 @@ class Store:
                 time.time(),
                 dihedral=dihedral,
                 kind=kind,
+                thumbnails=thumbnails,
             )
             self._put_list(txn, record)
             self.record_audit(txn, actor, AUDIT_LIST_CREATE, name, detail=_settings(record))
@@ -761,8 +773,10 @@ class Store:
         actor: str = "",
         dihedral: bool | None = None,
         cause: str = "",
+        thumbnails: bool | None = None,
     ) -> ListRecord:
-        """`cause` says what made the change when not a person's direct edit (e.g. "calibrate"); it is audited."""
+        """`cause` says what made the change when not a person's direct edit (e.g. "calibrate"); it is audited.
+        Turning `thumbnails` off deletes the list's thumbnails in the same transaction."""
         with self._guard(), self._write() as txn:
             record = self._get_list(txn, name)
             record = replace(
@@ -771,9 +785,12 @@ class Store:
                 review_threshold=record.review_threshold if review_threshold is None else review_threshold,
                 reject_threshold=record.reject_threshold if reject_threshold is None else reject_threshold,
                 dihedral=record.dihedral if dihedral is None else dihedral,
+                thumbnails=record.thumbnails if thumbnails is None else thumbnails,
             )
             validate_thresholds(record.review_threshold, record.reject_threshold)
             validate_description(record.description)
+            if not record.thumbnails:
+                _delete_prefix(txn.cursor(db=self._thumbnails), _prefix(record.uid))
             self._put_list(txn, record)
             detail = _settings(record) | ({"cause": cause} if cause else {})
             self.record_audit(txn, actor, AUDIT_LIST_UPDATE, name, detail=detail)
@@ -786,7 +803,7 @@ class Store:
             txn.delete(_list_key(name), db=self._lists)
             self.record_audit(txn, actor, AUDIT_LIST_DELETE, name, detail={"entries_deleted": str(record.entry_count)})
             prefix = _prefix(record.uid)
-            entry_dbs = (self._entries, self._entry_ids, self._digests, self._md5, self._vectors)
+            entry_dbs = (self._entries, self._entry_ids, self._digests, self._md5, self._vectors, self._thumbnails)
             for db in (*entry_dbs, self._changes, self._snapshots, self._snapshot_pieces, self._snapshot_sums):
                 _delete_prefix(txn.cursor(db=db), prefix)
         return record
@@ -849,6 +866,8 @@ class Store:
                     encoded = encode_embedding(item.embedding)
                     txn.put(seq_key, encoded, db=self._vectors)
                     stored = decode_embedding(encoded)
+                if item.thumbnail is not None and record.thumbnails:
+                    txn.put(seq_key, item.thumbnail, db=self._thumbnails)
                 txn.put(_seq_key(record.uid, change), OP_ADD + _SEQ.pack(seq), db=self._changes)
                 audit.append(AuditRecord(entry.created, actor, AUDIT_ENTRY_ADD, name, entry_id, _add_detail(entry)))
                 results.append(AddOutcome(entry, duplicate=False, change=change, embedding=stored))
@@ -911,6 +930,7 @@ class Store:
             key = _seq_key(record.uid, seq)
             txn.delete(key, db=self._entries)
             txn.delete(key, db=self._vectors)
+            txn.delete(key, db=self._thumbnails)
             txn.delete(prefix + entry_id.encode(), db=self._entry_ids)
             txn.delete(prefix + entry_key(entry.sha256, entry.md5, entry.pdq), db=self._digests)
             md5_key = prefix + bytes.fromhex(entry.md5) if entry.md5 else b""
@@ -957,6 +977,17 @@ class Store:
             if raw_seq is None:
                 raise NotFound(f"entry {entry_id[:80]!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
             return self._with_added_by(txn, name, self._entry(txn, record.uid, _SEQ.unpack(raw_seq)[0]))
+
+    def thumbnail(self, name: str, entry_id: str) -> bytes | None:
+        """The thumbnail kept with an entry (None: its list keeps none, or it has none); NOT_FOUND when the
+        entry is not on the list."""
+        with self.env.begin() as txn:
+            record = self._get_list(txn, name)
+            raw_seq = txn.get(_prefix(record.uid) + entry_id.encode(), db=self._entry_ids)
+            if raw_seq is None:
+                raise NotFound(f"entry {entry_id[:80]!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
+            found = txn.get(_seq_key(record.uid, _SEQ.unpack(raw_seq)[0]), db=self._thumbnails)
+            return None if found is None else bytes(found)
 
     def entries_newest_first(
         self, name: str, before: int, limit: int, budget: int, keep: Callable[[EntryRecord], bool]
@@ -1372,6 +1403,7 @@ def _settings(record: ListRecord) -> dict[str, str]:
         "model": record.model,
         "dihedral": str(record.dihedral).lower(),
         "kind": record.kind,
+        "thumbnails": str(record.thumbnails).lower(),
     }
 
 

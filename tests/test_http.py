@@ -346,7 +346,7 @@ def test_the_openapi_document_names_exactly_the_routes_served(api: HttpServer) -
     routes = {
         (route.path, method)
         for route in http.app.routes
-        if isinstance(route, Route)
+        if isinstance(route, Route) and route.path.startswith("/v1/")  # the dashboard's pages are outside /v1
         for method in (route.methods or ()) - {"HEAD"}
     }
     assert documented == routes
