@@ -561,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lookalike-accuracy-") as data:
-        config = ServerConfig(listen="127.0.0.1:0", data=Path(data), map_size=1 << 32)
+        config = ServerConfig(listen="127.0.0.1:0", data=Path(data), map_size=1 << 32, http_listen="off")
         running = create_server(config)
         try:
             with LookalikeClient(f"127.0.0.1:{running.port}", timeout=600) as client:

@@ -136,7 +136,9 @@ def rpc_overhead(datas: Sequence[bytes]) -> dict[str, list[float]]:
     """A check's round trip through gRPC minus the same check called in process."""
     costs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        running = create_server(ServerConfig(listen="127.0.0.1:0", data=Path(folder), map_size=1 << 28))
+        running = create_server(
+            ServerConfig(listen="127.0.0.1:0", data=Path(folder), map_size=1 << 28, http_listen="off")
+        )
         try:
             running.service.create_list("empty")
             with LookalikeClient(f"127.0.0.1:{running.port}") as client:

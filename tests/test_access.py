@@ -357,7 +357,7 @@ def test_without_keys_the_server_listens_on_loopback_only(tmp_path: Path, caplog
     with pytest.raises(FailedPrecondition, match="no API keys exist"):
         start_server(data, listen="0.0.0.0:0")
     completed = subprocess.run(
-        [str(LOOKALIKE), "serve", "--data", str(data), "--listen", "0.0.0.0:0"],
+        [str(LOOKALIKE), "serve", "--data", str(data), "--listen", "0.0.0.0:0", "--http-listen", "off"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -289,6 +289,8 @@ class Dashboard:
         loopback caller while no key exists. The dashboard reads no Authorization header: only its cookie."""
         if session.authorization is not None:
             return auth.caller(request, self.context.access, session.authorization)
+        if self.context.access.open:
+            auth.refuse_other_sites(request, pages=True)
         return self.context.access.caller_for(None, auth.peer_is_loopback(request))
 
     async def _form(self, request: Request) -> FormData:
