@@ -476,9 +476,14 @@ def test_http_and_grpc_calls_share_the_concurrency_limit(tmp_path: Path) -> None
     try:
         with httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {secret}"}) as client:
             assert client.get("/v1/lists").status_code == 200
-            streams = [stub.CheckStream(idle(), metadata=metadata, timeout=60) for _ in range(2)]  # in flight, idle
+            # in flight and idle; wait_for_ready: a stream started while the channel still connects waits for it
+            streams = [
+                stub.CheckStream(idle(), metadata=metadata, timeout=60, wait_for_ready=True) for _ in range(2)
+            ]
             deadline = time.monotonic() + 30
             while (refused := client.get("/v1/lists")).status_code != 429 and time.monotonic() < deadline:
+                ended = [stream for stream in streams if stream.done()]
+                assert not ended, f"an idle stream ended before it was released: {ended[0].code()} {ended[0].details()}"
                 time.sleep(0.05)
             error = error_of(refused)
             assert (refused.status_code, error["reason"]) == (429, "TOO_MANY_REQUESTS")
