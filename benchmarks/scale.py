@@ -49,7 +49,7 @@ from lookalike.index import configure_threads
 from lookalike.index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, ListIndex
 from lookalike.server.indexes import IndexRegistry
 from lookalike.server.scoring import DEFAULT_MODEL, PDQ_SEARCH_RADIUS
-from lookalike.server.store import Store
+from lookalike.server.storage.store import Store
 
 LIST = "scale"
 CHUNK = 20_000
@@ -178,7 +178,7 @@ def startup(data: Path, entries: int) -> dict[str, float]:
     code = (
         "import json,sys,time;from pathlib import Path;"
         "from benchmarks.scale import rss_mib,map_size_for;from lookalike.index import configure_threads;"
-        "from lookalike.server.indexes import IndexRegistry;from lookalike.server.store import Store;"
+        "from lookalike.server.indexes import IndexRegistry;from lookalike.server.storage.store import Store;"
         "configure_threads(1);"
         f"before=rss_mib();t=time.perf_counter();s=Store(Path({str(data)!r}),map_size_for({entries}));"
         "r=IndexRegistry(s,background=True);r.load_all();took=time.perf_counter()-t;rss=rss_mib();"

@@ -7,8 +7,8 @@ import hashlib
 
 import numpy as np
 
+from lookalike.server.records import NewEntry
 from lookalike.server.scoring import DEFAULT_MODEL
-from lookalike.server.store import NewEntry
 
 
 def unit(rng: np.random.Generator, rows: int) -> np.ndarray:

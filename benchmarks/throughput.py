@@ -39,7 +39,7 @@ from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.server.config import usable_cores
 from lookalike.server.indexes import IndexRegistry
 from lookalike.server.scoring import DEFAULT_MODEL
-from lookalike.server.store import Store
+from lookalike.server.storage.store import Store
 
 LIST = "bench"
 MAP_SIZE = 1 << 34

@@ -27,7 +27,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from lookalike.client.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from lookalike.server.store import KeyRecord, Store, validate_list_name
+from lookalike.server.records import KeyRecord, validate_list_name
+from lookalike.server.storage.store import Store
 
 ADMIN, WRITER, CHECKER = "admin", "writer", "checker"
 ROLES = (ADMIN, WRITER, CHECKER)

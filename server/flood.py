@@ -17,30 +17,25 @@ while a further burst still would.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from lookalike.server.store import AUDIT_ENTRY_CONFIRM, EntryRecord, ListRecord, StorageFull, Store, corrupt
+from lookalike.server.records import AUDIT_ENTRY_CONFIRM, EntryRecord, ListRecord
+from lookalike.server.storage.errors import StorageFull
+from lookalike.server.storage.flood import EntryKey, FloodTables, Guard
+from lookalike.server.storage.store import Store
 
 log = logging.getLogger(__name__)
 
-DB_GUARDS = b"flood_guards"
-DB_RATES = b"flood_rates"
 FORGOTTEN_BELOW = 0.05
 """A rate whose long count decayed below this is dropped rather than saved (nothing usual to remember)."""
 
 MATCH_SLACK = 0.1
 """n matches in quick succession decay to just under n; they still count as n."""
-
-_KEY = struct.Struct(">IQ")  # list uid, entry seq
-_RATE = struct.Struct(">ddd")  # short count, long count, updated (unix seconds)
-
 
 @dataclass(frozen=True)
 class FloodSettings:
@@ -49,19 +44,6 @@ class FloodSettings:
     factor: float = 20.0
     short_window: float = 600.0
     long_window: float = 86400.0
-
-
-@dataclass(frozen=True)
-class Guard:
-    """An entry under guard: since when, and the decayed counts that tripped it."""
-
-    list: str
-    entry_id: str
-    since: float
-    recent: float
-    """Reject-level matches in the short window when it tripped."""
-    usual: float
-    """What the usual rate would have given in the same window."""
 
 
 class _Rate:
@@ -90,21 +72,11 @@ class FloodGuard:
     def __init__(self, store: Store, settings: FloodSettings) -> None:
         self.store = store
         self.settings = settings
-        self._guards_db = store.open_db(DB_GUARDS)
-        self._rates_db = store.open_db(DB_RATES)
+        self._tables = FloodTables(store.environment)
         self._lock = threading.Lock()
-        self._rates: dict[tuple[int, int], _Rate] = {}
-        self._guards: dict[tuple[int, int], Guard] = {}
-        with store.env.begin() as txn:
-            for db in (self._guards_db, self._rates_db):
-                for key, value in txn.cursor(db=db):
-                    try:
-                        if db is self._guards_db:
-                            self._guards[_KEY.unpack(key)] = Guard(**json.loads(bytes(value)))
-                        else:
-                            self._rates[_KEY.unpack(key)] = _Rate(*_RATE.unpack(value))
-                    except (ValueError, TypeError, struct.error) as error:
-                        raise corrupt(f"flood guard record {bytes(key).hex()}", error) from None
+        guards, rates = self._tables.load()
+        self._guards: dict[EntryKey, Guard] = guards
+        self._rates: dict[EntryKey, _Rate] = {key: _Rate(*counts) for key, counts in rates.items()}
 
     @property
     def enabled(self) -> bool:
@@ -115,7 +87,7 @@ class FloodGuard:
         if not self.enabled or not entries:
             return
         now = time.time() if now is None else now
-        tripped: list[tuple[tuple[int, int], Guard]] = []
+        tripped: list[tuple[EntryKey, Guard]] = []
         with self._lock:
             for entry in entries:
                 key = (record.uid, entry.seq)
@@ -131,9 +103,7 @@ class FloodGuard:
                     tripped.append((key, guard))
             if tripped:
                 try:
-                    with self.store.transaction() as txn:
-                        for key, guard in tripped:
-                            txn.put(_KEY.pack(*key), json.dumps(asdict(guard)).encode(), db=self._guards_db)
+                    self._tables.put_guards(tripped)
                 except StorageFull:
                     pass  # the check goes on; `save_rates` stores the guard once the disk has room
         for _, guard in tripped:
@@ -185,10 +155,8 @@ class FloodGuard:
             guard = self._guards.get(key)
             if guard is not None:
                 detail |= {"guarded": "true", "since": f"{guard.since:.3f}"}
-            with self.store.transaction() as txn:  # first: a refused write (a full disk) changes nothing
-                txn.delete(_KEY.pack(*key), db=self._guards_db)
-                if rate is not None:
-                    txn.put(_KEY.pack(*key), _RATE.pack(rate.short, usual, rate.updated), db=self._rates_db)
+            with self.store.environment.transaction() as txn:  # first: a refused write (a full disk) changes nothing
+                self._tables.lift(txn, key, None if rate is None else (rate.short, usual, rate.updated))
                 self.store.record_audit(txn, actor, AUDIT_ENTRY_CONFIRM, record.name, entry.id, detail)
             if rate is not None:
                 rate.long = usual
@@ -205,10 +173,7 @@ class FloodGuard:
                 self._guards.pop(key, None)
             if keys:
                 try:
-                    with self.store.transaction() as txn:
-                        for key in keys:
-                            txn.delete(_KEY.pack(*key), db=self._guards_db)
-                            txn.delete(_KEY.pack(*key), db=self._rates_db)
+                    self._tables.forget(keys)
                 except StorageFull:
                     pass  # the removal stands; `save_rates` rewrites both tables once the disk has room
 
@@ -222,14 +187,7 @@ class FloodGuard:
                 rate.decay(now, self.settings)
                 if rate.long < FORGOTTEN_BELOW and key not in self._guards:
                     del self._rates[key]
-            rows = [(_KEY.pack(*key), _RATE.pack(r.short, r.long, r.updated)) for key, r in self._rates.items()]
-            guards = [(_KEY.pack(*key), json.dumps(asdict(guard)).encode()) for key, guard in self._guards.items()]
+            rows = [(key, (rate.short, rate.long, rate.updated)) for key, rate in self._rates.items()]
             # Under the lock: a guard lifted meanwhile must not be written back.
-            with self.store.transaction() as txn:
-                txn.drop(self._rates_db, delete=False)
-                for packed, value in rows:
-                    txn.put(packed, value, db=self._rates_db)
-                txn.drop(self._guards_db, delete=False)
-                for packed, value in guards:
-                    txn.put(packed, value, db=self._guards_db)
+            self._tables.replace(rows, self._guards.items())
         return len(rows)

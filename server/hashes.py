@@ -24,7 +24,7 @@ import numpy as np
 
 from lookalike.client.errors import InvalidArgument
 from lookalike.index.list_index import EMBEDDING_DIM
-from lookalike.server.store import ListRecord, NewEntry, validate_entry_id, validate_meta
+from lookalike.server.records import ListRecord, NewEntry, validate_entry_id, validate_meta
 
 PDQ_HEX_CHARS = 64
 MD5_HEX_CHARS = 32

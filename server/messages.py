@@ -16,18 +16,19 @@ from google.protobuf import json_format, timestamp_pb2
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.client.webhooks import CHECK_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from lookalike.server.checks import StoredCheck
-from lookalike.server.feedback import CONFIRMED, FALSE_POSITIVE, MISSED_DUPLICATE, FeedbackRecord, ThresholdAdvice
+from lookalike.server.feedback import CONFIRMED, FALSE_POSITIVE, MISSED_DUPLICATE, ThresholdAdvice
 from lookalike.server.fingerprint import Hashes
-from lookalike.server.flood import Guard
 from lookalike.server.hashes import HashAdd
 from lookalike.server.operations.checking import CheckView, HashCheck, NewCheck
 from lookalike.server.operations.entries import EntryPage, EntryQuery, ListedEntry, NewPicture
 from lookalike.server.operations.judging import CalibrationOutcome, FeedbackSubmission
 from lookalike.server.operations.lists import ListChange, ListSpec, ListState
 from lookalike.server.operations.types import ImageSource, PageRequest
+from lookalike.server.records import AddOutcome, AuditRecord, EntryRecord, KeyRecord
 from lookalike.server.service import REJECT, REVIEW, CheckResult, Downgrade, Match
-from lookalike.server.store import AddOutcome, AuditRecord, EntryRecord, KeyRecord
-from lookalike.server.webhooks import Delivery
+from lookalike.server.storage.feedback import FeedbackRecord
+from lookalike.server.storage.flood import Guard
+from lookalike.server.storage.outbox import Delivery
 
 DECISIONS = {"accept": pb.ACCEPT, "review": pb.REVIEW, "reject": pb.REJECT}
 CHECK_STATUSES = {"pending": pb.CHECK_PENDING, "done": pb.CHECK_DONE, "failed": pb.CHECK_FAILED}

@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 
-import lmdb
 import numpy as np
 
 from lookalike.client.errors import InvalidArgument, NotFound
@@ -32,6 +31,17 @@ from lookalike.server.flood import FloodGuard, FloodSettings
 from lookalike.server.hashes import HashAdd, hash_entry, parse_md5, parse_pdq, parse_quality, parse_sha256, pdq_dihedral
 from lookalike.server.indexes import IndexRegistry
 from lookalike.server.metrics import ListSize, Metrics
+from lookalike.server.records import (
+    LIST_KIND_ALLOW,
+    LIST_KIND_DISALLOW,
+    AddOutcome,
+    EntryRecord,
+    ListRecord,
+    NewEntry,
+    validate_entry_id,
+    validate_list_name,
+    validate_meta,
+)
 from lookalike.server.scoring import (
     DEFAULT_REJECT_THRESHOLD,
     DEFAULT_REVIEW_THRESHOLD,
@@ -40,19 +50,8 @@ from lookalike.server.scoring import (
     score,
 )
 from lookalike.server.slots import FairSlots
-from lookalike.server.store import (
-    LIST_KIND_ALLOW,
-    LIST_KIND_DISALLOW,
-    AddOutcome,
-    EntryRecord,
-    ListRecord,
-    NewEntry,
-    StorageFull,
-    Store,
-    validate_entry_id,
-    validate_list_name,
-    validate_meta,
-)
+from lookalike.server.storage.errors import StorageFull
+from lookalike.server.storage.store import Store
 from lookalike.server.workers import FingerprintWorkers
 
 ACCEPT, REVIEW, REJECT = "accept", "review", "reject"
@@ -213,8 +212,8 @@ class LookalikeService:
             try:
                 if self.store.count_pdq_only(name):
                     log.info("list %s: hash-only entries counted", name)
-            except (lmdb.Error, StorageFull):  # the store closed under us (shutdown), or the disk is full:
-                return  # the next start counts again
+            except StorageFull:  # the next start counts again
+                return
 
     # Lists ---------------------------------------------------------------
 

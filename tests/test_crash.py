@@ -21,7 +21,7 @@ from lookalike.client import LookalikeClient, LookalikeError, NotFound, Resource
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.index import configure_threads
 from lookalike.server.indexes import IndexRegistry
-from lookalike.server.store import Store
+from lookalike.server.storage.store import Store
 from tests.conftest import start_server
 from tests.processes import ServerProcess, end_leftovers
 

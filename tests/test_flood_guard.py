@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lookalike.client import LookalikeClient
 from lookalike.server.flood import FloodGuard, FloodSettings
-from lookalike.server.store import EntryRecord, Store
+from lookalike.server.records import EntryRecord
+from lookalike.server.storage.store import Store
 from tests.conftest import ServerHandle, distinct_photos, start_server
 from tests.processes import json_cli
 

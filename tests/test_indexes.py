@@ -17,7 +17,9 @@ import pytest
 from lookalike.index import list_index
 from lookalike.index.list_index import EXACT_VECTORS_MAX, PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, Layout, ListIndex
 from lookalike.server.indexes import IndexRegistry
-from lookalike.server.store import DB_SNAPSHOT_PIECES, NewEntry, Store
+from lookalike.server.records import NewEntry
+from lookalike.server.storage.schema import DB_SNAPSHOT_PIECES
+from lookalike.server.storage.store import Store
 
 GROWN = EXACT_VECTORS_MAX + 1_000
 LIST = "big"
@@ -171,7 +173,7 @@ def test_a_restart_loads_the_saved_layout_and_replays_later_changes_without_rebu
 
 def test_a_snapshot_missing_a_re_rank_piece_is_rebuilt_from_the_entries_at_start_up(grown: Fixture) -> None:
     assert grown.registry.snapshot_all() == 1
-    pieces = grown.store.open_db(DB_SNAPSHOT_PIECES)
+    pieces = grown.store.environment.db(DB_SNAPSHOT_PIECES)
     with grown.store.env.begin(write=True) as txn:
         cursor = txn.cursor(db=pieces)
         assert cursor.first() and cursor.delete()

@@ -28,7 +28,10 @@ import pytest
 from lookalike.client import LookalikeClient, LookalikeError, ResourceExhausted
 from lookalike.client.errors import DataLoss
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
-from lookalike.server.store import DATA_FILE, AddOutcome, CorruptRecord, NewEntry, Store
+from lookalike.server.records import AddOutcome, NewEntry
+from lookalike.server.storage.errors import CorruptRecord
+from lookalike.server.storage.schema import DATA_FILE
+from lookalike.server.storage.store import Store
 from tests.conftest import distinct_photos, start_server
 from tests.processes import LOOKALIKE, ServerProcess, end_leftovers
 from tests.test_deferred import Receiver, receiver  # noqa: F401 - the fixture, shared

@@ -11,9 +11,9 @@ from lookalike.server.checks import CheckLedger, CheckOrder, StoredCheck, valida
 from lookalike.server.config import ServerConfig
 from lookalike.server.fetch import check_url
 from lookalike.server.operations.types import ImageSource
+from lookalike.server.records import validate_lists_named
 from lookalike.server.service import CheckResult, LookalikeService
-from lookalike.server.store import validate_lists_named
-from lookalike.server.webhooks import Delivery
+from lookalike.server.storage.outbox import Delivery
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from lookalike.client.errors import InvalidArgument
 from lookalike.server.auth import Access, Action, Caller
 from lookalike.server.config import ServerConfig
-from lookalike.server.flood import Guard
 from lookalike.server.hashes import HashAdd
 from lookalike.server.operations.types import ImageSource
+from lookalike.server.records import AddOutcome, EntryRecord, EntryScan
 from lookalike.server.service import AddRequest, LookalikeService, PreparedAdd
-from lookalike.server.store import AddOutcome, EntryRecord, EntryScan
+from lookalike.server.storage.flood import Guard
 
 ENTRY_PAGE_DEFAULT = 100
 ENTRY_PAGE_MAX = 1000

@@ -13,15 +13,15 @@ from lookalike.server.feedback import (
     VERDICTS,
     Calibration,
     FeedbackBook,
-    FeedbackRecord,
     calibrate,
     validate_note,
 )
 from lookalike.server.operations.checking import CheckOperations
 from lookalike.server.operations.lists import ListOperations, ListState
 from lookalike.server.operations.types import PageRequest
+from lookalike.server.records import LIST_KIND_ALLOW
 from lookalike.server.service import CheckResult, LookalikeService
-from lookalike.server.store import LIST_KIND_ALLOW
+from lookalike.server.storage.feedback import FeedbackRecord
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from lookalike.server.auth import Access, Action, Caller
 from lookalike.server.operations.types import PageRequest
-from lookalike.server.store import AuditRecord, KeyRecord, Store, validate_lists_named
+from lookalike.server.records import AuditRecord, KeyRecord, validate_lists_named
+from lookalike.server.storage.store import Store
 
 
 class KeyOperations:

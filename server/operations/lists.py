@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lookalike.server.auth import Access, Action, Caller
-from lookalike.server.flood import Guard
+from lookalike.server.records import ListRecord
 from lookalike.server.service import LookalikeService
-from lookalike.server.store import ListRecord
+from lookalike.server.storage.flood import Guard
 
 
 @dataclass(frozen=True)
