@@ -20,10 +20,10 @@ def new_entries(start: int, vectors: np.ndarray, codes: np.ndarray, model: str =
     return [
         NewEntry(
             id=f"s{start + i}",
-            sha256=hashlib.sha256((start + i).to_bytes(8, "big")).hexdigest(),
-            pdq=codes[i].tobytes().hex(),
+            sha256=hashlib.sha256((start + i).to_bytes(8, "big")).digest(),
+            pdq=codes[i].tobytes(),
             pdq_quality=100,
-            phash="0" * 16,
+            phash=bytes(8),
             model=model,
             embedding=vectors[i],
             meta={},

@@ -128,8 +128,8 @@ BOOTSTRAP = Caller("", ADMIN)
 """Any caller while no key exists (the server then listens on loopback only)."""
 
 
-def secret_digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+def secret_digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
 
 
 _NO_DIGEST = secret_digest("no such key")  # compared against when the id is unknown: same work either way

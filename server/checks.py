@@ -38,7 +38,7 @@ from lookalike.index import configure_threads
 from lookalike.server.config import ServerConfig
 from lookalike.server.fetch import check_url
 from lookalike.server.fingerprint import Hashes
-from lookalike.server.records import EntryRecord
+from lookalike.server.hashes import MD5, PDQ, PHASH, SHA256, HashCodec
 from lookalike.server.scoring import Evidence
 from lookalike.server.service import (
     Candidate,
@@ -50,8 +50,9 @@ from lookalike.server.service import (
 )
 from lookalike.server.sources import image_bytes
 from lookalike.server.storage.checks import CheckTables
+from lookalike.server.storage.codec import entry_fields, entry_from_fields
 from lookalike.server.storage.environment import Transaction
-from lookalike.server.storage.errors import STORAGE_RETRY_SECONDS, StorageFull
+from lookalike.server.storage.errors import STORAGE_RETRY_SECONDS, CorruptRecord, StorageFull
 from lookalike.server.storage.outbox import Delivery
 from lookalike.server.storage.schema import owned_key, split_owned_key
 from lookalike.server.storage.store import Store
@@ -122,12 +123,18 @@ def result_to_json(result: CheckResult) -> dict[str, Any]:
     return {
         "request_id": result.request_id,
         "timestamp": result.timestamp,
-        "hashes": [hashes.sha256_hex, hashes.pdq_hex, hashes.pdq_quality, hashes.phash_hex, hashes.md5.hex()],
+        "hashes": [
+            SHA256.format(hashes.sha256),
+            PDQ.format(hashes.pdq),
+            hashes.pdq_quality,
+            PHASH.format(hashes.phash),
+            MD5.format(hashes.md5),
+        ],
         "decision": result.decision,
         "matches": [
             {
                 "list": m.list,
-                "entry": asdict(m.entry),
+                "entry": entry_fields(m.entry),
                 "score": m.score,
                 "evidence": asdict(m.evidence),
                 "decision": m.decision,
@@ -142,12 +149,19 @@ def result_to_json(result: CheckResult) -> dict[str, Any]:
     }
 
 
+def _hash(codec: HashCodec, text: str) -> bytes:
+    value = codec.stored(text)
+    if value is None:
+        raise CorruptRecord(f"{codec.what} is not hex of its length")
+    return value
+
+
 def result_from_json(raw: dict[str, Any]) -> CheckResult:
     sha256, pdq, quality, phash, md5 = raw["hashes"]
     matches = [
         Match(
             m["list"],
-            EntryRecord(**m["entry"]),
+            entry_from_fields(m["entry"]),
             m["score"],
             Evidence(**m["evidence"]),
             m["decision"],
@@ -159,7 +173,7 @@ def result_from_json(raw: dict[str, Any]) -> CheckResult:
     return CheckResult(
         request_id=raw["request_id"],
         timestamp=raw["timestamp"],
-        hashes=Hashes(bytes.fromhex(sha256), bytes.fromhex(pdq), quality, bytes.fromhex(phash), bytes.fromhex(md5)),
+        hashes=Hashes(_hash(SHA256, sha256), _hash(PDQ, pdq), quality, _hash(PHASH, phash), _hash(MD5, md5)),
         decision=raw["decision"],
         matches=matches,
         meta=raw["meta"],

@@ -39,7 +39,7 @@ the configured minimum): rewrites stay proportional to change, replays at start-
 
 
 def _pdq_codes(entries: Sequence[EntryRecord]) -> np.ndarray:
-    return np.frombuffer(b"".join(bytes.fromhex(e.pdq) for e in entries), dtype=np.uint8).reshape(-1, 32)
+    return np.frombuffer(b"".join(e.pdq for e in entries), dtype=np.uint8).reshape(-1, 32)
 
 
 class IndexRegistry:

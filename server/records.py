@@ -61,18 +61,18 @@ class ListRecord:
 
 @dataclass(frozen=True)
 class EntryRecord:
-    """An entry's fingerprints and meta; the picture itself is never stored."""
+    """An entry's fingerprints (hashes as bytes, b"" for none) and meta; the picture itself is never stored."""
 
     id: str
     seq: int
-    sha256: str
-    pdq: str
+    sha256: bytes
+    pdq: bytes
     pdq_quality: int
-    phash: str
+    phash: bytes
     model: str
     meta: dict[str, str] = field(default_factory=dict)
     created: float = 0.0
-    md5: str = ""
+    md5: bytes = b""
     added_by: str | None = None
     """Id of the key that added it ("" for the keyless loopback caller); None on entries stored before it
     was kept with them, whose reads fill it from the audit log."""
@@ -89,17 +89,17 @@ class EntryScan:
 
 @dataclass(frozen=True)
 class NewEntry:
-    """What an add asks to store; `id` empty means generate one."""
+    """What an add asks to store (hashes as bytes, b"" for none); `id` empty means generate one."""
 
     id: str
-    sha256: str
-    pdq: str
+    sha256: bytes
+    pdq: bytes
     pdq_quality: int
-    phash: str
+    phash: bytes
     model: str
     embedding: np.ndarray | None
     meta: dict[str, str]
-    md5: str = ""
+    md5: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -112,13 +112,13 @@ class AddOutcome:
 
 @dataclass(frozen=True)
 class KeyRecord:
-    """An API key without its secret: `digest` is the SHA-256 of the secret, hex."""
+    """An API key without its secret: `digest` is the SHA-256 of the secret."""
 
     id: str
     name: str
     role: str
     lists: list[str]
-    digest: str
+    digest: bytes
     created: float
     created_by: str = ""
     revoked: float = 0.0

@@ -28,7 +28,7 @@ from lookalike.index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET
 from lookalike.server.embedder import MODELS
 from lookalike.server.fingerprint import Fingerprinted, Hashes
 from lookalike.server.flood import FloodGuard, FloodSettings
-from lookalike.server.hashes import HashAdd, hash_entry, parse_md5, parse_pdq, parse_quality, parse_sha256, pdq_dihedral
+from lookalike.server.hashes import HashAdd, hash_entry, pdq_dihedral
 from lookalike.server.indexes import IndexRegistry
 from lookalike.server.metrics import ListSize, Metrics
 from lookalike.server.records import (
@@ -307,14 +307,14 @@ class LookalikeService:
         embedding = fingerprint.embeddings.get(record.model)
         entry = NewEntry(
             id=request.id,
-            sha256=hashes.sha256_hex,
-            pdq=hashes.pdq_hex,
+            sha256=hashes.sha256,
+            pdq=hashes.pdq,
             pdq_quality=hashes.pdq_quality,
-            phash=hashes.phash_hex,
+            phash=hashes.phash,
             model=record.model,
             embedding=embedding,
             meta=dict(request.meta),
-            md5=hashes.md5_hex,
+            md5=hashes.md5,
         )
         return PreparedAdd(record, entry)
 
@@ -420,10 +420,7 @@ class LookalikeService:
 
     def check_hashes(
         self,
-        pdq: str = "",
-        pdq_quality: int | None = None,
-        md5: str = "",
-        sha256: str = "",
+        hashes: Hashes,
         lists: Sequence[str] = (),
         meta: dict[str, str] | None = None,
         top_k: int = 0,
@@ -434,18 +431,10 @@ class LookalikeService:
         """Match hashes computed elsewhere: PDQ by distance (with its eight rotations and mirrors,
         derived from the hash, on lists that ask for them), digests exactly. No embedding: entries
         score on PDQ alone, the same scale a picture's check gives them without one."""
-        pdq, md5, sha256 = parse_pdq(pdq), parse_md5(md5), parse_sha256(sha256)
-        if not (pdq or md5 or sha256):
+        if not (hashes.pdq or hashes.md5 or hashes.sha256):
             raise InvalidArgument("a check by hashes needs a PDQ hash, an MD5 or a SHA-256", "HASH_MISSING")
-        hashes = Hashes(
-            sha256=bytes.fromhex(sha256),
-            pdq=bytes.fromhex(pdq),
-            pdq_quality=parse_quality(pdq_quality) if pdq else 0,
-            phash=b"",
-            md5=bytes.fromhex(md5),
-        )
         targets = self._check_targets(lists, meta, top_k, min_score, scope)
-        query = Fingerprinted(hashes, pdq_dihedral(hashes.pdq) if pdq else (), {}, {})
+        query = Fingerprinted(hashes, pdq_dihedral(hashes.pdq) if hashes.pdq else (), {}, {})
         return self._matched(query, targets, meta, top_k, min_score, request_id)
 
     def _check_targets(
@@ -628,14 +617,14 @@ class LookalikeService:
             if variants
             else []
         )
-        measured = nearest_bits_each(variants, [bytes.fromhex(entries[seq].pdq) for seq in unsearched])
+        measured = nearest_bits_each(variants, [entries[seq].pdq for seq in unsearched])
         pdq_distances = pdq_hits | dict(zip(unsearched, measured, strict=True))
         matches = []
         for seq, entry in entries.items():
             distance = pdq_distances.get(seq)
             evidence = Evidence(
                 # the digest keys of hash-only entries are no SHA-256 of bytes: confirm with the entry's own
-                exact_sha256=seq == exact and entry.sha256 == hashes.sha256_hex,
+                exact_sha256=seq == exact and entry.sha256 == hashes.sha256,
                 exact_md5=seq == exact_md5,
                 pdq_distance=distance,
                 pdq_quality=min(hashes.pdq_quality, entry.pdq_quality) if entry.pdq else 0,

@@ -182,9 +182,9 @@ def assert_index_agrees_with_store(data: Path, found: set[int]) -> None:
             assert index.pdq_count == len(entries) == index.vector_count, (record.name, index.checkpoint())
             for entry, embedding in entries:
                 assert embedding is not None and embedding.shape == (512,), entry.id
-                assert store.seq_for_digest(record.uid, bytes.fromhex(entry.sha256)) == entry.seq
+                assert store.seq_for_digest(record.uid, entry.sha256) == entry.seq
                 assert store.get_entry(record.name, entry.id).seq == entry.seq
-                assert entry.seq in {hit.id for hit in index.search_pdq([bytes.fromhex(entry.pdq)], 0)}, entry.id
+                assert entry.seq in {hit.id for hit in index.search_pdq([entry.pdq], 0)}, entry.id
                 nearest = index.search_vectors(embedding[None, :], 3)
                 assert any(hit.id == entry.seq and hit.similarity > 0.999 for hit in nearest), entry.id
             named = {int(entry.id.removeprefix("img-")) for entry, _ in entries}

@@ -105,7 +105,7 @@ def test_a_usual_rate_never_trips_but_a_burst_does_and_confirming_resets_usual(t
     try:
         guard = FloodGuard(store, FloodSettings(min_matches=3, factor=5.0, short_window=60.0, long_window=6000.0))
         listed = store.create_list("banned", "", 0.5, 0.8, "sscd-distilled")
-        entry = EntryRecord("e1", 1, "00" * 32, "", 0, "", "")
+        entry = EntryRecord("e1", 1, bytes(32), b"", 0, b"", "")
         now = 1_000_000.0
         for _ in range(1000):  # two matches a minute for eight hours: below min_matches in any short window
             now += 30.0

@@ -34,10 +34,10 @@ def synthetic(start: int, vectors: np.ndarray, codes: np.ndarray) -> list[NewEnt
     return [
         NewEntry(
             id=f"e{start + i}",
-            sha256=hashlib.sha256(str(start + i).encode()).hexdigest(),
-            pdq=codes[i].tobytes().hex(),
+            sha256=hashlib.sha256(str(start + i).encode()).digest(),
+            pdq=codes[i].tobytes(),
             pdq_quality=100,
-            phash="0" * 16,
+            phash=bytes(8),
             model="sscd-distilled",
             embedding=vectors[i],
             meta={},

@@ -29,6 +29,7 @@ from lookalike.client import LookalikeClient, LookalikeError, ResourceExhausted
 from lookalike.client.errors import DataLoss
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.server.records import AddOutcome, NewEntry
+from lookalike.server.storage.codec import entry_fields
 from lookalike.server.storage.errors import CorruptRecord
 from lookalike.server.storage.schema import DATA_FILE
 from lookalike.server.storage.store import Store
@@ -476,13 +477,13 @@ def test_a_corrupt_entry_record_or_embedding_answers_data_loss_naming_it_while_t
 def test_a_corrupt_entry_in_the_change_log_to_replay_stops_start_up_with_one_line(folder: Folder) -> None:
     store = Store(folder.path, 1 << 30)  # an add after the last snapshot: the next start replays it
     try:
-        new = NewEntry("late", "", "ab" * 32, 100, "", "", None, {})
+        new = NewEntry("late", b"", b"\xab" * 32, 100, b"", "", None, {})
         (added,) = store.add_entries("banned", [new])
         assert isinstance(added, AddOutcome)
         uid = store.get_list("banned").uid
     finally:
         store.close()
-    misplaced = json.dumps(vars(added.entry) | {"seq": 99999}).encode()
+    misplaced = json.dumps(entry_fields(added.entry) | {"seq": 99999}).encode()
     damage(folder.path, b"entries", seq_key(uid, added.entry.seq), misplaced)
     completed = serve_until_it_exits(folder.path)
     expected = f"entry seq {added.entry.seq} of list banned is corrupt (it says seq 99999)"

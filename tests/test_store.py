@@ -35,14 +35,14 @@ MODEL = "sscd-test"
 _rng = np.random.default_rng(2024)
 
 
-def new_entry(entry_id: str = "", sha256: str | None = None, embedding: bool = True, **meta: str) -> NewEntry:
+def new_entry(entry_id: str = "", sha256: bytes | None = None, embedding: bool = True, **meta: str) -> NewEntry:
     vector = _rng.standard_normal(DIM).astype(np.float32)
     return NewEntry(
         id=entry_id,
-        sha256=sha256 or _rng.bytes(32).hex(),
-        pdq=_rng.bytes(32).hex(),
+        sha256=sha256 or _rng.bytes(32),
+        pdq=_rng.bytes(32),
         pdq_quality=100,
-        phash=_rng.bytes(8).hex(),
+        phash=_rng.bytes(8),
         model=MODEL,
         embedding=vector / np.linalg.norm(vector) if embedding else None,
         meta=dict(meta),
@@ -213,7 +213,7 @@ def test_add_entries_stores_entries_with_increasing_seqs_and_changes(store: Stor
     vectors = store.embeddings(uid, [1, 2, 3])
     assert sorted(vectors) == [1, 2]
     np.testing.assert_allclose(vectors[1], items[0].embedding, atol=1e-3)  # stored as float16
-    assert store.seq_for_digest(uid, bytes.fromhex(items[1].sha256)) == 2
+    assert store.seq_for_digest(uid, items[1].sha256) == 2
     assert [entry.seq for entry, _ in store.iter_entries(uid)] == [1, 2, 3]
 
 
@@ -233,7 +233,7 @@ def test_adding_the_same_sha256_again_returns_the_first_entry_as_a_duplicate(sto
 
 def test_the_same_sha256_twice_within_one_batch_is_stored_once(store: Store) -> None:
     uid = make_list(store)
-    sha = _rng.bytes(32).hex()
+    sha = _rng.bytes(32)
     outcomes = [added(o) for o in store.add_entries("banned", [new_entry("a", sha), new_entry("b", sha)])]
 
     assert [o.duplicate for o in outcomes] == [False, True]
@@ -245,7 +245,7 @@ def test_the_same_sha256_twice_within_one_batch_is_stored_once(store: Store) -> 
 def test_the_same_bytes_on_another_list_are_not_a_duplicate(store: Store) -> None:
     make_list(store, "one")
     make_list(store, "two")
-    sha = _rng.bytes(32).hex()
+    sha = _rng.bytes(32)
     assert added(store.add_entries("one", [new_entry(sha256=sha)])[0]).duplicate is False
     assert added(store.add_entries("two", [new_entry(sha256=sha)])[0]).duplicate is False
 
@@ -283,7 +283,7 @@ def test_remove_entry_deletes_the_entry_its_id_digest_and_vector_and_logs_a_chan
     with pytest.raises(NotFound) as caught:
         store.get_entry("banned", "gone")
     assert caught.value.reason == "ENTRY_NOT_FOUND"
-    assert store.seq_for_digest(uid, bytes.fromhex(gone.sha256)) is None
+    assert store.seq_for_digest(uid, gone.sha256) is None
     assert store.entries_by_seq(uid, [1, 2]).keys() == {1}
     assert store.embeddings(uid, [1, 2]).keys() == {1}
     assert [e.id for e, _ in store.iter_entries(uid)] == ["keep"]

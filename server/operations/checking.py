@@ -10,6 +10,8 @@ from lookalike.server.auth import ADMIN, Access, Action, Caller
 from lookalike.server.checks import CheckLedger, CheckOrder, StoredCheck, validate_check_id
 from lookalike.server.config import ServerConfig
 from lookalike.server.fetch import check_url
+from lookalike.server.fingerprint import Hashes
+from lookalike.server.hashes import MD5, PDQ, SHA256, parse_quality
 from lookalike.server.operations.types import ImageSource
 from lookalike.server.records import validate_lists_named
 from lookalike.server.service import CheckResult, LookalikeService
@@ -107,11 +109,16 @@ class CheckOperations:
     def check_hashes(self, caller: Caller, order: HashCheck) -> CheckResult:
         validate_lists_named(order.lists)
         self._access.require(caller, Action.CHECK, order.lists)
+        pdq = PDQ.parse(order.pdq)
+        hashes = Hashes(
+            sha256=SHA256.parse(order.sha256),
+            pdq=pdq,
+            pdq_quality=parse_quality(order.pdq_quality) if pdq else 0,
+            phash=b"",
+            md5=MD5.parse(order.md5),
+        )
         result = self._service.check_hashes(
-            order.pdq,
-            order.pdq_quality,
-            order.md5,
-            order.sha256,
+            hashes,
             order.lists,
             order.meta,
             order.top_k,

@@ -1,24 +1,26 @@
 """How the replicated records are laid out as bytes, and how a damaged one is told apart.
 
 Records are JSON (settings, meta, hashes as hex) and raw bytes (embeddings as float16, index snapshots);
-nothing is pickled. Decoders raise CorruptRecord saying what is wrong; the callers name the record.
+nothing is pickled. Hashes are bytes in the records the server works with: they are written as hex, as
+format 3 has always kept them, and read back as bytes here. Decoders raise CorruptRecord saying what is
+wrong; the callers name the record.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
 
 from lookalike.index.list_index import EMBEDDING_DIM
+from lookalike.server.hashes import MD5, PDQ, PHASH, SHA256, HashCodec
 from lookalike.server.records import LIST_KINDS, AuditRecord, EntryRecord, KeyRecord, ListRecord
 from lookalike.server.storage import schema
 from lookalike.server.storage.errors import CorruptRecord
 
-_HEX = re.compile(r"[0-9a-f]*").fullmatch
+_ENTRY_HASHES: tuple[tuple[str, HashCodec], ...] = (("sha256", SHA256), ("pdq", PDQ), ("md5", MD5), ("phash", PHASH))
 
 
 def json_object(raw: bytes | memoryview) -> dict[str, object]:
@@ -102,24 +104,36 @@ def check_list_fields(record: ListRecord, key: bytes | memoryview) -> None:
 # Entries ------------------------------------------------------------------------------------------------
 
 
+def entry_fields(entry: EntryRecord) -> dict[str, object]:
+    """An entry as JSON fields, its hashes as hex (as entries are stored, and within stored checks)."""
+    fields = dict(vars(entry))
+    for name, codec in _ENTRY_HASHES:
+        fields[name] = codec.format(fields[name])
+    return fields
+
+
+def entry_from_fields(fields: dict[str, object]) -> EntryRecord:
+    """An entry from its JSON fields (`entry_fields`); raises CorruptRecord. Checking each hash's hex here
+    (its cost is within the noise of decoding the JSON) keeps a bad one from failing later, in an index."""
+    for name, codec in _ENTRY_HASHES:
+        if name in fields:
+            text = fields[name]
+            value = codec.stored(text) if isinstance(text, str) else None
+            if value is None:
+                raise CorruptRecord("a hash is not hex of its length")
+            fields[name] = value
+    return fields_into(EntryRecord, fields)
+
+
 def encode_entry(entry: EntryRecord) -> bytes:
-    return encode_record(entry)
+    return json.dumps(entry_fields(entry)).encode()
 
 
 def decode_entry(raw: bytes | memoryview, seq: int) -> EntryRecord:
-    """A stored entry record (under sequence number `seq`); raises CorruptRecord. The checks beyond the
-    JSON (their cost is within the noise of decoding it) keep a bad hash from failing later, in an index."""
-    entry = decode_record(EntryRecord, raw)
+    """A stored entry record (under sequence number `seq`); raises CorruptRecord."""
+    entry = entry_from_fields(json_object(raw))
     if entry.seq != seq:
         raise CorruptRecord(f"it says seq {entry.seq!r}")
-    if (
-        len(entry.sha256) not in (0, 64)
-        or len(entry.pdq) not in (0, 64)
-        or len(entry.md5) not in (0, 32)
-        or len(entry.phash) not in (0, 16)
-        or not _HEX(entry.sha256 + entry.pdq + entry.md5 + entry.phash)
-    ):
-        raise CorruptRecord("a hash is not hex of its length")
     return entry
 
 
@@ -172,12 +186,17 @@ def decode_change(raw: bytes | memoryview) -> tuple[bytes, int]:
 
 
 def encode_key(record: KeyRecord) -> bytes:
-    return json.dumps(asdict(record)).encode()
+    return json.dumps(asdict(record) | {"digest": SHA256.format(record.digest)}).encode()
 
 
 def decode_key(raw: bytes | memoryview) -> KeyRecord:
-    """A stored API key record; raises CorruptRecord."""
-    return decode_record(KeyRecord, raw)
+    """A stored API key record; raises CorruptRecord (a digest that is not hex is left for
+    `check_key_fields` to name)."""
+    fields = json_object(raw)
+    digest = fields.get("digest")
+    if isinstance(digest, str) and (value := SHA256.stored(digest)):
+        fields["digest"] = value
+    return fields_into(KeyRecord, fields)
 
 
 def check_key_fields(record: KeyRecord, key: bytes | memoryview) -> None:
@@ -189,7 +208,7 @@ def check_key_fields(record: KeyRecord, key: bytes | memoryview) -> None:
             ("name", isinstance(record.name, str)),
             ("role", isinstance(record.role, str)),
             ("lists", isinstance(record.lists, list) and all(isinstance(item, str) for item in record.lists)),
-            ("digest", isinstance(record.digest, str) and len(record.digest) == 64 and bool(_HEX(record.digest))),
+            ("digest", isinstance(record.digest, bytes) and len(record.digest) == SHA256.size),
             ("created", _number(record.created)),
             ("created_by", isinstance(record.created_by, str)),
             ("revoked", _number(record.revoked)),

@@ -33,6 +33,7 @@ from lookalike.client.errors import (
     LookalikeError,
     NotFound,
 )
+from lookalike.server.hashes import MD5, PDQ, SHA256
 from lookalike.server.records import (
     AUDIT_ENTRY_ADD,
     AUDIT_ENTRY_REMOVE,
@@ -95,23 +96,23 @@ class LoggedChange:
     seq: int
 
 
-def entry_key(sha256: str, md5: str = "", pdq: str = "") -> bytes:
+def entry_key(sha256: bytes, md5: bytes = b"", pdq: bytes = b"") -> bytes:
     """What makes an entry the same entry (32 bytes, its `digests` key): its SHA-256, else a
     digest of its MD5, else of its PDQ. The prefixes keep the three kinds apart."""
     if sha256:
-        return bytes.fromhex(sha256)
+        return sha256
     if md5:
-        return hashlib.sha256(b"lookalike-md5:" + bytes.fromhex(md5)).digest()
+        return hashlib.sha256(b"lookalike-md5:" + md5).digest()
     if pdq:
-        return hashlib.sha256(b"lookalike-pdq:" + bytes.fromhex(pdq)).digest()
+        return hashlib.sha256(b"lookalike-pdq:" + pdq).digest()
     raise InvalidArgument("an entry needs a SHA-256, an MD5 or a PDQ hash", "HASH_MISSING")
 
 
 def _add_detail(entry: EntryRecord) -> dict[str, str]:
     """The audit detail of an add: the identifier the entry is known by."""
     if entry.sha256:
-        return {"sha256": entry.sha256}
-    return {"md5": entry.md5} if entry.md5 else {"pdq": entry.pdq}
+        return {"sha256": SHA256.format(entry.sha256)}
+    return {"md5": MD5.format(entry.md5)} if entry.md5 else {"pdq": PDQ.format(entry.pdq)}
 
 
 def _settings(record: ListRecord) -> dict[str, str]:
@@ -123,10 +124,6 @@ def _settings(record: ListRecord) -> dict[str, str]:
         "dihedral": str(record.dihedral).lower(),
         "kind": record.kind,
     }
-
-
-def _is_hex(text: str, chars: int) -> bool:
-    return len(text) == chars and all(c in "0123456789abcdef" for c in text)
 
 
 def _list_record(raw: bytes | memoryview, key: bytes | memoryview, check_fields: bool = False) -> ListRecord:
@@ -378,7 +375,7 @@ class Store:
                 key = prefix + entry_key(item.sha256, item.md5, item.pdq)
                 existing = txn.get(key, db=self._digests)
                 if existing is None and item.md5:
-                    existing = txn.get(prefix + bytes.fromhex(item.md5), db=self._md5)
+                    existing = txn.get(prefix + item.md5, db=self._md5)
                 if existing is not None:
                     entry = self._entry(txn, record.uid, schema.SEQ.unpack(existing)[0])
                     results.append(AddOutcome(entry, duplicate=True, change=0, embedding=None))
@@ -410,7 +407,7 @@ class Store:
                 txn.put(prefix + entry_id.encode(), schema.SEQ.pack(seq), db=self._entry_ids)
                 txn.put(key, schema.SEQ.pack(seq), db=self._digests)
                 if item.md5:
-                    txn.put(prefix + bytes.fromhex(item.md5), schema.SEQ.pack(seq), db=self._md5)
+                    txn.put(prefix + item.md5, schema.SEQ.pack(seq), db=self._md5)
                 stored = None
                 if item.embedding is not None:  # the index gets what a restart would read back
                     encoded = encode_embedding(item.embedding)
@@ -487,7 +484,7 @@ class Store:
             txn.delete(key, db=self._vectors)
             txn.delete(prefix + entry_id.encode(), db=self._entry_ids)
             txn.delete(prefix + entry_key(entry.sha256, entry.md5, entry.pdq), db=self._digests)
-            md5_key = prefix + bytes.fromhex(entry.md5) if entry.md5 else b""
+            md5_key = prefix + entry.md5 if entry.md5 else b""
             if md5_key and txn.get(md5_key, db=self._md5) == schema.SEQ.pack(seq):  # else it finds another entry
                 txn.delete(md5_key, db=self._md5)
             change = record.next_change
@@ -556,19 +553,20 @@ class Store:
                     break
             return EntryScan([self._with_added_by(txn, name, entry) for entry in kept], resume)
 
-    def entries_named(self, name: str, text: str, seqs: Collection[int] = ()) -> list[EntryRecord]:
-        """The entries of list `name` that `text` names exactly, newest first: by id, or as the hex of a
-        SHA-256 or MD5 (looked up in `digests` and `md5`, never scanned), or at `seqs` (PDQ hashes, found
-        by the caller in the index) when their PDQ is `text`."""
-        hexed = text.lower()
+    def entries_named(
+        self, name: str, entry_id: str, digest: bytes = b"", seqs: Collection[int] = ()
+    ) -> list[EntryRecord]:
+        """The entries of list `name` named exactly, newest first: by id, by a `digest` that is their SHA-256
+        or MD5 (looked up in `digests` and `md5`, never scanned), or at `seqs` (PDQ hashes, found by the
+        caller in the index) when their PDQ is `digest`."""
         with self.environment.read() as txn:
             record = self._get_list(txn, name)
             prefix = schema.list_prefix(record.uid)
-            keys = [(self._entry_ids, text.encode())] if len(text.encode()) <= ENTRY_ID_MAX else []
-            if _is_hex(hexed, 64):
-                keys += [(self._digests, bytes.fromhex(hexed)), (self._digests, entry_key("", "", hexed))]
-            if _is_hex(hexed, 32):
-                keys += [(self._md5, bytes.fromhex(hexed)), (self._digests, entry_key("", hexed))]
+            keys = [(self._entry_ids, entry_id.encode())] if len(entry_id.encode()) <= ENTRY_ID_MAX else []
+            if len(digest) == SHA256.size:  # a SHA-256, or a PDQ hash
+                keys += [(self._digests, digest), (self._digests, entry_key(b"", b"", digest))]
+            if len(digest) == MD5.size:
+                keys += [(self._md5, digest), (self._digests, entry_key(b"", digest))]
             found = {schema.SEQ.unpack(raw)[0] for db, key in keys if (raw := txn.get(prefix + key, db=db)) is not None}
             entries = []
             for seq in sorted(found | set(seqs), reverse=True):
@@ -576,7 +574,7 @@ class Store:
                     entry = self._entry(txn, record.uid, seq)
                 except NotFound:  # removed: its id or digest keys went with it, an index hit may linger
                     continue
-                if entry.id == text or hexed in (entry.sha256, entry.md5, entry.pdq):
+                if entry.id == entry_id or (digest and digest in (entry.sha256, entry.md5, entry.pdq)):
                     entries.append(self._with_added_by(txn, name, entry))
             return entries
 
@@ -770,7 +768,7 @@ class Store:
             records = [_key_record(raw, key) for key, raw in txn.cursor(db=self._keys)]
         return sorted(records, key=lambda record: (record.created, int(record.id.lstrip("k") or 0)))
 
-    def create_key(self, name: str, role: str, lists: Sequence[str], digest: str, actor: str = "") -> KeyRecord:
+    def create_key(self, name: str, role: str, lists: Sequence[str], digest: bytes, actor: str = "") -> KeyRecord:
         """Store a new key under the next id ("k1", "k2", ...); the caller validates role and lists."""
         with self.environment.transaction() as txn:
             number = int(txn.get(schema.KEY_NEXT_KEY_NUMBER, default=b"1", db=self._meta))
