@@ -173,6 +173,7 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         allow_margin=config.allow_margin,
         scan_budgets=(config.vector_scan_budget, config.pdq_scan_budget),
     )
+    service.writes.on_keys_changed(access.reload)
     metrics.watch_lists(service.list_sizes)
     try:
         outbox = WebhookOutbox(store, config, metrics, webhook_headers)

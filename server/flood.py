@@ -21,10 +21,12 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from lookalike.server.records import AUDIT_ENTRY_CONFIRM, EntryRecord, ListRecord
+from lookalike.server.records import EntryRecord, ListRecord
+from lookalike.server.storage.environment import Transaction
 from lookalike.server.storage.errors import StorageFull
 from lookalike.server.storage.flood import EntryKey, FloodTables, Guard
 from lookalike.server.storage.store import Store
@@ -140,28 +142,48 @@ class FloodGuard:
             counts[guard.list] = counts.get(guard.list, 0) + 1
         return counts
 
-    def confirm(self, record: ListRecord, entry: EntryRecord, actor: str, now: float | None = None) -> Guard | None:
-        """Lift the entry's guard (if any) and take its present rate as usual; audited. Returns the lifted guard."""
+    def confirmation(self, uid: int, seq: int, now: float | None = None) -> dict[str, str]:
+        """What confirming an entry records in the audit log: whether it is guarded (since when) and its recent
+        matches, as this node's guard sees them (the change carries it to every replica)."""
         now = time.time() if now is None else now
-        key = (record.uid, entry.seq)
         with self._lock:
-            rate = self._rates.get(key)
+            rate, guard = self._rates.get((uid, seq)), self._guards.get((uid, seq))
             detail = {"guarded": "false"}
-            usual = 0.0
             if rate is not None:
-                rate.decay(now, self.settings)
-                usual = max(rate.long, rate.short * self.settings.long_window / self.settings.short_window)
-                detail["recent_matches"] = f"{rate.short:.1f}"
-            guard = self._guards.get(key)
+                recent = rate.short * math.exp(-max(0.0, now - rate.updated) / self.settings.short_window)
+                detail["recent_matches"] = f"{recent:.1f}"
             if guard is not None:
                 detail |= {"guarded": "true", "since": f"{guard.since:.3f}"}
-            with self.store.environment.transaction() as txn:  # first: a refused write (a full disk) changes nothing
-                self._tables.lift(txn, key, None if rate is None else (rate.short, usual, rate.updated))
-                self.store.record_audit(txn, actor, AUDIT_ENTRY_CONFIRM, record.name, entry.id, detail)
-            if rate is not None:
-                rate.long = usual
-            self._guards.pop(key, None)
-        return guard
+        return detail
+
+    @contextmanager
+    def lifting(self, now: float | None = None) -> Iterator[Callable[[Transaction, EntryKey], None]]:
+        """Lift guards in a transaction of the caller's (a confirmation's): `lift(txn, (uid, seq))` stores the
+        entry's rate with its present rate taken as usual, and drops its guard; once the block ends without an
+        error (the transaction committed), the guard is lifted here too. The guard's lock is held meanwhile, so
+        a save of the rates cannot write the guard back."""
+        now = time.time() if now is None else now
+        lifted: dict[EntryKey, float | None] = {}
+        """Each entry lifted, and the long count to take as usual (None: it has no rate)."""
+
+        def lift(txn: Transaction, key: EntryKey) -> None:
+            rate = self._rates.get(key)
+            if rate is None:
+                self._tables.lift(txn, key, None)
+                lifted[key] = None
+                return
+            rate.decay(now, self.settings)
+            usual = max(rate.long, rate.short * self.settings.long_window / self.settings.short_window)
+            self._tables.lift(txn, key, (rate.short, usual, rate.updated))
+            lifted[key] = usual
+
+        with self._lock:
+            yield lift
+            for key, usual in lifted.items():
+                rate = self._rates.get(key)
+                if rate is not None and usual is not None:
+                    rate.long = usual
+                self._guards.pop(key, None)
 
     def forget(self, uid: int, seqs: Iterable[int] | None = None) -> None:
         """Drop the rates and guards of removed entries (`seqs`), or of a deleted list (all)."""

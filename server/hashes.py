@@ -23,13 +23,14 @@ from __future__ import annotations
 import math
 import re
 import string
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from lookalike.client.errors import InvalidArgument
 from lookalike.index.list_index import EMBEDDING_DIM
-from lookalike.server.records import ListRecord, NewEntry, validate_entry_id, validate_meta
+from lookalike.server.records import ListRecord, NewEntry, encode_embedding, validate_entry_id, validate_meta
 
 ASSUMED_PDQ_QUALITY = 100
 """Quality of a PDQ hash given without one: shared lists hold hashes their makers judged worth sharing."""
@@ -139,7 +140,7 @@ def _embedding(item: HashAdd, record: ListRecord) -> np.ndarray | None:
 
 def hash_entry(item: HashAdd, record: ListRecord) -> NewEntry:
     """Validate a hash entry for `record`'s list: each hash well-formed, at least one of PDQ, MD5
-    and SHA-256, an embedding only from the list's own model."""
+    and SHA-256, an embedding only from the list's own model. Without an id it gets a new one."""
     if item.id:
         validate_entry_id(item.id)
     validate_meta(item.meta)
@@ -148,14 +149,14 @@ def hash_entry(item: HashAdd, record: ListRecord) -> NewEntry:
     if not (pdq or md5 or sha256):
         raise InvalidArgument("an entry needs a PDQ hash, an MD5 or a SHA-256", "HASH_MISSING")
     quality = parse_quality(item.pdq_quality) if pdq else 0
+    embedding = _embedding(item, record)
     return NewEntry(
-        id=item.id,
+        id=item.id or uuid.uuid4().hex,
         sha256=sha256,
         pdq=pdq,
         pdq_quality=quality,
         phash=phash,
-        model=record.model,
-        embedding=_embedding(item, record),
+        embedding=b"" if embedding is None else encode_embedding(embedding),
         meta=dict(item.meta),
         md5=md5,
     )

@@ -25,6 +25,7 @@ import numpy as np
 from lookalike.client.errors import InvalidArgument, NotFound
 from lookalike.index import ListIndex
 from lookalike.index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET
+from lookalike.server.changes import EntriesAdded, EntryConfirmed, EntryRemoved, ListCreated, ListDeleted, ListUpdated
 from lookalike.server.embedder import MODELS
 from lookalike.server.fingerprint import Fingerprinted, Hashes
 from lookalike.server.flood import FloodGuard, FloodSettings
@@ -38,6 +39,7 @@ from lookalike.server.records import (
     EntryRecord,
     ListRecord,
     NewEntry,
+    encode_embedding,
     validate_entry_id,
     validate_list_name,
     validate_meta,
@@ -53,6 +55,7 @@ from lookalike.server.slots import FairSlots
 from lookalike.server.storage.errors import StorageFull
 from lookalike.server.storage.store import Store
 from lookalike.server.workers import FingerprintWorkers
+from lookalike.server.writes import WritePath
 
 ACCEPT, REVIEW, REJECT = "accept", "review", "reject"
 log = logging.getLogger(__name__)
@@ -194,6 +197,8 @@ class LookalikeService:
         # With worker processes, each may hold an image waiting beside the one it works on: as many more slots.
         self._cpu = FairSlots(cpu_slots + workers.queued)
         self.flood = FloodGuard(store, flood or FloodSettings())
+        self.writes = WritePath(store, self.indexes, self.flood)
+        """Every write goes through here (`WritePath.apply`)."""
         self.allow_margin = allow_margin
 
     def load(self) -> None:
@@ -235,19 +240,45 @@ class LookalikeService:
         reject = DEFAULT_REJECT_THRESHOLD if reject_threshold is None else reject_threshold
         if reject_threshold is None and review > reject:
             reject = review
-        record = self.store.create_list(
-            name, description, review, reject, model, actor, dihedral=dihedral, kind=kind or LIST_KIND_DISALLOW
+        change = ListCreated(
+            time=time.time(),
+            actor=actor,
+            name=name,
+            description=description,
+            review_threshold=review,
+            reject_threshold=reject,
+            model=model,
+            dihedral=dihedral,
+            kind=kind or LIST_KIND_DISALLOW,
         )
-        self.indexes.created(record.uid)
-        return record
+        return self.writes.apply(change)
+
+    def update_list(
+        self,
+        name: str,
+        description: str | None = None,
+        review_threshold: float | None = None,
+        reject_threshold: float | None = None,
+        actor: str = "",
+        dihedral: bool | None = None,
+        cause: str = "",
+    ) -> ListRecord:
+        """Change the settings given (None: as they are); `cause` says what made the change when not a person's
+        direct edit (e.g. "calibrate"), and is audited."""
+        change = ListUpdated(
+            time=time.time(),
+            actor=actor,
+            name=name,
+            description=description,
+            review_threshold=review_threshold,
+            reject_threshold=reject_threshold,
+            dihedral=dihedral,
+            cause=cause,
+        )
+        return self.writes.apply(change)
 
     def delete_list(self, name: str, actor: str = "") -> ListRecord:
-        record = self.store.get_list(name)
-        with self.indexes.writing(record.uid):
-            record = self.store.delete_list(name, actor)
-            self.indexes.dropped(record.uid)
-        self.flood.forget(record.uid)
-        return record
+        return self.writes.apply(ListDeleted(time=time.time(), actor=actor, name=name))
 
     def _list_and_index(self, name: str) -> tuple[ListRecord, ListIndex]:
         record = self.store.get_list(name)
@@ -306,13 +337,12 @@ class LookalikeService:
         hashes = fingerprint.hashes
         embedding = fingerprint.embeddings.get(record.model)
         entry = NewEntry(
-            id=request.id,
+            id=request.id or uuid.uuid4().hex,
             sha256=hashes.sha256,
             pdq=hashes.pdq,
             pdq_quality=hashes.pdq_quality,
             phash=hashes.phash,
-            model=record.model,
-            embedding=embedding,
+            embedding=b"" if embedding is None else encode_embedding(embedding),
             meta=dict(request.meta),
             md5=hashes.md5,
         )
@@ -359,41 +389,31 @@ class LookalikeService:
                 if isinstance(following, Exception) or following.record.uid != item.record.uid:
                     break
                 run.append(following)
+            change = EntriesAdded(
+                time=time.time(),
+                actor=actor,
+                list=item.record.name,
+                model=item.record.model,
+                entries=tuple(p.entry for p in run),
+            )
             try:
-                results.extend(self._store_entries(item.record, [p.entry for p in run], actor))
+                results.extend(self.writes.apply(change))
             except Exception as error:  # noqa: BLE001 - the whole run failed (list deleted, storage full)
                 results.extend([error] * len(run))
             position += len(run)
         return results
 
-    def _store_entries(
-        self, record: ListRecord, items: Sequence[NewEntry], actor: str = ""
-    ) -> list[AddOutcome | Exception]:
-        with self.indexes.writing(record.uid) as index:
-            if index is None:
-                raise NotFound(f"list {record.name!r} does not exist", "LIST_NOT_FOUND")
-            results = self.store.add_entries(record.name, items, actor)
-            added = [r for r in results if isinstance(r, AddOutcome) and not r.duplicate]
-            if added:
-                self.indexes.apply_adds(index, [(r.entry, r.embedding) for r in added], max(r.change for r in added))
-        self.indexes.rebuild_if_outgrown(record.uid)
-        return results
-
     def remove_entry(self, list_name: str, entry_id: str, actor: str = "") -> EntryRecord:
-        record, _ = self._list_and_index(list_name)
-        with self.indexes.writing(record.uid) as index:
-            entry, change = self.store.remove_entry(list_name, entry_id, actor)
-            if index is not None:
-                index.remove(np.array([entry.seq], dtype=np.int64), change)
-        self.flood.forget(record.uid, [entry.seq])
-        return entry
+        return self.writes.apply(EntryRemoved(time=time.time(), actor=actor, list=list_name, entry_id=entry_id))
 
     def confirm_entry(self, list_name: str, entry_id: str, actor: str = "") -> EntryRecord:
-        """Lift an entry's flood guard and take its present match rate as usual (audited)."""
+        """Lift an entry's flood guard and take its present match rate as usual (audited, with what this
+        node's guard saw)."""
         record = self.store.get_list(list_name)
         entry = self.store.get_entry(list_name, entry_id)
-        self.flood.confirm(record, entry, actor)
-        return entry
+        detail = self.flood.confirmation(record.uid, entry.seq)
+        change = EntryConfirmed(time=time.time(), actor=actor, list=list_name, entry_id=entry_id, detail=detail)
+        return self.writes.apply(change)
 
     # Checks --------------------------------------------------------------
 

@@ -6,14 +6,14 @@ import uuid
 from dataclasses import dataclass, field
 
 from lookalike.client.errors import PermissionDenied
-from lookalike.server.auth import ADMIN, Access, Action, Caller
+from lookalike.server.auth import Access, Action, Caller
 from lookalike.server.checks import CheckLedger, CheckOrder, StoredCheck, validate_check_id
 from lookalike.server.config import ServerConfig
 from lookalike.server.fetch import check_url
 from lookalike.server.fingerprint import Hashes
 from lookalike.server.hashes import MD5, PDQ, SHA256, parse_quality
 from lookalike.server.operations.types import ImageSource
-from lookalike.server.records import validate_lists_named
+from lookalike.server.records import ADMIN, validate_lists_named
 from lookalike.server.service import CheckResult, LookalikeService
 from lookalike.server.storage.outbox import Delivery
 

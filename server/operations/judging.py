@@ -149,7 +149,7 @@ class FeedbackOperations:
         calibration = calibrate(record, self._book.for_list(record.name), scores)
         applied = False
         if apply and calibration.changes:
-            record = self._service.store.update_list(
+            record = self._service.update_list(
                 record.name,
                 review_threshold=calibration.review.recommended,
                 reject_threshold=calibration.reject.recommended,

@@ -76,7 +76,7 @@ class ListOperations:
 
     def update(self, caller: Caller, change: ListChange) -> ListState:
         self._access.require(caller, Action.UPDATE_LISTS, [change.name])
-        record = self._service.store.update_list(
+        record = self._service.update_list(
             change.name,
             change.description,
             change.review_threshold,

@@ -154,14 +154,8 @@ def check_entry_fields(entry: EntryRecord) -> None:
         raise CorruptRecord(f"bad {', '.join(wrong)}")
 
 
-def encode_embedding(vector: np.ndarray) -> bytes:
-    """Embeddings are stored as float16: a cosine moves by about 1e-4, and at 1 KiB a 512-d vector
-    fits inside an LMDB page beside others, where 2 KiB of float32 took a 4 KiB overflow page."""
-    return np.asarray(vector, dtype="<f2").tobytes()
-
-
 def decode_embedding(raw: bytes | memoryview) -> np.ndarray:
-    """float32 from a stored embedding: float16 since format 2, float32 before (twice the bytes).
+    """float32 from a stored embedding (`records.encode_embedding`): float16 since format 2, float32 before.
     Raises CorruptRecord for any other length."""
     if len(raw) == 4 * EMBEDDING_DIM:
         return np.frombuffer(raw, dtype="<f4")
@@ -170,11 +164,11 @@ def decode_embedding(raw: bytes | memoryview) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f2").astype(np.float32)
 
 
-def encode_change(op: bytes, seq: int) -> bytes:
+def encode_logged_change(op: bytes, seq: int) -> bytes:
     return op + schema.SEQ.pack(seq)
 
 
-def decode_change(raw: bytes | memoryview) -> tuple[bytes, int]:
+def decode_logged_change(raw: bytes | memoryview) -> tuple[bytes, int]:
     """A change log record: its operation and the entry's sequence number; raises CorruptRecord."""
     value = bytes(raw)
     if len(value) != 1 + schema.SEQ.size or value[:1] not in (schema.OP_ADD, schema.OP_REMOVE):

@@ -32,7 +32,7 @@ MAX_DATABASES = 32
 # Replicated databases --------------------------------------------------------------------------------------
 
 DB_META = b"meta"
-"""Format version and counters (replicated); the webhook secret (node-local)."""
+"""Format version, counters and the applied sequence (replicated); the webhook secret (node-local)."""
 DB_LISTS = b"lists"
 """List name → list record (JSON)."""
 DB_ENTRIES = b"entries"
@@ -122,9 +122,12 @@ KEY_FORMAT_VERSION = b"format_version"
 KEY_NEXT_LIST_UID = b"next_list_uid"
 KEY_NEXT_KEY_NUMBER = b"next_key_number"
 KEY_NEXT_AUDIT_SEQ = b"next_audit_seq"
+KEY_APPLIED_SEQUENCE = b"applied_sequence"
+"""The sequence number of the last change committed, written in that change's transaction: a change at or
+below it was applied already (single node: a local count; cluster mode: the change log's sequence)."""
 KEY_WEBHOOK_SECRET = b"webhook_secret"
 """Node-local: the secret this server signs webhooks with."""
-META_COUNTERS = (KEY_NEXT_LIST_UID, KEY_NEXT_KEY_NUMBER, KEY_NEXT_AUDIT_SEQ)
+META_COUNTERS = (KEY_NEXT_LIST_UID, KEY_NEXT_KEY_NUMBER, KEY_NEXT_AUDIT_SEQ, KEY_APPLIED_SEQUENCE)
 """Meta values that are decimal numbers (ASCII digits)."""
 NODE_LOCAL_META_KEYS = (KEY_WEBHOOK_SECRET,)
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
-import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import overload
 
 import lmdb
 import numpy as np
@@ -33,9 +32,22 @@ from lookalike.client.errors import (
     LookalikeError,
     NotFound,
 )
+from lookalike.server.changes import (
+    Change,
+    EntriesAdded,
+    EntryConfirmed,
+    EntryRemoved,
+    KeyCreated,
+    KeyRevoked,
+    ListCreated,
+    ListDeleted,
+    ListUpdated,
+)
 from lookalike.server.hashes import MD5, PDQ, SHA256
 from lookalike.server.records import (
+    ADMIN,
     AUDIT_ENTRY_ADD,
+    AUDIT_ENTRY_CONFIRM,
     AUDIT_ENTRY_REMOVE,
     AUDIT_KEY_CREATE,
     AUDIT_KEY_REVOKE,
@@ -43,14 +55,12 @@ from lookalike.server.records import (
     AUDIT_LIST_DELETE,
     AUDIT_LIST_UPDATE,
     ENTRY_ID_MAX,
-    LIST_KIND_DISALLOW,
     AddOutcome,
     AuditRecord,
     EntryRecord,
     EntryScan,
     KeyRecord,
     ListRecord,
-    NewEntry,
     is_pdq_only,
     validate_description,
     validate_list_kind,
@@ -64,16 +74,16 @@ from lookalike.server.storage.codec import (
     check_list_fields,
     checksum,
     decode_audit,
-    decode_change,
     decode_embedding,
     decode_entry,
     decode_key,
     decode_list,
+    decode_logged_change,
     encode_audit,
-    encode_embedding,
     encode_entry,
     encode_key,
     encode_list,
+    encode_logged_change,
 )
 from lookalike.server.storage.environment import Environment, Transaction, delete_prefix
 from lookalike.server.storage.errors import CorruptRecord, corrupt
@@ -85,6 +95,38 @@ AUDIT_LOOKUP_RECORDS = 10_000
 """How far after an entry's creation its audit record is looked for (entries stored before the adding key
 was kept with them): the record is written in the same transaction, at the same moment since audit
 records began sharing the entry's time, a moment later before that."""
+
+
+class AlreadyApplied(Exception):
+    """A change whose sequence number is not past the applied one: it was applied before, nothing is written."""
+
+
+@dataclass(frozen=True)
+class Removed:
+    """An entry removed, and the number of its removal in the list's change log (for the index)."""
+
+    entry: EntryRecord
+    change: int
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """A confirmed entry and its list (the flood guard's state is kept by list uid and entry seq)."""
+
+    list: ListRecord
+    entry: EntryRecord
+
+
+type Result = ListRecord | list[AddOutcome | Exception] | Removed | KeyRecord | Confirmed
+"""What committing a change gives, by its kind (see `Store.commit`'s overloads)."""
+
+
+@dataclass(frozen=True)
+class Committed[R: Result]:
+    """A change committed: the sequence number it was applied under, and what it gave."""
+
+    sequence: int
+    result: R
 
 
 @dataclass(frozen=True)
@@ -264,41 +306,6 @@ class Store:
 
     # Lists ---------------------------------------------------------------
 
-    def create_list(
-        self,
-        name: str,
-        description: str,
-        review_threshold: float,
-        reject_threshold: float,
-        model: str,
-        actor: str = "",
-        dihedral: bool = True,
-        kind: str = LIST_KIND_DISALLOW,
-    ) -> ListRecord:
-        validate_list_name(name)
-        validate_thresholds(review_threshold, reject_threshold)
-        validate_description(description)
-        validate_list_kind(kind)
-        with self.environment.transaction() as txn:
-            if txn.get(schema.list_key(name), db=self._lists) is not None:
-                raise AlreadyExists(f"list {name!r} already exists", "LIST_EXISTS")
-            uid = int(txn.get(schema.KEY_NEXT_LIST_UID, default=b"1", db=self._meta))
-            txn.put(schema.KEY_NEXT_LIST_UID, str(uid + 1).encode(), db=self._meta)
-            record = ListRecord(
-                uid,
-                name,
-                description,
-                review_threshold,
-                reject_threshold,
-                model,
-                time.time(),
-                dihedral=dihedral,
-                kind=kind,
-            )
-            self._put_list(txn, record)
-            self.record_audit(txn, actor, AUDIT_LIST_CREATE, name, detail=_settings(record))
-        return record
-
     def _put_list(self, txn: Transaction, record: ListRecord) -> None:
         txn.put(schema.list_key(record.name), encode_list(record), db=self._lists)
 
@@ -317,113 +324,7 @@ class Store:
         with self.environment.read() as txn:
             return [_list_record(raw, key) for key, raw in txn.cursor(db=self._lists)]
 
-    def update_list(
-        self,
-        name: str,
-        description: str | None = None,
-        review_threshold: float | None = None,
-        reject_threshold: float | None = None,
-        actor: str = "",
-        dihedral: bool | None = None,
-        cause: str = "",
-    ) -> ListRecord:
-        """`cause` says what made the change when not a person's direct edit (e.g. "calibrate"); it is audited."""
-        with self.environment.transaction() as txn:
-            record = self._get_list(txn, name)
-            record = replace(
-                record,
-                description=record.description if description is None else description,
-                review_threshold=record.review_threshold if review_threshold is None else review_threshold,
-                reject_threshold=record.reject_threshold if reject_threshold is None else reject_threshold,
-                dihedral=record.dihedral if dihedral is None else dihedral,
-            )
-            validate_thresholds(record.review_threshold, record.reject_threshold)
-            validate_description(record.description)
-            self._put_list(txn, record)
-            detail = _settings(record) | ({"cause": cause} if cause else {})
-            self.record_audit(txn, actor, AUDIT_LIST_UPDATE, name, detail=detail)
-        return record
-
-    def delete_list(self, name: str, actor: str = "") -> ListRecord:
-        """Delete a list and everything stored under it, in one transaction."""
-        with self.environment.transaction() as txn:
-            record = self._get_list(txn, name)
-            txn.delete(schema.list_key(name), db=self._lists)
-            self.record_audit(txn, actor, AUDIT_LIST_DELETE, name, detail={"entries_deleted": str(record.entry_count)})
-            prefix = schema.list_prefix(record.uid)
-            entry_dbs = (self._entries, self._entry_ids, self._digests, self._md5, self._vectors)
-            for db in (*entry_dbs, self._changes, self._snapshots, self._snapshot_pieces, self._snapshot_sums):
-                delete_prefix(txn.cursor(db=db), prefix)
-        return record
-
     # Entries -------------------------------------------------------------
-
-    def add_entries(self, name: str, items: Sequence[NewEntry], actor: str = "") -> list[AddOutcome | Exception]:
-        """Store several entries in one transaction: idempotent by `entry_key`, and by MD5.
-
-        Each item gets its outcome or its own error (an id already used by other
-        bytes); the good ones are committed together.
-        """
-        results: list[AddOutcome | Exception] = []
-        audit: list[AuditRecord] = []
-        with self.environment.transaction(grows=True) as txn:
-            record = self._get_list(txn, name)
-            prefix = schema.list_prefix(record.uid)
-            seq, change, count = record.next_seq, record.next_change, record.entry_count
-            pdq_only = record.pdq_only_count
-            for item in items:
-                key = prefix + entry_key(item.sha256, item.md5, item.pdq)
-                existing = txn.get(key, db=self._digests)
-                if existing is None and item.md5:
-                    existing = txn.get(prefix + item.md5, db=self._md5)
-                if existing is not None:
-                    entry = self._entry(txn, record.uid, schema.SEQ.unpack(existing)[0])
-                    results.append(AddOutcome(entry, duplicate=True, change=0, embedding=None))
-                    continue
-                entry_id = item.id or uuid.uuid4().hex
-                if txn.get(prefix + entry_id.encode(), db=self._entry_ids) is not None:
-                    results.append(
-                        AlreadyExists(
-                            f"entry id {entry_id!r} is already used on list {name!r} by other bytes",
-                            "ENTRY_ID_EXISTS",
-                        )
-                    )
-                    continue
-                entry = EntryRecord(
-                    entry_id,
-                    seq,
-                    item.sha256,
-                    item.pdq,
-                    item.pdq_quality,
-                    item.phash,
-                    item.model if item.embedding is not None else "",
-                    item.meta,
-                    time.time(),
-                    item.md5,
-                    actor,
-                )
-                seq_key = schema.seq_key(record.uid, seq)
-                txn.put(seq_key, encode_entry(entry), db=self._entries)
-                txn.put(prefix + entry_id.encode(), schema.SEQ.pack(seq), db=self._entry_ids)
-                txn.put(key, schema.SEQ.pack(seq), db=self._digests)
-                if item.md5:
-                    txn.put(prefix + item.md5, schema.SEQ.pack(seq), db=self._md5)
-                stored = None
-                if item.embedding is not None:  # the index gets what a restart would read back
-                    encoded = encode_embedding(item.embedding)
-                    txn.put(seq_key, encoded, db=self._vectors)
-                    stored = decode_embedding(encoded)
-                txn.put(schema.seq_key(record.uid, change), schema.OP_ADD + schema.SEQ.pack(seq), db=self._changes)
-                audit.append(AuditRecord(entry.created, actor, AUDIT_ENTRY_ADD, name, entry_id, _add_detail(entry)))
-                results.append(AddOutcome(entry, duplicate=False, change=change, embedding=stored))
-                seq, change, count = seq + 1, change + 1, count + 1
-                if pdq_only is not None:
-                    pdq_only += is_pdq_only(entry)
-            self._put_list(
-                txn, replace(record, next_seq=seq, next_change=change, entry_count=count, pdq_only_count=pdq_only)
-            )
-            self._audit_all(txn, audit)
-        return results
 
     def count_pdq_only(self, name: str, attempts: int = 3) -> bool:
         """Count the hash-only entries of a list stored before the count was kept; True once saved, False
@@ -468,36 +369,6 @@ class Store:
     def _scan_pdq_only(self, txn: Transaction, record: ListRecord) -> int:
         entries = _iter_entries(self.environment, txn, record.uid, record.name, embeddings=False)
         return sum(is_pdq_only(entry) for entry, _ in entries)
-
-    def remove_entry(self, name: str, entry_id: str, actor: str = "") -> tuple[EntryRecord, int]:
-        """Remove an entry; returns it and the change number of the removal."""
-        with self.environment.transaction() as txn:
-            record = self._get_list(txn, name)
-            prefix = schema.list_prefix(record.uid)
-            raw_seq = txn.get(prefix + entry_id.encode(), db=self._entry_ids)
-            if raw_seq is None:
-                raise NotFound(f"entry {entry_id[:80]!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
-            seq = schema.SEQ.unpack(raw_seq)[0]
-            entry = self._entry(txn, record.uid, seq)
-            key = schema.seq_key(record.uid, seq)
-            txn.delete(key, db=self._entries)
-            txn.delete(key, db=self._vectors)
-            txn.delete(prefix + entry_id.encode(), db=self._entry_ids)
-            txn.delete(prefix + entry_key(entry.sha256, entry.md5, entry.pdq), db=self._digests)
-            md5_key = prefix + entry.md5 if entry.md5 else b""
-            if md5_key and txn.get(md5_key, db=self._md5) == schema.SEQ.pack(seq):  # else it finds another entry
-                txn.delete(md5_key, db=self._md5)
-            change = record.next_change
-            txn.put(schema.seq_key(record.uid, change), schema.OP_REMOVE + schema.SEQ.pack(seq), db=self._changes)
-            self.record_audit(txn, actor, AUDIT_ENTRY_REMOVE, name, entry_id, _add_detail(entry))
-            pdq_only = record.pdq_only_count
-            if pdq_only is not None:
-                pdq_only -= is_pdq_only(entry)
-            self._put_list(
-                txn,
-                replace(record, next_change=change + 1, entry_count=record.entry_count - 1, pdq_only_count=pdq_only),
-            )
-        return entry, change
 
     def _entry(self, txn: Transaction, uid: int, seq: int) -> EntryRecord:
         raw = txn.get(schema.seq_key(uid, seq), db=self._entries)
@@ -680,7 +551,7 @@ class Store:
                         break
                     number = schema.SEQ.unpack(key[4:])[0]
                     try:
-                        changes.append(LoggedChange(number, *decode_change(value)))
+                        changes.append(LoggedChange(number, *decode_logged_change(value)))
                     except CorruptRecord as error:
                         raise corrupt(f"change {number} of list {self._list_name(txn, uid)}", error) from None
         return changes
@@ -768,52 +639,7 @@ class Store:
             records = [_key_record(raw, key) for key, raw in txn.cursor(db=self._keys)]
         return sorted(records, key=lambda record: (record.created, int(record.id.lstrip("k") or 0)))
 
-    def create_key(self, name: str, role: str, lists: Sequence[str], digest: bytes, actor: str = "") -> KeyRecord:
-        """Store a new key under the next id ("k1", "k2", ...); the caller validates role and lists."""
-        with self.environment.transaction() as txn:
-            number = int(txn.get(schema.KEY_NEXT_KEY_NUMBER, default=b"1", db=self._meta))
-            txn.put(schema.KEY_NEXT_KEY_NUMBER, str(number + 1).encode(), db=self._meta)
-            record = KeyRecord(f"k{number}", name, role, list(lists), digest, time.time(), actor)
-            txn.put(record.id.encode(), encode_key(record), db=self._keys)
-            detail = {"key": record.id, "role": role, "lists": ",".join(lists), "name": name}
-            self.record_audit(txn, actor, AUDIT_KEY_CREATE, detail=detail)
-        return record
-
-    def revoke_key(self, key_id: str, actor: str = "") -> KeyRecord:
-        """Mark a key revoked (kept, so audit records still name it); revoking twice changes nothing."""
-        with self.environment.transaction() as txn:
-            raw = txn.get(key_id.encode(), db=self._keys) if key_id else None
-            if raw is None:
-                raise NotFound(f"key {key_id!r} does not exist", "KEY_NOT_FOUND")
-            record = _key_record(raw, key_id.encode())
-            if record.revoked:
-                return record
-            record = replace(record, revoked=time.time())
-            txn.put(record.id.encode(), encode_key(record), db=self._keys)
-            self.record_audit(txn, actor, AUDIT_KEY_REVOKE, detail={"key": record.id, "role": record.role})
-        return record
-
     # Audit log -----------------------------------------------------------------
-
-    def record_audit(
-        self,
-        txn: Transaction,
-        actor: str,
-        action: str,
-        list_name: str = "",
-        entry_id: str = "",
-        detail: dict[str, str] | None = None,
-    ) -> None:
-        """Append one audit record inside the caller's transaction, with the change it describes."""
-        self._audit_all(txn, [AuditRecord(time.time(), actor, action, list_name, entry_id, detail or {})])
-
-    def _audit_all(self, txn: Transaction, records: Sequence[AuditRecord]) -> None:
-        if not records:
-            return
-        first = int(txn.get(schema.KEY_NEXT_AUDIT_SEQ, default=b"1", db=self._meta))
-        txn.put(schema.KEY_NEXT_AUDIT_SEQ, str(first + len(records)).encode(), db=self._meta)
-        for seq, record in enumerate(records, start=first):
-            txn.put(schema.audit_key(record.time, seq), encode_audit(record), db=self._audit_log)
 
     def audit(
         self, list_name: str = "", since: float = 0.0, limit: int = 1000, page_token: str = ""
@@ -825,3 +651,290 @@ class Store:
         key_size = 2 * schema.SEQ.size
         return self.environment.page(schema.DB_AUDIT, key_size, decode_audit, list_name, since, limit, page_token)
 
+
+    def applied_sequence(self) -> int:
+        """The sequence number of the last change committed (0: none yet)."""
+        with self.environment.read() as txn:
+            return int(txn.get(schema.KEY_APPLIED_SEQUENCE, default=b"0", db=self._meta))
+
+    # Committing a change: the LMDB half of `lookalike.server.writes.WritePath.apply` ----------------------------
+
+    @overload
+    def commit(
+        self, change: ListCreated | ListUpdated | ListDeleted, sequence: int | None = None
+    ) -> Committed[ListRecord]: ...
+    @overload
+    def commit(self, change: EntriesAdded, sequence: int | None = None) -> Committed[list[AddOutcome | Exception]]: ...
+    @overload
+    def commit(self, change: EntryRemoved, sequence: int | None = None) -> Committed[Removed]: ...
+    @overload
+    def commit(self, change: KeyCreated | KeyRevoked, sequence: int | None = None) -> Committed[KeyRecord]: ...
+    @overload
+    def commit(
+        self,
+        change: EntryConfirmed,
+        sequence: int | None = None,
+        also: Callable[[Transaction, Confirmed], None] | None = None,
+    ) -> Committed[Confirmed]: ...
+    def commit(
+        self, change: Change, sequence: int | None = None, also: Callable[[Transaction, Confirmed], None] | None = None
+    ) -> Committed[Result]:
+        """Write `change` in one transaction: its records, its audit record, the list's change log, and the
+        applied sequence, `sequence` (None: the one after the last, as a single node numbers its changes).
+        Whatever depends on what is stored (a duplicate, a missing entry, a list that exists) is decided here,
+        from the data at this point, so every replica decides alike; a refused change raises its domain error
+        and writes nothing. `also(txn, confirmed)` adds a confirmation's node-local writes to the transaction.
+
+        AlreadyApplied when `sequence` is not past the applied one: the change was applied before, nothing
+        is written. StorageFull when the map or disk is full (nothing is written)."""
+        with self.environment.transaction(grows=isinstance(change, EntriesAdded)) as txn:
+            applied = int(txn.get(schema.KEY_APPLIED_SEQUENCE, default=b"0", db=self._meta))
+            if sequence is None:
+                sequence = applied + 1
+            elif sequence <= applied:
+                raise AlreadyApplied(f"change {sequence} was applied before (the last applied is {applied})")
+            result: Result
+            match change:
+                case ListCreated():
+                    result = self._create_list(txn, change)
+                case ListUpdated():
+                    result = self._update_list(txn, change)
+                case ListDeleted():
+                    result = self._delete_list(txn, change)
+                case EntriesAdded():
+                    result = self._add_entries(txn, change)
+                case EntryRemoved():
+                    result = self._remove_entry(txn, change)
+                case KeyCreated():
+                    result = self._create_key(txn, change)
+                case KeyRevoked():
+                    result = self._revoke_key(txn, change)
+                case EntryConfirmed():
+                    result = self._confirm_entry(txn, change)
+                    if also is not None:
+                        also(txn, result)
+            txn.put(schema.KEY_APPLIED_SEQUENCE, str(sequence).encode(), db=self._meta)
+        return Committed(sequence, result)
+
+    def _audit(self, txn: Transaction, records: Sequence[AuditRecord]) -> None:
+        """Append audit records in the transaction of the change they describe."""
+        if not records:
+            return
+        first = int(txn.get(schema.KEY_NEXT_AUDIT_SEQ, default=b"1", db=self._meta))
+        txn.put(schema.KEY_NEXT_AUDIT_SEQ, str(first + len(records)).encode(), db=self._meta)
+        for seq, record in enumerate(records, start=first):
+            txn.put(schema.audit_key(record.time, seq), encode_audit(record), db=self._audit_log)
+
+    def _create_list(self, txn: Transaction, change: ListCreated) -> ListRecord:
+        validate_list_name(change.name)
+        validate_thresholds(change.review_threshold, change.reject_threshold)
+        validate_description(change.description)
+        validate_list_kind(change.kind)
+        if txn.get(schema.list_key(change.name), db=self._lists) is not None:
+            raise AlreadyExists(f"list {change.name!r} already exists", "LIST_EXISTS")
+        uid = int(txn.get(schema.KEY_NEXT_LIST_UID, default=b"1", db=self._meta))
+        txn.put(schema.KEY_NEXT_LIST_UID, str(uid + 1).encode(), db=self._meta)
+        record = ListRecord(
+            uid,
+            change.name,
+            change.description,
+            change.review_threshold,
+            change.reject_threshold,
+            change.model,
+            change.time,
+            dihedral=change.dihedral,
+            kind=change.kind,
+        )
+        self._put_list(txn, record)
+        detail = _settings(record)
+        self._audit(txn, [AuditRecord(change.time, change.actor, AUDIT_LIST_CREATE, change.name, "", detail)])
+        return record
+
+    def _update_list(self, txn: Transaction, change: ListUpdated) -> ListRecord:
+        record = self._get_list(txn, change.name)
+        record = replace(
+            record,
+            description=record.description if change.description is None else change.description,
+            review_threshold=record.review_threshold if change.review_threshold is None else change.review_threshold,
+            reject_threshold=record.reject_threshold if change.reject_threshold is None else change.reject_threshold,
+            dihedral=record.dihedral if change.dihedral is None else change.dihedral,
+        )
+        validate_thresholds(record.review_threshold, record.reject_threshold)
+        validate_description(record.description)
+        self._put_list(txn, record)
+        detail = _settings(record) | ({"cause": change.cause} if change.cause else {})
+        self._audit(txn, [AuditRecord(change.time, change.actor, AUDIT_LIST_UPDATE, change.name, "", detail)])
+        return record
+
+    def _delete_list(self, txn: Transaction, change: ListDeleted) -> ListRecord:
+        """Delete a list and everything stored under it."""
+        record = self._get_list(txn, change.name)
+        txn.delete(schema.list_key(change.name), db=self._lists)
+        detail = {"entries_deleted": str(record.entry_count)}
+        self._audit(txn, [AuditRecord(change.time, change.actor, AUDIT_LIST_DELETE, change.name, "", detail)])
+        prefix = schema.list_prefix(record.uid)
+        entry_dbs = (self._entries, self._entry_ids, self._digests, self._md5, self._vectors)
+        for db in (*entry_dbs, self._changes, self._snapshots, self._snapshot_pieces, self._snapshot_sums):
+            delete_prefix(txn.cursor(db=db), prefix)
+        return record
+
+    def _add_entries(self, txn: Transaction, change: EntriesAdded) -> list[AddOutcome | Exception]:
+        """Store entries: idempotent by `entry_key`, and by MD5. Each gets its outcome or its own error (an id
+        already used by other bytes); the others are stored together."""
+        results: list[AddOutcome | Exception] = []
+        audit: list[AuditRecord] = []
+        record = self._get_list(txn, change.list)
+        if change.model != record.model and any(item.embedding for item in change.entries):
+            raise InvalidArgument(
+                f"the embeddings are from model {change.model!r} but list {change.list!r} uses {record.model!r}",
+                "EMBEDDING_MODEL_MISMATCH",
+            )
+        prefix = schema.list_prefix(record.uid)
+        seq, number, count = record.next_seq, record.next_change, record.entry_count
+        pdq_only = record.pdq_only_count
+        for item in change.entries:
+            key = prefix + entry_key(item.sha256, item.md5, item.pdq)
+            existing = txn.get(key, db=self._digests)
+            if existing is None and item.md5:
+                existing = txn.get(prefix + item.md5, db=self._md5)
+            if existing is not None:
+                entry = self._entry(txn, record.uid, schema.SEQ.unpack(existing)[0])
+                results.append(AddOutcome(entry, duplicate=True, change=0, embedding=None))
+                continue
+            if txn.get(prefix + item.id.encode(), db=self._entry_ids) is not None:
+                results.append(
+                    AlreadyExists(
+                        f"entry id {item.id!r} is already used on list {change.list!r} by other bytes",
+                        "ENTRY_ID_EXISTS",
+                    )
+                )
+                continue
+            entry = EntryRecord(
+                item.id,
+                seq,
+                item.sha256,
+                item.pdq,
+                item.pdq_quality,
+                item.phash,
+                change.model if item.embedding else "",
+                item.meta,
+                change.time,
+                item.md5,
+                change.actor,
+            )
+            seq_key = schema.seq_key(record.uid, seq)
+            txn.put(seq_key, encode_entry(entry), db=self._entries)
+            txn.put(prefix + item.id.encode(), schema.SEQ.pack(seq), db=self._entry_ids)
+            txn.put(key, schema.SEQ.pack(seq), db=self._digests)
+            if item.md5:
+                txn.put(prefix + item.md5, schema.SEQ.pack(seq), db=self._md5)
+            stored = None
+            if item.embedding:  # the index gets what a restart would read back
+                txn.put(seq_key, item.embedding, db=self._vectors)
+                stored = decode_embedding(item.embedding)
+            txn.put(schema.seq_key(record.uid, number), encode_logged_change(schema.OP_ADD, seq), db=self._changes)
+            detail = _add_detail(entry)
+            audit.append(AuditRecord(change.time, change.actor, AUDIT_ENTRY_ADD, change.list, item.id, detail))
+            results.append(AddOutcome(entry, duplicate=False, change=number, embedding=stored))
+            seq, number, count = seq + 1, number + 1, count + 1
+            if pdq_only is not None:
+                pdq_only += is_pdq_only(entry)
+        record = replace(record, next_seq=seq, next_change=number, entry_count=count, pdq_only_count=pdq_only)
+        self._put_list(txn, record)
+        self._audit(txn, audit)
+        return results
+
+    def _stored_entry(self, txn: Transaction, record: ListRecord, entry_id: str) -> EntryRecord:
+        raw_seq = txn.get(schema.list_prefix(record.uid) + entry_id.encode(), db=self._entry_ids)
+        if raw_seq is None:
+            raise NotFound(f"entry {entry_id[:80]!r} is not on list {record.name!r}", "ENTRY_NOT_FOUND")
+        return self._entry(txn, record.uid, schema.SEQ.unpack(raw_seq)[0])
+
+    def _remove_entry(self, txn: Transaction, change: EntryRemoved) -> Removed:
+        record = self._get_list(txn, change.list)
+        entry = self._stored_entry(txn, record, change.entry_id)
+        prefix = schema.list_prefix(record.uid)
+        key = schema.seq_key(record.uid, entry.seq)
+        txn.delete(key, db=self._entries)
+        txn.delete(key, db=self._vectors)
+        txn.delete(prefix + entry.id.encode(), db=self._entry_ids)
+        txn.delete(prefix + entry_key(entry.sha256, entry.md5, entry.pdq), db=self._digests)
+        md5_key = prefix + entry.md5 if entry.md5 else b""
+        if md5_key and txn.get(md5_key, db=self._md5) == schema.SEQ.pack(entry.seq):  # else it finds another entry
+            txn.delete(md5_key, db=self._md5)
+        number = record.next_change
+        txn.put(schema.seq_key(record.uid, number), encode_logged_change(schema.OP_REMOVE, entry.seq), db=self._changes)
+        detail = _add_detail(entry)
+        self._audit(txn, [AuditRecord(change.time, change.actor, AUDIT_ENTRY_REMOVE, change.list, entry.id, detail)])
+        pdq_only = record.pdq_only_count
+        if pdq_only is not None:
+            pdq_only -= is_pdq_only(entry)
+        self._put_list(
+            txn, replace(record, next_change=number + 1, entry_count=record.entry_count - 1, pdq_only_count=pdq_only)
+        )
+        return Removed(entry, number)
+
+    def _stored_keys(self, txn: Transaction) -> list[KeyRecord]:
+        return [_key_record(raw, key) for key, raw in txn.cursor(db=self._keys)]
+
+    def _create_key(self, txn: Transaction, change: KeyCreated) -> KeyRecord:
+        """Store a new key under the next id ("k1", "k2", ...). The first key must be an admin key, or nobody
+        could manage keys afterwards."""
+        if change.role != ADMIN and not any(not record.revoked for record in self._stored_keys(txn)):
+            raise FailedPrecondition(
+                "no keys exist yet: the first key must be an admin key, or nobody could manage keys afterwards",
+                "FIRST_KEY_NOT_ADMIN",
+            )
+        number = int(txn.get(schema.KEY_NEXT_KEY_NUMBER, default=b"1", db=self._meta))
+        txn.put(schema.KEY_NEXT_KEY_NUMBER, str(number + 1).encode(), db=self._meta)
+        record = KeyRecord(
+            f"k{number}", change.name, change.role, list(change.lists), change.digest, change.time, change.actor
+        )
+        txn.put(record.id.encode(), encode_key(record), db=self._keys)
+        detail = {"key": record.id, "role": change.role, "lists": ",".join(change.lists), "name": change.name}
+        self._audit(txn, [AuditRecord(change.time, change.actor, AUDIT_KEY_CREATE, "", "", detail)])
+        return record
+
+    def _revoke_key(self, txn: Transaction, change: KeyRevoked) -> KeyRecord:
+        """Mark a key revoked (kept, so audit records still name it); revoking twice changes nothing. The last
+        admin key stays, so somebody can always manage keys."""
+        keys = {record.id: record for record in self._stored_keys(txn)}
+        record = keys.get(change.key_id)
+        if record is None:
+            raise NotFound(f"key {change.key_id!r} does not exist", "KEY_NOT_FOUND")
+        if record.revoked:
+            return record
+        admins = [other for other in keys.values() if other.role == ADMIN and not other.revoked]
+        if record.role == ADMIN and admins == [record]:
+            raise FailedPrecondition(
+                f"key {record.id!r} is the last admin key; create another admin key before revoking it, "
+                "so that somebody can still manage keys",
+                "LAST_ADMIN_KEY",
+            )
+        record = replace(record, revoked=change.time)
+        txn.put(record.id.encode(), encode_key(record), db=self._keys)
+        detail = {"key": record.id, "role": record.role}
+        self._audit(txn, [AuditRecord(change.time, change.actor, AUDIT_KEY_REVOKE, "", "", detail)])
+        return record
+
+    def _confirm_entry(self, txn: Transaction, change: EntryConfirmed) -> Confirmed:
+        record = self._get_list(txn, change.list)
+        entry = self._stored_entry(txn, record, change.entry_id)
+        audit = AuditRecord(change.time, change.actor, AUDIT_ENTRY_CONFIRM, change.list, entry.id, change.detail)
+        self._audit(txn, [audit])
+        return Confirmed(record, self._with_added_by(txn, record.name, entry))
+
+    # Comparing replicas -----------------------------------------------------------------------------------
+
+    def replicated_contents(self) -> dict[bytes, list[tuple[bytes, bytes]]]:
+        """Every record of every replicated database (meta without its node-local keys), in key order, read in
+        one transaction: what two replicas that applied the same changes hold alike, byte for byte."""
+        with self.environment.read() as txn:
+            return {
+                name: [
+                    (bytes(key), bytes(value))
+                    for key, value in txn.cursor(db=self.environment.db(name))
+                    if name != schema.DB_META or bytes(key) not in schema.NODE_LOCAL_META_KEYS
+                ]
+                for name in schema.REPLICATED_DATABASES
+            }

@@ -29,11 +29,11 @@ from lookalike.server.storage.codec import (
     check_list_fields,
     checksum,
     decode_audit,
-    decode_change,
     decode_embedding,
     decode_entry,
     decode_key,
     decode_list,
+    decode_logged_change,
     json_object,
 )
 from lookalike.server.storage.errors import CorruptRecord
@@ -264,7 +264,7 @@ class _Verifier:
             raise CorruptRecord(f"a key of {len(key)} bytes")
         uid, number = UID.unpack(key[:4])[0], SEQ.unpack(key[4:])[0]
         self.known_list(uid)
-        decode_change(raw)
+        decode_logged_change(raw)
         if number >= self.lists[uid].next_change:
             raise CorruptRecord(f"change {number} is past the list's next, {self.lists[uid].next_change}")
 
