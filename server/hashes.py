@@ -60,6 +60,8 @@ class HashCodec:
 
     def parse(self, text: str) -> bytes:
         """A caller's hex as bytes (b"" when blank); INVALID_ARGUMENT saying what is wrong otherwise."""
+        if not text:
+            return b""
         value = text.strip().lower()
         if not value:
             return b""
