@@ -72,7 +72,6 @@ class FloodGuard:
     """Per-entry match rates of one server, and the entries under guard."""
 
     def __init__(self, store: Store, settings: FloodSettings) -> None:
-        self.store = store
         self.settings = settings
         self._tables = FloodTables(store.environment)
         self._lock = threading.Lock()

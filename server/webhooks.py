@@ -60,7 +60,6 @@ class WebhookOutbox:
         """`headers(secret, check id, body)`: an attempt's headers, signed afresh (the webhook format is
         the transport's: `server.messages` renders bodies and signs them as `lookalike.client.webhooks`
         verifies)."""
-        self.store = store
         self.config = config
         self.metrics = metrics
         self._headers = headers

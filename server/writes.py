@@ -107,11 +107,10 @@ class WritePath:
                 return confirmed.sequence, confirmed.result.entry
 
     def _delete_list(self, change: ListDeleted, sequence: int | None) -> tuple[int, ListRecord]:
-        uid = self.store.get_list(change.name).uid
-        with self.indexes.writing(uid):
+        with self.indexes.writing(self.store.get_list(change.name).uid):
             deleted = self.store.commit(change, sequence)
-            self.indexes.dropped(uid)
-        self.flood.forget(uid)
+            self.indexes.dropped(deleted.result.uid)
+        self.flood.forget(deleted.result.uid)
         return deleted.sequence, deleted.result
 
     def _add_entries(self, change: EntriesAdded, sequence: int | None) -> tuple[int, list[AddOutcome | Exception]]:

@@ -48,11 +48,6 @@ def decode_record[R](cls: Callable[..., R], raw: bytes | memoryview) -> R:
     return fields_into(cls, json_object(raw))
 
 
-def encode_record(record: object) -> bytes:
-    """A flat dataclass record as JSON (`vars`: no deep copy, as `asdict` would make)."""
-    return json.dumps(vars(record)).encode()
-
-
 # Lists --------------------------------------------------------------------------------------------------
 
 
@@ -214,7 +209,7 @@ def check_key_fields(record: KeyRecord, key: bytes | memoryview) -> None:
 
 
 def encode_audit(record: AuditRecord) -> bytes:
-    return encode_record(record)
+    return json.dumps(vars(record)).encode()  # flat: no deep copy, as `asdict` would make
 
 
 def decode_audit(raw: bytes | memoryview) -> AuditRecord:

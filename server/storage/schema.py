@@ -1,6 +1,7 @@
 """Every name the data folder holds: its files, every LMDB database, the meta keys, the key layouts, the format.
 
-Nothing outside `lookalike.server.storage` names a database or builds a key; a name here is a persisted name
+Nothing outside `lookalike.server.storage` names a database or lays out a key (the stored checks' ledger holds
+`owned_key`s, made here, as the identity of the checks it has in hand); a name here is a persisted name
 (renaming one breaks stored data). Databases are either replicated (the same bytes on every node that applied
 the same changes: lists, entries and what finds them, keys, the audit log) or node-local (what one node keeps
 for itself: index snapshots and the change log they prune, stored checks, webhooks, feedback, flood guard).

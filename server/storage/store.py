@@ -1,9 +1,11 @@
 """The replicated data and its index bookkeeping: lists, entries and their fingerprints, API keys, the audit log,
 each list's change log and index snapshots.
 
-Every write is one transaction that also appends to the list's change log, so an index snapshot can name the
-last change it holds and a restart replays only what came after. Every change also writes its audit record in
-its own transaction, so a record can be neither lost nor written for a change that did not happen.
+The replicated data is written by `Store.commit` alone, one change record (`lookalike.server.changes`) per
+transaction, which `lookalike.server.writes.WritePath.apply` calls. The transaction also appends to the list's
+change log, so an index snapshot can name the last change it holds and a restart replays only what came after;
+it writes the change's audit record, so a record can be neither lost nor written for a change that did not
+happen; and it stores the change's sequence number (`applied_sequence`), so a change is applied once.
 
 Entries are keyed for idempotency in `digests` by their SHA-256; an entry known only by hashes (a shared hash
 list) has none, so it is keyed by a digest of its MD5, else of its PDQ (`entry_key`): re-importing a list adds
@@ -580,8 +582,8 @@ class Store:
             txn.put(prefix, schema.SEQ.pack(change) + blob, db=self._snapshots)
             txn.put(prefix, schema.SEQ.pack(change) + blob_sum, db=self._snapshot_sums)
             for number, data in (pieces or {}).items():
-                txn.put(prefix + schema.UID.pack(number), data, db=self._snapshot_pieces)
-                txn.put(prefix + schema.UID.pack(number), piece_sums[number], db=self._snapshot_sums)
+                txn.put(schema.piece_key(uid, number), data, db=self._snapshot_pieces)
+                txn.put(schema.piece_key(uid, number), piece_sums[number], db=self._snapshot_sums)
             cursor = txn.cursor(db=self._snapshot_pieces)
             kept = set(piece_numbers) | set(pieces or {})
             found = cursor.set_range(prefix)
