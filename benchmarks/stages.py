@@ -40,7 +40,7 @@ from lookalike.server.config import ServerConfig
 from lookalike.server.embedder import MODELS, EmbedderPool, embedding_input
 from lookalike.server.fingerprint import pdq_hashes, phash
 from lookalike.server.imaging import decode_image
-from lookalike.server.regions import content_box
+from lookalike.server.regions import content_box, find_regions
 
 MAX_PIXELS = 100_000_000
 
@@ -79,7 +79,8 @@ def stage_costs(datas: Sequence[bytes]) -> dict[str, list[float]]:
         small = embedding_input(rgb)
         record("resize to model input", timed(embedding_input, rgb))
         record("phash", timed(phash, small))
-        record("region detection", timed(content_box, rgb))
+        record("region detection", timed(find_regions, rgb))
+        record("region detection, flat canvas alone (as before frames, grids, tilts)", timed(content_box, rgb))
         for model in MODELS:
             record(f"embed {model}", timed(embedders.get(model).embed, small))
     return costs
@@ -135,7 +136,9 @@ def rpc_overhead(datas: Sequence[bytes]) -> dict[str, list[float]]:
     """A check's round trip through gRPC minus the same check called in process."""
     costs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        running = create_server(ServerConfig(listen="127.0.0.1:0", data=Path(folder), map_size=1 << 28))
+        running = create_server(
+            ServerConfig(listen="127.0.0.1:0", data=Path(folder), map_size=1 << 28, http_listen="off")
+        )
         try:
             running.service.create_list("empty")
             with LookalikeClient(f"127.0.0.1:{running.port}") as client:

@@ -344,41 +344,66 @@ def _meta_column(key: str) -> str:
     return _META_PREFIX + key if clashes else key
 
 
-def write_pdq_csv(entries: Iterable[Entry], out: TextIO, *, header: bool = True) -> tuple[int, int]:
-    """Entries that have a PDQ hash, under a header; returns (written, skipped for lack of a PDQ).
-    The rows are held until the end: the header names every meta key. Without a header, rows are
-    what ThreatExchange's hasher prints and its C++ tools read (they stop at a header row):
-    `hash,quality,filename`, the file name from meta `filename` (left out when no entry has one)."""
-    rows: list[Entry] = []
-    skipped = 0
-    for entry in entries:
-        if entry.hashes.pdq:
-            rows.append(entry)
-        else:
-            skipped += 1
-    writer = csv.writer(out, lineterminator="\n")
-    if not header:
-        named = any("filename" in entry.meta for entry in rows)
-        for entry in rows:
-            filename = [entry.meta.get("filename", "")] if named else []
-            writer.writerow([entry.hashes.pdq, entry.hashes.pdq_quality, *filename])
-        return len(rows), skipped
-    digests = [name for name in ("sha256", "md5") if any(getattr(e.hashes, name) for e in rows)]
-    meta_keys = sorted({key for entry in rows for key in entry.meta})
-    meta_columns = [_meta_column(key) for key in meta_keys]
-    writer.writerow(["hash", "quality", "id", *digests, *meta_columns])
-    for entry in rows:
+@dataclass(frozen=True)
+class CsvColumns:
+    """The columns of a PDQ CSV file, known from its entries before the first row is written (the header
+    names every meta key), so that the rows can then be written as they come (a server streams them)."""
+
+    header: bool
+    digests: tuple[str, ...] = ()
+    meta_keys: tuple[str, ...] = ()
+    filename: bool = False
+    """Without a header: whether rows carry meta `filename` as their third cell."""
+
+    @classmethod
+    def of(cls, entries: Iterable[Entry], *, header: bool = True) -> CsvColumns:
+        """The columns the entries with a PDQ hash need (entries without one are never written)."""
+        digests: set[str] = set()
+        meta_keys: set[str] = set()
+        for entry in entries:
+            if entry.hashes.pdq:
+                digests.update(name for name in ("sha256", "md5") if getattr(entry.hashes, name))
+                meta_keys.update(entry.meta)
+        ordered = tuple(name for name in ("sha256", "md5") if name in digests)
+        return cls(header, ordered, tuple(sorted(meta_keys)), "filename" in meta_keys)
+
+    def write_header(self, out: TextIO) -> None:
+        if self.header:
+            meta_columns = [_meta_column(key) for key in self.meta_keys]
+            csv.writer(out, lineterminator="\n").writerow(["hash", "quality", "id", *self.digests, *meta_columns])
+
+    def write_row(self, out: TextIO, entry: Entry) -> bool:
+        """Write the entry's row; False (nothing written) when it has no PDQ hash."""
         hashes = entry.hashes
+        if not hashes.pdq:
+            return False
+        writer = csv.writer(out, lineterminator="\n")
+        if not self.header:
+            filename = [entry.meta.get("filename", "")] if self.filename else []
+            writer.writerow([hashes.pdq, hashes.pdq_quality, *filename])
+            return True
         writer.writerow(
             [
                 hashes.pdq,
                 hashes.pdq_quality,
                 entry.id,
-                *(getattr(hashes, name) for name in digests),
-                *(entry.meta.get(key, "") for key in meta_keys),
+                *(getattr(hashes, name) for name in self.digests),
+                *(entry.meta.get(key, "") for key in self.meta_keys),
             ]
         )
-    return len(rows), skipped
+        return True
+
+
+def write_pdq_csv(entries: Iterable[Entry], out: TextIO, *, header: bool = True) -> tuple[int, int]:
+    """Entries that have a PDQ hash, under a header; returns (written, skipped for lack of a PDQ).
+    The rows are held until the end: the header names every meta key. Without a header, rows are
+    what ThreatExchange's hasher prints and its C++ tools read (they stop at a header row):
+    `hash,quality,filename`, the file name from meta `filename` (left out when no entry has one)."""
+    held = list(entries)
+    columns = CsvColumns.of(held, header=header)
+    columns.write_header(out)
+    written = sum(columns.write_row(out, entry) for entry in held)
+    return written, len(held) - written
 
 
 def write_pdq_hashes(entries: Iterable[Entry], out: TextIO) -> tuple[int, int]:

@@ -19,15 +19,19 @@ OUT = ROOT / "client" / "lookalike_pb"
 
 
 def generate(out: Path) -> None:
+    import google.api.annotations_pb2
     import grpc_tools
     from grpc_tools import protoc
 
     include = Path(grpc_tools.__file__).parent / "_proto"
+    # google/api/annotations.proto (the HTTP paths of the methods) ships with googleapis-common-protos
+    googleapis = Path(google.api.annotations_pb2.__file__).parent.parent.parent
     status = protoc.main(
         [
             "protoc",
             f"-I{PROTO_ROOT}",
             f"-I{include}",
+            f"-I{googleapis}",
             f"--python_out={out}",
             f"--pyi_out={out}",
             f"--grpc_python_out={out}",

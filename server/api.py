@@ -376,6 +376,17 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
         return messages.check_view(view)
 
     @rpc
+    def ListChecks(self, request: pb.ListChecksRequest, context: grpc.ServicerContext) -> pb.ListChecksResponse:
+        return messages.check_page(self.ops.checks.page(self._caller(context), messages.check_query(request)))
+
+    @rpc
+    def GetCheckActivity(
+        self, request: pb.GetCheckActivityRequest, context: grpc.ServicerContext
+    ) -> pb.GetCheckActivityResponse:
+        hours = self.ops.checks.activity(self._caller(context), request.list, request.hours)
+        return messages.activity_message(hours)
+
+    @rpc
     def SubmitFeedback(self, request: pb.SubmitFeedbackRequest, context: grpc.ServicerContext) -> pb.Feedback:
         record = self.ops.feedback.submit(self._caller(context), messages.feedback_submission(request))
         return messages.feedback_message(record)

@@ -1,4 +1,4 @@
-"""Assembling and running the server: store, indexes, servicer, health, reflection, shutdown."""
+"""Assembling and running the server: store, indexes, servicer, health, reflection, the HTTP API, shutdown."""
 
 from __future__ import annotations
 
@@ -28,8 +28,11 @@ from lookalike.server.api import SERVICE, LookalikeServicer, MalformedRequestInt
 from lookalike.server.auth import Access, TlsFiles, is_loopback_listen, require_safe_listen, tls_files
 from lookalike.server.checks import CheckLedger
 from lookalike.server.config import ServerConfig, parse_config
+from lookalike.server.embedder import model_batcher
 from lookalike.server.feedback import FeedbackBook
 from lookalike.server.flood import FloodSettings
+from lookalike.server.http.app import HttpServer, bind, build_app
+from lookalike.server.http.context import HttpContext
 from lookalike.server.indexes import SNAPSHOT_SHARE
 from lookalike.server.memory import map_large_blocks_apart, trim_when_quiet
 from lookalike.server.messages import webhook_body, webhook_headers
@@ -65,15 +68,25 @@ class RunningServer:
     operations: Operations | None = None
     """What every transport calls; `access` turns a credential into the caller operations take."""
     access: Access | None = None
+    http: HttpServer | None = None
+    """The HTTP/JSON API (`--http-listen`; None when off)."""
 
     @property
     def metrics_port(self) -> int | None:
         return None if self.metrics_http is None else int(self.metrics_http.server_address[1])
 
+    @property
+    def http_port(self) -> int | None:
+        return None if self.http is None else self.http.port
+
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish, snapshot indexes, close LMDB."""
         self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            self.http.begin_stop()  # both transports wind down together
         self.server.stop(grace).wait()
+        if self.http is not None:
+            self.http.stop()
         for threads in self.call_threads:
             threads.shutdown(wait=False)
         _close_http(self.metrics_http)
@@ -144,8 +157,11 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         _close_http(metrics_http)
         raise
     access = Access(store)
+    http_on = config.http_listen.lower() != "off"
     try:
         require_safe_listen(config.listen, access)
+        if http_on:
+            require_safe_listen(config.http_listen, access, "--http-listen 127.0.0.1:8080")
         credentials = _server_credentials(tls_files(config.tls_cert, config.tls_key, config.tls_client_ca))
     except LookalikeError:
         store.close()
@@ -156,10 +172,12 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
             "no API keys exist: every call is accepted without a key, so the server listens on loopback only; "
             "create the first (admin) key with `lookalike keys create --role admin`"
         )
-    if credentials is None and not is_loopback_listen(config.listen):
-        log.warning("listening on %s without TLS: API keys and images cross the network in clear", config.listen)
+    for listen in (config.listen, config.http_listen) if http_on else (config.listen,):
+        if credentials is None and not is_loopback_listen(listen):
+            log.warning("listening on %s without TLS: API keys and images cross the network in clear", listen)
     models = sorted({record.model for record in store.lists()} | {config.default_model})
-    workers = FingerprintWorkers(config.max_pixels, config.workers, models)
+    batcher = model_batcher(config.device, config.embed_batch, config.embed_window, models, config.cpu_slots)
+    workers = FingerprintWorkers(config.max_pixels, config.workers, models, batcher)
     flood = FloodSettings(
         config.flood_min_matches, config.flood_factor, config.flood_short_window, config.flood_long_window
     )
@@ -226,18 +244,26 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     operations = Operations(service, config, access, checks, FeedbackBook(store))
     servicer = LookalikeServicer(operations, config, executor, access)
+    http_threads = ThreadPoolExecutor(
+        max_workers=config.threads, thread_name_prefix="http", initializer=configure_threads, initargs=(1,)
+    )
+    http_context = HttpContext(operations, access, config, metrics, calls, servicer.streams, ready, http_threads)
     pb_grpc.add_LookalikeServicer_to_server(servicer, server)
     reflection.enable_server_reflection(
         (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     try:
         port = _listen(server, config.listen, credentials)
+        http = _serve_http(http_context, config) if http_on else None
     except LookalikeError:
+        server.stop(None)
         workers.shutdown()
         store.close()
         _close_http(metrics_http)
         raise
     server.start()
+    if http is not None:
+        http.start()
     if on_listening is not None:
         on_listening(port)
     service.load()
@@ -256,9 +282,10 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         stop_snapshots,
         metrics_http=metrics_http,
         checks=checks,
-        call_threads=(calls, refusals, health_threads, other_threads),
+        call_threads=(calls, refusals, health_threads, other_threads, http_threads),
         operations=operations,
         access=access,
+        http=http,
     )
     running._snapshotter = threading.Thread(
         target=_snapshot_loop, args=(service, config, stop_snapshots), name="snapshots", daemon=True
@@ -268,6 +295,19 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     trimmer.daemon = True  # `stop_snapshots` stops it too
     trimmer.start()
     return running
+
+
+def _serve_http(context: HttpContext, config: ServerConfig) -> HttpServer:
+    """The HTTP server on its bound socket (not yet serving), or FAILED_PRECONDITION saying why not."""
+    try:
+        sock = bind(config.http_listen)
+    except OSError as error:
+        raise _cannot_listen(config.http_listen, "--http-listen", error) from None
+    try:
+        return HttpServer(build_app(context), sock, config)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _listen(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -379,6 +419,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("serving on %s (port %d), data in %s", config.listen, running.port, config.data.resolve())
     if running.metrics_port is not None:
         log.info("metrics at http://%s/metrics (port %d)", config.metrics_listen, running.metrics_port)
+    if running.http is not None:
+        scheme = "https" if running.http.tls else "http"
+        address = f"{config.http_listen.rpartition(':')[0]}:{running.http.port}"
+        log.info("HTTP API at %s://%s/v1, docs at /v1/docs (http port %d)", scheme, address, running.http.port)
+        log.info("dashboard at %s://%s/ (open it in a browser; log in with an API key)", scheme, address)
     stopping.wait()
     log.info("shutting down (grace %.0f s)", config.grace)
     running.stop(config.grace)

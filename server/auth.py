@@ -79,6 +79,9 @@ METHOD_ACTIONS: dict[str, Action] = {
     # A caller reads, and sends feedback on, its own checks only (admin: any).
     "GetCheck": Action.CHECK,
     "SubmitFeedback": Action.CHECK,
+    "ListChecks": Action.CHECK,
+    # One list's activity needs the right to read it; every check's (no list named), the audit log's.
+    "GetCheckActivity": Action.READ_LISTS,
     "ListFeedback": Action.READ_FEEDBACK,
     "Calibrate": Action.CALIBRATE,
     "ConfirmEntry": Action.CONFIRM_ENTRIES,
@@ -171,8 +174,8 @@ class Access:
         if authorization is None:
             if not self.open:
                 raise Unauthenticated(
-                    "this server requires an API key: send the metadata `authorization: Bearer <key>` "
-                    "(lookalike --api-key or LOOKALIKE_API_KEY)",
+                    "this server requires an API key: send `authorization: Bearer <key>` as gRPC metadata or an "
+                    "HTTP header (lookalike --api-key or LOOKALIKE_API_KEY)",
                     "API_KEY_MISSING",
                 )
             if not peer_is_loopback:
@@ -180,7 +183,7 @@ class Access:
             return BOOTSTRAP
         scheme, _, key = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthenticated("the authorization metadata must read `Bearer <key>`", "API_KEY_MALFORMED")
+            raise Unauthenticated("authorization (metadata or header) must read `Bearer <key>`", "API_KEY_MALFORMED")
         parsed = parse_key(key.strip())
         record = self._keys.get(parsed[0]) if parsed else None
         offered = secret_digest(parsed[1] if parsed else key)
@@ -253,6 +256,11 @@ def is_loopback_peer(peer: str) -> bool:
     return _is_loopback_ip(address.rpartition(":")[0].strip("[]"))
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a peer's IP address (as an HTTP server reports it) is this machine's."""
+    return _is_loopback_ip(host)
+
+
 def _is_loopback_ip(host: str) -> bool:
     try:
         address = ipaddress.ip_address(host)
@@ -263,12 +271,12 @@ def _is_loopback_ip(host: str) -> bool:
     return address.is_loopback
 
 
-def require_safe_listen(listen: str, access: Access) -> None:
-    """Refuse to serve beyond loopback while calls need no key."""
+def require_safe_listen(listen: str, access: Access, flag: str = "--listen 127.0.0.1:50051") -> None:
+    """Refuse to serve beyond loopback while calls need no key (`flag`: the loopback address to suggest)."""
     if access.open and not is_loopback_listen(listen):
         raise FailedPrecondition(
             f"refusing to listen on {listen}: no API keys exist, so anyone reaching it could change every list. "
-            "Start on loopback (--listen 127.0.0.1:50051), create an admin key with "
+            f"Start on loopback ({flag}), create an admin key with "
             "`lookalike keys create --role admin`, then restart with this address",
             "NO_KEYS_BEYOND_LOOPBACK",
         )

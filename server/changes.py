@@ -2,8 +2,9 @@
 
 A change is what one node accepted from a caller, with everything another node needs to apply it the same
 way: ids and times are chosen by the accepting node and travel inside the record, fingerprints travel as
-bytes (never the picture, never re-computed). `lookalike.server.writes.WritePath.apply` applies one; a
-single node calls it directly, cluster mode from the change log.
+bytes (never the picture, never re-computed), and so do the thumbnails of lists that keep them.
+`lookalike.server.writes.WritePath.apply` applies one; a single node calls it directly, cluster mode from the
+change log.
 
 Encoding (version 1): `VERSION KIND time actor body`, where
 
@@ -17,20 +18,24 @@ Encoding (version 1): `VERSION KIND time actor body`, where
 
     KIND  body
     1 ListCreated     name:str description:str review:f64 reject:f64 model:str dihedral:u8 kind:str
-    2 ListUpdated     name:str present:u8 [description:str] [review:f64] [reject:f64] [dihedral:u8] cause:str
-                      (present: bit 0 description, 1 review, 2 reject, 3 dihedral)
+                      thumbnails:u8
+    2 ListUpdated     name:str present:u8 [description:str] [review:f64] [reject:f64] [dihedral:u8]
+                      [thumbnails:u8] cause:str
+                      (present: bit 0 description, 1 review, 2 reject, 3 dihedral, 4 thumbnails)
     3 ListDeleted     name:str
     4 EntriesAdded    list:str model:str count:uvarint entry*
-                      entry: id:str has:u8 [sha256:32] [md5:16] [pdq:32 quality:u8] [phash:8] [embedding:blob] meta:map
-                      (has: bit 0 sha256, 1 md5, 2 pdq, 3 phash, 4 embedding; an embedding is float16
-                      little-endian, as stored)
+                      entry: id:str has:u8 [sha256:32] [md5:16] [pdq:32 quality:u8] [phash:8] [embedding:blob]
+                      [thumbnail:blob] meta:map
+                      (has: bit 0 sha256, 1 md5, 2 pdq, 3 phash, 4 embedding, 5 thumbnail; an embedding is
+                      float16 little-endian, as stored; a thumbnail a small WebP, a few kilobytes)
     5 EntryRemoved    list:str entry_id:str
     6 KeyCreated      name:str role:str lists:(uvarint count, str*) digest:32 (the SHA-256 of the secret)
     7 KeyRevoked      key_id:str
     8 EntryConfirmed  list:str entry_id:str detail:map (the audit detail: the accepting node's flood guard state)
 
 No pickle, no JSON: hashes stay raw bytes and embeddings float16, so an entry with an embedding takes about
-1.1 KiB and a hash-only entry about 100 bytes plus its id and meta. A record must fit one NATS message
+1.1 KiB (plus its thumbnail's few kilobytes on a list that keeps them) and a hash-only entry about 100 bytes
+plus its id and meta. A record must fit one NATS message
 (1 MiB by default): `split_to_fit` cuts an EntriesAdded into several that each fit (a 1000-entry batch of
 hash-only entries fits one; with embeddings it takes two), each applied in a transaction of its own.
 """
@@ -74,6 +79,7 @@ class ListCreated(_Change):
     model: str
     dihedral: bool = True
     kind: str = LIST_KIND_DISALLOW
+    thumbnails: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +91,8 @@ class ListUpdated(_Change):
     review_threshold: float | None = None
     reject_threshold: float | None = None
     dihedral: bool | None = None
+    thumbnails: bool | None = None
+    """Turned off, the list's thumbnails are deleted as it is applied."""
     cause: str = ""
     """What made the change when not a person's direct edit ("calibrate"); audited."""
 
@@ -150,8 +158,8 @@ KINDS: dict[type[_Change], int] = {
     EntryConfirmed: 8,
 }
 _BY_KIND = {kind: cls for cls, kind in KINDS.items()}
-_HAS_SHA256, _HAS_MD5, _HAS_PDQ, _HAS_PHASH, _HAS_EMBEDDING = 1, 2, 4, 8, 16
-_HAS_DESCRIPTION, _HAS_REVIEW, _HAS_REJECT, _HAS_DIHEDRAL = 1, 2, 4, 8
+_HAS_SHA256, _HAS_MD5, _HAS_PDQ, _HAS_PHASH, _HAS_EMBEDDING, _HAS_THUMBNAIL = 1, 2, 4, 8, 16, 32
+_HAS_DESCRIPTION, _HAS_REVIEW, _HAS_REJECT, _HAS_DIHEDRAL, _HAS_THUMBNAILS = 1, 2, 4, 8, 16
 
 
 # Encoding --------------------------------------------------------------------------------------------------
@@ -201,6 +209,7 @@ def _entry(writer: _Writer, entry: NewEntry) -> None:
         | (_HAS_PDQ if entry.pdq else 0)
         | (_HAS_PHASH if entry.phash else 0)
         | (_HAS_EMBEDDING if entry.embedding else 0)
+        | (_HAS_THUMBNAIL if entry.thumbnail else 0)
     )
     writer.text(entry.id)
     writer.u8(has)
@@ -215,6 +224,8 @@ def _entry(writer: _Writer, entry: NewEntry) -> None:
         writer.fixed(entry.phash, PHASH.size, "a pHash")
     if entry.embedding:
         writer.blob(entry.embedding)
+    if entry.thumbnail:
+        writer.blob(entry.thumbnail)
     writer.map(entry.meta)
 
 
@@ -228,6 +239,7 @@ def _body(writer: _Writer, change: Change) -> None:
             writer.text(change.model)
             writer.u8(change.dihedral)
             writer.text(change.kind)
+            writer.u8(change.thumbnails)
         case ListUpdated():
             writer.text(change.name)
             present = (
@@ -235,6 +247,7 @@ def _body(writer: _Writer, change: Change) -> None:
                 | (_HAS_REVIEW if change.review_threshold is not None else 0)
                 | (_HAS_REJECT if change.reject_threshold is not None else 0)
                 | (_HAS_DIHEDRAL if change.dihedral is not None else 0)
+                | (_HAS_THUMBNAILS if change.thumbnails is not None else 0)
             )
             writer.u8(present)
             if change.description is not None:
@@ -245,6 +258,8 @@ def _body(writer: _Writer, change: Change) -> None:
                 writer.f64(change.reject_threshold)
             if change.dihedral is not None:
                 writer.u8(change.dihedral)
+            if change.thumbnails is not None:
+                writer.u8(change.thumbnails)
             writer.text(change.cause)
         case ListDeleted():
             writer.text(change.name)
@@ -343,14 +358,15 @@ class _Reader:
 def _read_entry(reader: _Reader) -> NewEntry:
     entry_id = reader.text()
     has = reader.u8()
-    if has >= 2 * _HAS_EMBEDDING:
+    if has >= 2 * _HAS_THUMBNAIL:
         raise MalformedChange(f"entry {entry_id[:40]!r} has unknown parts ({has:#x})")
     sha256 = reader.take(SHA256.size) if has & _HAS_SHA256 else b""
     md5 = reader.take(MD5.size) if has & _HAS_MD5 else b""
     pdq, quality = (reader.take(PDQ.size), reader.u8()) if has & _HAS_PDQ else (b"", 0)
     phash = reader.take(PHASH.size) if has & _HAS_PHASH else b""
     embedding = reader.blob() if has & _HAS_EMBEDDING else b""
-    return NewEntry(entry_id, sha256, pdq, quality, phash, embedding, reader.map(), md5)
+    thumbnail = reader.blob() if has & _HAS_THUMBNAIL else b""
+    return NewEntry(entry_id, sha256, pdq, quality, phash, embedding, reader.map(), md5, thumbnail)
 
 
 def _read_body(reader: _Reader, cls: type[_Change], time: float, actor: str) -> Change:
@@ -365,6 +381,7 @@ def _read_body(reader: _Reader, cls: type[_Change], time: float, actor: str) -> 
             model=reader.text(),
             dihedral=reader.flag(),
             kind=reader.text(),
+            thumbnails=reader.flag(),
         )
     if cls is ListUpdated:
         name, present = reader.text(), reader.u8()
@@ -376,6 +393,7 @@ def _read_body(reader: _Reader, cls: type[_Change], time: float, actor: str) -> 
             review_threshold=reader.f64() if present & _HAS_REVIEW else None,
             reject_threshold=reader.f64() if present & _HAS_REJECT else None,
             dihedral=reader.flag() if present & _HAS_DIHEDRAL else None,
+            thumbnails=reader.flag() if present & _HAS_THUMBNAILS else None,
             cause=reader.text(),
         )
     if cls is ListDeleted:

@@ -35,6 +35,7 @@ from typing import Any
 
 from lookalike.client.errors import AlreadyExists, InvalidArgument, LookalikeError, NotFound, ResourceExhausted
 from lookalike.index import configure_threads
+from lookalike.server.check_index import IndexedCheck
 from lookalike.server.config import ServerConfig
 from lookalike.server.fetch import check_url
 from lookalike.server.fingerprint import Hashes
@@ -49,6 +50,7 @@ from lookalike.server.service import (
     raise_if_abandoned,
 )
 from lookalike.server.sources import image_bytes
+from lookalike.server.storage.check_index import CheckIndex
 from lookalike.server.storage.checks import CheckTables
 from lookalike.server.storage.codec import entry_fields, entry_from_fields
 from lookalike.server.storage.environment import Transaction
@@ -67,6 +69,8 @@ WRITER_IDLE_SECONDS = 0.2
 WRITE_GATHER_SECONDS = 0.1
 """How long the writer waits, after a result arrives, for more to commit with it."""
 WORKER_POLL_SECONDS = 0.2
+COUNTS_KEPT_AT_LEAST = 86400.0
+"""Hourly check counts are kept as long as checks (`--check-retention`), and at least a day (the lists' last 24 h)."""
 HELD_RESULTS_MAX = 20_000
 """Results of synchronous checks kept in memory (and readable) while the disk is full, written once it has room;
 past this many the oldest are dropped: their checks were answered, only the stored copies are lost."""
@@ -105,6 +109,13 @@ class StoredCheck:
     @property
     def key(self) -> bytes:
         return owned_key(self.owner, self.id)
+
+    @property
+    def indexed(self) -> IndexedCheck | None:
+        """What the decision index files it under; None unless finished with a decision."""
+        if self.status != DONE or self.result is None:
+            return None
+        return IndexedCheck(self.owner, self.id, self.result.decision, self.completed)
 
 
 def validate_check_id(check_id: str) -> None:
@@ -250,7 +261,11 @@ class CheckLedger:
         self.config = config
         self.outbox = outbox
         self._render = render
-        self._tables = CheckTables(store.environment, outbox.table)
+        self.index = CheckIndex(store.environment, max(config.check_retention, COUNTS_KEPT_AT_LEAST))
+        self._tables = CheckTables(store.environment, outbox.table, self.index)
+        indexed = self.index.index_stored()
+        if indexed:
+            log.info("%d stored checks indexed by decision", indexed)
         self._queue: queue.Queue[bytes] = queue.Queue()
         self._writes: queue.Queue[StoredCheck] = queue.Queue()
         self._in_hand = _InHand()
@@ -292,10 +307,11 @@ class CheckLedger:
             self.claimable(check.id, owner)
             deliveries: list[Delivery] = []
             with self.store.environment.transaction(grows=True) as txn:
-                previous_expires = self._claim(txn, check.key)
-                if previous_expires is None:
+                free, replaced = self._claim(txn, check.key)
+                if not free:
                     raise _held_by_pending(check.id)
-                deliveries = self._put(txn, check, previous_expires)
+                deliveries = self._put(txn, check, replaced)
+                self._count(txn, [check])
             self._schedule(deliveries)
             return
         with self._in_hand.lock:
@@ -310,26 +326,37 @@ class CheckLedger:
             if owned_key(owner, check_id) in self._in_hand.pending:
                 raise _held_by_pending(check_id)
 
-    def _claim(self, txn: Transaction, key: bytes) -> float | None:
-        """Whether a finished check may be stored under `key`: free, or an earlier finished one it replaces.
-
-        None when a pending check holds it; else the expiry of the check it replaces (0.0: none), for `_put`.
-        """
+    def _claim(self, txn: Transaction, key: bytes) -> tuple[bool, StoredCheck | None]:
+        """Whether a finished check may be stored under `key` (False: a pending check holds it), and the
+        earlier finished check it replaces (None: none), for `_put`."""
         raw = self._tables.get(txn, key)
         if raw is None:
-            return 0.0
+            return True, None
         existing = _from_bytes(raw)
-        return None if existing.status == PENDING else existing.expires
+        return existing.status != PENDING, existing
 
-    def _put(self, txn: Transaction, check: StoredCheck, previous_expires: float = 0.0) -> list[Delivery]:
-        """Write a check (and, finished with a callback, its delivery) in the caller's transaction.
-
-        `previous_expires`: the expiry of the check stored under the same id that this one replaces (0.0: none).
-        """
-        self._tables.put(txn, check.key, _to_bytes(check), check.expires, previous_expires)
+    def _put(self, txn: Transaction, check: StoredCheck, replaced: StoredCheck | None = None) -> list[Delivery]:
+        """Write a check (and, finished with a callback, its delivery) in the caller's transaction, filed by its
+        expiry and (finished) its decision. `replaced`: the check stored under the same id that this one replaces."""
+        self._tables.put(txn, check.key, _to_bytes(check), check.expires, 0.0 if replaced is None else replaced.expires)
+        if replaced is not None and replaced.indexed is not None:
+            self.index.forget(txn, replaced.indexed)
+        if check.indexed is not None:
+            self.index.add(txn, check.indexed)
         if check.status != PENDING and check.callback_url:
             return [self.outbox.put(txn, check.owner, check.id, check.callback_url, self._render(check))]
         return []
+
+    def _count(self, txn: Transaction, checks: list[StoredCheck]) -> None:
+        """Count finished checks in the hourly counts (each once: when its result is first written)."""
+        self.index.count(
+            txn,
+            [
+                (c.completed, c.result.decision, c.result.list_decisions)
+                for c in checks
+                if c.result and c.status == DONE
+            ],
+        )
 
     def _schedule(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
@@ -402,6 +429,26 @@ class CheckLedger:
         if raw is None:
             raise _not_found(check_id, hint)
         return _from_bytes(raw)
+
+    def by_decision(
+        self, decision: str, owner: str | None, limit: int, page_token: str = ""
+    ) -> tuple[list[StoredCheck], str]:
+        """Finished checks of `decision`, newest first (of `owner`; None: every key's), those answered but not yet
+        written included, and the next page's token ("" at the end)."""
+        with self._in_hand.lock:
+            unwritten = dict(self._in_hand.unwritten)
+        fresh = [c.indexed for c in unwritten.values() if c.indexed is not None]
+        keys, next_token = self.index.newest(decision, owner, limit, page_token, fresh)
+        stored = self._tables.read_many([key for key in keys if key not in unwritten])
+        checks: dict[bytes, StoredCheck] = {}
+        for key in keys:
+            check = unwritten.get(key)
+            if check is None and key in stored:
+                check = _from_bytes(stored[key])
+            # A check replaced under the same id and not yet written shows once, under its own decision.
+            if check is not None and check.indexed is not None and check.indexed.decision == decision:
+                checks.setdefault(key, check)
+        return list(checks.values()), next_token
 
     def finished(self) -> Iterator[StoredCheck]:
         """Every finished check kept (for calibration), every key's, those not yet written included."""
@@ -522,7 +569,8 @@ class CheckLedger:
         while True:
             try:
                 with self.store.environment.transaction() as txn:
-                    deliveries = self._put(txn, finished, check.expires)
+                    deliveries = self._put(txn, finished, check)
+                    self._count(txn, [finished])
                     self._tables.release_pending(txn, key)
                 break
             except StorageFull:  # the store logged it; the check stays pending in LMDB meanwhile
@@ -571,12 +619,15 @@ class CheckLedger:
                 return
             try:
                 with self.store.environment.transaction(grows=True) as txn:
+                    stored = []
                     for check in batch:
-                        previous_expires = self._claim(txn, check.key)
-                        if previous_expires is None:  # `record` and `defer` keep this from happening
+                        free, replaced = self._claim(txn, check.key)
+                        if not free:  # `record` and `defer` keep this from happening
                             log.error("check %s of key %r not stored: a pending check holds it", check.id, check.owner)
                         else:
-                            self._put(txn, check, previous_expires)
+                            self._put(txn, check, replaced)
+                            stored.append(check)
+                    self._count(txn, stored)
             except StorageFull:  # the store logged it once
                 self._hold(batch)
                 return

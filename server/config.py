@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from lookalike.index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET
-from lookalike.server.embedder import MODELS
+from lookalike.server.embedder import DEVICE_CPU, DEVICES, GPU_BATCH, MODELS
 from lookalike.server.scoring import DEFAULT_MODEL
 
 ENV_PREFIX = "LOOKALIKE_"
@@ -36,6 +36,12 @@ class ServerConfig:
     workers: int = usable_cores()
     """Fingerprint worker processes; 0 fingerprints in the server process (one interpreter lock)."""
     default_model: str = DEFAULT_MODEL
+    device: str = DEVICE_CPU
+    """Where the models run: `cpu` (in the fingerprint workers) or `cuda` (one GPU, batched across checks)."""
+    embed_batch: int = 0
+    """Pictures one inference takes at most, across concurrent checks; 0: GPU_BATCH on a GPU, no batching on the CPU."""
+    embed_window: float = 0.002
+    """Seconds a picture may wait for others to share its inference."""
     allow_private_urls: bool = False
     url_timeout: float = 10.0
     url_max_bytes: int = 32 * MiB
@@ -63,6 +69,8 @@ class ServerConfig:
     """Seconds a stream may send nothing while the server owes it no reply; then it is ended."""
     metrics_listen: str = ""
     """HOST:PORT of the Prometheus metrics endpoint; empty: off."""
+    http_listen: str = "127.0.0.1:8080"
+    """HOST:PORT of the HTTP/JSON API (and dashboard); "off": no HTTP server."""
     check_retention: float = 7 * 86400.0
     """Seconds a check's result (never its image) is kept for GetCheck, feedback and calibration."""
     deferred_workers: int = 2
@@ -98,6 +106,12 @@ _HELP = {
     "cpu_slots": "images fingerprinted at once",
     "workers": "fingerprint worker processes, one per core; 0: in the server process",
     "default_model": f"model of lists created without one ({', '.join(MODELS)})",
+    "device": f"where the models run: {' or '.join(DEVICES)} (a GPU; the CPU, with one log line, when none is usable)",
+    "embed_batch": (
+        f"most pictures one model inference takes, across concurrent checks (0: {GPU_BATCH} with --device cuda, "
+        "none on the CPU, where each fingerprint worker runs the model)"
+    ),
+    "embed_window": "seconds a picture waits for others to share its inference (with batching)",
     "allow_private_urls": "let the server fetch image URLs on loopback/private addresses",
     "url_timeout": "seconds allowed for fetching an image URL",
     "url_max_bytes": "largest image fetched from a URL in bytes",
@@ -116,6 +130,7 @@ _HELP = {
     "max_streams_per_key": "streams one API key may hold open at once (below --threads and --max-concurrent-requests)",
     "stream_idle_timeout": "seconds a stream may send nothing (while owed no reply) before the server ends it",
     "metrics_listen": "HOST:PORT serving Prometheus metrics at /metrics, e.g. 127.0.0.1:9464 (empty: off)",
+    "http_listen": "HOST:PORT serving the HTTP/JSON API under /v1 (same keys, limits and TLS as gRPC); off: none",
     "check_retention": "seconds check results are kept (for GetCheck, feedback and calibration)",
     "deferred_workers": "threads running deferred checks",
     "max_pending_checks": "deferred checks waiting at once; more are refused with RESOURCE_EXHAUSTED",
@@ -181,6 +196,10 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     config = ServerConfig(**values)  # type: ignore[arg-type]
     if config.default_model not in MODELS:
         parser.error(f"--default-model must be one of {', '.join(MODELS)}")
+    if config.device not in DEVICES:
+        parser.error(f"--device must be one of {', '.join(DEVICES)}")
+    if config.embed_batch < 0 or not 0 <= config.embed_window <= 1:
+        parser.error("--embed-batch must be at least 0 and --embed-window between 0 and 1 second")
     at_least_one = ("max_batch_images", "max_concurrent_requests", "webhook_max_attempts", "max_pending_checks")
     for name in (*at_least_one, "vector_scan_budget", "pdq_scan_budget", "max_streams_per_key"):
         if getattr(config, name) < 1:

@@ -15,11 +15,12 @@ from google.protobuf import json_format, timestamp_pb2
 
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.client.webhooks import CHECK_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from lookalike.server.check_index import DecisionCounts, HourCounts
 from lookalike.server.checks import StoredCheck
 from lookalike.server.feedback import CONFIRMED, FALSE_POSITIVE, MISSED_DUPLICATE, ThresholdAdvice
 from lookalike.server.fingerprint import Hashes
 from lookalike.server.hashes import MD5, PDQ, PHASH, SHA256, HashAdd
-from lookalike.server.operations.checking import CheckView, HashCheck, NewCheck
+from lookalike.server.operations.checking import CheckPage, CheckQuery, CheckView, HashCheck, NewCheck
 from lookalike.server.operations.entries import EntryPage, EntryQuery, ListedEntry, NewPicture
 from lookalike.server.operations.judging import CalibrationOutcome, FeedbackSubmission
 from lookalike.server.operations.lists import ListChange, ListSpec, ListState
@@ -35,6 +36,7 @@ CHECK_STATUSES = {"pending": pb.CHECK_PENDING, "done": pb.CHECK_DONE, "failed": 
 DELIVERY_STATES = {"pending": pb.DELIVERY_PENDING, "delivered": pb.DELIVERY_DELIVERED, "failed": pb.DELIVERY_FAILED}
 VERDICTS = {pb.FALSE_POSITIVE: FALSE_POSITIVE, pb.MISSED_DUPLICATE: MISSED_DUPLICATE, pb.CONFIRMED: CONFIRMED}
 VERDICT_MESSAGES = {name: value for value, name in VERDICTS.items()}
+DECISION_NAMES = {value: name for name, value in DECISIONS.items()}
 
 
 def optional(message: Any, name: str) -> Any:
@@ -59,6 +61,7 @@ def list_spec(request: pb.CreateListRequest) -> ListSpec:
         request.model,
         dihedral=request.dihedral if request.HasField("dihedral") else True,
         kind=request.kind,
+        thumbnails=request.thumbnails,
     )
 
 
@@ -69,6 +72,7 @@ def list_change(request: pb.UpdateListRequest) -> ListChange:
         optional(request, "review_threshold"),
         optional(request, "reject_threshold"),
         optional(request, "dihedral"),
+        optional(request, "thumbnails"),
     )
 
 
@@ -121,6 +125,12 @@ def hash_check(request: pb.CheckHashesRequest) -> HashCheck:
     )
 
 
+def check_query(request: pb.ListChecksRequest) -> CheckQuery:
+    return CheckQuery(
+        DECISION_NAMES.get(request.decision), request.page_size, request.page_token, optional(request, "owner")
+    )
+
+
 def page_request(request: pb.ListAuditRequest | pb.ListFeedbackRequest) -> PageRequest:
     since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else 0.0
     return PageRequest(request.list, since, request.limit, request.page_token)
@@ -159,6 +169,18 @@ def list_info(state: ListState) -> pb.ListInfo:
         dihedral=record.dihedral,
         kind=record.kind,
         guarded=[guard_message(guard) for guard in state.guarded],
+        checks_last_day=counts_message(state.checks_last_day),
+        thumbnails=record.thumbnails,
+    )
+
+
+def counts_message(counts: DecisionCounts) -> pb.CheckCounts:
+    return pb.CheckCounts(accept=counts.accept, review=counts.review, reject=counts.reject)
+
+
+def activity_message(hours: list[HourCounts]) -> pb.GetCheckActivityResponse:
+    return pb.GetCheckActivityResponse(
+        hours=[pb.HourlyChecks(start=timestamp(hour.start), counts=counts_message(hour.counts)) for hour in hours]
     )
 
 
@@ -306,6 +328,15 @@ def check_record_message(check: StoredCheck, delivery: Delivery | None = None) -
 
 def check_view(view: CheckView) -> pb.CheckRecord:
     return check_record_message(view.check, view.delivery)
+
+
+def check_page(page: CheckPage) -> pb.ListChecksResponse:
+    checks = []
+    for check in page.checks:
+        message = check_record_message(check)
+        message.owner = check.owner
+        checks.append(message)
+    return pb.ListChecksResponse(checks=checks, next_page_token=page.next_page_token)
 
 
 def webhook_body(check: StoredCheck) -> bytes:

@@ -2,7 +2,9 @@
 which calls run where (the concurrency limit, threads of their own for health checks).
 
 Request-level accounting (count, status code, latency, the log line) happens in
-one interceptor, so no servicer method can forget it.
+one interceptor, so no servicer method can forget it. The HTTP transport keeps the same
+accounts with the same `CallNotes` and `record_call`, and counts its calls in the same
+`AdmittedCalls`, so both transports share one log format, one set of metrics and one limit.
 """
 
 from __future__ import annotations
@@ -78,15 +80,14 @@ def _decision_name(value: int) -> str:
     return str(pb.Decision.Name(value)).lower()
 
 
-class _Call:
-    """What one call's log line and metrics need, gathered while it runs."""
+class CallNotes:
+    """What one call's log line and metrics need, gathered while it runs (whatever its transport)."""
 
-    def __init__(self, method: str, context: grpc.ServicerContext, streaming: bool) -> None:
+    def __init__(self, method: str, streaming: bool = False, request_id: str = "") -> None:
         self.method = method
-        self.context = context
         self.streaming = streaming
         self.started = time.perf_counter()
-        self.request_id = _metadata_request_id(context)
+        self.request_id = request_id
         self.lists: list[str] = []
         """The first LOG_LISTS_SHOWN names the call named (each cut short)."""
         self.more_lists = 0
@@ -134,6 +135,25 @@ class _Call:
         if self.streaming:
             return ",".join(f"{name}:{count}" for name, count in sorted(self.decisions.items())) or "-"
         return next(iter(self.decisions), "-")
+
+
+def record_call(metrics: Metrics, call: CallNotes, code: str) -> None:
+    """Count, time and log a finished call: `code` is its canonical status name (OK, NOT_FOUND, ...)."""
+    seconds = time.perf_counter() - call.started
+    metrics.requests.labels(call.method, code).inc()
+    metrics.request_seconds.labels(call.method).observe(seconds)
+    for decision, count in call.decisions.items():
+        metrics.decisions.labels(decision).inc(count)
+    request_log.info(
+        "request id=%s method=%s lists=%s items=%d decision=%s code=%s ms=%.1f",
+        _log_value(call.request_id or uuid.uuid4().hex[:16]),
+        call.method,
+        call.lists_text(),
+        call.items,
+        call.decision(),
+        code,
+        seconds * 1000,
+    )
 
 
 class RequestObserver(_Interceptor):
@@ -193,7 +213,7 @@ class RequestObserver(_Interceptor):
                 call.saw_response(response)
                 return response
             finally:
-                self._end(call)
+                self._end(call, context)
 
         return observed
 
@@ -214,7 +234,7 @@ class RequestObserver(_Interceptor):
                     call.saw_response(response)
                     yield response
             finally:
-                self._end(call)
+                self._end(call, context)
 
         return observed
 
@@ -230,32 +250,17 @@ class RequestObserver(_Interceptor):
                 self._refuse_until_ready(context, method)
                 yield from behaviour(request, context)
             finally:
-                self._end(call)
+                self._end(call, context)
 
         return observed
 
-    def _begin(self, method: str, context: grpc.ServicerContext, streaming: bool) -> _Call:
+    def _begin(self, method: str, context: grpc.ServicerContext, streaming: bool) -> CallNotes:
         self.metrics.in_flight.inc()
-        return _Call(method, context, streaming)
+        return CallNotes(method, streaming, _metadata_request_id(context))
 
-    def _end(self, call: _Call) -> None:
-        seconds = time.perf_counter() - call.started
-        code = _status_code(call.context)
+    def _end(self, call: CallNotes, context: grpc.ServicerContext) -> None:
         self.metrics.in_flight.dec()
-        self.metrics.requests.labels(call.method, code).inc()
-        self.metrics.request_seconds.labels(call.method).observe(seconds)
-        for decision, count in call.decisions.items():
-            self.metrics.decisions.labels(decision).inc(count)
-        request_log.info(
-            "request id=%s method=%s lists=%s items=%d decision=%s code=%s ms=%.1f",
-            _log_value(call.request_id or uuid.uuid4().hex[:16]),
-            call.method,
-            call.lists_text(),
-            call.items,
-            call.decision(),
-            code,
-            seconds * 1000,
-        )
+        record_call(self.metrics, call, _status_code(context))
 
 
 class AdmittedCalls(ThreadPoolExecutor):
@@ -286,7 +291,8 @@ class AdmittedCalls(ThreadPoolExecutor):
             self._seen += 1
             return True
 
-    def _leave(self, _: object = None) -> None:
+    def leave(self, _: object = None) -> None:
+        """Give back a place `admit` took (`submit` does it when the call it runs ends)."""
         with self._lock:
             self._admitted -= 1
             self._seen += 1
@@ -296,9 +302,9 @@ class AdmittedCalls(ThreadPoolExecutor):
         try:
             future = super().submit(fn, *args, **kwargs)
         except BaseException:
-            self._leave()
+            self.leave()
             raise
-        future.add_done_callback(self._leave)
+        future.add_done_callback(self.leave)
         return future
 
 

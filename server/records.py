@@ -61,6 +61,9 @@ class ListRecord:
     pdq_only_count: int | None = 0
     """Entries with a PDQ hash and no embedding, which only a PDQ search finds; None on lists stored
     before the count was kept (unknown)."""
+    thumbnails: bool = False
+    """Pictures added keep a small thumbnail; off by default, and on lists stored before it existed: no
+    picture is kept unless a list opts in."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,8 @@ class EntryScan:
 @dataclass(frozen=True)
 class NewEntry:
     """An entry to store, as a change carries it: its id (chosen by the node that accepted the write), its
-    fingerprints (hashes as bytes, b"" for none; the embedding as `encode_embedding` gives it, b"" for none)
-    and meta. Never the picture."""
+    fingerprints (hashes as bytes, b"" for none; the embedding as `encode_embedding` gives it, b"" for none),
+    meta, and a thumbnail for lists that keep them. Never the picture."""
 
     id: str
     sha256: bytes = b""
@@ -105,6 +108,8 @@ class NewEntry:
     embedding: bytes = b""
     meta: dict[str, str] = field(default_factory=dict)
     md5: bytes = b""
+    thumbnail: bytes = b""
+    """A small WebP of the picture (b"" for none), kept only when the list keeps thumbnails as it is applied."""
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,9 @@ class CheckResult:
     downgrades: list[Downgrade] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     """Every entry scored, best first (up to `STORED_CANDIDATES`), whatever the reply shows."""
+    list_decisions: dict[int, str] = field(default_factory=dict, compare=False)
+    """The decision each list covered gave on its own, by list uid (its strictest match, flood guard applied;
+    accept when nothing came near; allow lists accept): for the hourly counts, never stored."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,7 @@ class LookalikeService:
         actor: str = "",
         dihedral: bool = True,
         kind: str = "",
+        thumbnails: bool = False,
     ) -> ListRecord:
         model = model or self.default_model
         if model not in MODELS:
@@ -250,6 +254,7 @@ class LookalikeService:
             model=model,
             dihedral=dihedral,
             kind=kind or LIST_KIND_DISALLOW,
+            thumbnails=thumbnails,
         )
         return self.writes.apply(change)
 
@@ -262,9 +267,10 @@ class LookalikeService:
         actor: str = "",
         dihedral: bool | None = None,
         cause: str = "",
+        thumbnails: bool | None = None,
     ) -> ListRecord:
         """Change the settings given (None: as they are); `cause` says what made the change when not a person's
-        direct edit (e.g. "calibrate"), and is audited."""
+        direct edit (e.g. "calibrate"), and is audited. Turning `thumbnails` off deletes the list's thumbnails."""
         change = ListUpdated(
             time=time.time(),
             actor=actor,
@@ -273,6 +279,7 @@ class LookalikeService:
             review_threshold=review_threshold,
             reject_threshold=reject_threshold,
             dihedral=dihedral,
+            thumbnails=thumbnails,
             cause=cause,
         )
         return self.writes.apply(change)
@@ -296,11 +303,13 @@ class LookalikeService:
         with self._cpu.hold(raise_if_abandoned.get()):
             yield
 
-    def fingerprint(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
-        """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named."""
+    def fingerprint(
+        self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = (), thumbnail: bool = False
+    ) -> Fingerprinted:
+        """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named, and a thumbnail."""
         with self.cpu_slot():
             self.metrics.fingerprints_started.inc()
-            fingerprinted = self.workers.compute(data, embed, views)
+            fingerprinted = self.workers.compute(data, embed, views, thumbnail)
         for stage, seconds in fingerprinted.stage_seconds:
             self.metrics.observe_stage(stage, seconds)
         return fingerprinted
@@ -333,7 +342,9 @@ class LookalikeService:
         validate_meta(request.meta)
         # Same bytes already listed: the add is a no-op, so skip the model.
         known = self.store.seq_for_digest(record.uid, hashlib.sha256(request.data).digest()) is not None
-        fingerprint = self.fingerprint(request.data, embed=() if known else (record.model,))
+        fingerprint = self.fingerprint(
+            request.data, embed=() if known else (record.model,), thumbnail=record.thumbnails and not known
+        )
         hashes = fingerprint.hashes
         embedding = fingerprint.embeddings.get(record.model)
         entry = NewEntry(
@@ -345,6 +356,7 @@ class LookalikeService:
             embedding=b"" if embedding is None else encode_embedding(embedding),
             meta=dict(request.meta),
             md5=hashes.md5,
+            thumbnail=fingerprint.thumbnail or b"",
         )
         return PreparedAdd(record, entry)
 
@@ -503,6 +515,7 @@ class LookalikeService:
         candidates: list[Match] = []
         allowing: list[Match] = []
         downgrades: list[Downgrade] = []
+        list_decisions: dict[int, str] = {}
         for record, index in targets:
             found = self._match_list(record, index, fingerprint, max(top_k, EMBEDDING_CANDIDATES))
             if record.kind == LIST_KIND_ALLOW:
@@ -511,6 +524,7 @@ class LookalikeService:
             else:
                 found = self._apply_flood_guard(record, found, downgrades)
             candidates.extend(found)
+            list_decisions[record.uid] = max((m.decision for m in found), key=_STRICTNESS.__getitem__, default=ACCEPT)
         candidates.sort(key=_rank)
         decision = max(
             (m.decision for m in candidates if m.list_kind == LIST_KIND_DISALLOW),
@@ -534,6 +548,7 @@ class LookalikeService:
             meta=dict(meta or {}),
             downgrades=downgrades,
             candidates=[Candidate(m.list, m.entry.id, m.score) for m in candidates[:STORED_CANDIDATES]],
+            list_decisions=list_decisions,
         )
 
     def validate_check(

@@ -16,6 +16,10 @@ caller reads its own in turn.
 A worker that dies (a decoder crash, the kernel's OOM killer) fails only the requests it
 held: it is replaced and later requests go on. With `processes=0` the work runs in the
 calling thread instead (tools, tests).
+
+With a batcher (`--device cuda`), the workers load no model: they return the pictures at the
+model's input size, and the calling thread hands them to the batcher, which runs the model in
+the server process for the pictures of many checks at once.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from lookalike.client.errors import LookalikeError
-from lookalike.server.embedder import EmbedderPool
-from lookalike.server.fingerprint import Fingerprinted, Fingerprinter
+from lookalike.server.embedder import EmbedderPool, EmbeddingBatcher
+from lookalike.server.fingerprint import Fingerprinted, Fingerprinter, ModelInputs
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +88,11 @@ def _serve(connection: multiprocessing.connection.Connection, max_pixels: int, m
         if request is None:
             connection.send(_STARTED)
             continue
-        data, embed, views = request
+        data, embed, views, thumbnail, inputs_only = request
         reply: tuple[bool, Any]
         try:
-            reply = (True, fingerprinter.compute(data, embed, views))
+            work = fingerprinter.model_inputs if inputs_only else fingerprinter.compute
+            reply = (True, work(data, embed, views, thumbnail))
         except LookalikeError as error:  # the image's fault (undecodable, too large): status and reason travel
             reply = (False, error)
         except Exception as error:  # noqa: BLE001 - a bug: raised in the caller, with where it happened here
@@ -150,15 +155,21 @@ class _Worker:
 
 
 class FingerprintWorkers:
-    """`compute()` in worker processes, or in the caller's thread when `processes` is 0."""
+    """`compute()` in worker processes, or in the caller's thread when `processes` is 0; the models run
+    there too, or in `batcher` when one is given (which the workers then own and shut down)."""
 
-    def __init__(self, max_pixels: int, processes: int, models: Sequence[str] = ()) -> None:
+    def __init__(
+        self, max_pixels: int, processes: int, models: Sequence[str] = (), batcher: EmbeddingBatcher | None = None
+    ) -> None:
         self.max_pixels = max_pixels
         self.processes = processes
-        self.models = tuple(models)
+        self.batcher = batcher
+        self.models = () if batcher is not None else tuple(models)
+        """Models each worker loads at start (none when the batcher runs them)."""
         self.local = Fingerprinter(max_pixels, EmbedderPool(threads=1)) if processes == 0 else None
-        self.queued = QUEUED_PER_WORKER * processes
-        """Images that may wait at the workers beyond those being worked on: callers may hold as many more slots."""
+        self.queued = QUEUED_PER_WORKER * processes + (0 if batcher is None else batcher.max_batch)
+        """Images that may wait at the workers (or for a batch) beyond those being worked on: callers may hold
+        as many more slots, so the workers stay busy while a batch fills."""
         self._context = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC threads
         self._lock = threading.Condition()
         self._workers = [self._start() for _ in range(processes)]
@@ -173,12 +184,26 @@ class FingerprintWorkers:
     def _start(self) -> _Worker:
         return _Worker(self._context, self.max_pixels, self.models)
 
-    def compute(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
+    def compute(
+        self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = (), thumbnail: bool = False
+    ) -> Fingerprinted:
         if self.local is not None:
-            return self.local.compute(data, embed, views)
+            if self.batcher is None:
+                return self.local.compute(data, embed, views, thumbnail)
+            return self.local.model_inputs(data, embed, views, thumbnail).embedded(self.batcher)
+        reply = self._ask(data, embed, views, thumbnail, inputs_only=self.batcher is not None)
+        if isinstance(reply, ModelInputs) and self.batcher is not None:
+            return reply.embedded(self.batcher)
+        assert isinstance(reply, Fingerprinted)
+        return reply
+
+    def _ask(
+        self, data: bytes, embed: Sequence[str], views: Sequence[str], thumbnail: bool, inputs_only: bool
+    ) -> object:
+        """One request to the least busy worker; its reply, or its error raised here."""
         worker = self._take()
         try:
-            ok, value = worker.ask((data, tuple(embed), tuple(views)))
+            ok, value = worker.ask((data, tuple(embed), tuple(views), thumbnail, inputs_only))
         except (EOFError, OSError):
             self._replace(worker)
             raise WorkerCrashed(
@@ -188,7 +213,6 @@ class FingerprintWorkers:
             self._give_back(worker)
         if not ok:
             raise value
-        assert isinstance(value, Fingerprinted)
         return value
 
     def _take(self) -> _Worker:
@@ -234,3 +258,5 @@ class FingerprintWorkers:
             self._lock.notify_all()
         for worker in workers:
             worker.stop()
+        if self.batcher is not None:
+            self.batcher.shutdown()  # runs the pictures already queued: their callers get their answers

@@ -18,6 +18,16 @@ from lookalike.server.config import ServerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("LOOKALIKE_CORPUS", REPO.parent / "shared" / "corpus" / "dev"))
+SCREENSHOTS = REPO / "tests" / "screenshots"
+"""Where the browser tests save a screenshot of each dashboard page (ignored by git)."""
+screenshots_taken = pytest.StashKey[list[Path]]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Say where this run's screenshots are, for a person to look at them."""
+    taken = config.stash.get(screenshots_taken, [])
+    if taken:
+        terminalreporter.write_line(f"dashboard screenshots ({len(taken)} pages): {SCREENSHOTS}")
 
 
 def corpus_photos() -> list[Path]:
@@ -96,6 +106,7 @@ def start_server(data: Path, **overrides: object) -> ServerHandle:
         "workers": 0,  # in-process: a worker pool costs seconds a start; tests/test_workers.py covers it
         # Tests check one picture many times over; tests/test_flood_guard.py turns the guard on with small windows.
         "flood_min_matches": 0,
+        "http_listen": "off",  # tests of the HTTP API ask for it (127.0.0.1:0); 8080 may be anyone's
     }
     config = ServerConfig(**{**settings, **overrides})  # type: ignore[arg-type]
     running = create_server(config)

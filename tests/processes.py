@@ -56,7 +56,8 @@ class ServerProcess:
         self.log = data.parent / f"serve-{time.monotonic_ns()}.log"
         self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
-            [str(LOOKALIKE), "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--grace", "2", *flags],
+            [str(LOOKALIKE), "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--http-listen", "off"]
+            + ["--grace", "2", *flags],
             stdout=subprocess.PIPE if relay_log else self._log_file,
             stderr=subprocess.STDOUT,
             env=os.environ.copy(),

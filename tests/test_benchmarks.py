@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import onnxruntime
 import pytest
 
-from benchmarks import scale
+from benchmarks import gpu, scale, throughput
 from lookalike.index import list_index
 from lookalike.index.list_index import EXACT_VECTORS_MAX
 
@@ -31,3 +32,40 @@ def test_scale_benchmark_reports_an_ivf_list_with_full_recall_and_a_matchable_ne
     assert report["layout"]["pdq_cells"] > 0 and report["pdq_tables_s"] > 0
     assert set(report["pdq_recall_by_distance"].values()) == {1.0}, "the hash tables miss nothing to 48 bits here"
     assert report["binary_ivf_alone"]["pdq_search_own_code"]["p50_ms"] > 0
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_reports_the_models_own_rate_and_the_ratio_to_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    arguments = ["--entries", "200", "--seconds", "1", "--clients", "2", "--bulk-images", "4"]
+    assert throughput.main(arguments) == 0
+    output = capsys.readouterr().out
+    report = json.loads(output.strip().splitlines()[-1])
+    rate = report["model_images_per_s"]
+    assert rate["before"] > 0 and rate["after"] > 0 and rate["mean"] == (rate["before"] + rate["after"]) / 2
+    (load,) = report["loads"]
+    assert load["ratio_to_model"] == pytest.approx(load["checks_per_s"] / rate["mean"])
+    assert load["ratio_to_floor"] == pytest.approx(load["checks_per_s"] / report["floor_checks_per_s"]["mean"])
+    assert "ratio_to_model" in output.splitlines()[2], "the table shows the ratio beside the floor's"
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_says_no_gpu_was_found_and_runs_the_batched_path_on_the_cpu(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this ONNX Runtime has CUDA: the benchmark would measure a GPU")
+    assert gpu.main(["--entries", "200", "--seconds", "1", "--batches", "1,4"]) == 0
+    output = capsys.readouterr().out
+    assert output.startswith("NO GPU FOUND ("), "said first, before any figure"
+    report = json.loads(output.strip().splitlines()[-1])
+    assert report["gpu_found"] is False and "CUDA" in report["no_gpu_reason"] and report["device"] == "cpu"
+    paths = [(row["path"], row["batch"]) for row in report["checks"]]
+    assert paths == [("cpu (workers run the model)", 1), ("cpu, batched", 1), ("cpu, batched", 4)]
+    for row in report["checks"]:
+        assert row["checks_per_s"] > 0 and row["errors"] == 0 and row["p99_ms"] >= row["p50_ms"]
+        assert row["mean_batch"] >= 1
+    assert [row["batch"] for row in report["model_alone"]] == [1, 4]
+    assert report["model_alone"][1]["mean_batch"] > 1, "pictures of one size, eight callers: shared inferences"
+    assert report["lowest_cosine_batched_to_cpu"] > 0.9999

@@ -123,11 +123,15 @@ def test_everything_installs_under_the_lookalike_namespace(tmp_path: Path) -> No
         capture_output=True,
     )
     tops: dict[str, set[str]] = {}
+    files: set[str] = set()
     for wheel in tmp_path.glob("*.whl"):
         with zipfile.ZipFile(wheel) as archive:
             names = [name for name in archive.namelist() if ".dist-info/" not in name]
         tops[wheel.name.split("-")[0]] = {"/".join(name.split("/")[:2]) for name in names}
+        files.update(names)
     assert tops == {
         "lookalike_client": {"lookalike/client"},
         "lookalike": {"lookalike/server", "lookalike/index"},
     }
+    dashboard = {f"lookalike/server/http/{name}" for name in ("templates/base.html", "static/dashboard.js")}
+    assert dashboard <= files  # the dashboard's files install with the server

@@ -48,7 +48,7 @@ def worker_processes() -> list[int]:
 def failed_serve(data: Path, *flags: str) -> str:
     """Run `lookalike serve`, which must exit non-zero within a minute; what it printed."""
     process = subprocess.Popen(
-        [str(LOOKALIKE), "serve", "--data", str(data), "--workers", "0", *flags],
+        [str(LOOKALIKE), "serve", "--data", str(data), "--workers", "0", "--http-listen", "off", *flags],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -220,6 +220,7 @@ def test_a_full_disk_refuses_writes_with_one_log_line_while_reads_go_on_and_writ
 def serve_until_it_exits(data: Path, *wrapper: str) -> subprocess.CompletedProcess[str]:
     """`lookalike serve` on `data` (run through `wrapper`, if any), which should refuse to start."""
     command = [*wrapper, str(LOOKALIKE), "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--workers", "0"]
+    command += ["--http-listen", "off"]  # 8080 may be anyone's
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 

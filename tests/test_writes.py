@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import lmdb
@@ -74,9 +75,10 @@ def examples() -> list[Change]:
         ),
         ListCreated(
             time=NOW, name="logos", description="", review_threshold=0.0, reject_threshold=1.0, model="m",
-            dihedral=False, kind="allow",
+            dihedral=False, kind="allow", thumbnails=True,
         ),
         ListUpdated(time=NOW, actor="k1", name="banned"),
+        ListUpdated(time=NOW, actor="k1", name="logos", thumbnails=False),
         ListUpdated(
             time=NOW, actor="k1", name="banned", description="", review_threshold=0.25, reject_threshold=0.75,
             dihedral=False, cause="calibrate",
@@ -88,6 +90,10 @@ def examples() -> list[Change]:
         ),
         EntriesAdded(time=NOW, list="banned", model="", entries=()),
         EntriesAdded(time=NOW, list="banned", model="", entries=(NewEntry("sha-only", sha256=rng.randbytes(32)),)),
+        EntriesAdded(
+            time=NOW, list="logos", model="m",
+            entries=(replace(picture_entry(rng, "shown"), thumbnail=b"RIFF" + rng.randbytes(3000)),),
+        ),
         EntryRemoved(time=NOW, actor="k3", list="banned", entry_id="photo-1"),
         KeyCreated(time=NOW, name="ops", role="admin", lists=(), digest=rng.randbytes(32)),
         KeyCreated(time=NOW, actor="k1", name="", role="writer", lists=("banned", "other"), digest=rng.randbytes(32)),
@@ -179,7 +185,7 @@ def test_two_replicas_fed_the_same_change_records_hold_the_same_bytes_and_applyi
     leader.running.service.writes.on_applied(lambda number, change: published.append((number, encode_change(change))))
     try:
         boot = leader.client
-        boot.create_list("banned", description="removed pictures")
+        boot.create_list("banned", description="removed pictures", thumbnails=True)
         boot.create_list("logos", kind="allow")
         first = boot.add("banned", photos[0], meta={"case": "1"})
         assert boot.add("banned", photos[0]).duplicate  # decided when applied: a duplicate, stored once
@@ -204,6 +210,9 @@ def test_two_replicas_fed_the_same_change_records_hold_the_same_bytes_and_applyi
         assert boot.import_entries("copies", exported).added == 3  # with their embeddings
         boot.update_list("banned", review_threshold=0.4)
         boot.remove("banned", "second")
+        boot.create_list("shown", thumbnails=True)
+        boot.add("shown", photos[1])
+        boot.update_list("shown", thumbnails=False)  # its thumbnails deleted as the change is applied
         root = boot.create_key("admin", name="root")
         with LookalikeClient(leader.address, api_key=root.secret) as admin:
             writer = admin.create_key("writer", ["banned"], name="uploads")
@@ -229,6 +238,8 @@ def test_two_replicas_fed_the_same_change_records_hold_the_same_bytes_and_applyi
             writes.apply(decode_change(record), sequence)
 
         assert follower.replicated_contents() == leader_store.replicated_contents()
+        # Thumbnails travel in the records: the two pictures left on "banned" (made by the leader alone).
+        assert len(follower.replicated_contents()[schema.DB_THUMBNAILS]) == 2
         assert follower.applied_sequence() == leader_store.applied_sequence() == len(published)
         for record in follower.lists():  # the follower's indexes find what its store holds
             index = registry.get(record.uid)

@@ -177,6 +177,11 @@ class EntryOperations:
         entries = [ListedEntry(list_name, e, self.service.flood.guard_of(record.uid, e.seq)) for e in scan.entries]
         return EntryPage(entries, _token(scan.resume_before, record.uid, q) if scan.resume_before else "")
 
+    def thumbnail(self, caller: Caller, list_name: str, entry_id: str) -> bytes | None:
+        """The small WebP kept with an entry of a list that keeps thumbnails; None when there is none."""
+        self.access.require(caller, Action.READ_ENTRIES, [list_name])
+        return self.service.store.thumbnail(list_name, entry_id)
+
     def remove(self, caller: Caller, list_name: str, entry_id: str) -> EntryRecord:
         self.access.require(caller, Action.REMOVE_ENTRIES, [list_name])
         return self.service.remove_entry(list_name, entry_id, actor=caller.key_id)

@@ -2,8 +2,8 @@
 their pending marks and expiry, and the format 2 → 3 upgrade that keyed them by owner.
 
 Checks are keyed by `schema.owned_key(owner, id)`: each API key's check ids are its own. A check being finished
-or swept shares its transaction with its webhook delivery (`storage.outbox`), so neither is kept without the
-other.
+or swept shares its transaction with its webhook delivery (`storage.outbox`) and its keys in the decision index
+(`storage.check_index`), so none is kept without the others.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 from lookalike.server.storage import schema
+from lookalike.server.storage.check_index import CheckIndex
 from lookalike.server.storage.environment import Environment, Transaction
 from lookalike.server.storage.outbox import OutboxTable, decode_delivery, encode_delivery
 
@@ -20,9 +21,10 @@ from lookalike.server.storage.outbox import OutboxTable, decode_delivery, encode
 class CheckTables:
     """The stored checks of one data folder."""
 
-    def __init__(self, environment: Environment, outbox: OutboxTable) -> None:
+    def __init__(self, environment: Environment, outbox: OutboxTable, index: CheckIndex) -> None:
         self.environment = environment
         self._outbox = outbox
+        self._index = index
         self._checks = environment.db(schema.DB_CHECKS)
         self._images = environment.db(schema.DB_CHECK_IMAGES)
         self._expiry = environment.db(schema.DB_CHECK_EXPIRY)
@@ -36,6 +38,11 @@ class CheckTables:
     def read(self, key: bytes) -> bytes | None:
         with self.environment.read() as txn:
             return self.get(txn, key)
+
+    def read_many(self, keys: list[bytes]) -> dict[bytes, bytes]:
+        """The stored checks under `keys` that exist, read in one transaction."""
+        with self.environment.read() as txn:
+            return {key: raw for key in keys if (raw := self.get(txn, key)) is not None}
 
     def read_pending(self, key: bytes) -> tuple[bytes | None, bytes | None]:
         """A deferred check and its image (None when it was sent as a URL), read together."""
@@ -76,8 +83,9 @@ class CheckTables:
                 yield bytes(key), bytes(raw)
 
     def sweep(self, now: float) -> int:
-        """Delete checks whose retention ended by `now`, with their webhook deliveries, except those whose
-        delivery is still being tried (kept until delivered or given up); returns how many."""
+        """Delete checks whose retention ended by `now`, with their webhook deliveries and decision index keys,
+        except those whose delivery is still being tried (kept until delivered or given up), and prune the
+        hourly counts; returns how many checks were deleted."""
         deleted = 0
         with self.environment.transaction() as txn:
             cursor = txn.cursor(db=self._expiry)
@@ -93,9 +101,13 @@ class CheckTables:
                 if self._outbox.still_sending(txn, check_key):
                     continue
                 txn.delete(key, db=self._expiry)
+                raw = txn.get(check_key, db=self._checks)
+                if raw is not None:
+                    self._index.forget_stored(txn, raw)
                 txn.delete(check_key, db=self._checks)
                 self._outbox.delete(txn, check_key)
                 deleted += 1
+            self._index.prune(txn, now)
         return deleted
 
 

@@ -89,6 +89,7 @@ def check_list_fields(record: ListRecord, key: bytes | memoryview) -> None:
             ("dihedral", isinstance(record.dihedral, bool)),
             ("kind", record.kind in LIST_KINDS),
             ("pdq_only_count", record.pdq_only_count is None or _count(record.pdq_only_count)),
+            ("thumbnails", isinstance(record.thumbnails, bool)),
         )
         if not right
     ]

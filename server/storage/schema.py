@@ -3,8 +3,9 @@
 Nothing outside `lookalike.server.storage` names a database or lays out a key (the stored checks' ledger holds
 `owned_key`s, made here, as the identity of the checks it has in hand); a name here is a persisted name
 (renaming one breaks stored data). Databases are either replicated (the same bytes on every node that applied
-the same changes: lists, entries and what finds them, keys, the audit log) or node-local (what one node keeps
-for itself: index snapshots and the change log they prune, stored checks, webhooks, feedback, flood guard).
+the same changes: lists, entries, their thumbnails and what finds them, keys, the audit log) or node-local (what
+one node keeps for itself: index snapshots and the change log they prune, stored checks and their decision index
+and hourly counts, webhooks, feedback, flood guard).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ LOCK_FILE = "lookalike.lock"
 DATA_FILE = "data.mdb"
 LMDB_LOCK_FILE = "lock.mdb"
 WRITE_PROBE_FILE = ".lookalike-write-probe-{pid}"
-MAX_DATABASES = 32
-"""LMDB's `max_dbs`: every database below, the format 2 ones an upgrade reads, and room to grow."""
+MAX_DATABASES = 64
+"""LMDB's `max_dbs`: every database below (24), the format 2 ones an upgrade reads (5), and room to grow."""
 
 # Replicated databases --------------------------------------------------------------------------------------
 
@@ -46,6 +47,10 @@ DB_MD5 = b"md5"
 """`list_prefix(uid)` + MD5 → seq, so an MD5 given alone finds the entry that has it."""
 DB_VECTORS = b"vectors"
 """`seq_key(uid, seq)` → embedding (float16 little-endian; float32 before format 2)."""
+DB_THUMBNAILS = b"thumbnails"
+"""`seq_key(uid, seq)` → a small WebP of the entry's picture, for lists that keep them (`ListRecord.thumbnails`):
+made by the node that fingerprinted the picture and carried to the others in its `EntriesAdded`; deleted with
+the entry, the list, and when the list's setting is turned off."""
 DB_KEYS = b"keys"
 """Key id → API key record (JSON; the SHA-256 of its secret as hex, never the secret)."""
 DB_AUDIT = b"audit"
@@ -76,6 +81,10 @@ with the check when deferred, deleted in the transaction that finishes it (a pen
 the sweep never deletes one)."""
 DB_OUTBOX = b"webhook_outbox_by_owner"
 """`owned_key(owner, check id)` → webhook delivery (JSON)."""
+DB_CHECK_DECISIONS = b"check_decisions"
+"""Finished stored checks by decision and completion time (keys laid out in `storage.check_index`; values empty)."""
+DB_CHECK_COUNTS = b"check_counts"
+"""`counts_key(hour, list uid)` → `CHECK_COUNTS`: checks per clock hour by decision (list uid 0: every check)."""
 DB_FEEDBACK = b"feedback"
 """`time_key(time)` + FEEDBACK_TIE_BREAKER_SIZE random bytes → feedback record (JSON)."""
 DB_GUARDS = b"flood_guards"
@@ -99,7 +108,18 @@ FORMAT_2_DATABASES = {
 """Format 2's databases, keyed by check id alone, and those the upgrade to format 3 moves them to (then drops
 them)."""
 
-REPLICATED_DATABASES = (DB_META, DB_LISTS, DB_ENTRIES, DB_ENTRY_IDS, DB_DIGESTS, DB_MD5, DB_VECTORS, DB_KEYS, DB_AUDIT)
+REPLICATED_DATABASES = (
+    DB_META,
+    DB_LISTS,
+    DB_ENTRIES,
+    DB_ENTRY_IDS,
+    DB_DIGESTS,
+    DB_MD5,
+    DB_VECTORS,
+    DB_THUMBNAILS,
+    DB_KEYS,
+    DB_AUDIT,
+)
 NODE_LOCAL_DATABASES = (
     DB_CHANGES,
     DB_SNAPSHOTS,
@@ -109,6 +129,8 @@ NODE_LOCAL_DATABASES = (
     DB_CHECK_IMAGES,
     DB_CHECK_EXPIRY,
     DB_CHECK_PENDING,
+    DB_CHECK_DECISIONS,
+    DB_CHECK_COUNTS,
     DB_OUTBOX,
     DB_FEEDBACK,
     DB_GUARDS,
@@ -128,9 +150,11 @@ KEY_APPLIED_SEQUENCE = b"applied_sequence"
 below it was applied already (single node: a local count; cluster mode: the change log's sequence)."""
 KEY_WEBHOOK_SECRET = b"webhook_secret"
 """Node-local: the secret this server signs webhooks with."""
+KEY_CHECK_DECISIONS_INDEXED = b"check_decisions_indexed"
+"""Node-local: set once the checks a folder stored before `check_decisions` existed have been indexed."""
 META_COUNTERS = (KEY_NEXT_LIST_UID, KEY_NEXT_KEY_NUMBER, KEY_NEXT_AUDIT_SEQ, KEY_APPLIED_SEQUENCE)
 """Meta values that are decimal numbers (ASCII digits)."""
-NODE_LOCAL_META_KEYS = (KEY_WEBHOOK_SECRET,)
+NODE_LOCAL_META_KEYS = (KEY_WEBHOOK_SECRET, KEY_CHECK_DECISIONS_INDEXED)
 
 # Key layouts --------------------------------------------------------------------------------------------
 
@@ -145,6 +169,9 @@ FLOOD_KEY = struct.Struct(">IQ")
 """List uid, entry seq."""
 FLOOD_RATE = struct.Struct(">ddd")
 """Short count, long count, updated (unix seconds)."""
+CHECK_COUNTS = struct.Struct(">QQQ")
+"""An hour's checks by decision: accept, review, reject."""
+CHECK_COUNTS_KEY_SIZE = TIME_KEY_SIZE + UID.size
 FEEDBACK_TIE_BREAKER_SIZE = 8
 """Random bytes after the time in a feedback record's key, so records sent at the same microsecond are all kept."""
 
@@ -192,6 +219,11 @@ def split_owned_key(key: bytes) -> tuple[str, str]:
     """(owner, name) of an `owned_key`."""
     owner, _, name = key.partition(b"\0")
     return owner.decode(), name.decode()
+
+
+def counts_key(hour: int, uid: int) -> bytes:
+    """An hourly check count's key: the hour's start, then the list uid (0: every check)."""
+    return time_key(hour) + UID.pack(uid)
 
 
 def expiry_key(expires: float, key: bytes) -> bytes:

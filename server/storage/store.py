@@ -1,5 +1,5 @@
-"""The replicated data and its index bookkeeping: lists, entries and their fingerprints, API keys, the audit log,
-each list's change log and index snapshots.
+"""The replicated data and its index bookkeeping: lists, entries and their fingerprints (and thumbnails, on lists
+that keep them), API keys, the audit log, each list's change log and index snapshots.
 
 The replicated data is written by `Store.commit` alone, one change record (`lookalike.server.changes`) per
 transaction, which `lookalike.server.writes.WritePath.apply` calls. The transaction also appends to the list's
@@ -167,6 +167,7 @@ def _settings(record: ListRecord) -> dict[str, str]:
         "model": record.model,
         "dihedral": str(record.dihedral).lower(),
         "kind": record.kind,
+        "thumbnails": str(record.thumbnails).lower(),
     }
 
 
@@ -249,6 +250,7 @@ class Store:
         self._digests = db(schema.DB_DIGESTS)
         self._md5 = db(schema.DB_MD5)
         self._vectors = db(schema.DB_VECTORS)
+        self._thumbnails = db(schema.DB_THUMBNAILS)
         self._changes = db(schema.DB_CHANGES)
         self._snapshots = db(schema.DB_SNAPSHOTS)
         self._snapshot_pieces = db(schema.DB_SNAPSHOT_PIECES)
@@ -401,6 +403,17 @@ class Store:
             if raw_seq is None:
                 raise NotFound(f"entry {entry_id[:80]!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
             return self._with_added_by(txn, name, self._entry(txn, record.uid, schema.SEQ.unpack(raw_seq)[0]))
+
+    def thumbnail(self, name: str, entry_id: str) -> bytes | None:
+        """The thumbnail kept with an entry (None: its list keeps none, or it has none); NOT_FOUND when the
+        entry is not on the list."""
+        with self.environment.read() as txn:
+            record = self._get_list(txn, name)
+            raw_seq = txn.get(schema.list_prefix(record.uid) + entry_id.encode(), db=self._entry_ids)
+            if raw_seq is None:
+                raise NotFound(f"entry {entry_id[:80]!r} is not on list {name!r}", "ENTRY_NOT_FOUND")
+            found = txn.get(schema.seq_key(record.uid, schema.SEQ.unpack(raw_seq)[0]), db=self._thumbnails)
+            return None if found is None else bytes(found)
 
     def entries_newest_first(
         self, name: str, before: int, limit: int, budget: int, keep: Callable[[EntryRecord], bool]
@@ -746,6 +759,7 @@ class Store:
             change.time,
             dihedral=change.dihedral,
             kind=change.kind,
+            thumbnails=change.thumbnails,
         )
         self._put_list(txn, record)
         detail = _settings(record)
@@ -760,9 +774,12 @@ class Store:
             review_threshold=record.review_threshold if change.review_threshold is None else change.review_threshold,
             reject_threshold=record.reject_threshold if change.reject_threshold is None else change.reject_threshold,
             dihedral=record.dihedral if change.dihedral is None else change.dihedral,
+            thumbnails=record.thumbnails if change.thumbnails is None else change.thumbnails,
         )
         validate_thresholds(record.review_threshold, record.reject_threshold)
         validate_description(record.description)
+        if not record.thumbnails:
+            delete_prefix(txn.cursor(db=self._thumbnails), schema.list_prefix(record.uid))
         self._put_list(txn, record)
         detail = _settings(record) | ({"cause": change.cause} if change.cause else {})
         self._audit(txn, [AuditRecord(change.time, change.actor, AUDIT_LIST_UPDATE, change.name, "", detail)])
@@ -775,7 +792,7 @@ class Store:
         detail = {"entries_deleted": str(record.entry_count)}
         self._audit(txn, [AuditRecord(change.time, change.actor, AUDIT_LIST_DELETE, change.name, "", detail)])
         prefix = schema.list_prefix(record.uid)
-        entry_dbs = (self._entries, self._entry_ids, self._digests, self._md5, self._vectors)
+        entry_dbs = (self._entries, self._entry_ids, self._digests, self._md5, self._vectors, self._thumbnails)
         for db in (*entry_dbs, self._changes, self._snapshots, self._snapshot_pieces, self._snapshot_sums):
             delete_prefix(txn.cursor(db=db), prefix)
         return record
@@ -834,6 +851,8 @@ class Store:
             if item.embedding:  # the index gets what a restart would read back
                 txn.put(seq_key, item.embedding, db=self._vectors)
                 stored = decode_embedding(item.embedding)
+            if item.thumbnail and record.thumbnails:
+                txn.put(seq_key, item.thumbnail, db=self._thumbnails)
             txn.put(schema.seq_key(record.uid, number), encode_logged_change(schema.OP_ADD, seq), db=self._changes)
             detail = _add_detail(entry)
             audit.append(AuditRecord(change.time, change.actor, AUDIT_ENTRY_ADD, change.list, item.id, detail))
@@ -859,6 +878,7 @@ class Store:
         key = schema.seq_key(record.uid, entry.seq)
         txn.delete(key, db=self._entries)
         txn.delete(key, db=self._vectors)
+        txn.delete(key, db=self._thumbnails)
         txn.delete(prefix + entry.id.encode(), db=self._entry_ids)
         txn.delete(prefix + entry_key(entry.sha256, entry.md5, entry.pdq), db=self._digests)
         md5_key = prefix + entry.md5 if entry.md5 else b""

@@ -23,6 +23,7 @@ from typing import IO
 import lmdb
 
 from lookalike.server.records import EntryRecord, ListRecord
+from lookalike.server.storage.check_index import check_of_key, decode_counts
 from lookalike.server.storage.codec import (
     check_entry_fields,
     check_key_fields,
@@ -41,9 +42,12 @@ from lookalike.server.storage.feedback import decode_feedback
 from lookalike.server.storage.flood import decode_entry_key, decode_guard, decode_rate
 from lookalike.server.storage.outbox import decode_delivery
 from lookalike.server.storage.schema import (
+    CHECK_COUNTS_KEY_SIZE,
     DATA_FILE,
     DB_AUDIT,
     DB_CHANGES,
+    DB_CHECK_COUNTS,
+    DB_CHECK_DECISIONS,
     DB_CHECK_EXPIRY,
     DB_CHECK_IMAGES,
     DB_CHECK_PENDING,
@@ -62,6 +66,7 @@ from lookalike.server.storage.schema import (
     DB_SNAPSHOT_PIECES,
     DB_SNAPSHOT_SUMS,
     DB_SNAPSHOTS,
+    DB_THUMBNAILS,
     DB_VECTORS,
     KEY_FORMAT_VERSION,
     LOCK_FILE,
@@ -182,6 +187,7 @@ class _Verifier:
                 problem = f"it counts {record.entry_count} entries; {self.entry_counts.get(uid, 0)} are stored"
                 self.bad(DB_LISTS, record.name.encode(), _text, problem)
         self.each(DB_VECTORS, _seq_text, self.vector)
+        self.each(DB_THUMBNAILS, _seq_text, lambda key, raw: self.points_at_an_entry(key))
         self.each(DB_ENTRY_IDS, self.prefixed_text, self.entry_id)
         for database in (DB_DIGESTS, DB_MD5):
             self.each(database, lambda key: key.hex(), self.digest)
@@ -193,6 +199,8 @@ class _Verifier:
         for database in (DB_CHECK_PENDING, DB_CHECK_IMAGES):
             self.each(database, _owned_text, self.about_a_stored_check)
         self.each(DB_CHECK_EXPIRY, lambda key: key.hex(), lambda key, raw: None)
+        self.each(DB_CHECK_DECISIONS, lambda key: key.hex(), self.decision_key)
+        self.each(DB_CHECK_COUNTS, lambda key: key.hex(), self.hourly_counts)
         self.each(DB_OUTBOX, _owned_text, lambda key, raw: decode_delivery(raw))
         self.each(DB_FEEDBACK, lambda key: key.hex(), lambda key, raw: decode_feedback(raw))
         self.each(DB_GUARDS, lambda key: key.hex(), self.flood_guard)
@@ -307,6 +315,22 @@ class _Verifier:
             raise CorruptRecord("it belongs to no stored check")
 
     @staticmethod
+    def decision_key(key: bytes, raw: Raw) -> None:
+        try:
+            check_of_key(key)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise CorruptRecord(str(error)) from None
+
+    @staticmethod
+    def hourly_counts(key: bytes, raw: Raw) -> None:
+        if len(key) != CHECK_COUNTS_KEY_SIZE:
+            raise CorruptRecord(f"a key of {len(key)} bytes")
+        try:
+            decode_counts(raw)
+        except ValueError as error:
+            raise CorruptRecord(f"its counts: {error}") from None
+
+    @staticmethod
     def flood_guard(key: bytes, raw: Raw) -> None:
         decode_entry_key(key)
         decode_guard(raw)
@@ -317,7 +341,17 @@ class _Verifier:
         decode_rate(raw)
 
 
-_BY_LIST = {DB_ENTRIES, DB_VECTORS, DB_ENTRY_IDS, DB_DIGESTS, DB_MD5, DB_CHANGES, DB_SNAPSHOTS, DB_SNAPSHOT_PIECES}
+_BY_LIST = {
+    DB_ENTRIES,
+    DB_VECTORS,
+    DB_THUMBNAILS,
+    DB_ENTRY_IDS,
+    DB_DIGESTS,
+    DB_MD5,
+    DB_CHANGES,
+    DB_SNAPSHOTS,
+    DB_SNAPSHOT_PIECES,
+}
 """Databases whose keys start with the uid of the list they belong to."""
 
 
