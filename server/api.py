@@ -45,9 +45,9 @@ from lookalike.server.auth import AUTHORIZATION, Access, Caller, is_loopback_pee
 from lookalike.server.config import ServerConfig
 from lookalike.server.errors import bounded, reported
 from lookalike.server.operations import Operations
+from lookalike.server.records import AddOutcome, validate_lists_named
 from lookalike.server.service import raise_if_abandoned
 from lookalike.server.slots import PerKeyLimit
-from lookalike.server.store import AddOutcome, validate_lists_named
 
 ERROR_DOMAIN = "lookalike.v1"
 READER_POLL_SECONDS = 0.1

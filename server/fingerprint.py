@@ -47,22 +47,6 @@ class Hashes:
     phash: bytes
     md5: bytes = b""
 
-    @property
-    def sha256_hex(self) -> str:
-        return self.sha256.hex()
-
-    @property
-    def pdq_hex(self) -> str:
-        return self.pdq.hex()
-
-    @property
-    def phash_hex(self) -> str:
-        return self.phash.hex()
-
-    @property
-    def md5_hex(self) -> str:
-        return self.md5.hex()
-
 
 @dataclass
 class Fingerprint:

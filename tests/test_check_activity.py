@@ -17,8 +17,12 @@ from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from lookalike.client.stub import translate
 from lookalike.server.app import create_server
-from lookalike.server.check_index import DB_CHECK_COUNTS, DB_CHECK_DECISIONS, KEY_INDEXED
-from lookalike.server.store import DB_META
+from lookalike.server.storage.schema import (
+    DB_CHECK_COUNTS,
+    DB_CHECK_DECISIONS,
+    DB_META,
+    KEY_CHECK_DECISIONS_INDEXED,
+)
 from lookalike.server.verify import verify
 from tests.conftest import ServerHandle
 
@@ -189,7 +193,7 @@ def test_checks_stored_before_the_index_are_indexed_once_at_start_and_verify_rea
     data = lookalike.config.data
     with lmdb.open(str(data), max_dbs=64) as env, env.begin(write=True) as txn:
         txn.drop(env.open_db(DB_CHECK_DECISIONS, txn=txn), delete=True)  # as a folder of an earlier version
-        txn.delete(KEY_INDEXED, db=env.open_db(DB_META, txn=txn))
+        txn.delete(KEY_CHECK_DECISIONS_INDEXED, db=env.open_db(DB_META, txn=txn))
     start_again(lookalike)
     assert [r.id for r in lookalike.client.list_checks("review")] == list(reversed(ids))
     lookalike.stop()

@@ -12,7 +12,7 @@ from PIL import Image
 
 from lookalike.client import LookalikeClient, NotFound
 from lookalike.server.auth import BOOTSTRAP
-from lookalike.server.store import DB_THUMBNAILS
+from lookalike.server.storage.schema import DB_THUMBNAILS
 from lookalike.server.verify import verify
 from tests.conftest import ServerHandle, distinct_photos, start_server
 from tests.processes import json_cli
@@ -22,7 +22,7 @@ def kept(lookalike: ServerHandle) -> int:
     """Thumbnails stored, every list's."""
     store = lookalike.running.service.store
     with store.env.begin() as txn:
-        return int(txn.stat(store.open_db(DB_THUMBNAILS))["entries"])
+        return int(txn.stat(store.environment.db(DB_THUMBNAILS))["entries"])
 
 
 def thumbnail(lookalike: ServerHandle, list_name: str, entry_id: str) -> bytes | None:

@@ -52,7 +52,7 @@ from lookalike.server.http.context import HttpContext
 from lookalike.server.http.errors import error_response, request_too_large
 from lookalike.server.observability import CallNotes, record_call
 from lookalike.server.operations import Operations
-from lookalike.server.store import AddOutcome, EntryRecord, validate_lists_named
+from lookalike.server.records import AddOutcome, EntryRecord, validate_lists_named
 
 JSON_MEDIA = "application/json"
 MULTIPART_MEDIA = "multipart/form-data"

@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 
 from lookalike.client.errors import InvalidArgument, LookalikeError, PermissionDenied, Unauthenticated
 from lookalike.client.hashfiles import FORMATS
-from lookalike.server.auth import ROLE_ACTIONS, ROLES, Action, Caller
+from lookalike.server.auth import ROLE_ACTIONS, Action, Caller
 from lookalike.server.check_index import REVIEW
 from lookalike.server.checks import StoredCheck
 from lookalike.server.embedder import MODELS
@@ -47,9 +47,9 @@ from lookalike.server.operations.entries import EntryQuery, NewPicture
 from lookalike.server.operations.judging import FeedbackSubmission
 from lookalike.server.operations.lists import ListChange, ListSpec
 from lookalike.server.operations.types import ImageSource, PageRequest
+from lookalike.server.records import LIST_KIND_ALLOW, LIST_KINDS, ROLES, AddOutcome, AuditRecord
 from lookalike.server.scoring import Evidence
 from lookalike.server.service import CheckResult, Match
-from lookalike.server.store import LIST_KIND_ALLOW, LIST_KINDS, AddOutcome, AuditRecord
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
@@ -178,6 +178,7 @@ class Dashboard:
         )
         self.templates.filters["when"] = when
         self.templates.filters["segment"] = segment
+        self.templates.filters["hex"] = bytes.hex  # hashes are bytes inside; pages show them as hex
         self.templates.globals.update(Action=Action, evidence_words=evidence_words)
 
     def routes(self) -> list[BaseRoute]:

@@ -37,4 +37,4 @@ class Operations:
         self.entries = EntryOperations(service, config, access)
         self.checks = CheckOperations(service, config, access, checks)
         self.feedback = FeedbackOperations(service, access, checks, feedback, self.checks, self.lists)
-        self.keys = KeyOperations(service.store, access)
+        self.keys = KeyOperations(service, access)

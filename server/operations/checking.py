@@ -7,15 +7,17 @@ import uuid
 from dataclasses import dataclass, field
 
 from lookalike.client.errors import InvalidArgument, PermissionDenied
-from lookalike.server.auth import ADMIN, Access, Action, Caller
-from lookalike.server.check_index import ALL_CHECKS, DECISION_CODES, HOUR, HourCounts, hour_of
+from lookalike.server.auth import Access, Action, Caller
+from lookalike.server.check_index import ALL_CHECKS, DECISIONS, HOUR, HourCounts, hour_of
 from lookalike.server.checks import CheckLedger, CheckOrder, StoredCheck, validate_check_id
 from lookalike.server.config import ServerConfig
 from lookalike.server.fetch import check_url
+from lookalike.server.fingerprint import Hashes
+from lookalike.server.hashes import MD5, PDQ, SHA256, parse_quality
 from lookalike.server.operations.types import ImageSource
+from lookalike.server.records import ADMIN, validate_lists_named
 from lookalike.server.service import CheckResult, LookalikeService
-from lookalike.server.store import validate_lists_named
-from lookalike.server.webhooks import Delivery
+from lookalike.server.storage.outbox import Delivery
 
 CHECK_PAGE_DEFAULT = 100
 CHECK_PAGE_MAX = 1000
@@ -134,11 +136,16 @@ class CheckOperations:
     def check_hashes(self, caller: Caller, order: HashCheck) -> CheckResult:
         validate_lists_named(order.lists)
         self._access.require(caller, Action.CHECK, order.lists)
+        pdq = PDQ.parse(order.pdq)
+        hashes = Hashes(
+            sha256=SHA256.parse(order.sha256),
+            pdq=pdq,
+            pdq_quality=parse_quality(order.pdq_quality) if pdq else 0,
+            phash=b"",
+            md5=MD5.parse(order.md5),
+        )
         result = self._service.check_hashes(
-            order.pdq,
-            order.pdq_quality,
-            order.md5,
-            order.sha256,
+            hashes,
             order.lists,
             order.meta,
             order.top_k,
@@ -166,7 +173,7 @@ class CheckOperations:
         """Stored checks of one decision, newest first: the caller's own, or (an admin) every key's or the
         owner's it names. For reviewers: the checks whose decision was review."""
         self._access.require(caller, Action.CHECK)
-        if query.decision not in DECISION_CODES:
+        if query.decision not in DECISIONS:
             raise InvalidArgument("decision is missing: ACCEPT, REVIEW or REJECT", "DECISION_MISSING")
         if query.page_size < 0:
             raise InvalidArgument(f"page_size must be 0 or more, got {query.page_size}", "PAGE_SIZE_INVALID")

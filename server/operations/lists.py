@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lookalike.server.auth import Access, Action, Caller
-from lookalike.server.check_index import CheckIndex, DecisionCounts
-from lookalike.server.flood import Guard
+from lookalike.server.check_index import DecisionCounts
+from lookalike.server.records import ListRecord
 from lookalike.server.service import LookalikeService
-from lookalike.server.store import ListRecord
+from lookalike.server.storage.check_index import CheckIndex
+from lookalike.server.storage.flood import Guard
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class ListOperations:
 
     def update(self, caller: Caller, change: ListChange) -> ListState:
         self._access.require(caller, Action.UPDATE_LISTS, [change.name])
-        record = self._service.store.update_list(
+        record = self._service.update_list(
             change.name,
             change.description,
             change.review_threshold,
