@@ -52,12 +52,12 @@ EXACT_PDQ_MAX = 200_000
 VECTOR_SCAN_BUDGET = 3_200_000
 """Fast-scan codes compared per query view on a large list. At 10M entries (20M codes, a sixth of
 the cells probed) 7.8 ms on one core, recall 0.990 of random neighbours from cosine 0.5; 2.4M
-codes gave 6.2 ms and 0.981 (benchmarks/README.md)."""
+codes gave 6.2 ms and 0.981 (docs/tuning.md, "Index layouts for large lists")."""
 PDQ_SCAN_BUDGET = 200_000
 """PDQ codes compared per query variant on a large list's binary IVF, which answers until the list's
 hash tables are built. At 10M random codes: 0.7 ms for a picture's own code, 4.9 ms for eight
 variants, recall 0.935 at 16-31 bits; twice the budget gave 0.979 in twice the time, the scan being
-bound by memory bandwidth (benchmarks/README.md)."""
+bound by memory bandwidth (docs/tuning.md, "Index layouts for large lists")."""
 MAX_CELLS = 4096
 """Cap on IVF cells: k-means training time grows with cells × training points."""
 ENTRIES_PER_CELL = 1000
@@ -78,7 +78,7 @@ REBUILD_GROWTH = 4
 SPILLED_CELLS = 2
 """Cells an embedding is filed in on a large list's inverted file ("spilling"). Random unit vectors
 at 1M, 4096 cells, the same number of codes compared: a neighbour at cosine 0.5-0.6 lies in a probed
-cell 0.97 of the time from two cells against 0.935 from one (benchmarks/README.md)."""
+cell 0.97 of the time from two cells against 0.935 from one (docs/tuning.md, "Index layouts for large lists")."""
 SPILL_FROM = VECTOR_SCAN_BUDGET // SPILLED_CELLS
 """Lists larger than this are spilled. Smaller ones are scanned whole at the default budget, and
 grown fourfold (when a rebuild spills them) still have half their cells probed: a second copy
@@ -229,7 +229,7 @@ def _empty_vectors(cells: int, dim: int) -> faiss.Index:
     ivf.cp.niter = 10
     # Codes of the vectors themselves, not of their offsets from a cell's centre: as cheap to scan, and
     # on random unit vectors at 1M, neighbours at cosine 0.5-0.6 reached the 128-shortlist from a quarter
-    # of the cells 0.94 of the time instead of 0.76 (equal on clustered vectors; benchmarks/README.md).
+    # of the cells 0.94 of the time instead of 0.76 (equal on clustered vectors; docs/tuning.md).
     ivf.by_residual = False
     return index
 

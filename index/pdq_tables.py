@@ -10,7 +10,7 @@ independently). A code within d bits of a query has the query's key in one table
 or a key one bit away, with a probability that falls slowly with d; probing each table's bucket
 of the query's key and of its one-bit neighbours gathers the neighbours among a few thousand
 candidates, whose exact distances are then computed (locality-sensitive hashing by bit sampling,
-with multi-probe). Every hit is exact; only a miss is possible, and rare (benchmarks/README.md).
+with multi-probe). Every hit is exact; only a miss is possible, and rare (docs/tuning.md, "PDQ hash tables").
 
 The tables are derived state: built from a list's codes (never stored), they follow adds in a
 tail scanned whole until it is merged into the tables, and removals in a mask. Not thread-safe:
@@ -86,7 +86,7 @@ def _sorted_positions(keys: np.ndarray, key_bits: int) -> np.ndarray:
 def _dealt_nibbles(per_table: int, rng: np.random.Generator) -> np.ndarray:
     """Each table's nibbles: rounds of tables, each dealing a shuffle of all 64 nibbles out, so no
     two tables of a round share one. At 10M random codes this raised recall at 32-48 bits from
-    0.986 (nibbles drawn per table, tables overlapping by chance) to 0.992 (benchmarks/README.md)."""
+    0.986 (nibbles drawn per table, tables overlapping by chance) to 0.992 (docs/tuning.md, "PDQ hash tables")."""
     per_round = 2 * CODE_BYTES // per_table
     rounds = [rng.permutation(2 * CODE_BYTES)[: per_round * per_table] for _ in range(-(-TABLES // per_round))]
     return np.concatenate(rounds).reshape(-1, per_table)[:TABLES]

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 POLL_SECONDS = 0.25
 """How often a waiter asks whether its caller is still there. A waiter uses no CPU and is asked again once
 granted, so a late answer costs nothing; asking often does: with a dozen waiters at 0.05 s, the wake-ups
-took 0.3 ms of the server process's CPU per check (benchmarks/README.md, Throughput)."""
+took 0.3 ms of the server process's CPU per check (docs/tuning.md, "The server around a check")."""
 
 
 class FairSlots:
