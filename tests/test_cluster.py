@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from lookalike.client import LookalikeClient
 from lookalike.client.errors import (
@@ -20,10 +21,11 @@ from lookalike.client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.server.config import parse_config
 from tests.conftest import ServerHandle, corpus_photos, start_server
 from tests.nats_servers import NatsCluster, nats_cluster
-from tests.processes import json_cli
+from tests.processes import ServerProcess, end_leftovers, json_cli
 
 PDQ_A = "f" * 32 + "0" * 32
 PDQ_B = "0f" * 32
@@ -211,13 +213,22 @@ def test_writes_fail_fast_while_nats_is_down_checks_go_on_and_writes_resume(thre
         a.client.add_hash("banned", a.client.hash_entry(pdq=PDQ_B))
     assert down.value.reason == "LOG_UNAVAILABLE"
     assert time.monotonic() - started < 5.0
+    three.started["c"].stop()
+    c = three.start("c")  # starts without NATS: serves checks from its replica, refuses writes
     for handle in three.handles:
         assert handle.client.check_hashes(["banned"], pdq=PDQ_A).decision == "reject"
+    with pytest.raises(Unavailable) as still_down:
+        c.client.create_list("other")
+    assert still_down.value.reason == "LOG_UNAVAILABLE"
     nats.servers[0].start()
     nats.wait_ready()
     added = eventually(lambda: _try(lambda: b.client.add_hash("banned", b.client.hash_entry(pdq=PDQ_B))), 20.0)
     assert a.client.check_hashes(["banned"], pdq=PDQ_B, after=added.consistency_token).decision == "reject"
+    assert c.client.check_hashes(["banned"], pdq=PDQ_B, after=added.consistency_token).decision == "reject"
     wait_same(three.handles)
+    scraped = generate_latest(c.running.service.metrics.registry).decode()
+    assert f"lookalike_applied_sequence {float(added.consistency_token)}" in scraped
+    assert "lookalike_replication_lag_messages 0.0" in scraped
 
 
 def test_a_node_down_while_others_write_catches_up_and_a_new_node_joins(tmp_path: Path, nats_one: NatsCluster) -> None:
@@ -237,6 +248,74 @@ def test_a_node_down_while_others_write_catches_up_and_a_new_node_joins(tmp_path
         assert late.client.get_list("banned").entry_count == 5
     finally:
         nodes.stop_all()
+
+
+def hash_entries(client: LookalikeClient, first: int, count: int) -> Iterator[pb.HashEntry]:
+    """Entries by PDQ hash, one per number: distinct, and cheap to add (no picture to fingerprint)."""
+    for number in range(first, first + count):
+        yield client.hash_entry(pdq=f"{number:064x}", id=f"e{number}")
+
+
+def exports(handles: list[ServerHandle], list_name: str) -> list[list[tuple[str, str]]]:
+    return [[(e.id, e.hashes.pdq) for e in h.client.export_entries(list_name)] for h in handles]
+
+
+def test_a_node_killed_during_a_bulk_add_loses_no_acknowledged_entry_on_any_node(
+    tmp_path: Path, nats_one: NatsCluster
+) -> None:
+    """kill -9 of the node taking a bulk add: what it acknowledged is in the log, so every node has it, the
+    killed one too once restarted, and the nodes' exports agree entry for entry."""
+    nodes = Nodes(tmp_path, nats_one)
+    flags = ("--cluster", nats_one.urls[0], "--node", "a", "--workers", "0", "--map-size", str(1 << 30))
+    killed = ServerProcess(tmp_path / "a", *flags)
+    try:
+        b, c = nodes.start("b"), nodes.start("c")
+        killed.client.create_list("bulk")
+        acknowledged: list[str] = []
+        for _, result in killed.client.import_stream("bulk", hash_entries(killed.client, 1, 100_000), batch=20):
+            assert not isinstance(result, LookalikeError), result
+            acknowledged.append(result.id)
+            if len(acknowledged) == 300:
+                killed.kill()
+                break
+        restarted = ServerProcess(tmp_path / "a", *flags)
+        with LookalikeClient(restarted.address) as client:
+            everyone = [b, c]
+            wait_same(everyone)
+            listed = {e.id for e in client.export_entries("bulk")}
+            for handle in everyone:
+                assert eventually(lambda h=handle: h.client.get_list("bulk").entry_count == len(listed), 5.0)  # type: ignore[misc]
+            assert set(acknowledged) <= listed
+            assert exports(everyone, "bulk")[0] == [(e.id, e.hashes.pdq) for e in client.export_entries("bulk")]
+        restarted.stop()
+    finally:
+        nodes.stop_all()
+        end_leftovers()
+
+
+def test_writes_go_on_when_one_of_three_nats_servers_is_killed(tmp_path: Path) -> None:
+    """On a three-server NATS cluster the log keeps three replicas: kill -9 one server during writes, the
+    writes go on and no acknowledged one is lost."""
+    with nats_cluster(tmp_path / "nats", 3) as nats:
+        nodes = Nodes(tmp_path, nats)
+        try:
+            a, b = nodes.start("a"), nodes.start("b")
+            assert a.running.cluster is not None and a.running.cluster.log.replicas == 3
+            a.client.create_list("banned")
+            acknowledged: list[str] = []
+            for number in range(1, 41):
+                if number == 15:
+                    nats.stream_leader("LOOKALIKE").kill()
+                client = (a if number % 2 else b).client
+                entry = client.hash_entry(pdq=f"{number:064x}", id=f"e{number}")
+                added = eventually(
+                    lambda client=client, entry=entry: _try(lambda: client.add_hash("banned", entry)), 10.0
+                )  # type: ignore[misc]
+                acknowledged.append(added.id)
+            wait_same([a, b])
+            assert [entry for entry, _ in exports([a], "banned")[0]] == acknowledged
+        finally:
+            nodes.stop_all()
 
 
 def test_bad_cluster_urls_and_node_names_are_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
