@@ -156,9 +156,15 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         metrics_http = _serve_metrics(metrics, config.metrics_listen) if config.metrics_listen else None
     except OSError as error:
         raise _cannot_listen(config.metrics_listen, "--metrics-listen", error) from None
+    cluster: Cluster | None = None
     try:
+        if config.cluster:
+            cluster = Cluster(config)
+            cluster.restore_if_new(config.data)
         store = Store(config.data, config.map_size)
     except BaseException:
+        if cluster is not None:
+            cluster.close()
         _close_http(metrics_http)
         raise
     access = Access(store)
@@ -169,6 +175,8 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
             require_safe_listen(config.http_listen, access, "--http-listen 127.0.0.1:8080")
         credentials = _server_credentials(tls_files(config.tls_cert, config.tls_key, config.tls_client_ca))
     except LookalikeError:
+        if cluster is not None:
+            cluster.close()
         store.close()
         _close_http(metrics_http)
         raise
@@ -198,15 +206,17 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     )
     service.writes.on_keys_changed(access.reload)
     metrics.watch_lists(service.list_sizes)
-    cluster: Cluster | None = None
+    if cluster is not None:
+        cluster.attach(service.writes)
+        service.writer = cluster
+        metrics.watch_replication(cluster.applied, cluster.lag)
     try:
         outbox = WebhookOutbox(store, config, metrics, webhook_headers)
         checks = CheckLedger(store, service, config, outbox, webhook_body)
-        if config.cluster:
-            cluster = service.writer = Cluster(config, service.writes)
-            metrics.watch_replication(cluster.applied, cluster.lag)
     except BaseException:  # e.g. making the webhook secret found the disk full
         workers.shutdown()
+        if cluster is not None:
+            cluster.close()
         store.close()
         _close_http(metrics_http)
         raise

@@ -16,9 +16,11 @@ token waits (bounded) until this node has applied it (`wait_applied`).
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import overload
 
 from nats.aio.msg import Msg
@@ -43,6 +45,7 @@ from lookalike.server.records import AddOutcome, EntryRecord, KeyRecord, ListRec
 from lookalike.server.replication import ChangeLog, Follower, Lag
 from lookalike.server.service import wait_budget
 from lookalike.server.storage.errors import StorageFull
+from lookalike.server.storage.snapshot import is_empty, restore_snapshot, write_snapshot
 from lookalike.server.storage.store import AlreadyApplied
 from lookalike.server.writes import REPLICA_BEHIND, Outcome, WritePath, behind
 
@@ -58,9 +61,12 @@ DEDUP_HEADER = "Nats-Msg-Id"
 
 
 class Cluster:
-    """The change log, this node's name, and the follower applying the log; see the module's doc."""
+    """The change log, this node's name, and the follower applying the log; see the module's doc.
 
-    def __init__(self, config: ServerConfig, writes: WritePath, connect_wait: float = CONNECT_WAIT_S) -> None:
+    Made before the store opens (`restore_if_new` may fill an empty data folder from a snapshot), given the
+    node's write path once there is one (`attach`), and started once the indexes are loaded (`start`)."""
+
+    def __init__(self, config: ServerConfig, connect_wait: float = CONNECT_WAIT_S) -> None:
         try:
             urls = cluster_urls(config.cluster)
         except ValueError as error:
@@ -68,30 +74,98 @@ class Cluster:
         if not urls:
             raise InvalidArgument("cluster mode needs --cluster nats://HOST:PORT", "CLUSTER_URL_INVALID")
         self.node = node_name(config)
+        self._snapshot_every = config.cluster_snapshot_every
+        self._snapshot_interval = config.cluster_snapshot_interval
         self.log = ChangeLog(urls, node=self.node, connect_wait=connect_wait)
-        self._writes = writes
+        self._writes: WritePath | None = None
         self._changed = threading.Condition()
-        self._applied = writes.applied()
+        self._applied = 0
         self._waiting: dict[str, tuple[Outcome | LookalikeError | None] | None] = {}
         """De-duplication ids of this node's writes in flight → the outcome of their apply, once applied."""
         self._follower: Follower | None = None
+        self._stopping = threading.Event()
+        self._snapshotter: threading.Thread | None = None
+
+    def restore_if_new(self, folder: Path) -> int | None:
+        """Fill an empty data folder from the newest snapshot (so the log need not hold every change since
+        the cluster began); the sequence it covers, or None when the folder has data or there is no
+        snapshot. A new node that cannot reach NATS starts empty and follows the log once it can."""
+        if not is_empty(folder):
+            return None
+        try:
+            latest = self.log.latest_snapshot(folder.parent if folder.parent.exists() else None)
+        except Unavailable as error:
+            log.warning("a new node, but no snapshot could be read (%s): following the log from its start", error)
+            return None
+        if latest is None:
+            return None
+        sequence, reader = latest
+        with reader:
+            restore_snapshot(reader, folder)
+        log.info("restored the replicated data up to change %d from the cluster's newest snapshot", sequence)
+        return sequence
+
+    def attach(self, writes: WritePath) -> None:
+        self._writes = writes
+        self._applied = writes.applied()
 
     def start(self) -> None:
-        """Follow the log from the last sequence this node applied (its indexes are loaded by now)."""
+        """Follow the log from the last sequence this node applied (its indexes are loaded by now), and
+        look for snapshots to take."""
         self._follower = Follower(
             self.log.connection, self.log.stream, self._handle, self._applied, name="follow-changes"
         )
+        self._snapshotter = threading.Thread(target=self._snapshot_loop, name="cluster-snapshots", daemon=True)
+        self._snapshotter.start()
 
     def close(self) -> None:
+        self._stopping.set()
+        if self._snapshotter is not None:
+            self._snapshotter.join()
         if self._follower is not None:
             self._follower.stop()
         self.log.close()
+
+    # -- snapshots ----------------------------------------------------------------------------------------------
+
+    def _snapshot_loop(self) -> None:
+        while not self._stopping.wait(self._snapshot_interval):
+            try:
+                self.snapshot_if_due()
+            except LookalikeError as error:  # NATS away, disk full: the next look tries again
+                log.warning("cluster snapshot not taken: %s", error)
+            except Exception:
+                log.exception("cluster snapshot failed; will retry")
+
+    def snapshot_if_due(self) -> int | None:
+        """When this node holds the snapshot lease and `cluster_snapshot_every` changes were applied since
+        the newest snapshot, store a new one and trim the log to what the oldest kept snapshot does not
+        cover; the sequence of the snapshot taken, or None."""
+        assert self._writes is not None
+        if not self.log.try_lease("snapshots", self.node, ttl=2 * self._snapshot_interval + 5):
+            return None
+        kept = self.log.snapshots()
+        store = self._writes.store
+        if store.applied_sequence() - (kept[-1] if kept else 0) < self._snapshot_every:
+            return None
+        with tempfile.TemporaryDirectory(prefix="cluster-snapshot-", dir=store.environment.path) as work:
+            written = Path(work) / "snapshot.mdb"
+            sequence = write_snapshot(store.environment, written)
+            if kept and sequence <= kept[-1]:
+                return None
+            self.log.put_snapshot(written, sequence)
+        oldest = self.log.snapshots()[0]
+        if oldest > 0:
+            self.log.trim_before(oldest + 1)
+        log.info("cluster snapshot at change %d stored; the log keeps the changes after %d", sequence, oldest)
+        return sequence
 
     # -- the follower's thread ------------------------------------------------------------------------------
 
     def _handle(self, sequence: int, message: Msg) -> None:
         """Apply one record. A refusal is an outcome (every node refuses alike: nothing is written); a full
         disk or a record this server cannot read stops the follower, since skipping it would diverge."""
+        assert self._writes is not None
         outcome: Outcome | LookalikeError | None
         try:
             outcome = self._writes.apply(decode_change(message.data), sequence)

@@ -101,6 +101,10 @@ class ServerConfig:
     """NATS servers of the cluster's change log, `nats://HOST:PORT[,nats://…]`; empty: a single node."""
     node: str = ""
     """This node's name in the cluster; empty: the host name."""
+    cluster_snapshot_every: int = 10_000
+    """Changes applied since the last cluster snapshot before the node holding the lease takes another."""
+    cluster_snapshot_interval: float = 60.0
+    """Seconds between looks at whether a cluster snapshot is due."""
 
 
 _HELP = {
@@ -154,6 +158,8 @@ _HELP = {
     "flood_long_window": "seconds of the flood guard's usual-rate window",
     "cluster": "NATS JetStream servers of a cluster, nats://HOST:PORT[,nats://HOST:PORT…] (empty: a single node)",
     "node": "this node's name in the cluster (empty: the host name)",
+    "cluster_snapshot_every": "changes after which one node snapshots the replicated data for new nodes (cluster)",
+    "cluster_snapshot_interval": "seconds between looks at whether a cluster snapshot is due",
 }
 
 
@@ -248,6 +254,8 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
         cluster_urls(config.cluster)
     except ValueError as error:
         parser.error(f"--cluster: {error}")
+    if config.cluster_snapshot_every < 1 or config.cluster_snapshot_interval <= 0:
+        parser.error("--cluster-snapshot-every must be at least 1 and --cluster-snapshot-interval above 0")
     if config.node and not NODE_NAME.match(config.node):
         parser.error(f"--node: {config.node!r} is not 1 to 64 letters, digits, - or _")
     if config.flood_min_matches and config.flood_long_window <= config.flood_factor * config.flood_short_window:

@@ -17,6 +17,7 @@ from lookalike.client.errors import (
     AlreadyExists,
     InvalidArgument,
     LookalikeError,
+    NotFound,
     PermissionDenied,
     Unauthenticated,
     Unavailable,
@@ -49,8 +50,8 @@ class Nodes:
     def handles(self) -> list[ServerHandle]:
         return list(self.started.values())
 
-    def start(self, name: str) -> ServerHandle:
-        handle = start_server(self.root / name, cluster=",".join(self.nats.urls), node=name)
+    def start(self, name: str, **overrides: object) -> ServerHandle:
+        handle = start_server(self.root / name, cluster=",".join(self.nats.urls), node=name, **overrides)
         self.started[name] = handle
         return handle
 
@@ -246,6 +247,36 @@ def test_a_node_down_while_others_write_catches_up_and_a_new_node_joins(tmp_path
         late.client.check_hashes(pdq=PDQ_A, after=tokens[-1])
         wait_same([a, b, late])
         assert late.client.get_list("banned").entry_count == 5
+    finally:
+        nodes.stop_all()
+
+
+def test_a_new_node_starts_from_a_snapshot_and_the_tail_after_the_log_was_trimmed(
+    tmp_path: Path, nats_one: NatsCluster
+) -> None:
+    """The node holding the lease snapshots the replicated data every few changes and trims the log; a node
+    with an empty folder then starts from the snapshot (the log alone could not rebuild it) plus the tail,
+    and holds what the others hold, but none of their node-local state."""
+    nodes = Nodes(tmp_path, nats_one)
+    try:
+        a = nodes.start("a", cluster_snapshot_every=5, cluster_snapshot_interval=0.2)
+        a.client.create_list("banned")
+        for entry in hash_entries(a.client, 1, 12):
+            a.client.add_hash("banned", entry)
+        stored_check = a.client.check_hashes(["banned"], pdq=f"{1:064x}")
+        assert stored_check.decision == "reject"
+        log = a.running.cluster.log  # type: ignore[union-attr]
+        eventually(lambda: nats_one.stream_state(nats_one.servers[0], "LOOKALIKE")["first_seq"] > 10, 10.0)
+        assert log.snapshots()[-1] >= 10
+        tail = [a.client.add_hash("banned", entry) for entry in hash_entries(a.client, 13, 2)]
+        late = nodes.start("late")
+        assert late.client.check_hashes(["banned"], pdq=f"{1:064x}", after=tail[-1].consistency_token).matches
+        assert late.client.check_hashes(["banned"], pdq=f"{14:064x}").matches
+        wait_same([a, late])
+        assert exports([a], "banned") == exports([late], "banned")
+        with pytest.raises(NotFound):
+            late.client.get_check(stored_check.id)
+        assert a.client.get_check(stored_check.id).id == stored_check.id
     finally:
         nodes.stop_all()
 
