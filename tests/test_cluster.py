@@ -218,6 +218,7 @@ def test_writes_fail_fast_while_nats_is_down_checks_go_on_and_writes_resume(thre
     c = three.start("c")  # starts without NATS: serves checks from its replica, refuses writes
     for handle in three.handles:
         assert handle.client.check_hashes(["banned"], pdq=PDQ_A).decision == "reject"
+    assert [info.name for info in c.client.lists()] == ["banned"]
     with pytest.raises(Unavailable) as still_down:
         c.client.create_list("other")
     assert still_down.value.reason == "LOG_UNAVAILABLE"
