@@ -276,7 +276,13 @@ def cmd_add(client: LookalikeClient, args: argparse.Namespace, output: Output) -
 
 
 def add_record(path: str, result: AddResult) -> dict[str, Any]:
-    return {"path": path, "id": result.id, "sha256": result.sha256, "duplicate": result.duplicate}
+    return {
+        "path": path,
+        "id": result.id,
+        "sha256": result.sha256,
+        "duplicate": result.duplicate,
+        "consistency_token": result.consistency_token,
+    }
 
 
 def _match_records(result: CheckResult) -> list[dict[str, Any]]:
@@ -336,6 +342,7 @@ def cmd_check(client: LookalikeClient, args: argparse.Namespace, output: Output)
             min_score=args.min_score,
             defer=args.defer,
             callback_url=args.callback_url,
+            after=args.after,
         )
 
     sent, requests = _streamed(items, output, request)
@@ -379,6 +386,7 @@ def cmd_add_hash(client: LookalikeClient, args: argparse.Namespace, output: Outp
         "md5": hashes.md5,
         "sha256": hashes.sha256,
         "duplicate": result.duplicate,
+        "consistency_token": result.consistency_token,
     }
     output.emit(record, f"{result.id}{'  (duplicate)' if result.duplicate else ''}")
 
@@ -394,6 +402,7 @@ def cmd_check_hash(client: LookalikeClient, args: argparse.Namespace, output: Ou
         meta=_parse_meta(args.meta),
         top_k=args.top_k,
         min_score=args.min_score,
+        after=args.after,
     )
     record = {
         "pdq": result.hashes.pdq,
@@ -984,6 +993,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="meta for every entry")
 
     check = commands.add_parser("check", parents=[common], help="check images against lists")
+    after_help = (
+        "a write's consistency_token (add --json prints it): the server answers once it has applied that write, "
+        "or refuses with REPLICA_BEHIND when it has not within the deadline"
+    )
     lists_help = 'lists to check against, comma-separated ("": every list the key may use); allow lists always count'
     top_k_help = f"show up to N nearest entries, even below review, 0-{MAX_TOP_K} (default 0: matches from review up)"
     check.add_argument("lists", metavar="LIST[,LIST...]", help=lists_help)
@@ -993,6 +1006,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="meta echoed back")
     check.add_argument("--defer", action="store_true", help="queue the checks; print their ids (see `result`)")
     check.add_argument("--callback-url", default="", metavar="URL", help="POST each result there, signed")
+    check.add_argument("--after", default="", metavar="TOKEN", help=after_help)
 
     result = commands.add_parser("result", parents=[common], help="the stored result of checks, by id")
     result.add_argument("ids", nargs="+", metavar="ID", help="check ids (a check's request_id)")
@@ -1049,6 +1063,7 @@ def build_parser() -> argparse.ArgumentParser:
     check_hash.add_argument("--top-k", type=_bounded(int, 0, MAX_TOP_K), default=0, help=top_k_help)
     check_hash.add_argument("--min-score", type=SCORE, help="show matches scoring at least S, 0-1")
     check_hash.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="meta echoed back")
+    check_hash.add_argument("--after", default="", metavar="TOKEN", help=after_help)
 
     import_file = commands.add_parser("import", parents=[common], help="import a hash list file into a list")
     import_file.add_argument("list", help="the list to import into")

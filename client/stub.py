@@ -396,8 +396,10 @@ class LookalikeClient:
         top_k: int = 0,
         min_score: float | None = None,
         request_id: str = "",
+        after: str = "",
     ) -> CheckResult:
-        """Check hashes computed elsewhere (a PDQ, an MD5, a SHA-256) against the named lists (all when none)."""
+        """Check hashes computed elsewhere (a PDQ, an MD5, a SHA-256) against the named lists (all when none).
+        `after`: a write's `consistency_token`; the server answers once it has applied that write."""
         request = pb.CheckHashesRequest(
             lists=list(lists),
             pdq=pdq,
@@ -406,6 +408,7 @@ class LookalikeClient:
             meta=dict(meta or {}),
             top_k=top_k,
             request_id=request_id,
+            after=after,
         )
         if pdq_quality is not None:
             request.pdq_quality = pdq_quality
@@ -426,6 +429,7 @@ class LookalikeClient:
         request_id: str = "",
         defer: bool = False,
         callback_url: str = "",
+        after: str = "",
     ) -> pb.CheckRequest:
         request = pb.CheckRequest(
             image=image_message(image),
@@ -435,6 +439,7 @@ class LookalikeClient:
             request_id=request_id,
             defer=defer,
             callback_url=callback_url,
+            after=after,
         )
         if min_score is not None:
             request.min_score = min_score
@@ -451,11 +456,14 @@ class LookalikeClient:
         request_id: str = "",
         defer: bool = False,
         callback_url: str = "",
+        after: str = "",
     ) -> CheckResult:
         """Check one image against the named lists (every list when none is named).
 
         `defer`: answer at once with the check's id and status "pending" (`get_check` gives the result).
         `callback_url`: also POST the result there, signed (see `client.webhooks`).
+        `after`: a write's `consistency_token`; the server answers once it has applied that write (on a
+        cluster node that has not yet: waits up to the deadline, then UNAVAILABLE with REPLICA_BEHIND).
         """
         request = self.check_request(
             image,
@@ -466,6 +474,7 @@ class LookalikeClient:
             request_id=request_id,
             defer=defer,
             callback_url=callback_url,
+            after=after,
         )
         return CheckResult.from_pb(_call(self._stub.Check, request, timeout=self.timeout))
 

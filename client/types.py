@@ -143,6 +143,8 @@ class ListInfo:
     """Checks that covered the list in the last 24 hours, by the decision the list gave on its own."""
     thumbnails: bool = False
     """Pictures added keep a small thumbnail (for the dashboard); off: no picture is kept."""
+    consistency_token: str = ""
+    """Set on a create's or update's reply: a check with it as `after` (on any node) sees the change."""
 
     @classmethod
     def from_pb(cls, message: pb.ListInfo) -> ListInfo:
@@ -159,6 +161,7 @@ class ListInfo:
             [GuardedEntry.from_pb(g) for g in message.guarded],
             CheckCounts.from_pb(message.checks_last_day),
             message.thumbnails,
+            message.consistency_token,
         )
 
 
@@ -169,10 +172,13 @@ class AddResult:
     sha256: str
     duplicate: bool
     hashes: Hashes
+    consistency_token: str = ""
+    """A check with it as `after` (on any node of a cluster) sees this entry."""
 
     @classmethod
     def from_pb(cls, message: pb.AddEntryResponse) -> AddResult:
-        return cls(message.list, message.id, message.sha256, message.duplicate, Hashes.from_pb(message.hashes))
+        hashes = Hashes.from_pb(message.hashes)
+        return cls(message.list, message.id, message.sha256, message.duplicate, hashes, message.consistency_token)
 
 
 @dataclass(frozen=True)
@@ -469,6 +475,8 @@ class KeyInfo:
     created: datetime
     created_by: str
     revoked: datetime | None
+    consistency_token: str = ""
+    """Set on a revoke's reply: a check with it as `after` (on any node) is past the revocation."""
 
     @classmethod
     def from_pb(cls, message: pb.KeyInfo) -> KeyInfo:
@@ -480,6 +488,7 @@ class KeyInfo:
             _time(message.created),
             message.created_by,
             _time(message.revoked) if message.HasField("revoked") else None,
+            message.consistency_token,
         )
 
 

@@ -46,7 +46,7 @@ from lookalike.server.config import ServerConfig
 from lookalike.server.errors import bounded, reported
 from lookalike.server.operations import Operations
 from lookalike.server.records import AddOutcome, validate_lists_named
-from lookalike.server.service import raise_if_abandoned
+from lookalike.server.service import raise_if_abandoned, time_remaining
 from lookalike.server.slots import PerKeyLimit
 
 ERROR_DOMAIN = "lookalike.v1"
@@ -102,9 +102,11 @@ def _on_behalf_of(context: grpc.ServicerContext) -> Iterator[None]:
             raise Cancelled("the client cancelled the call", "CANCELLED")
 
     token = raise_if_abandoned.set(still_wanted)
+    remaining = time_remaining.set(context.time_remaining)
     try:
         yield
     finally:
+        time_remaining.reset(remaining)
         raise_if_abandoned.reset(token)
 
 
@@ -215,7 +217,9 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
     @rpc
     def CreateList(self, request: pb.CreateListRequest, context: grpc.ServicerContext) -> pb.ListInfo:
-        return messages.list_info(self.ops.lists.create(self._caller(context), messages.list_spec(request)))
+        info = messages.list_info(self.ops.lists.create(self._caller(context), messages.list_spec(request)))
+        info.consistency_token = self.ops.consistency_token()
+        return info
 
     @rpc
     def GetList(self, request: pb.GetListRequest, context: grpc.ServicerContext) -> pb.ListInfo:
@@ -228,19 +232,22 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
     @rpc
     def UpdateList(self, request: pb.UpdateListRequest, context: grpc.ServicerContext) -> pb.ListInfo:
-        return messages.list_info(self.ops.lists.update(self._caller(context), messages.list_change(request)))
+        info = messages.list_info(self.ops.lists.update(self._caller(context), messages.list_change(request)))
+        info.consistency_token = self.ops.consistency_token()
+        return info
 
     @rpc
     def DeleteList(self, request: pb.DeleteListRequest, context: grpc.ServicerContext) -> pb.DeleteListResponse:
         record = self.ops.lists.delete(self._caller(context), request.name)
-        return pb.DeleteListResponse(name=record.name, entries_deleted=record.entry_count)
+        token = self.ops.consistency_token()
+        return pb.DeleteListResponse(name=record.name, entries_deleted=record.entry_count, consistency_token=token)
 
     # Entries -------------------------------------------------------------
 
     @rpc
     def AddEntry(self, request: pb.AddEntryRequest, context: grpc.ServicerContext) -> pb.AddEntryResponse:
         outcome = self.ops.entries.add(self._caller(context), request.list, messages.new_picture(request))
-        return messages.add_response(request.list, outcome)
+        return messages.add_response(request.list, outcome, self.ops.consistency_token())
 
     @stream_rpc
     def AddEntries(
@@ -254,10 +261,11 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
         def finish(prepared: list[tuple[_Numbered, Any]]) -> Iterator[pb.AddEntriesResult]:
             outcomes = bulk.store([p for _, p in prepared])
+            token = self.ops.consistency_token()
             for (item, _), outcome in zip(prepared, outcomes, strict=True):
                 # a malformed item (an error outcome) has no list to name
                 list_name = "" if isinstance(outcome, Exception) else item.message.list
-                yield _numbered_add(item.index, list_name, outcome)
+                yield _numbered_add(item.index, list_name, outcome, token)
 
         with self._stream_place(caller):
             yield from self._pipeline(requests, context, prepare, finish)
@@ -274,14 +282,14 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     @rpc
     def RemoveEntry(self, request: pb.RemoveEntryRequest, context: grpc.ServicerContext) -> pb.RemoveEntryResponse:
         entry = self.ops.entries.remove(self._caller(context), request.list, request.id)
-        return pb.RemoveEntryResponse(list=request.list, id=entry.id)
+        return pb.RemoveEntryResponse(list=request.list, id=entry.id, consistency_token=self.ops.consistency_token())
 
     # Hash lists ----------------------------------------------------------
 
     @rpc
     def AddHash(self, request: pb.AddHashRequest, context: grpc.ServicerContext) -> pb.AddEntryResponse:
         outcome = self.ops.entries.add_hash(self._caller(context), request.list, messages.hash_add(request.entry))
-        return messages.add_response(request.list, outcome)
+        return messages.add_response(request.list, outcome, self.ops.consistency_token())
 
     @stream_rpc
     def ImportEntries(
@@ -298,9 +306,10 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
                 if isinstance(request, _Malformed):  # a whole batch unreadable: how many entries it held is unknown
                     raise _malformed_error()
                 outcomes = bulk.add_hashes(request.list, [messages.hash_add(e) for e in request.entries])
-                results = [_numbered_add(i, request.list, out) for i, out in enumerate(outcomes, start=position)]
+                token = self.ops.consistency_token()
+                results = [_numbered_add(i, request.list, out, token) for i, out in enumerate(outcomes, start=position)]
                 position += len(outcomes)
-                yield pb.ImportEntriesResponse(results=results)
+                yield pb.ImportEntriesResponse(results=results, consistency_token=token)
 
     @stream_rpc
     def ExportEntries(
@@ -353,7 +362,8 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     def CreateKey(self, request: pb.CreateKeyRequest, context: grpc.ServicerContext) -> pb.CreateKeyResponse:
         validate_lists_named(request.lists)  # before the key is looked at: no work for however many names
         record, secret = self.ops.keys.create(self._caller(context), request.role, list(request.lists), request.name)
-        return pb.CreateKeyResponse(key=messages.key_info(record), secret=secret)
+        token = self.ops.consistency_token()
+        return pb.CreateKeyResponse(key=messages.key_info(record), secret=secret, consistency_token=token)
 
     @rpc
     def ListKeys(self, request: pb.ListKeysRequest, context: grpc.ServicerContext) -> pb.ListKeysResponse:
@@ -361,7 +371,9 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
 
     @rpc
     def RevokeKey(self, request: pb.RevokeKeyRequest, context: grpc.ServicerContext) -> pb.KeyInfo:
-        return messages.key_info(self.ops.keys.revoke(self._caller(context), request.id))
+        info = messages.key_info(self.ops.keys.revoke(self._caller(context), request.id))
+        info.consistency_token = self.ops.consistency_token()
+        return info
 
     @rpc
     def ListAudit(self, request: pb.ListAuditRequest, context: grpc.ServicerContext) -> pb.ListAuditResponse:
@@ -405,7 +417,9 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     @rpc
     def ConfirmEntry(self, request: pb.ConfirmEntryRequest, context: grpc.ServicerContext) -> pb.Entry:
         entry = self.ops.entries.confirm(self._caller(context), request.list, request.id)
-        return messages.entry_message(request.list, entry)
+        reply = messages.entry_message(request.list, entry)
+        reply.consistency_token = self.ops.consistency_token()
+        return reply
 
     @rpc
     def GetWebhookSecret(
@@ -541,11 +555,11 @@ class _StreamReader:
         )
 
 
-def _numbered_add(index: int, list_name: str, outcome: AddOutcome | Exception) -> pb.AddEntriesResult:
-    """One item of a bulk add's reply: its position and its entry or error."""
+def _numbered_add(index: int, list_name: str, outcome: AddOutcome | Exception, token: str) -> pb.AddEntriesResult:
+    """One item of a bulk add's reply: its position and its entry (with the consistency token) or error."""
     if isinstance(outcome, Exception):
         return pb.AddEntriesResult(index=index, error=_item_error(outcome))
-    return pb.AddEntriesResult(index=index, entry=messages.add_response(list_name, outcome))
+    return pb.AddEntriesResult(index=index, entry=messages.add_response(list_name, outcome, token))
 
 
 class _Numbered:

@@ -27,6 +27,7 @@ from lookalike.index import configure_threads
 from lookalike.server.api import SERVICE, LookalikeServicer, MalformedRequestInterceptor
 from lookalike.server.auth import Access, TlsFiles, is_loopback_listen, require_safe_listen, tls_files
 from lookalike.server.checks import CheckLedger
+from lookalike.server.cluster import Cluster
 from lookalike.server.config import ServerConfig, parse_config
 from lookalike.server.embedder import model_batcher
 from lookalike.server.feedback import FeedbackBook
@@ -70,6 +71,8 @@ class RunningServer:
     access: Access | None = None
     http: HttpServer | None = None
     """The HTTP/JSON API (`--http-listen`; None when off)."""
+    cluster: Cluster | None = None
+    """This node's part in a cluster (`--cluster`); None: a single node."""
 
     @property
     def metrics_port(self) -> int | None:
@@ -95,6 +98,8 @@ class RunningServer:
         self._stop_snapshots.set()
         if self._snapshotter is not None:
             self._snapshotter.join()
+        if self.cluster is not None:
+            self.cluster.close()
         self.executor.shutdown(wait=True)
         self.service.workers.shutdown()
         self.service.indexes.wait_for_rebuilds(grace)
@@ -151,9 +156,15 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         metrics_http = _serve_metrics(metrics, config.metrics_listen) if config.metrics_listen else None
     except OSError as error:
         raise _cannot_listen(config.metrics_listen, "--metrics-listen", error) from None
+    cluster: Cluster | None = None
     try:
+        if config.cluster:
+            cluster = Cluster(config)
+            cluster.restore_if_new(config.data)
         store = Store(config.data, config.map_size)
     except BaseException:
+        if cluster is not None:
+            cluster.close()
         _close_http(metrics_http)
         raise
     access = Access(store)
@@ -164,6 +175,8 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
             require_safe_listen(config.http_listen, access, "--http-listen 127.0.0.1:8080")
         credentials = _server_credentials(tls_files(config.tls_cert, config.tls_key, config.tls_client_ca))
     except LookalikeError:
+        if cluster is not None:
+            cluster.close()
         store.close()
         _close_http(metrics_http)
         raise
@@ -193,11 +206,17 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     )
     service.writes.on_keys_changed(access.reload)
     metrics.watch_lists(service.list_sizes)
+    if cluster is not None:
+        cluster.attach(service.writes)
+        service.writer = cluster
+        metrics.watch_replication(cluster.applied, cluster.lag)
     try:
         outbox = WebhookOutbox(store, config, metrics, webhook_headers)
         checks = CheckLedger(store, service, config, outbox, webhook_body)
     except BaseException:  # e.g. making the webhook secret found the disk full
         workers.shutdown()
+        if cluster is not None:
+            cluster.close()
         store.close()
         _close_http(metrics_http)
         raise
@@ -258,6 +277,8 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     except LookalikeError:
         server.stop(None)
         workers.shutdown()
+        if cluster is not None:
+            cluster.close()
         store.close()
         _close_http(metrics_http)
         raise
@@ -267,6 +288,8 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     if on_listening is not None:
         on_listening(port)
     service.load()
+    if cluster is not None:
+        cluster.start()
     checks.start()
     ready.set()
     metrics.ready.set(1)
@@ -286,6 +309,7 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         operations=operations,
         access=access,
         http=http,
+        cluster=cluster,
     )
     running._snapshotter = threading.Thread(
         target=_snapshot_loop, args=(service, config, stop_snapshots), name="snapshots", daemon=True
@@ -417,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start: %s", error.message.replace(VERIFY_HINT, f"run `lookalike verify {config.data}`"))
         return 1
     log.info("serving on %s (port %d), data in %s", config.listen, running.port, config.data.resolve())
+    if running.cluster is not None:
+        log.info("node %s of the cluster at %s", running.cluster.node, config.cluster)
     if running.metrics_port is not None:
         log.info("metrics at http://%s/metrics (port %d)", config.metrics_listen, running.metrics_port)
     if running.http is not None:

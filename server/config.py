@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from lookalike.index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET
 from lookalike.server.embedder import DEVICE_CPU, DEVICES, GPU_BATCH, MODELS
@@ -94,6 +97,14 @@ class ServerConfig:
     """The guard trips when an entry's recent match rate exceeds its usual rate this many times."""
     flood_short_window: float = 600.0
     flood_long_window: float = 86400.0
+    cluster: str = ""
+    """NATS servers of the cluster's change log, `nats://HOST:PORT[,nats://…]`; empty: a single node."""
+    node: str = ""
+    """This node's name in the cluster; empty: the host name."""
+    cluster_snapshot_every: int = 10_000
+    """Changes applied since the last cluster snapshot before the node holding the lease takes another."""
+    cluster_snapshot_interval: float = 60.0
+    """Seconds between looks at whether a cluster snapshot is due."""
 
 
 _HELP = {
@@ -145,7 +156,33 @@ _HELP = {
     "flood_factor": "flood guard trips when an entry's recent match rate exceeds its usual rate this many times",
     "flood_short_window": "seconds of the flood guard's recent-rate window",
     "flood_long_window": "seconds of the flood guard's usual-rate window",
+    "cluster": "NATS JetStream servers of a cluster, nats://HOST:PORT[,nats://HOST:PORT…] (empty: a single node)",
+    "node": "this node's name in the cluster (empty: the host name)",
+    "cluster_snapshot_every": "changes after which one node snapshots the replicated data for new nodes (cluster)",
+    "cluster_snapshot_interval": "seconds between looks at whether a cluster snapshot is due",
 }
+
+
+NODE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def cluster_urls(text: str) -> list[str]:
+    """The NATS URLs of `--cluster` (none when empty); ValueError saying what is wrong with one."""
+    urls = [part.strip() for part in text.split(",")] if text.strip() else []
+    for url in urls:
+        parsed = urlsplit(url)
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if parsed.scheme not in ("nats", "tls") or not parsed.hostname or port is None or parsed.path:
+            raise ValueError(f"{url!r} is not nats://HOST:PORT (e.g. nats://127.0.0.1:4222)")
+    return urls
+
+
+def node_name(config: ServerConfig) -> str:
+    """`--node`, else the host name (its first label, in the characters a node name allows)."""
+    return config.node or re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:64] or "node"
 
 
 def _parse_bool(text: str) -> bool:
@@ -213,6 +250,14 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     for name in ("check_retention", "sweep_interval", "webhook_timeout", "flood_short_window", "stream_idle_timeout"):
         if getattr(config, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be above 0")
+    try:
+        cluster_urls(config.cluster)
+    except ValueError as error:
+        parser.error(f"--cluster: {error}")
+    if config.cluster_snapshot_every < 1 or config.cluster_snapshot_interval <= 0:
+        parser.error("--cluster-snapshot-every must be at least 1 and --cluster-snapshot-interval above 0")
+    if config.node and not NODE_NAME.match(config.node):
+        parser.error(f"--node: {config.node!r} is not 1 to 64 letters, digits, - or _")
     if config.flood_min_matches and config.flood_long_window <= config.flood_factor * config.flood_short_window:
         parser.error(
             "--flood-long-window must exceed --flood-factor × --flood-short-window, or a burst could never "

@@ -108,6 +108,7 @@ def new_check(request: pb.CheckRequest) -> NewCheck:
         request.request_id,
         request.callback_url,
         request.defer,
+        request.after,
     )
 
 
@@ -122,6 +123,7 @@ def hash_check(request: pb.CheckHashesRequest) -> HashCheck:
         request.top_k,
         optional(request, "min_score"),
         request.request_id,
+        request.after,
     )
 
 
@@ -397,7 +399,7 @@ def calibration_message(outcome: CalibrationOutcome) -> pb.CalibrateResponse:
     )
 
 
-def add_response(list_name: str, outcome: AddOutcome) -> pb.AddEntryResponse:
+def add_response(list_name: str, outcome: AddOutcome, token: str = "") -> pb.AddEntryResponse:
     entry = outcome.entry
     return pb.AddEntryResponse(
         list=list_name,
@@ -405,6 +407,7 @@ def add_response(list_name: str, outcome: AddOutcome) -> pb.AddEntryResponse:
         sha256=SHA256.format(entry.sha256),
         duplicate=outcome.duplicate,
         hashes=hashes_message(entry),
+        consistency_token=token,
     )
 
 

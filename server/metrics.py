@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from lookalike.server.replication import Lag
 
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -63,6 +66,29 @@ class _QueueCollector(Collector):
         yield GaugeMetricFamily(
             "lookalike_webhooks_pending", "Webhooks waiting for their first or next attempt", value=self._webhooks()
         )
+
+
+class _ReplicationCollector(Collector):
+    """A cluster node's applied sequence and how far it is behind the change log, read at scrape time."""
+
+    def __init__(self, applied: Callable[[], int], lag: Callable[[], Lag | None]) -> None:
+        self._applied = applied
+        self._lag = lag
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "lookalike_applied_sequence", "Last change of the cluster's log this node applied", value=self._applied()
+        )
+        lag = self._lag()
+        if lag is not None:  # NATS unreachable: no head to compare with
+            yield GaugeMetricFamily(
+                "lookalike_replication_lag_messages", "Changes in the log this node has not applied", value=lag.messages
+            )
+            yield GaugeMetricFamily(
+                "lookalike_replication_lag_seconds",
+                "Age of the oldest change this node has not applied",
+                value=lag.seconds,
+            )
 
 
 class Metrics:
@@ -123,3 +149,7 @@ class Metrics:
     ) -> None:
         """Report flood-guarded entries per list and the deferred-check and webhook queues at every scrape."""
         self.registry.register(_QueueCollector(guarded, pending_checks, webhooks))
+
+    def watch_replication(self, applied: Callable[[], int], lag: Callable[[], Lag | None]) -> None:
+        """Report a cluster node's applied sequence and its lag (messages, seconds) at every scrape."""
+        self.registry.register(_ReplicationCollector(applied, lag))

@@ -55,7 +55,7 @@ from lookalike.server.slots import FairSlots
 from lookalike.server.storage.errors import StorageFull
 from lookalike.server.storage.store import Store
 from lookalike.server.workers import FingerprintWorkers
-from lookalike.server.writes import WritePath
+from lookalike.server.writes import WritePath, Writes
 
 ACCEPT, REVIEW, REJECT = "accept", "review", "reject"
 log = logging.getLogger(__name__)
@@ -78,6 +78,20 @@ def _caller_always_waits() -> None:
 
 raise_if_abandoned: ContextVar[Callable[[], None]] = ContextVar("raise_if_abandoned", default=_caller_always_waits)
 """Set per request by the servicer: raises `DeadlineExceeded`/`Cancelled` once the caller has gone."""
+
+
+def _no_deadline() -> float | None:
+    return None
+
+
+time_remaining: ContextVar[Callable[[], float | None]] = ContextVar("time_remaining", default=_no_deadline)
+"""Set per request by the servicer: seconds left before the caller's deadline (None: it set none)."""
+
+
+def wait_budget(cap: float) -> float:
+    """Seconds a wait may take: `cap`, less when the caller's deadline comes sooner (a little kept to answer)."""
+    remaining = time_remaining.get()()
+    return cap if remaining is None else max(0.0, min(cap, remaining - 0.1))
 
 
 @dataclass(frozen=True)
@@ -201,7 +215,9 @@ class LookalikeService:
         self._cpu = FairSlots(cpu_slots + workers.queued)
         self.flood = FloodGuard(store, flood or FloodSettings())
         self.writes = WritePath(store, self.indexes, self.flood)
-        """Every write goes through here (`WritePath.apply`)."""
+        """Every change is applied here (`WritePath.apply`)."""
+        self.writer: Writes = self.writes
+        """Where the service sends its changes: `writes` on a single node, the change log in cluster mode."""
         self.allow_margin = allow_margin
 
     def load(self) -> None:
@@ -256,7 +272,7 @@ class LookalikeService:
             kind=kind or LIST_KIND_DISALLOW,
             thumbnails=thumbnails,
         )
-        return self.writes.apply(change)
+        return self.writer.apply(change)
 
     def update_list(
         self,
@@ -282,10 +298,10 @@ class LookalikeService:
             thumbnails=thumbnails,
             cause=cause,
         )
-        return self.writes.apply(change)
+        return self.writer.apply(change)
 
     def delete_list(self, name: str, actor: str = "") -> ListRecord:
-        return self.writes.apply(ListDeleted(time=time.time(), actor=actor, name=name))
+        return self.writer.apply(ListDeleted(time=time.time(), actor=actor, name=name))
 
     def _list_and_index(self, name: str) -> tuple[ListRecord, ListIndex]:
         record = self.store.get_list(name)
@@ -409,14 +425,14 @@ class LookalikeService:
                 entries=tuple(p.entry for p in run),
             )
             try:
-                results.extend(self.writes.apply(change))
+                results.extend(self.writer.apply(change))
             except Exception as error:  # noqa: BLE001 - the whole run failed (list deleted, storage full)
                 results.extend([error] * len(run))
             position += len(run)
         return results
 
     def remove_entry(self, list_name: str, entry_id: str, actor: str = "") -> EntryRecord:
-        return self.writes.apply(EntryRemoved(time=time.time(), actor=actor, list=list_name, entry_id=entry_id))
+        return self.writer.apply(EntryRemoved(time=time.time(), actor=actor, list=list_name, entry_id=entry_id))
 
     def confirm_entry(self, list_name: str, entry_id: str, actor: str = "") -> EntryRecord:
         """Lift an entry's flood guard and take its present match rate as usual (audited, with what this
@@ -425,7 +441,7 @@ class LookalikeService:
         entry = self.store.get_entry(list_name, entry_id)
         detail = self.flood.confirmation(record.uid, entry.seq)
         change = EntryConfirmed(time=time.time(), actor=actor, list=list_name, entry_id=entry_id, detail=detail)
-        return self.writes.apply(change)
+        return self.writer.apply(change)
 
     # Checks --------------------------------------------------------------
 

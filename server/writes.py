@@ -15,11 +15,11 @@ at or below the applied sequence was applied before and changes nothing (Already
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import overload
+from typing import Protocol, overload
 
 import numpy as np
 
-from lookalike.client.errors import NotFound
+from lookalike.client.errors import NotFound, Unavailable
 from lookalike.server.changes import (
     Change,
     EntriesAdded,
@@ -37,6 +37,41 @@ from lookalike.server.records import AddOutcome, EntryRecord, KeyRecord, ListRec
 from lookalike.server.storage.store import AlreadyApplied, Store
 
 type Outcome = ListRecord | list[AddOutcome | Exception] | EntryRecord | KeyRecord
+
+REPLICA_BEHIND = "REPLICA_BEHIND"
+
+
+class Writes(Protocol):
+    """Where the service sends its changes: the WritePath itself on a single node; in cluster mode the
+    change log, answered once this node's follower applied them (`lookalike.server.cluster`)."""
+
+    @overload
+    def apply(self, change: ListCreated | ListUpdated | ListDeleted) -> ListRecord: ...
+    @overload
+    def apply(self, change: EntriesAdded) -> list[AddOutcome | Exception]: ...
+    @overload
+    def apply(self, change: EntryRemoved | EntryConfirmed) -> EntryRecord: ...
+    @overload
+    def apply(self, change: KeyCreated | KeyRevoked) -> KeyRecord: ...
+    def apply(self, change: Change) -> Outcome: ...
+
+    def applied(self) -> int:
+        """The last sequence this node applied: the consistency token write replies carry."""
+        ...
+
+    def wait_applied(self, sequence: int, wait: float) -> None:
+        """Return once this node applied `sequence`, waiting up to `wait` seconds; else Unavailable
+        (REPLICA_BEHIND) saying how far behind it is."""
+        ...
+
+
+def behind(sequence: int, applied: int, waited: float) -> Unavailable:
+    """The refusal of a read that must see `sequence` on a node that applied only up to `applied`."""
+    return Unavailable(
+        f"this node has applied changes up to {applied}, {sequence - applied} short of the token {sequence}, "
+        f"after waiting {waited:.1f} s: retry, give a longer deadline, or ask another node",
+        REPLICA_BEHIND,
+    )
 
 
 class WritePath:
@@ -78,6 +113,14 @@ class WritePath:
         for listener in self._applied:
             listener(applied, change)
         return outcome
+
+    def applied(self) -> int:
+        return self.store.applied_sequence()
+
+    def wait_applied(self, sequence: int, wait: float) -> None:
+        """A single node applies its own changes before answering: a later token is not one of its own."""
+        if sequence > (applied := self.applied()):
+            raise behind(sequence, applied, 0.0)
 
     def _apply(self, change: Change, sequence: int | None) -> tuple[int, Outcome]:
         match change:

@@ -77,14 +77,15 @@ def test_every_server_module_but_storage_is_forbidden_lmdb() -> None:
 
 
 def test_only_the_storage_package_opens_databases() -> None:
-    """`open_db` appears in the storage package alone (its environment, and `lookalike verify`'s reads)."""
+    """`open_db` appears in the storage package alone (its environment, `lookalike verify`'s reads, and the
+    copy a cluster snapshot is cut from)."""
     callers = {
         path.relative_to(REPO).as_posix()
         for folder in ("server", "index", "client")
         for path in (REPO / folder).rglob("*.py")
         if ".open_db(" in path.read_text()
     }
-    assert callers == {"server/storage/environment.py", "server/storage/verify.py"}
+    assert callers == {"server/storage/environment.py", "server/storage/verify.py", "server/storage/snapshot.py"}
 
 
 def test_every_domain_error_has_its_grpc_status() -> None:

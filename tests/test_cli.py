@@ -86,7 +86,8 @@ def test_add_check_remove_contract(lookalike: ServerHandle, tmp_path: Path) -> N
     assert "error" in by_path["broken.jpg"]
     for path in photos[:3]:
         record = by_path[path.name]
-        assert set(record) == {"path", "id", "sha256", "duplicate"} and record["duplicate"] is False
+        assert set(record) == {"path", "id", "sha256", "duplicate", "consistency_token"}
+        assert record["duplicate"] is False
 
     code, again, _ = run(lookalike, "add", "banned", str(listed / photos[0].name), "--json")
     assert code == 0 and again[0]["duplicate"] is True and again[0]["id"] == by_path[photos[0].name]["id"]
@@ -351,7 +352,7 @@ def test_add_and_check_end_with_a_summary_on_stderr(lookalike: ServerHandle, tmp
     code, stdout, stderr = cli(lookalike, "add", "banned", str(folder), "--json")
     assert code == 1 and len(stdout.splitlines()) == 3  # --json output unchanged: one object per input
     assert all(
-        set(json.loads(line)) <= {"path", "id", "sha256", "duplicate", "error", "code", "reason"}
+        set(json.loads(line)) <= {"path", "id", "sha256", "duplicate", "consistency_token", "error", "code", "reason"}
         for line in stdout.splitlines()
     )
     assert re.fullmatch(r"1 added to banned, 1 duplicate, 1 failed in \d+\.\d s", screen(stderr)[-1]), stderr

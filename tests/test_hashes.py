@@ -521,8 +521,10 @@ def test_cli_add_hash_and_check_hash(lookalike: ServerHandle) -> None:
         "md5": "",
         "sha256": "",
         "duplicate": False,
+        "consistency_token": added["consistency_token"],
     }
-    code, (checked,), _ = run(lookalike, "check-hash", "shared", "--pdq", with_flipped_bits(pdq, 10), "--json")
+    after = ("--after", added["consistency_token"])
+    code, (checked,), _ = run(lookalike, "check-hash", "shared", "--pdq", with_flipped_bits(pdq, 10), *after, "--json")
     assert code == 0 and checked["decision"] == "reject"
     (match,) = checked["matches"]
     assert (match["id"], match["meta"], match["evidence"]["signals"]) == ("c9", {"case": "9"}, ["pdq"])

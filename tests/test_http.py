@@ -87,8 +87,14 @@ def test_lists_are_created_read_changed_and_deleted(api: HttpServer) -> None:
     assert changed.json()["rejectThreshold"] == 0.9
     assert api.grpc.get_list("banned").reject_threshold == 0.9  # the same list gRPC sees
     assert api.http.get("/v1/lists/banned").json()["description"] == "removed"
+    assert changed.json()["consistencyToken"] == str(int(created.json()["consistencyToken"]) + 1)
+    after = {"pdq": "f" * 64, "after": changed.json()["consistencyToken"]}
+    assert api.http.post("/v1/check:hashes", json=after).json()["decision"] == "ACCEPT"
+    behind = error_of(api.http.post("/v1/check:hashes", json={**after, "after": "999"}))
+    assert (behind["status"], behind["reason"]) == ("UNAVAILABLE", "REPLICA_BEHIND")
     deleted = api.http.delete("/v1/lists/banned")
-    assert deleted.json() == {"name": "banned", "entriesDeleted": "0"}
+    token = str(int(changed.json()["consistencyToken"]) + 1)
+    assert deleted.json() == {"name": "banned", "entriesDeleted": "0", "consistencyToken": token}
     missing = error_of(api.http.get("/v1/lists/banned"))
     assert (missing["code"], missing["status"], missing["reason"]) == (404, "NOT_FOUND", "LIST_NOT_FOUND")
 
@@ -188,7 +194,7 @@ def test_entries_by_picture_url_base64_and_hashes_are_read_removed_and_confirmed
     assert confirmed.status_code == 200, confirmed.text
     assert confirmed.json()["id"] == "b64"
     removed = api.http.delete("/v1/lists/banned/entries/b64")
-    assert removed.json() == {"list": "banned", "id": "b64"}
+    assert removed.json() == {"list": "banned", "id": "b64", "consistencyToken": removed.json()["consistencyToken"]}
     assert error_of(api.http.get("/v1/lists/banned/entries/b64"))["reason"] == "ENTRY_NOT_FOUND"
     bad = error_of(
         api.http.post("/v1/lists/banned/entries", files={"image": ("t.jpg", third.read_bytes())}, data={"colour": "x"})

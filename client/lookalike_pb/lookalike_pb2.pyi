@@ -90,7 +90,7 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListInfo(_message.Message):
-    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "entry_count", "created", "dihedral", "kind", "guarded", "checks_last_day", "thumbnails")
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "entry_count", "created", "dihedral", "kind", "guarded", "checks_last_day", "thumbnails", "consistency_token")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class ListInfo(_message.Message):
     GUARDED_FIELD_NUMBER: _ClassVar[int]
     CHECKS_LAST_DAY_FIELD_NUMBER: _ClassVar[int]
     THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     review_threshold: float
@@ -115,7 +116,8 @@ class ListInfo(_message.Message):
     guarded: _containers.RepeatedCompositeFieldContainer[GuardedEntry]
     checks_last_day: CheckCounts
     thumbnails: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., entry_count: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dihedral: _Optional[bool] = ..., kind: _Optional[str] = ..., guarded: _Optional[_Iterable[_Union[GuardedEntry, _Mapping]]] = ..., checks_last_day: _Optional[_Union[CheckCounts, _Mapping]] = ..., thumbnails: _Optional[bool] = ...) -> None: ...
+    consistency_token: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., entry_count: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dihedral: _Optional[bool] = ..., kind: _Optional[str] = ..., guarded: _Optional[_Iterable[_Union[GuardedEntry, _Mapping]]] = ..., checks_last_day: _Optional[_Union[CheckCounts, _Mapping]] = ..., thumbnails: _Optional[bool] = ..., consistency_token: _Optional[str] = ...) -> None: ...
 
 class CheckCounts(_message.Message):
     __slots__ = ("accept", "review", "reject")
@@ -198,12 +200,14 @@ class DeleteListRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class DeleteListResponse(_message.Message):
-    __slots__ = ("name", "entries_deleted")
+    __slots__ = ("name", "entries_deleted", "consistency_token")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_DELETED_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     entries_deleted: int
-    def __init__(self, name: _Optional[str] = ..., entries_deleted: _Optional[int] = ...) -> None: ...
+    consistency_token: str
+    def __init__(self, name: _Optional[str] = ..., entries_deleted: _Optional[int] = ..., consistency_token: _Optional[str] = ...) -> None: ...
 
 class AddEntryRequest(_message.Message):
     __slots__ = ("list", "image", "meta", "id")
@@ -225,18 +229,20 @@ class AddEntryRequest(_message.Message):
     def __init__(self, list: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., meta: _Optional[_Mapping[str, str]] = ..., id: _Optional[str] = ...) -> None: ...
 
 class AddEntryResponse(_message.Message):
-    __slots__ = ("list", "id", "sha256", "duplicate", "hashes")
+    __slots__ = ("list", "id", "sha256", "duplicate", "hashes", "consistency_token")
     LIST_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     HASHES_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     list: str
     id: str
     sha256: str
     duplicate: bool
     hashes: Hashes
-    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., sha256: _Optional[str] = ..., duplicate: _Optional[bool] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ...) -> None: ...
+    consistency_token: str
+    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., sha256: _Optional[str] = ..., duplicate: _Optional[bool] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ..., consistency_token: _Optional[str] = ...) -> None: ...
 
 class AddEntriesResult(_message.Message):
     __slots__ = ("index", "entry", "error")
@@ -257,7 +263,7 @@ class GetEntryRequest(_message.Message):
     def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
 class Entry(_message.Message):
-    __slots__ = ("list", "id", "hashes", "meta", "created", "model", "embedding", "guard", "added_by")
+    __slots__ = ("list", "id", "hashes", "meta", "created", "model", "embedding", "guard", "added_by", "consistency_token")
     class MetaEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -274,6 +280,7 @@ class Entry(_message.Message):
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     GUARD_FIELD_NUMBER: _ClassVar[int]
     ADDED_BY_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     list: str
     id: str
     hashes: Hashes
@@ -283,7 +290,8 @@ class Entry(_message.Message):
     embedding: bytes
     guard: GuardedEntry
     added_by: str
-    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ..., meta: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., embedding: _Optional[bytes] = ..., guard: _Optional[_Union[GuardedEntry, _Mapping]] = ..., added_by: _Optional[str] = ...) -> None: ...
+    consistency_token: str
+    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., hashes: _Optional[_Union[Hashes, _Mapping]] = ..., meta: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., embedding: _Optional[bytes] = ..., guard: _Optional[_Union[GuardedEntry, _Mapping]] = ..., added_by: _Optional[str] = ..., consistency_token: _Optional[str] = ...) -> None: ...
 
 class ListEntriesRequest(_message.Message):
     __slots__ = ("list", "page_size", "page_token", "q")
@@ -314,15 +322,17 @@ class RemoveEntryRequest(_message.Message):
     def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
 class RemoveEntryResponse(_message.Message):
-    __slots__ = ("list", "id")
+    __slots__ = ("list", "id", "consistency_token")
     LIST_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     list: str
     id: str
-    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+    consistency_token: str
+    def __init__(self, list: _Optional[str] = ..., id: _Optional[str] = ..., consistency_token: _Optional[str] = ...) -> None: ...
 
 class CheckRequest(_message.Message):
-    __slots__ = ("image", "lists", "meta", "top_k", "min_score", "request_id", "defer", "callback_url")
+    __slots__ = ("image", "lists", "meta", "top_k", "min_score", "request_id", "defer", "callback_url", "after")
     class MetaEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -338,6 +348,7 @@ class CheckRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DEFER_FIELD_NUMBER: _ClassVar[int]
     CALLBACK_URL_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
     image: Image
     lists: _containers.RepeatedScalarFieldContainer[str]
     meta: _containers.ScalarMap[str, str]
@@ -346,7 +357,8 @@ class CheckRequest(_message.Message):
     request_id: str
     defer: bool
     callback_url: str
-    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., lists: _Optional[_Iterable[str]] = ..., meta: _Optional[_Mapping[str, str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., request_id: _Optional[str] = ..., defer: _Optional[bool] = ..., callback_url: _Optional[str] = ...) -> None: ...
+    after: str
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., lists: _Optional[_Iterable[str]] = ..., meta: _Optional[_Mapping[str, str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., request_id: _Optional[str] = ..., defer: _Optional[bool] = ..., callback_url: _Optional[str] = ..., after: _Optional[str] = ...) -> None: ...
 
 class Downgrade(_message.Message):
     __slots__ = ("cause", "list", "id", "before", "after", "reason")
@@ -465,7 +477,7 @@ class CheckStreamResult(_message.Message):
     def __init__(self, index: _Optional[int] = ..., response: _Optional[_Union[CheckResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
 
 class KeyInfo(_message.Message):
-    __slots__ = ("id", "name", "role", "lists", "created", "created_by", "revoked")
+    __slots__ = ("id", "name", "role", "lists", "created", "created_by", "revoked", "consistency_token")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -473,6 +485,7 @@ class KeyInfo(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     role: str
@@ -480,7 +493,8 @@ class KeyInfo(_message.Message):
     created: _timestamp_pb2.Timestamp
     created_by: str
     revoked: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[str] = ..., lists: _Optional[_Iterable[str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., revoked: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    consistency_token: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[str] = ..., lists: _Optional[_Iterable[str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., revoked: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., consistency_token: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
     __slots__ = ("role", "lists", "name")
@@ -493,12 +507,14 @@ class CreateKeyRequest(_message.Message):
     def __init__(self, role: _Optional[str] = ..., lists: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class CreateKeyResponse(_message.Message):
-    __slots__ = ("key", "secret")
+    __slots__ = ("key", "secret", "consistency_token")
     KEY_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     key: KeyInfo
     secret: str
-    def __init__(self, key: _Optional[_Union[KeyInfo, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
+    consistency_token: str
+    def __init__(self, key: _Optional[_Union[KeyInfo, _Mapping]] = ..., secret: _Optional[str] = ..., consistency_token: _Optional[str] = ...) -> None: ...
 
 class ListKeysRequest(_message.Message):
     __slots__ = ()
@@ -605,10 +621,12 @@ class ImportEntriesRequest(_message.Message):
     def __init__(self, list: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[HashEntry, _Mapping]]] = ...) -> None: ...
 
 class ImportEntriesResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "consistency_token")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[AddEntriesResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[AddEntriesResult, _Mapping]]] = ...) -> None: ...
+    consistency_token: str
+    def __init__(self, results: _Optional[_Iterable[_Union[AddEntriesResult, _Mapping]]] = ..., consistency_token: _Optional[str] = ...) -> None: ...
 
 class ExportEntriesRequest(_message.Message):
     __slots__ = ("list", "with_embeddings")
@@ -625,7 +643,7 @@ class ExportEntriesResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ...) -> None: ...
 
 class CheckHashesRequest(_message.Message):
-    __slots__ = ("lists", "pdq", "pdq_quality", "md5", "sha256", "meta", "top_k", "min_score", "request_id")
+    __slots__ = ("lists", "pdq", "pdq_quality", "md5", "sha256", "meta", "top_k", "min_score", "request_id", "after")
     class MetaEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -642,6 +660,7 @@ class CheckHashesRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
     lists: _containers.RepeatedScalarFieldContainer[str]
     pdq: str
     pdq_quality: int
@@ -651,7 +670,8 @@ class CheckHashesRequest(_message.Message):
     top_k: int
     min_score: float
     request_id: str
-    def __init__(self, lists: _Optional[_Iterable[str]] = ..., pdq: _Optional[str] = ..., pdq_quality: _Optional[int] = ..., md5: _Optional[str] = ..., sha256: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+    after: str
+    def __init__(self, lists: _Optional[_Iterable[str]] = ..., pdq: _Optional[str] = ..., pdq_quality: _Optional[int] = ..., md5: _Optional[str] = ..., sha256: _Optional[str] = ..., meta: _Optional[_Mapping[str, str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., request_id: _Optional[str] = ..., after: _Optional[str] = ...) -> None: ...
 
 class GetCheckRequest(_message.Message):
     __slots__ = ("id", "owner")

@@ -366,12 +366,19 @@ async def add_entry(request: Request, endpoint: Endpoint, context: HttpContext, 
 
 
 def _add_entry(ops: Operations, caller: Caller, request: pb.AddEntryRequest) -> pb.AddEntryResponse:
-    return messages.add_response(request.list, ops.entries.add(caller, request.list, messages.new_picture(request)))
+    outcome = ops.entries.add(caller, request.list, messages.new_picture(request))
+    return messages.add_response(request.list, outcome, ops.consistency_token())
 
 
 def _add_hash(ops: Operations, caller: Caller, request: pb.AddHashRequest) -> pb.AddEntryResponse:
     outcome = ops.entries.add_hash(caller, request.list, messages.hash_add(request.entry))
-    return messages.add_response(request.list, outcome)
+    return messages.add_response(request.list, outcome, ops.consistency_token())
+
+
+def _stamped[Reply: pb.ListInfo | pb.Entry | pb.KeyInfo](ops: Operations, reply: Reply) -> Reply:
+    """A write's reply with the consistency token that covers it."""
+    reply.consistency_token = ops.consistency_token()
+    return reply
 
 
 def _check(ops: Operations, caller: Caller, request: pb.CheckRequest) -> pb.CheckResponse:
@@ -387,7 +394,7 @@ def _check_hashes(ops: Operations, caller: Caller, request: pb.CheckHashesReques
 def _create_key(ops: Operations, caller: Caller, request: pb.CreateKeyRequest) -> pb.CreateKeyResponse:
     validate_lists_named(request.lists)
     record, secret = ops.keys.create(caller, request.role, list(request.lists), request.name)
-    return pb.CreateKeyResponse(key=messages.key_info(record), secret=secret)
+    return pb.CreateKeyResponse(key=messages.key_info(record), secret=secret, consistency_token=ops.consistency_token())
 
 
 def _audit(ops: Operations, caller: Caller, request: pb.ListAuditRequest) -> pb.ListAuditResponse:
@@ -402,12 +409,13 @@ def _feedback(ops: Operations, caller: Caller, request: pb.ListFeedbackRequest) 
 
 def _delete_list(ops: Operations, caller: Caller, request: pb.DeleteListRequest) -> pb.DeleteListResponse:
     record = ops.lists.delete(caller, request.name)
-    return pb.DeleteListResponse(name=record.name, entries_deleted=record.entry_count)
+    token = ops.consistency_token()
+    return pb.DeleteListResponse(name=record.name, entries_deleted=record.entry_count, consistency_token=token)
 
 
 def _remove_entry(ops: Operations, caller: Caller, request: pb.RemoveEntryRequest) -> pb.RemoveEntryResponse:
     entry = ops.entries.remove(caller, request.list, request.id)
-    return pb.RemoveEntryResponse(list=request.list, id=entry.id)
+    return pb.RemoveEntryResponse(list=request.list, id=entry.id, consistency_token=ops.consistency_token())
 
 
 # Files: import and export --------------------------------------------------------------------
@@ -456,7 +464,7 @@ def _import(
     if batch:
         store(batch)
     errors.sort(key=lambda error: int(error["line"]))
-    return {**summary, "errors": errors}
+    return {**summary, "errors": errors, "consistencyToken": ops.consistency_token()}
 
 
 async def import_entries(request: Request, endpoint: Endpoint, context: HttpContext, notes: CallNotes) -> Response:
@@ -644,7 +652,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         pb.CreateListRequest,
         body="*",
         reply=pb.ListInfo,
-        call=lambda ops, caller, r: messages.list_info(ops.lists.create(caller, messages.list_spec(r))),
+        call=lambda ops, caller, r: _stamped(ops, messages.list_info(ops.lists.create(caller, messages.list_spec(r)))),
     ),
     Endpoint(
         "GetList",
@@ -665,7 +673,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body="*",
         path_fields={"list": "name"},
         reply=pb.ListInfo,
-        call=lambda ops, caller, r: messages.list_info(ops.lists.update(caller, messages.list_change(r))),
+        call=lambda ops, caller, r: _stamped(
+            ops, messages.list_info(ops.lists.update(caller, messages.list_change(r)))
+        ),
     ),
     Endpoint(
         "DeleteList",
@@ -736,7 +746,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body="*",
         reply=pb.Entry,
         admin=True,
-        call=lambda ops, caller, r: messages.entry_message(r.list, ops.entries.confirm(caller, r.list, r.id)),
+        call=lambda ops, caller, r: _stamped(
+            ops, messages.entry_message(r.list, ops.entries.confirm(caller, r.list, r.id))
+        ),
     ),
     Endpoint(
         "ImportEntries",
@@ -877,7 +889,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body="*",
         reply=pb.KeyInfo,
         admin=True,
-        call=lambda ops, caller, r: messages.key_info(ops.keys.revoke(caller, r.id)),
+        call=lambda ops, caller, r: _stamped(ops, messages.key_info(ops.keys.revoke(caller, r.id))),
     ),
     Endpoint(
         "ListAudit",

@@ -143,13 +143,14 @@ _ERROR = {
 
 _IMPORT_SUMMARY = {
     "type": "object",
-    "required": ["list", "format", "added", "duplicates", "failed", "errors"],
+    "required": ["list", "format", "added", "duplicates", "failed", "errors", "consistencyToken"],
     "properties": {
         "list": {"type": "string"},
         "format": {"type": "string", "enum": list(FORMATS)},
         "added": {"type": "integer"},
         "duplicates": {"type": "integer", "description": "entries already on the list"},
         "failed": {"type": "integer"},
+        "consistencyToken": {"type": "string", "description": "pass as a check's `after` to read these entries"},
         "errors": {
             "type": "array",
             "description": f"the first {IMPORT_ERRORS_SHOWN} bad lines, by line number",

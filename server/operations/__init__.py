@@ -38,3 +38,9 @@ class Operations:
         self.checks = CheckOperations(service, config, access, checks)
         self.feedback = FeedbackOperations(service, access, checks, feedback, self.checks, self.lists)
         self.keys = KeyOperations(service, access)
+        self._service = service
+
+    def consistency_token(self) -> str:
+        """What a write's reply carries: the last change sequence this node applied, which covers the write
+        just answered (a check with it as `after`, on any node of a cluster, sees that write)."""
+        return str(self._service.writer.applied())

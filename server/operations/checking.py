@@ -16,13 +16,26 @@ from lookalike.server.fingerprint import Hashes
 from lookalike.server.hashes import MD5, PDQ, SHA256, parse_quality
 from lookalike.server.operations.types import ImageSource
 from lookalike.server.records import ADMIN, validate_lists_named
-from lookalike.server.service import CheckResult, LookalikeService
+from lookalike.server.service import CheckResult, LookalikeService, wait_budget
 from lookalike.server.storage.outbox import Delivery
 
 CHECK_PAGE_DEFAULT = 100
 CHECK_PAGE_MAX = 1000
 ACTIVITY_HOURS_DEFAULT = 24
 ACTIVITY_HOURS_MAX = 31 * 24
+AFTER_WAIT_CAP_S = 10.0
+"""Longest a check waits for its `after` token to be applied, whatever the caller's deadline."""
+
+
+def parse_consistency_token(token: str) -> int:
+    """The change sequence a consistency token names; INVALID_ARGUMENT for text no write reply carries."""
+    if not token.isascii() or not token.isdigit() or len(token) > 19 or int(token) < 1:
+        raise InvalidArgument(
+            f"after {token[:40]!r} is not a consistency token: pass the `consistency_token` of a write's reply "
+            "(digits) or leave it empty",
+            "CONSISTENCY_TOKEN_INVALID",
+        )
+    return int(token)
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,8 @@ class NewCheck:
     """Also the stored check's id; made when empty."""
     callback_url: str = ""
     defer: bool = False
+    after: str = ""
+    """A write's consistency token: answer once this node has applied that write (empty: at once)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,8 @@ class HashCheck:
     top_k: int = 0
     min_score: float | None = None
     request_id: str = ""
+    after: str = ""
+    """As in `NewCheck`."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,7 @@ class CheckOperations:
         and answer with the pending check. A check naming no lists covers every list the caller may check."""
         validate_lists_named(order.lists)
         self._access.require(caller, Action.CHECK, order.lists)
+        self._caught_up(order.after)
         if order.callback_url:
             self._ledger.validate_callback(order.callback_url)
         if order.defer:
@@ -136,6 +154,7 @@ class CheckOperations:
     def check_hashes(self, caller: Caller, order: HashCheck) -> CheckResult:
         validate_lists_named(order.lists)
         self._access.require(caller, Action.CHECK, order.lists)
+        self._caught_up(order.after)
         pdq = PDQ.parse(order.pdq)
         hashes = Hashes(
             sha256=SHA256.parse(order.sha256),
@@ -155,6 +174,12 @@ class CheckOperations:
         )
         self._ledger.record(result, caller.key_id)  # kept like any check's, for reading back and feedback
         return result
+
+    def _caught_up(self, after: str) -> None:
+        """Wait until this node has applied the write whose token is `after`, up to the caller's deadline and
+        AFTER_WAIT_CAP_S; else UNAVAILABLE (REPLICA_BEHIND). Reading never waits on anything else."""
+        if after:
+            self._service.writer.wait_applied(parse_consistency_token(after), wait_budget(AFTER_WAIT_CAP_S))
 
     def readable(self, caller: Caller, check_id: str, owner: str | None) -> StoredCheck:
         """A stored check of the caller's own key, or of the key an admin names as its `owner`."""

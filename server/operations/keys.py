@@ -22,7 +22,7 @@ class KeyOperations:
         validate_lists_named(lists)
         self._access.require(caller, Action.MANAGE_KEYS)
         change, secret = self._access.new_key(caller, role, lists, name)
-        record = self._service.writes.apply(change)
+        record = self._service.writer.apply(change)
         return record, key_text(record, secret)
 
     def all(self, caller: Caller) -> list[KeyRecord]:
@@ -33,7 +33,7 @@ class KeyOperations:
     def revoke(self, caller: Caller, key_id: str) -> KeyRecord:
         """Revoke a key (the last admin key stays: refused when the change is applied)."""
         self._access.require(caller, Action.MANAGE_KEYS)
-        return self._service.writes.apply(KeyRevoked(time=time.time(), actor=caller.key_id, key_id=key_id))
+        return self._service.writer.apply(KeyRevoked(time=time.time(), actor=caller.key_id, key_id=key_id))
 
     def audit(self, caller: Caller, request: PageRequest) -> tuple[list[AuditRecord], str]:
         """Audit records oldest first, and the next page's token ("" at the end)."""
