@@ -40,6 +40,7 @@ from lookalike.server.metrics import Metrics
 from lookalike.server.observability import Admission, AdmittedCalls, RequestObserver
 from lookalike.server.operations import Operations
 from lookalike.server.service import LookalikeService
+from lookalike.server.shared_state import NodeState
 from lookalike.server.storage.errors import VERIFY_HINT, StorageFull
 from lookalike.server.storage.store import Store
 from lookalike.server.webhooks import WebhookOutbox
@@ -138,11 +139,14 @@ def _close_http(server: WSGIServer | None) -> None:
         server.server_close()
 
 
-def create_server(config: ServerConfig, on_listening: Callable[[int], None] | None = None) -> RunningServer:
+def create_server(
+    config: ServerConfig, on_listening: Callable[[int], None] | None = None, shared: NodeState | None = None
+) -> RunningServer:
     """Bind, load indexes, then report SERVING; tests pass port 0 and read `.port`.
 
     `on_listening(port)` runs once calls are accepted but before the indexes load:
-    the window in which health says NOT_SERVING and calls get UNAVAILABLE.
+    the window in which health says NOT_SERVING and calls get UNAVAILABLE. `shared`: the node state
+    cluster mode shares (`shared_state.node_state`); None: a single node's own.
     """
     configure_threads(1)
     map_large_blocks_apart()
@@ -195,7 +199,7 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
     metrics.watch_lists(service.list_sizes)
     try:
         outbox = WebhookOutbox(store, config, metrics, webhook_headers)
-        checks = CheckLedger(store, service, config, outbox, webhook_body)
+        checks = CheckLedger(store, service, config, outbox, webhook_body, shared)
     except BaseException:  # e.g. making the webhook secret found the disk full
         workers.shutdown()
         store.close()

@@ -49,6 +49,7 @@ from lookalike.server.service import (
     Match,
     raise_if_abandoned,
 )
+from lookalike.server.shared_state import NodeState, QueuedCheck, node_state
 from lookalike.server.sources import image_bytes
 from lookalike.server.storage.check_index import CheckIndex
 from lookalike.server.storage.checks import CheckTables
@@ -255,8 +256,11 @@ class CheckLedger:
         config: ServerConfig,
         outbox: WebhookOutbox,
         render: Callable[[StoredCheck], bytes],
+        shared: NodeState | None = None,
     ) -> None:
+        """`shared`: what this node shares with others in cluster mode (None: a single node's own)."""
         self.store = store
+        self.shared = shared or node_state(None, "", config.check_retention)
         self.service = service
         self.config = config
         self.outbox = outbox
@@ -266,7 +270,6 @@ class CheckLedger:
         indexed = self.index.index_stored()
         if indexed:
             log.info("%d stored checks indexed by decision", indexed)
-        self._queue: queue.Queue[bytes] = queue.Queue()
         self._writes: queue.Queue[StoredCheck] = queue.Queue()
         self._in_hand = _InHand()
         self._held: deque[StoredCheck] = deque()
@@ -312,6 +315,7 @@ class CheckLedger:
                     raise _held_by_pending(check.id)
                 deliveries = self._put(txn, check, replaced)
                 self._count(txn, [check])
+            self._share([check])
             self._schedule(deliveries)
             return
         with self._in_hand.lock:
@@ -358,6 +362,17 @@ class CheckLedger:
             ],
         )
 
+    def _share(self, checks: list[StoredCheck]) -> None:
+        """Make stored checks readable from every node (cluster mode); on failure they stay readable here."""
+        board = self.shared.checks
+        if not board.shared:
+            return
+        for check in checks:
+            try:
+                board.publish(check.key, _to_bytes(check))
+            except LookalikeError as error:
+                log.warning("check %s of key %r is readable on this node only: %s", check.id, check.owner, error)
+
     def _schedule(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
             self.outbox.schedule(delivery)
@@ -371,6 +386,8 @@ class CheckLedger:
         (a retried submission is not run twice); another key's id of the same name is another check."""
         validate_check_id(check_id)
         check = StoredCheck(check_id, owner, PENDING, time.time(), order=order, callback_url=callback_url)
+        if self.shared.deferred.shared:
+            return self._defer_shared(check, data)
         key = check.key
         with self._pending_lock:
             if self._pending >= self.config.max_pending_checks:
@@ -400,7 +417,28 @@ class CheckLedger:
                     with self._in_hand.lock:
                         self._in_hand.pending.discard(key)
             self._pending += 1
-        self._queue.put(key)
+        self.shared.deferred.put(key, b"", None)  # the check and its image are in LMDB
+        return check
+
+    def _defer_shared(self, check: StoredCheck, data: bytes | None) -> StoredCheck:
+        """Cluster mode: the pending check goes on the shared board and its order (with the image) on the
+        shared queue, which any node takes from; nothing is held in this node's LMDB."""
+        waiting = self.shared.deferred.waiting()
+        if waiting >= self.config.max_pending_checks:
+            raise ResourceExhausted(
+                f"{waiting} deferred checks are waiting in the cluster (--max-pending-checks); retry later or check "
+                "synchronously",
+                "QUEUE_FULL",
+            )
+        raw = _to_bytes(check)
+        stored = self.shared.checks.reserve(check.key, raw)
+        if stored is not None:
+            return _from_bytes(stored)  # a retried submission: not run twice
+        try:
+            self.shared.deferred.put(check.key, raw, data)
+        except BaseException:
+            self.shared.checks.withdraw(check.key)
+            raise
         return check
 
     @property
@@ -425,10 +463,20 @@ class CheckLedger:
             return unwritten
         if not check_id or len(check_id.encode()) > CHECK_ID_MAX:
             raise _not_found(check_id, hint)
-        raw = self._tables.read(key)
+        raw = self._shared_copy(key) or self._tables.read(key)
         if raw is None:
             raise _not_found(check_id, hint)
         return _from_bytes(raw)
+
+    def _shared_copy(self, key: bytes) -> bytes | None:
+        """The check as the cluster stores it (it may have run on another node); None when not shared."""
+        if not self.shared.checks.shared:
+            return None
+        try:
+            return self.shared.checks.read(key)
+        except LookalikeError as error:
+            log.warning("stored checks of other nodes cannot be read now: %s", error.message)
+            return None
 
     def by_decision(
         self, decision: str, owner: str | None, limit: int, page_token: str = ""
@@ -472,7 +520,7 @@ class CheckLedger:
         with self._in_hand.lock:
             self._in_hand.pending.update(pending)
         for key in pending:
-            self._queue.put(key)
+            self.shared.deferred.put(key, b"", None)
         if pending:
             log.info("%d deferred checks pending from the last run: queued again", len(pending))
         self.outbox.start()
@@ -511,29 +559,37 @@ class CheckLedger:
 
         while not self._stopping.is_set():
             try:
-                key = self._queue.get(timeout=WORKER_POLL_SECONDS)
-            except queue.Empty:
+                taken = self.shared.deferred.take(WORKER_POLL_SECONDS)
+            except LookalikeError as error:  # the shared queue is unreachable for now
+                log.warning("cannot take deferred checks: %s", error.message)
+                self._stopping.wait(STORAGE_RETRY_SECONDS)
                 continue
+            if taken is None:
+                continue
+            if self.shared.deferred.shared:
+                with self._pending_lock:
+                    self._pending += 1  # counted while in hand here; the cluster's queue counts the waiting
             context = copy_context()
             context.run(raise_if_abandoned.set, still_wanted)
             try:
-                context.run(self._run, key)
+                context.run(self._run, taken)
             except _Stopping:
-                return  # left pending: the next start queues it again
+                return  # left pending (or unacknowledged): the next start, or another node, takes it again
             except Exception:
-                owner, check_id = split_owned_key(key)
+                owner, check_id = split_owned_key(taken.key)
                 log.exception(
                     "deferred check %s of key %r could not be stored; it stays pending until a restart", check_id, owner
                 )
                 self._done_one()
 
-    def _run(self, key: bytes) -> None:
-        raw, data = self._tables.read_pending(key)
-        if raw is None:
-            self._done_one(key)
-            return
-        check = _from_bytes(raw)
-        if check.status != PENDING or check.order is None:
+    def _run(self, taken: QueuedCheck) -> None:
+        key = taken.key
+        raw, data = self._tables.read_pending(key) if taken.check is None else (taken.check, taken.image)
+        shared = self._shared_copy(key)
+        if shared is not None and _from_bytes(shared).status != PENDING:
+            raw = None  # run already, by a node that died before acknowledging it
+        if raw is None or (check := _from_bytes(raw)).status != PENDING or check.order is None:
+            self._acknowledge(taken)
             self._done_one(key)
             return
         order = check.order
@@ -569,15 +625,23 @@ class CheckLedger:
         while True:
             try:
                 with self.store.environment.transaction() as txn:
-                    deliveries = self._put(txn, finished, check)
+                    deliveries = self._put(txn, finished, self._claim(txn, key)[1])
                     self._count(txn, [finished])
                     self._tables.release_pending(txn, key)
                 break
             except StorageFull:  # the store logged it; the check stays pending in LMDB meanwhile
                 if self._stopping.wait(STORAGE_RETRY_SECONDS):
                     raise _Stopping from None
+        self._share([finished])
+        self._acknowledge(taken)
         self._done_one(key)
         self._schedule(deliveries)
+
+    def _acknowledge(self, taken: QueuedCheck) -> None:
+        try:
+            taken.done()
+        except LookalikeError as error:  # it will be run again, by this node or another: at least once
+            log.warning("deferred check %r done but not acknowledged: %s", split_owned_key(taken.key)[1], error.message)
 
     def _done_one(self, key: bytes | None = None) -> None:
         """One deferred check less in hand; with its key once it no longer holds its id."""
@@ -633,6 +697,8 @@ class CheckLedger:
                 return
             except Exception:
                 log.exception("could not store %d check results; they are lost", len(batch))
+            else:
+                self._share(stored)
             self._forget_unwritten(batch)
             self._dropping = self._dropping and bool(self._held)
             batch = []

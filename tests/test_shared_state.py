@@ -1,0 +1,182 @@
+"""Cluster mode's shared node state (issue #19), on real Lookalike servers in-process and a real nats-server:
+deferred checks on a JetStream work queue that any node takes from, and stored checks readable from any node.
+
+Each test has streams of its own (a fresh stream name) on one NATS server shared by the module. Lists are
+created on every node by hand: replicating them is the change log's business, not this module's.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from lookalike.client import NotFound
+from lookalike.server.replication import ChangeLog
+from lookalike.server.shared_state import NodeState, node_state
+from tests.conftest import ServerHandle, distinct_photos, start_server
+from tests.nats_servers import NatsCluster, nats_cluster
+from tests.test_deferred import FAST_WEBHOOKS
+
+ACK_WAIT_S = 30.0
+"""How long a taken deferred check may go unacknowledged before another node takes it (tests of a node
+that dies or stalls shorten it)."""
+
+
+@pytest.fixture(scope="module")
+def nats_one(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    with nats_cluster(tmp_path_factory.mktemp("nats"), 1) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[bytes]:
+    return [path.read_bytes() for path in distinct_photos(4, seed=19)]
+
+
+class Nodes:
+    """Lookalike nodes sharing one set of streams, each with its own data folder and NATS connection."""
+
+    def __init__(self, root: Path, urls: list[str]) -> None:
+        self.root = root
+        self.urls = urls
+        self.stream = f"T{uuid.uuid4().hex[:12]}"
+        self.handles: dict[str, ServerHandle] = {}
+        self.logs: dict[str, ChangeLog] = {}
+
+    def state(self, name: str, ack_wait: float = ACK_WAIT_S) -> NodeState:
+        changelog = ChangeLog(self.urls, self.stream, node=name)
+        self.logs[name] = changelog
+        return node_state(changelog, name, 3600.0, order_ack_wait=ack_wait)
+
+    def start(self, name: str, ack_wait: float = ACK_WAIT_S, **overrides: Any) -> ServerHandle:
+        shared = self.state(name, ack_wait)
+        handle = start_server(self.root / name, shared, **FAST_WEBHOOKS, **overrides)
+        self.handles[name] = handle
+        return handle
+
+    def stop(self, name: str) -> None:
+        """Stop the node and drop its NATS connection: what it took and did not acknowledge is handed out again."""
+        self.handles.pop(name).stop()
+        self.logs.pop(name).close()
+
+    def close(self) -> None:
+        for name in list(self.handles):
+            self.stop(name)
+        for changelog in self.logs.values():
+            changelog.close()
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, nats_one: NatsCluster) -> Iterator[Nodes]:
+    started = Nodes(tmp_path, nats_one.urls)
+    yield started
+    started.close()
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def ran_here(handle: ServerHandle) -> set[str]:
+    """Ids of the finished checks this node stored itself (its own LMDB)."""
+    assert handle.running.checks is not None
+    return {check.id for check in handle.running.checks.finished()}
+
+
+def large_picture(size: int = 1800) -> bytes:
+    """A JPEG of noise, well over NATS's 1 MiB message limit."""
+    rng = random.Random(19)
+    image = Image.frombytes("RGB", (size, size), rng.randbytes(size * size * 3))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_deferred_checks_are_taken_by_any_node_and_read_from_every_node(nodes: Nodes, photos: list[bytes]) -> None:
+    a = nodes.start("a", cpu_slots=1, deferred_workers=1)
+    b = nodes.start("b")
+    for node in (a, b):
+        node.client.create_list("banned")
+        node.client.add("banned", photos[0], id="listed")
+    big = large_picture()
+    assert len(big) > 1 << 20
+    with a.running.service.cpu_slot():  # a's only worker blocks on the one it takes: b runs the others
+        queued = [a.client.check(photo, ["banned"], defer=True) for photo in photos]
+        queued.append(a.client.check(big, ["banned"], defer=True))
+        assert all(check.status == "pending" for check in queued)
+        assert b.client.get_check(queued[0].id).status in ("pending", "done")  # b reads what a queued
+        wait_until(lambda: len(ran_here(b)) >= len(queued) - 1)
+    ids = {check.id for check in queued}
+    for node in (a, b):
+        records = {check_id: node.client.wait_for_check(check_id, timeout=30) for check_id in ids}
+        assert {record.status for record in records.values()} == {"done"}
+        first = records[queued[0].id].result
+        assert first is not None and first.decision == "reject" and first.matches[0].id == "listed"
+    assert ran_here(a) | ran_here(b) == ids and not ran_here(a) & ran_here(b)  # each run once, by one node
+
+
+def test_a_resubmitted_deferred_check_is_queued_once_cluster_wide(nodes: Nodes, photos: list[bytes]) -> None:
+    a = nodes.start("a")
+    b = nodes.start("b")
+    for node in (a, b):
+        node.client.create_list("banned")
+    first = a.client.check(photos[1], ["banned"], defer=True, request_id="upload-9")
+    again = b.client.check(photos[1], ["banned"], defer=True, request_id="upload-9")
+    assert again.id == first.id == "upload-9"
+    for node in (a, b):
+        assert node.client.wait_for_check("upload-9").status == "done"
+    assert len(ran_here(a)) + len(ran_here(b)) == 1
+
+
+def test_a_check_a_dead_node_took_is_finished_by_another(nodes: Nodes, photos: list[bytes]) -> None:
+    a = nodes.start("a", ack_wait=5.0, cpu_slots=1, deferred_workers=1)
+    a.client.create_list("banned")
+    with a.running.service.cpu_slot():  # a takes the check, then waits for its only CPU slot
+        queued = a.client.check(photos[2], ["banned"], defer=True)
+        wait_until(lambda: a.running.checks is not None and a.running.checks.pending == 1)
+        b = nodes.start("b", ack_wait=5.0)
+        b.client.create_list("banned")
+        b.client.add("banned", photos[2], id="listed")
+        nodes.stop("a")  # it dies holding the check, unacknowledged
+    record = b.client.wait_for_check(queued.id, timeout=30)  # handed out again after the ack wait
+    assert record.status == "done" and record.result is not None
+    assert record.result.matches[0].id == "listed" and ran_here(b) == {queued.id}
+
+
+def test_a_check_answered_by_one_node_is_read_on_another(nodes: Nodes, photos: list[bytes]) -> None:
+    a = nodes.start("a")
+    b = nodes.start("b")
+    for node in (a, b):
+        node.client.create_list("banned")
+    result = a.client.check(photos[3], ["banned"], request_id="upload-1", meta={"user": "7"})
+    record = wait_until(lambda: _found(b, "upload-1"), timeout=2.0)
+    assert record.status == "done" and record.result is not None
+    assert (record.result.sha256, record.result.decision, record.result.meta) == (
+        result.sha256,
+        result.decision,
+        {"user": "7"},
+    )
+    with pytest.raises(NotFound) as error:
+        b.client.get_check("never-made")
+    assert error.value.reason == "CHECK_NOT_FOUND"
+
+
+def _found(handle: ServerHandle, check_id: str) -> Any:
+    try:
+        return handle.client.get_check(check_id)
+    except NotFound:
+        return None
