@@ -198,7 +198,7 @@ def create_server(
     service.writes.on_keys_changed(access.reload)
     metrics.watch_lists(service.list_sizes)
     try:
-        outbox = WebhookOutbox(store, config, metrics, webhook_headers)
+        outbox = WebhookOutbox(store, config, metrics, webhook_headers, None if shared is None else shared.webhooks)
         checks = CheckLedger(store, service, config, outbox, webhook_body, shared)
     except BaseException:  # e.g. making the webhook secret found the disk full
         workers.shutdown()

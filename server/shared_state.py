@@ -9,6 +9,9 @@ Each piece has an interface that the single node's own behaviour satisfies, and 
   before); cluster-wide, a JetStream work queue any node takes from, each order carrying its stored check
   and naming its picture in an object store (pictures may exceed NATS's 1 MiB message limit); an order
   not acknowledged within the ack wait (its taker died) is taken again by another node.
+- `DeliveryClaims`, who sends a check's webhook: node-local, this node always; cluster-wide, the node
+  holding the check's claim in a key-value map (taken by compare-and-set, with a lease: a dead
+  claimer's delivery is taken over once its lease ends), and none once one node settled it.
 
 `node_state(changelog, node, ...)` picks one or the other: no change log, today's single node.
 The values here are bytes the callers encode (checks as `server.checks` stores them): this module
@@ -21,6 +24,7 @@ import base64
 import json
 import logging
 import queue
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,8 +39,14 @@ log = logging.getLogger(__name__)
 
 CHECKS = "CHECKS"
 """The key-value map of stored checks and the work queue of deferred ones."""
+WEBHOOKS = "WEBHOOKS"
+"""The key-value map of webhook claims."""
 ORDER_ACK_WAIT_S = 60.0
 """How long a taken deferred check may run before another node takes it again (its taker presumed dead)."""
+CLAIM_LEASE_S = 30.0
+"""How long a webhook claim stands unrenewed; more than one attempt (--webhook-timeout) takes."""
+CLAIMS_KEPT_S = 2 * 86400.0
+"""Settled claims are kept this long at least (a check's webhook is given up within hours)."""
 
 
 def shared_key(key: bytes) -> str:
@@ -244,6 +254,70 @@ class ClusterQueue:
         return self._connection.call(count, 5.0, "count deferred checks")
 
 
+# Webhook deliveries ----------------------------------------------------------------------------------
+
+MINE, BUSY, SETTLED = "mine", "busy", "settled"
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: str
+    """MINE: send it now; BUSY: another node holds it until `until`; SETTLED: another node finished it."""
+    until: float = 0.0
+    state: str = ""
+    """How it was settled: delivered or failed."""
+
+
+class DeliveryClaims(Protocol):
+    """Which node sends a check's webhook, so that one node does, at least once."""
+
+    def claim(self, key: bytes) -> Claim:
+        """Claim (or renew) the delivery of the check stored under `key`, before an attempt."""
+
+    def settle(self, key: bytes, state: str) -> None:
+        """The delivery was finished here (`state`: delivered or failed): no other node sends it."""
+
+
+class LocalClaims:
+    """A single node sends every delivery in its outbox."""
+
+    def claim(self, key: bytes) -> Claim:
+        return Claim(MINE)
+
+    def settle(self, key: bytes, state: str) -> None:
+        pass
+
+
+class ClusterClaims:
+    """Claims in a key-value map: {"node", "until"} while sending, {"node", "state"} once settled."""
+
+    def __init__(self, changelog: ChangeLog, node: str, lease: float = CLAIM_LEASE_S) -> None:
+        self.node = node
+        self.lease = lease
+        self.map = changelog.key_value(WEBHOOKS)
+        _create_bucket(changelog, self.map, CLAIMS_KEPT_S)
+
+    def claim(self, key: bytes) -> Claim:
+        name = shared_key(key)
+        while True:
+            now = time.time()
+            entry = self.map.get(name)
+            revision = 0
+            if entry is not None:
+                held = json.loads(entry.value)
+                if held.get("state"):
+                    return Claim(SETTLED, state=str(held["state"]))
+                if held["node"] != self.node and held["until"] > now:
+                    return Claim(BUSY, float(held["until"]))
+                revision = entry.revision
+            mine = json.dumps({"node": self.node, "until": now + self.lease}).encode()
+            if self.map.update(name, mine, revision) is not None:
+                return Claim(MINE)
+
+    def settle(self, key: bytes, state: str) -> None:
+        self.map.put(shared_key(key), json.dumps({"node": self.node, "state": state}).encode())
+
+
 # The constructor -------------------------------------------------------------------------------------
 
 
@@ -254,6 +328,7 @@ class NodeState:
     node: str
     checks: CheckBoard
     deferred: DeferredQueue
+    webhooks: DeliveryClaims
 
 
 def node_state(
@@ -262,9 +337,10 @@ def node_state(
     """Node-local state without a change log (a single node, as before); else shared through JetStream.
     `retention`: seconds stored checks are kept (--check-retention)."""
     if changelog is None:
-        return NodeState(node, LocalBoard(), LocalQueue())
+        return NodeState(node, LocalBoard(), LocalQueue(), LocalClaims())
     return NodeState(
         node,
         ClusterBoard(changelog, retention),
         ClusterQueue(changelog, order_ack_wait),
+        ClusterClaims(changelog, node),
     )

@@ -1,5 +1,6 @@
 """Cluster mode's shared node state (issue #19), on real Lookalike servers in-process and a real nats-server:
-deferred checks on a JetStream work queue that any node takes from, and stored checks readable from any node.
+deferred checks on a JetStream work queue that any node takes from, stored checks readable from any node,
+each check's webhook sent by one node (a dead claimer's taken over).
 
 Each test has streams of its own (a fresh stream name) on one NATS server shared by the module. Lists are
 created on every node by hand: replicating them is the change log's business, not this module's.
@@ -20,10 +21,11 @@ from PIL import Image
 
 from lookalike.client import NotFound
 from lookalike.server.replication import ChangeLog
-from lookalike.server.shared_state import NodeState, node_state
+from lookalike.server.shared_state import BUSY, MINE, SETTLED, ClusterClaims, NodeState, node_state
+from lookalike.server.storage.schema import owned_key
 from tests.conftest import ServerHandle, distinct_photos, start_server
 from tests.nats_servers import NatsCluster, nats_cluster
-from tests.test_deferred import FAST_WEBHOOKS
+from tests.test_deferred import FAST_WEBHOOKS, Receiver, receiver  # noqa: F401  (a fixture)
 
 ACK_WAIT_S = 30.0
 """How long a taken deferred check may go unacknowledged before another node takes it (tests of a node
@@ -51,10 +53,14 @@ class Nodes:
         self.handles: dict[str, ServerHandle] = {}
         self.logs: dict[str, ChangeLog] = {}
 
-    def state(self, name: str, ack_wait: float = ACK_WAIT_S) -> NodeState:
+    def changelog(self, name: str) -> ChangeLog:
+        """Node `name`'s own connection to the shared streams."""
         changelog = ChangeLog(self.urls, self.stream, node=name)
         self.logs[name] = changelog
-        return node_state(changelog, name, 3600.0, order_ack_wait=ack_wait)
+        return changelog
+
+    def state(self, name: str, ack_wait: float = ACK_WAIT_S) -> NodeState:
+        return node_state(self.changelog(name), name, 3600.0, order_ack_wait=ack_wait)
 
     def start(self, name: str, ack_wait: float = ACK_WAIT_S, **overrides: Any) -> ServerHandle:
         shared = self.state(name, ack_wait)
@@ -180,3 +186,39 @@ def _found(handle: ServerHandle, check_id: str) -> Any:
         return handle.client.get_check(check_id)
     except NotFound:
         return None
+
+
+def test_a_webhook_is_sent_once_though_two_nodes_ran_its_check(
+    nodes: Nodes,
+    photos: list[bytes],
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    a = nodes.start("a", ack_wait=2.0, cpu_slots=1, deferred_workers=1)
+    a.client.create_list("banned")
+    with a.running.service.cpu_slot():  # a holds the check past its ack wait: b takes it too, runs it, sends it
+        queued = a.client.check(photos[0], ["banned"], defer=True, callback_url=receiver.url)
+        wait_until(lambda: a.running.checks is not None and a.running.checks.pending == 1)
+        b = nodes.start("b", ack_wait=2.0)
+        b.client.create_list("banned")
+        receiver.wait_for(1)
+    # a runs it now as well, stores it with its delivery, and finds the webhook settled by b
+    assert a.running.checks is not None
+    outbox = a.running.checks.outbox
+    settled = wait_until(lambda: (d := outbox.get(owned_key("", queued.id))) is not None and d.state != "pending" and d)
+    assert (settled.state, settled.last_error, settled.attempts) == ("delivered", "sent by another node", 0)
+    assert ran_here(a) == ran_here(b) == {queued.id}
+    assert len(receiver.requests) == 1
+
+
+def test_a_dead_claimers_webhook_is_taken_over_once_its_lease_ends(nodes: Nodes) -> None:
+    key = owned_key("k1", "upload-3")
+    a = ClusterClaims(nodes.changelog("a"), "a", lease=1.0)
+    b = ClusterClaims(nodes.changelog("b"), "b", lease=1.0)
+    assert a.claim(key).outcome == MINE  # a's last act before it died: it never settles
+    busy = b.claim(key)
+    assert busy.outcome == BUSY and busy.until > time.time()
+    assert a.claim(key).outcome == MINE  # the holder renews its own claim
+    time.sleep(1.1)
+    assert b.claim(key).outcome == MINE
+    b.settle(key, "delivered")
+    assert (a.claim(key).outcome, a.claim(key).state) == (SETTLED, "delivered")
