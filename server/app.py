@@ -196,6 +196,8 @@ def create_server(
         scan_budgets=(config.vector_scan_budget, config.pdq_scan_budget),
     )
     service.writes.on_keys_changed(access.reload)
+    if shared is not None and shared.flood is not None:
+        service.flood.share(shared.flood)
     metrics.watch_lists(service.list_sizes)
     try:
         outbox = WebhookOutbox(store, config, metrics, webhook_headers, None if shared is None else shared.webhooks)

@@ -12,6 +12,9 @@ Each piece has an interface that the single node's own behaviour satisfies, and 
 - `DeliveryClaims`, who sends a check's webhook: node-local, this node always; cluster-wide, the node
   holding the check's claim in a key-value map (taken by compare-and-set, with a lease: a dead
   claimer's delivery is taken over once its lease ends), and none once one node settled it.
+- `SharedFlood`, the flood guard's counts and guards cluster-wide (node-local, the guard's own tables
+  are all there is, so it has none): each entry's decayed match counts in a key-value map, updated by
+  compare-and-set, so matches on every node add up; guards in another map that every node watches.
 
 `node_state(changelog, node, ...)` picks one or the other: no change log, today's single node.
 The values here are bytes the callers encode (checks as `server.checks` stores them): this module
@@ -41,6 +44,8 @@ CHECKS = "CHECKS"
 """The key-value map of stored checks and the work queue of deferred ones."""
 WEBHOOKS = "WEBHOOKS"
 """The key-value map of webhook claims."""
+FLOOD_RATES, FLOOD_GUARDS = "FLOOD_RATES", "FLOOD_GUARDS"
+"""The key-value maps of the flood guard's counts and guards, by list uid and entry seq."""
 ORDER_ACK_WAIT_S = 60.0
 """How long a taken deferred check may run before another node takes it again (its taker presumed dead)."""
 CLAIM_LEASE_S = 30.0
@@ -318,6 +323,52 @@ class ClusterClaims:
         self.map.put(shared_key(key), json.dumps({"node": self.node, "state": state}).encode())
 
 
+# The flood guard -------------------------------------------------------------------------------------
+
+
+class SharedFlood:
+    """The flood guard's counts and guards, cluster-wide; values are what `server.flood` encodes."""
+
+    def __init__(self, changelog: ChangeLog) -> None:
+        self.rates = changelog.key_value(FLOOD_RATES)
+        self.guards = changelog.key_value(FLOOD_GUARDS)
+
+    @staticmethod
+    def key(uid: int, seq: int) -> str:
+        return f"{uid}.{seq}"
+
+    def update(self, uid: int, seq: int, change: Callable[[bytes | None], bytes]) -> bytes:
+        """Set an entry's counts to `change(its counts now)` (None: none yet), by compare-and-set, so that
+        updates made at once by several nodes all count; the counts written."""
+        name = self.key(uid, seq)
+        while True:
+            entry = self.rates.get(name)
+            value = change(None if entry is None else entry.value)
+            if self.rates.update(name, value, 0 if entry is None else entry.revision) is not None:
+                return value
+
+    def put_guard(self, uid: int, seq: int, raw: bytes) -> None:
+        self.guards.put(self.key(uid, seq), raw)
+
+    def drop_guard(self, uid: int, seq: int) -> None:
+        self.guards.delete(self.key(uid, seq))
+
+    def forget(self, uid: int, seq: int) -> None:
+        """Drop a removed entry's counts and guard."""
+        self.rates.delete(self.key(uid, seq))
+        self.drop_guard(uid, seq)
+
+    def watch_guards(self, on_change: Callable[[int, int, bytes | None], None]) -> None:
+        """Call `on_change(uid, seq, guard)` with every guard now, then with each change (None: lifted),
+        on a thread of its own for as long as the change log is open."""
+
+        def changed(name: str, raw: bytes | None) -> None:
+            uid, _, seq = name.partition(".")
+            on_change(int(uid), int(seq), raw)
+
+        self.guards.watch(changed)
+
+
 # The constructor -------------------------------------------------------------------------------------
 
 
@@ -329,6 +380,8 @@ class NodeState:
     checks: CheckBoard
     deferred: DeferredQueue
     webhooks: DeliveryClaims
+    flood: SharedFlood | None
+    """None: the flood guard counts on this node alone."""
 
 
 def node_state(
@@ -337,10 +390,11 @@ def node_state(
     """Node-local state without a change log (a single node, as before); else shared through JetStream.
     `retention`: seconds stored checks are kept (--check-retention)."""
     if changelog is None:
-        return NodeState(node, LocalBoard(), LocalQueue(), LocalClaims())
+        return NodeState(node, LocalBoard(), LocalQueue(), LocalClaims(), None)
     return NodeState(
         node,
         ClusterBoard(changelog, retention),
         ClusterQueue(changelog, order_ack_wait),
         ClusterClaims(changelog, node),
+        SharedFlood(changelog),
     )

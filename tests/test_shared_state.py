@@ -222,3 +222,21 @@ def test_a_dead_claimers_webhook_is_taken_over_once_its_lease_ends(nodes: Nodes)
     assert b.claim(key).outcome == MINE
     b.settle(key, "delivered")
     assert (a.claim(key).outcome, a.claim(key).state) == (SETTLED, "delivered")
+
+
+def test_the_flood_guard_counts_matches_on_every_node_together(nodes: Nodes, photos: list[bytes]) -> None:
+    windows = {"flood_min_matches": 3, "flood_short_window": 60.0, "flood_long_window": 6000.0, "flood_factor": 5.0}
+    a = nodes.start("a", **windows)
+    b = nodes.start("b", **windows)
+    for node in (a, b):  # the same list and entry on both (uid and seq alike, as replicas apply them)
+        node.client.create_list("banned")
+        node.client.add("banned", photos[0], id="common")
+    decisions = [node.client.check(photos[0], ["banned"]).decision for node in (a, b)]
+    assert decisions == ["reject", "reject"]  # two matches cluster-wide, one per node
+    tripped = a.client.check(photos[0], ["banned"])  # the third in the cluster, a's second
+    assert tripped.decision == "review" and [d.cause for d in tripped.downgrades] == ["flood_guard"]
+    wait_until(lambda: b.client.get_list("banned").guarded, timeout=1.0)  # the guard reaches b within a second
+    assert b.client.check(photos[0], ["banned"]).decision == "review"
+    b.client.confirm_entry("banned", "common")  # lifted cluster-wide, the present rate taken as usual
+    wait_until(lambda: not a.client.get_list("banned").guarded, timeout=1.0)
+    assert [node.client.check(photos[0], ["banned"]).decision for node in (a, b, a)] == ["reject"] * 3
