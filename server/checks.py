@@ -272,6 +272,8 @@ class CheckLedger:
             log.info("%d stored checks indexed by decision", indexed)
         self._writes: queue.Queue[StoredCheck] = queue.Queue()
         self._in_hand = _InHand()
+        self._unshared: dict[bytes, StoredCheck] = {}
+        """Stored checks NATS did not take (cluster mode), by key, shared again now and then (`_share_again`)."""
         self._held: deque[StoredCheck] = deque()
         """Results the writer could not store for want of space, oldest first; retried now and then."""
         self._dropping = False
@@ -363,7 +365,8 @@ class CheckLedger:
         )
 
     def _share(self, checks: list[StoredCheck]) -> None:
-        """Make stored checks readable from every node (cluster mode); on failure they stay readable here."""
+        """Make stored checks readable from every node (cluster mode). Those NATS does not take (unreachable,
+        or electing a leader) stay readable here and are shared again by the writer (`_share_again`)."""
         board = self.shared.checks
         if not board.shared:
             return
@@ -371,7 +374,22 @@ class CheckLedger:
             try:
                 board.publish(check.key, _to_bytes(check))
             except LookalikeError as error:
-                log.warning("check %s of key %r is readable on this node only: %s", check.id, check.owner, error)
+                with self._in_hand.lock:
+                    if not self._unshared:
+                        log.warning("stored checks are readable on this node only until NATS answers: %s", error)
+                    if len(self._unshared) < HELD_RESULTS_MAX:
+                        self._unshared[check.key] = check
+            else:
+                with self._in_hand.lock:
+                    self._unshared.pop(check.key, None)
+
+    def _share_again(self) -> None:
+        with self._in_hand.lock:
+            waiting = list(self._unshared.values())
+            self._unshared.clear()
+        self._share(waiting)
+        if waiting and not self._unshared:
+            log.info("%d stored checks shared with the other nodes once NATS answered", len(waiting))
 
     def _schedule(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
@@ -654,7 +672,11 @@ class CheckLedger:
     # Writer and sweeper ---------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        shared_again = time.monotonic()
         while not self._stopping.is_set():
+            if self._unshared and time.monotonic() - shared_again > STORAGE_RETRY_SECONDS:
+                self._share_again()
+                shared_again = time.monotonic()
             if self._held:  # the disk was full: try again now and then, with whatever queued meanwhile
                 self._stopping.wait(STORAGE_RETRY_SECONDS)
                 self._write_queued()

@@ -13,6 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +54,19 @@ class Nodes:
         self.handles: dict[str, ServerHandle] = {}
         self.logs: dict[str, ChangeLog] = {}
 
-    def changelog(self, name: str) -> ChangeLog:
-        """Node `name`'s own connection to the shared streams."""
-        changelog = ChangeLog(self.urls, self.stream, node=name)
+    def changelog(self, name: str, urls: list[str] | None = None) -> ChangeLog:
+        """Node `name`'s own connection to the shared streams (through `urls`; default: every server)."""
+        changelog = ChangeLog(urls or self.urls, self.stream, node=name)
         self.logs[name] = changelog
         return changelog
 
-    def state(self, name: str, ack_wait: float = ACK_WAIT_S) -> NodeState:
-        return node_state(self.changelog(name), name, 3600.0, order_ack_wait=ack_wait)
+    def state(self, name: str, ack_wait: float = ACK_WAIT_S, urls: list[str] | None = None) -> NodeState:
+        return node_state(self.changelog(name, urls), name, 3600.0, order_ack_wait=ack_wait)
 
-    def start(self, name: str, ack_wait: float = ACK_WAIT_S, **overrides: Any) -> ServerHandle:
-        shared = self.state(name, ack_wait)
+    def start(
+        self, name: str, ack_wait: float = ACK_WAIT_S, urls: list[str] | None = None, **overrides: Any
+    ) -> ServerHandle:
+        shared = self.state(name, ack_wait, urls)
         handle = start_server(self.root / name, shared, **FAST_WEBHOOKS, **overrides)
         self.handles[name] = handle
         return handle
@@ -188,6 +191,11 @@ def _found(handle: ServerHandle, check_id: str) -> Any:
         return None
 
 
+def _done(handle: ServerHandle, check_id: str) -> Any:
+    found = _found(handle, check_id)
+    return found if found is not None and found.status == "done" else None
+
+
 def test_a_webhook_is_sent_once_though_two_nodes_ran_its_check(
     nodes: Nodes,
     photos: list[bytes],
@@ -240,3 +248,26 @@ def test_the_flood_guard_counts_matches_on_every_node_together(nodes: Nodes, pho
     b.client.confirm_entry("banned", "common")  # lifted cluster-wide, the present rate taken as usual
     wait_until(lambda: not a.client.get_list("banned").guarded, timeout=1.0)
     assert [node.client.check(photos[0], ["banned"]).decision for node in (a, b, a)] == ["reject"] * 3
+
+
+def test_nodes_on_different_servers_of_a_three_server_nats_cluster_share_checks_through_a_server_kill(
+    tmp_path: Path, photos: list[bytes]
+) -> None:
+    with nats_cluster(tmp_path / "nats", 3) as cluster:
+        nodes = Nodes(tmp_path, cluster.urls)
+        try:
+            a = nodes.start("a", urls=[cluster.urls[0]])
+            b = nodes.start("b", urls=[cluster.urls[1]])
+            for node in (a, b):
+                node.client.create_list("banned")
+                node.client.add("banned", photos[1], id="listed")
+            a.client.check(photos[1], ["banned"], request_id="answered")
+            queued = [a.client.check(photo, ["banned"], defer=True) for photo in photos]
+            cluster.servers[2].kill()  # one NATS server of three: every stream keeps a majority
+            for check_id in ("answered", *(check.id for check in queued)):
+                record = wait_until(partial(_done, b, check_id), timeout=60.0)
+                assert record.result is not None
+            listed = b.client.get_check(queued[1].id).result
+            assert listed is not None and listed.matches[0].id == "listed"
+        finally:
+            nodes.close()
