@@ -450,12 +450,18 @@ class CheckLedger:
             )
         raw = _to_bytes(check)
         stored = self.shared.checks.reserve(check.key, raw)
-        if stored is not None:
-            return _from_bytes(stored)  # a retried submission: not run twice
+        if stored is not None:  # a retried submission: not run twice
+            check, raw = _from_bytes(stored), stored
+            if check.status != PENDING:
+                return check
+            # Still pending: its order goes again (the queue drops it as a duplicate, unless the first was lost).
         try:
             self.shared.deferred.put(check.key, raw, data)
-        except BaseException:
-            self.shared.checks.withdraw(check.key)
+        except LookalikeError:
+            try:
+                self.shared.checks.withdraw(check.key)
+            except LookalikeError:  # NATS went away: the caller's retry (same id) finds it pending and queues it
+                log.warning("deferred check %s of key %r is pending but not queued", check.id, check.owner)
             raise
         return check
 
