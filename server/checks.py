@@ -539,6 +539,9 @@ class CheckLedger:
     def start(self) -> None:
         """Queue the pending checks left by the last run, then start workers, writer and sweeper."""
         pending = self._tables.pending_keys()
+        if self.shared.deferred.shared:
+            self._hand_over(pending)
+            pending = []
         with self._pending_lock:
             self._pending += len(pending)
         with self._in_hand.lock:
@@ -552,6 +555,26 @@ class CheckLedger:
             self._spawn(self._work_loop, f"deferred-{number}")
         self._spawn(self._write_loop, "check-writer")
         self._spawn(self._sweep_loop, "check-sweeper")
+
+    def _hand_over(self, keys: list[bytes]) -> None:
+        """Cluster mode: deferred checks this node held pending in LMDB (left from before it joined) go to the
+        shared queue, and their images and pending marks leave LMDB; the stored pending check stays until a
+        result replaces it (read from the shared board meanwhile)."""
+        handed = 0
+        for key in keys:
+            raw, image = self._tables.read_pending(key)
+            try:
+                if raw is not None:
+                    self.shared.checks.reserve(key, raw)
+                    self.shared.deferred.put(key, raw, image)
+                with self.store.environment.transaction() as txn:
+                    self._tables.release_pending(txn, key)
+            except (LookalikeError, StorageFull) as error:
+                log.warning("%d deferred checks stay pending here until the next start: %s", len(keys) - handed, error)
+                break
+            handed += 1
+        if handed:
+            log.info("%d deferred checks pending from the last run: handed to the cluster's queue", handed)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)

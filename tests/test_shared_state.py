@@ -166,6 +166,21 @@ def test_a_check_a_dead_node_took_is_finished_by_another(nodes: Nodes, photos: l
     assert record.result.matches[0].id == "listed" and ran_here(b) == {queued.id}
 
 
+def test_checks_a_single_node_left_pending_go_to_the_cluster_when_it_joins(
+    nodes: Nodes, tmp_path: Path, photos: list[bytes]
+) -> None:
+    alone = start_server(tmp_path / "a", cpu_slots=1, deferred_workers=1)  # the data folder node a starts on
+    alone.client.create_list("banned")
+    with alone.running.service.cpu_slot():
+        queued = alone.client.check(photos[3], ["banned"], defer=True)
+        alone.stop()  # pending in its LMDB
+    b = nodes.start("b")
+    b.client.create_list("banned")
+    nodes.start("a")
+    record = wait_until(partial(_done, b, queued.id))
+    assert record.result is not None and record.result.decision == "accept"
+
+
 def test_a_check_answered_by_one_node_is_read_on_another(nodes: Nodes, photos: list[bytes]) -> None:
     a = nodes.start("a")
     b = nodes.start("b")
