@@ -41,6 +41,7 @@ from lookalike.server.metrics import Metrics
 from lookalike.server.observability import Admission, AdmittedCalls, RequestObserver
 from lookalike.server.operations import Operations
 from lookalike.server.service import LookalikeService
+from lookalike.server.shared_state import NodeState, node_state
 from lookalike.server.storage.errors import VERIFY_HINT, StorageFull
 from lookalike.server.storage.store import Store
 from lookalike.server.webhooks import WebhookOutbox
@@ -143,11 +144,14 @@ def _close_http(server: WSGIServer | None) -> None:
         server.server_close()
 
 
-def create_server(config: ServerConfig, on_listening: Callable[[int], None] | None = None) -> RunningServer:
+def create_server(
+    config: ServerConfig, on_listening: Callable[[int], None] | None = None, shared: NodeState | None = None
+) -> RunningServer:
     """Bind, load indexes, then report SERVING; tests pass port 0 and read `.port`.
 
     `on_listening(port)` runs once calls are accepted but before the indexes load:
-    the window in which health says NOT_SERVING and calls get UNAVAILABLE.
+    the window in which health says NOT_SERVING and calls get UNAVAILABLE. `shared`: the node state
+    cluster mode shares (`shared_state.node_state`); None: a single node's own.
     """
     configure_threads(1)
     map_large_blocks_apart()
@@ -205,14 +209,18 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         scan_budgets=(config.vector_scan_budget, config.pdq_scan_budget),
     )
     service.writes.on_keys_changed(access.reload)
+    if shared is None and cluster is not None:
+        shared = _shared_state(cluster, config)
+    if shared is not None and shared.flood is not None:
+        service.flood.share(shared.flood)
     metrics.watch_lists(service.list_sizes)
     if cluster is not None:
         cluster.attach(service.writes)
         service.writer = cluster
         metrics.watch_replication(cluster.applied, cluster.lag)
     try:
-        outbox = WebhookOutbox(store, config, metrics, webhook_headers)
-        checks = CheckLedger(store, service, config, outbox, webhook_body)
+        outbox = WebhookOutbox(store, config, metrics, webhook_headers, None if shared is None else shared.webhooks)
+        checks = CheckLedger(store, service, config, outbox, webhook_body, shared)
     except BaseException:  # e.g. making the webhook secret found the disk full
         workers.shutdown()
         if cluster is not None:
@@ -458,3 +466,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _shared_state(cluster: Cluster, config: ServerConfig) -> NodeState | None:
+    """The node state a cluster shares through JetStream; None (this node's own, as a single node keeps it)
+    when NATS cannot be reached at start-up, so checks are served meanwhile: a restart shares it again."""
+    try:
+        return node_state(cluster.log, cluster.node, config.check_retention)
+    except LookalikeError as error:
+        log.warning(
+            "NATS is unreachable (%s): deferred checks, stored checks, webhooks and the flood guard stay on "
+            "this node until it is restarted with NATS up",
+            error,
+        )
+        return None

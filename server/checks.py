@@ -49,6 +49,7 @@ from lookalike.server.service import (
     Match,
     raise_if_abandoned,
 )
+from lookalike.server.shared_state import NodeState, QueuedCheck, node_state
 from lookalike.server.sources import image_bytes
 from lookalike.server.storage.check_index import CheckIndex
 from lookalike.server.storage.checks import CheckTables
@@ -255,8 +256,11 @@ class CheckLedger:
         config: ServerConfig,
         outbox: WebhookOutbox,
         render: Callable[[StoredCheck], bytes],
+        shared: NodeState | None = None,
     ) -> None:
+        """`shared`: what this node shares with others in cluster mode (None: a single node's own)."""
         self.store = store
+        self.shared = shared or node_state(None, "", config.check_retention)
         self.service = service
         self.config = config
         self.outbox = outbox
@@ -266,9 +270,10 @@ class CheckLedger:
         indexed = self.index.index_stored()
         if indexed:
             log.info("%d stored checks indexed by decision", indexed)
-        self._queue: queue.Queue[bytes] = queue.Queue()
         self._writes: queue.Queue[StoredCheck] = queue.Queue()
         self._in_hand = _InHand()
+        self._unshared: dict[bytes, StoredCheck] = {}
+        """Stored checks NATS did not take (cluster mode), by key, shared again now and then (`_share_again`)."""
         self._held: deque[StoredCheck] = deque()
         """Results the writer could not store for want of space, oldest first; retried now and then."""
         self._dropping = False
@@ -312,6 +317,7 @@ class CheckLedger:
                     raise _held_by_pending(check.id)
                 deliveries = self._put(txn, check, replaced)
                 self._count(txn, [check])
+            self._share([check])
             self._schedule(deliveries)
             return
         with self._in_hand.lock:
@@ -358,6 +364,33 @@ class CheckLedger:
             ],
         )
 
+    def _share(self, checks: list[StoredCheck]) -> None:
+        """Make stored checks readable from every node (cluster mode). Those NATS does not take (unreachable,
+        or electing a leader) stay readable here and are shared again by the writer (`_share_again`)."""
+        board = self.shared.checks
+        if not board.shared:
+            return
+        for check in checks:
+            try:
+                board.publish(check.key, _to_bytes(check))
+            except LookalikeError as error:
+                with self._in_hand.lock:
+                    if not self._unshared:
+                        log.warning("stored checks are readable on this node only until NATS answers: %s", error)
+                    if len(self._unshared) < HELD_RESULTS_MAX:
+                        self._unshared[check.key] = check
+            else:
+                with self._in_hand.lock:
+                    self._unshared.pop(check.key, None)
+
+    def _share_again(self) -> None:
+        with self._in_hand.lock:
+            waiting = list(self._unshared.values())
+            self._unshared.clear()
+        self._share(waiting)
+        if waiting and not self._unshared:
+            log.info("%d stored checks shared with the other nodes once NATS answered", len(waiting))
+
     def _schedule(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
             self.outbox.schedule(delivery)
@@ -371,6 +404,8 @@ class CheckLedger:
         (a retried submission is not run twice); another key's id of the same name is another check."""
         validate_check_id(check_id)
         check = StoredCheck(check_id, owner, PENDING, time.time(), order=order, callback_url=callback_url)
+        if self.shared.deferred.shared:
+            return self._defer_shared(check, data)
         key = check.key
         with self._pending_lock:
             if self._pending >= self.config.max_pending_checks:
@@ -400,7 +435,34 @@ class CheckLedger:
                     with self._in_hand.lock:
                         self._in_hand.pending.discard(key)
             self._pending += 1
-        self._queue.put(key)
+        self.shared.deferred.put(key, b"", None)  # the check and its image are in LMDB
+        return check
+
+    def _defer_shared(self, check: StoredCheck, data: bytes | None) -> StoredCheck:
+        """Cluster mode: the pending check goes on the shared board and its order (with the image) on the
+        shared queue, which any node takes from; nothing is held in this node's LMDB."""
+        waiting = self.shared.deferred.waiting()
+        if waiting >= self.config.max_pending_checks:
+            raise ResourceExhausted(
+                f"{waiting} deferred checks are waiting in the cluster (--max-pending-checks); retry later or check "
+                "synchronously",
+                "QUEUE_FULL",
+            )
+        raw = _to_bytes(check)
+        stored = self.shared.checks.reserve(check.key, raw)
+        if stored is not None:  # a retried submission: not run twice
+            check, raw = _from_bytes(stored), stored
+            if check.status != PENDING:
+                return check
+            # Still pending: its order goes again (the queue drops it as a duplicate, unless the first was lost).
+        try:
+            self.shared.deferred.put(check.key, raw, data)
+        except LookalikeError:
+            try:
+                self.shared.checks.withdraw(check.key)
+            except LookalikeError:  # NATS went away: the caller's retry (same id) finds it pending and queues it
+                log.warning("deferred check %s of key %r is pending but not queued", check.id, check.owner)
+            raise
         return check
 
     @property
@@ -425,10 +487,20 @@ class CheckLedger:
             return unwritten
         if not check_id or len(check_id.encode()) > CHECK_ID_MAX:
             raise _not_found(check_id, hint)
-        raw = self._tables.read(key)
+        raw = self._shared_copy(key) or self._tables.read(key)
         if raw is None:
             raise _not_found(check_id, hint)
         return _from_bytes(raw)
+
+    def _shared_copy(self, key: bytes) -> bytes | None:
+        """The check as the cluster stores it (it may have run on another node); None when not shared."""
+        if not self.shared.checks.shared:
+            return None
+        try:
+            return self.shared.checks.read(key)
+        except LookalikeError as error:
+            log.warning("stored checks of other nodes cannot be read now: %s", error.message)
+            return None
 
     def by_decision(
         self, decision: str, owner: str | None, limit: int, page_token: str = ""
@@ -467,12 +539,15 @@ class CheckLedger:
     def start(self) -> None:
         """Queue the pending checks left by the last run, then start workers, writer and sweeper."""
         pending = self._tables.pending_keys()
+        if self.shared.deferred.shared:
+            self._hand_over(pending)
+            pending = []
         with self._pending_lock:
             self._pending += len(pending)
         with self._in_hand.lock:
             self._in_hand.pending.update(pending)
         for key in pending:
-            self._queue.put(key)
+            self.shared.deferred.put(key, b"", None)
         if pending:
             log.info("%d deferred checks pending from the last run: queued again", len(pending))
         self.outbox.start()
@@ -480,6 +555,26 @@ class CheckLedger:
             self._spawn(self._work_loop, f"deferred-{number}")
         self._spawn(self._write_loop, "check-writer")
         self._spawn(self._sweep_loop, "check-sweeper")
+
+    def _hand_over(self, keys: list[bytes]) -> None:
+        """Cluster mode: deferred checks this node held pending in LMDB (left from before it joined) go to the
+        shared queue, and their images and pending marks leave LMDB; the stored pending check stays until a
+        result replaces it (read from the shared board meanwhile)."""
+        handed = 0
+        for key in keys:
+            raw, image = self._tables.read_pending(key)
+            try:
+                if raw is not None:
+                    self.shared.checks.reserve(key, raw)
+                    self.shared.deferred.put(key, raw, image)
+                with self.store.environment.transaction() as txn:
+                    self._tables.release_pending(txn, key)
+            except (LookalikeError, StorageFull) as error:
+                log.warning("%d deferred checks stay pending here until the next start: %s", len(keys) - handed, error)
+                break
+            handed += 1
+        if handed:
+            log.info("%d deferred checks pending from the last run: handed to the cluster's queue", handed)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -511,29 +606,37 @@ class CheckLedger:
 
         while not self._stopping.is_set():
             try:
-                key = self._queue.get(timeout=WORKER_POLL_SECONDS)
-            except queue.Empty:
+                taken = self.shared.deferred.take(WORKER_POLL_SECONDS)
+            except LookalikeError as error:  # the shared queue is unreachable for now
+                log.warning("cannot take deferred checks: %s", error.message)
+                self._stopping.wait(STORAGE_RETRY_SECONDS)
                 continue
+            if taken is None:
+                continue
+            if self.shared.deferred.shared:
+                with self._pending_lock:
+                    self._pending += 1  # counted while in hand here; the cluster's queue counts the waiting
             context = copy_context()
             context.run(raise_if_abandoned.set, still_wanted)
             try:
-                context.run(self._run, key)
+                context.run(self._run, taken)
             except _Stopping:
-                return  # left pending: the next start queues it again
+                return  # left pending (or unacknowledged): the next start, or another node, takes it again
             except Exception:
-                owner, check_id = split_owned_key(key)
+                owner, check_id = split_owned_key(taken.key)
                 log.exception(
                     "deferred check %s of key %r could not be stored; it stays pending until a restart", check_id, owner
                 )
                 self._done_one()
 
-    def _run(self, key: bytes) -> None:
-        raw, data = self._tables.read_pending(key)
-        if raw is None:
-            self._done_one(key)
-            return
-        check = _from_bytes(raw)
-        if check.status != PENDING or check.order is None:
+    def _run(self, taken: QueuedCheck) -> None:
+        key = taken.key
+        raw, data = self._tables.read_pending(key) if taken.check is None else (taken.check, taken.image)
+        shared = self._shared_copy(key)
+        if shared is not None and _from_bytes(shared).status != PENDING:
+            raw = None  # run already, by a node that died before acknowledging it
+        if raw is None or (check := _from_bytes(raw)).status != PENDING or check.order is None:
+            self._acknowledge(taken)
             self._done_one(key)
             return
         order = check.order
@@ -569,15 +672,23 @@ class CheckLedger:
         while True:
             try:
                 with self.store.environment.transaction() as txn:
-                    deliveries = self._put(txn, finished, check)
+                    deliveries = self._put(txn, finished, self._claim(txn, key)[1])
                     self._count(txn, [finished])
                     self._tables.release_pending(txn, key)
                 break
             except StorageFull:  # the store logged it; the check stays pending in LMDB meanwhile
                 if self._stopping.wait(STORAGE_RETRY_SECONDS):
                     raise _Stopping from None
+        self._share([finished])
+        self._acknowledge(taken)
         self._done_one(key)
         self._schedule(deliveries)
+
+    def _acknowledge(self, taken: QueuedCheck) -> None:
+        try:
+            taken.done()
+        except LookalikeError as error:  # it will be run again, by this node or another: at least once
+            log.warning("deferred check %r done but not acknowledged: %s", split_owned_key(taken.key)[1], error.message)
 
     def _done_one(self, key: bytes | None = None) -> None:
         """One deferred check less in hand; with its key once it no longer holds its id."""
@@ -590,7 +701,11 @@ class CheckLedger:
     # Writer and sweeper ---------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        shared_again = time.monotonic()
         while not self._stopping.is_set():
+            if self._unshared and time.monotonic() - shared_again > STORAGE_RETRY_SECONDS:
+                self._share_again()
+                shared_again = time.monotonic()
             if self._held:  # the disk was full: try again now and then, with whatever queued meanwhile
                 self._stopping.wait(STORAGE_RETRY_SECONDS)
                 self._write_queued()
@@ -633,6 +748,8 @@ class CheckLedger:
                 return
             except Exception:
                 log.exception("could not store %d check results; they are lost", len(batch))
+            else:
+                self._share(stored)
             self._forget_unwritten(batch)
             self._dropping = self._dropping and bool(self._held)
             batch = []

@@ -13,22 +13,30 @@ rates are saved on every sweep and at shutdown, so a restart does not forget wha
 "usual" was. An admin's confirmation lifts the guard and declares the present rate
 usual (the long count is raised to match), so the same rate does not trip it again
 while a further burst still would.
+
+In cluster mode (`share`) the counts are kept cluster-wide (`shared_state.SharedFlood`): each match adds to
+the entry's counts in a key-value map by compare-and-set, so matches on every node add up, and a guard
+tripped on one node reaches every node through a watch, within a second. While NATS is unreachable a node
+counts on its own (and says so), so checks go on.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+from lookalike.client.errors import LookalikeError
 from lookalike.server.records import EntryRecord, ListRecord
+from lookalike.server.shared_state import SharedFlood
 from lookalike.server.storage.environment import Transaction
-from lookalike.server.storage.errors import StorageFull
-from lookalike.server.storage.flood import EntryKey, FloodTables, Guard
+from lookalike.server.storage.errors import CorruptRecord, StorageFull
+from lookalike.server.storage.flood import EntryKey, FloodTables, Guard, decode_guard
 from lookalike.server.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -58,6 +66,11 @@ class _Rate:
         self.long = long
         self.updated = updated
 
+    def add_one(self, now: float, settings: FloodSettings) -> None:
+        self.decay(now, settings)
+        self.short += 1
+        self.long += 1
+
     def decay(self, now: float, settings: FloodSettings) -> None:
         elapsed = max(0.0, now - self.updated)
         self.short *= math.exp(-elapsed / settings.short_window)
@@ -66,6 +79,18 @@ class _Rate:
 
     def usual_in_short_window(self, settings: FloodSettings) -> float:
         return self.long * settings.short_window / settings.long_window
+
+    def take_as_usual(self, settings: FloodSettings) -> float:
+        """The long count that makes the present short rate the usual one (a confirmation's)."""
+        return max(self.long, self.short * settings.long_window / settings.short_window)
+
+    def encode(self) -> bytes:
+        """As the cluster-wide map keeps it."""
+        return json.dumps([self.short, self.long, self.updated]).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | None, now: float) -> _Rate:
+        return cls(updated=now) if raw is None else cls(*(float(count) for count in json.loads(raw)))
 
 
 class FloodGuard:
@@ -78,6 +103,23 @@ class FloodGuard:
         guards, rates = self._tables.load()
         self._guards: dict[EntryKey, Guard] = guards
         self._rates: dict[EntryKey, _Rate] = {key: _Rate(*counts) for key, counts in rates.items()}
+        self._shared: SharedFlood | None = None
+
+    def share(self, shared: SharedFlood) -> None:
+        """Cluster mode: count matches and keep guards cluster-wide from now on."""
+        self._shared = shared
+        shared.watch_guards(self._guard_changed)
+
+    def _guard_changed(self, uid: int, seq: int, raw: bytes | None) -> None:
+        """A guard tripped (or lifted: None) on any node, this one included."""
+        with self._lock:
+            if raw is None:
+                self._guards.pop((uid, seq), None)
+                return
+            try:
+                self._guards[(uid, seq)] = decode_guard(raw)
+            except CorruptRecord as error:
+                log.warning("flood guard of entry %d of list uid %d is unreadable: %s", seq, uid, error)
 
     @property
     def enabled(self) -> bool:
@@ -89,15 +131,18 @@ class FloodGuard:
             return
         now = time.time() if now is None else now
         tripped: list[tuple[EntryKey, Guard]] = []
+        counted = self._count_shared(record.uid, entries, now) if self._shared is not None else {}
         with self._lock:
             for entry in entries:
                 key = (record.uid, entry.seq)
-                rate = self._rates.get(key)
-                if rate is None:
-                    rate = self._rates[key] = _Rate(updated=now)
-                rate.decay(now, self.settings)
-                rate.short += 1
-                rate.long += 1
+                rate = counted.get(key)
+                if rate is not None:
+                    self._rates[key] = rate
+                else:
+                    rate = self._rates.get(key)
+                    if rate is None:
+                        rate = self._rates[key] = _Rate(updated=now)
+                    rate.add_one(now, self.settings)
                 if key not in self._guards and self._trips(rate):
                     guard = Guard(record.name, entry.id, now, rate.short, rate.usual_in_short_window(self.settings))
                     self._guards[key] = guard
@@ -107,6 +152,7 @@ class FloodGuard:
                     self._tables.put_guards(tripped)
                 except StorageFull:
                     pass  # the check goes on; `save_rates` stores the guard once the disk has room
+        self._share_guards(tripped)
         for _, guard in tripped:
             log.warning(
                 "flood guard: entry %r on list %r matched %.0f times in the last %.0f s (usual %.1f); its rejects "
@@ -117,6 +163,32 @@ class FloodGuard:
                 self.settings.short_window,
                 guard.usual,
             )
+
+    def _count_shared(self, uid: int, entries: Sequence[EntryRecord], now: float) -> dict[EntryKey, _Rate]:
+        """Count one match of each entry cluster-wide; the counts as they now stand (those NATS took)."""
+        assert self._shared is not None
+
+        def add_one(raw: bytes | None) -> bytes:
+            rate = _Rate.decode(raw, now)
+            rate.add_one(now, self.settings)
+            return rate.encode()
+
+        counted: dict[EntryKey, _Rate] = {}
+        try:
+            for entry in entries:
+                counted[(uid, entry.seq)] = _Rate.decode(self._shared.update(uid, entry.seq, add_one), now)
+        except LookalikeError as error:
+            log.warning("flood guard: counting on this node alone for now: %s", error.message)
+        return counted
+
+    def _share_guards(self, tripped: list[tuple[EntryKey, Guard]]) -> None:
+        if self._shared is None:
+            return
+        try:
+            for (uid, seq), guard in tripped:
+                self._shared.put_guard(uid, seq, json.dumps(asdict(guard)).encode())
+        except LookalikeError as error:
+            log.warning("flood guard: a guard is known to this node only: %s", error.message)
 
     def _trips(self, rate: _Rate) -> bool:
         settings = self.settings
@@ -172,7 +244,7 @@ class FloodGuard:
                 lifted[key] = None
                 return
             rate.decay(now, self.settings)
-            usual = max(rate.long, rate.short * self.settings.long_window / self.settings.short_window)
+            usual = rate.take_as_usual(self.settings)
             self._tables.lift(txn, key, (rate.short, usual, rate.updated))
             lifted[key] = usual
 
@@ -183,6 +255,26 @@ class FloodGuard:
                 if rate is not None and usual is not None:
                     rate.long = usual
                 self._guards.pop(key, None)
+        if self._shared is not None:
+            self._lift_shared(list(lifted), now)
+
+    def _lift_shared(self, keys: list[EntryKey], now: float) -> None:
+        """Lift the guards cluster-wide, the cluster's present rates taken as usual (the same counts whichever
+        node, or how many, apply the confirmation)."""
+        assert self._shared is not None
+
+        def take_as_usual(raw: bytes | None) -> bytes:
+            rate = _Rate.decode(raw, now)
+            rate.decay(now, self.settings)
+            rate.long = rate.take_as_usual(self.settings)
+            return rate.encode()
+
+        try:
+            for uid, seq in keys:
+                self._shared.update(uid, seq, take_as_usual)
+                self._shared.drop_guard(uid, seq)
+        except LookalikeError as error:
+            log.warning("flood guard: a confirmation is known to this node only: %s", error.message)
 
     def forget(self, uid: int, seqs: Iterable[int] | None = None) -> None:
         """Drop the rates and guards of removed entries (`seqs`), or of a deleted list (all)."""
@@ -197,6 +289,12 @@ class FloodGuard:
                     self._tables.forget(keys)
                 except StorageFull:
                     pass  # the removal stands; `save_rates` rewrites both tables once the disk has room
+        if self._shared is not None:
+            try:
+                for uid_, seq in keys | {(uid, seq) for seq in only or ()}:
+                    self._shared.forget(uid_, seq)
+            except LookalikeError as error:
+                log.warning("flood guard: removed entries' counts stay in the cluster's map: %s", error.message)
 
     def save_rates(self, now: float | None = None) -> int:
         """Write every rate still worth remembering, and the guards (one transaction); forget the rest.

@@ -14,7 +14,9 @@ allows private URLs, and a refused address is not retried. On start-up every
 pending delivery is scheduled again, so a restart in the middle of retries still
 delivers; an attempt interrupted by a crash is made again (receivers deduplicate
 by `X-Lookalike-Check-Id`). Deliveries are keyed like the checks they belong to,
-by owner and check id (`storage.schema.owned_key`).
+by owner and check id (`storage.schema.owned_key`). In cluster mode a check's delivery may be in more than
+one node's outbox (a deferred check run again after its taker died): a node sends only while it holds the
+check's claim (`shared_state.DeliveryClaims`), and drops its copy once another node settled it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from lookalike.client.errors import LookalikeError
 from lookalike.server.config import ServerConfig
 from lookalike.server.fetch import FetchLimits, post
 from lookalike.server.metrics import Metrics
+from lookalike.server.shared_state import BUSY, SETTLED, DeliveryClaims, LocalClaims
 from lookalike.server.storage.environment import Transaction
 from lookalike.server.storage.errors import StorageFull
 from lookalike.server.storage.outbox import DELIVERED, FAILED, PENDING, Delivery, OutboxTable
@@ -55,12 +58,18 @@ class WebhookOutbox:
     """The deliveries of one server and the threads that send them."""
 
     def __init__(
-        self, store: Store, config: ServerConfig, metrics: Metrics, headers: Callable[[str, str, bytes], dict[str, str]]
+        self,
+        store: Store,
+        config: ServerConfig,
+        metrics: Metrics,
+        headers: Callable[[str, str, bytes], dict[str, str]],
+        claims: DeliveryClaims | None = None,
     ) -> None:
         """`headers(secret, check id, body)`: an attempt's headers, signed afresh (the webhook format is
         the transport's: `server.messages` renders bodies and signs them as `lookalike.client.webhooks`
-        verifies)."""
+        verifies). `claims`: which node sends each delivery (None: this one, a single node)."""
         self.config = config
+        self._claims = claims or LocalClaims()
         self.metrics = metrics
         self._headers = headers
         self.table = OutboxTable(store.environment)
@@ -155,6 +164,20 @@ class WebhookOutbox:
             return
         if delivery.next_attempt > time.time() + 0.001:  # scheduled twice; the later entry is the real one
             return
+        try:
+            claim = self._claims.claim(key)
+        except LookalikeError as unreachable:  # cluster mode, NATS unreachable: it waits, it is not lost
+            log.warning("webhook for check %s waits: %s", delivery.check_id, unreachable.message)
+            self._reschedule(key, time.time() + self.config.webhook_backoff)
+            return
+        if claim.outcome == BUSY:  # look again soon: the other node may settle it well before its lease ends
+            self._reschedule(key, min(claim.until, time.time() + self.config.webhook_backoff))
+            return
+        if claim.outcome == SETTLED:
+            self.table.store(replace(delivery, state=claim.state, last_error="sent by another node"))
+            with self._wake:
+                self._pending -= 1
+            return
         body = delivery.body.encode()
         headers = self._headers(self.secret, delivery.check_id, body)
         status, error, refused = 0, "", False
@@ -191,6 +214,11 @@ class WebhookOutbox:
             )
         self.table.store(updated)
         self.metrics.webhook_deliveries.labels(outcome).inc()
+        if updated.state != PENDING:
+            try:
+                self._claims.settle(key, updated.state)
+            except LookalikeError as unshared:  # another node may send it again once the claim's lease ends
+                log.warning("webhook for check %s: its outcome is not shared: %s", delivery.check_id, unshared.message)
         if updated.state == PENDING:
             self._reschedule(key, updated.next_attempt)
         else:

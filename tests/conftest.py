@@ -15,6 +15,7 @@ from PIL import Image
 from lookalike.client import LookalikeClient
 from lookalike.server.app import RunningServer, create_server
 from lookalike.server.config import ServerConfig
+from lookalike.server.shared_state import NodeState
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("LOOKALIKE_CORPUS", REPO.parent / "shared" / "corpus" / "dev"))
@@ -82,6 +83,8 @@ class ServerHandle:
     config: ServerConfig
     running: RunningServer
     client: LookalikeClient
+    shared: NodeState | None = None
+    """Cluster mode's shared node state (tests/test_shared_state.py); None: a single node."""
 
     @property
     def address(self) -> str:
@@ -93,11 +96,11 @@ class ServerHandle:
 
     def restart(self) -> None:
         self.stop()
-        self.running = create_server(self.config)
+        self.running = create_server(self.config, shared=self.shared)
         self.client = LookalikeClient(self.address)
 
 
-def start_server(data: Path, **overrides: object) -> ServerHandle:
+def start_server(data: Path, shared: NodeState | None = None, **overrides: object) -> ServerHandle:
     settings: dict[str, object] = {
         "listen": "127.0.0.1:0",
         "data": data,
@@ -109,8 +112,8 @@ def start_server(data: Path, **overrides: object) -> ServerHandle:
         "http_listen": "off",  # tests of the HTTP API ask for it (127.0.0.1:0); 8080 may be anyone's
     }
     config = ServerConfig(**{**settings, **overrides})  # type: ignore[arg-type]
-    running = create_server(config)
-    return ServerHandle(config, running, LookalikeClient(f"127.0.0.1:{running.port}"))
+    running = create_server(config, shared=shared)
+    return ServerHandle(config, running, LookalikeClient(f"127.0.0.1:{running.port}"), shared)
 
 
 @pytest.fixture
