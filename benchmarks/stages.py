@@ -38,8 +38,9 @@ from lookalike.index.list_index import Layout
 from lookalike.server.app import create_server
 from lookalike.server.config import ServerConfig
 from lookalike.server.embedder import MODELS, EmbedderPool, embedding_input
-from lookalike.server.fingerprint import pdq_hashes, phash
+from lookalike.server.fingerprint import phash
 from lookalike.server.imaging import decode_image
+from lookalike.server.pdq import pdq_hashes
 from lookalike.server.regions import content_box
 
 MAX_PIXELS = 100_000_000

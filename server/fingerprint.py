@@ -15,11 +15,11 @@ from functools import cached_property
 
 import imagehash
 import numpy as np
-import pdqhash
 from PIL import Image
 
 from lookalike.server.embedder import EmbedderPool, EmbeddingBatcher, embedding_input
 from lookalike.server.imaging import DecodedImage, decode_image
+from lookalike.server.pdq import pdq_hashes
 from lookalike.server.regions import content_box
 
 PDQ_BYTES = 32
@@ -132,14 +132,6 @@ def _timed(stages: list[tuple[str, float]], stage: str) -> Iterator[None]:
         yield
     finally:
         stages.append((stage, time.perf_counter() - started))
-
-
-def pdq_hashes(rgb: Image.Image) -> tuple[tuple[bytes, ...], int]:
-    """PDQ's 256 bits (packed, most significant bit first) of the picture and of its
-    seven rotations and mirrors, in PDQ's dihedral order (the picture itself first),
-    and the quality (0–100). All eight cost what one does."""
-    variants, quality = pdqhash.compute_dihedral(np.asarray(rgb, dtype=np.uint8))
-    return tuple(np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes() for bits in variants), int(quality)
 
 
 def phash(rgb: Image.Image) -> bytes:
