@@ -143,6 +143,8 @@ class ServerProcess:
                 str(data),
                 "--listen",
                 "127.0.0.1:0",
+                "--http-listen",
+                "off",  # 8080 may be anyone's on a shared box
                 "--map-size",
                 str(MAP_SIZE),
                 *flags,

@@ -55,16 +55,17 @@ def model_path(model: str) -> Path:
     return Path(paths[model])
 
 
-def embedding_input(rgb: Image.Image) -> Image.Image:
-    """The picture the model sees: short side 288, aspect kept (capped)."""
-    width, height = rgb.size
+def input_size(width: int, height: int) -> tuple[int, int]:
+    """The (width, height) the model sees a picture at: short side 288, aspect kept (capped)."""
     scale = SHORT_SIDE / min(width, height)
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
     cap = round(SHORT_SIDE * MAX_ASPECT)
-    new_w, new_h = min(new_w, cap), min(new_h, cap)
-    if (new_w, new_h) != (width, height):
-        rgb = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    return rgb
+    return min(max(1, round(width * scale)), cap), min(max(1, round(height * scale)), cap)
+
+
+def embedding_input(rgb: Image.Image) -> Image.Image:
+    """The picture the model sees: short side 288, aspect kept (capped); `rgb` itself when already so."""
+    size = input_size(*rgb.size)
+    return rgb if size == rgb.size else rgb.resize(size, Image.Resampling.BILINEAR)
 
 
 def unit_length(vector: np.ndarray) -> np.ndarray:

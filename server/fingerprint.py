@@ -75,8 +75,8 @@ class Fingerprint:
     def region_input(self) -> Image.Image | None:
         """The picture found inside a larger canvas (screenshot, border), at model input
         size; looked for only when a check needs it, never for an add."""
-        box = content_box(self.image.rgb)
-        return None if box is None else embedding_input(self.image.rgb.crop(box))
+        box = content_box(self.image.shown)
+        return None if box is None else embedding_input(self.image.crop(box))
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class Fingerprinter:
         with _timed(stages, "decode"):
             decoded = decode_image(data, self.max_pixels)
         with _timed(stages, "hash"):
-            variants, quality = pdq_hashes(decoded.pdq_rgb)
+            variants, quality = pdq_hashes(decoded.pdq_rgb, decoded.original_size)
             model_input = embedding_input(decoded.rgb)
             hashes = Hashes(
                 sha256=hashlib.sha256(data).digest(),

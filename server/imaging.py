@@ -8,22 +8,32 @@ PDQ gets the picture as ThreatExchange's reference hasher reads the file, so tha
 hashes from shared lists match ours: as stored, EXIF orientation not applied, and
 the colour under transparent pixels kept (its pdq-photo-hasher loads through CImg
 and ImageMagick, which do neither; pdq/python's Pillow loader and
-python-threatexchange's agree). JPEGs are decoded in Pillow's draft mode (DCT
-scaling) to about the size the hashes need, which is several times cheaper than
-a full decode and moves PDQ by a few bits at most.
+python-threatexchange's agree).
+
+Every picture is decoded once, to the size the work needs: a JPEG in Pillow's draft mode (DCT
+scaling: several times cheaper than a full decode) so that its short side stays at least the
+embedding's input (288), any other format reduced by whole pixel blocks to the same scale. PDQ
+reads that picture; the embedding, pHash and the region search read it resized to the model's
+input. Hashing the model's input itself would save another millisecond or two but moves PDQ by
+7 bits on average and up to 56 from the reference (textures: PDQ's own downsampling aliases,
+and how much depends on the grid it starts from); the draft moves it by 2 on average
+(benchmarks/README.md, Stages).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import struct
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from lookalike.client.errors import InvalidArgument, ResourceExhausted
+from lookalike.server.embedder import SHORT_SIDE, embedding_input, input_size
 
 # Pillow's own bomb guard is global and warns before it raises; we check the
 # header's pixel count against our configured limit ourselves instead.
@@ -33,13 +43,9 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 """Decoders we let untrusted bytes reach (the JPEG one also reads phones' MPO files)."""
 
-DRAFT_SHORT_SIDE = 512
-"""Short side that JPEG draft decoding keeps at least: enough for PDQ's 64×64
-downsampling and for the embedding's 288-pixel input."""
-MAX_SHORT_SIDE = 2 * DRAFT_SHORT_SIDE
-"""Pictures decoded larger (PNG, TIFF, a JPEG draft cannot shrink) are resized to this short
-side: every format then reaches the hashes at the scale a JPEG draft gives, and a 12 MP PNG
-costs no more to hash than a phone JPEG."""
+DRAFT_SHORT_SIDE = SHORT_SIDE
+"""Short side that JPEG draft decoding keeps at least: the embedding's input (PDQ, pHash and the
+region search need no more)."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +53,41 @@ class DecodedImage:
     """A decoded picture and what was learnt while decoding it."""
 
     rgb: Image.Image
+    """The picture shown, at the embedding's input size (`embedder.input_size`) or smaller, never enlarged:
+    EXIF turn applied, transparency flattened onto white."""
     format: str
     original_size: tuple[int, int]
     pdq_rgb: Image.Image
-    """The picture PDQ is computed from: as stored, with the colour under transparent pixels (the
-    same object as `rgb` for a picture with neither an EXIF turn nor transparency)."""
+    """The picture PDQ is computed from, as decoded (short side 288 to 575 when the original's was larger):
+    as stored, with the colour under transparent pixels (the same object as `rgb` for a small picture with
+    neither an EXIF turn nor transparency)."""
+    draft: Image.Image
+    """The picture shown as decoded, before its EXIF turn: `pdq_rgb`, flattened onto white."""
+    turn: Image.Transpose | None
+    data: bytes
+    """The file, decoded again, finer, when a part of the picture needs it (`crop`)."""
+
+    @cached_property
+    def shown(self) -> Image.Image:
+        """The picture shown at the draft's size (turned, flattened): where a part of it is looked for. A part
+        found on `rgb` lands a pixel or two off at the file's scale, and a frame or a line of text cut into it
+        costs its embedding up to 0.04 of cosine."""
+        return self.draft if self.turn is None else self.draft.transpose(self.turn)
+
+    def crop(self, box: tuple[int, int, int, int]) -> Image.Image:
+        """What `box` (left, top, right, bottom in `shown`'s pixels) frames, with its short side at least the
+        model's input where the file has the pixels: cut from `shown` when that is fine enough, else from the
+        file decoded again at the scale the part needs (a small part of a composite, on few pictures)."""
+        left, top, right, bottom = box
+        file_scale = max(self.original_size) / max(self.shown.size)
+        needed = math.ceil(
+            min(self.original_size) * DRAFT_SHORT_SIDE / max(1.0, min(right - left, bottom - top) * file_scale)
+        )
+        if needed <= min(self.draft.size) or self.draft.size == self.original_size:
+            return self.shown.crop(box)
+        finer = _shown(self.data, needed, self.turn)
+        across, down = finer.width / self.shown.width, finer.height / self.shown.height
+        return finer.crop((round(left * across), round(top * down), round(right * across), round(bottom * down)))
 
 
 def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
@@ -77,10 +113,11 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
             image.load()
             turn = _orientation(image)
             # Unflattened first, so that a large transparent picture holds one full-size RGB copy at a time.
-            unflattened = _bounded(image.convert("RGB")) if _has_alpha(image) else None
-            stored = _bounded(_to_rgb(image))
+            unflattened = _drafted(image.convert("RGB")) if _has_alpha(image) else None
+            stored = _drafted(_to_rgb(image))
             pdq_rgb = stored if unflattened is None else unflattened
-            rgb = stored if turn is None else stored.transpose(turn)
+            shown = _reduced(stored)  # turned once small: cheaper than turning the draft
+            rgb = shown if turn is None else shown.transpose(turn)
     except (InvalidArgument, ResourceExhausted):
         raise
     except UnidentifiedImageError:
@@ -96,24 +133,45 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         ) from None
     except MemoryError:
         raise ResourceExhausted("image too large to decode in memory", "IMAGE_TOO_LARGE") from None
-    return DecodedImage(rgb=rgb, format=image_format, original_size=(width, height), pdq_rgb=pdq_rgb)
+    return DecodedImage(rgb, image_format, (width, height), pdq_rgb, stored, turn, data)
 
 
-def _draft_request(width: int, height: int) -> tuple[int, int]:
-    """The (w, h) to ask draft() for so the short side stays ≥ DRAFT_SHORT_SIDE."""
-    scale = DRAFT_SHORT_SIDE / min(width, height)
+def _shown(data: bytes, short_side: int, turn: Image.Transpose | None) -> Image.Image:
+    """The picture shown (turned, flattened), decoded again from bytes `decode_image` took, keeping
+    `short_side` (the file's own size at most)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        if image.format in ("JPEG", "MPO"):
+            image.draft("RGB", _draft_request(*image.size, short_side))
+        image.seek(0)
+        image.load()
+        shown = _drafted(_to_rgb(image), short_side)
+    return shown if turn is None else shown.transpose(turn)
+
+
+def _draft_request(width: int, height: int, short_side: int = DRAFT_SHORT_SIDE) -> tuple[int, int]:
+    """The (w, h) to ask draft() for so the short side stays ≥ `short_side`."""
+    scale = short_side / min(width, height)
     if scale >= 1:
         return width, height
     return max(1, int(width * scale + 0.999)), max(1, int(height * scale + 0.999))
 
 
-def _bounded(rgb: Image.Image) -> Image.Image:
-    width, height = rgb.size
-    scale = MAX_SHORT_SIDE / min(width, height)
-    if scale >= 1:
-        return rgb
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+def _drafted(rgb: Image.Image, short_side: int = DRAFT_SHORT_SIDE) -> Image.Image:
+    """`rgb` reduced by the largest power of two that keeps its short side ≥ `short_side`, averaging
+    blocks of pixels: what a JPEG draft does by DCT scaling, for the other formats (and JPEGs larger than
+    an eighth can shrink). One pass over the pixels, far cheaper than filtering them."""
+    factor = 1
+    while min(rgb.size) >= 2 * factor * short_side:
+        factor *= 2
+    return rgb if factor == 1 else rgb.reduce(factor)
+
+
+def _reduced(rgb: Image.Image) -> Image.Image:
+    """`rgb` at the embedding's input size (`embedding_input`: the same pixels) unless that would enlarge it."""
+    size = input_size(*rgb.size)
+    return rgb if size[0] > rgb.width or size[1] > rgb.height else embedding_input(rgb)
 
 
 _TURNS = {
