@@ -56,7 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     with tempfile.TemporaryDirectory() as folder:
         config = ServerConfig(
-            listen="127.0.0.1:0", data=Path(folder), map_size=1 << 32, workers=0, cpu_slots=1, flood_min_matches=0
+            listen="127.0.0.1:0",
+            data=Path(folder),
+            map_size=1 << 32,
+            workers=0,
+            cpu_slots=1,
+            flood_min_matches=0,
+            http_listen="off",
         )
         running = create_server(config)
         ledger = running.checks

@@ -44,12 +44,15 @@ import numpy as np
 
 from benchmarks.accuracy import hardware
 from benchmarks.metrics import format_table
-from benchmarks.synthetic import new_entries, unit
+from benchmarks.synthetic import new_entries, new_list, unit
 from lookalike.index import configure_threads
 from lookalike.index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, ListIndex
+from lookalike.server.changes import EntryRemoved
+from lookalike.server.flood import FloodGuard, FloodSettings
 from lookalike.server.indexes import IndexRegistry
-from lookalike.server.scoring import DEFAULT_MODEL, PDQ_SEARCH_RADIUS
-from lookalike.server.store import Store
+from lookalike.server.scoring import PDQ_SEARCH_RADIUS
+from lookalike.server.storage.store import Store
+from lookalike.server.writes import WritePath
 
 LIST = "scale"
 CHUNK = 20_000
@@ -113,13 +116,13 @@ class Planted:
 
 
 def populate(store: Store, entries: int, planted: Planted, rng: np.random.Generator) -> None:
-    store.create_list(LIST, "scale benchmark", 0.5, 0.8, DEFAULT_MODEL)
+    store.commit(new_list(LIST, "scale benchmark"))
     for start in range(0, entries, CHUNK):
         count = min(CHUNK, entries - start)
         vectors = unit(rng, count)
         codes = rng.integers(0, 256, (count, 32), dtype=np.uint8)
         planted.observe(rng, start, vectors, codes)
-        store.add_entries(LIST, new_entries(start, vectors, codes))
+        store.commit(new_entries(LIST, start, vectors, codes))
         if start and start % (20 * CHUNK) == 0:
             print(f"  populated {start:,}", file=sys.stderr, flush=True)
 
@@ -178,7 +181,7 @@ def startup(data: Path, entries: int) -> dict[str, float]:
     code = (
         "import json,sys,time;from pathlib import Path;"
         "from benchmarks.scale import rss_mib,map_size_for;from lookalike.index import configure_threads;"
-        "from lookalike.server.indexes import IndexRegistry;from lookalike.server.store import Store;"
+        "from lookalike.server.indexes import IndexRegistry;from lookalike.server.storage.store import Store;"
         "configure_threads(1);"
         f"before=rss_mib();t=time.perf_counter();s=Store(Path({str(data)!r}),map_size_for({entries}));"
         "r=IndexRegistry(s,background=True);r.load_all();took=time.perf_counter()-t;rss=rss_mib();"
@@ -247,29 +250,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         del snapshot
 
         # A new entry, added as the service adds one (store commit, then index, under the list's lock).
+        writes = WritePath(store, registry, FloodGuard(store, FloodSettings()))
         vector, code = unit(rng, 1), rng.integers(0, 256, (1, 32), dtype=np.uint8)
         started = time.perf_counter()
-        with registry.writing(uid) as live:
-            assert live is not None
-            outcome = store.add_entries(LIST, new_entries(args.entries + 1, vector, code))[0]
-            assert not isinstance(outcome, Exception)
-            registry.apply_adds(live, [(outcome.entry, outcome.embedding)], outcome.change)
+        outcome = writes.apply(new_entries(LIST, args.entries + 1, vector, code))[0]
+        assert not isinstance(outcome, Exception)
         added_ms = (time.perf_counter() - started) * 1000
         matchable = outcome.entry.seq in {hit.id for hit in index.search_vectors(vector[0], 10)}
 
         removal_ms = []
         for position in rng.choice(args.entries, 20, replace=False):
             started = time.perf_counter()
-            with registry.writing(uid) as live:
-                assert live is not None
-                entry, change = store.remove_entry(LIST, f"s{position}")
-                live.remove(np.array([entry.seq]), change)
+            writes.apply(EntryRemoved(time=time.time(), list=LIST, entry_id=f"s{position}"))
             removal_ms.append((time.perf_counter() - started) * 1000)
         started = time.perf_counter()
         registry.snapshot_all()  # the log holds the new entry and the removals: start-up replays nothing
         later_snapshot_s = time.perf_counter() - started
         layout, index_memory = index.layout, index.memory_bytes()
-        del index, live, registry  # the fresh process loads its own copy: at 10M two would not fit in memory
+        del index, writes, registry  # the fresh process loads its own copy: at 10M two would not fit in memory
         store.close()
         started_process = startup(data, args.entries)
 

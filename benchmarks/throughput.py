@@ -39,14 +39,14 @@ from PIL import Image
 
 from benchmarks.accuracy import DEFAULT_CORPUS, hardware
 from benchmarks.metrics import format_table
-from benchmarks.synthetic import new_entries, unit
+from benchmarks.synthetic import new_entries, new_list, unit
 from lookalike.client import LookalikeClient
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.server.config import usable_cores
 from lookalike.server.embedder import SHORT_SIDE, Embedder, embedding_input
 from lookalike.server.indexes import IndexRegistry
 from lookalike.server.scoring import DEFAULT_MODEL
-from lookalike.server.store import Store
+from lookalike.server.storage.store import Store
 
 LIST = "bench"
 MAP_SIZE = 1 << 34
@@ -57,11 +57,11 @@ def populate(data: Path, entries: int, model: str, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     store = Store(data, MAP_SIZE)
     try:
-        store.create_list(LIST, "throughput benchmark", 0.5, 0.8, model)
+        store.commit(new_list(LIST, "throughput benchmark", model))
         for start in range(0, entries, 5000):
             count = min(5000, entries - start)
             codes = rng.integers(0, 256, size=(count, 32), dtype=np.uint8)
-            store.add_entries(LIST, new_entries(start, unit(rng, count), codes, model))
+            store.commit(new_entries(LIST, start, unit(rng, count), codes, model))
         # As a server that has run before: the index is built once and snapshotted, so start-up loads it.
         registry = IndexRegistry(store, background=False)
         registry.load_all()

@@ -655,6 +655,12 @@ def list_record(info: ListInfo) -> dict[str, Any]:
             }
             for guard in info.guarded
         ],
+        "thumbnails": info.thumbnails,
+        "checks_last_day": {
+            "accept": info.checks_last_day.accept,
+            "review": info.checks_last_day.review,
+            "reject": info.checks_last_day.reject,
+        },
     }
 
 
@@ -666,6 +672,8 @@ def _list_text(info: ListInfo) -> str:
     )
     if info.kind != "disallow":
         text += f"\t({info.kind} list)"
+    if info.thumbnails:
+        text += "\tkeeps thumbnails"
     if info.guarded:
         text += f"\t{_plural(len(info.guarded), 'entry', 'entries')} under flood guard"
     return text
@@ -689,6 +697,7 @@ def cmd_lists(client: LookalikeClient, args: argparse.Namespace, output: Output)
             model=args.model or "",
             dihedral=args.dihedral,
             kind=args.kind,
+            thumbnails=args.thumbnails,
         )
         output.emit(list_record(info), f"created {_list_text(info)}")
     elif args.lists_command == "ls":
@@ -704,6 +713,7 @@ def cmd_lists(client: LookalikeClient, args: argparse.Namespace, output: Output)
             review_threshold=args.review_threshold,
             reject_threshold=args.reject_threshold,
             dihedral=args.dihedral,
+            thumbnails=args.thumbnails,
         )
         output.emit(list_record(info), f"updated {_list_text(info)}")
     elif args.lists_command == "rm":
@@ -946,6 +956,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="disallow",
         help="allow: pictures never to flag (their matches outrank disallow matches)",
     )
+    thumbnails_help = (
+        "keep a small thumbnail (160 px WebP) of each picture added, for the dashboard (default: off, no picture "
+        "is kept; never on lists of illegal material); --no-thumbnails deletes those kept"
+    )
+    create.add_argument("--thumbnails", action=argparse.BooleanOptionalAction, default=False, help=thumbnails_help)
     lists_commands.add_parser("ls", parents=[common], help="list all lists")
     show = lists_commands.add_parser("show", parents=[common], help="show one list")
     show.add_argument("name", help="the list")
@@ -955,6 +970,7 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--reject-threshold", type=SCORE, help="score from which a match is rejected, 0-1")
     update.add_argument("--description", help="what the list holds, for people")
     update.add_argument("--dihedral", action=argparse.BooleanOptionalAction, help=dihedral_help)
+    update.add_argument("--thumbnails", action=argparse.BooleanOptionalAction, help=thumbnails_help)
     remove_list = lists_commands.add_parser("rm", parents=[common], help="delete a list and all its entries")
     remove_list.add_argument("name", help="the list")
     remove_list.add_argument(

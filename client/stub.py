@@ -21,6 +21,7 @@ from lookalike.client.errors import InvalidArgument, LookalikeError, error_for_c
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from lookalike.client.types import (
+    DECISIONS,
     VERDICTS,
     AddResult,
     AuditRecord,
@@ -30,6 +31,7 @@ from lookalike.client.types import (
     Entry,
     EntryPage,
     Feedback,
+    HourlyChecks,
     ImageInput,
     ImportSummary,
     KeyInfo,
@@ -221,10 +223,14 @@ class LookalikeClient:
         model: str = "",
         dihedral: bool | None = None,
         kind: str = "",
+        thumbnails: bool = False,
     ) -> ListInfo:
         """`dihedral` (default true): checks also match the query's rotations and mirrors.
-        `kind` "allow" makes an allow list: its matches never flag, and outrank disallow matches."""
-        request = pb.CreateListRequest(name=name, description=description, model=model, kind=kind)
+        `kind` "allow" makes an allow list: its matches never flag, and outrank disallow matches.
+        `thumbnails`: pictures added keep a small thumbnail for the dashboard (off: no picture is kept)."""
+        request = pb.CreateListRequest(
+            name=name, description=description, model=model, kind=kind, thumbnails=thumbnails
+        )
         if dihedral is not None:
             request.dihedral = dihedral
         if review_threshold is not None:
@@ -248,10 +254,14 @@ class LookalikeClient:
         review_threshold: float | None = None,
         reject_threshold: float | None = None,
         dihedral: bool | None = None,
+        thumbnails: bool | None = None,
     ) -> ListInfo:
+        """None leaves a setting as it is; turning `thumbnails` off deletes the thumbnails kept."""
         request = pb.UpdateListRequest(name=name)
         if dihedral is not None:
             request.dihedral = dihedral
+        if thumbnails is not None:
+            request.thumbnails = thumbnails
         if description is not None:
             request.description = description
         if review_threshold is not None:
@@ -520,6 +530,24 @@ class LookalikeClient:
         _set_since(request, since)
         for record in self._pages(self._stub.ListFeedback, request, "feedback"):
             yield Feedback.from_pb(record)
+
+    def list_checks(self, decision: str, *, owner: str | None = None, page_size: int = 0) -> Iterator[CheckRecord]:
+        """Stored checks of `decision` ("accept", "review", "reject"), newest first, every page: this key's own
+        (an admin's: every key's, or those of the `owner` it names). Each carries its `owner`."""
+        if decision not in DECISIONS:
+            raise InvalidArgument(
+                f"decision {decision!r} is unknown; use one of {', '.join(DECISIONS)}", "DECISION_UNKNOWN"
+            )
+        request = pb.ListChecksRequest(decision=DECISIONS[decision], page_size=page_size, owner=owner)
+        for record in self._pages(self._stub.ListChecks, request, "checks"):
+            yield CheckRecord.from_pb(record)
+
+    def check_activity(self, list_name: str = "", *, hours: int = 0) -> list[HourlyChecks]:
+        """Checks per clock hour by decision, oldest first, ending with the current hour (`hours` 0: 24): of one
+        list, by the decision it gave on its own, or of every check (admin)."""
+        request = pb.GetCheckActivityRequest(list=list_name, hours=hours)
+        reply = _call(self._stub.GetCheckActivity, request, timeout=self.timeout)
+        return [HourlyChecks.from_pb(hour) for hour in reply.hours]
 
     def calibrate(self, list_name: str, *, apply: bool = False) -> Calibration:
         """Thresholds that would have avoided the reported errors, and their cost; `apply` sets them (admin)."""

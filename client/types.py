@@ -23,6 +23,7 @@ DELIVERY_STATE_NAMES = {
     pb.DELIVERY_FAILED: "failed",
     pb.DELIVERY_STATE_UNSPECIFIED: "",
 }
+DECISIONS = {"accept": pb.ACCEPT, "review": pb.REVIEW, "reject": pb.REJECT}
 VERDICTS = {"false_positive": pb.FALSE_POSITIVE, "missed_duplicate": pb.MISSED_DUPLICATE, "confirmed": pb.CONFIRMED}
 VERDICT_NAMES = {value: name for name, value in VERDICTS.items()} | {pb.VERDICT_UNSPECIFIED: ""}
 
@@ -101,6 +102,31 @@ class GuardedEntry:
 
 
 @dataclass(frozen=True)
+class CheckCounts:
+    """How many checks came to each decision."""
+
+    accept: int = 0
+    review: int = 0
+    reject: int = 0
+
+    @classmethod
+    def from_pb(cls, message: pb.CheckCounts) -> CheckCounts:
+        return cls(message.accept, message.review, message.reject)
+
+
+@dataclass(frozen=True)
+class HourlyChecks:
+    """One clock hour's checks (`start`: the hour's beginning)."""
+
+    start: datetime
+    counts: CheckCounts
+
+    @classmethod
+    def from_pb(cls, message: pb.HourlyChecks) -> HourlyChecks:
+        return cls(_time(message.start), CheckCounts.from_pb(message.counts))
+
+
+@dataclass(frozen=True)
 class ListInfo:
     name: str
     description: str
@@ -113,6 +139,10 @@ class ListInfo:
     """Checks also match PDQ's rotations and mirrors of the query."""
     kind: str = "disallow"
     guarded: list[GuardedEntry] = field(default_factory=list)
+    checks_last_day: CheckCounts = CheckCounts()
+    """Checks that covered the list in the last 24 hours, by the decision the list gave on its own."""
+    thumbnails: bool = False
+    """Pictures added keep a small thumbnail (for the dashboard); off: no picture is kept."""
 
     @classmethod
     def from_pb(cls, message: pb.ListInfo) -> ListInfo:
@@ -127,6 +157,8 @@ class ListInfo:
             message.dihedral,
             message.kind or "disallow",
             [GuardedEntry.from_pb(g) for g in message.guarded],
+            CheckCounts.from_pb(message.checks_last_day),
+            message.thumbnails,
         )
 
 
@@ -328,6 +360,8 @@ class CheckRecord:
     completed: datetime | None
     expires: datetime | None
     delivery: WebhookDelivery | None
+    owner: str = ""
+    """The key that made it (set in `list_checks` answers)."""
 
     @classmethod
     def from_pb(cls, message: pb.CheckRecord) -> CheckRecord:
@@ -343,6 +377,7 @@ class CheckRecord:
             _time(message.completed) if message.HasField("completed") else None,
             _time(message.expires) if message.HasField("expires") else None,
             WebhookDelivery.from_pb(message.delivery) if message.HasField("delivery") else None,
+            message.owner,
         )
 
 

@@ -45,9 +45,9 @@ from lookalike.server.auth import AUTHORIZATION, Access, Caller, is_loopback_pee
 from lookalike.server.config import ServerConfig
 from lookalike.server.errors import bounded, reported
 from lookalike.server.operations import Operations
+from lookalike.server.records import AddOutcome, validate_lists_named
 from lookalike.server.service import raise_if_abandoned
 from lookalike.server.slots import PerKeyLimit
-from lookalike.server.store import AddOutcome, validate_lists_named
 
 ERROR_DOMAIN = "lookalike.v1"
 READER_POLL_SECONDS = 0.1
@@ -374,6 +374,17 @@ class LookalikeServicer(pb_grpc.LookalikeServicer):  # type: ignore[misc]
     def GetCheck(self, request: pb.GetCheckRequest, context: grpc.ServicerContext) -> pb.CheckRecord:
         view = self.ops.checks.get(self._caller(context), request.id, messages.optional(request, "owner"))
         return messages.check_view(view)
+
+    @rpc
+    def ListChecks(self, request: pb.ListChecksRequest, context: grpc.ServicerContext) -> pb.ListChecksResponse:
+        return messages.check_page(self.ops.checks.page(self._caller(context), messages.check_query(request)))
+
+    @rpc
+    def GetCheckActivity(
+        self, request: pb.GetCheckActivityRequest, context: grpc.ServicerContext
+    ) -> pb.GetCheckActivityResponse:
+        hours = self.ops.checks.activity(self._caller(context), request.list, request.hours)
+        return messages.activity_message(hours)
 
     @rpc
     def SubmitFeedback(self, request: pb.SubmitFeedbackRequest, context: grpc.ServicerContext) -> pb.Feedback:

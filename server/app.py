@@ -40,7 +40,8 @@ from lookalike.server.metrics import Metrics
 from lookalike.server.observability import Admission, AdmittedCalls, RequestObserver
 from lookalike.server.operations import Operations
 from lookalike.server.service import LookalikeService
-from lookalike.server.store import VERIFY_HINT, StorageFull, Store
+from lookalike.server.storage.errors import VERIFY_HINT, StorageFull
+from lookalike.server.storage.store import Store
 from lookalike.server.webhooks import WebhookOutbox
 from lookalike.server.workers import FingerprintWorkers
 
@@ -190,11 +191,12 @@ def create_server(config: ServerConfig, on_listening: Callable[[int], None] | No
         allow_margin=config.allow_margin,
         scan_budgets=(config.vector_scan_budget, config.pdq_scan_budget),
     )
+    service.writes.on_keys_changed(access.reload)
     metrics.watch_lists(service.list_sizes)
     try:
         outbox = WebhookOutbox(store, config, metrics, webhook_headers)
         checks = CheckLedger(store, service, config, outbox, webhook_body)
-    except BaseException:  # e.g. upgrading a format 2 folder's stored checks found the map full
+    except BaseException:  # e.g. making the webhook secret found the disk full
         workers.shutdown()
         store.close()
         _close_http(metrics_http)
@@ -421,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scheme = "https" if running.http.tls else "http"
         address = f"{config.http_listen.rpartition(':')[0]}:{running.http.port}"
         log.info("HTTP API at %s://%s/v1, docs at /v1/docs (http port %d)", scheme, address, running.http.port)
+        log.info("dashboard at %s://%s/ (open it in a browser; log in with an API key)", scheme, address)
     stopping.wait()
     log.info("shutting down (grace %.0f s)", config.grace)
     running.stop(config.grace)

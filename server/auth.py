@@ -4,8 +4,8 @@ A key reads `lk_<id>_<secret>`. The id finds the key's record; the SHA-256 of th
 secret (32 random bytes, so no slow hash is needed) is compared in constant time
 with the stored digest. The key itself is never stored, so a copy of the data
 folder grants nothing. Keys are few and change rarely: they are held in memory and
-re-read after every change, which only this server makes (one server per data
-folder), so a revoked key is refused from the next call or stream item on.
+re-read after every change applied (`lookalike.server.writes`), so a revoked key is
+refused from the next call or stream item on.
 
 While no key exists every call is accepted without one. That is safe only because
 the server then listens on loopback alone (`require_safe_listen`). The first key
@@ -19,18 +19,18 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-import threading
+import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from lookalike.client.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from lookalike.server.store import KeyRecord, Store, validate_list_name
+from lookalike.client.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
+from lookalike.server.changes import KeyCreated
+from lookalike.server.records import ADMIN, CHECKER, ROLES, WRITER, KeyRecord, validate_list_name
+from lookalike.server.storage.store import Store
 
-ADMIN, WRITER, CHECKER = "admin", "writer", "checker"
-ROLES = (ADMIN, WRITER, CHECKER)
 KEY_PREFIX = "lk"
 SECRET_BYTES = 32
 KEY_NAME_MAX = 64
@@ -79,6 +79,9 @@ METHOD_ACTIONS: dict[str, Action] = {
     # A caller reads, and sends feedback on, its own checks only (admin: any).
     "GetCheck": Action.CHECK,
     "SubmitFeedback": Action.CHECK,
+    "ListChecks": Action.CHECK,
+    # One list's activity needs the right to read it; every check's (no list named), the audit log's.
+    "GetCheckActivity": Action.READ_LISTS,
     "ListFeedback": Action.READ_FEEDBACK,
     "Calibrate": Action.CALIBRATE,
     "ConfirmEntry": Action.CONFIRM_ENTRIES,
@@ -127,8 +130,8 @@ BOOTSTRAP = Caller("", ADMIN)
 """Any caller while no key exists (the server then listens on loopback only)."""
 
 
-def secret_digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+def secret_digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
 
 
 _NO_DIGEST = secret_digest("no such key")  # compared against when the id is unknown: same work either way
@@ -148,13 +151,12 @@ class Access:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._lock = threading.Lock()
         self._keys: dict[str, KeyRecord] = {}
-        self._reload()
+        self.reload()
 
-    def _reload(self) -> None:
-        # Replaced whole, so readers never see a half-updated table.
-        self._keys = {record.id: record for record in self.store.keys()}
+    def reload(self) -> None:
+        """Read the keys again: after every change to them (`WritePath.on_keys_changed`)."""
+        self._keys = {record.id: record for record in self.store.keys()}  # replaced whole: never half-updated
 
     @property
     def open(self) -> bool:
@@ -162,7 +164,7 @@ class Access:
         return not any(not record.revoked for record in self._keys.values())
 
     def keys(self) -> list[KeyRecord]:
-        return list(self._keys.values())  # re-read after every change, which only this server makes
+        return list(self._keys.values())  # re-read after every change
 
     # Checking calls --------------------------------------------------------
 
@@ -205,8 +207,10 @@ class Access:
 
     # Managing keys -----------------------------------------------------------
 
-    def create_key(self, caller: Caller, role: str, lists: Sequence[str], name: str) -> tuple[KeyRecord, str]:
-        """A new key and its secret `lk_<id>_<secret>`, the only time the secret exists outside the caller."""
+    def new_key(self, caller: Caller, role: str, lists: Sequence[str], name: str) -> tuple[KeyCreated, str]:
+        """The change that creates a key, checked, and the key's secret (see `key_text`): the only time the
+        secret exists outside the caller. Whether it may be created (the first key must be an admin key) is
+        decided when the change is applied."""
         if role not in ROLES:
             raise InvalidArgument(f"role {role!r} is unknown; use one of {', '.join(ROLES)}", "ROLE_UNKNOWN")
         lists = list(dict.fromkeys(lists))
@@ -219,31 +223,16 @@ class Access:
         if len(name) > KEY_NAME_MAX or not name.isprintable():
             raise InvalidArgument(f"key name must be up to {KEY_NAME_MAX} printable characters", "KEY_NAME_INVALID")
         secret = secrets.token_urlsafe(SECRET_BYTES)
-        with self._lock:
-            if self.open and role != ADMIN:
-                raise FailedPrecondition(
-                    "no keys exist yet: the first key must be an admin key, or nobody could manage keys afterwards",
-                    "FIRST_KEY_NOT_ADMIN",
-                )
-            record = self.store.create_key(name, role, lists, secret_digest(secret), caller.key_id)
-            self._reload()
-        return record, f"{KEY_PREFIX}_{record.id}_{secret}"
+        digest = secret_digest(secret)
+        change = KeyCreated(
+            time=time.time(), actor=caller.key_id, name=name, role=role, lists=tuple(lists), digest=digest
+        )
+        return change, secret
 
-    def revoke_key(self, caller: Caller, key_id: str) -> KeyRecord:
-        with self._lock:
-            record = self._keys.get(key_id)
-            if record is None:
-                raise NotFound(f"key {key_id!r} does not exist", "KEY_NOT_FOUND")
-            admins = [r for r in self._keys.values() if r.role == ADMIN and not r.revoked]
-            if record.role == ADMIN and not record.revoked and len(admins) == 1:
-                raise FailedPrecondition(
-                    f"key {key_id!r} is the last admin key; create another admin key before revoking it, "
-                    "so that somebody can still manage keys",
-                    "LAST_ADMIN_KEY",
-                )
-            record = self.store.revoke_key(key_id, caller.key_id)
-            self._reload()
-        return record
+
+def key_text(record: KeyRecord, secret: str) -> str:
+    """The key a caller sends, `lk_<id>_<secret>`, once its record has its id."""
+    return f"{KEY_PREFIX}_{record.id}_{secret}"
 
 
 # Where the server may listen ------------------------------------------------------

@@ -17,7 +17,7 @@ transaction. Pending checks are queued again on start-up, so a restart loses
 none. A key reads its own checks (an admin names the owner to read another's);
 another key's id reads as not found. A synchronous check of an id that the same
 key's deferred check still holds is refused before it runs, never answered and then
-dropped. Format 2 folders kept checks by id alone: `_upgrade_from_ids` rekeys them.
+dropped. Format 2 folders kept checks by id alone: opening one rekeys them (`storage.checks`).
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from contextvars import copy_context
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import lmdb
-
 from lookalike.client.errors import AlreadyExists, InvalidArgument, LookalikeError, NotFound, ResourceExhausted
 from lookalike.index import configure_threads
+from lookalike.server.check_index import IndexedCheck
 from lookalike.server.config import ServerConfig
 from lookalike.server.fetch import check_url
 from lookalike.server.fingerprint import Hashes
+from lookalike.server.hashes import MD5, PDQ, PHASH, SHA256, HashCodec
 from lookalike.server.scoring import Evidence
 from lookalike.server.service import (
     Candidate,
@@ -50,34 +50,18 @@ from lookalike.server.service import (
     raise_if_abandoned,
 )
 from lookalike.server.sources import image_bytes
-from lookalike.server.store import (
-    STORAGE_RETRY_SECONDS,
-    TIME_KEY_SIZE,
-    EntryRecord,
-    StorageFull,
-    Store,
-    owned_key,
-    split_owned_key,
-    time_key,
-)
-from lookalike.server.webhooks import Delivery, WebhookOutbox
+from lookalike.server.storage.check_index import CheckIndex
+from lookalike.server.storage.checks import CheckTables
+from lookalike.server.storage.codec import entry_fields, entry_from_fields
+from lookalike.server.storage.environment import Transaction
+from lookalike.server.storage.errors import STORAGE_RETRY_SECONDS, CorruptRecord, StorageFull
+from lookalike.server.storage.outbox import Delivery
+from lookalike.server.storage.schema import owned_key, split_owned_key
+from lookalike.server.storage.store import Store
+from lookalike.server.webhooks import WebhookOutbox
 
 log = logging.getLogger(__name__)
 
-DB_CHECKS = b"checks_by_owner"
-DB_CHECK_IMAGES = b"check_images_by_owner"
-DB_CHECK_EXPIRY = b"check_expiry_by_owner"
-DB_CHECK_PENDING = b"check_pending_by_owner"
-"""The keys of pending checks (values empty), so a start finds them without reading every stored check: written
-with the check in `defer`, deleted in the transaction that finishes it in `_run` (a pending check has no expiry,
-so the sweep never deletes one)."""
-FORMAT_CHECKS_BY_OWNER = 3
-"""The data folder format that keys checks by `owned_key(owner, id)`. Format 2 keyed them by id alone, in:"""
-DB_CHECKS_BY_ID = b"checks"
-DB_CHECK_IMAGES_BY_ID = b"check_images"
-DB_CHECK_EXPIRY_BY_ID = b"check_expiry"
-"""Format 2's expiry keys: the time, then the check id."""
-DB_CHECK_PENDING_BY_ID = b"check_pending"
 PENDING, DONE, FAILED = "pending", "done", "failed"
 CHECK_ID_MAX = 256
 WRITE_BATCH = 512
@@ -85,6 +69,8 @@ WRITER_IDLE_SECONDS = 0.2
 WRITE_GATHER_SECONDS = 0.1
 """How long the writer waits, after a result arrives, for more to commit with it."""
 WORKER_POLL_SECONDS = 0.2
+COUNTS_KEPT_AT_LEAST = 86400.0
+"""Hourly check counts are kept as long as checks (`--check-retention`), and at least a day (the lists' last 24 h)."""
 HELD_RESULTS_MAX = 20_000
 """Results of synchronous checks kept in memory (and readable) while the disk is full, written once it has room;
 past this many the oldest are dropped: their checks were answered, only the stored copies are lost."""
@@ -124,6 +110,13 @@ class StoredCheck:
     def key(self) -> bytes:
         return owned_key(self.owner, self.id)
 
+    @property
+    def indexed(self) -> IndexedCheck | None:
+        """What the decision index files it under; None unless finished with a decision."""
+        if self.status != DONE or self.result is None:
+            return None
+        return IndexedCheck(self.owner, self.id, self.result.decision, self.completed)
+
 
 def validate_check_id(check_id: str) -> None:
     if not check_id or not check_id.isprintable() or len(check_id.encode()) > CHECK_ID_MAX:
@@ -141,12 +134,18 @@ def result_to_json(result: CheckResult) -> dict[str, Any]:
     return {
         "request_id": result.request_id,
         "timestamp": result.timestamp,
-        "hashes": [hashes.sha256_hex, hashes.pdq_hex, hashes.pdq_quality, hashes.phash_hex, hashes.md5.hex()],
+        "hashes": [
+            SHA256.format(hashes.sha256),
+            PDQ.format(hashes.pdq),
+            hashes.pdq_quality,
+            PHASH.format(hashes.phash),
+            MD5.format(hashes.md5),
+        ],
         "decision": result.decision,
         "matches": [
             {
                 "list": m.list,
-                "entry": asdict(m.entry),
+                "entry": entry_fields(m.entry),
                 "score": m.score,
                 "evidence": asdict(m.evidence),
                 "decision": m.decision,
@@ -161,12 +160,19 @@ def result_to_json(result: CheckResult) -> dict[str, Any]:
     }
 
 
+def _hash(codec: HashCodec, text: str) -> bytes:
+    value = codec.stored(text)
+    if value is None:
+        raise CorruptRecord(f"{codec.what} is not hex of its length")
+    return value
+
+
 def result_from_json(raw: dict[str, Any]) -> CheckResult:
     sha256, pdq, quality, phash, md5 = raw["hashes"]
     matches = [
         Match(
             m["list"],
-            EntryRecord(**m["entry"]),
+            entry_from_fields(m["entry"]),
             m["score"],
             Evidence(**m["evidence"]),
             m["decision"],
@@ -178,7 +184,7 @@ def result_from_json(raw: dict[str, Any]) -> CheckResult:
     return CheckResult(
         request_id=raw["request_id"],
         timestamp=raw["timestamp"],
-        hashes=Hashes(bytes.fromhex(sha256), bytes.fromhex(pdq), quality, bytes.fromhex(phash), bytes.fromhex(md5)),
+        hashes=Hashes(_hash(SHA256, sha256), _hash(PDQ, pdq), quality, _hash(PHASH, phash), _hash(MD5, md5)),
         decision=raw["decision"],
         matches=matches,
         meta=raw["meta"],
@@ -212,10 +218,6 @@ def _from_bytes(raw: bytes | memoryview) -> StoredCheck:
         order=None if order is None else CheckOrder(**order),
         result=None if result is None else result_from_json(result),
     )
-
-
-def _expiry_key(expires: float, key: bytes) -> bytes:
-    return time_key(expires) + key
 
 
 def _not_found(check_id: str, hint: str = "") -> NotFound:
@@ -259,14 +261,11 @@ class CheckLedger:
         self.config = config
         self.outbox = outbox
         self._render = render
-        self._checks = store.open_db(DB_CHECKS)
-        self._images = store.open_db(DB_CHECK_IMAGES)
-        self._expiry = store.open_db(DB_CHECK_EXPIRY)
-        self._pending_ids = store.open_db(DB_CHECK_PENDING)
-        if store.upgrade(FORMAT_CHECKS_BY_OWNER, self._upgrade_from_ids):
-            log.info(
-                "stored checks and webhook deliveries rekeyed by owner (data folder format %d)", FORMAT_CHECKS_BY_OWNER
-            )
+        self.index = CheckIndex(store.environment, max(config.check_retention, COUNTS_KEPT_AT_LEAST))
+        self._tables = CheckTables(store.environment, outbox.table, self.index)
+        indexed = self.index.index_stored()
+        if indexed:
+            log.info("%d stored checks indexed by decision", indexed)
         self._queue: queue.Queue[bytes] = queue.Queue()
         self._writes: queue.Queue[StoredCheck] = queue.Queue()
         self._in_hand = _InHand()
@@ -307,11 +306,12 @@ class CheckLedger:
         if callback_url:
             self.claimable(check.id, owner)
             deliveries: list[Delivery] = []
-            with self.store.transaction(grows=True) as txn:
-                previous_expires = self._claim(txn, check.key)
-                if previous_expires is None:
+            with self.store.environment.transaction(grows=True) as txn:
+                free, replaced = self._claim(txn, check.key)
+                if not free:
                     raise _held_by_pending(check.id)
-                deliveries = self._put(txn, check, previous_expires)
+                deliveries = self._put(txn, check, replaced)
+                self._count(txn, [check])
             self._schedule(deliveries)
             return
         with self._in_hand.lock:
@@ -326,31 +326,37 @@ class CheckLedger:
             if owned_key(owner, check_id) in self._in_hand.pending:
                 raise _held_by_pending(check_id)
 
-    def _claim(self, txn: lmdb.Transaction, key: bytes) -> float | None:
-        """Whether a finished check may be stored under `key`: free, or an earlier finished one it replaces.
-
-        None when a pending check holds it; else the expiry of the check it replaces (0.0: none), for `_put`.
-        """
-        raw = txn.get(key, db=self._checks)
+    def _claim(self, txn: Transaction, key: bytes) -> tuple[bool, StoredCheck | None]:
+        """Whether a finished check may be stored under `key` (False: a pending check holds it), and the
+        earlier finished check it replaces (None: none), for `_put`."""
+        raw = self._tables.get(txn, key)
         if raw is None:
-            return 0.0
+            return True, None
         existing = _from_bytes(raw)
-        return None if existing.status == PENDING else existing.expires
+        return existing.status != PENDING, existing
 
-    def _put(self, txn: lmdb.Transaction, check: StoredCheck, previous_expires: float = 0.0) -> list[Delivery]:
-        """Write a check (and, finished with a callback, its delivery) in the caller's transaction.
-
-        `previous_expires`: the expiry of the check stored under the same id that this one replaces (0.0: none).
-        """
-        key = check.key
-        if previous_expires:
-            txn.delete(_expiry_key(previous_expires, key), db=self._expiry)
-        txn.put(key, _to_bytes(check), db=self._checks)
-        if check.expires:
-            txn.put(_expiry_key(check.expires, key), b"", db=self._expiry)
+    def _put(self, txn: Transaction, check: StoredCheck, replaced: StoredCheck | None = None) -> list[Delivery]:
+        """Write a check (and, finished with a callback, its delivery) in the caller's transaction, filed by its
+        expiry and (finished) its decision. `replaced`: the check stored under the same id that this one replaces."""
+        self._tables.put(txn, check.key, _to_bytes(check), check.expires, 0.0 if replaced is None else replaced.expires)
+        if replaced is not None and replaced.indexed is not None:
+            self.index.forget(txn, replaced.indexed)
+        if check.indexed is not None:
+            self.index.add(txn, check.indexed)
         if check.status != PENDING and check.callback_url:
             return [self.outbox.put(txn, check.owner, check.id, check.callback_url, self._render(check))]
         return []
+
+    def _count(self, txn: Transaction, checks: list[StoredCheck]) -> None:
+        """Count finished checks in the hourly counts (each once: when its result is first written)."""
+        self.index.count(
+            txn,
+            [
+                (c.completed, c.result.decision, c.result.list_decisions)
+                for c in checks
+                if c.result and c.status == DONE
+            ],
+        )
 
     def _schedule(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
@@ -382,14 +388,12 @@ class CheckLedger:
                 return answered  # checked synchronously a moment ago, being written: as resubmitted
             stored = False
             try:
-                with self.store.transaction(grows=True) as txn:
-                    raw = txn.get(key, db=self._checks)
+                with self.store.environment.transaction(grows=True) as txn:
+                    raw = self._tables.get(txn, key)
                     if raw is not None:
                         return _from_bytes(raw)
                     self._put(txn, check)
-                    txn.put(key, b"", db=self._pending_ids)
-                    if data is not None:
-                        txn.put(key, data, db=self._images)
+                    self._tables.hold_pending(txn, key, data)
                 stored = True
             finally:
                 if reserved and not stored:
@@ -421,32 +425,48 @@ class CheckLedger:
             return unwritten
         if not check_id or len(check_id.encode()) > CHECK_ID_MAX:
             raise _not_found(check_id, hint)
-        with self.store.env.begin() as txn:
-            raw = txn.get(key, db=self._checks)
+        raw = self._tables.read(key)
         if raw is None:
             raise _not_found(check_id, hint)
         return _from_bytes(raw)
+
+    def by_decision(
+        self, decision: str, owner: str | None, limit: int, page_token: str = ""
+    ) -> tuple[list[StoredCheck], str]:
+        """Finished checks of `decision`, newest first (of `owner`; None: every key's), those answered but not yet
+        written included, and the next page's token ("" at the end)."""
+        with self._in_hand.lock:
+            unwritten = dict(self._in_hand.unwritten)
+        fresh = [c.indexed for c in unwritten.values() if c.indexed is not None]
+        keys, next_token = self.index.newest(decision, owner, limit, page_token, fresh)
+        stored = self._tables.read_many([key for key in keys if key not in unwritten])
+        checks: dict[bytes, StoredCheck] = {}
+        for key in keys:
+            check = unwritten.get(key)
+            if check is None and key in stored:
+                check = _from_bytes(stored[key])
+            # A check replaced under the same id and not yet written shows once, under its own decision.
+            if check is not None and check.indexed is not None and check.indexed.decision == decision:
+                checks.setdefault(key, check)
+        return list(checks.values()), next_token
 
     def finished(self) -> Iterator[StoredCheck]:
         """Every finished check kept (for calibration), every key's, those not yet written included."""
         with self._in_hand.lock:
             unwritten = dict(self._in_hand.unwritten)
         yield from unwritten.values()
-        with self.store.env.begin() as txn:
-            for key, raw in txn.cursor(db=self._checks):
-                if bytes(key) in unwritten:
-                    continue
-                check = _from_bytes(raw)
-                if check.status == DONE:
-                    yield check
+        for key, raw in self._tables.all():
+            if key in unwritten:
+                continue
+            check = _from_bytes(raw)
+            if check.status == DONE:
+                yield check
 
     # Background work --------------------------------------------------------------
 
     def start(self) -> None:
         """Queue the pending checks left by the last run, then start workers, writer and sweeper."""
-        with self.store.env.begin() as txn:
-            cursor = txn.cursor(db=self._pending_ids)
-            pending = [bytes(key) for key in cursor.iternext(keys=True, values=False)]
+        pending = self._tables.pending_keys()
         with self._pending_lock:
             self._pending += len(pending)
         with self._in_hand.lock:
@@ -508,10 +528,7 @@ class CheckLedger:
                 self._done_one()
 
     def _run(self, key: bytes) -> None:
-        with self.store.env.begin() as txn:
-            raw = txn.get(key, db=self._checks)
-            data = txn.get(key, db=self._images)
-            data = None if data is None else bytes(data)
+        raw, data = self._tables.read_pending(key)
         if raw is None:
             self._done_one(key)
             return
@@ -551,10 +568,10 @@ class CheckLedger:
         finished = replace(finished, order=None, completed=now, expires=now + self.config.check_retention)
         while True:
             try:
-                with self.store.transaction() as txn:
-                    deliveries = self._put(txn, finished, check.expires)
-                    txn.delete(key, db=self._images)
-                    txn.delete(key, db=self._pending_ids)
+                with self.store.environment.transaction() as txn:
+                    deliveries = self._put(txn, finished, check)
+                    self._count(txn, [finished])
+                    self._tables.release_pending(txn, key)
                 break
             except StorageFull:  # the store logged it; the check stays pending in LMDB meanwhile
                 if self._stopping.wait(STORAGE_RETRY_SECONDS):
@@ -601,13 +618,16 @@ class CheckLedger:
             if not batch:
                 return
             try:
-                with self.store.transaction(grows=True) as txn:
+                with self.store.environment.transaction(grows=True) as txn:
+                    stored = []
                     for check in batch:
-                        previous_expires = self._claim(txn, check.key)
-                        if previous_expires is None:  # `record` and `defer` keep this from happening
+                        free, replaced = self._claim(txn, check.key)
+                        if not free:  # `record` and `defer` keep this from happening
                             log.error("check %s of key %r not stored: a pending check holds it", check.id, check.owner)
                         else:
-                            self._put(txn, check, previous_expires)
+                            self._put(txn, check, replaced)
+                            stored.append(check)
+                    self._count(txn, stored)
             except StorageFull:  # the store logged it once
                 self._hold(batch)
                 return
@@ -658,58 +678,4 @@ class CheckLedger:
 
     def sweep(self, now: float | None = None) -> int:
         """Delete checks whose retention ended, with their webhooks once those are finished; returns how many."""
-        now = time.time() if now is None else now
-        deleted = 0
-        with self.store.transaction() as txn:
-            cursor = txn.cursor(db=self._expiry)
-            end = time_key(now)
-            expired = []
-            if cursor.first():
-                for key in cursor.iternext(keys=True, values=False):
-                    if bytes(key[:TIME_KEY_SIZE]) > end:
-                        break
-                    expired.append(bytes(key))
-            for key in expired:
-                check_key = key[TIME_KEY_SIZE:]
-                if self.outbox.still_sending(txn, check_key):
-                    continue  # kept until its webhook is delivered or given up
-                txn.delete(key, db=self._expiry)
-                txn.delete(check_key, db=self._checks)
-                self.outbox.delete(txn, check_key)
-                deleted += 1
-        return deleted
-
-    # Upgrading a format 2 folder --------------------------------------------------------
-
-    def _upgrade_from_ids(self, txn: lmdb.Transaction) -> None:
-        """Move checks, their images, expiry, pending marks and webhook deliveries from the databases a format 2
-        server keyed by check id alone to `owned_key(owner, id)`, and drop the old databases (one transaction)."""
-        moves = {
-            DB_CHECKS_BY_ID: self._checks,
-            DB_CHECK_IMAGES_BY_ID: self._images,
-            DB_CHECK_EXPIRY_BY_ID: self._expiry,
-            DB_CHECK_PENDING_BY_ID: self._pending_ids,
-        }
-        old = {}
-        for name in moves:
-            try:
-                old[name] = self.store.env.open_db(name, txn=txn, create=False)
-            except lmdb.NotFoundError:
-                continue  # a folder from before stored checks
-        checks = old.get(DB_CHECKS_BY_ID)
-
-        def owner_of(check_id: str) -> str:
-            raw = None if checks is None else txn.get(check_id.encode(), db=checks)
-            return "" if raw is None else _from_bytes(raw).owner
-
-        self.outbox.upgrade_from_ids(txn, owner_of)
-        for name, db in old.items():
-            for key, value in txn.cursor(db=db):
-                if name == DB_CHECK_EXPIRY_BY_ID:
-                    when, check_id = bytes(key[:TIME_KEY_SIZE]), bytes(key[TIME_KEY_SIZE:]).decode()
-                    txn.put(when + owned_key(owner_of(check_id), check_id), b"", db=moves[name])
-                else:
-                    check_id = bytes(key).decode()
-                    txn.put(owned_key(owner_of(check_id), check_id), value, db=moves[name])
-        for db in old.values():
-            txn.drop(db, delete=True)
+        return self._tables.sweep(time.time() if now is None else now)

@@ -55,16 +55,21 @@ def model_path(model: str) -> Path:
     return Path(paths[model])
 
 
-def input_size(width: int, height: int) -> tuple[int, int]:
-    """The (width, height) the model sees a picture at: short side 288, aspect kept (capped)."""
-    scale = SHORT_SIDE / min(width, height)
-    cap = round(SHORT_SIDE * MAX_ASPECT)
+def input_size(width: int, height: int, short_side: int = SHORT_SIDE) -> tuple[int, int]:
+    """The (width, height) a picture is embedded at: the given short side, aspect kept (capped at MAX_ASPECT)."""
+    scale = short_side / min(width, height)
+    cap = round(short_side * MAX_ASPECT)
     return min(max(1, round(width * scale)), cap), min(max(1, round(height * scale)), cap)
 
 
 def embedding_input(rgb: Image.Image) -> Image.Image:
     """The picture the model sees: short side 288, aspect kept (capped); `rgb` itself when already so."""
-    size = input_size(*rgb.size)
+    return resized_to(rgb, SHORT_SIDE)
+
+
+def resized_to(rgb: Image.Image, short_side: int) -> Image.Image:
+    """The picture with the given short side, aspect kept (capped at MAX_ASPECT); `rgb` itself when already so."""
+    size = input_size(*rgb.size, short_side)
     return rgb if size == rgb.size else rgb.resize(size, Image.Resampling.BILINEAR)
 
 
@@ -104,6 +109,13 @@ class Embedder:
     def embed(self, picture: Image.Image | np.ndarray) -> np.ndarray:
         """512 float32, unit length, for one picture prepared by `embedding_input`."""
         return unit_length(self.embed_batch(np.asarray(picture, dtype=np.uint8)[np.newaxis])[0])
+
+    def embed_many(self, pictures: Sequence[Image.Image]) -> np.ndarray:
+        """One unit-length row per picture; the pictures share one size and run as one batch."""
+        batch = self.embed_batch(np.stack([np.asarray(picture, dtype=np.uint8) for picture in pictures]))
+        norms = np.linalg.norm(batch, axis=1, keepdims=True)
+        normalised: np.ndarray = batch / np.where(norms > 0, norms, 1.0)
+        return normalised
 
 
 class EmbedderPool:

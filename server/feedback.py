@@ -22,39 +22,20 @@ a missed entry the check never came near), and applies them on request.
 
 from __future__ import annotations
 
-import json
 import math
-import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from lookalike.client.errors import InvalidArgument
-from lookalike.server.store import TIME_KEY_SIZE, ListRecord, Store, time_key
+from lookalike.server.records import ListRecord
+from lookalike.server.storage.feedback import FeedbackRecord, FeedbackTable
+from lookalike.server.storage.store import Store
 
-DB_FEEDBACK = b"feedback"
 FALSE_POSITIVE, MISSED_DUPLICATE, CONFIRMED = "false_positive", "missed_duplicate", "confirmed"
 VERDICTS = (FALSE_POSITIVE, MISSED_DUPLICATE, CONFIRMED)
 NOTE_MAX = 2000
 GRID = 100
 """Thresholds are recommended in steps of 1/GRID."""
-_TIE_BREAKER_SIZE = 8
-"""Random bytes after the time in a record's key, so records sent at the same microsecond are all kept."""
-
-
-@dataclass(frozen=True)
-class FeedbackRecord:
-    time: float
-    key_id: str
-    check_id: str
-    list: str
-    entry_id: str
-    verdict: str
-    note: str = ""
-    score: float | None = None
-    """The entry's score in the check; None when the check did not come near it."""
-    decision: str = ""
-    """The check's decision."""
-
 
 def validate_note(note: str) -> None:
     if len(note) > NOTE_MAX:
@@ -62,33 +43,23 @@ def validate_note(note: str) -> None:
 
 
 class FeedbackBook:
-    """Feedback records in LMDB, oldest first (keyed by time, then a random tie-breaker)."""
+    """Feedback records, oldest first."""
 
     def __init__(self, store: Store) -> None:
-        self.store = store
-        self._db = store.open_db(DB_FEEDBACK)
+        self._table = FeedbackTable(store.environment)
 
     def add(self, record: FeedbackRecord) -> FeedbackRecord:
-        key = time_key(record.time) + uuid.uuid4().bytes[:_TIE_BREAKER_SIZE]
-        with self.store.transaction() as txn:
-            txn.put(key, json.dumps(asdict(record)).encode(), db=self._db)
+        self._table.add(record)
         return record
 
     def page(
         self, list_name: str = "", since: float = 0.0, limit: int = 1000, page_token: str = ""
     ) -> tuple[list[FeedbackRecord], str]:
         """Up to `limit` records from `since` (or after `page_token`), and the next page's token ("" at the end)."""
-        key_size = TIME_KEY_SIZE + _TIE_BREAKER_SIZE
-        return self.store.page(self._db, key_size, _decode, list_name, since, limit, page_token)
+        return self._table.page(list_name, since, limit, page_token)
 
     def for_list(self, list_name: str) -> list[FeedbackRecord]:
-        with self.store.env.begin() as txn:
-            found = [_decode(bytes(raw)) for _, raw in txn.cursor(db=self._db)]
-        return [record for record in found if record.list == list_name]
-
-
-def _decode(raw: bytes) -> FeedbackRecord:
-    return FeedbackRecord(**json.loads(raw))
+        return self._table.for_list(list_name)
 
 
 # Calibration ------------------------------------------------------------------------------

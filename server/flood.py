@@ -17,30 +17,27 @@ while a further burst still would.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import struct
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
-from lookalike.server.store import AUDIT_ENTRY_CONFIRM, EntryRecord, ListRecord, StorageFull, Store, corrupt
+from lookalike.server.records import EntryRecord, ListRecord
+from lookalike.server.storage.environment import Transaction
+from lookalike.server.storage.errors import StorageFull
+from lookalike.server.storage.flood import EntryKey, FloodTables, Guard
+from lookalike.server.storage.store import Store
 
 log = logging.getLogger(__name__)
 
-DB_GUARDS = b"flood_guards"
-DB_RATES = b"flood_rates"
 FORGOTTEN_BELOW = 0.05
 """A rate whose long count decayed below this is dropped rather than saved (nothing usual to remember)."""
 
 MATCH_SLACK = 0.1
 """n matches in quick succession decay to just under n; they still count as n."""
-
-_KEY = struct.Struct(">IQ")  # list uid, entry seq
-_RATE = struct.Struct(">ddd")  # short count, long count, updated (unix seconds)
-
 
 @dataclass(frozen=True)
 class FloodSettings:
@@ -49,19 +46,6 @@ class FloodSettings:
     factor: float = 20.0
     short_window: float = 600.0
     long_window: float = 86400.0
-
-
-@dataclass(frozen=True)
-class Guard:
-    """An entry under guard: since when, and the decayed counts that tripped it."""
-
-    list: str
-    entry_id: str
-    since: float
-    recent: float
-    """Reject-level matches in the short window when it tripped."""
-    usual: float
-    """What the usual rate would have given in the same window."""
 
 
 class _Rate:
@@ -88,23 +72,12 @@ class FloodGuard:
     """Per-entry match rates of one server, and the entries under guard."""
 
     def __init__(self, store: Store, settings: FloodSettings) -> None:
-        self.store = store
         self.settings = settings
-        self._guards_db = store.open_db(DB_GUARDS)
-        self._rates_db = store.open_db(DB_RATES)
+        self._tables = FloodTables(store.environment)
         self._lock = threading.Lock()
-        self._rates: dict[tuple[int, int], _Rate] = {}
-        self._guards: dict[tuple[int, int], Guard] = {}
-        with store.env.begin() as txn:
-            for db in (self._guards_db, self._rates_db):
-                for key, value in txn.cursor(db=db):
-                    try:
-                        if db is self._guards_db:
-                            self._guards[_KEY.unpack(key)] = Guard(**json.loads(bytes(value)))
-                        else:
-                            self._rates[_KEY.unpack(key)] = _Rate(*_RATE.unpack(value))
-                    except (ValueError, TypeError, struct.error) as error:
-                        raise corrupt(f"flood guard record {bytes(key).hex()}", error) from None
+        guards, rates = self._tables.load()
+        self._guards: dict[EntryKey, Guard] = guards
+        self._rates: dict[EntryKey, _Rate] = {key: _Rate(*counts) for key, counts in rates.items()}
 
     @property
     def enabled(self) -> bool:
@@ -115,7 +88,7 @@ class FloodGuard:
         if not self.enabled or not entries:
             return
         now = time.time() if now is None else now
-        tripped: list[tuple[tuple[int, int], Guard]] = []
+        tripped: list[tuple[EntryKey, Guard]] = []
         with self._lock:
             for entry in entries:
                 key = (record.uid, entry.seq)
@@ -131,9 +104,7 @@ class FloodGuard:
                     tripped.append((key, guard))
             if tripped:
                 try:
-                    with self.store.transaction() as txn:
-                        for key, guard in tripped:
-                            txn.put(_KEY.pack(*key), json.dumps(asdict(guard)).encode(), db=self._guards_db)
+                    self._tables.put_guards(tripped)
                 except StorageFull:
                     pass  # the check goes on; `save_rates` stores the guard once the disk has room
         for _, guard in tripped:
@@ -170,30 +141,48 @@ class FloodGuard:
             counts[guard.list] = counts.get(guard.list, 0) + 1
         return counts
 
-    def confirm(self, record: ListRecord, entry: EntryRecord, actor: str, now: float | None = None) -> Guard | None:
-        """Lift the entry's guard (if any) and take its present rate as usual; audited. Returns the lifted guard."""
+    def confirmation(self, uid: int, seq: int, now: float | None = None) -> dict[str, str]:
+        """What confirming an entry records in the audit log: whether it is guarded (since when) and its recent
+        matches, as this node's guard sees them (the change carries it to every replica)."""
         now = time.time() if now is None else now
-        key = (record.uid, entry.seq)
         with self._lock:
-            rate = self._rates.get(key)
+            rate, guard = self._rates.get((uid, seq)), self._guards.get((uid, seq))
             detail = {"guarded": "false"}
-            usual = 0.0
             if rate is not None:
-                rate.decay(now, self.settings)
-                usual = max(rate.long, rate.short * self.settings.long_window / self.settings.short_window)
-                detail["recent_matches"] = f"{rate.short:.1f}"
-            guard = self._guards.get(key)
+                recent = rate.short * math.exp(-max(0.0, now - rate.updated) / self.settings.short_window)
+                detail["recent_matches"] = f"{recent:.1f}"
             if guard is not None:
                 detail |= {"guarded": "true", "since": f"{guard.since:.3f}"}
-            with self.store.transaction() as txn:  # first: a refused write (a full disk) changes nothing
-                txn.delete(_KEY.pack(*key), db=self._guards_db)
-                if rate is not None:
-                    txn.put(_KEY.pack(*key), _RATE.pack(rate.short, usual, rate.updated), db=self._rates_db)
-                self.store.record_audit(txn, actor, AUDIT_ENTRY_CONFIRM, record.name, entry.id, detail)
-            if rate is not None:
-                rate.long = usual
-            self._guards.pop(key, None)
-        return guard
+        return detail
+
+    @contextmanager
+    def lifting(self, now: float | None = None) -> Iterator[Callable[[Transaction, EntryKey], None]]:
+        """Lift guards in a transaction of the caller's (a confirmation's): `lift(txn, (uid, seq))` stores the
+        entry's rate with its present rate taken as usual, and drops its guard; once the block ends without an
+        error (the transaction committed), the guard is lifted here too. The guard's lock is held meanwhile, so
+        a save of the rates cannot write the guard back."""
+        now = time.time() if now is None else now
+        lifted: dict[EntryKey, float | None] = {}
+        """Each entry lifted, and the long count to take as usual (None: it has no rate)."""
+
+        def lift(txn: Transaction, key: EntryKey) -> None:
+            rate = self._rates.get(key)
+            if rate is None:
+                self._tables.lift(txn, key, None)
+                lifted[key] = None
+                return
+            rate.decay(now, self.settings)
+            usual = max(rate.long, rate.short * self.settings.long_window / self.settings.short_window)
+            self._tables.lift(txn, key, (rate.short, usual, rate.updated))
+            lifted[key] = usual
+
+        with self._lock:
+            yield lift
+            for key, usual in lifted.items():
+                rate = self._rates.get(key)
+                if rate is not None and usual is not None:
+                    rate.long = usual
+                self._guards.pop(key, None)
 
     def forget(self, uid: int, seqs: Iterable[int] | None = None) -> None:
         """Drop the rates and guards of removed entries (`seqs`), or of a deleted list (all)."""
@@ -205,10 +194,7 @@ class FloodGuard:
                 self._guards.pop(key, None)
             if keys:
                 try:
-                    with self.store.transaction() as txn:
-                        for key in keys:
-                            txn.delete(_KEY.pack(*key), db=self._guards_db)
-                            txn.delete(_KEY.pack(*key), db=self._rates_db)
+                    self._tables.forget(keys)
                 except StorageFull:
                     pass  # the removal stands; `save_rates` rewrites both tables once the disk has room
 
@@ -222,14 +208,7 @@ class FloodGuard:
                 rate.decay(now, self.settings)
                 if rate.long < FORGOTTEN_BELOW and key not in self._guards:
                     del self._rates[key]
-            rows = [(_KEY.pack(*key), _RATE.pack(r.short, r.long, r.updated)) for key, r in self._rates.items()]
-            guards = [(_KEY.pack(*key), json.dumps(asdict(guard)).encode()) for key, guard in self._guards.items()]
+            rows = [(key, (rate.short, rate.long, rate.updated)) for key, rate in self._rates.items()]
             # Under the lock: a guard lifted meanwhile must not be written back.
-            with self.store.transaction() as txn:
-                txn.drop(self._rates_db, delete=False)
-                for packed, value in rows:
-                    txn.put(packed, value, db=self._rates_db)
-                txn.drop(self._guards_db, delete=False)
-                for packed, value in guards:
-                    txn.put(packed, value, db=self._guards_db)
+            self._tables.replace(rows, self._guards.items())
         return len(rows)

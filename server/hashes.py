@@ -1,4 +1,8 @@
-"""Entries and checks given by hashes instead of pictures (shared hash lists, upstream hashers).
+"""Hashes as the outside world writes them, and entries and checks given by hashes instead of pictures.
+
+Inside the server every hash (SHA-256, MD5, PDQ, pHash) is bytes; hex is only what callers, hash files,
+logs and audit details see. Each kind has one codec here (`SHA256`, `MD5`, `PDQ`, `PHASH`): its length,
+how a caller's text is parsed, how it is written out.
 
 Industry lists travel as PDQ hashes and MD5/SHA-256 digests. Here they are
 validated into store entries, and a PDQ hash's rotations and mirrors are derived
@@ -17,51 +21,77 @@ turned picture by up to about 40 bits (PDQ's own resampling is not symmetric).
 from __future__ import annotations
 
 import math
+import re
 import string
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from lookalike.client.errors import InvalidArgument
 from lookalike.index.list_index import EMBEDDING_DIM
-from lookalike.server.store import ListRecord, NewEntry, validate_entry_id, validate_meta
+from lookalike.server.records import ListRecord, NewEntry, encode_embedding, validate_entry_id, validate_meta
 
-PDQ_HEX_CHARS = 64
-MD5_HEX_CHARS = 32
-SHA256_HEX_CHARS = 64
-PHASH_HEX_CHARS = 16
 ASSUMED_PDQ_QUALITY = 100
 """Quality of a PDQ hash given without one: shared lists hold hashes their makers judged worth sharing."""
 EMBEDDING_NORM_TOLERANCE = 1e-3
 """Stored embeddings are unit vectors (cosine = inner product); an imported one must be too."""
 
 _HEX_DIGITS = frozenset(string.hexdigits)
+_LOWER_HEX = re.compile(r"[0-9a-f]*").fullmatch
 _SIDE = 16
 _ODD_FREQUENCY = (np.arange(_SIDE) % 2 == 0).astype(np.uint8)
 """Index i holds frequency i + 1: these rows (columns) change sign when the picture is mirrored."""
 
 
-def parse_hex(text: str, chars: int, what: str, reason: str) -> str:
-    """`text` as lowercase hex of exactly `chars` characters (surrounding spaces dropped)."""
-    value = text.strip().lower()
-    if len(value) != chars or not _HEX_DIGITS.issuperset(value):
-        shown = value[:80] + ("…" if len(value) > 80 else "")
-        problem = "not hexadecimal" if len(value) == chars else f"{len(value)} characters"
-        raise InvalidArgument(f"{what} must be {chars} hex characters; got {shown!r} ({problem})", reason)
-    return value
+@dataclass(frozen=True)
+class HashCodec:
+    """One kind of hash: its length in bytes, and its hex as callers write it (any case, spaces around)."""
+
+    size: int
+    what: str
+    """How messages name it ("a PDQ hash")."""
+    reason: str
+    """The reason of INVALID_ARGUMENT for bad text."""
+
+    @property
+    def chars(self) -> int:
+        return 2 * self.size
+
+    def parse(self, text: str) -> bytes:
+        """A caller's hex as bytes (b"" when blank); INVALID_ARGUMENT saying what is wrong otherwise."""
+        if not text:
+            return b""
+        value = text.strip().lower()
+        if not value:
+            return b""
+        if len(value) != self.chars or not _HEX_DIGITS.issuperset(value):
+            shown = value[:80] + ("…" if len(value) > 80 else "")
+            problem = "not hexadecimal" if len(value) == self.chars else f"{len(value)} characters"
+            raise InvalidArgument(
+                f"{self.what} must be {self.chars} hex characters; got {shown!r} ({problem})", self.reason
+            )
+        return bytes.fromhex(value)
+
+    def format(self, value: bytes) -> str:
+        """The hash as lowercase hex ("" for none), as every caller and file reads it."""
+        return value.hex()
+
+    def stored(self, text: str) -> bytes | None:
+        """Hex as the server writes it (lowercase, exact length, or "" for none) as bytes; None for anything else."""
+        if len(text) not in (0, self.chars) or not _LOWER_HEX(text):
+            return None
+        return bytes.fromhex(text)
+
+    def is_hex(self, text: str) -> bool:
+        """Whether a caller's `text` reads as this kind of hash (any case)."""
+        return len(text) == self.chars and _HEX_DIGITS.issuperset(text)
 
 
-def parse_pdq(text: str) -> str:
-    """A PDQ hash as lowercase hex; "" when none is given."""
-    return parse_hex(text, PDQ_HEX_CHARS, "a PDQ hash", "PDQ_INVALID") if text.strip() else ""
-
-
-def parse_md5(text: str) -> str:
-    return parse_hex(text, MD5_HEX_CHARS, "an MD5", "MD5_INVALID") if text.strip() else ""
-
-
-def parse_sha256(text: str) -> str:
-    return parse_hex(text, SHA256_HEX_CHARS, "a SHA-256", "SHA256_INVALID") if text.strip() else ""
+SHA256 = HashCodec(32, "a SHA-256", "SHA256_INVALID")
+MD5 = HashCodec(16, "an MD5", "MD5_INVALID")
+PDQ = HashCodec(32, "a PDQ hash", "PDQ_INVALID")
+PHASH = HashCodec(8, "a pHash", "PHASH_INVALID")
 
 
 def parse_quality(quality: int | None) -> int:
@@ -112,23 +142,23 @@ def _embedding(item: HashAdd, record: ListRecord) -> np.ndarray | None:
 
 def hash_entry(item: HashAdd, record: ListRecord) -> NewEntry:
     """Validate a hash entry for `record`'s list: each hash well-formed, at least one of PDQ, MD5
-    and SHA-256, an embedding only from the list's own model."""
+    and SHA-256, an embedding only from the list's own model. Without an id it gets a new one."""
     if item.id:
         validate_entry_id(item.id)
     validate_meta(item.meta)
-    pdq, md5, sha256 = parse_pdq(item.pdq), parse_md5(item.md5), parse_sha256(item.sha256)
-    phash = parse_hex(item.phash, PHASH_HEX_CHARS, "a pHash", "PHASH_INVALID") if item.phash.strip() else ""
+    pdq, md5, sha256 = PDQ.parse(item.pdq), MD5.parse(item.md5), SHA256.parse(item.sha256)
+    phash = PHASH.parse(item.phash)
     if not (pdq or md5 or sha256):
         raise InvalidArgument("an entry needs a PDQ hash, an MD5 or a SHA-256", "HASH_MISSING")
     quality = parse_quality(item.pdq_quality) if pdq else 0
+    embedding = _embedding(item, record)
     return NewEntry(
-        id=item.id,
+        id=item.id or uuid.uuid4().hex,
         sha256=sha256,
         pdq=pdq,
         pdq_quality=quality,
         phash=phash,
-        model=record.model,
-        embedding=_embedding(item, record),
+        embedding=b"" if embedding is None else encode_embedding(embedding),
         meta=dict(item.meta),
         md5=md5,
     )

@@ -26,6 +26,7 @@ import io
 import math
 import struct
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -65,7 +66,7 @@ class DecodedImage:
     """The picture shown as decoded, before its EXIF turn: `pdq_rgb`, flattened onto white."""
     turn: Image.Transpose | None
     data: bytes
-    """The file, decoded again, finer, when a part of the picture needs it (`crop`)."""
+    """The file, decoded again, finer, when parts of the picture need it (`crops`)."""
 
     @cached_property
     def shown(self) -> Image.Image:
@@ -74,20 +75,25 @@ class DecodedImage:
         costs its embedding up to 0.04 of cosine."""
         return self.draft if self.turn is None else self.draft.transpose(self.turn)
 
-    def crop(self, box: tuple[int, int, int, int]) -> Image.Image:
-        """What `box` (left, top, right, bottom in `shown`'s pixels) frames, with its short side at least the
-        model's input where the file has the pixels: cut from `shown` when that is fine enough, else from the
-        file decoded again at the scale the part needs (a small part of a composite, on few pictures)."""
-        left, top, right, bottom = box
+    def crops(
+        self, boxes: Sequence[tuple[int, int, int, int]], short_side: int = DRAFT_SHORT_SIDE
+    ) -> list[Image.Image]:
+        """What each box (left, top, right, bottom in `shown`'s pixels) frames, with its short side at least
+        `short_side` where the file has the pixels: cut from `shown` when that is fine enough, else from the
+        file decoded once more at the scale the smallest part needs (small parts of a composite: few pictures)."""
+        if not boxes:
+            return []
         file_scale = max(self.original_size) / max(self.shown.size)
-        needed = math.ceil(
-            min(self.original_size) * DRAFT_SHORT_SIDE / max(1.0, min(right - left, bottom - top) * file_scale)
-        )
+        smallest = min(min(right - left, bottom - top) for left, top, right, bottom in boxes)
+        needed = math.ceil(min(self.original_size) * short_side / max(1.0, smallest * file_scale))
         if needed <= min(self.draft.size) or self.draft.size == self.original_size:
-            return self.shown.crop(box)
+            return [self.shown.crop(box) for box in boxes]
         finer = _shown(self.data, needed, self.turn)
         across, down = finer.width / self.shown.width, finer.height / self.shown.height
-        return finer.crop((round(left * across), round(top * down), round(right * across), round(bottom * down)))
+        return [
+            finer.crop((round(left * across), round(top * down), round(right * across), round(bottom * down)))
+            for left, top, right, bottom in boxes
+        ]
 
 
 def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
@@ -134,6 +140,20 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     except MemoryError:
         raise ResourceExhausted("image too large to decode in memory", "IMAGE_TOO_LARGE") from None
     return DecodedImage(rgb, image_format, (width, height), pdq_rgb, stored, turn, data)
+
+
+THUMBNAIL_SIDE = 160
+"""Longest side of the thumbnails kept for lists that opt in."""
+THUMBNAIL_QUALITY = 70
+
+
+def thumbnail_webp(rgb: Image.Image) -> bytes:
+    """A small WebP of the picture as shown (upright, on white), for the dashboard: a few kilobytes."""
+    small = rgb.copy()
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    small.save(buffer, format="WEBP", quality=THUMBNAIL_QUALITY, method=4)
+    return buffer.getvalue()
 
 
 def _shown(data: bytes, short_side: int, turn: Image.Transpose | None) -> Image.Image:

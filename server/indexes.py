@@ -27,7 +27,9 @@ import numpy as np
 
 from lookalike.index import ListIndex
 from lookalike.index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, Layout
-from lookalike.server.store import OP_ADD, Change, EntryRecord, ListRecord, Store
+from lookalike.server.records import EntryRecord, ListRecord
+from lookalike.server.storage.schema import OP_ADD
+from lookalike.server.storage.store import LoggedChange, Store
 
 log = logging.getLogger(__name__)
 BUILD_CHUNK = 10_000
@@ -37,7 +39,7 @@ the configured minimum): rewrites stay proportional to change, replays at start-
 
 
 def _pdq_codes(entries: Sequence[EntryRecord]) -> np.ndarray:
-    return np.frombuffer(b"".join(bytes.fromhex(e.pdq) for e in entries), dtype=np.uint8).reshape(-1, 32)
+    return np.frombuffer(b"".join(e.pdq for e in entries), dtype=np.uint8).reshape(-1, 32)
 
 
 class IndexRegistry:
@@ -154,7 +156,7 @@ class IndexRegistry:
             self._apply_changes(uid, index, changes[start:end])
             start = end
 
-    def _apply_changes(self, uid: int, index: ListIndex, run: Sequence[Change]) -> None:
+    def _apply_changes(self, uid: int, index: ListIndex, run: Sequence[LoggedChange]) -> None:
         last = run[-1].number
         seqs = [change.seq for change in run]
         if run[0].op == OP_ADD:

@@ -15,25 +15,28 @@ from google.protobuf import json_format, timestamp_pb2
 
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.client.webhooks import CHECK_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from lookalike.server.check_index import DecisionCounts, HourCounts
 from lookalike.server.checks import StoredCheck
-from lookalike.server.feedback import CONFIRMED, FALSE_POSITIVE, MISSED_DUPLICATE, FeedbackRecord, ThresholdAdvice
+from lookalike.server.feedback import CONFIRMED, FALSE_POSITIVE, MISSED_DUPLICATE, ThresholdAdvice
 from lookalike.server.fingerprint import Hashes
-from lookalike.server.flood import Guard
-from lookalike.server.hashes import HashAdd
-from lookalike.server.operations.checking import CheckView, HashCheck, NewCheck
+from lookalike.server.hashes import MD5, PDQ, PHASH, SHA256, HashAdd
+from lookalike.server.operations.checking import CheckPage, CheckQuery, CheckView, HashCheck, NewCheck
 from lookalike.server.operations.entries import EntryPage, EntryQuery, ListedEntry, NewPicture
 from lookalike.server.operations.judging import CalibrationOutcome, FeedbackSubmission
 from lookalike.server.operations.lists import ListChange, ListSpec, ListState
 from lookalike.server.operations.types import ImageSource, PageRequest
+from lookalike.server.records import AddOutcome, AuditRecord, EntryRecord, KeyRecord
 from lookalike.server.service import REJECT, REVIEW, CheckResult, Downgrade, Match
-from lookalike.server.store import AddOutcome, AuditRecord, EntryRecord, KeyRecord
-from lookalike.server.webhooks import Delivery
+from lookalike.server.storage.feedback import FeedbackRecord
+from lookalike.server.storage.flood import Guard
+from lookalike.server.storage.outbox import Delivery
 
 DECISIONS = {"accept": pb.ACCEPT, "review": pb.REVIEW, "reject": pb.REJECT}
 CHECK_STATUSES = {"pending": pb.CHECK_PENDING, "done": pb.CHECK_DONE, "failed": pb.CHECK_FAILED}
 DELIVERY_STATES = {"pending": pb.DELIVERY_PENDING, "delivered": pb.DELIVERY_DELIVERED, "failed": pb.DELIVERY_FAILED}
 VERDICTS = {pb.FALSE_POSITIVE: FALSE_POSITIVE, pb.MISSED_DUPLICATE: MISSED_DUPLICATE, pb.CONFIRMED: CONFIRMED}
 VERDICT_MESSAGES = {name: value for value, name in VERDICTS.items()}
+DECISION_NAMES = {value: name for name, value in DECISIONS.items()}
 
 
 def optional(message: Any, name: str) -> Any:
@@ -58,6 +61,7 @@ def list_spec(request: pb.CreateListRequest) -> ListSpec:
         request.model,
         dihedral=request.dihedral if request.HasField("dihedral") else True,
         kind=request.kind,
+        thumbnails=request.thumbnails,
     )
 
 
@@ -68,6 +72,7 @@ def list_change(request: pb.UpdateListRequest) -> ListChange:
         optional(request, "review_threshold"),
         optional(request, "reject_threshold"),
         optional(request, "dihedral"),
+        optional(request, "thumbnails"),
     )
 
 
@@ -120,6 +125,12 @@ def hash_check(request: pb.CheckHashesRequest) -> HashCheck:
     )
 
 
+def check_query(request: pb.ListChecksRequest) -> CheckQuery:
+    return CheckQuery(
+        DECISION_NAMES.get(request.decision), request.page_size, request.page_token, optional(request, "owner")
+    )
+
+
 def page_request(request: pb.ListAuditRequest | pb.ListFeedbackRequest) -> PageRequest:
     since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else 0.0
     return PageRequest(request.list, since, request.limit, request.page_token)
@@ -158,6 +169,18 @@ def list_info(state: ListState) -> pb.ListInfo:
         dihedral=record.dihedral,
         kind=record.kind,
         guarded=[guard_message(guard) for guard in state.guarded],
+        checks_last_day=counts_message(state.checks_last_day),
+        thumbnails=record.thumbnails,
+    )
+
+
+def counts_message(counts: DecisionCounts) -> pb.CheckCounts:
+    return pb.CheckCounts(accept=counts.accept, review=counts.review, reject=counts.reject)
+
+
+def activity_message(hours: list[HourCounts]) -> pb.GetCheckActivityResponse:
+    return pb.GetCheckActivityResponse(
+        hours=[pb.HourlyChecks(start=timestamp(hour.start), counts=counts_message(hour.counts)) for hour in hours]
     )
 
 
@@ -167,19 +190,14 @@ def guard_message(guard: Guard) -> pb.GuardedEntry:
     )
 
 
-def hashes_message(hashes: Hashes) -> pb.Hashes:
+def hashes_message(hashes: Hashes | EntryRecord) -> pb.Hashes:
+    """A picture's (or an entry's) hashes, as hex."""
     return pb.Hashes(
-        sha256=hashes.sha256_hex,
-        pdq=hashes.pdq_hex,
+        sha256=SHA256.format(hashes.sha256),
+        pdq=PDQ.format(hashes.pdq),
         pdq_quality=hashes.pdq_quality,
-        phash=hashes.phash_hex,
-        md5=hashes.md5_hex,
-    )
-
-
-def entry_hashes(entry: EntryRecord) -> pb.Hashes:
-    return pb.Hashes(
-        sha256=entry.sha256, pdq=entry.pdq, pdq_quality=entry.pdq_quality, phash=entry.phash, md5=entry.md5
+        phash=PHASH.format(hashes.phash),
+        md5=MD5.format(hashes.md5),
     )
 
 
@@ -189,7 +207,7 @@ def entry_message(
     message = pb.Entry(
         list=list_name,
         id=entry.id,
-        hashes=entry_hashes(entry),
+        hashes=hashes_message(entry),
         meta=entry.meta,
         created=timestamp(entry.created),
         model=entry.model,
@@ -249,7 +267,7 @@ def check_response(result: CheckResult) -> pb.CheckResponse:
     return pb.CheckResponse(
         id=result.request_id,
         request=pb.RequestInfo(request_id=result.request_id, timestamp=timestamp(result.timestamp)),
-        sha256=result.hashes.sha256_hex,
+        sha256=SHA256.format(result.hashes.sha256),
         decision=DECISIONS[result.decision],
         suggested_actions=pb.SuggestedActions(reject=result.decision == REJECT, review=result.decision == REVIEW),
         matches=[match_message(m) for m in result.matches],
@@ -310,6 +328,15 @@ def check_record_message(check: StoredCheck, delivery: Delivery | None = None) -
 
 def check_view(view: CheckView) -> pb.CheckRecord:
     return check_record_message(view.check, view.delivery)
+
+
+def check_page(page: CheckPage) -> pb.ListChecksResponse:
+    checks = []
+    for check in page.checks:
+        message = check_record_message(check)
+        message.owner = check.owner
+        checks.append(message)
+    return pb.ListChecksResponse(checks=checks, next_page_token=page.next_page_token)
 
 
 def webhook_body(check: StoredCheck) -> bytes:
@@ -375,9 +402,9 @@ def add_response(list_name: str, outcome: AddOutcome) -> pb.AddEntryResponse:
     return pb.AddEntryResponse(
         list=list_name,
         id=entry.id,
-        sha256=entry.sha256,
+        sha256=SHA256.format(entry.sha256),
         duplicate=outcome.duplicate,
-        hashes=entry_hashes(entry),
+        hashes=hashes_message(entry),
     )
 
 

@@ -1,4 +1,5 @@
-"""Finding the picture inside a larger canvas: screenshots, padded borders, UI chrome.
+"""Finding pictures inside a larger picture: screenshots, padded borders, UI chrome, a fill a
+picture was turned on, collages, photos a picture was pasted onto (`find_regions` runs them all).
 
 A copy pasted small into a screenshot (status bar, header, text lines, navigation bar)
 or framed by a solid border keeps only part of its global embedding; embedding the
@@ -25,6 +26,8 @@ Noise-textured borders are not canvas here (they are not flat), so those pads gi
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -68,14 +71,17 @@ _EIGHT = ndimage.generate_binary_structure(2, 2)
 def content_box(rgb: Image.Image) -> Box | None:
     """(left, top, right, bottom) of the main picture when the image looks like a picture
     embedded in a larger flat or UI-like canvas, in the image's pixels; else None."""
-    width, height = rgb.size
-    if min(width, height) < MIN_SIDE:
+    if min(rgb.size) < MIN_SIDE:
         return None
-    gray, scale = work_gray(rgb)
+    return _content_box(*work_gray(rgb), rgb.size)
+
+
+def _content_box(gray: np.ndarray, scale: float, size: tuple[int, int]) -> Box | None:
     found, _ = locate(gray)
     if found is None:
         return None
     top, bottom, left, right = found
+    width, height = size
     return (
         max(0, round(left / scale)),
         max(0, round(top / scale)),
@@ -89,7 +95,7 @@ def work_gray(rgb: Image.Image) -> tuple[np.ndarray, float]:
     width, height = rgb.size
     scale = min(1.0, WORK_SIDE / max(width, height))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    gray = rgb.convert("L")
+    gray = rgb if rgb.mode == "L" else rgb.convert("L")
     if size != gray.size:
         factor = int(1.0 / scale)
         if factor >= 2:
@@ -231,3 +237,375 @@ def _peel(mask: np.ndarray, top: int, bottom: int, left: int, right: int) -> tup
         else:
             right -= 1
     return top, bottom, left, right
+
+
+# A picture turned on a fill: four flat corners of one colour around a tilted rectangle ------------
+
+TILT_RANGE = (3.0, 45.0)
+"""Tilts (degrees) worth turning back: smaller ones SSCD sees through, larger ones are a quarter turn off."""
+CORNER_PATCH = 3
+"""Pixels on a side of the corner patches that must be flat and of one colour."""
+MIN_TILTED_SHARE = 0.3
+"""Share of the image the tilted picture must cover."""
+
+
+def tilt(rgb: Image.Image) -> float | None:
+    """Degrees to turn the image by (`Image.rotate`, counter-clockwise) to set upright a picture that
+    was turned on a flat fill (the four corners flat and of one colour, the fill reaching in from
+    them as triangles); None when the image does not look so, or the tilt is outside TILT_RANGE.
+    The angle is fitted to the longer of the picture's two edges that meet at its topmost corner."""
+    if min(rgb.size) < MIN_SIDE:
+        return None
+    return _tilt(work_gray(rgb)[0])
+
+
+def _tilt(g: np.ndarray) -> float | None:
+    k = CORNER_PATCH
+    patches = [g[:k, :k], g[:k, -k:], g[-k:, :k], g[-k:, -k:]]
+    levels = [float(patch.mean()) for patch in patches]
+    if max(levels) - min(levels) > 2 * CANVAS_SPREAD or max(float(patch.std()) for patch in patches) > FLAT_STEP:
+        return None
+    near = np.abs(g - sum(levels) / 4) <= 2 * CANVAS_SPREAD
+    labels, _ = ndimage.label(near, _FOUR)
+    fill_labels = {int(labels[y, x]) for y, x in ((0, 0), (0, -1), (-1, 0), (-1, -1))} - {0}
+    content = ~np.isin(labels, list(fill_labels))
+    if content.mean() < MIN_TILTED_SHARE:
+        return None
+    ys, xs = np.nonzero(content)
+    top_x = int(round(float(xs[ys == ys.min()].mean())))
+    left_x, right_x = int(xs.min()), int(xs.max())
+    # The picture's two upper edges meet at its topmost corner; fit the longer one (the first row of
+    # picture in each of its columns) and fold its angle into ±45°.
+    first, last = (top_x, right_x) if right_x - top_x >= top_x - left_x else (left_x, top_x)
+    margin = max(1, (last - first) // 10)
+    columns = np.arange(first + margin, last - margin)
+    if columns.size < 4:
+        return None
+    first_rows = content[:, columns].argmax(axis=0)
+    angle = float(np.degrees(np.arctan(np.polyfit(columns, first_rows, 1)[0])))
+    angle = angle - 90.0 if angle > 45.0 else angle + 90.0 if angle < -45.0 else angle
+    return angle if TILT_RANGE[0] <= abs(angle) <= TILT_RANGE[1] else None
+
+
+# Pictures inside busy surroundings: frames of straight edges, and collage grids ---------------------
+#
+# A picture pasted onto a photograph, a post in a feed, a chat bubble or a collage tile has no flat
+# canvas around it, but its sides are straight step edges: along the whole side, the rows (or
+# columns) just inside differ from those just outside. On a grey copy FRAME_WORK_SIDE pixels long:
+#
+# 1. Step edges between rows: the mean of EDGE_BAND rows above and below differ by more than
+#    EDGE_STEP grey levels, at the row where that difference peaks (±1 row), gaps of EDGE_GAP
+#    pixels bridged. Columns likewise.
+# 2. Frames (`frame_boxes`): candidate lines are the MAX_LINES rows (columns) with the longest
+#    runs of edge, at least MIN_LINE_RUN of the side. A line's support over a span is the share
+#    of it that is edge; it counts only where it stands out by LINE_PROMINENCE from the parallel
+#    lines LINE_OFFSETS pixels away on at least one side (a boundary, not a texture). A frame is a
+#    rectangle of candidate lines and the image's border with at least MIN_FRAMED_SIDES sides on
+#    lines, each supported at least MIN_SIDE_SUPPORT and on average MIN_MEAN_SUPPORT, no line
+#    crossing it whole (else it is two pictures), covering FRAME_AREA of the image.
+# 3. Grids (`grid_cells`): a collage of 2 or 3 rows by 2 or 3 columns has a boundary near each
+#    i/n of the side (within GRID_WINDOW), a line covering at least GRID_COVER of the whole side
+#    more than the lines a few pixels off it on one side; the best-covered grid wins.
+
+FRAME_WORK_SIDE = 320
+"""Long side of the grey copy frames and grids are looked for on (a 10 px seam of a 1280 px image is 2-3 px)."""
+EDGE_BAND = 3
+"""Rows averaged on each side of a candidate edge: enough to smooth texture, not a seam."""
+EDGE_STEP = 18.0
+"""Grey levels the two bands must differ by."""
+EDGE_GAP = 2
+"""Gaps along an edge bridged (JPEG blocks, rounded corners, a similar colour on both sides)."""
+MAX_LINES = 16
+"""Candidate lines kept per direction, longest runs first."""
+MIN_LINE_RUN = 0.12
+"""A candidate line's longest run of edge, as a share of the side."""
+LINE_OFFSETS = (3, 4, 5, 6)
+"""Parallel lines (pixels away) a frame's side must stand out from."""
+LINE_PROMINENCE = 0.35
+"""How much more of a side is edge than of the parallel lines beside it (on its quieter side)."""
+MIN_FRAMED_SIDES = 4
+"""Sides of a frame that lie on lines, not on the image's border (a picture touching the border is
+found by its flat canvas or not at all: two or three framed sides are too common in plain photos)."""
+MIN_SIDE_SUPPORT, MIN_MEAN_SUPPORT = 0.7, 0.8
+"""Share of each framed side that is edge, and of all of them on average."""
+FRAME_AREA = (0.03, 0.9)
+"""Share of the image a frame may cover."""
+MIN_FRAME_SIDE = 0.1
+"""A frame's width and height, as shares of the image's."""
+MAX_SPLIT = 0.9
+"""A line inside a frame supported this much from side to side makes it two frames, not one."""
+GRID_WINDOW = 0.03
+"""How far from i/n of the side a grid boundary may lie (gutters, rounding)."""
+GRID_COVER = 0.4
+"""Share of the whole side a boundary covers beyond the lines just off it (on its quieter side)."""
+GRID_SHAPES = ((2, 2), (2, 3), (3, 2), (3, 3))
+"""Rows and columns of the grids tried."""
+
+
+@dataclass(frozen=True)
+class Regions:
+    """Where pictures sit inside an image, in its pixels."""
+
+    canvas: Box | None
+    """The picture framed by a flat canvas (`content_box`)."""
+    tilt: float | None
+    """Degrees that set upright a picture turned on a flat fill (`tilt`)."""
+    cells: list[Box]
+    """A collage's cells, row by row (`grid_cells`)."""
+    frames: list[Box]
+    """Pictures framed by straight edges, best first (`frame_boxes`); not looked for in a collage."""
+
+
+def find_regions(rgb: Image.Image) -> Regions:
+    """Every kind of region at once, from one grey conversion and one pair of edge maps."""
+    gray = rgb.convert("L")
+    edges = _Edges.of(gray)
+    if edges is None:
+        return Regions(None, None, [], [])
+    small, scale = work_gray(gray)
+    canvas, turned = _content_box(small, scale, rgb.size), _tilt(small)
+    cells = edges.grid_cells()
+    return Regions(canvas, turned, cells, [] if cells else edges.frame_boxes())
+
+
+def straightened(rgb: Image.Image, angle: float) -> Image.Image:
+    """The picture turned by `angle` on a fill (see `tilt`) set upright and cut out of its fill."""
+    fill = rgb.getpixel((0, 0))
+    upright = rgb.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=fill)
+    box = content_box(upright)
+    return upright if box is None else upright.crop(box)
+
+
+def frame_boxes(rgb: Image.Image) -> list[Box]:
+    """Rectangles framed by straight edges (pictures inside a screenshot, a post, a photo they were
+    pasted on), best supported and largest first, in the image's pixels; empty when none."""
+    edges = _Edges.of(rgb)
+    return [] if edges is None else edges.frame_boxes()
+
+
+def grid_cells(rgb: Image.Image) -> list[Box]:
+    """The cells of a collage (2 or 3 rows by 2 or 3 columns of pictures), row by row, in the image's
+    pixels; empty when the image is not one."""
+    edges = _Edges.of(rgb)
+    return [] if edges is None else edges.grid_cells()
+
+
+@dataclass(frozen=True)
+class _Edges:
+    """Step edges of the FRAME_WORK_SIDE grey copy: `rows[y, x]` between rows y-1 and y, `cols[x, y]`
+    between columns x-1 and x (gaps bridged)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    scale: float
+    size: tuple[int, int]
+
+    @classmethod
+    def of(cls, image: Image.Image) -> _Edges | None:
+        width, height = image.size
+        if min(width, height) < MIN_SIDE:
+            return None
+        gray, scale = _frame_gray(image)
+        rows = _bridge(_step_edges(gray, EDGE_BAND, EDGE_STEP))
+        cols = _bridge(_step_edges(gray.T, EDGE_BAND, EDGE_STEP))
+        return cls(rows, cols, scale, (width, height))
+
+    def frame_boxes(self) -> list[Box]:
+        rows, cols = self.rows, self.cols
+        h, w = cols.shape[1], rows.shape[1]
+        ys = np.array([0, *_line_positions(rows, MIN_LINE_RUN * w), h])
+        xs = np.array([0, *_line_positions(cols, MIN_LINE_RUN * h), w])
+        along_rows = np.zeros((h + 1, w + 1), dtype=np.int32)
+        np.cumsum(rows, axis=1, out=along_rows[:, 1:])
+        along_cols = np.zeros((w + 1, h + 1), dtype=np.int32)
+        np.cumsum(cols, axis=1, out=along_cols[:, 1:])
+        horizontal = _supports(along_rows, ys, xs)  # [line, left, right]
+        vertical = _supports(along_cols, xs, ys)  # [line, top, bottom]
+        ny, nx = len(ys), len(xs)
+        # Sides supported enough first (a cheap boolean test over every rectangle), the rest for those only.
+        h_ok = horizontal >= MIN_SIDE_SUPPORT
+        v_ok = (vertical >= MIN_SIDE_SUPPORT).transpose(1, 2, 0)  # [top, bottom, x]
+        ok = h_ok[:, None, :, :] & h_ok[None, :, :, :] & v_ok[:, :, :, None] & v_ok[:, :, None, :]
+        ok &= np.triu(np.ones((ny, ny), dtype=bool), 1)[:, :, None, None]
+        ok &= np.triu(np.ones((nx, nx), dtype=bool), 1)[None, None, :, :]
+        top, bottom, left, right = np.nonzero(ok)
+        height, width = ys[bottom] - ys[top], xs[right] - xs[left]
+        area = height * width / float(h * w)
+        framed = np.stack([top > 0, bottom < ny - 1, left > 0, right < nx - 1])
+        count = framed.sum(axis=0)
+        keep = (height >= MIN_FRAME_SIDE * h) & (width >= MIN_FRAME_SIDE * w) & (count >= MIN_FRAMED_SIDES)
+        keep &= (area >= FRAME_AREA[0]) & (area <= FRAME_AREA[1])
+        top, bottom, left, right, area = top[keep], bottom[keep], left[keep], right[keep], area[keep]
+        framed, count = framed[:, keep], count[keep]
+        sides = np.stack(
+            [
+                horizontal[top, left, right],
+                horizontal[bottom, left, right],
+                vertical[left, top, bottom],
+                vertical[right, top, bottom],
+            ]
+        )
+        mean = (sides * framed).sum(axis=0) / np.maximum(count, 1)
+        split = np.maximum(
+            _strongest_inside(horizontal)[top, bottom, left, right],
+            _strongest_inside(vertical)[left, right, top, bottom],
+        )
+        found = np.flatnonzero((mean >= MIN_MEAN_SUPPORT) & (split < MAX_SPLIT))
+        if found.size == 0:
+            return []
+        support: np.ndarray = np.round(sides.min(axis=0)[found], 1)
+        kept: list[Box] = []
+        for i in found[np.lexsort((-area[found], -support))]:
+            box = (int(xs[left[i]]), int(ys[top[i]]), int(xs[right[i]]), int(ys[bottom[i]]))
+            if all(overlap(box, other) < 0.5 for other in kept):
+                kept.append(box)
+        return [_to_image(box, self.scale, self.size) for box in kept]
+
+    def grid_cells(self) -> list[Box]:
+        h, w = self.cols.shape[1], self.rows.shape[1]
+        row_cover, col_cover = self.rows.mean(axis=1), self.cols.mean(axis=1)
+        best: tuple[float, list[tuple[int, int]], list[tuple[int, int]]] | None = None
+        for count_down, columns in GRID_SHAPES:
+            across = [_grid_boundary(row_cover, round(h * i / count_down)) for i in range(1, count_down)]
+            down = [_grid_boundary(col_cover, round(w * i / columns)) for i in range(1, columns)]
+            weakest = min(strength for strength, _ in across + down)
+            if weakest >= GRID_COVER and (best is None or weakest > best[0]):
+                best = (weakest, [span for _, span in across], [span for _, span in down])
+        if best is None:
+            return []
+        ys = [(0, 0), *best[1], (h, h)]
+        xs = [(0, 0), *best[2], (w, w)]
+        return [
+            _to_image((xs[j][1], ys[i][1], xs[j + 1][0], ys[i + 1][0]), self.scale, self.size)
+            for i in range(len(ys) - 1)
+            for j in range(len(xs) - 1)
+        ]
+
+
+def _frame_gray(rgb: Image.Image) -> tuple[np.ndarray, float]:
+    """The grey copy (float32, long side at most FRAME_WORK_SIDE) and its scale."""
+    width, height = rgb.size
+    scale = min(1.0, FRAME_WORK_SIDE / max(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    gray = rgb.convert("L")
+    if size != gray.size:
+        factor = int(1.0 / scale)
+        if factor >= 2:
+            gray = gray.reduce(factor)
+        gray = gray.resize(size, Image.Resampling.BOX)
+    return np.asarray(gray, dtype=np.float32), scale
+
+
+def _step_edges(g: np.ndarray, band: int, step: float) -> np.ndarray:
+    """[y, x]: a step edge between rows y-1 and y (the means of `band` rows on each side differ by
+    more than `step`, at the row where that difference peaks), ±1 row; shape (rows + 1, columns).
+    Rows nearer the border than `band` have none: there the border itself frames."""
+    n, m = g.shape
+    edges = np.zeros((n + 1, m), dtype=bool)
+    if n <= 2 * band:
+        return edges
+    sums = np.zeros((n + 1, m), dtype=np.float32)
+    np.cumsum(g, axis=0, out=sums[1:])
+    middle = sums[band : n - band + 1]
+    difference = np.abs(2.0 * middle - sums[: n - 2 * band + 1] - sums[2 * band :]) / band
+    peak = difference > step
+    peak[1:] &= difference[1:] >= difference[:-1]
+    peak[:-1] &= difference[:-1] >= difference[1:]
+    edges[band : n - band + 1] = peak
+    near = edges.copy()
+    near[1:] |= edges[:-1]
+    near[:-1] |= edges[1:]
+    return near
+
+
+def _bridge(rows: np.ndarray, gap: int = EDGE_GAP) -> np.ndarray:
+    """Rows with gaps of up to `gap` pixels between edge pixels filled."""
+    bridged = rows.copy()
+    for k in range(1, gap + 1):
+        bridged[:, k:-k] |= rows[:, : -2 * k] & rows[:, 2 * k :]
+    return bridged
+
+
+def _line_positions(rows: np.ndarray, min_run: float) -> list[int]:
+    """The MAX_LINES rows with the longest runs of edge (at least `min_run`), 3 rows apart at least."""
+    runs = np.zeros(rows.shape[0], dtype=np.int32)
+    candidates = np.flatnonzero(rows.sum(axis=1) >= min_run)  # a run needs that many edge pixels at least
+    candidates = candidates[(candidates > 0) & (candidates < rows.shape[0] - 1)]
+    if candidates.size:
+        chosen = rows[candidates]
+        counted = np.cumsum(chosen, axis=1, dtype=np.int32)
+        restarted = np.maximum.accumulate(np.where(chosen, 0, counted), axis=1)
+        runs[candidates] = (counted - restarted).max(axis=1)
+    kept: list[int] = []
+    for y in np.argsort(-runs, kind="stable")[: 4 * MAX_LINES]:
+        if runs[y] < min_run or len(kept) == MAX_LINES:
+            break
+        if all(abs(int(y) - k) > 2 for k in kept):
+            kept.append(int(y))
+    return sorted(kept)
+
+
+def _supports(along: np.ndarray, lines: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """[i, a, b]: share of line `lines[i]` that is edge between `ends[a]` and `ends[b]`; 0 where it does
+    not stand out from the lines beside it on either side; 1 on the image's border."""
+    span = np.maximum((ends[None, :] - ends[:, None]).astype(np.float32), 1.0)[None]
+
+    def at(positions: np.ndarray) -> np.ndarray:
+        covered = along[np.clip(positions, 0, along.shape[0] - 1)][:, ends]
+        result: np.ndarray = (covered[:, None, :] - covered[:, :, None]) / span
+        return result
+
+    support = at(lines)
+    before = np.mean([at(lines - k) for k in LINE_OFFSETS], axis=0)
+    after = np.mean([at(lines + k) for k in LINE_OFFSETS], axis=0)
+    support = np.where(support - np.minimum(before, after) >= LINE_PROMINENCE, support, 0.0)
+    support[[0, -1]] = 1.0
+    return support
+
+
+def _strongest_inside(supports: np.ndarray) -> np.ndarray:
+    """[first, last, a, b]: the best support between a and b of the lines strictly between `first` and `last`."""
+    count = supports.shape[0]
+    strongest = np.zeros((count, count, *supports.shape[1:]), dtype=np.float32)
+    inner = supports[1:-1]  # the border lines never split anything
+    for first in range(count - 2):
+        running = np.maximum.accumulate(inner[first:], axis=0)  # lines first+1 .. count-2
+        strongest[first, first + 2 :] = running
+    return strongest
+
+
+def _grid_boundary(cover: np.ndarray, expected: int) -> tuple[float, tuple[int, int]]:
+    """How well a grid boundary near `expected` stands out (its best cover minus the cover a few lines
+    off its quieter side), and the lines it spans (a gutter's two edges)."""
+    n = len(cover)
+    half = max(2, round(GRID_WINDOW * n))
+    low, high = max(1, expected - half), min(n - 1, expected + half + 1)
+    window = cover[low:high]
+    if window.size == 0:
+        return 0.0, (expected, expected)
+    strong = np.flatnonzero(window >= GRID_COVER)
+    first, last = (low + int(strong[0]), low + int(strong[-1])) if strong.size else (expected, expected)
+    beside = [cover[max(0, first - 8) : max(0, first - 3)], cover[last + 4 : last + 9]]
+    quieter = min((float(part.mean()) for part in beside if part.size), default=0.0)
+    return float(window.max()) - quieter, (first, last)
+
+
+def overlap(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes."""
+    width = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _to_image(box: Box, scale: float, size: tuple[int, int]) -> Box:
+    """A box on the grey copy in the image's pixels."""
+    left, top, right, bottom = box
+    width, height = size
+    return (
+        max(0, round(left / scale)),
+        max(0, round(top / scale)),
+        min(width, round(right / scale)),
+        min(height, round(bottom / scale)),
+    )

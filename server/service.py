@@ -20,18 +20,30 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 
-import lmdb
 import numpy as np
 
 from lookalike.client.errors import InvalidArgument, NotFound
 from lookalike.index import ListIndex
 from lookalike.index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET
+from lookalike.server.changes import EntriesAdded, EntryConfirmed, EntryRemoved, ListCreated, ListDeleted, ListUpdated
 from lookalike.server.embedder import MODELS
 from lookalike.server.fingerprint import Fingerprinted, Hashes
 from lookalike.server.flood import FloodGuard, FloodSettings
-from lookalike.server.hashes import HashAdd, hash_entry, parse_md5, parse_pdq, parse_quality, parse_sha256, pdq_dihedral
+from lookalike.server.hashes import HashAdd, hash_entry, pdq_dihedral
 from lookalike.server.indexes import IndexRegistry
 from lookalike.server.metrics import ListSize, Metrics
+from lookalike.server.records import (
+    LIST_KIND_ALLOW,
+    LIST_KIND_DISALLOW,
+    AddOutcome,
+    EntryRecord,
+    ListRecord,
+    NewEntry,
+    encode_embedding,
+    validate_entry_id,
+    validate_list_name,
+    validate_meta,
+)
 from lookalike.server.scoring import (
     DEFAULT_REJECT_THRESHOLD,
     DEFAULT_REVIEW_THRESHOLD,
@@ -40,20 +52,10 @@ from lookalike.server.scoring import (
     score,
 )
 from lookalike.server.slots import FairSlots
-from lookalike.server.store import (
-    LIST_KIND_ALLOW,
-    LIST_KIND_DISALLOW,
-    AddOutcome,
-    EntryRecord,
-    ListRecord,
-    NewEntry,
-    StorageFull,
-    Store,
-    validate_entry_id,
-    validate_list_name,
-    validate_meta,
-)
+from lookalike.server.storage.errors import StorageFull
+from lookalike.server.storage.store import Store
 from lookalike.server.workers import FingerprintWorkers
+from lookalike.server.writes import WritePath
 
 ACCEPT, REVIEW, REJECT = "accept", "review", "reject"
 log = logging.getLogger(__name__)
@@ -122,6 +124,9 @@ class CheckResult:
     downgrades: list[Downgrade] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     """Every entry scored, best first (up to `STORED_CANDIDATES`), whatever the reply shows."""
+    list_decisions: dict[int, str] = field(default_factory=dict, compare=False)
+    """The decision each list covered gave on its own, by list uid (its strictest match, flood guard applied;
+    accept when nothing came near; allow lists accept): for the hourly counts, never stored."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,8 @@ class LookalikeService:
         # With worker processes, each may hold an image waiting beside the one it works on: as many more slots.
         self._cpu = FairSlots(cpu_slots + workers.queued)
         self.flood = FloodGuard(store, flood or FloodSettings())
+        self.writes = WritePath(store, self.indexes, self.flood)
+        """Every write goes through here (`WritePath.apply`)."""
         self.allow_margin = allow_margin
 
     def load(self) -> None:
@@ -213,8 +220,8 @@ class LookalikeService:
             try:
                 if self.store.count_pdq_only(name):
                     log.info("list %s: hash-only entries counted", name)
-            except (lmdb.Error, StorageFull):  # the store closed under us (shutdown), or the disk is full:
-                return  # the next start counts again
+            except StorageFull:  # the next start counts again
+                return
 
     # Lists ---------------------------------------------------------------
 
@@ -228,6 +235,7 @@ class LookalikeService:
         actor: str = "",
         dihedral: bool = True,
         kind: str = "",
+        thumbnails: bool = False,
     ) -> ListRecord:
         model = model or self.default_model
         if model not in MODELS:
@@ -236,19 +244,48 @@ class LookalikeService:
         reject = DEFAULT_REJECT_THRESHOLD if reject_threshold is None else reject_threshold
         if reject_threshold is None and review > reject:
             reject = review
-        record = self.store.create_list(
-            name, description, review, reject, model, actor, dihedral=dihedral, kind=kind or LIST_KIND_DISALLOW
+        change = ListCreated(
+            time=time.time(),
+            actor=actor,
+            name=name,
+            description=description,
+            review_threshold=review,
+            reject_threshold=reject,
+            model=model,
+            dihedral=dihedral,
+            kind=kind or LIST_KIND_DISALLOW,
+            thumbnails=thumbnails,
         )
-        self.indexes.created(record.uid)
-        return record
+        return self.writes.apply(change)
+
+    def update_list(
+        self,
+        name: str,
+        description: str | None = None,
+        review_threshold: float | None = None,
+        reject_threshold: float | None = None,
+        actor: str = "",
+        dihedral: bool | None = None,
+        cause: str = "",
+        thumbnails: bool | None = None,
+    ) -> ListRecord:
+        """Change the settings given (None: as they are); `cause` says what made the change when not a person's
+        direct edit (e.g. "calibrate"), and is audited. Turning `thumbnails` off deletes the list's thumbnails."""
+        change = ListUpdated(
+            time=time.time(),
+            actor=actor,
+            name=name,
+            description=description,
+            review_threshold=review_threshold,
+            reject_threshold=reject_threshold,
+            dihedral=dihedral,
+            thumbnails=thumbnails,
+            cause=cause,
+        )
+        return self.writes.apply(change)
 
     def delete_list(self, name: str, actor: str = "") -> ListRecord:
-        record = self.store.get_list(name)
-        with self.indexes.writing(record.uid):
-            record = self.store.delete_list(name, actor)
-            self.indexes.dropped(record.uid)
-        self.flood.forget(record.uid)
-        return record
+        return self.writes.apply(ListDeleted(time=time.time(), actor=actor, name=name))
 
     def _list_and_index(self, name: str) -> tuple[ListRecord, ListIndex]:
         record = self.store.get_list(name)
@@ -266,11 +303,13 @@ class LookalikeService:
         with self._cpu.hold(raise_if_abandoned.get()):
             yield
 
-    def fingerprint(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
-        """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named."""
+    def fingerprint(
+        self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = (), thumbnail: bool = False
+    ) -> Fingerprinted:
+        """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named, and a thumbnail."""
         with self.cpu_slot():
             self.metrics.fingerprints_started.inc()
-            fingerprinted = self.workers.compute(data, embed, views)
+            fingerprinted = self.workers.compute(data, embed, views, thumbnail)
         for stage, seconds in fingerprinted.stage_seconds:
             self.metrics.observe_stage(stage, seconds)
         return fingerprinted
@@ -303,19 +342,21 @@ class LookalikeService:
         validate_meta(request.meta)
         # Same bytes already listed: the add is a no-op, so skip the model.
         known = self.store.seq_for_digest(record.uid, hashlib.sha256(request.data).digest()) is not None
-        fingerprint = self.fingerprint(request.data, embed=() if known else (record.model,))
+        fingerprint = self.fingerprint(
+            request.data, embed=() if known else (record.model,), thumbnail=record.thumbnails and not known
+        )
         hashes = fingerprint.hashes
         embedding = fingerprint.embeddings.get(record.model)
         entry = NewEntry(
-            id=request.id,
-            sha256=hashes.sha256_hex,
-            pdq=hashes.pdq_hex,
+            id=request.id or uuid.uuid4().hex,
+            sha256=hashes.sha256,
+            pdq=hashes.pdq,
             pdq_quality=hashes.pdq_quality,
-            phash=hashes.phash_hex,
-            model=record.model,
-            embedding=embedding,
+            phash=hashes.phash,
+            embedding=b"" if embedding is None else encode_embedding(embedding),
             meta=dict(request.meta),
-            md5=hashes.md5_hex,
+            md5=hashes.md5,
+            thumbnail=fingerprint.thumbnail or b"",
         )
         return PreparedAdd(record, entry)
 
@@ -360,41 +401,31 @@ class LookalikeService:
                 if isinstance(following, Exception) or following.record.uid != item.record.uid:
                     break
                 run.append(following)
+            change = EntriesAdded(
+                time=time.time(),
+                actor=actor,
+                list=item.record.name,
+                model=item.record.model,
+                entries=tuple(p.entry for p in run),
+            )
             try:
-                results.extend(self._store_entries(item.record, [p.entry for p in run], actor))
+                results.extend(self.writes.apply(change))
             except Exception as error:  # noqa: BLE001 - the whole run failed (list deleted, storage full)
                 results.extend([error] * len(run))
             position += len(run)
         return results
 
-    def _store_entries(
-        self, record: ListRecord, items: Sequence[NewEntry], actor: str = ""
-    ) -> list[AddOutcome | Exception]:
-        with self.indexes.writing(record.uid) as index:
-            if index is None:
-                raise NotFound(f"list {record.name!r} does not exist", "LIST_NOT_FOUND")
-            results = self.store.add_entries(record.name, items, actor)
-            added = [r for r in results if isinstance(r, AddOutcome) and not r.duplicate]
-            if added:
-                self.indexes.apply_adds(index, [(r.entry, r.embedding) for r in added], max(r.change for r in added))
-        self.indexes.rebuild_if_outgrown(record.uid)
-        return results
-
     def remove_entry(self, list_name: str, entry_id: str, actor: str = "") -> EntryRecord:
-        record, _ = self._list_and_index(list_name)
-        with self.indexes.writing(record.uid) as index:
-            entry, change = self.store.remove_entry(list_name, entry_id, actor)
-            if index is not None:
-                index.remove(np.array([entry.seq], dtype=np.int64), change)
-        self.flood.forget(record.uid, [entry.seq])
-        return entry
+        return self.writes.apply(EntryRemoved(time=time.time(), actor=actor, list=list_name, entry_id=entry_id))
 
     def confirm_entry(self, list_name: str, entry_id: str, actor: str = "") -> EntryRecord:
-        """Lift an entry's flood guard and take its present match rate as usual (audited)."""
+        """Lift an entry's flood guard and take its present match rate as usual (audited, with what this
+        node's guard saw)."""
         record = self.store.get_list(list_name)
         entry = self.store.get_entry(list_name, entry_id)
-        self.flood.confirm(record, entry, actor)
-        return entry
+        detail = self.flood.confirmation(record.uid, entry.seq)
+        change = EntryConfirmed(time=time.time(), actor=actor, list=list_name, entry_id=entry_id, detail=detail)
+        return self.writes.apply(change)
 
     # Checks --------------------------------------------------------------
 
@@ -421,10 +452,7 @@ class LookalikeService:
 
     def check_hashes(
         self,
-        pdq: str = "",
-        pdq_quality: int | None = None,
-        md5: str = "",
-        sha256: str = "",
+        hashes: Hashes,
         lists: Sequence[str] = (),
         meta: dict[str, str] | None = None,
         top_k: int = 0,
@@ -435,18 +463,10 @@ class LookalikeService:
         """Match hashes computed elsewhere: PDQ by distance (with its eight rotations and mirrors,
         derived from the hash, on lists that ask for them), digests exactly. No embedding: entries
         score on PDQ alone, the same scale a picture's check gives them without one."""
-        pdq, md5, sha256 = parse_pdq(pdq), parse_md5(md5), parse_sha256(sha256)
-        if not (pdq or md5 or sha256):
+        if not (hashes.pdq or hashes.md5 or hashes.sha256):
             raise InvalidArgument("a check by hashes needs a PDQ hash, an MD5 or a SHA-256", "HASH_MISSING")
-        hashes = Hashes(
-            sha256=bytes.fromhex(sha256),
-            pdq=bytes.fromhex(pdq),
-            pdq_quality=parse_quality(pdq_quality) if pdq else 0,
-            phash=b"",
-            md5=bytes.fromhex(md5),
-        )
         targets = self._check_targets(lists, meta, top_k, min_score, scope)
-        query = Fingerprinted(hashes, pdq_dihedral(hashes.pdq) if pdq else (), {}, {})
+        query = Fingerprinted(hashes, pdq_dihedral(hashes.pdq) if hashes.pdq else (), {}, {})
         return self._matched(query, targets, meta, top_k, min_score, request_id)
 
     def _check_targets(
@@ -495,6 +515,7 @@ class LookalikeService:
         candidates: list[Match] = []
         allowing: list[Match] = []
         downgrades: list[Downgrade] = []
+        list_decisions: dict[int, str] = {}
         for record, index in targets:
             found = self._match_list(record, index, fingerprint, max(top_k, EMBEDDING_CANDIDATES))
             if record.kind == LIST_KIND_ALLOW:
@@ -503,6 +524,7 @@ class LookalikeService:
             else:
                 found = self._apply_flood_guard(record, found, downgrades)
             candidates.extend(found)
+            list_decisions[record.uid] = max((m.decision for m in found), key=_STRICTNESS.__getitem__, default=ACCEPT)
         candidates.sort(key=_rank)
         decision = max(
             (m.decision for m in candidates if m.list_kind == LIST_KIND_DISALLOW),
@@ -526,6 +548,7 @@ class LookalikeService:
             meta=dict(meta or {}),
             downgrades=downgrades,
             candidates=[Candidate(m.list, m.entry.id, m.score) for m in candidates[:STORED_CANDIDATES]],
+            list_decisions=list_decisions,
         )
 
     def validate_check(
@@ -629,14 +652,14 @@ class LookalikeService:
             if variants
             else []
         )
-        measured = nearest_bits_each(variants, [bytes.fromhex(entries[seq].pdq) for seq in unsearched])
+        measured = nearest_bits_each(variants, [entries[seq].pdq for seq in unsearched])
         pdq_distances = pdq_hits | dict(zip(unsearched, measured, strict=True))
         matches = []
         for seq, entry in entries.items():
             distance = pdq_distances.get(seq)
             evidence = Evidence(
                 # the digest keys of hash-only entries are no SHA-256 of bytes: confirm with the entry's own
-                exact_sha256=seq == exact and entry.sha256 == hashes.sha256_hex,
+                exact_sha256=seq == exact and entry.sha256 == hashes.sha256,
                 exact_md5=seq == exact_md5,
                 pdq_distance=distance,
                 pdq_quality=min(hashes.pdq_quality, entry.pdq_quality) if entry.pdq else 0,

@@ -14,60 +14,34 @@ allows private URLs, and a refused address is not retried. On start-up every
 pending delivery is scheduled again, so a restart in the middle of retries still
 delivers; an attempt interrupted by a crash is made again (receivers deduplicate
 by `X-Lookalike-Check-Id`). Deliveries are keyed like the checks they belong to,
-by owner and check id (`server.store.owned_key`).
+by owner and check id (`storage.schema.owned_key`).
 """
 
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import random
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-
-import lmdb
+from dataclasses import replace
 
 from lookalike.client.errors import LookalikeError
 from lookalike.server.config import ServerConfig
 from lookalike.server.fetch import FetchLimits, post
 from lookalike.server.metrics import Metrics
-from lookalike.server.store import StorageFull, Store, corrupt, owned_key, split_owned_key
+from lookalike.server.storage.environment import Transaction
+from lookalike.server.storage.errors import StorageFull
+from lookalike.server.storage.outbox import DELIVERED, FAILED, PENDING, Delivery, OutboxTable
+from lookalike.server.storage.store import Store
 
 log = logging.getLogger(__name__)
 
-DB_OUTBOX = b"webhook_outbox_by_owner"
-DB_OUTBOX_BY_ID = b"webhook_outbox"
-"""Deliveries keyed by check id alone, up to format 2: moved to DB_OUTBOX by `upgrade_from_ids`."""
-KEY_WEBHOOK_SECRET = b"webhook_secret"
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 SENDER_THREADS = 4
 """POSTs in flight at once: a slow receiver holds up only its own deliveries."""
 IDLE_POLL_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One webhook's state, as stored."""
-
-    check_id: str
-    url: str
-    body: str
-    state: str = PENDING
-    attempts: int = 0
-    next_attempt: float = 0.0
-    last_error: str = ""
-    last_status: int = 0
-    delivered: float = 0.0
-    owner: str = ""
-    """Key id of the check's caller ("" for the keyless loopback caller)."""
-
-    @property
-    def key(self) -> bytes:
-        return owned_key(self.owner, self.check_id)
 
 
 def backoff_seconds(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -86,15 +60,11 @@ class WebhookOutbox:
         """`headers(secret, check id, body)`: an attempt's headers, signed afresh (the webhook format is
         the transport's: `server.messages` renders bodies and signs them as `lookalike.client.webhooks`
         verifies)."""
-        self.store = store
         self.config = config
         self.metrics = metrics
         self._headers = headers
-        self._db = store.open_db(DB_OUTBOX)
-        self.secret = (
-            config.webhook_secret
-            or store.meta_value(KEY_WEBHOOK_SECRET, lambda: secrets.token_urlsafe(32).encode()).decode()
-        )
+        self.table = OutboxTable(store.environment)
+        self.secret = config.webhook_secret or self.table.secret(lambda: secrets.token_urlsafe(32).encode()).decode()
         self._limits = FetchLimits(
             timeout_s=config.webhook_timeout, max_redirects=0, allow_private=config.allow_private_urls
         )
@@ -107,10 +77,10 @@ class WebhookOutbox:
 
     # Writing (inside the caller's transaction) -----------------------------------
 
-    def put(self, txn: lmdb.Transaction, owner: str, check_id: str, url: str, body: bytes) -> Delivery:
+    def put(self, txn: Transaction, owner: str, check_id: str, url: str, body: bytes) -> Delivery:
         """Store a new delivery in the caller's transaction; `schedule` it once that commits."""
         delivery = Delivery(check_id, url, body.decode(), next_attempt=time.time(), owner=owner)
-        txn.put(delivery.key, json.dumps(asdict(delivery)).encode(), db=self._db)
+        self.table.put(txn, delivery)
         return delivery
 
     def schedule(self, delivery: Delivery) -> None:
@@ -121,32 +91,7 @@ class WebhookOutbox:
 
     def get(self, key: bytes) -> Delivery | None:
         """The delivery of the check stored under `key` (`owned_key`)."""
-        with self.store.env.begin() as txn:
-            raw = txn.get(key, db=self._db)
-        return None if raw is None else Delivery(**json.loads(bytes(raw)))
-
-    def still_sending(self, txn: lmdb.Transaction, key: bytes) -> bool:
-        raw = txn.get(key, db=self._db)
-        return raw is not None and json.loads(bytes(raw))["state"] == PENDING
-
-    def delete(self, txn: lmdb.Transaction, key: bytes) -> None:
-        """Drop a delivery with its expired check."""
-        txn.delete(key, db=self._db)
-
-    def upgrade_from_ids(self, txn: lmdb.Transaction, owner_of: Callable[[str], str]) -> int:
-        """Move the deliveries a format 2 server kept by check id alone to their owner's keys; how many."""
-        try:
-            old = self.store.env.open_db(DB_OUTBOX_BY_ID, txn=txn, create=False)
-        except lmdb.NotFoundError:
-            return 0
-        moved = 0
-        for _, raw in txn.cursor(db=old):
-            delivery = Delivery(**json.loads(bytes(raw)))
-            owned = replace(delivery, owner=owner_of(delivery.check_id))
-            txn.put(owned.key, json.dumps(asdict(owned)).encode(), db=self._db)
-            moved += 1
-        txn.drop(old, delete=True)
-        return moved
+        return self.table.get(key)
 
     @property
     def pending(self) -> int:
@@ -156,16 +101,7 @@ class WebhookOutbox:
 
     def start(self) -> None:
         """Schedule every pending delivery found in LMDB, then start the senders."""
-        found = []
-        with self.store.env.begin() as txn:
-            for key, raw in txn.cursor(db=self._db):
-                try:
-                    found.append(Delivery(**json.loads(bytes(raw))))
-                except (ValueError, TypeError) as error:
-                    owner, check_id = split_owned_key(bytes(key))
-                    whose = f" of key {owner!r}" if owner else ""
-                    raise corrupt(f"the webhook delivery of check {check_id!r}{whose}", error) from None
-        for delivery in found:
+        for delivery in self.table.all():
             if delivery.state == PENDING:
                 self.schedule(delivery)
         for number in range(SENDER_THREADS):
@@ -253,7 +189,7 @@ class WebhookOutbox:
                     delivery, attempts=attempts, last_status=status, last_error=error, next_attempt=time.time() + wait
                 ),
             )
-        self._store(updated)
+        self.table.store(updated)
         self.metrics.webhook_deliveries.labels(outcome).inc()
         if updated.state == PENDING:
             self._reschedule(key, updated.next_attempt)
@@ -268,7 +204,3 @@ class WebhookOutbox:
                     attempts,
                     error,
                 )
-
-    def _store(self, delivery: Delivery) -> None:
-        with self.store.transaction() as txn:
-            txn.put(delivery.key, json.dumps(asdict(delivery)).encode(), db=self._db)

@@ -88,11 +88,11 @@ def _serve(connection: multiprocessing.connection.Connection, max_pixels: int, m
         if request is None:
             connection.send(_STARTED)
             continue
-        data, embed, views, inputs_only = request
+        data, embed, views, thumbnail, inputs_only = request
         reply: tuple[bool, Any]
         try:
             work = fingerprinter.model_inputs if inputs_only else fingerprinter.compute
-            reply = (True, work(data, embed, views))
+            reply = (True, work(data, embed, views, thumbnail))
         except LookalikeError as error:  # the image's fault (undecodable, too large): status and reason travel
             reply = (False, error)
         except Exception as error:  # noqa: BLE001 - a bug: raised in the caller, with where it happened here
@@ -184,22 +184,26 @@ class FingerprintWorkers:
     def _start(self) -> _Worker:
         return _Worker(self._context, self.max_pixels, self.models)
 
-    def compute(self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = ()) -> Fingerprinted:
+    def compute(
+        self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = (), thumbnail: bool = False
+    ) -> Fingerprinted:
         if self.local is not None:
             if self.batcher is None:
-                return self.local.compute(data, embed, views)
-            return self.local.model_inputs(data, embed, views).embedded(self.batcher)
-        reply = self._ask(data, embed, views, inputs_only=self.batcher is not None)
+                return self.local.compute(data, embed, views, thumbnail)
+            return self.local.model_inputs(data, embed, views, thumbnail).embedded(self.batcher)
+        reply = self._ask(data, embed, views, thumbnail, inputs_only=self.batcher is not None)
         if isinstance(reply, ModelInputs) and self.batcher is not None:
             return reply.embedded(self.batcher)
         assert isinstance(reply, Fingerprinted)
         return reply
 
-    def _ask(self, data: bytes, embed: Sequence[str], views: Sequence[str], inputs_only: bool) -> object:
+    def _ask(
+        self, data: bytes, embed: Sequence[str], views: Sequence[str], thumbnail: bool, inputs_only: bool
+    ) -> object:
         """One request to the least busy worker; its reply, or its error raised here."""
         worker = self._take()
         try:
-            ok, value = worker.ask((data, tuple(embed), tuple(views), inputs_only))
+            ok, value = worker.ask((data, tuple(embed), tuple(views), thumbnail, inputs_only))
         except (EOFError, OSError):
             self._replace(worker)
             raise WorkerCrashed(

@@ -18,6 +18,16 @@ from lookalike.server.config import ServerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("LOOKALIKE_CORPUS", REPO.parent / "shared" / "corpus" / "dev"))
+SCREENSHOTS = REPO / "tests" / "screenshots"
+"""Where the browser tests save a screenshot of each dashboard page (ignored by git)."""
+screenshots_taken = pytest.StashKey[list[Path]]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Say where this run's screenshots are, for a person to look at them."""
+    taken = config.stash.get(screenshots_taken, [])
+    if taken:
+        terminalreporter.write_line(f"dashboard screenshots ({len(taken)} pages): {SCREENSHOTS}")
 
 
 def corpus_photos() -> list[Path]:

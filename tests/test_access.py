@@ -175,6 +175,8 @@ CALLS: dict[str, Call] = {
     "ListAudit": lambda client, admin, target: list(client.audit(target)),
     "GetCheck": lambda client, admin, target: client.get_check(client.check(picture(), [target]).id),
     "SubmitFeedback": _submit_feedback,
+    "ListChecks": lambda client, admin, target: list(client.list_checks("review")),
+    "GetCheckActivity": lambda client, admin, target: client.check_activity(target),
     "ListFeedback": lambda client, admin, target: list(client.feedback(target)),
     "Calibrate": lambda client, admin, target: client.calibrate(target),
     "ConfirmEntry": lambda client, admin, target: client.confirm_entry(target, admin.add(target, picture()).id),
@@ -182,14 +184,15 @@ CALLS: dict[str, Call] = {
 }
 """One real call per RPC, made by `client` on list `target` (`admin` prepares what it needs)."""
 
-CHECKER_CALLS = {"Check", "CheckStream", "CheckHashes", "GetCheck", "SubmitFeedback"}
+CHECKER_CALLS = {"Check", "CheckStream", "CheckHashes", "GetCheck", "SubmitFeedback", "ListChecks"}
 WRITER_CALLS = {"GetList", "ListLists", "AddEntry", "AddEntries", "GetEntry", "ListEntries", "RemoveEntry"}
+WRITER_CALLS |= {"GetCheckActivity"}
 WRITER_CALLS |= CHECKER_CALLS
 WRITER_CALLS |= {"AddHash", "ImportEntries", "ExportEntries"}
 ALLOWED = {"admin": set(CALLS), "writer": WRITER_CALLS, "checker": CHECKER_CALLS}
 ALLOWED["checker-a"] = ALLOWED["checker"]
 LIMITED_TO = {"admin": None, "writer": {"a"}, "checker": None, "checker-a": {"a"}}
-UNSCOPED_CALLS = {"ListLists"}  # names no list: its answer is narrowed instead
+UNSCOPED_CALLS = {"ListLists", "ListChecks"}  # names no list: its answer is narrowed instead
 
 
 def test_every_rpc_of_the_service_is_covered_here() -> None:
@@ -354,7 +357,7 @@ def test_without_keys_the_server_listens_on_loopback_only(tmp_path: Path, caplog
     with pytest.raises(FailedPrecondition, match="no API keys exist"):
         start_server(data, listen="0.0.0.0:0")
     completed = subprocess.run(
-        [str(LOOKALIKE), "serve", "--data", str(data), "--listen", "0.0.0.0:0"],
+        [str(LOOKALIKE), "serve", "--data", str(data), "--listen", "0.0.0.0:0", "--http-listen", "off"],
         capture_output=True,
         text=True,
         timeout=120,

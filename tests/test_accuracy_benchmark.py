@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from benchmarks.accuracy import main, series_key, split_corpus
+from benchmarks.accuracy import is_copy_pair, main, near_duplicate_pairs, series_key, split_corpus
 from tests.conftest import corpus_photos, near_duplicate_groups
 
 
@@ -31,12 +31,13 @@ def test_different_pictures_get_different_keys() -> None:
 
 def test_split_is_seeded_and_keeps_near_duplicates_and_series_on_one_side() -> None:
     photos = corpus_photos()
-    listed, distractors = split_corpus(photos, seed=0, listed_share=0.6)
-    assert (listed, distractors) == split_corpus(photos, seed=0, listed_share=0.6)
-    assert split_corpus(photos, seed=1, listed_share=0.6)[0] != listed
-    assert len(listed) + len(distractors) == len(photos)
+    split = split_corpus(photos, seed=0, listed_share=0.6)
+    listed, distractors = split.listed, split.distractors
+    assert split == split_corpus(photos, seed=0, listed_share=0.6)
+    assert split_corpus(photos, seed=1, listed_share=0.6).listed != listed
+    assert len(listed) + len(distractors) + len(split.scene) == len(photos)
     assert 0.55 < len(listed) / len(photos) < 0.7
-    side = {p.name: p in listed for p in photos}
+    side = {p.name: p in listed or p in split.scene for p in photos}
     for group in near_duplicate_groups():
         assert len({side[name] for name in group if name in side}) <= 1, group
     by_series: dict[str, set[bool]] = {}
@@ -45,21 +46,44 @@ def test_split_is_seeded_and_keeps_near_duplicates_and_series_on_one_side() -> N
     assert all(len(sides) == 1 for sides in by_series.values())
 
 
+def test_other_shots_of_a_scene_are_held_back_beside_a_listed_shot_and_copies_are_not() -> None:
+    photos = corpus_photos()
+    split = split_corpus(photos, seed=0, listed_share=0.6)
+    held_back = {p.name for p in split.scene}
+    listed = {p.name for p in split.listed}
+    pairs = near_duplicate_pairs(photos)
+    scene_pairs = [(a, b) for a, b, evidence in pairs if not is_copy_pair(a, b, evidence)]
+    assert scene_pairs and held_back
+    for name in held_back:  # every held-back shot has a listed shot of its scene
+        assert any({name, other} == {a, b} and other in listed for a, b in scene_pairs for other in (a, b))
+    copies = [(a, b) for a, b, evidence in pairs if is_copy_pair(a, b, evidence)]
+    assert ("opencv__dnn_superres__butterfly.jpg", "pypi_sporco__monarch.jpg") in copies
+    assert not held_back & {name for pair in copies for name in pair}
+
+
 def test_a_small_run_reports_every_signal_and_draws_the_curves(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus" / "dev"
     corpus.mkdir(parents=True)
     for photo in corpus_photos()[::40][:8]:
         (corpus / photo.name).write_bytes(photo.read_bytes())
     out = tmp_path / "out"
+    families = ["resize_jpeg", "flip_h", "collage_2x2"]
     code = main(
-        ["--corpus", str(corpus), "--families", "resize_jpeg,flip_h", "--models", "sscd-distilled", "--out", str(out)]
+        ["--corpus", str(corpus), "--families", ",".join(families), "--models", "sscd-distilled", "--out", str(out)]
     )
     assert code == 0
     report = json.loads((out / "accuracy.json").read_text())
     assert set(report["signals"]) >= {"pdq", "pdq@31", "phash", "sscd-distilled", "fused:sscd-distilled"}
     fused = report["signals"]["fused:sscd-distilled"]
-    assert 0.0 <= fused["micro_ap"] <= 1.0 and set(fused["recall_by_family_at_fpr_1e-3"]) == {"resize_jpeg", "flip_h"}
+    assert 0.0 <= fused["micro_ap"] <= 1.0 and set(fused["recall_by_family_at_fpr_1e-3"]) == set(families)
     defaults = report["default_thresholds"]["sscd-distilled"]
     assert defaults["negatives"] == report["meta"]["counts"]["negative_queries"] > 0
+    assert defaults["negatives_composite"]["queries"] == report["meta"]["counts"]["distractors"]
+    assert list(defaults["by_family"]) == families
+    for shares in defaults["by_family"].values():
+        assert set(shares) == {"caught", "reject", "review"}
+        assert 0.0 <= shares["reject"] <= shares["caught"] <= 1.0 and 0.0 <= shares["review"] <= 1.0
+    costs = report["meta"]["costs"]
+    assert costs["plain"]["checks"] == costs["composite"]["checks"] > 0 and costs["plain"]["mean_ms"] > 0
     with Image.open(out / "accuracy.png") as plot:
         assert plot.format == "PNG"

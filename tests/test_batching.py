@@ -161,7 +161,8 @@ def test_workers_with_a_batcher_compute_what_workers_running_the_model_compute(
                 for model in expected.views:
                     assert got.views[model].shape == expected.views[model].shape
                     np.testing.assert_allclose(got.views[model], expected.views[model], atol=1e-5)
-        assert batched.compute(images[0], views=[MODEL_SSCD_DISTILLED]).views[MODEL_SSCD_DISTILLED].shape == (2, 512)
+        rows, width = batched.compute(images[0], views=[MODEL_SSCD_DISTILLED]).views[MODEL_SSCD_DISTILLED].shape
+        assert rows >= 2 and width == 512  # the whole screenshot, then at least the picture inside it
     finally:
         batched.shutdown()
 

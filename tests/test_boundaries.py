@@ -66,6 +66,27 @@ def test_every_server_module_is_core_or_transport() -> None:
     assert sorted(modules - camps) == []
 
 
+def test_every_server_module_but_storage_is_forbidden_lmdb() -> None:
+    """The storage contract names every module outside `lookalike.server.storage`, so a new one cannot open
+    LMDB unnoticed."""
+    sources = set(_contracts()["storage"]["source_modules"])
+    modules = {f"lookalike.server.{path.stem}" for path in (REPO / "server").glob("*.py") if path.stem != "__init__"}
+    modules |= {f"lookalike.server.{path.parent.name}" for path in (REPO / "server").glob("*/__init__.py")}
+    assert sorted(modules - {"lookalike.server.storage"} - sources) == []
+    assert {"lookalike.client", "lookalike.index"} <= sources
+
+
+def test_only_the_storage_package_opens_databases() -> None:
+    """`open_db` appears in the storage package alone (its environment, and `lookalike verify`'s reads)."""
+    callers = {
+        path.relative_to(REPO).as_posix()
+        for folder in ("server", "index", "client")
+        for path in (REPO / folder).rglob("*.py")
+        if ".open_db(" in path.read_text()
+    }
+    assert callers == {"server/storage/environment.py", "server/storage/verify.py"}
+
+
 def test_every_domain_error_has_its_grpc_status() -> None:
     """One table maps domain errors to gRPC codes (a second transport keeps its own beside it)."""
     assert set(GRPC_CODES) == set(ERRORS_BY_CODE.values())
@@ -102,11 +123,15 @@ def test_everything_installs_under_the_lookalike_namespace(tmp_path: Path) -> No
         capture_output=True,
     )
     tops: dict[str, set[str]] = {}
+    files: set[str] = set()
     for wheel in tmp_path.glob("*.whl"):
         with zipfile.ZipFile(wheel) as archive:
             names = [name for name in archive.namelist() if ".dist-info/" not in name]
         tops[wheel.name.split("-")[0]] = {"/".join(name.split("/")[:2]) for name in names}
+        files.update(names)
     assert tops == {
         "lookalike_client": {"lookalike/client"},
         "lookalike": {"lookalike/server", "lookalike/index"},
     }
+    dashboard = {f"lookalike/server/http/{name}" for name in ("templates/base.html", "static/dashboard.js")}
+    assert dashboard <= files  # the dashboard's files install with the server

@@ -15,7 +15,7 @@ import pytest
 
 from lookalike.client import AlreadyExists, LookalikeClient, NotFound, PermissionDenied
 from lookalike.client.webhooks import CHECK_ID_HEADER
-from lookalike.server.checks import (
+from lookalike.server.storage.schema import (
     DB_CHECK_EXPIRY,
     DB_CHECK_EXPIRY_BY_ID,
     DB_CHECK_IMAGES,
@@ -24,9 +24,13 @@ from lookalike.server.checks import (
     DB_CHECK_PENDING_BY_ID,
     DB_CHECKS,
     DB_CHECKS_BY_ID,
+    DB_META,
+    DB_OUTBOX,
+    DB_OUTBOX_BY_ID,
+    KEY_FORMAT_VERSION,
+    TIME_KEY_SIZE,
+    split_owned_key,
 )
-from lookalike.server.store import DB_META, KEY_FORMAT_VERSION, TIME_KEY_SIZE, split_owned_key
-from lookalike.server.webhooks import DB_OUTBOX, DB_OUTBOX_BY_ID
 from tests.conftest import ServerHandle, distinct_photos, start_server
 from tests.processes import json_cli
 from tests.test_deferred import FAST_WEBHOOKS, Receiver, delivered_state, receiver, wait_until

@@ -21,7 +21,7 @@ from lookalike.client import LookalikeClient, LookalikeError, NotFound, Resource
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.index import configure_threads
 from lookalike.server.indexes import IndexRegistry
-from lookalike.server.store import Store
+from lookalike.server.storage.store import Store
 from tests.conftest import start_server
 from tests.processes import ServerProcess, end_leftovers
 
@@ -182,9 +182,9 @@ def assert_index_agrees_with_store(data: Path, found: set[int]) -> None:
             assert index.pdq_count == len(entries) == index.vector_count, (record.name, index.checkpoint())
             for entry, embedding in entries:
                 assert embedding is not None and embedding.shape == (512,), entry.id
-                assert store.seq_for_digest(record.uid, bytes.fromhex(entry.sha256)) == entry.seq
+                assert store.seq_for_digest(record.uid, entry.sha256) == entry.seq
                 assert store.get_entry(record.name, entry.id).seq == entry.seq
-                assert entry.seq in {hit.id for hit in index.search_pdq([bytes.fromhex(entry.pdq)], 0)}, entry.id
+                assert entry.seq in {hit.id for hit in index.search_pdq([entry.pdq], 0)}, entry.id
                 nearest = index.search_vectors(embedding[None, :], 3)
                 assert any(hit.id == entry.seq and hit.similarity > 0.999 for hit in nearest), entry.id
             named = {int(entry.id.removeprefix("img-")) for entry, _ in entries}

@@ -29,7 +29,7 @@ from lookalike.client.webhooks import (
     sign,
     verify,
 )
-from lookalike.server.checks import DB_CHECK_IMAGES
+from lookalike.server.storage.schema import DB_CHECK_IMAGES
 from tests.conftest import ServerHandle, distinct_photos, start_server
 from tests.processes import json_cli
 from tests.test_flood_guard import scrape
@@ -133,7 +133,7 @@ def delivered_state(client: LookalikeClient, check_id: str) -> WebhookDelivery:
 def stored_images(handle: ServerHandle) -> int:
     store = handle.running.service.store
     with store.env.begin() as txn:
-        return int(txn.stat(store.open_db(DB_CHECK_IMAGES))["entries"])
+        return int(txn.stat(store.environment.db(DB_CHECK_IMAGES))["entries"])
 
 
 def test_a_deferred_check_is_pending_then_done_and_its_image_is_dropped(

@@ -14,7 +14,7 @@ import pytest
 from lookalike.client import InvalidArgument, LookalikeClient, PermissionDenied
 from lookalike.client.types import Entry
 from lookalike.server.operations.entries import ENTRY_PAGE_MAX, ENTRY_SCAN_BUDGET
-from lookalike.server.store import DB_ENTRIES
+from lookalike.server.storage.schema import DB_ENTRIES
 from tests.conftest import ServerHandle, distinct_photos, start_server
 from tests.processes import json_cli
 

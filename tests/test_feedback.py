@@ -14,8 +14,9 @@ from lookalike.client import FailedPrecondition, InvalidArgument, LookalikeClien
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.client.lookalike_pb import lookalike_pb2_grpc as pb_grpc
 from lookalike.client.stub import translate
-from lookalike.server.feedback import CONFIRMED, FALSE_POSITIVE, MISSED_DUPLICATE, FeedbackRecord, calibrate
-from lookalike.server.store import ListRecord
+from lookalike.server.feedback import CONFIRMED, FALSE_POSITIVE, MISSED_DUPLICATE, calibrate
+from lookalike.server.records import ListRecord
+from lookalike.server.storage.feedback import FeedbackRecord
 from tests.conftest import ServerHandle, distinct_photos
 from tests.processes import json_cli
 

@@ -10,8 +10,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lookalike.client import LookalikeClient
+from lookalike.server.changes import ListCreated
 from lookalike.server.flood import FloodGuard, FloodSettings
-from lookalike.server.store import EntryRecord, Store
+from lookalike.server.records import EntryRecord
+from lookalike.server.storage.store import Store
 from tests.conftest import ServerHandle, distinct_photos, start_server
 from tests.processes import json_cli
 
@@ -103,8 +105,11 @@ def test_a_usual_rate_never_trips_but_a_burst_does_and_confirming_resets_usual(t
     store = Store(tmp_path / "data", 1 << 26)
     try:
         guard = FloodGuard(store, FloodSettings(min_matches=3, factor=5.0, short_window=60.0, long_window=6000.0))
-        listed = store.create_list("banned", "", 0.5, 0.8, "sscd-distilled")
-        entry = EntryRecord("e1", 1, "00" * 32, "", 0, "", "")
+        new_list = ListCreated(
+            time=1_000_000.0, name="banned", description="", review_threshold=0.5, reject_threshold=0.8, model="sscd"
+        )
+        listed = store.commit(new_list).result
+        entry = EntryRecord("e1", 1, bytes(32), b"", 0, b"", "")
         now = 1_000_000.0
         for _ in range(1000):  # two matches a minute for eight hours: below min_matches in any short window
             now += 30.0
@@ -119,7 +124,8 @@ def test_a_usual_rate_never_trips_but_a_burst_does_and_confirming_resets_usual(t
         tripped = guard.guard_of(listed.uid, entry.seq)
         assert tripped is not None and tripped.recent > 5 * tripped.usual
 
-        guard.confirm(listed, entry, actor="k1", now=now)
+        with guard.lifting(now) as lift, store.environment.transaction() as txn:  # as a confirmation commits
+            lift(txn, (listed.uid, entry.seq))
         assert guard.guard_of(listed.uid, entry.seq) is None
         for _ in range(20):  # the same burst again is now usual
             now += 0.1

@@ -25,7 +25,7 @@ from lookalike.server.hashes import pdq_dihedral
 from lookalike.server.pdq import pdq_hashes
 from lookalike.server.scoring import DEFAULT_REJECT_THRESHOLD, DEFAULT_REVIEW_THRESHOLD, Evidence, score
 from lookalike.server.service import nearest_bits
-from lookalike.server.store import DB_ENTRIES, DB_LISTS
+from lookalike.server.storage.schema import DB_ENTRIES, DB_LISTS
 from tests.conftest import ServerHandle, distinct_photos, start_server
 from tests.test_cli import run
 

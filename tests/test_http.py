@@ -346,7 +346,7 @@ def test_the_openapi_document_names_exactly_the_routes_served(api: HttpServer) -
     routes = {
         (route.path, method)
         for route in http.app.routes
-        if isinstance(route, Route)
+        if isinstance(route, Route) and route.path.startswith("/v1/")  # the dashboard's pages are outside /v1
         for method in (route.methods or ()) - {"HEAD"}
     }
     assert documented == routes
@@ -573,3 +573,27 @@ def test_grpc_and_http_give_the_same_decision_and_scores_for_the_same_picture(ap
         )
         decisions.append(over_grpc.decision)
     assert decisions[0] == "reject" and decisions[-1] == "accept"  # the comparison spans both outcomes
+
+
+def test_while_no_key_exists_pages_of_other_sites_cannot_call_in_a_local_programs_place(api: HttpServer) -> None:
+    """Keyless loopback calls are for this machine's programs: a web page from elsewhere, open in a local
+    browser, is refused (by the Origin and Sec-Fetch-Site its browser sends, and by a host name that is not
+    loopback, as a DNS-rebinding page would use); the same request from a script goes through."""
+    base = str(api.http.base_url).rstrip("/")
+    port = base.rsplit(":", 1)[1]
+    form = {"name": "from-a-page"}
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"},
+    ):
+        refused = api.http.post("/v1/lists", json=form, headers=headers)
+        assert refused.status_code == 403, headers
+        assert error_of(refused)["reason"] == "CROSS_SITE_REQUEST"
+        page = api.http.get("/lists", headers={"Host": headers["Host"]} if "Host" in headers else {})
+        assert page.status_code == (403 if "Host" in headers else 200), headers
+    assert api.http.get("/v1/lists").json() == {"lists": []}
+    same_page = {"Origin": base, "Sec-Fetch-Site": "same-origin"}  # the dashboard's own scripts
+    assert api.http.post("/v1/lists", json=form, headers=same_page).status_code == 200
+    assert api.http.get("/lists", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200  # a link followed

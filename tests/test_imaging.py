@@ -302,11 +302,11 @@ def test_a_small_part_of_a_large_jpeg_is_cut_from_the_file_decoded_finer() -> No
     original = detailed(3000, 2000)
     decoded = decode_image(encode(original, "JPEG", quality=95), MAX_PIXELS)
     assert decoded.shown.size == (750, 500)  # the draft, a quarter
-    part = decoded.crop((100, 50, 250, 150))  # 600 × 400 pixels of the file: a quarter would give 150 × 100
+    part = decoded.crops([(100, 50, 250, 150)])[0]  # 600 × 400 pixels of the file: a quarter would give 150 × 100
     assert part.size == (600, 400)
     truth = original.crop((400, 200, 1000, 600))
     assert np.abs(pixels(part) - pixels(truth)).mean() < 6  # the file's detail, not the draft's blur
-    assert np.abs(pixels(decoded.crop((0, 0, 750, 500))) - pixels(decoded.shown)).max() == 0  # large: the draft
+    assert np.abs(pixels(decoded.crops([(0, 0, 750, 500)])[0]) - pixels(decoded.shown)).max() == 0  # large: the draft
 
 
 def test_a_part_of_a_turned_jpeg_is_cut_upright() -> None:
@@ -314,9 +314,20 @@ def test_a_part_of_a_turned_jpeg_is_cut_upright() -> None:
     decoded = decode_image(jpeg_with_exif(original, 6), MAX_PIXELS)
     upright = original.transpose(Image.Transpose.ROTATE_270)  # 1200 × 2400
     assert decoded.shown.size == (300, 600)
-    part = decoded.crop((50, 100, 150, 200))  # 400 × 400 of the upright file
+    part = decoded.crops([(50, 100, 150, 200)])[0]  # 400 × 400 of the upright file
     assert part.size == (400, 400)
     assert np.abs(pixels(part) - pixels(upright.crop((200, 400, 600, 800)))).mean() < 6
+
+
+def test_parts_cut_together_share_the_scale_the_smallest_needs_and_none_asked_gives_none() -> None:
+    """A collage's cells are cut in one call: one more decode, at the scale the smallest cell needs, for all."""
+    original = detailed(3000, 2000)
+    decoded = decode_image(encode(original, "JPEG", quality=95), MAX_PIXELS)
+    cells = decoded.crops([(0, 0, 120, 120), (120, 0, 220, 100), (220, 0, 340, 120)], 160)
+    assert [cell.size for cell in cells] == [(240, 240), (200, 200), (240, 240)]  # a half: the second needs it
+    truth = original.resize((1500, 1000), Image.Resampling.BOX).crop((240, 0, 440, 200))
+    assert np.abs(pixels(cells[1]) - pixels(truth)).mean() < 6
+    assert decoded.crops([], 160) == []
 
 
 # Pixel limit ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ IVF layouts under test are the ones a server builds, not scaled-down imitations.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,11 +17,17 @@ import pytest
 
 from lookalike.index import list_index
 from lookalike.index.list_index import EXACT_VECTORS_MAX, PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, Layout, ListIndex
+from lookalike.server.changes import EntriesAdded, EntryRemoved, ListCreated
+from lookalike.server.flood import FloodGuard, FloodSettings
 from lookalike.server.indexes import IndexRegistry
-from lookalike.server.store import DB_SNAPSHOT_PIECES, NewEntry, Store
+from lookalike.server.records import NewEntry, encode_embedding
+from lookalike.server.storage.schema import DB_SNAPSHOT_PIECES
+from lookalike.server.storage.store import Store
+from lookalike.server.writes import WritePath
 
 GROWN = EXACT_VECTORS_MAX + 1_000
 LIST = "big"
+MODEL = "sscd-distilled"
 
 
 def unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -28,20 +35,19 @@ def unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
     return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
 
 
-def synthetic(start: int, vectors: np.ndarray, codes: np.ndarray) -> list[NewEntry]:
-    return [
+def synthetic(start: int, vectors: np.ndarray, codes: np.ndarray) -> EntriesAdded:
+    entries = tuple(
         NewEntry(
             id=f"e{start + i}",
-            sha256=hashlib.sha256(str(start + i).encode()).hexdigest(),
-            pdq=codes[i].tobytes().hex(),
+            sha256=hashlib.sha256(str(start + i).encode()).digest(),
+            pdq=codes[i].tobytes(),
             pdq_quality=100,
-            phash="0" * 16,
-            model="sscd-distilled",
-            embedding=vectors[i],
-            meta={},
+            phash=bytes(8),
+            embedding=encode_embedding(vectors[i]),
         )
         for i in range(len(vectors))
-    ]
+    )
+    return EntriesAdded(time=time.time(), list=LIST, model=MODEL, entries=entries)
 
 
 class Fixture:
@@ -52,34 +58,33 @@ class Fixture:
     ) -> None:
         self.path = path
         self.store = Store(path, 1 << 32)
-        self.uid = self.store.create_list(LIST, "", 0.5, 0.8, "sscd-distilled").uid
         self.registry = IndexRegistry(self.store, background, budgets)
-        self.registry.created(self.uid)
+        new_list = ListCreated(
+            time=time.time(), name=LIST, description="", review_threshold=0.5, reject_threshold=0.8, model=MODEL
+        )
+        self.uid = self.writes.apply(new_list).uid
         self.rng = np.random.default_rng(0)
         self.vectors: dict[str, np.ndarray] = {}
         self.codes: dict[str, np.ndarray] = {}
 
+    @property
+    def writes(self) -> WritePath:
+        """The write path over the store and registry as they are now (a test may reopen them)."""
+        return WritePath(self.store, self.registry, FloodGuard(self.store, FloodSettings()))
+
     def add(self, count: int) -> None:
-        """Add as the service does: store commit, then index, under the list's write lock."""
+        """Add as the service does (through the write path: store commit, then index, under the list's lock)."""
         start = len(self.vectors)
         vectors = unit_vectors(self.rng, count)
         codes = self.rng.integers(0, 256, (count, 32), dtype=np.uint8)
         for offset in range(0, count, 5_000):
             batch = synthetic(start + offset, vectors[offset : offset + 5_000], codes[offset : offset + 5_000])
-            with self.registry.writing(self.uid) as index:
-                assert index is not None
-                outcomes = self.store.add_entries(LIST, batch)
-                added = [(o.entry, o.embedding) for o in outcomes if not isinstance(o, Exception)]
-                self.registry.apply_adds(index, added, max(o.change for o in outcomes if not isinstance(o, Exception)))
-            self.registry.rebuild_if_outgrown(self.uid)
+            self.writes.apply(batch)
         for i in range(count):
             self.vectors[f"e{start + i}"], self.codes[f"e{start + i}"] = vectors[i], codes[i]
 
     def remove(self, entry_id: str) -> None:
-        with self.registry.writing(self.uid) as index:
-            assert index is not None
-            entry, change = self.store.remove_entry(LIST, entry_id)
-            index.remove(np.array([entry.seq]), change)
+        self.writes.apply(EntryRemoved(time=time.time(), list=LIST, entry_id=entry_id))
         del self.vectors[entry_id], self.codes[entry_id]
 
     def found(self, entry_id: str, vector: np.ndarray) -> bool:
@@ -171,7 +176,7 @@ def test_a_restart_loads_the_saved_layout_and_replays_later_changes_without_rebu
 
 def test_a_snapshot_missing_a_re_rank_piece_is_rebuilt_from_the_entries_at_start_up(grown: Fixture) -> None:
     assert grown.registry.snapshot_all() == 1
-    pieces = grown.store.open_db(DB_SNAPSHOT_PIECES)
+    pieces = grown.store.environment.db(DB_SNAPSHOT_PIECES)
     with grown.store.env.begin(write=True) as txn:
         cursor = txn.cursor(db=pieces)
         assert cursor.first() and cursor.delete()

@@ -177,7 +177,7 @@ def test_health_is_not_serving_and_calls_are_unavailable_until_indexes_load(
             seen["check"] = translate(error)
         channel.close()
 
-    config = ServerConfig(listen="127.0.0.1:0", data=tmp_path / "data", map_size=1 << 30)
+    config = ServerConfig(listen="127.0.0.1:0", data=tmp_path / "data", map_size=1 << 30, http_listen="off")
     running = create_server(config, on_listening=while_loading)
     try:
         assert seen["health"].status == health_pb2.HealthCheckResponse.NOT_SERVING  # type: ignore[attr-defined]
@@ -324,6 +324,11 @@ def test_a_metrics_address_already_taken_stops_start_up_with_a_clear_error(obser
     taken = f"127.0.0.1:{metrics_port(observed)}"
     with pytest.raises(FailedPrecondition, match=f"cannot listen on {taken}: the address is in use") as raised:
         create_server(
-            ServerConfig(listen="127.0.0.1:0", data=observed.config.data.parent / "other", metrics_listen=taken)
+            ServerConfig(
+                listen="127.0.0.1:0",
+                data=observed.config.data.parent / "other",
+                metrics_listen=taken,
+                http_listen="off",
+            )
         )
     assert raised.value.reason == "ADDRESS_IN_USE"

@@ -11,7 +11,7 @@ import pytest
 
 from lookalike.client import LookalikeClient
 from lookalike.client.errors import InvalidArgument, NotFound, Unauthenticated
-from lookalike.server.store import LISTS_NAMED_MAX
+from lookalike.server.records import LISTS_NAMED_MAX
 from tests.conftest import ServerHandle, corpus_photos
 
 LINE_MAX = 400

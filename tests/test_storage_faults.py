@@ -28,7 +28,12 @@ import pytest
 from lookalike.client import LookalikeClient, LookalikeError, ResourceExhausted
 from lookalike.client.errors import DataLoss
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
-from lookalike.server.store import DATA_FILE, AddOutcome, CorruptRecord, NewEntry, Store
+from lookalike.server.changes import EntriesAdded, ListCreated
+from lookalike.server.records import AddOutcome, NewEntry
+from lookalike.server.storage.codec import entry_fields
+from lookalike.server.storage.errors import CorruptRecord
+from lookalike.server.storage.schema import DATA_FILE
+from lookalike.server.storage.store import Store
 from tests.conftest import distinct_photos, start_server
 from tests.processes import LOOKALIKE, ServerProcess, end_leftovers
 from tests.test_deferred import Receiver, receiver  # noqa: F401 - the fixture, shared
@@ -215,6 +220,7 @@ def test_a_full_disk_refuses_writes_with_one_log_line_while_reads_go_on_and_writ
 def serve_until_it_exits(data: Path, *wrapper: str) -> subprocess.CompletedProcess[str]:
     """`lookalike serve` on `data` (run through `wrapper`, if any), which should refuse to start."""
     command = [*wrapper, str(LOOKALIKE), "serve", "--data", str(data), "--listen", "127.0.0.1:0", "--workers", "0"]
+    command += ["--http-listen", "off"]  # 8080 may be anyone's
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
@@ -473,13 +479,13 @@ def test_a_corrupt_entry_record_or_embedding_answers_data_loss_naming_it_while_t
 def test_a_corrupt_entry_in_the_change_log_to_replay_stops_start_up_with_one_line(folder: Folder) -> None:
     store = Store(folder.path, 1 << 30)  # an add after the last snapshot: the next start replays it
     try:
-        new = NewEntry("late", "", "ab" * 32, 100, "", "", None, {})
-        (added,) = store.add_entries("banned", [new])
+        new = NewEntry("late", pdq=b"\xab" * 32, pdq_quality=100)
+        (added,) = store.commit(EntriesAdded(time=time.time(), list="banned", model="", entries=(new,))).result
         assert isinstance(added, AddOutcome)
         uid = store.get_list("banned").uid
     finally:
         store.close()
-    misplaced = json.dumps(vars(added.entry) | {"seq": 99999}).encode()
+    misplaced = json.dumps(entry_fields(added.entry) | {"seq": 99999}).encode()
     damage(folder.path, b"entries", seq_key(uid, added.entry.seq), misplaced)
     completed = serve_until_it_exits(folder.path)
     expected = f"entry seq {added.entry.seq} of list banned is corrupt (it says seq 99999)"
@@ -515,7 +521,10 @@ def test_a_damaged_index_snapshot_is_rebuilt_from_the_entries_and_verify_reports
 def test_a_snapshot_piece_that_does_not_match_its_checksum_is_refused(tmp_path: Path) -> None:
     store = Store(tmp_path / "data", 1 << 30)
     try:
-        uid = store.create_list("big", "", 0.5, 0.8, "sscd").uid
+        change = ListCreated(
+            time=time.time(), name="big", description="", review_threshold=0.5, reject_threshold=0.8, model="sscd"
+        )
+        uid = store.commit(change).result.uid
         assert store.save_snapshot(uid, 0, b"blob", {0: b"piece zero", 1: b"piece one"}, {0, 1})
         assert [(n, bytes(data)) for n, data in store.snapshot_pieces(uid)] == [(0, b"piece zero"), (1, b"piece one")]
     finally:

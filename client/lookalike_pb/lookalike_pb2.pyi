@@ -90,7 +90,7 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListInfo(_message.Message):
-    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "entry_count", "created", "dihedral", "kind", "guarded")
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "entry_count", "created", "dihedral", "kind", "guarded", "checks_last_day", "thumbnails")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,8 @@ class ListInfo(_message.Message):
     DIHEDRAL_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     GUARDED_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_LAST_DAY_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     review_threshold: float
@@ -111,7 +113,19 @@ class ListInfo(_message.Message):
     dihedral: bool
     kind: str
     guarded: _containers.RepeatedCompositeFieldContainer[GuardedEntry]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., entry_count: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dihedral: _Optional[bool] = ..., kind: _Optional[str] = ..., guarded: _Optional[_Iterable[_Union[GuardedEntry, _Mapping]]] = ...) -> None: ...
+    checks_last_day: CheckCounts
+    thumbnails: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., entry_count: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dihedral: _Optional[bool] = ..., kind: _Optional[str] = ..., guarded: _Optional[_Iterable[_Union[GuardedEntry, _Mapping]]] = ..., checks_last_day: _Optional[_Union[CheckCounts, _Mapping]] = ..., thumbnails: _Optional[bool] = ...) -> None: ...
+
+class CheckCounts(_message.Message):
+    __slots__ = ("accept", "review", "reject")
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_FIELD_NUMBER: _ClassVar[int]
+    REJECT_FIELD_NUMBER: _ClassVar[int]
+    accept: int
+    review: int
+    reject: int
+    def __init__(self, accept: _Optional[int] = ..., review: _Optional[int] = ..., reject: _Optional[int] = ...) -> None: ...
 
 class GuardedEntry(_message.Message):
     __slots__ = ("id", "since", "recent_matches", "usual_matches")
@@ -126,7 +140,7 @@ class GuardedEntry(_message.Message):
     def __init__(self, id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recent_matches: _Optional[float] = ..., usual_matches: _Optional[float] = ...) -> None: ...
 
 class CreateListRequest(_message.Message):
-    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "dihedral", "kind")
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "dihedral", "kind", "thumbnails")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +148,7 @@ class CreateListRequest(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIHEDRAL_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     review_threshold: float
@@ -141,7 +156,8 @@ class CreateListRequest(_message.Message):
     model: str
     dihedral: bool
     kind: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., dihedral: _Optional[bool] = ..., kind: _Optional[str] = ...) -> None: ...
+    thumbnails: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., dihedral: _Optional[bool] = ..., kind: _Optional[str] = ..., thumbnails: _Optional[bool] = ...) -> None: ...
 
 class GetListRequest(_message.Message):
     __slots__ = ("name",)
@@ -160,18 +176,20 @@ class ListListsResponse(_message.Message):
     def __init__(self, lists: _Optional[_Iterable[_Union[ListInfo, _Mapping]]] = ...) -> None: ...
 
 class UpdateListRequest(_message.Message):
-    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "dihedral")
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "dihedral", "thumbnails")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REJECT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DIHEDRAL_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     review_threshold: float
     reject_threshold: float
     dihedral: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., dihedral: _Optional[bool] = ...) -> None: ...
+    thumbnails: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., dihedral: _Optional[bool] = ..., thumbnails: _Optional[bool] = ...) -> None: ...
 
 class DeleteListRequest(_message.Message):
     __slots__ = ("name",)
@@ -662,7 +680,7 @@ class WebhookDelivery(_message.Message):
     def __init__(self, url: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., last_status: _Optional[int] = ..., next_attempt: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivered: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CheckRecord(_message.Message):
-    __slots__ = ("id", "status", "result", "error", "submitted", "completed", "expires", "delivery")
+    __slots__ = ("id", "status", "result", "error", "submitted", "completed", "expires", "delivery", "owner")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
@@ -671,6 +689,7 @@ class CheckRecord(_message.Message):
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: CheckStatus
     result: CheckResponse
@@ -679,7 +698,50 @@ class CheckRecord(_message.Message):
     completed: _timestamp_pb2.Timestamp
     expires: _timestamp_pb2.Timestamp
     delivery: WebhookDelivery
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[CheckStatus, str]] = ..., result: _Optional[_Union[CheckResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., submitted: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivery: _Optional[_Union[WebhookDelivery, _Mapping]] = ...) -> None: ...
+    owner: str
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[CheckStatus, str]] = ..., result: _Optional[_Union[CheckResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., submitted: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivery: _Optional[_Union[WebhookDelivery, _Mapping]] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class ListChecksRequest(_message.Message):
+    __slots__ = ("decision", "page_size", "page_token", "owner")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    decision: Decision
+    page_size: int
+    page_token: str
+    owner: str
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class ListChecksResponse(_message.Message):
+    __slots__ = ("checks", "next_page_token")
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    checks: _containers.RepeatedCompositeFieldContainer[CheckRecord]
+    next_page_token: str
+    def __init__(self, checks: _Optional[_Iterable[_Union[CheckRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetCheckActivityRequest(_message.Message):
+    __slots__ = ("list", "hours")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    HOURS_FIELD_NUMBER: _ClassVar[int]
+    list: str
+    hours: int
+    def __init__(self, list: _Optional[str] = ..., hours: _Optional[int] = ...) -> None: ...
+
+class HourlyChecks(_message.Message):
+    __slots__ = ("start", "counts")
+    START_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    start: _timestamp_pb2.Timestamp
+    counts: CheckCounts
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., counts: _Optional[_Union[CheckCounts, _Mapping]] = ...) -> None: ...
+
+class GetCheckActivityResponse(_message.Message):
+    __slots__ = ("hours",)
+    HOURS_FIELD_NUMBER: _ClassVar[int]
+    hours: _containers.RepeatedCompositeFieldContainer[HourlyChecks]
+    def __init__(self, hours: _Optional[_Iterable[_Union[HourlyChecks, _Mapping]]] = ...) -> None: ...
 
 class SubmitFeedbackRequest(_message.Message):
     __slots__ = ("check_id", "entry_id", "verdict", "note", "list", "owner")

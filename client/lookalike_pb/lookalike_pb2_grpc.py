@@ -145,6 +145,16 @@ class LookalikeStub:
                 request_serializer=lookalike_dot_v1_dot_lookalike__pb2.GetCheckRequest.SerializeToString,
                 response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.CheckRecord.FromString,
                 _registered_method=True)
+        self.ListChecks = channel.unary_unary(
+                '/lookalike.v1.Lookalike/ListChecks',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.ListChecksRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ListChecksResponse.FromString,
+                _registered_method=True)
+        self.GetCheckActivity = channel.unary_unary(
+                '/lookalike.v1.Lookalike/GetCheckActivity',
+                request_serializer=lookalike_dot_v1_dot_lookalike__pb2.GetCheckActivityRequest.SerializeToString,
+                response_deserializer=lookalike_dot_v1_dot_lookalike__pb2.GetCheckActivityResponse.FromString,
+                _registered_method=True)
         self.SubmitFeedback = channel.unary_unary(
                 '/lookalike.v1.Lookalike/SubmitFeedback',
                 request_serializer=lookalike_dot_v1_dot_lookalike__pb2.SubmitFeedbackRequest.SerializeToString,
@@ -319,6 +329,22 @@ class LookalikeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListChecks(self, request, context):
+        """Stored checks of one decision, newest first: the caller's own (an admin's: every key's, or those of
+        the owner it names), e.g. the checks waiting for review.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCheckActivity(self, request, context):
+        """Checks per hour by decision, oldest hour first: of one list (by the decision that list gave), or of
+        every check (admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubmitFeedback(self, request, context):
         """An operator's verdict on one match of a stored check.
         """
@@ -460,6 +486,16 @@ def add_LookalikeServicer_to_server(servicer, server):
                     servicer.GetCheck,
                     request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.GetCheckRequest.FromString,
                     response_serializer=lookalike_dot_v1_dot_lookalike__pb2.CheckRecord.SerializeToString,
+            ),
+            'ListChecks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChecks,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.ListChecksRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.ListChecksResponse.SerializeToString,
+            ),
+            'GetCheckActivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckActivity,
+                    request_deserializer=lookalike_dot_v1_dot_lookalike__pb2.GetCheckActivityRequest.FromString,
+                    response_serializer=lookalike_dot_v1_dot_lookalike__pb2.GetCheckActivityResponse.SerializeToString,
             ),
             'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitFeedback,
@@ -1060,6 +1096,60 @@ class Lookalike:
             '/lookalike.v1.Lookalike/GetCheck',
             lookalike_dot_v1_dot_lookalike__pb2.GetCheckRequest.SerializeToString,
             lookalike_dot_v1_dot_lookalike__pb2.CheckRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChecks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/ListChecks',
+            lookalike_dot_v1_dot_lookalike__pb2.ListChecksRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.ListChecksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lookalike.v1.Lookalike/GetCheckActivity',
+            lookalike_dot_v1_dot_lookalike__pb2.GetCheckActivityRequest.SerializeToString,
+            lookalike_dot_v1_dot_lookalike__pb2.GetCheckActivityResponse.FromString,
             options,
             channel_credentials,
             insecure,

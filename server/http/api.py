@@ -52,7 +52,7 @@ from lookalike.server.http.context import HttpContext
 from lookalike.server.http.errors import error_response, request_too_large
 from lookalike.server.observability import CallNotes, record_call
 from lookalike.server.operations import Operations
-from lookalike.server.store import AddOutcome, EntryRecord, validate_lists_named
+from lookalike.server.records import AddOutcome, EntryRecord, validate_lists_named
 
 JSON_MEDIA = "application/json"
 MULTIPART_MEDIA = "multipart/form-data"
@@ -804,6 +804,25 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         pb.GetCheckRequest,
         reply=pb.CheckRecord,
         call=lambda ops, caller, r: messages.check_view(ops.checks.get(caller, r.id, messages.optional(r, "owner"))),
+    ),
+    Endpoint(
+        "ListChecks",
+        "GET",
+        "/v1/checks",
+        "Stored checks of one decision (e.g. REVIEW), newest first: the caller's own (an admin's: every key's, or "
+        "the owner's it names).",
+        pb.ListChecksRequest,
+        reply=pb.ListChecksResponse,
+        call=lambda ops, caller, r: messages.check_page(ops.checks.page(caller, messages.check_query(r))),
+    ),
+    Endpoint(
+        "GetCheckActivity",
+        "GET",
+        "/v1/checks:activity",
+        "Checks per hour by decision, oldest first: of one list, or of every check (admin).",
+        pb.GetCheckActivityRequest,
+        reply=pb.GetCheckActivityResponse,
+        call=lambda ops, caller, r: messages.activity_message(ops.checks.activity(caller, r.list, r.hours)),
     ),
     Endpoint(
         "SubmitFeedback",

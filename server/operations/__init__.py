@@ -33,8 +33,8 @@ class Operations:
         checks: CheckLedger,
         feedback: FeedbackBook,
     ) -> None:
-        self.lists = ListOperations(service, access)
+        self.lists = ListOperations(service, access, checks.index)
         self.entries = EntryOperations(service, config, access)
         self.checks = CheckOperations(service, config, access, checks)
         self.feedback = FeedbackOperations(service, access, checks, feedback, self.checks, self.lists)
-        self.keys = KeyOperations(service.store, access)
+        self.keys = KeyOperations(service, access)

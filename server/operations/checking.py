@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 
-from lookalike.client.errors import PermissionDenied
-from lookalike.server.auth import ADMIN, Access, Action, Caller
+from lookalike.client.errors import InvalidArgument, PermissionDenied
+from lookalike.server.auth import Access, Action, Caller
+from lookalike.server.check_index import ALL_CHECKS, DECISIONS, HOUR, HourCounts, hour_of
 from lookalike.server.checks import CheckLedger, CheckOrder, StoredCheck, validate_check_id
 from lookalike.server.config import ServerConfig
 from lookalike.server.fetch import check_url
+from lookalike.server.fingerprint import Hashes
+from lookalike.server.hashes import MD5, PDQ, SHA256, parse_quality
 from lookalike.server.operations.types import ImageSource
+from lookalike.server.records import ADMIN, validate_lists_named
 from lookalike.server.service import CheckResult, LookalikeService
-from lookalike.server.store import validate_lists_named
-from lookalike.server.webhooks import Delivery
+from lookalike.server.storage.outbox import Delivery
+
+CHECK_PAGE_DEFAULT = 100
+CHECK_PAGE_MAX = 1000
+ACTIVITY_HOURS_DEFAULT = 24
+ACTIVITY_HOURS_MAX = 31 * 24
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,26 @@ class CheckView:
 
     check: StoredCheck
     delivery: Delivery | None = None
+
+
+@dataclass(frozen=True)
+class CheckQuery:
+    """A page of stored checks of one decision, newest first."""
+
+    decision: str | None
+    """"accept", "review" or "reject"; None when the caller gave none."""
+    page_size: int = 0
+    """0: CHECK_PAGE_DEFAULT; more than CHECK_PAGE_MAX is read as that."""
+    page_token: str = ""
+    owner: str | None = None
+    """The key whose checks to list; None: the caller's own (an admin's: every key's)."""
+
+
+@dataclass(frozen=True)
+class CheckPage:
+    checks: list[StoredCheck]
+    next_page_token: str
+    """"" when nothing more matches."""
 
 
 class CheckOperations:
@@ -107,11 +136,16 @@ class CheckOperations:
     def check_hashes(self, caller: Caller, order: HashCheck) -> CheckResult:
         validate_lists_named(order.lists)
         self._access.require(caller, Action.CHECK, order.lists)
+        pdq = PDQ.parse(order.pdq)
+        hashes = Hashes(
+            sha256=SHA256.parse(order.sha256),
+            pdq=pdq,
+            pdq_quality=parse_quality(order.pdq_quality) if pdq else 0,
+            phash=b"",
+            md5=MD5.parse(order.md5),
+        )
         result = self._service.check_hashes(
-            order.pdq,
-            order.pdq_quality,
-            order.md5,
-            order.sha256,
+            hashes,
             order.lists,
             order.meta,
             order.top_k,
@@ -134,6 +168,40 @@ class CheckOperations:
             "; name its owner (a key id) to read another key's check" if caller.role == ADMIN and owner is None else ""
         )
         return self._ledger.get(caller.key_id if owner is None else owner, check_id, hint)
+
+    def page(self, caller: Caller, query: CheckQuery) -> CheckPage:
+        """Stored checks of one decision, newest first: the caller's own, or (an admin) every key's or the
+        owner's it names. For reviewers: the checks whose decision was review."""
+        self._access.require(caller, Action.CHECK)
+        if query.decision not in DECISIONS:
+            raise InvalidArgument("decision is missing: ACCEPT, REVIEW or REJECT", "DECISION_MISSING")
+        if query.page_size < 0:
+            raise InvalidArgument(f"page_size must be 0 or more, got {query.page_size}", "PAGE_SIZE_INVALID")
+        owner = query.owner
+        if caller.role != ADMIN:
+            if owner not in (None, caller.key_id):
+                raise PermissionDenied(
+                    f"{caller} may list only its own checks: leave out owner (only an admin names another key)",
+                    "OWNER_NOT_ALLOWED",
+                )
+            owner = caller.key_id
+        size = min(query.page_size or CHECK_PAGE_DEFAULT, CHECK_PAGE_MAX)
+        checks, next_token = self._ledger.by_decision(query.decision, owner, size, query.page_token)
+        return CheckPage(checks, next_token)
+
+    def activity(self, caller: Caller, list_name: str = "", hours: int = 0) -> list[HourCounts]:
+        """Checks per clock hour by decision, oldest first, ending with the current hour: of one list (by the
+        decision it gave on its own), or of every check ("": admins, who may read every key's doings)."""
+        if list_name:
+            self._access.require(caller, Action.READ_LISTS, [list_name])
+            uid = self._service.store.get_list(list_name).uid
+        else:
+            self._access.require(caller, Action.READ_AUDIT)
+            uid = ALL_CHECKS
+        if not 0 <= hours <= ACTIVITY_HOURS_MAX:
+            raise InvalidArgument(f"hours must lie in [0, {ACTIVITY_HOURS_MAX}], got {hours}", "HOURS_OUT_OF_RANGE")
+        last = hour_of(time.time())
+        return self._ledger.index.hours(uid, last - ((hours or ACTIVITY_HOURS_DEFAULT) - 1) * HOUR, last)
 
     def get(self, caller: Caller, check_id: str, owner: str | None = None) -> CheckView:
         check = self.readable(caller, check_id, owner)

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from lookalike.client.errors import InvalidArgument
 from lookalike.server.auth import Access, Action, Caller
 from lookalike.server.config import ServerConfig
-from lookalike.server.flood import Guard
-from lookalike.server.hashes import HashAdd
+from lookalike.server.hashes import MD5, PDQ, SHA256, HashAdd
 from lookalike.server.operations.types import ImageSource
+from lookalike.server.records import AddOutcome, EntryRecord, EntryScan
 from lookalike.server.service import AddRequest, LookalikeService, PreparedAdd
-from lookalike.server.store import AddOutcome, EntryRecord, EntryScan
+from lookalike.server.storage.flood import Guard
 
 ENTRY_PAGE_DEFAULT = 100
 ENTRY_PAGE_MAX = 1000
@@ -25,7 +25,6 @@ ENTRY_SCAN_BUDGET = 10_000
 answers with what it found and a token to read on, so no call holds a read transaction for long."""
 QUERY_MAX_CHARS = 1024
 _TOKEN = struct.Struct(">QI")  # read on below this sequence number; checksum of the list's uid and q
-_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 @dataclass(frozen=True)
@@ -61,11 +60,6 @@ class EntryPage:
     entries: list[ListedEntry]
     next_page_token: str
     """"" when nothing more matches."""
-
-
-def _is_hash(text: str) -> bool:
-    """Whether `text` reads as the hex of an MD5 (32 characters) or a SHA-256 or PDQ hash (64)."""
-    return len(text) in (32, 64) and _HEX.issuperset(text)
 
 
 def _binding(uid: int, q: str) -> int:
@@ -165,10 +159,12 @@ class EntryOperations:
             raise InvalidArgument(f"q has {len(q):,} characters; at most {QUERY_MAX_CHARS}", "QUERY_TOO_LONG")
         record = self.service.store.get_list(list_name)
         before = _resume_before(query.page_token, record.uid, q) if query.page_token else record.next_seq
-        if _is_hash(q):
+        codec = next((codec for codec in (SHA256, MD5) if codec.is_hex(q)), None)  # a PDQ hash reads as a SHA-256
+        if codec is not None:
+            digest = codec.parse(q)
             index = self.service.indexes.get(record.uid)
-            near = index.search_pdq([bytes.fromhex(q)], 0) if index is not None and len(q) == 64 else []
-            named = self.service.store.entries_named(list_name, q, [hit.id for hit in near])
+            near = index.search_pdq([digest], 0) if index is not None and len(digest) == PDQ.size else []
+            named = self.service.store.entries_named(list_name, q, digest, [hit.id for hit in near])
             found = [entry for entry in named if entry.seq < before]
             scan = EntryScan(found[:size], found[size - 1].seq if len(found) > size else 0)
         else:
@@ -180,6 +176,11 @@ class EntryOperations:
             scan = self.service.store.entries_newest_first(list_name, before, size, ENTRY_SCAN_BUDGET, keep)
         entries = [ListedEntry(list_name, e, self.service.flood.guard_of(record.uid, e.seq)) for e in scan.entries]
         return EntryPage(entries, _token(scan.resume_before, record.uid, q) if scan.resume_before else "")
+
+    def thumbnail(self, caller: Caller, list_name: str, entry_id: str) -> bytes | None:
+        """The small WebP kept with an entry of a list that keeps thumbnails; None when there is none."""
+        self.access.require(caller, Action.READ_ENTRIES, [list_name])
+        return self.service.store.thumbnail(list_name, entry_id)
 
     def remove(self, caller: Caller, list_name: str, entry_id: str) -> EntryRecord:
         self.access.require(caller, Action.REMOVE_ENTRIES, [list_name])

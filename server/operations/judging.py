@@ -13,15 +13,15 @@ from lookalike.server.feedback import (
     VERDICTS,
     Calibration,
     FeedbackBook,
-    FeedbackRecord,
     calibrate,
     validate_note,
 )
 from lookalike.server.operations.checking import CheckOperations
 from lookalike.server.operations.lists import ListOperations, ListState
 from lookalike.server.operations.types import PageRequest
+from lookalike.server.records import LIST_KIND_ALLOW
 from lookalike.server.service import CheckResult, LookalikeService
-from lookalike.server.store import LIST_KIND_ALLOW
+from lookalike.server.storage.feedback import FeedbackRecord
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class FeedbackOperations:
         calibration = calibrate(record, self._book.for_list(record.name), scores)
         applied = False
         if apply and calibration.changes:
-            record = self._service.store.update_list(
+            record = self._service.update_list(
                 record.name,
                 review_threshold=calibration.review.recommended,
                 reject_threshold=calibration.reject.recommended,

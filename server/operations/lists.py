@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lookalike.server.auth import Access, Action, Caller
-from lookalike.server.flood import Guard
+from lookalike.server.check_index import DecisionCounts
+from lookalike.server.records import ListRecord
 from lookalike.server.service import LookalikeService
-from lookalike.server.store import ListRecord
+from lookalike.server.storage.check_index import CheckIndex
+from lookalike.server.storage.flood import Guard
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class ListSpec:
     model: str = ""
     dihedral: bool = True
     kind: str = ""
+    thumbnails: bool = False
 
 
 @dataclass(frozen=True)
@@ -32,23 +35,31 @@ class ListChange:
     review_threshold: float | None = None
     reject_threshold: float | None = None
     dihedral: bool | None = None
+    thumbnails: bool | None = None
 
 
 @dataclass(frozen=True)
 class ListState:
-    """A list as callers see it: its record and the entries under flood guard."""
+    """A list as callers see it: its record, the entries under flood guard, and its recent checks."""
 
     record: ListRecord
     guarded: list[Guard] = field(default_factory=list)
+    checks_last_day: DecisionCounts = DecisionCounts()
+    """Checks that covered it in the last 24 hours, by the decision it gave on its own."""
 
 
 class ListOperations:
-    def __init__(self, service: LookalikeService, access: Access) -> None:
+    def __init__(self, service: LookalikeService, access: Access, counts: CheckIndex) -> None:
         self._service = service
         self._access = access
+        self._counts = counts
 
     def state(self, record: ListRecord) -> ListState:
-        return ListState(record, self._service.flood.guarded(record.uid))
+        return self._states([record])[0]
+
+    def _states(self, records: list[ListRecord]) -> list[ListState]:
+        counts = self._counts.last_day([r.uid for r in records])
+        return [ListState(r, self._service.flood.guarded(r.uid), counts[r.uid]) for r in records]
 
     def create(self, caller: Caller, spec: ListSpec) -> ListState:
         self._access.require(caller, Action.CREATE_LISTS, [spec.name])
@@ -61,6 +72,7 @@ class ListOperations:
             actor=caller.key_id,
             dihedral=spec.dihedral,
             kind=spec.kind,
+            thumbnails=spec.thumbnails,
         )
         return self.state(record)
 
@@ -72,17 +84,18 @@ class ListOperations:
         """The lists the caller may use, by name (it names none: the answer is narrowed instead)."""
         self._access.require(caller, Action.READ_LISTS)
         visible = [r for r in self._service.store.lists() if caller.may_use(r.name)]
-        return [self.state(r) for r in sorted(visible, key=lambda r: r.name)]
+        return self._states(sorted(visible, key=lambda r: r.name))
 
     def update(self, caller: Caller, change: ListChange) -> ListState:
         self._access.require(caller, Action.UPDATE_LISTS, [change.name])
-        record = self._service.store.update_list(
+        record = self._service.update_list(
             change.name,
             change.description,
             change.review_threshold,
             change.reject_threshold,
             actor=caller.key_id,
             dihedral=change.dihedral,
+            thumbnails=change.thumbnails,
         )
         return self.state(record)
 

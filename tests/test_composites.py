@@ -1,0 +1,80 @@
+"""Copies inside other pictures, end to end on a real server with real photos: a listed picture in a
+collage or pasted onto another photo is found; composites of unlisted photos are accepted."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from benchmarks.edits import Others, apply_edit, encode_edited
+from tests.conftest import ServerHandle, distinct_photos
+
+
+def rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def others_from(paths: list[Path]) -> Others:
+    pictures = [rgb(path) for path in paths]
+    return lambda rng: rng.choice(pictures)
+
+
+@pytest.fixture(scope="module")
+def photos() -> tuple[list[Path], list[Path]]:
+    chosen = distinct_photos(12, seed=11)
+    return chosen[:4], chosen[4:]
+
+
+@pytest.mark.slow
+def test_a_listed_picture_inside_a_collage_or_pasted_on_a_photo_is_found(
+    lookalike: ServerHandle, photos: tuple[list[Path], list[Path]]
+) -> None:
+    listed, unlisted = photos
+    client = lookalike.client
+    client.create_list("banned")
+    ids = {path.name: client.add("banned", path).id for path in listed}
+    others = others_from(unlisted)
+    caught: dict[str, list[bool]] = {}
+    for family in ("collage_2x2", "collage_3x3", "paste_on_photo", "paste_on_busy"):
+        for seed, path in enumerate(listed):
+            query = encode_edited(apply_edit(family, rgb(path), random.Random(seed), others))
+            result = client.check(query, ["banned"])
+            found = result.decision != "accept" and result.matches[0].id == ids[path.name]
+            caught.setdefault(family, []).append(found)
+    assert all(caught["collage_2x2"]) and all(caught["collage_3x3"]), caught
+    assert sum(caught["paste_on_photo"] + caught["paste_on_busy"]) >= 4, caught
+
+
+@pytest.mark.slow
+def test_composites_of_unlisted_photos_are_accepted(
+    lookalike: ServerHandle, photos: tuple[list[Path], list[Path]]
+) -> None:
+    listed, unlisted = photos
+    client = lookalike.client
+    client.create_list("banned")
+    for path in listed:
+        client.add("banned", path)
+    others = others_from(unlisted[4:])
+    for family in ("collage_2x2", "collage_3x3", "paste_on_photo", "paste_on_busy", "app_screenshot"):
+        for seed, path in enumerate(unlisted[:4]):
+            query = encode_edited(apply_edit(family, rgb(path), random.Random(seed), others))
+            result = client.check(query, ["banned"])
+            assert result.decision == "accept", (family, path.name, result.matches[:1])
+
+
+@pytest.mark.slow
+def test_a_listed_picture_turned_on_a_fill_is_found(
+    lookalike: ServerHandle, photos: tuple[list[Path], list[Path]]
+) -> None:
+    listed, _ = photos
+    client = lookalike.client
+    client.create_list("banned")
+    ids = {path.name: client.add("banned", path).id for path in listed}
+    for angle, path in zip((-28, -19, 22, 30), listed, strict=True):
+        turned = rgb(path).rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=(250, 250, 250))
+        result = client.check(encode_edited(turned), ["banned"])
+        assert result.decision != "accept" and result.matches[0].id == ids[path.name], (path.name, angle)
