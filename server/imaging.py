@@ -15,7 +15,8 @@ scaling: several times cheaper than a full decode) so that its short side stays 
 embedding's input (288), any other format reduced by whole pixel blocks to the same scale. PDQ
 reads that picture with the file's weights (server/pdq.py): on the 393 dev corpus photos it lies 0.23 bits
 from the reference hasher's on the whole file on average, 4 at most. The embedding and pHash read the
-picture resized to the model's input; the region search reads the draft (`DecodedImage.shown`).
+picture resized to the model's input; the region search, when a check asks for it, reads the picture
+decoded again at a short side of at least 512 (`DecodedImage.shown`), as the region finders were tuned.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 DRAFT_SHORT_SIDE = SHORT_SIDE
 """Short side that JPEG draft decoding keeps at least: the embedding's input (PDQ, pHash and the
 region search need no more)."""
+REGION_SHORT_SIDE = 512
+"""Short side the picture regions are looked for on keeps at least (a JPEG draft, a block reduction): the
+scale the region finders were tuned at. Searched on the 288-pixel draft instead, their frames moved enough
+that tests/test_composites.py's pastes were missed (3 of 8 caught where 4 are required)."""
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,11 @@ class DecodedImage:
 
     @cached_property
     def shown(self) -> Image.Image:
-        """The picture shown at the draft's size (turned, flattened): where parts of it are looked for, nearer the
-        scale the region finders were tuned at than `rgb` (and only 0.7 ms dearer to search on the corpus)."""
-        return self.draft if self.turn is None else self.draft.transpose(self.turn)
+        """The picture shown (turned, flattened) with a short side of at least REGION_SHORT_SIDE where the file
+        has it: where parts of it are looked for. The draft itself when large enough, else the file decoded again."""
+        if min(self.draft.size) >= REGION_SHORT_SIDE or self.draft.size == self.original_size:
+            return self.draft if self.turn is None else self.draft.transpose(self.turn)
+        return _shown(self.data, REGION_SHORT_SIDE, self.turn)
 
     def crops(
         self, boxes: Sequence[tuple[int, int, int, int]], short_side: int = DRAFT_SHORT_SIDE
@@ -83,7 +90,7 @@ class DecodedImage:
         file_scale = max(self.original_size) / max(self.shown.size)
         smallest = min(min(right - left, bottom - top) for left, top, right, bottom in boxes)
         needed = math.ceil(min(self.original_size) * short_side / max(1.0, smallest * file_scale))
-        if needed <= min(self.draft.size) or self.draft.size == self.original_size:
+        if needed <= min(self.shown.size) or max(self.shown.size) == max(self.original_size):
             return [self.shown.crop(box) for box in boxes]
         finer = _shown(self.data, needed, self.turn)
         across, down = finer.width / self.shown.width, finer.height / self.shown.height

@@ -301,20 +301,21 @@ def test_a_small_part_of_a_large_jpeg_is_cut_from_the_file_decoded_finer() -> No
     """A part too small for the draft to hold at the model's input is decoded again at the scale it needs."""
     original = detailed(3000, 2000)
     decoded = decode_image(encode(original, "JPEG", quality=95), MAX_PIXELS)
-    assert decoded.shown.size == (750, 500)  # the draft, a quarter
-    part = decoded.crops([(100, 50, 250, 150)])[0]  # 600 × 400 pixels of the file: a quarter would give 150 × 100
+    assert decoded.rgb.size == (432, 288) and decoded.pdq_rgb.size == (750, 500)  # the draft, a quarter
+    assert decoded.shown.size == (1500, 1000)  # decoded again at a half for the region search
+    part = decoded.crops([(200, 100, 500, 300)])[0]  # 600 × 400 pixels of the file: a half would give 300 × 200
     assert part.size == (600, 400)
     truth = original.crop((400, 200, 1000, 600))
     assert np.abs(pixels(part) - pixels(truth)).mean() < 6  # the file's detail, not the draft's blur
-    assert np.abs(pixels(decoded.crops([(0, 0, 750, 500)])[0]) - pixels(decoded.shown)).max() == 0  # large: the draft
+    assert np.abs(pixels(decoded.crops([(0, 0, 1500, 1000)])[0]) - pixels(decoded.shown)).max() == 0  # large
 
 
 def test_a_part_of_a_turned_jpeg_is_cut_upright() -> None:
     original = detailed(2400, 1200)
     decoded = decode_image(jpeg_with_exif(original, 6), MAX_PIXELS)
     upright = original.transpose(Image.Transpose.ROTATE_270)  # 1200 × 2400
-    assert decoded.shown.size == (300, 600)
-    part = decoded.crops([(50, 100, 150, 200)])[0]  # 400 × 400 of the upright file
+    assert decoded.shown.size == (600, 1200)
+    part = decoded.crops([(100, 200, 300, 400)])[0]  # 400 × 400 of the upright file
     assert part.size == (400, 400)
     assert np.abs(pixels(part) - pixels(upright.crop((200, 400, 600, 800)))).mean() < 6
 
@@ -323,9 +324,9 @@ def test_parts_cut_together_share_the_scale_the_smallest_needs_and_none_asked_gi
     """A collage's cells are cut in one call: one more decode, at the scale the smallest cell needs, for all."""
     original = detailed(3000, 2000)
     decoded = decode_image(encode(original, "JPEG", quality=95), MAX_PIXELS)
-    cells = decoded.crops([(0, 0, 120, 120), (120, 0, 220, 100), (220, 0, 340, 120)], 160)
-    assert [cell.size for cell in cells] == [(240, 240), (200, 200), (240, 240)]  # a half: the second needs it
-    truth = original.resize((1500, 1000), Image.Resampling.BOX).crop((240, 0, 440, 200))
+    cells = decoded.crops([(0, 0, 240, 240), (240, 0, 380, 140), (380, 0, 620, 240)], 160)
+    assert [cell.size for cell in cells] == [(480, 480), (280, 280), (480, 480)]  # the file: the second needs it
+    truth = original.crop((480, 0, 760, 280))
     assert np.abs(pixels(cells[1]) - pixels(truth)).mean() < 6
     assert decoded.crops([], 160) == []
 
