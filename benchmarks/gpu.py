@@ -67,7 +67,7 @@ def serve_and_load(
     threads = str(clients + 8)
     server = ServerProcess(data, *flags, "--threads", threads, "--max-concurrent-requests", threads)
     try:
-        load = run_load(server.address, datas, clients, seconds)
+        load = run_load(server.address, datas, clients, seconds, server.process.pid)
     finally:
         server.stop()
     batches = re.search(r"model batches: (\d+) inferences, ([\d.]+) pictures each on average", server.log.read_text())

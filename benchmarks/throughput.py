@@ -11,7 +11,9 @@ checks from 1, 4 and 16 concurrent clients, each for `--seconds`; (4) bulk-add t
 corpus photos over the add stream. The floor and the model's rate are measured before and
 after the load (in opposite order), so that both see the box as the server did. Reports
 checks/s, p50/p99 latency and the ratio of achieved checks/s to the floor and to the model's
-own rate (issue #20's goal: 0.8 of the model's rate).
+own rate (issue #20's goal: 0.8 of the model's rate); and, steadier when other jobs share the
+box, the CPU a check cost the server process and its workers (from /proc), the server's own
+part, and the model's CPU per image over a check's (`cpu_ratio_to_model`).
 
     .venv/bin/python -m benchmarks.throughput [--entries 100000] [--seconds 20]
 
@@ -105,27 +107,51 @@ def model_input(data: bytes) -> Image.Image:
         return embedding_input(image.convert("RGB"))
 
 
-def _model_worker(args: tuple[list[bytes], float, str]) -> int:
-    """Images one single-threaded process draft-decodes and embeds in `seconds`: the model's own rate."""
+def _model_worker(args: tuple[list[bytes], float, str]) -> tuple[int, float]:
+    """Images one single-threaded process draft-decodes and embeds in `seconds`: the model's own rate; and
+    the CPU seconds it spent on them."""
     datas, seconds, model = args
     from lookalike.index import configure_threads
 
     configure_threads(1)
     embedder = Embedder(model, threads=1)
     embedder.embed(model_input(datas[0]))
-    done, deadline = 0, time.monotonic() + seconds
+    done, deadline, cpu = 0, time.monotonic() + seconds, time.process_time()
     while time.monotonic() < deadline:
         embedder.embed(model_input(datas[done % len(datas)]))
         done += 1
-    return done
+    return done, time.process_time() - cpu
 
 
-def measure_model_rate(datas: list[bytes], seconds: float, model: str) -> float:
-    """Images per second from one worker process per core doing only what the model needs."""
+def measure_model_rate(datas: list[bytes], seconds: float, model: str) -> tuple[float, float]:
+    """Images per second from one worker process per core doing only what the model needs, and the CPU
+    milliseconds an image took them."""
     cores = usable_cores()
     with multiprocessing.get_context("spawn").Pool(cores) as pool:
         done = pool.map(_model_worker, [(datas, seconds, model)] * cores)
-    return sum(done) / seconds
+    images = sum(count for count, _ in done)
+    return images / seconds, 1000 * sum(cpu for _, cpu in done) / images
+
+
+def tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) that process `pid` has used so far, and those of every process below it,
+    from /proc: the server's own and its fingerprint workers'."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    own, below, pending = 0.0, 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            seconds = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # gone meanwhile
+        if current == pid:
+            own += seconds
+        else:
+            below += seconds
+    return own, below
 
 
 class ServerProcess:
@@ -144,7 +170,7 @@ class ServerProcess:
                 "--listen",
                 "127.0.0.1:0",
                 "--http-listen",
-                "off",
+                "off",  # 8080 may be anyone's on a shared box
                 "--map-size",
                 str(MAP_SIZE),
                 *flags,
@@ -166,8 +192,9 @@ class ServerProcess:
         self._log.close()
 
 
-def run_load(address: str, datas: list[bytes], clients: int, seconds: float) -> dict[str, float]:
-    """`clients` threads, each with its own channel, checking photos back to back."""
+def run_load(address: str, datas: list[bytes], clients: int, seconds: float, server_pid: int) -> dict[str, float]:
+    """`clients` threads, each with its own channel, checking photos back to back; with the CPU the server
+    and its workers spent a check (milliseconds; the clients' own not counted)."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     deadline = time.monotonic() + seconds
@@ -185,12 +212,15 @@ def run_load(address: str, datas: list[bytes], clients: int, seconds: float) -> 
                 position += clients
 
     threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(clients)]
+    server_before, workers_before = tree_cpu_seconds(server_pid)
     began = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     elapsed = time.monotonic() - began
+    server_after, workers_after = tree_cpu_seconds(server_pid)
+    server_cpu, workers_cpu = server_after - server_before, workers_after - workers_before
     flat = np.array([x for per_client in latencies for x in per_client]) * 1000
     return {
         "clients": clients,
@@ -198,6 +228,8 @@ def run_load(address: str, datas: list[bytes], clients: int, seconds: float) -> 
         "p50_ms": float(np.percentile(flat, 50)),
         "p99_ms": float(np.percentile(flat, 99)),
         "errors": sum(errors),
+        "cpu_ms_per_check": 1000 * (server_cpu + workers_cpu) / len(flat),
+        "server_cpu_ms_per_check": 1000 * server_cpu / len(flat),
     }
 
 
@@ -230,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     datas = [p.read_bytes() for p in photos]
 
     floor_before = measure_floor(datas, args.seconds, args.model)
-    model_before = measure_model_rate(datas, args.seconds, args.model)
+    model_before, model_cpu_before = measure_model_rate(datas, args.seconds, args.model)
     with tempfile.TemporaryDirectory(prefix="lookalike-throughput-") as folder:
         data = Path(folder) / "data"
         started = time.monotonic()
@@ -238,24 +270,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         populate_seconds = time.monotonic() - started
         server = ServerProcess(data)
         try:
-            loads = [run_load(server.address, datas, int(n), args.seconds) for n in args.clients.split(",")]
+            loads = [
+                run_load(server.address, datas, int(n), args.seconds, server.process.pid)
+                for n in args.clients.split(",")
+            ]
             adds_per_s = bulk_add(server.address, datas[: args.bulk_images])
         finally:
             server.stop()
-    model_after = measure_model_rate(datas, args.seconds, args.model)
+    model_after, model_cpu_after = measure_model_rate(datas, args.seconds, args.model)
     floor_after = measure_floor(datas, args.seconds, args.model)
     floor = (floor_before + floor_after) / 2
     model_rate = (model_before + model_after) / 2
+    model_cpu_ms = (model_cpu_before + model_cpu_after) / 2
     for load in loads:
         load["ratio_to_floor"] = load["checks_per_s"] / floor
         load["ratio_to_model"] = load["checks_per_s"] / model_rate
         load["p99_over_p50"] = load["p99_ms"] / load["p50_ms"]
+        load["cpu_ratio_to_model"] = model_cpu_ms / load["cpu_ms_per_check"]
     result = {
         "hardware": hardware(),
         "model": args.model,
         "entries": args.entries,
         "floor_checks_per_s": {"before": floor_before, "after": floor_after, "mean": floor},
         "model_images_per_s": {"before": model_before, "after": model_after, "mean": model_rate},
+        "model_cpu_ms_per_image": {"before": model_cpu_before, "after": model_cpu_after, "mean": model_cpu_ms},
         "populate_seconds": populate_seconds,
         "server_startup_seconds": server.startup_seconds,
         "loads": loads,
@@ -264,10 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"Checks against a list of {args.entries:,} entries ({args.model}); floor {floor:.1f} images/s "
         f"(before {floor_before:.1f}, after {floor_after:.1f}); the model's own rate {model_rate:.1f} images/s "
-        f"(before {model_before:.1f}, after {model_after:.1f})\n"
+        f"(before {model_before:.1f}, after {model_after:.1f}), {model_cpu_ms:.1f} ms of CPU an image\n"
     )
     columns = ["clients", "checks_per_s", "p50_ms", "p99_ms", "p99_over_p50", "ratio_to_floor", "ratio_to_model"]
-    print(format_table(loads, [*columns, "errors"]))
+    print(
+        format_table(loads, [*columns, "cpu_ms_per_check", "server_cpu_ms_per_check", "cpu_ratio_to_model", "errors"])
+    )
     print(f"\nbulk add: {adds_per_s:.1f} images/s; server start-up {server.startup_seconds:.1f} s")
     print(json.dumps(result))
     return 0

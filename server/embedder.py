@@ -55,21 +55,22 @@ def model_path(model: str) -> Path:
     return Path(paths[model])
 
 
+def input_size(width: int, height: int, short_side: int = SHORT_SIDE) -> tuple[int, int]:
+    """The (width, height) a picture is embedded at: the given short side, aspect kept (capped at MAX_ASPECT)."""
+    scale = short_side / min(width, height)
+    cap = round(short_side * MAX_ASPECT)
+    return min(max(1, round(width * scale)), cap), min(max(1, round(height * scale)), cap)
+
+
 def embedding_input(rgb: Image.Image) -> Image.Image:
-    """The picture the model sees: short side 288, aspect kept (capped)."""
+    """The picture the model sees: short side 288, aspect kept (capped); `rgb` itself when already so."""
     return resized_to(rgb, SHORT_SIDE)
 
 
 def resized_to(rgb: Image.Image, short_side: int) -> Image.Image:
-    """The picture with the given short side, aspect kept (capped at MAX_ASPECT)."""
-    width, height = rgb.size
-    scale = short_side / min(width, height)
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    cap = round(short_side * MAX_ASPECT)
-    new_w, new_h = min(new_w, cap), min(new_h, cap)
-    if (new_w, new_h) != (width, height):
-        rgb = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    return rgb
+    """The picture with the given short side, aspect kept (capped at MAX_ASPECT); `rgb` itself when already so."""
+    size = input_size(*rgb.size, short_side)
+    return rgb if size == rgb.size else rgb.resize(size, Image.Resampling.BILINEAR)
 
 
 def unit_length(vector: np.ndarray) -> np.ndarray:

@@ -15,11 +15,11 @@ from functools import cached_property
 
 import imagehash
 import numpy as np
-import pdqhash
 from PIL import Image
 
 from lookalike.server.embedder import EmbedderPool, EmbeddingBatcher, embedding_input, resized_to
 from lookalike.server.imaging import DecodedImage, decode_image, thumbnail_webp
+from lookalike.server.pdq import pdq_hashes
 from lookalike.server.regions import Box, find_regions, overlap, straightened
 
 PDQ_BYTES = 32
@@ -71,23 +71,27 @@ class Fingerprint:
         a flat canvas (a padded border, a plain screenshot) and one turned on a flat fill, set
         upright, at model input size; the cells of a collage; else up to MAX_REGION_VIEWS pictures
         framed by straight edges (pasted on a photo, inside an app's UI). Looked for only when a
-        check needs it, never for an add."""
-        rgb = self.image.rgb
-        regions = find_regions(rgb)
+        check needs it, never for an add. Looked for on the picture as decoded (`DecodedImage.shown`), and
+        cut from the file decoded finer where a part is too small there."""
+        shown = self.image.shown
+        regions = find_regions(shown)
         batches: list[list[Image.Image]] = []
         if regions.canvas is not None:
-            batches.append([embedding_input(rgb.crop(regions.canvas))])
+            batches.append([embedding_input(self.image.crops([regions.canvas])[0])])
         if regions.tilt is not None:
-            batches.append([embedding_input(straightened(rgb, regions.tilt))])
+            batches.append([embedding_input(straightened(shown, regions.tilt))])
         if regions.cells:
-            batches.append(_same_size([rgb.crop(cell) for cell in regions.cells], CELL_SHORT_SIDE))
+            batches.append(_same_size(self.image.crops(regions.cells, CELL_SHORT_SIDE), CELL_SHORT_SIDE))
         taken: list[Box] = [] if regions.canvas is None else [regions.canvas]
+        framed: list[Box] = []
         for box in regions.frames:
             if len(taken) == MAX_REGION_VIEWS:
                 break
             if all(overlap(box, other) < SAME_REGION for other in taken):
                 taken.append(box)
-                batches.append([resized_to(rgb.crop(box), FRAME_SHORT_SIDE)])
+                framed.append(box)
+        for picture in self.image.crops(framed, FRAME_SHORT_SIDE):
+            batches.append([resized_to(picture, FRAME_SHORT_SIDE)])
         return batches
 
 
@@ -149,14 +153,6 @@ def _timed(stages: list[tuple[str, float]], stage: str) -> Iterator[None]:
         stages.append((stage, time.perf_counter() - started))
 
 
-def pdq_hashes(rgb: Image.Image) -> tuple[tuple[bytes, ...], int]:
-    """PDQ's 256 bits (packed, most significant bit first) of the picture and of its
-    seven rotations and mirrors, in PDQ's dihedral order (the picture itself first),
-    and the quality (0–100). All eight cost what one does."""
-    variants, quality = pdqhash.compute_dihedral(np.asarray(rgb, dtype=np.uint8))
-    return tuple(np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes() for bits in variants), int(quality)
-
-
 def phash(rgb: Image.Image) -> bytes:
     """imagehash's 64-bit DCT hash, packed. Taken from the small model input:
     its 32×32 resize then costs a tenth, and the bits barely move."""
@@ -175,7 +171,7 @@ class Fingerprinter:
         with _timed(stages, "decode"):
             decoded = decode_image(data, self.max_pixels)
         with _timed(stages, "hash"):
-            variants, quality = pdq_hashes(decoded.pdq_rgb)
+            variants, quality = pdq_hashes(decoded.pdq_rgb, decoded.original_size)
             model_input = embedding_input(decoded.rgb)
             hashes = Hashes(
                 sha256=hashlib.sha256(data).digest(),

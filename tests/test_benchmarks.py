@@ -48,6 +48,11 @@ def test_throughput_benchmark_reports_the_models_own_rate_and_the_ratio_to_it(
     assert load["ratio_to_model"] == pytest.approx(load["checks_per_s"] / rate["mean"])
     assert load["ratio_to_floor"] == pytest.approx(load["checks_per_s"] / report["floor_checks_per_s"]["mean"])
     assert "ratio_to_model" in output.splitlines()[2], "the table shows the ratio beside the floor's"
+    model_cpu = report["model_cpu_ms_per_image"]
+    assert model_cpu["before"] > 0 and model_cpu["after"] > 0
+    assert load["cpu_ms_per_check"] > model_cpu["mean"] / 4, "the server and its workers' CPU, not the clients'"
+    assert 0 < load["server_cpu_ms_per_check"] < load["cpu_ms_per_check"], "the workers' is the rest"
+    assert load["cpu_ratio_to_model"] == pytest.approx(model_cpu["mean"] / load["cpu_ms_per_check"])
 
 
 @pytest.mark.slow

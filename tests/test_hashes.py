@@ -21,8 +21,8 @@ from PIL import Image
 from benchmarks.edits import EDIT_FAMILIES, encode_edited
 from lookalike.client import CheckResult, InvalidArgument, LookalikeClient, NotFound
 from lookalike.client.stub import translate
-from lookalike.server.fingerprint import pdq_hashes
 from lookalike.server.hashes import pdq_dihedral
+from lookalike.server.pdq import pdq_hashes
 from lookalike.server.scoring import DEFAULT_REJECT_THRESHOLD, DEFAULT_REVIEW_THRESHOLD, Evidence, score
 from lookalike.server.service import nearest_bits
 from lookalike.server.storage.schema import DB_ENTRIES, DB_LISTS

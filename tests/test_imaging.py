@@ -262,25 +262,73 @@ def test_an_l_jpeg_decodes_to_grey_rgb() -> None:
 # Draft decoding ----------------------------------------------------------------------------
 
 
-def test_a_large_jpeg_is_decoded_in_draft_mode_keeping_a_short_side_of_at_least_512() -> None:
+def test_a_large_jpeg_is_drafted_keeping_the_models_input_and_shown_at_that_size() -> None:
     data = encode(gradient(3000, 2000), "JPEG", quality=80)
     decoded = decode_image(data, MAX_PIXELS)
     assert decoded.original_size == (3000, 2000)
-    width, height = decoded.rgb.size
-    assert DRAFT_SHORT_SIDE <= min(width, height) < 2000
-    assert abs(width / height - 1.5) < 0.01
-    assert decoded.rgb.mode == "RGB"
+    width, height = decoded.pdq_rgb.size  # a quarter: an eighth would fall below the model's input
+    assert (width, height) == (750, 500) and DRAFT_SHORT_SIDE <= height < 2 * DRAFT_SHORT_SIDE
+    assert_rgb8(decoded.rgb, (432, 288))
+    assert decoded.pdq_rgb.mode == "RGB"
 
 
 def test_a_large_rotated_jpeg_is_drafted_then_rotated() -> None:
     decoded = decode_image(jpeg_with_exif(gradient(2400, 1200), 6), MAX_PIXELS)
-    width, height = decoded.rgb.size
-    assert height > width
-    assert DRAFT_SHORT_SIDE <= width < 1200
+    assert decoded.pdq_rgb.size == (600, 300)  # as stored, drafted to a quarter
+    assert_rgb8(decoded.rgb, (288, 576))
 
 
-def test_a_small_jpeg_is_decoded_at_full_size() -> None:
-    assert decode_image(encode(gradient(600, 520), "JPEG"), MAX_PIXELS).rgb.size == (600, 520)
+def test_a_small_jpeg_is_decoded_at_full_size_and_reduced_once() -> None:
+    decoded = decode_image(encode(gradient(600, 520), "JPEG"), MAX_PIXELS)
+    assert decoded.pdq_rgb.size == (600, 520)
+    assert decoded.rgb.size == (332, 288)
+
+
+def test_a_picture_smaller_than_the_models_input_is_never_enlarged() -> None:
+    decoded = decode_image(encode(gradient(400, 200), "PNG"), MAX_PIXELS)
+    assert decoded.rgb.size == decoded.pdq_rgb.size == (400, 200)
+    assert decoded.rgb is decoded.pdq_rgb
+
+
+def detailed(width: int, height: int) -> Image.Image:
+    """Fine detail (a JPEG draft blurs it) over a gradient."""
+    rng = np.random.default_rng(width * height)
+    speckle = rng.integers(0, 60, (height, width, 1)).repeat(3, axis=2)
+    return Image.fromarray(np.clip(pixels(gradient(width, height)) + speckle - 30, 0, 255).astype(np.uint8), "RGB")
+
+
+def test_a_small_part_of_a_large_jpeg_is_cut_from_the_file_decoded_finer() -> None:
+    """A part too small for the draft to hold at the model's input is decoded again at the scale it needs."""
+    original = detailed(3000, 2000)
+    decoded = decode_image(encode(original, "JPEG", quality=95), MAX_PIXELS)
+    assert decoded.rgb.size == (432, 288) and decoded.pdq_rgb.size == (750, 500)  # the draft, a quarter
+    assert decoded.shown.size == (1500, 1000)  # decoded again at a half for the region search
+    part = decoded.crops([(200, 100, 500, 300)])[0]  # 600 × 400 pixels of the file: a half would give 300 × 200
+    assert part.size == (600, 400)
+    truth = original.crop((400, 200, 1000, 600))
+    assert np.abs(pixels(part) - pixels(truth)).mean() < 6  # the file's detail, not the draft's blur
+    assert np.abs(pixels(decoded.crops([(0, 0, 1500, 1000)])[0]) - pixels(decoded.shown)).max() == 0  # large
+
+
+def test_a_part_of_a_turned_jpeg_is_cut_upright() -> None:
+    original = detailed(2400, 1200)
+    decoded = decode_image(jpeg_with_exif(original, 6), MAX_PIXELS)
+    upright = original.transpose(Image.Transpose.ROTATE_270)  # 1200 × 2400
+    assert decoded.shown.size == (600, 1200)
+    part = decoded.crops([(100, 200, 300, 400)])[0]  # 400 × 400 of the upright file
+    assert part.size == (400, 400)
+    assert np.abs(pixels(part) - pixels(upright.crop((200, 400, 600, 800)))).mean() < 6
+
+
+def test_parts_cut_together_share_the_scale_the_smallest_needs_and_none_asked_gives_none() -> None:
+    """A collage's cells are cut in one call: one more decode, at the scale the smallest cell needs, for all."""
+    original = detailed(3000, 2000)
+    decoded = decode_image(encode(original, "JPEG", quality=95), MAX_PIXELS)
+    cells = decoded.crops([(0, 0, 240, 240), (240, 0, 380, 140), (380, 0, 620, 240)], 160)
+    assert [cell.size for cell in cells] == [(480, 480), (280, 280), (480, 480)]  # the file: the second needs it
+    truth = original.crop((480, 0, 760, 280))
+    assert np.abs(pixels(cells[1]) - pixels(truth)).mean() < 6
+    assert decoded.crops([], 160) == []
 
 
 # Pixel limit ---------------------------------------------------------------------------------
@@ -406,15 +454,16 @@ def test_random_corruption_of_real_pictures_gives_only_typed_errors() -> None:
             assert decoded.rgb.mode == "RGB"
 
 
-def test_large_lossless_pictures_reach_the_hashes_at_a_bounded_size() -> None:
-    """A 12 MP PNG is resized to a short side of MAX_SHORT_SIDE, as a JPEG draft would shrink it."""
-    from lookalike.server.imaging import MAX_SHORT_SIDE
-
+def test_large_lossless_pictures_are_reduced_as_a_jpeg_draft_would_be() -> None:
+    """A 12 MP PNG is reduced by whole pixel blocks to the scale a JPEG draft gives (short side 288 to 575),
+    PDQ's picture, then to the model's input."""
     gradient = np.linspace(0, 255, 4000, dtype=np.uint8)
     big = Image.fromarray(np.tile(gradient, (3000, 1)), "L").convert("RGB")
     buffer = io.BytesIO()
     big.save(buffer, format="PNG")
     decoded = decode_image(buffer.getvalue(), max_pixels=20_000_000)
-    assert min(decoded.rgb.size) == MAX_SHORT_SIDE
     assert decoded.original_size == (4000, 3000)
-    assert abs(decoded.rgb.width / decoded.rgb.height - 4 / 3) < 0.01
+    assert decoded.pdq_rgb.size == (500, 375)
+    assert decoded.rgb.size == (384, 288)
+    ramp = np.asarray(decoded.pdq_rgb)[0, :, 0].astype(int)
+    assert np.abs(ramp - np.linspace(0, 255, 500)).max() <= 2  # block averages of the ramp

@@ -16,6 +16,7 @@ import numpy as np
 import pdqhash
 from PIL import Image, ImageOps
 
+from lookalike.server.embedder import embedding_input
 from lookalike.server.imaging import decode_image
 from tests.conftest import ServerHandle, distinct_photos
 
@@ -138,22 +139,28 @@ def test_our_pdq_is_the_reference_hashers_and_a_straight_list_finds_their_hash_o
 
 
 def test_pdq_reads_the_pixels_as_stored_and_the_rest_sees_them_upright_on_white() -> None:
+    """PDQ's picture is the file's pixels as stored (decoded at the draft's scale); the picture shown is the same
+    at the model's input size, turned upright and flattened onto white."""
     picture = photo(distinct_photos(1, seed=72)[0])
     rgba = with_transparency(picture)
     decoded = decode_image(encode(rgba, "PNG"), MAX_PIXELS)
     on_white = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    assert np.array_equal(np.asarray(decoded.pdq_rgb), np.asarray(rgba.convert("RGB")))
-    assert np.abs(np.asarray(decoded.rgb, np.int16) - np.asarray(on_white, np.int16)).max() <= 1
+    factor = round(rgba.width / decoded.pdq_rgb.width)
+    assert np.array_equal(np.asarray(decoded.pdq_rgb), np.asarray(rgba.convert("RGB").reduce(factor)))
+    shown = embedding_input(on_white.reduce(factor))
+    assert np.abs(np.asarray(decoded.rgb, np.int16) - np.asarray(shown, np.int16)).max() <= 1
 
     data = oriented_jpeg(picture, 6)
     decoded = decode_image(data, MAX_PIXELS)
     with Image.open(io.BytesIO(data)) as stored:
+        stored.draft("RGB", decoded.pdq_rgb.size)
         as_stored = stored.convert("RGB")
     assert np.array_equal(np.asarray(decoded.pdq_rgb), np.asarray(as_stored))
-    assert np.array_equal(np.asarray(decoded.rgb), np.asarray(as_stored.transpose(Image.Transpose.ROTATE_270)))
+    upright = embedding_input(as_stored).transpose(Image.Transpose.ROTATE_270)
+    assert np.array_equal(np.asarray(decoded.rgb), np.asarray(upright))
 
     plain = decode_image(encode(picture, "JPEG", quality=90), MAX_PIXELS)
-    assert plain.pdq_rgb is plain.rgb  # neither: no second picture
+    assert np.array_equal(np.asarray(plain.rgb), np.asarray(embedding_input(plain.pdq_rgb)))  # neither: one picture
 
 
 def test_the_embedding_still_sees_an_exif_oriented_picture_upright(lookalike: ServerHandle) -> None:
