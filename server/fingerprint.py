@@ -20,7 +20,7 @@ from PIL import Image
 
 from lookalike.server.embedder import EmbedderPool, EmbeddingBatcher, embedding_input, resized_to
 from lookalike.server.imaging import DecodedImage, decode_image, thumbnail_webp
-from lookalike.server.regions import Box, find_regions, overlap, straightened
+from lookalike.server.regions import Box, find_regions, finder_picture, overlap, straightened
 
 PDQ_BYTES = 32
 PHASH_BYTES = 8
@@ -73,7 +73,7 @@ class Fingerprint:
         framed by straight edges (pasted on a photo, inside an app's UI). Looked for only when a
         check needs it, never for an add."""
         rgb = self.image.rgb
-        regions = find_regions(rgb)
+        regions = find_regions(finder_picture(rgb), rgb.size)
         batches: list[list[Image.Image]] = []
         if regions.canvas is not None:
             batches.append([embedding_input(rgb.crop(regions.canvas))])
