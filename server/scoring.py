@@ -78,6 +78,30 @@ class Evidence:
         return found + [name for name, value in self.signal_scores().items() if value >= AGREEMENT_LEVEL]
 
 
+PDQ_SAME_PICTURE = 6
+"""PDQ distances (bits) up to this say the pixels are the listed picture's (re-encoded, resized, recoloured)."""
+PDQ_SAME_SCENE = 31
+"""Distances above PDQ_SAME_PICTURE and up to this, with the embedding as close as a copy's, are what other
+shots of one scene give (frames of a video, a stereo pair, a second photo from one spot): the layout is the
+listed picture's but not its pixels. Copies that keep the layout stay closer; those that change it (crops,
+turns, composites) go further."""
+EMBEDDING_ALONE_REJECT = 0.93
+"""Cosine a reject needs when PDQ does not place the picture within PDQ_SAME_PICTURE."""
+
+
+def may_reject(evidence: Evidence) -> bool:
+    """Whether the evidence can carry an automatic reject, whatever the score: the same bytes, or a
+    picture whose signals say copy rather than another shot of the scene. An entry without an embedding
+    is judged by PDQ alone, as a hash list asks; otherwise PDQ in the same-scene band, or a cosine
+    under EMBEDDING_ALONE_REJECT without PDQ's support, leaves the match for a person to review."""
+    if evidence.exact_sha256 or evidence.exact_md5 or evidence.embedding_similarity is None:
+        return True
+    pdq = evidence.pdq_distance if evidence.pdq_quality >= PDQ_MIN_QUALITY else None
+    if pdq is not None and PDQ_SAME_PICTURE < pdq <= PDQ_SAME_SCENE:
+        return False
+    return (pdq is not None and pdq <= PDQ_SAME_PICTURE) or evidence.embedding_similarity >= EMBEDDING_ALONE_REJECT
+
+
 def score(evidence: Evidence) -> float:
     """The fused score: 1 for the same bytes (by SHA-256 or MD5), else the strongest signal,
     boosted by agreement. An entry without an embedding scores on PDQ's curve alone, the same

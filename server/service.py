@@ -49,6 +49,7 @@ from lookalike.server.scoring import (
     DEFAULT_REVIEW_THRESHOLD,
     PDQ_SEARCH_RADIUS,
     Evidence,
+    may_reject,
     score,
 )
 from lookalike.server.slots import FairSlots
@@ -667,5 +668,8 @@ class LookalikeService:
                 model=entry.model,
             )
             value = score(evidence)
-            matches.append(Match(record.name, entry, value, evidence, decide(value, record)))
+            decision = decide(value, record)
+            if decision == REJECT and not may_reject(evidence):
+                decision = REVIEW  # another shot of the scene looks like this: a person tells them apart
+            matches.append(Match(record.name, entry, value, evidence, decision))
         return matches
