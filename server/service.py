@@ -157,6 +157,13 @@ def _rank(match: Match) -> tuple[float, float, str, int]:
     return (-match.score, -(similarity if similarity is not None else -1.0), match.list, match.entry.seq)
 
 
+def hamming(a: bytes, b: bytes) -> int | None:
+    """Bits that differ between two hashes of one length; None when the lengths differ."""
+    if len(a) != len(b):
+        return None
+    return int(np.bitwise_count(np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)).sum())
+
+
 def nearest_bits(variants: Sequence[bytes], listed: bytes) -> int:
     """Smallest Hamming distance from any of a picture's PDQ variants to a listed code."""
     return nearest_bits_each(variants, [listed])[0]
@@ -666,6 +673,7 @@ class LookalikeService:
                 pdq_quality=min(hashes.pdq_quality, entry.pdq_quality) if entry.pdq else 0,
                 embedding_similarity=None if seq not in similarities else min(1.0, similarities[seq]),
                 model=entry.model,
+                phash_distance=hamming(hashes.phash, entry.phash) if hashes.phash and entry.phash else None,
             )
             value = score(evidence)
             decision = decide(value, record)

@@ -16,6 +16,7 @@ from lookalike.server.scoring import (
     PDQ_MIN_QUALITY,
     PDQ_SAME_PICTURE,
     PDQ_SAME_SCENE,
+    PHASH_SAME_PICTURE,
     Curve,
     Evidence,
     may_reject,
@@ -64,8 +65,12 @@ def test_a_low_quality_pdq_hash_is_not_evidence() -> None:
 
 
 def test_a_reject_needs_evidence_of_a_copy_rather_than_of_another_shot() -> None:
-    another_shot = Evidence(pdq_distance=PDQ_SAME_SCENE, pdq_quality=100, embedding_similarity=0.97, model=MODEL)
+    another_shot = Evidence(
+        pdq_distance=PDQ_SAME_SCENE, pdq_quality=100, embedding_similarity=0.97, model=MODEL, phash_distance=2
+    )
     assert score(another_shot) >= DEFAULT_REJECT_THRESHOLD and not may_reject(another_shot)
+    assert not may_reject(replace(another_shot, phash_distance=None))
+    assert may_reject(replace(another_shot, phash_distance=PHASH_SAME_PICTURE))  # recoloured, captioned
     re_encoded = Evidence(pdq_distance=PDQ_SAME_PICTURE, pdq_quality=100, embedding_similarity=0.97, model=MODEL)
     assert may_reject(re_encoded)
     cropped = Evidence(pdq_distance=120, pdq_quality=100, embedding_similarity=EMBEDDING_ALONE_REJECT, model=MODEL)
