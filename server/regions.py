@@ -104,6 +104,7 @@ def _gray_copy(picture: Image.Image, size: tuple[int, int], long_side: int, dtyp
 
 
 def _gray_picture(picture: Image.Image, size: tuple[int, int], scale: float) -> Image.Image:
+    """A grey copy, at `scale` of an image of `size`, of `picture` (that image or a smaller copy)."""
     target = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
     gray = picture if picture.mode == "L" else picture.convert("L")
     if target != gray.size:

@@ -17,8 +17,9 @@ SCENE_PAIRS = (
     ("opencv__data__aloeL.jpg", "opencv__data__aloeR.jpg"),  # stereo pair
     ("pypi_mvtb__castle.jpg", "pypi_mvtb__castle2.jpg"),  # two shots of one castle
 )
-"""(listed shot, other shot) pairs of NEAR_DUPLICATES.tsv whose cosines (0.93-0.99) and PDQ made
-rejects before decisions asked for agreement between the signals."""
+"""(listed shot, other shot) pairs of NEAR_DUPLICATES.tsv whose scores (cosines 0.82-0.99, PDQ 8-22 bits
+for three of them) reach the reject threshold: rejected before a reject needed evidence of a copy
+(`scoring.may_reject`)."""
 
 
 @pytest.mark.slow
