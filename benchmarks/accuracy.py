@@ -252,6 +252,8 @@ class Collected:
     """Per model: query id -> (decision, the top flagged match is the true original)."""
     flagged: dict[str, dict[str, tuple[str, float]]] = field(default_factory=dict)
     """Per model: query id -> (top flagged entry, its score), for queries with a flagged match."""
+    details: list[dict[str, Any]] = field(default_factory=list)
+    """Per query, its best matches' raw evidence (for studies of the decision rules; --details)."""
 
     def add(self, signal: str, query: str, reference: str, score: float) -> None:
         self.predictions.setdefault(signal, []).append(Prediction(query, reference, score))
@@ -265,8 +267,10 @@ def run_checks(
     originals: dict[str, Any],
     truth: dict[str, str],
     others: OtherPhotos,
+    details: bool = False,
 ) -> Collected:
-    """Check every query against every model's list; turn replies into per-signal predictions."""
+    """Check every query against every model's list; turn replies into per-signal predictions
+    (and, with `details`, keep each query's best matches' raw evidence)."""
     names = list(lists.values())
     model_of = {name: model for model, name in lists.items()}
     ref_ids = sorted(originals)
@@ -297,6 +301,8 @@ def run_checks(
             collected.add(f"fused:{model}", query.id, match.id, match.score)
             if match.evidence.embedding_similarity is not None:
                 collected.add(model, query.id, match.id, match.evidence.embedding_similarity)
+        if details:
+            collected.details.append(query_details(query, result, originals, truth))
         for name in names:
             flagged = [m for m in result.matches if m.list == name and m.decision != "accept"]
             decision = max((m.decision for m in flagged), key=("review", "reject").index, default="accept")
@@ -309,6 +315,38 @@ def run_checks(
             rate = (position + 1) / (time.monotonic() - started)
             print(f"  {position + 1}/{len(queries)} checks ({rate:.1f}/s)", file=sys.stderr)
     return collected
+
+
+DETAILED_MATCHES = 3
+"""Matches per query whose raw evidence --details keeps."""
+
+
+def query_details(query: Query, result: Any, originals: dict[str, Any], truth: dict[str, str]) -> dict[str, Any]:
+    """A query's best matches with their raw evidence, pHash distance and PDQ qualities."""
+    phash = _bits([result.hashes.phash])[0]
+    matches = []
+    for match in sorted(result.matches, key=lambda m: -m.score)[:DETAILED_MATCHES]:
+        entry = originals[match.id].hashes
+        evidence = match.evidence
+        matches.append(
+            {
+                "id": match.id,
+                "list": match.list,
+                "score": round(match.score, 4),
+                "decision": match.decision,
+                "cosine": evidence.embedding_similarity,
+                "pdq": evidence.pdq_distance,
+                "phash": int((_bits([entry.phash])[0] != phash).sum()),
+                "quality": min(result.hashes.pdq_quality, entry.pdq_quality),
+            }
+        )
+    return {
+        "query": query.id,
+        "kind": query.kind,
+        "family": query.family,
+        "truth": truth.get(query.id),
+        "matches": matches,
+    }
 
 
 def _shares(decided: dict[str, tuple[str, bool]], queries: Sequence[Query]) -> dict[str, float]:
@@ -543,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--models", default=f"{MODEL_SSCD_DISTILLED},{MODEL_SSCD}", help="lists to build, one a model")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for accuracy.json and accuracy.png")
     parser.add_argument("--no-costs", action="store_true", help="skip the CPU cost of plain photos and composites")
+    parser.add_argument("--details", action="store_true", help="also write each query's best matches' evidence")
     args = parser.parse_args(argv)
 
     photos = sorted(args.corpus.glob("*.jpg")) + sorted(args.corpus.glob("*.png"))
@@ -584,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 truth = {q.id: q.source for q in queries if q.positive}
                 print(f"checking {len(queries)} queries", file=sys.stderr)
-                collected = run_checks(client, queries, args.seed, lists, originals, truth, others)
+                collected = run_checks(client, queries, args.seed, lists, originals, truth, others, args.details)
         finally:
             running.stop(grace=1)
     results = evaluate(collected, queries, truth)
@@ -620,6 +659,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "accuracy.json").write_text(json.dumps({"meta": meta, **results}, indent=2))
+    if args.details:
+        (args.out / "accuracy_details.json").write_text(json.dumps(collected.details))
     plot_precision_recall(curves, args.out / "accuracy.png", f"Precision-recall, seed {args.seed}")
     print(report(results, meta))
     print(json.dumps({"meta": meta, **results}))

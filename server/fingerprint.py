@@ -20,7 +20,7 @@ from PIL import Image
 from lookalike.server.embedder import EmbedderPool, EmbeddingBatcher, embedding_input, resized_to
 from lookalike.server.imaging import DecodedImage, decode_image, thumbnail_webp
 from lookalike.server.pdq import pdq_hashes
-from lookalike.server.regions import Box, find_regions, overlap, straightened
+from lookalike.server.regions import Box, find_regions, finder_picture, overlap, straightened
 
 PDQ_BYTES = 32
 PHASH_BYTES = 8
@@ -74,7 +74,7 @@ class Fingerprint:
         check needs it, never for an add. Looked for on the picture as decoded (`DecodedImage.shown`), and
         cut from the file decoded finer where a part is too small there."""
         shown = self.image.shown
-        regions = find_regions(shown)
+        regions = find_regions(finder_picture(shown), shown.size)
         batches: list[list[Image.Image]] = []
         if regions.canvas is not None:
             batches.append([embedding_input(self.image.crops([regions.canvas])[0])])

@@ -90,18 +90,29 @@ def _content_box(gray: np.ndarray, scale: float, size: tuple[int, int]) -> Box |
     )
 
 
-def work_gray(rgb: Image.Image) -> tuple[np.ndarray, float]:
-    """The grey copy analysed (int16, long side at most WORK_SIDE) and its scale."""
-    width, height = rgb.size
-    scale = min(1.0, WORK_SIDE / max(width, height))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    gray = rgb if rgb.mode == "L" else rgb.convert("L")
-    if size != gray.size:
-        factor = int(1.0 / scale)
+def work_gray(rgb: Image.Image, size: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
+    """The grey copy analysed (int16, long side at most WORK_SIDE) and its scale: of `rgb`, or of an
+    image of `size` that `rgb` is a smaller copy of."""
+    return _gray_copy(rgb, size or rgb.size, WORK_SIDE, np.int16)
+
+
+def _gray_copy(picture: Image.Image, size: tuple[int, int], long_side: int, dtype: type) -> tuple[np.ndarray, float]:
+    """A grey copy of an image of `size` at most `long_side` long, made from `picture` (that image or any
+    smaller copy of it), and its scale against `size`."""
+    scale = min(1.0, long_side / max(size))
+    return np.asarray(_gray_picture(picture, size, scale), dtype=dtype), scale
+
+
+def _gray_picture(picture: Image.Image, size: tuple[int, int], scale: float) -> Image.Image:
+    """A grey copy, at `scale` of an image of `size`, of `picture` (that image or a smaller copy)."""
+    target = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+    gray = picture if picture.mode == "L" else picture.convert("L")
+    if target != gray.size:
+        factor = min(gray.size[0] // target[0], gray.size[1] // target[1])
         if factor >= 2:
             gray = gray.reduce(factor)  # cheap integer box first, the exact size after
-        gray = gray.resize(size, Image.Resampling.BOX)
-    return np.asarray(gray, dtype=np.int16), scale
+        gray = gray.resize(target, Image.Resampling.BOX)
+    return gray
 
 
 def locate(g: np.ndarray) -> tuple[tuple[int, int, int, int] | None, str]:
@@ -356,14 +367,24 @@ class Regions:
     """Pictures framed by straight edges, best first (`frame_boxes`); not looked for in a collage."""
 
 
-def find_regions(rgb: Image.Image) -> Regions:
-    """Every kind of region at once, from one grey conversion and one pair of edge maps."""
-    gray = rgb.convert("L")
-    edges = _Edges.of(gray)
+def finder_picture(rgb: Image.Image) -> Image.Image:
+    """The grey copy the finders need (FRAME_WORK_SIDE on the long side at most): what `find_regions`
+    takes when no smaller decode of the image is at hand."""
+    return _gray_picture(rgb, rgb.size, min(1.0, FRAME_WORK_SIDE / max(rgb.size)))
+
+
+def find_regions(picture: Image.Image, size: tuple[int, int] | None = None) -> Regions:
+    """Every kind of region at once, from one grey copy and one pair of edge maps. `picture` is the
+    image or a smaller copy of it (`finder_picture`, or a decode at a reduced scale) at least
+    FRAME_WORK_SIDE on its long side where the image is; boxes are in the pixels of the image, whose
+    `size` is `picture`'s by default."""
+    size = size or picture.size
+    gray = picture.convert("L")
+    edges = _Edges.of(gray, size)
     if edges is None:
         return Regions(None, None, [], [])
-    small, scale = work_gray(gray)
-    canvas, turned = _content_box(small, scale, rgb.size), _tilt(small)
+    small, scale = work_gray(gray, size)
+    canvas, turned = _content_box(small, scale, size), _tilt(small)
     cells = edges.grid_cells()
     return Regions(canvas, turned, cells, [] if cells else edges.frame_boxes())
 
@@ -401,11 +422,12 @@ class _Edges:
     size: tuple[int, int]
 
     @classmethod
-    def of(cls, image: Image.Image) -> _Edges | None:
-        width, height = image.size
+    def of(cls, image: Image.Image, size: tuple[int, int] | None = None) -> _Edges | None:
+        """The edges of an image of `size` (default: `image`'s), from `image` (it or a smaller copy)."""
+        width, height = size or image.size
         if min(width, height) < MIN_SIDE:
             return None
-        gray, scale = _frame_gray(image)
+        gray, scale = _gray_copy(image, (width, height), FRAME_WORK_SIDE, np.float32)
         rows = _bridge(_step_edges(gray, EDGE_BAND, EDGE_STEP))
         cols = _bridge(_step_edges(gray.T, EDGE_BAND, EDGE_STEP))
         return cls(rows, cols, scale, (width, height))
@@ -480,20 +502,6 @@ class _Edges:
             for i in range(len(ys) - 1)
             for j in range(len(xs) - 1)
         ]
-
-
-def _frame_gray(rgb: Image.Image) -> tuple[np.ndarray, float]:
-    """The grey copy (float32, long side at most FRAME_WORK_SIDE) and its scale."""
-    width, height = rgb.size
-    scale = min(1.0, FRAME_WORK_SIDE / max(width, height))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    gray = rgb.convert("L")
-    if size != gray.size:
-        factor = int(1.0 / scale)
-        if factor >= 2:
-            gray = gray.reduce(factor)
-        gray = gray.resize(size, Image.Resampling.BOX)
-    return np.asarray(gray, dtype=np.float32), scale
 
 
 def _step_edges(g: np.ndarray, band: int, step: float) -> np.ndarray:

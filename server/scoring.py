@@ -61,6 +61,7 @@ class Evidence:
     embedding_similarity: float | None = None
     model: str = ""
     exact_md5: bool = False
+    phash_distance: int | None = None  # of the pictures as they are (not turned); None when one has none
 
     def signal_scores(self) -> dict[str, float]:
         """Each usable signal's own calibrated score."""
@@ -76,6 +77,35 @@ class Evidence:
         rather than MD5 when both say "the same bytes")."""
         found = ["sha256"] if self.exact_sha256 else ["md5"] if self.exact_md5 else []
         return found + [name for name, value in self.signal_scores().items() if value >= AGREEMENT_LEVEL]
+
+
+PDQ_SAME_PICTURE = 6
+"""PDQ distances (bits) up to this say the pixels are the listed picture's (re-encoded, resized, recoloured)."""
+PDQ_SAME_SCENE = 31
+"""Distances above PDQ_SAME_PICTURE and up to this (HMA's match bound) are also what other shots of one
+scene give (frames of a video, a second photo from one spot): the layout is the listed picture's, the
+pixels may not be. There a reject also needs pHash within PHASH_SAME_PICTURE; copies that change the
+layout (crops, turns, composites) go further and are judged by the embedding."""
+PHASH_SAME_PICTURE = 0
+"""pHash distance (of 64 bits) that, with PDQ in the same-scene band, still says the same picture: the
+video frames and the castle pair of the benchmark differ by 2 bits or more."""
+EMBEDDING_ALONE_REJECT = 0.93
+"""Cosine a reject needs when PDQ does not place the picture within PDQ_SAME_SCENE."""
+
+
+def may_reject(evidence: Evidence) -> bool:
+    """Whether the evidence can carry an automatic reject, whatever the score: the same bytes, or a
+    picture whose signals say copy rather than another shot of the scene. An entry without an embedding
+    is judged by PDQ alone, as a hash list asks; otherwise PDQ in the same-scene band without pHash's
+    support, or a cosine under EMBEDDING_ALONE_REJECT without PDQ's, leaves the match to a person."""
+    if evidence.exact_sha256 or evidence.exact_md5 or evidence.embedding_similarity is None:
+        return True
+    pdq = evidence.pdq_distance if evidence.pdq_quality >= PDQ_MIN_QUALITY else None
+    if pdq is not None and pdq <= PDQ_SAME_PICTURE:
+        return True
+    if pdq is not None and pdq <= PDQ_SAME_SCENE:
+        return evidence.phash_distance is not None and evidence.phash_distance <= PHASH_SAME_PICTURE
+    return evidence.embedding_similarity >= EMBEDDING_ALONE_REJECT
 
 
 def score(evidence: Evidence) -> float:

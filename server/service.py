@@ -49,6 +49,7 @@ from lookalike.server.scoring import (
     DEFAULT_REVIEW_THRESHOLD,
     PDQ_SEARCH_RADIUS,
     Evidence,
+    may_reject,
     score,
 )
 from lookalike.server.slots import FairSlots
@@ -168,6 +169,13 @@ def _rank(match: Match) -> tuple[float, float, str, int]:
     """Best score first; among equal scores, the closer embedding."""
     similarity = match.evidence.embedding_similarity
     return (-match.score, -(similarity if similarity is not None else -1.0), match.list, match.entry.seq)
+
+
+def hamming(a: bytes, b: bytes) -> int | None:
+    """Bits that differ between two hashes of one length; None when the lengths differ."""
+    if len(a) != len(b):
+        return None
+    return int(np.bitwise_count(np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)).sum())
 
 
 def nearest_bits(variants: Sequence[bytes], listed: bytes) -> int:
@@ -681,7 +689,11 @@ class LookalikeService:
                 pdq_quality=min(hashes.pdq_quality, entry.pdq_quality) if entry.pdq else 0,
                 embedding_similarity=None if seq not in similarities else min(1.0, similarities[seq]),
                 model=entry.model,
+                phash_distance=hamming(hashes.phash, entry.phash) if hashes.phash and entry.phash else None,
             )
             value = score(evidence)
-            matches.append(Match(record.name, entry, value, evidence, decide(value, record)))
+            decision = decide(value, record)
+            if decision == REJECT and not may_reject(evidence):
+                decision = REVIEW  # another shot of the scene looks like this: a person tells them apart
+            matches.append(Match(record.name, entry, value, evidence, decision))
         return matches

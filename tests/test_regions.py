@@ -16,6 +16,7 @@ from lookalike.server.regions import (
     Regions,
     content_box,
     find_regions,
+    finder_picture,
     frame_boxes,
     grid_cells,
     straightened,
@@ -183,6 +184,26 @@ def test_a_collage_is_cut_into_its_cells(name: str, family: str) -> None:
     cells = grid_cells(jpeg_roundtrip(collage))
     assert len(cells) == (4 if family == "collage_2x2" else 9)
     assert max(iou(cell, truth) for cell in cells) >= 0.85
+
+
+@pytest.mark.parametrize("family", ["collage_2x2", "paste_on_busy", "screenshot"])
+def test_the_finders_run_on_a_small_copy_and_answer_in_the_images_pixels(family: str) -> None:
+    """A check hands the finders a small grey copy (or a decode at a reduced scale) and the image's
+    size; the picture is found where it is in the image itself."""
+    truth: Box | None
+    if family == "screenshot":
+        edited, truth = screenshot(photo(PHOTOS[0]), dark=False)
+    else:
+        edited = apply_edit(family, photo(PHOTOS[0]), random.Random(2), others_from(BACKGROUNDS))
+        truth = region_of(edited)
+    assert truth is not None
+    composite = jpeg_roundtrip(edited)
+    small = finder_picture(composite)
+    assert max(small.size) <= 320 < max(composite.size)
+    for picture in (small, composite.reduce(2)):  # the second as a JPEG decoded at half scale
+        found = find_regions(picture, composite.size)
+        boxes = [*found.cells, *found.frames, *([found.canvas] if found.canvas else [])]
+        assert boxes and max(iou(box, truth) for box in boxes) >= 0.8, (picture.size, boxes, truth)
 
 
 @pytest.mark.parametrize("name", PHOTOS)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from lookalike.server.scoring import (
     DEFAULT_REJECT_THRESHOLD,
     DEFAULT_REVIEW_THRESHOLD,
+    EMBEDDING_ALONE_REJECT,
     EMBEDDING_CURVES,
     PDQ_CURVE,
     PDQ_MIN_QUALITY,
+    PDQ_SAME_PICTURE,
+    PDQ_SAME_SCENE,
+    PHASH_SAME_PICTURE,
     Curve,
     Evidence,
+    may_reject,
     score,
 )
 
@@ -55,3 +62,24 @@ def test_two_signals_at_review_level_corroborate_each_other() -> None:
 def test_a_low_quality_pdq_hash_is_not_evidence() -> None:
     weak = Evidence(pdq_distance=0, pdq_quality=PDQ_MIN_QUALITY - 1)
     assert score(weak) == 0.0 and weak.signals() == []
+
+
+def test_a_reject_needs_evidence_of_a_copy_rather_than_of_another_shot() -> None:
+    another_shot = Evidence(
+        pdq_distance=PDQ_SAME_SCENE, pdq_quality=100, embedding_similarity=0.97, model=MODEL, phash_distance=2
+    )
+    assert score(another_shot) >= DEFAULT_REJECT_THRESHOLD and not may_reject(another_shot)
+    assert not may_reject(replace(another_shot, phash_distance=None))
+    assert may_reject(replace(another_shot, phash_distance=PHASH_SAME_PICTURE))  # recoloured, captioned
+    re_encoded = Evidence(pdq_distance=PDQ_SAME_PICTURE, pdq_quality=100, embedding_similarity=0.97, model=MODEL)
+    assert may_reject(re_encoded)
+    cropped = Evidence(pdq_distance=120, pdq_quality=100, embedding_similarity=EMBEDDING_ALONE_REJECT, model=MODEL)
+    assert may_reject(cropped)
+    assert not may_reject(replace(cropped, embedding_similarity=EMBEDDING_ALONE_REJECT - 0.01))
+    assert may_reject(Evidence(exact_sha256=True, pdq_distance=PDQ_SAME_SCENE, pdq_quality=100))
+
+
+def test_hash_only_entries_still_reject_on_pdq_alone() -> None:
+    """Hash lists (no embedding) keep HMA's rule: PDQ within 31 bits rejects."""
+    hashed = Evidence(pdq_distance=31, pdq_quality=100)
+    assert score(hashed) >= DEFAULT_REJECT_THRESHOLD and may_reject(hashed)
