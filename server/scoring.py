@@ -36,7 +36,7 @@ class Curve:
         return float(np.interp(value, self.xs, self.scores))
 
 
-# Knots from benchmarks/accuracy.py over the whole dev corpus (see benchmarks/README.md):
+# Knots from benchmarks/accuracy.py over the whole dev corpus (docs/tuning.md, Matching):
 # review (0.5) sits above where unrelated photos' best cosine ends, with a margin for
 # unseen data; reject (0.8) above other shots of one scene (cosine up to 0.89), so
 # an automatic reject needs a near-exact copy or PDQ and embedding agreeing. Below

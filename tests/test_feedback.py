@@ -42,21 +42,21 @@ def test_feedback_is_stored_listed_and_calibrates_the_list(lookalike: ServerHand
     try:
         admin.create_list("banned", review_threshold=0.8, reject_threshold=0.9)
         listed = admin.add("banned", original).id
-        jitter = checker.check(edited(original, "colour_jitter"), ["banned"])
+        trimmed = checker.check(edited(original, "crop_10"), ["banned"])
         caption = checker.check(edited(original, "text_caption"), ["banned"])
         crop = checker.check(edited(original, "crop_30"), ["banned"], top_k=1)
         unrelated = checker.check(stranger, ["banned"], top_k=1)
         # What the photos and edits give with the real model: the premises of what follows.
-        assert (jitter.decision, caption.decision, crop.decision, unrelated.decision) == (
+        assert (trimmed.decision, caption.decision, crop.decision, unrelated.decision) == (
             "reject",
             "reject",
             "accept",
             "accept",
         )
-        fp_score, caption_score, crop_score = jitter.matches[0].score, caption.matches[0].score, crop.matches[0].score
+        fp_score, caption_score, crop_score = trimmed.matches[0].score, caption.matches[0].score, crop.matches[0].score
         assert fp_score < caption_score and _just_above(fp_score) <= caption_score and 0.5 < crop_score < 0.8
 
-        false_positive = checker.submit_feedback(jitter.id, "false_positive", note="a different photo of the spot")
+        false_positive = checker.submit_feedback(trimmed.id, "false_positive", note="a different photo of the spot")
         assert (false_positive.entry_id, false_positive.list, false_positive.verdict) == (
             listed,
             "banned",
@@ -68,14 +68,14 @@ def test_feedback_is_stored_listed_and_calibrates_the_list(lookalike: ServerHand
         missed = checker.submit_feedback(crop.id, "missed_duplicate", entry_id=listed)
         assert missed.score == pytest.approx(crop_score) and missed.decision == "accept"
         with pytest.raises(NotFound):
-            other.submit_feedback(jitter.id, "confirmed")  # another key's check reads as missing
+            other.submit_feedback(trimmed.id, "confirmed")  # another key's check reads as missing
 
         listed_feedback = list(admin.feedback("banned"))
         assert [f.verdict for f in listed_feedback] == ["false_positive", "confirmed", "missed_duplicate"]
         assert {f.key_id for f in listed_feedback} == {checker_key.info.id}
         code, lines = json_cli(lookalike.address, "feedback", "ls", "--list", "banned", key=root.secret)
         assert code == 0 and [line["verdict"] for line in lines] == ["false_positive", "confirmed", "missed_duplicate"]
-        assert lines[0]["check_id"] == jitter.id and lines[0]["note"] == "a different photo of the spot"
+        assert lines[0]["check_id"] == trimmed.id and lines[0]["note"] == "a different photo of the spot"
 
         advice = admin.calibrate("banned")
         assert not advice.applied and advice.feedback_seen == 3 and advice.checks_seen == 4
@@ -96,7 +96,7 @@ def test_feedback_is_stored_listed_and_calibrates_the_list(lookalike: ServerHand
         assert change.key_id == root.info.id and change.detail["cause"] == "calibrate"
 
         # The reported errors no longer happen; the confirmed match still rejects.
-        assert checker.check(edited(original, "colour_jitter"), ["banned"]).decision == "review"
+        assert checker.check(edited(original, "crop_10"), ["banned"]).decision == "review"
         assert checker.check(edited(original, "crop_30"), ["banned"]).decision == "review"
         assert checker.check(edited(original, "text_caption"), ["banned"]).decision == "reject"
     finally:
