@@ -166,6 +166,8 @@ def create_server(
             cluster = Cluster(config)
             cluster.restore_if_new(config.data)
         store = Store(config.data, config.map_size)
+        if cluster is not None:
+            cluster.install_if_trimmed(store)
     except BaseException:
         if cluster is not None:
             cluster.close()

@@ -45,8 +45,8 @@ from lookalike.server.records import AddOutcome, EntryRecord, KeyRecord, ListRec
 from lookalike.server.replication import ChangeLog, Follower, Lag
 from lookalike.server.service import wait_budget
 from lookalike.server.storage.errors import StorageFull
-from lookalike.server.storage.snapshot import is_empty, restore_snapshot, write_snapshot
-from lookalike.server.storage.store import AlreadyApplied
+from lookalike.server.storage.snapshot import install_snapshot, is_empty, restore_snapshot, write_snapshot
+from lookalike.server.storage.store import AlreadyApplied, Store
 from lookalike.server.writes import REPLICA_BEHIND, Outcome, WritePath, behind
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,49 @@ class Cluster:
             restore_snapshot(reader, folder)
         log.info("restored the replicated data up to change %d from the cluster's newest snapshot", sequence)
         return sequence
+
+    def install_if_trimmed(self, store: Store) -> int | None:
+        """When the log no longer holds the changes after this node's applied sequence (trimmed while it was
+        down), install the newest snapshot over its replicated data, if it covers them, so the node follows
+        the tail from there, fingerprinting nothing again; its node-local data stays. The sequence installed,
+        or None: nothing missing, NATS away (the follower decides once it is back), or no snapshot covers the
+        gap (the follower then stops with LOG_TRIMMED)."""
+        applied = store.applied_sequence()
+        try:
+            first, last = self.log.kept()
+            if applied >= min(first - 1, last):
+                return None
+            kept = self.log.snapshots()
+            if not kept or kept[-1] < first - 1:
+                log.error(
+                    "this node applied the log up to change %d, the log keeps only changes from %d, and no snapshot "
+                    "covers the gap (newest: %s): it serves checks from its data but cannot follow the log; restart "
+                    "it once a node that follows the log stored a newer snapshot",
+                    applied,
+                    first,
+                    kept[-1] if kept else "none",
+                )
+                return None
+            latest = self.log.latest_snapshot(store.path)
+            if latest is None:
+                return None
+            with latest[1] as reader:
+                installed = install_snapshot(reader, store.environment)
+        except Unavailable as error:
+            log.warning("whether the log still holds this node's next change is unknown (%s)", error)
+            return None
+        except LookalikeError as error:  # a full disk, a corrupt snapshot: the old data stays, whole
+            log.error("the cluster's snapshot could not be installed over this node's data: %s", error)
+            return None
+        log.warning(
+            "this node applied the log up to change %d but the log keeps only changes from %d: installed the "
+            "cluster's snapshot at change %d over its replicated data (its stored checks, webhooks, feedback and "
+            "flood guard kept; its indexes are built from the installed entries), following the log from there",
+            applied,
+            first,
+            installed,
+        )
+        return installed
 
     def attach(self, writes: WritePath) -> None:
         self._writes = writes
