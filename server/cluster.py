@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import overload
 
@@ -59,6 +60,9 @@ CONNECT_WAIT_S = 2.0
 
 DEDUP_HEADER = "Nats-Msg-Id"
 
+JOIN_RETRY_S = 1.0
+"""How often a node that started without NATS tries again to share its node state (`when_reachable`)."""
+
 
 class Cluster:
     """The change log, this node's name, and the follower applying the log; see the module's doc.
@@ -85,6 +89,7 @@ class Cluster:
         self._follower: Follower | None = None
         self._stopping = threading.Event()
         self._snapshotter: threading.Thread | None = None
+        self._joiner: threading.Thread | None = None
 
     def restore_if_new(self, folder: Path) -> int | None:
         """Fill an empty data folder from the newest snapshot (so the log need not hold every change since
@@ -161,8 +166,25 @@ class Cluster:
         self._snapshotter = threading.Thread(target=self._snapshot_loop, name="cluster-snapshots", daemon=True)
         self._snapshotter.start()
 
+    def when_reachable(self, join: Callable[[], None]) -> None:
+        """Call `join` on a thread of its own once NATS answers: every JOIN_RETRY_S until it raises no
+        LookalikeError, or the node closes."""
+
+        def keep_trying() -> None:
+            while not self._stopping.wait(JOIN_RETRY_S):
+                try:
+                    join()
+                    return
+                except LookalikeError as error:
+                    log.debug("not joined yet: %s", error)
+
+        self._joiner = threading.Thread(target=keep_trying, name="cluster-join", daemon=True)
+        self._joiner.start()
+
     def close(self) -> None:
         self._stopping.set()
+        if self._joiner is not None:
+            self._joiner.join()
         if self._snapshotter is not None:
             self._snapshotter.join()
         if self._follower is not None:

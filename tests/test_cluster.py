@@ -4,6 +4,7 @@ another node read it; NATS going away stops writes at once and never checks."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -232,6 +233,43 @@ def test_writes_fail_fast_while_nats_is_down_checks_go_on_and_writes_resume(thre
     scraped = generate_latest(c.running.service.metrics.registry).decode()
     assert f"lookalike_applied_sequence {float(added.consistency_token)}" in scraped
     assert "lookalike_replication_lag_messages 0.0" in scraped
+
+
+def test_a_node_started_without_nats_shares_its_node_state_once_nats_answers(
+    tmp_path: Path, nats_one: NatsCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """b starts while NATS is down (node-local checks), then NATS returns: without a restart, a check deferred on
+    b goes on the cluster's work queue (a runs it while b's only worker is busy), a check b stored meanwhile is
+    read on a, and the checks deferred on b before still run on b and are read on a too."""
+    nodes = Nodes(tmp_path, nats_one)
+    try:
+        a, b = nodes.start("a"), nodes.start("b")
+        token = a.client.create_list("banned").consistency_token
+        b.client.check_hashes(["banned"], pdq=PDQ_A, after=token)
+        b.stop()
+        nats_one.servers[0].stop()
+        b = nodes.start("b", cpu_slots=1, deferred_workers=1)
+        assert b.running.checks is not None and not b.running.checks.shared.deferred.shared
+        photos = [path.read_bytes() for path in corpus_photos()[:3]]
+        stored_apart = b.client.check(photos[0], ["banned"])
+        with b.running.service.cpu_slot():  # b's only worker takes the first deferred check and waits for it
+            deferred_apart = [b.client.check(photo, ["banned"], defer=True).id for photo in photos[:2]]
+            caplog.set_level(logging.INFO, "lookalike")
+            nats_one.servers[0].start()
+            nats_one.wait_ready()
+            eventually(lambda: b.running.checks is not None and b.running.checks.shared.deferred.shared, 20.0)
+            assert any("NATS answers" in record.getMessage() for record in caplog.records)
+            deferred_joined = b.client.check(photos[2], ["banned"], defer=True).id
+            assert a.client.wait_for_check(deferred_joined, timeout=30.0).status == "done"  # b's worker is busy
+            assert b.client.get_check(deferred_joined).status == "done"
+            assert eventually(lambda: a.client.get_check(stored_apart.id), 5.0).status == "done"
+            assert [b.client.get_check(check_id).status for check_id in deferred_apart] == ["pending", "pending"]
+        for check_id in deferred_apart:
+            assert b.client.wait_for_check(check_id, timeout=30.0).status == "done"
+            assert eventually(lambda check_id=check_id: a.client.get_check(check_id), 5.0).status == "done"  # type: ignore[misc]
+        assert eventually(lambda: b.running.checks is not None and b.running.checks.pending == 0, 5.0)
+    finally:
+        nodes.stop_all()
 
 
 def test_a_node_down_while_others_write_catches_up_and_a_new_node_joins(tmp_path: Path, nats_one: NatsCluster) -> None:
