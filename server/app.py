@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -166,6 +167,8 @@ def create_server(
             cluster = Cluster(config)
             cluster.restore_if_new(config.data)
         store = Store(config.data, config.map_size)
+        if cluster is not None:
+            cluster.install_if_trimmed(store)
     except BaseException:
         if cluster is not None:
             cluster.close()
@@ -220,7 +223,8 @@ def create_server(
         metrics.watch_replication(cluster.applied, cluster.lag)
     try:
         outbox = WebhookOutbox(store, config, metrics, webhook_headers, None if shared is None else shared.webhooks)
-        checks = CheckLedger(store, service, config, outbox, webhook_body, shared)
+        joins_later = cluster is not None and shared is None
+        checks = CheckLedger(store, service, config, outbox, webhook_body, shared, joins_later=joins_later)
     except BaseException:  # e.g. making the webhook secret found the disk full
         workers.shutdown()
         if cluster is not None:
@@ -299,6 +303,8 @@ def create_server(
     if cluster is not None:
         cluster.start()
     checks.start()
+    if cluster is not None and joins_later:
+        cluster.when_reachable(partial(_join_cluster, cluster, config, service, outbox, checks))
     ready.set()
     metrics.ready.set(1)
     for name in ("", SERVICE):
@@ -476,7 +482,23 @@ def _shared_state(cluster: Cluster, config: ServerConfig) -> NodeState | None:
     except LookalikeError as error:
         log.warning(
             "NATS is unreachable (%s): deferred checks, stored checks, webhooks and the flood guard stay on "
-            "this node until it is restarted with NATS up",
+            "this node until NATS answers",
             error,
         )
         return None
+
+
+def _join_cluster(
+    cluster: Cluster, config: ServerConfig, service: LookalikeService, outbox: WebhookOutbox, checks: CheckLedger
+) -> None:
+    """Share the node state a start without NATS kept on this node, once NATS answers (raises until then)."""
+    shared = node_state(cluster.log, cluster.node, config.check_retention)
+    if shared.flood is not None:
+        service.flood.share(shared.flood)
+    outbox.share(shared.webhooks)
+    checks.join(shared)
+    log.info(
+        "NATS answers: deferred checks, stored checks, webhooks and the flood guard's counts are shared with the "
+        "cluster from now on (checks deferred here meanwhile run here, and every check stored here meanwhile is "
+        "shared; the flood guard goes on from the cluster's counts, without the matches counted here alone)"
+    )

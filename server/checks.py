@@ -49,7 +49,7 @@ from lookalike.server.service import (
     Match,
     raise_if_abandoned,
 )
-from lookalike.server.shared_state import NodeState, QueuedCheck, node_state
+from lookalike.server.shared_state import DeferredQueue, NodeState, QueuedCheck, node_state
 from lookalike.server.sources import image_bytes
 from lookalike.server.storage.check_index import CheckIndex
 from lookalike.server.storage.checks import CheckTables
@@ -257,10 +257,15 @@ class CheckLedger:
         outbox: WebhookOutbox,
         render: Callable[[StoredCheck], bytes],
         shared: NodeState | None = None,
+        joins_later: bool = False,
     ) -> None:
-        """`shared`: what this node shares with others in cluster mode (None: a single node's own)."""
+        """`shared`: what this node shares with others in cluster mode (None: a single node's own).
+        `joins_later`: a cluster node that started without NATS; `join` shares from the time NATS answers."""
         self.store = store
         self.shared = shared or node_state(None, "", config.check_retention)
+        self._joins_later = joins_later and not self.shared.checks.shared
+        self._apart: DeferredQueue | None = None
+        """After `join`: the node-local queue of the checks deferred before, which the workers still run."""
         self.service = service
         self.config = config
         self.outbox = outbox
@@ -367,7 +372,12 @@ class CheckLedger:
     def _share(self, checks: list[StoredCheck]) -> None:
         """Make stored checks readable from every node (cluster mode). Those NATS does not take (unreachable,
         or electing a leader) stay readable here and are shared again by the writer (`_share_again`)."""
-        board = self.shared.checks
+        with self._in_hand.lock:  # `join` swaps the board under it
+            board = self.shared.checks
+            if not board.shared and self._joins_later:  # kept for `join`: the writer shares them after it
+                for check in checks:
+                    if len(self._unshared) < HELD_RESULTS_MAX:
+                        self._unshared[check.key] = check
         if not board.shared:
             return
         for check in checks:
@@ -391,6 +401,15 @@ class CheckLedger:
         if waiting and not self._unshared:
             log.info("%d stored checks shared with the other nodes once NATS answered", len(waiting))
 
+    def join(self, shared: NodeState) -> None:
+        """A cluster node that started without NATS shares from now on: new deferred checks go on the
+        cluster's queue, stored checks on its board (those stored here meanwhile too, by the writer). Checks
+        deferred here before stay in this node's LMDB with their pictures, and its workers run them first."""
+        with self._in_hand.lock:
+            self._apart = self.shared.deferred
+            self.shared = shared
+            self._joins_later = False
+
     def _schedule(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
             self.outbox.schedule(delivery)
@@ -404,7 +423,8 @@ class CheckLedger:
         (a retried submission is not run twice); another key's id of the same name is another check."""
         validate_check_id(check_id)
         check = StoredCheck(check_id, owner, PENDING, time.time(), order=order, callback_url=callback_url)
-        if self.shared.deferred.shared:
+        deferred = self.shared.deferred  # one queue throughout, though the node may join its cluster meanwhile
+        if deferred.shared:
             return self._defer_shared(check, data)
         key = check.key
         with self._pending_lock:
@@ -435,7 +455,7 @@ class CheckLedger:
                     with self._in_hand.lock:
                         self._in_hand.pending.discard(key)
             self._pending += 1
-        self.shared.deferred.put(key, b"", None)  # the check and its image are in LMDB
+        deferred.put(key, b"", None)  # the check and its image are in LMDB
         return check
 
     def _defer_shared(self, check: StoredCheck, data: bytes | None) -> StoredCheck:
@@ -605,17 +625,20 @@ class CheckLedger:
                 raise _Stopping
 
         while not self._stopping.is_set():
-            try:
-                taken = self.shared.deferred.take(WORKER_POLL_SECONDS)
-            except LookalikeError as error:  # the shared queue is unreachable for now
-                log.warning("cannot take deferred checks: %s", error.message)
-                self._stopping.wait(STORAGE_RETRY_SECONDS)
-                continue
+            taken = None if self._apart is None else self._apart.take(0)  # deferred before the node joined
             if taken is None:
-                continue
-            if self.shared.deferred.shared:
-                with self._pending_lock:
-                    self._pending += 1  # counted while in hand here; the cluster's queue counts the waiting
+                deferred = self.shared.deferred
+                try:
+                    taken = deferred.take(WORKER_POLL_SECONDS)
+                except LookalikeError as error:  # the shared queue is unreachable for now
+                    log.warning("cannot take deferred checks: %s", error.message)
+                    self._stopping.wait(STORAGE_RETRY_SECONDS)
+                    continue
+                if taken is None:
+                    continue
+                if deferred.shared:
+                    with self._pending_lock:
+                        self._pending += 1  # counted while in hand here; the cluster's queue counts the waiting
             context = copy_context()
             context.run(raise_if_abandoned.set, still_wanted)
             try:
@@ -703,7 +726,7 @@ class CheckLedger:
     def _write_loop(self) -> None:
         shared_again = time.monotonic()
         while not self._stopping.is_set():
-            if self._unshared and time.monotonic() - shared_again > STORAGE_RETRY_SECONDS:
+            if self._unshared and self.shared.checks.shared and time.monotonic() - shared_again > STORAGE_RETRY_SECONDS:
                 self._share_again()
                 shared_again = time.monotonic()
             if self._held:  # the disk was full: try again now and then, with whatever queued meanwhile

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import overload
 
@@ -45,8 +46,8 @@ from lookalike.server.records import AddOutcome, EntryRecord, KeyRecord, ListRec
 from lookalike.server.replication import ChangeLog, Follower, Lag
 from lookalike.server.service import wait_budget
 from lookalike.server.storage.errors import StorageFull
-from lookalike.server.storage.snapshot import is_empty, restore_snapshot, write_snapshot
-from lookalike.server.storage.store import AlreadyApplied
+from lookalike.server.storage.snapshot import install_snapshot, is_empty, restore_snapshot, write_snapshot
+from lookalike.server.storage.store import AlreadyApplied, Store
 from lookalike.server.writes import REPLICA_BEHIND, Outcome, WritePath, behind
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ CONNECT_WAIT_S = 2.0
 """How long the start waits for NATS: a node starts without it, serves checks, and refuses writes until then."""
 
 DEDUP_HEADER = "Nats-Msg-Id"
+
+JOIN_RETRY_S = 1.0
+"""How often a node that started without NATS tries again to share its node state (`when_reachable`)."""
 
 
 class Cluster:
@@ -85,6 +89,7 @@ class Cluster:
         self._follower: Follower | None = None
         self._stopping = threading.Event()
         self._snapshotter: threading.Thread | None = None
+        self._joiner: threading.Thread | None = None
 
     def restore_if_new(self, folder: Path) -> int | None:
         """Fill an empty data folder from the newest snapshot (so the log need not hold every change since
@@ -105,6 +110,49 @@ class Cluster:
         log.info("restored the replicated data up to change %d from the cluster's newest snapshot", sequence)
         return sequence
 
+    def install_if_trimmed(self, store: Store) -> int | None:
+        """When the log no longer holds the changes after this node's applied sequence (trimmed while it was
+        down), install the newest snapshot over its replicated data, if it covers them, so the node follows
+        the tail from there, fingerprinting nothing again; its node-local data stays. The sequence installed,
+        or None: nothing missing, NATS away (the follower decides once it is back), or no snapshot covers the
+        gap (the follower then stops with LOG_TRIMMED)."""
+        applied = store.applied_sequence()
+        try:
+            first, last = self.log.kept()
+            if applied >= min(first - 1, last):
+                return None
+            kept = self.log.snapshots()
+            if not kept or kept[-1] < first - 1:
+                log.error(
+                    "this node applied the log up to change %d, the log keeps only changes from %d, and no snapshot "
+                    "covers the gap (newest: %s): it serves checks from its data but cannot follow the log; restart "
+                    "it once a node that follows the log stored a newer snapshot",
+                    applied,
+                    first,
+                    kept[-1] if kept else "none",
+                )
+                return None
+            latest = self.log.latest_snapshot(store.path)
+            if latest is None:
+                return None
+            with latest[1] as reader:
+                installed = install_snapshot(reader, store.environment)
+        except Unavailable as error:
+            log.warning("whether the log still holds this node's next change is unknown (%s)", error)
+            return None
+        except LookalikeError as error:  # a full disk, a corrupt snapshot: the old data stays, whole
+            log.error("the cluster's snapshot could not be installed over this node's data: %s", error)
+            return None
+        log.warning(
+            "this node applied the log up to change %d but the log keeps only changes from %d: installed the "
+            "cluster's snapshot at change %d over its replicated data (its stored checks, webhooks, feedback and "
+            "flood guard kept; its indexes are built from the installed entries), following the log from there",
+            applied,
+            first,
+            installed,
+        )
+        return installed
+
     def attach(self, writes: WritePath) -> None:
         self._writes = writes
         self._applied = writes.applied()
@@ -118,8 +166,25 @@ class Cluster:
         self._snapshotter = threading.Thread(target=self._snapshot_loop, name="cluster-snapshots", daemon=True)
         self._snapshotter.start()
 
+    def when_reachable(self, join: Callable[[], None]) -> None:
+        """Call `join` on a thread of its own once NATS answers: every JOIN_RETRY_S until it raises no
+        LookalikeError, or the node closes."""
+
+        def keep_trying() -> None:
+            while not self._stopping.wait(JOIN_RETRY_S):
+                try:
+                    join()
+                    return
+                except LookalikeError as error:
+                    log.debug("not joined yet: %s", error)
+
+        self._joiner = threading.Thread(target=keep_trying, name="cluster-join", daemon=True)
+        self._joiner.start()
+
     def close(self) -> None:
         self._stopping.set()
+        if self._joiner is not None:
+            self._joiner.join()
         if self._snapshotter is not None:
             self._snapshotter.join()
         if self._follower is not None:

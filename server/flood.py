@@ -106,9 +106,9 @@ class FloodGuard:
         self._shared: SharedFlood | None = None
 
     def share(self, shared: SharedFlood) -> None:
-        """Cluster mode: count matches and keep guards cluster-wide from now on."""
-        self._shared = shared
+        """Cluster mode: count matches and keep guards cluster-wide from now on (once the watch stands)."""
         shared.watch_guards(self._guard_changed)
+        self._shared = shared
 
     def _guard_changed(self, uid: int, seq: int, raw: bytes | None) -> None:
         """A guard tripped (or lifted: None) on any node, this one included."""

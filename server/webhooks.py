@@ -69,7 +69,7 @@ class WebhookOutbox:
         the transport's: `server.messages` renders bodies and signs them as `lookalike.client.webhooks`
         verifies). `claims`: which node sends each delivery (None: this one, a single node)."""
         self.config = config
-        self._claims = claims or LocalClaims()
+        self._claims: DeliveryClaims = claims or LocalClaims()
         self.metrics = metrics
         self._headers = headers
         self.table = OutboxTable(store.environment)
@@ -107,6 +107,11 @@ class WebhookOutbox:
         return self._pending
 
     # Sending ----------------------------------------------------------------------
+
+    def share(self, claims: DeliveryClaims) -> None:
+        """A cluster node that started without NATS: from its next attempt, a delivery is sent by the node
+        holding its claim."""
+        self._claims = claims
 
     def start(self) -> None:
         """Schedule every pending delivery found in LMDB, then start the senders."""

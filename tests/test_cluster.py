@@ -4,6 +4,7 @@ another node read it; NATS going away stops writes at once and never checks."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from prometheus_client import generate_latest
 from lookalike.client import LookalikeClient
 from lookalike.client.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     LookalikeError,
     PermissionDenied,
@@ -23,6 +25,7 @@ from lookalike.client.errors import (
 )
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.server.config import parse_config
+from lookalike.server.storage import schema
 from tests.conftest import ServerHandle, corpus_photos, start_server
 from tests.nats_servers import NatsCluster, nats_cluster
 from tests.processes import ServerProcess, end_leftovers, json_cli
@@ -232,6 +235,43 @@ def test_writes_fail_fast_while_nats_is_down_checks_go_on_and_writes_resume(thre
     assert "lookalike_replication_lag_messages 0.0" in scraped
 
 
+def test_a_node_started_without_nats_shares_its_node_state_once_nats_answers(
+    tmp_path: Path, nats_one: NatsCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """b starts while NATS is down (node-local checks), then NATS returns: without a restart, a check deferred on
+    b goes on the cluster's work queue (a runs it while b's only worker is busy), a check b stored meanwhile is
+    read on a, and the checks deferred on b before still run on b and are read on a too."""
+    nodes = Nodes(tmp_path, nats_one)
+    try:
+        a, b = nodes.start("a"), nodes.start("b")
+        token = a.client.create_list("banned").consistency_token
+        b.client.check_hashes(["banned"], pdq=PDQ_A, after=token)
+        b.stop()
+        nats_one.servers[0].stop()
+        b = nodes.start("b", cpu_slots=1, deferred_workers=1)
+        assert b.running.checks is not None and not b.running.checks.shared.deferred.shared
+        photos = [path.read_bytes() for path in corpus_photos()[:3]]
+        stored_apart = b.client.check(photos[0], ["banned"])
+        with b.running.service.cpu_slot():  # b's only worker takes the first deferred check and waits for it
+            deferred_apart = [b.client.check(photo, ["banned"], defer=True).id for photo in photos[:2]]
+            caplog.set_level(logging.INFO, "lookalike")
+            nats_one.servers[0].start()
+            nats_one.wait_ready()
+            eventually(lambda: b.running.checks is not None and b.running.checks.shared.deferred.shared, 20.0)
+            assert any("NATS answers" in record.getMessage() for record in caplog.records)
+            deferred_joined = b.client.check(photos[2], ["banned"], defer=True).id
+            assert a.client.wait_for_check(deferred_joined, timeout=30.0).status == "done"  # b's worker is busy
+            assert b.client.get_check(deferred_joined).status == "done"
+            assert eventually(lambda: a.client.get_check(stored_apart.id), 5.0).status == "done"
+            assert [b.client.get_check(check_id).status for check_id in deferred_apart] == ["pending", "pending"]
+        for check_id in deferred_apart:
+            assert b.client.wait_for_check(check_id, timeout=30.0).status == "done"
+            assert eventually(lambda check_id=check_id: a.client.get_check(check_id), 5.0).status == "done"  # type: ignore[misc]
+        assert eventually(lambda: b.running.checks is not None and b.running.checks.pending == 0, 5.0)
+    finally:
+        nodes.stop_all()
+
+
 def test_a_node_down_while_others_write_catches_up_and_a_new_node_joins(tmp_path: Path, nats_one: NatsCluster) -> None:
     nodes = Nodes(tmp_path, nats_one)
     try:
@@ -277,6 +317,84 @@ def test_a_new_node_starts_from_a_snapshot_and_the_tail_after_the_log_was_trimme
         assert late.client.get_check(stored_check.id).id == a.client.get_check(stored_check.id).id == stored_check.id
     finally:
         nodes.stop_all()
+
+
+def test_a_node_the_trimmed_log_left_behind_installs_the_newest_snapshot_and_keeps_its_own_data(
+    tmp_path: Path, nats_one: NatsCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node stopped while the others write, snapshot and trim the log past its position: restarted, it
+    installs the newest snapshot over its replicated data (an entry removed meanwhile is gone from it too),
+    follows the tail, and holds what the others hold, while its own stored check and webhook secret stay."""
+    nodes = Nodes(tmp_path, nats_one)
+    try:
+        a = nodes.start("a", cluster_snapshot_every=5, cluster_snapshot_interval=0.2)
+        b = nodes.start("b")
+        a.client.create_list("banned")
+        added = [a.client.add_hash("banned", entry) for entry in hash_entries(a.client, 1, 3)]
+        stored_check = b.client.check_hashes(["banned"], pdq=f"{1:064x}", after=added[-1].consistency_token)
+        assert stored_check.decision == "reject"
+        behind = b.running.service.store.applied_sequence()
+        secret = node_local(b, schema.DB_META, schema.KEY_WEBHOOK_SECRET)
+        assert secret is not None
+        b.stop()
+        a.client.remove("banned", "e1")
+        for entry in hash_entries(a.client, 4, 20):
+            a.client.add_hash("banned", entry)
+        eventually(lambda: nats_one.stream_state(nats_one.servers[0], "LOOKALIKE")["first_seq"] > behind + 1, 10.0)
+        tail = a.client.add_hash("banned", next(hash_entries(a.client, 24, 1)))
+        caplog.clear()
+        b = nodes.start("b")
+        assert b.client.check_hashes(["banned"], pdq=f"{24:064x}", after=tail.consistency_token).matches
+        assert b.running.cluster is not None and b.running.cluster._following()
+        installed = [r.getMessage() for r in caplog.records if "installed the cluster's snapshot" in r.getMessage()]
+        assert len(installed) == 1 and f"up to change {behind} " in installed[0], installed
+        wait_same([a, b])
+        assert exports([a], "banned") == exports([b], "banned")
+        assert "e1" not in {entry_id for entry_id, _ in exports([b], "banned")[0]}
+        matched = {match.id for match in b.client.check_hashes(["banned"], pdq=f"{1:064x}").matches}
+        assert "e1" not in matched and "e2" in matched  # its index was built from the installed entries
+        owned = schema.owned_key("", stored_check.id)
+        assert node_local(b, schema.DB_CHECKS, owned) is not None
+        assert node_local(b, schema.DB_META, schema.KEY_WEBHOOK_SECRET) == secret
+    finally:
+        nodes.stop_all()
+
+
+def test_a_node_the_trimmed_log_left_behind_with_no_snapshot_to_cover_it_stops_following_clearly(
+    tmp_path: Path, nats_one: NatsCluster
+) -> None:
+    nodes = Nodes(tmp_path, nats_one)
+    try:
+        a, b = nodes.start("a"), nodes.start("b")
+        a.client.create_list("banned")
+        token = a.client.add_hash("banned", next(hash_entries(a.client, 1, 1))).consistency_token
+        b.client.check_hashes(["banned"], pdq=PDQ_A, after=token)
+        b.stop()
+        for entry in hash_entries(a.client, 2, 5):
+            a.client.add_hash("banned", entry)
+        assert a.running.cluster is not None and not a.running.cluster.log.snapshots()
+        a.running.cluster.log.trim_before(int(token) + 3)
+        b = nodes.start("b")
+        assert b.running.cluster is not None
+        follower = b.running.cluster._follower
+        assert follower is not None
+        eventually(lambda: not follower.running, 10.0)
+        assert isinstance(follower.error, FailedPrecondition) and follower.error.reason == "LOG_TRIMMED"
+        assert "once the cluster holds a snapshot" in follower.error.message
+        assert b.client.check_hashes(["banned"], pdq=f"{1:064x}").matches  # its own data still answers checks
+        with pytest.raises(LookalikeError) as refused:
+            b.client.create_list("other")
+        assert refused.value.reason == "FOLLOWER_STOPPED"
+        assert "trimmed before this node applied them" in refused.value.message
+    finally:
+        nodes.stop_all()
+
+
+def node_local(handle: ServerHandle, database: bytes, key: bytes) -> bytes | None:
+    """A record of the node's own LMDB, read directly (what no other node holds)."""
+    environment = handle.running.service.store.environment
+    with environment.read() as txn:
+        return txn.get(key, db=environment.db(database))
 
 
 def hash_entries(client: LookalikeClient, first: int, count: int) -> Iterator[pb.HashEntry]:

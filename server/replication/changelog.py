@@ -184,6 +184,11 @@ class ChangeLog:
         """The stream's last sequence (0 when empty)."""
         return self.connection.call(self._state, timeout, "read the change log's head").last_seq
 
+    def kept(self, timeout: float = 5.0) -> tuple[int, int]:
+        """The first and last sequence the stream still holds (first is last + 1 when it holds none)."""
+        state = self.connection.call(self._state, timeout, "read the change log's bounds")
+        return state.first_seq, state.last_seq
+
     async def _state(self, js: JetStreamContext) -> api.StreamState:
         return (await js.stream_info(self.stream)).state
 

@@ -235,7 +235,7 @@ async def _close(js: JetStreamContext, stream: str, consumer: _Consumer) -> None
 
 def _trimmed(stream: str, first: int, last: int) -> FailedPrecondition:
     return FailedPrecondition(
-        f"sequences {first}..{last} of {stream} were trimmed before this node applied them; "
-        "restore the node from a snapshot",
+        f"sequences {first}..{last} of {stream} were trimmed before this node applied them; restart the node "
+        f"once the cluster holds a snapshot at sequence {last} or later: it installs it over its data",
         "LOG_TRIMMED",
     )
