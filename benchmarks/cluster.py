@@ -486,6 +486,7 @@ def run_cluster(
         "index_build_s": serving - restored,
         "tail_s": caught_up - serving,
         "total_s": caught_up - spawned,
+        "entries_on_new_node": c.client.get_list(LIST).entry_count if c.client is not None else 0,
     }
     c.stop()
 
