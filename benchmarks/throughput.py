@@ -154,17 +154,18 @@ def tree_cpu_seconds(pid: int) -> tuple[float, float]:
     return own, below
 
 
-class ServerProcess:
-    """`lookalike serve` on a free loopback port, in its own process."""
+SERVE = (sys.executable, "-m", "lookalike.server.app")
 
-    def __init__(self, data: Path, *flags: str) -> None:
+
+class ServerProcess:
+    """`lookalike serve` on a free loopback port, in its own process (`command`: how the server is started)."""
+
+    def __init__(self, data: Path, *flags: str, command: Sequence[str] = SERVE) -> None:
         self.log = data.parent / "serve.log"
         self._log = self.log.open("w")
         self.process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "lookalike.server.app",
+                *command,
                 "--data",
                 str(data),
                 "--listen",
@@ -179,10 +180,16 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
         )
         started = time.monotonic()
-        while not (found := re.search(r"\(port (\d+)\)", self.log.read_text())):
-            if self.process.poll() is not None or time.monotonic() - started > 300:
-                raise SystemExit(f"server did not start:\n{self.log.read_text()}")
-            time.sleep(0.1)
+        try:
+            while not (found := re.search(r"\(port (\d+)\)", self.log.read_text())):
+                if self.process.poll() is not None or time.monotonic() - started > 300:
+                    raise SystemExit(f"server did not start:\n{self.log.read_text()}")
+                time.sleep(0.1)
+        except BaseException:  # a failed start or Ctrl-C: no server left behind
+            self.process.kill()
+            self.process.wait()
+            self._log.close()
+            raise
         self.startup_seconds = time.monotonic() - started
         self.address = f"127.0.0.1:{found.group(1)}"
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 import onnxruntime
 import pytest
 
-from benchmarks import gpu, scale, throughput
+from benchmarks import cluster, gpu, scale, throughput
 from lookalike.index import list_index
 from lookalike.index.list_index import EXACT_VECTORS_MAX
+from tests.processes import descendants
 
 
 @pytest.mark.slow
@@ -74,3 +76,39 @@ def test_gpu_benchmark_says_no_gpu_was_found_and_runs_the_batched_path_on_the_cp
     assert [row["batch"] for row in report["model_alone"]] == [1, 4]
     assert report["model_alone"][1]["mean_batch"] > 1, "pictures of one size, eight callers: shared inferences"
     assert report["lowest_cosine_batched_to_cpu"] > 0.9999
+
+
+@pytest.mark.slow
+def test_cluster_benchmark_reports_lag_apply_rates_a_new_nodes_catch_up_and_checks_while_replicating(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    arguments = ["--entries", "1000", "--tail", "20", "--batch", "20", "--bulk-changes", "5"]
+    running_before = set(descendants(os.getpid()))  # e.g. multiprocessing's resource tracker, from earlier tests
+    assert cluster.main([*arguments, "--seconds", "1", "--clients", "2", "--append-seconds", "0.5"]) == 0
+    output = capsys.readouterr().out
+    report = json.loads(output.strip().splitlines()[-1])
+    assert set(descendants(os.getpid())) <= running_before, "every nats-server and node process ended"
+    (run,) = report["sizes"]
+    assert run["entries"] == 1000 and run["populate"]["entries_per_s"] > 0
+    new_node = run["new_node"]
+    assert new_node["snapshots_kept"] == 1 and new_node["snapshot_sequence"] == 3, "the list, then two imports of 500"
+    assert new_node["snapshot_store_bytes"] > 1000 * 1024, "a float16 embedding alone is 1 KiB an entry"
+    assert new_node["tail_changes"] == 20 and new_node["entries_on_new_node"] == 1000 + 20
+    parts = [new_node["restore_s"], new_node["index_build_s"], new_node["tail_s"]]
+    assert min(parts) > 0 and new_node["total_s"] == pytest.approx(sum(parts))
+    assert run["apply_single_adds"]["changes"] == 20, "one change a single add"
+    assert run["apply_imports"]["changes"] == 5 and run["apply_imports"]["entries"] == 100
+    for applied in (run["apply_single_adds"], run["apply_imports"]):
+        assert applied["changes_per_s"] == pytest.approx(applied["changes"] / applied["seconds"])
+        assert applied["cpu_ms_per_change"] == pytest.approx(1000 * applied["cpu_s"] / applied["changes"])
+    lag = run["lag"]
+    assert lag["batches"] > 0 and lag["entries"] == 20 * lag["batches"] and lag["entries_per_s_acknowledged"] > 0
+    assert 0 < lag["lag_floor_ms"] and 0 <= lag["lag_s"]["p50"] <= lag["lag_s"]["p99"] <= lag["lag_s"]["max"]
+    checks = run["checks"]
+    assert [arm["arm"] for arm in checks["arms"]] == ["alone", "replicating"] * 2
+    assert all(arm["errors"] == 0 and arm["checks_per_s"] > 0 for arm in checks["arms"])
+    assert checks["ratio"] == pytest.approx(checks["replicating_checks_per_s"] / checks["alone_checks_per_s"])
+    assert checks["ratio"] > 0 and checks["alone_cpu_ms_per_check"] > 0
+    assert all(arm["entries_written_per_s"] > 0 for arm in checks["arms"] if arm["arm"] == "replicating")
+    assert run["stream_appends_per_s"]["1"] > 0 and run["stream_appends_per_s"]["4"] > 0
+    assert "new_node_s" in output.splitlines()[0], "the table comes first, the JSON last"
