@@ -86,7 +86,7 @@ class Verifier:
     """Registration and block agreement; OpenCV is imported only here."""
 
     def __init__(self) -> None:
-        import cv2  # noqa: PLC0415 - an optional dependency of this measurement only
+        import cv2  # optional: only this measurement needs OpenCV
 
         cv2.setNumThreads(1)  # CPU per candidate on one thread, as a server worker would spend it
         self.cv2 = cv2
@@ -188,7 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     photos = sorted(args.corpus.glob("*.jpg")) + sorted(args.corpus.glob("*.png"))
     split = split_corpus(photos, args.seed, args.listed_share)
     others = OtherPhotos(split.distractors)
-    verifier = Verifier()
+    try:
+        verifier = Verifier()
+    except ImportError:
+        print("this measurement needs OpenCV: .venv/bin/pip install opencv-python-headless", file=sys.stderr)
+        return 2
     candidates = review_candidates(json.loads(args.details.read_text()))
     thumbnails: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
