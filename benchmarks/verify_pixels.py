@@ -163,8 +163,8 @@ def block_agreement(entry: np.ndarray, warped: np.ndarray, inside: np.ndarray) -
 
 
 def review_candidates(details: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(query record, match) for every match sent to review: true copies with the right entry on top,
-    and every reviewed match of a negative or another shot of a listed scene."""
+    """(query record, match) for every match sent to review: a true copy's match of its own original,
+    and every reviewed match of a negative or of another shot of a listed scene."""
     chosen = []
     for record in details:
         for match in record["matches"]:
