@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from benchmarks.accuracy import is_copy_pair, main, near_duplicate_pairs, series_key, split_corpus
+from benchmarks.verify_pixels import THUMBNAIL_SIDE, block_agreement, grey_thumbnail
 from tests.conftest import corpus_photos, near_duplicate_groups
 
 
@@ -87,3 +89,18 @@ def test_a_small_run_reports_every_signal_and_draws_the_curves(tmp_path: Path) -
     assert costs["plain"]["checks"] == costs["composite"]["checks"] > 0 and costs["plain"]["mean_ms"] > 0
     with Image.open(out / "accuracy.png") as plot:
         assert plot.format == "PNG"
+
+
+def test_pixel_verification_counts_a_copy_as_agreeing_in_place_and_a_moved_part_as_shifted() -> None:
+    """benchmarks/verify_pixels.py's block statistic (issue #18's measurement), on a real photo: the
+    picture itself agrees everywhere in place; a part moved by 3 px agrees only shifted."""
+    with Image.open(corpus_photos()[0]) as image:
+        entry = grey_thumbnail(image, THUMBNAIL_SIDE).astype(np.float32)
+    inside = np.ones(entry.shape, bool)
+    still, moved, blocks = block_agreement(entry, entry.copy(), inside)
+    assert blocks > 0 and still == 1.0 and moved == 0
+    shifted = entry.copy()
+    half = entry.shape[1] // 2
+    shifted[:, half:] = np.roll(entry, 3, axis=1)[:, half:]
+    still, moved, _ = block_agreement(entry, shifted, inside)
+    assert moved > 0 and still < 1.0
