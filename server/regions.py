@@ -1,5 +1,6 @@
 """Finding pictures inside a larger picture: screenshots, padded borders, UI chrome, a fill a
-picture was turned on, collages, photos a picture was pasted onto (`find_regions` runs them all).
+picture was turned on, collages, photos a picture was pasted onto, a screen photographed at an angle
+(`find_regions` runs them all).
 
 A copy pasted small into a screenshot (status bar, header, text lines, navigation bar)
 or framed by a solid border keeps only part of its global embedding; embedding the
@@ -634,11 +635,13 @@ def _to_image(box: Box, scale: float, size: tuple[int, int]) -> Box:
 # 1. Lines: a Hough transform of the pixels whose gradient exceeds QUAD_EDGE, each voting near its
 #    own gradient direction; peaks with QUAD_MIN_VOTES of the short side, at most QUAD_LINES per
 #    family, near-horizontal and near-vertical (QUAD_MAX_TILT from the axes).
-# 2. Quadrilaterals: two of each family, opposite sides QUAD_MIN_SIDE of the image apart, corners
-#    no further than QUAD_OUTSIDE outside it; each side's samples on edge pixels at least
-#    QUAD_SUPPORT (of those inside the image), and just outside each side the bezel: grey darker
-#    than BEZEL_LEVEL on average and BEZEL_CONTRAST darker than just inside.
-# 3. The best supported (then largest) one is rectified by a perspective warp into its own view.
+# 2. Quadrilaterals: two lines of each family, opposite sides QUAD_MIN_SIDE of the image apart, one
+#    side turned QUAD_MIN_TILT at least, corners no further than QUAD_OUTSIDE outside the image; each
+#    side at least half inside the image, and QUAD_SUPPORT of that part on edge pixels; just outside
+#    the sides the bezel, sampled BEZEL_OFFSET away: darker than BEZEL_LEVEL on average (and
+#    BEZEL_SIDE_LEVEL on each side), BEZEL_CONTRAST darker than just inside, and smooth (BEZEL_ROUGHNESS).
+# 3. The best supported (then largest) one is warped square into a view of its own (`rectified`).
+# Each line's figures are cumulative sums along it, so every quadrilateral is judged at once.
 
 _COS, _SIN = np.cos(np.radians(np.arange(180))), np.sin(np.radians(np.arange(180)))
 
@@ -660,8 +663,6 @@ QUAD_MIN_SIDE = 0.2
 """Opposite sides at least this share of the image apart (at its middle)."""
 QUAD_OUTSIDE = 0.15
 """How far outside the image (share of its side) a corner may lie: a screen cut by the photo's edge."""
-QUAD_SAMPLES = 48
-"""Points sampled along each side."""
 QUAD_SUPPORT = 0.7
 """Share of a side's samples (inside the image) that must be on edge pixels."""
 BEZEL_OFFSET = 2
@@ -673,8 +674,8 @@ BEZEL_CONTRAST = 15.0
 BEZEL_ROUGHNESS = 4.0
 """Mean grey step between neighbouring points just outside a side at most: a bezel is smooth, a
 chessboard's squares or a building's windows are not."""
-BEZEL_SIDE_LEVEL, BEZEL_SIDE_CONTRAST = 120.0, -255.0
-"""The same on each side alone."""
+BEZEL_SIDE_LEVEL = 120.0
+"""Mean grey just outside each side at most."""
 
 
 def screen_quad(picture: Image.Image, size: tuple[int, int] | None = None) -> Quad | None:
@@ -753,7 +754,7 @@ def _screen_quad(g: np.ndarray) -> np.ndarray | None:
     inside = np.array([side.inside_sum / np.maximum(side.inside_count, 1) for side in sides])
     contrast = inside - outside
     bezel = (outside.mean(axis=0) <= BEZEL_LEVEL) & (contrast.mean(axis=0) >= BEZEL_CONTRAST)
-    bezel &= (outside.max(axis=0) <= BEZEL_SIDE_LEVEL) & (contrast.min(axis=0) >= BEZEL_SIDE_CONTRAST)
+    bezel &= outside.max(axis=0) <= BEZEL_SIDE_LEVEL
     roughness = np.array([side.outside_steps / np.maximum(side.outside_count, 1) for side in sides])
     bezel &= roughness.max(axis=0) <= BEZEL_ROUGHNESS
     passed = (support >= QUAD_SUPPORT) & (covered >= 0.5) & bezel
