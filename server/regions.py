@@ -777,13 +777,17 @@ def _peaks(votes: np.ndarray, least: float) -> tuple[np.ndarray, np.ndarray]:
     best = best[np.argsort(-flat[best], kind="stable")]
     best = best[flat[best] >= least]
     thetas, rhos = np.divmod(best, votes.shape[1])
+    blocked = np.zeros((180 + 8, votes.shape[1] + 4), dtype=bool)  # θ and ρ shifted by 4 and 2, θ wrapping
     kept: list[int] = []
-    for i in range(best.size):
-        turn = np.abs(thetas[kept] - thetas[i])
-        if not ((np.minimum(turn, 180 - turn) <= 4) & (np.abs(rhos[kept] - rhos[i]) <= 2)).any():
-            kept.append(i)
-            if len(kept) == 4 * QUAD_LINES:
-                break
+    for i, (theta, rho) in enumerate(zip(thetas.tolist(), rhos.tolist(), strict=True)):
+        if blocked[theta + 4, rho + 2]:
+            continue
+        kept.append(i)
+        if len(kept) == 4 * QUAD_LINES:
+            break
+        for turn in (theta - 180, theta, theta + 180):  # the window wraps around 0° / 180°
+            if -4 <= turn + 4 and turn - 4 < 180:
+                blocked[max(0, turn) : turn + 9, rho : rho + 5] = True
     return thetas[kept], rhos[kept].astype(np.float64)
 
 
