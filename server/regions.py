@@ -926,10 +926,10 @@ class _Profiles:
         )
 
 
-def rectified(rgb: Image.Image, corners: Quad, scale: float = 1.0) -> Image.Image:
-    """The quadrilateral `corners` (in pixels of an image `rgb` is `scale` of) warped to an upright
-    rectangle as wide and tall as its sides are long on average, at `scale`."""
-    c = np.array(corners, dtype=np.float64) * scale
+def rectified(rgb: Image.Image, corners: Quad) -> Image.Image:
+    """The quadrilateral `corners` (in `rgb`'s pixels) warped to an upright rectangle as wide and tall
+    as its sides are long on average."""
+    c = np.array(corners, dtype=np.float64)
     width = 0.5 * (np.hypot(*(c[1] - c[0])) + np.hypot(*(c[2] - c[3])))
     height = 0.5 * (np.hypot(*(c[3] - c[0])) + np.hypot(*(c[2] - c[1])))
     size = (max(1, round(width)), max(1, round(height)))

@@ -279,8 +279,7 @@ def test_a_quadrilateral_is_rectified_back_to_the_picture() -> None:
     picture = photo(PHOTOS[0]).resize((400, 300))
     corners = ((60.0, 40.0), (470.0, 75.0), (440.0, 390.0), (35.0, 350.0))
     source = [(0.0, 0.0), (400.0, 0.0), (400.0, 300.0), (0.0, 300.0)]
-    coefficients = []
-    rows = []
+    rows = []  # Pillow's PERSPECTIVE coefficients mapping the seen corners back to the picture's
     for (x, y), (u, v) in zip(corners, source, strict=True):
         rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
         rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
