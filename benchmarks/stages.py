@@ -46,7 +46,7 @@ from lookalike.server.embedder import MODELS, EmbedderPool, embedding_input
 from lookalike.server.fingerprint import phash
 from lookalike.server.imaging import decode_image
 from lookalike.server.pdq import pdq_hashes
-from lookalike.server.regions import content_box, find_regions, finder_picture
+from lookalike.server.regions import content_box, find_regions, finder_picture, screen_quad
 
 MAX_PIXELS = 100_000_000
 
@@ -102,6 +102,10 @@ def stage_costs(datas: Sequence[bytes]) -> dict[str, list[float]]:
         )
         record(
             "region detection, flat canvas alone (as before frames, grids, tilts)", timed(content_box, decoded.shown)
+        )
+        record(
+            "region detection, screen finder alone (part of the above)",
+            timed(screen_quad, finder_input, decoded.shown.size),
         )
         for model in MODELS:
             embedder = embedders.get(model)

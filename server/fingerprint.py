@@ -20,7 +20,7 @@ from PIL import Image
 from lookalike.server.embedder import EmbedderPool, EmbeddingBatcher, embedding_input, resized_to
 from lookalike.server.imaging import DecodedImage, decode_image, thumbnail_webp
 from lookalike.server.pdq import pdq_hashes
-from lookalike.server.regions import Box, find_regions, finder_picture, overlap, straightened
+from lookalike.server.regions import Box, find_regions, finder_picture, overlap, rectified, straightened
 
 PDQ_BYTES = 32
 PHASH_BYTES = 8
@@ -69,7 +69,8 @@ class Fingerprint:
     def region_inputs(self) -> list[list[Image.Image]]:
         """Pictures found inside the image, ready to embed, in batches of one size: the one framed by
         a flat canvas (a padded border, a plain screenshot) and one turned on a flat fill, set
-        upright, at model input size; the cells of a collage; else up to MAX_REGION_VIEWS pictures
+        upright, at model input size; a picture on a screen photographed at an angle, rectified, at
+        model input size; the cells of a collage; else up to MAX_REGION_VIEWS pictures
         framed by straight edges (pasted on a photo, inside an app's UI). Looked for only when a
         check needs it, never for an add. Looked for on the picture as decoded (`DecodedImage.shown`), and
         cut from the file decoded finer where a part is too small there."""
@@ -82,6 +83,8 @@ class Fingerprint:
             batches.append([embedding_input(straightened(shown, regions.tilt))])
         if regions.cells:
             batches.append(_same_size(self.image.crops(regions.cells, CELL_SHORT_SIDE), CELL_SHORT_SIDE))
+        if regions.screen is not None:
+            batches.append([embedding_input(rectified(shown, regions.screen))])
         taken: list[Box] = [] if regions.canvas is None else [regions.canvas]
         framed: list[Box] = []
         for box in regions.frames:

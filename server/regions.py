@@ -1,5 +1,6 @@
 """Finding pictures inside a larger picture: screenshots, padded borders, UI chrome, a fill a
-picture was turned on, collages, photos a picture was pasted onto (`find_regions` runs them all).
+picture was turned on, collages, photos a picture was pasted onto, a screen photographed at an angle
+(`find_regions` runs them all).
 
 A copy pasted small into a screenshot (status bar, header, text lines, navigation bar)
 or framed by a solid border keeps only part of its global embedding; embedding the
@@ -34,6 +35,8 @@ from PIL import Image
 from scipy import ndimage
 
 Box = tuple[int, int, int, int]
+Quad = tuple[tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float]]
+"""Corners top-left, top-right, bottom-right, bottom-left, in the image's pixels."""
 
 WORK_SIDE = 256
 """Long side of the grey copy analysed; a 10 px gap in a 1280 px screenshot is 2 px here."""
@@ -365,6 +368,9 @@ class Regions:
     """A collage's cells, row by row (`grid_cells`)."""
     frames: list[Box]
     """Pictures framed by straight edges, best first (`frame_boxes`); not looked for in a collage."""
+    screen: Quad | None = None
+    """A picture on a screen photographed at an angle (`screen_quad`); not looked for where a flat
+    canvas or a collage explains the image."""
 
 
 def finder_picture(rgb: Image.Image) -> Image.Image:
@@ -386,7 +392,8 @@ def find_regions(picture: Image.Image, size: tuple[int, int] | None = None) -> R
     small, scale = work_gray(gray, size)
     canvas, turned = _content_box(small, scale, size), _tilt(small)
     cells = edges.grid_cells()
-    return Regions(canvas, turned, cells, [] if cells else edges.frame_boxes())
+    screen = None if canvas is not None or cells else screen_quad(gray, size)
+    return Regions(canvas, turned, cells, [] if cells else edges.frame_boxes(), screen)
 
 
 def straightened(rgb: Image.Image, angle: float) -> Image.Image:
@@ -617,3 +624,319 @@ def _to_image(box: Box, scale: float, size: tuple[int, int]) -> Box:
         min(width, round(right / scale)),
         min(height, round(bottom / scale)),
     )
+
+
+# A screen photographed at an angle: a dark bezel around a four-sided picture ---------------------
+#
+# A photo of a monitor or a phone shows the picture as a quadrilateral (perspective), framed by the
+# screen's dark bezel and set in a room or on a desk: no flat canvas, no axis-aligned edges. On the
+# grey copy the frames are looked for on, lightly smoothed (moiré):
+#
+# 1. Lines: a Hough transform of the pixels whose gradient exceeds QUAD_EDGE, each voting near its
+#    own gradient direction; peaks with QUAD_MIN_VOTES of the short side, at most QUAD_LINES per
+#    family, near-horizontal and near-vertical (QUAD_MAX_TILT from the axes).
+# 2. Quadrilaterals: two lines of each family, opposite sides QUAD_MIN_SIDE of the image apart, one
+#    side turned QUAD_MIN_TILT at least, corners no further than QUAD_OUTSIDE outside the image; each
+#    side at least half inside the image, and QUAD_SUPPORT of that part on edge pixels; just outside
+#    the sides the bezel, sampled BEZEL_OFFSET away: darker than BEZEL_LEVEL on average (and
+#    BEZEL_SIDE_LEVEL on each side), BEZEL_CONTRAST darker than just inside, and smooth (BEZEL_ROUGHNESS).
+# 3. The best supported (then largest) one is warped square into a view of its own (`rectified`).
+# Each line's figures are cumulative sums along it, so every quadrilateral is judged at once.
+
+_COS, _SIN = np.cos(np.radians(np.arange(180))), np.sin(np.radians(np.arange(180)))
+
+QUAD_SMOOTHING = 1.0
+"""Gaussian sigma (grey-copy pixels) against moiré and noise before gradients are taken."""
+QUAD_EDGE = 60.0
+"""Sobel gradient magnitude of an edge pixel (a step of about 15 grey levels)."""
+QUAD_ANGLE_SPREAD = 2
+"""Degrees on each side of a pixel's own gradient direction it votes for."""
+QUAD_MIN_VOTES = 0.12
+"""Votes a line needs, as a share of the image's short side."""
+QUAD_LINES = 12
+"""Lines kept per family (near-horizontal, near-vertical), most voted first."""
+QUAD_MAX_TILT = 30
+"""Degrees a side may turn away from the axis it follows."""
+QUAD_MIN_TILT = 3.0
+"""Degrees at least one side turns from its axis: an upright rectangle is a frame's business (`frame_boxes`)."""
+QUAD_MIN_SIDE = 0.2
+"""Opposite sides at least this share of the image apart (at its middle)."""
+QUAD_OUTSIDE = 0.15
+"""How far outside the image (share of its side) a corner may lie: a screen cut by the photo's edge."""
+QUAD_SUPPORT = 0.7
+"""Share of a side's samples (inside the image) that must be on edge pixels."""
+BEZEL_OFFSET = 2
+"""Pixels outside (and inside) a side where the bezel (and the picture) is sampled, past the blur."""
+BEZEL_LEVEL = 90.0
+"""Mean grey just outside the sides at most: a screen's bezel is dark, even under glare."""
+BEZEL_CONTRAST = 15.0
+"""How much darker just outside the sides is than just inside, on average."""
+BEZEL_ROUGHNESS = 4.0
+"""Mean grey step between neighbouring points just outside a side at most: a bezel is smooth, a
+chessboard's squares or a building's windows are not."""
+BEZEL_SIDE_LEVEL = 120.0
+"""Mean grey just outside each side at most."""
+
+
+def screen_quad(picture: Image.Image, size: tuple[int, int] | None = None) -> Quad | None:
+    """The corners of a picture shown on a screen photographed at an angle (see above), in the pixels
+    of the image of `size` (default: `picture`'s) that `picture` is a copy of; else None."""
+    width, height = size or picture.size
+    if min(width, height) < MIN_SIDE:
+        return None
+    gray, scale = _gray_copy(picture, (width, height), FRAME_WORK_SIDE, np.float32)
+    found = _screen_quad(ndimage.gaussian_filter(gray, QUAD_SMOOTHING))
+    if found is None:
+        return None
+    corners = found / scale
+    return tuple((float(x), float(y)) for x, y in corners)  # type: ignore[return-value]
+
+
+def _screen_quad(g: np.ndarray) -> np.ndarray | None:
+    """The 4×2 corners (x, y) on the grey copy, or None."""
+    h, w = g.shape
+    gx, gy = ndimage.sobel(g, 1), ndimage.sobel(g, 0)
+    magnitude = np.hypot(gx, gy)
+    edge = magnitude > QUAD_EDGE
+    ys, xs = np.nonzero(edge)
+    if ys.size < 4:
+        return None
+    direction = np.round(np.degrees(np.arctan2(gy[ys, xs], gx[ys, xs]))).astype(np.int64) % 180
+    off_axis = np.minimum(np.abs(direction - 90), np.minimum(direction, 180 - direction))
+    useful = off_axis <= QUAD_MAX_TILT + QUAD_ANGLE_SPREAD  # diagonal edges belong to no side
+    ys, xs, direction = ys[useful], xs[useful], direction[useful]
+    diagonal = int(np.ceil(np.hypot(h, w)))
+    spread = np.arange(-QUAD_ANGLE_SPREAD, QUAD_ANGLE_SPREAD + 1)
+    thetas = (direction[:, None] + spread[None, :]) % 180
+    rhos = np.round(xs[:, None] * _COS[thetas] + ys[:, None] * _SIN[thetas]).astype(np.int64) + diagonal
+    cells = np.bincount((thetas * (2 * diagonal + 1) + rhos).ravel(), minlength=180 * (2 * diagonal + 1))
+    theta, rho = _peaks(cells.reshape(180, 2 * diagonal + 1), QUAD_MIN_VOTES * min(h, w))
+    rho = rho - diagonal
+    tilt_from_horizontal = np.abs(theta - 90)
+    tilt_from_vertical = np.minimum(theta, 180 - theta)
+    across = _lines(theta, rho, tilt_from_horizontal <= QUAD_MAX_TILT, w / 2, horizontal=True)
+    down = _lines(theta, rho, tilt_from_vertical <= QUAD_MAX_TILT, h / 2, horizontal=False)
+    if len(across) < 2 or len(down) < 2:
+        return None
+    horizontal = _Profiles.along(g, edge, across, horizontal=True)
+    vertical = _Profiles.along(g, edge, down, horizontal=False)
+    corners = _crossings(across, down)  # [across, down, (x, y)]
+    na, nd = len(across), len(down)
+    top, bottom, left, right = (
+        index.ravel() for index in np.meshgrid(*(np.arange(n) for n in (na, na, nd, nd)), indexing="ij")
+    )
+    apart = np.array([line[2] for line in across]), np.array([line[2] for line in down])
+    keep = (apart[0][bottom] - apart[0][top] >= QUAD_MIN_SIDE * h) & (
+        apart[1][right] - apart[1][left] >= QUAD_MIN_SIDE * w
+    )
+    tilts = (
+        np.abs(np.degrees([line[0] for line in across]) - 90),  # from horizontal
+        90 - np.abs(np.degrees([line[0] for line in down]) - 90),  # from vertical
+    )
+    turned = np.max([tilts[0][top], tilts[0][bottom], tilts[1][left], tilts[1][right]], axis=0)
+    keep &= turned >= QUAD_MIN_TILT
+    top, bottom, left, right = top[keep], bottom[keep], left[keep], right[keep]
+    quads = np.stack([corners[top, left], corners[top, right], corners[bottom, right], corners[bottom, left]], axis=1)
+    reach = np.array([w, h], dtype=np.float64)
+    keep = ((quads >= -QUAD_OUTSIDE * reach) & (quads <= (1 + QUAD_OUTSIDE) * reach)).all(axis=(1, 2))
+    quads, top, bottom, left, right = quads[keep], top[keep], bottom[keep], left[keep], right[keep]
+    if quads.shape[0] == 0:
+        return None
+    sides = [
+        horizontal.side(top, quads[:, 0, 0], quads[:, 1, 0], outward=-1),
+        horizontal.side(bottom, quads[:, 3, 0], quads[:, 2, 0], outward=1),
+        vertical.side(left, quads[:, 0, 1], quads[:, 3, 1], outward=-1),
+        vertical.side(right, quads[:, 1, 1], quads[:, 2, 1], outward=1),
+    ]
+    support = np.min([side.support for side in sides], axis=0)
+    covered = np.min([side.covered for side in sides], axis=0)
+    outside = np.array([side.outside_sum / np.maximum(side.outside_count, 1) for side in sides])
+    inside = np.array([side.inside_sum / np.maximum(side.inside_count, 1) for side in sides])
+    contrast = inside - outside
+    bezel = (outside.mean(axis=0) <= BEZEL_LEVEL) & (contrast.mean(axis=0) >= BEZEL_CONTRAST)
+    bezel &= outside.max(axis=0) <= BEZEL_SIDE_LEVEL
+    roughness = np.array([side.outside_steps / np.maximum(side.outside_count, 1) for side in sides])
+    bezel &= roughness.max(axis=0) <= BEZEL_ROUGHNESS
+    passed = (support >= QUAD_SUPPORT) & (covered >= 0.5) & bezel
+    if not passed.any():
+        return None
+    x, y = quads[:, :, 0], quads[:, :, 1]
+    area = 0.5 * np.abs((x * np.roll(y, -1, axis=1) - y * np.roll(x, -1, axis=1)).sum(axis=1))
+    chosen = np.flatnonzero(passed)
+    best = chosen[np.lexsort((-area[chosen], -np.round(support[chosen], 1)))[0]]
+    found: np.ndarray = quads[best]
+    return found
+
+
+def _peaks(votes: np.ndarray, least: float) -> tuple[np.ndarray, np.ndarray]:
+    """(θ, ρ index) of the best-voted cells with at least `least` votes, most voted first, none within
+    4° and 2 ρ of a better one (the inner and outer edges of a thin bezel stay two lines)."""
+    flat = votes.ravel()
+    count = min(flat.size, 40 * QUAD_LINES)
+    best = np.argpartition(-flat, count - 1)[:count]
+    best = best[np.argsort(-flat[best], kind="stable")]
+    best = best[flat[best] >= least]
+    thetas, rhos = np.divmod(best, votes.shape[1])
+    blocked = np.zeros((180 + 8, votes.shape[1] + 4), dtype=bool)  # θ and ρ shifted by 4 and 2, θ wrapping
+    kept: list[int] = []
+    for i, (theta, rho) in enumerate(zip(thetas.tolist(), rhos.tolist(), strict=True)):
+        if blocked[theta + 4, rho + 2]:
+            continue
+        kept.append(i)
+        if len(kept) == 4 * QUAD_LINES:
+            break
+        for turn in (theta - 180, theta, theta + 180):  # the window wraps around 0° / 180°
+            if -4 <= turn + 4 and turn - 4 < 180:
+                blocked[max(0, turn) : turn + 9, rho : rho + 5] = True
+    return thetas[kept], rhos[kept].astype(np.float64)
+
+
+def _lines(
+    theta: np.ndarray, rho: np.ndarray, chosen: np.ndarray, middle: float, horizontal: bool
+) -> list[tuple[float, float, float]]:
+    """Up to QUAD_LINES lines x cos θ + y sin θ = ρ as (θ in radians, ρ, where the line crosses the
+    image's middle column or row), ordered by that position."""
+    kept: list[tuple[float, float, float]] = []
+    for t, r in zip(theta[chosen][:QUAD_LINES], rho[chosen][:QUAD_LINES], strict=True):
+        angle = float(np.radians(t))
+        cos, sin = np.cos(angle), np.sin(angle)
+        position = (r - middle * cos) / sin if horizontal else (r - middle * sin) / cos
+        kept.append((angle, float(r), float(position)))
+    return sorted(kept, key=lambda line: line[2])
+
+
+def _crossings(across: list[tuple[float, float, float]], down: list[tuple[float, float, float]]) -> np.ndarray:
+    """[i, j]: (x, y) where line `across[i]` crosses line `down[j]` (lines as (θ, ρ, ...))."""
+    a = np.array([line[:2] for line in across])[:, None, :]
+    d = np.array([line[:2] for line in down])[None, :, :]
+    cos_a, sin_a, cos_d, sin_d = np.cos(a[..., 0]), np.sin(a[..., 0]), np.cos(d[..., 0]), np.sin(d[..., 0])
+    determinant = cos_a * sin_d - sin_a * cos_d  # sides at most 2 × QUAD_MAX_TILT off square: never 0
+    x = (a[..., 1] * sin_d - d[..., 1] * sin_a) / determinant
+    y = (cos_a * d[..., 1] - cos_d * a[..., 1]) / determinant
+    return np.stack([x, y], axis=-1)
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One side of many quadrilaterals at once: its edge support, how much of it lies inside the image,
+    and the grey levels summed (and counted) just outside and just inside it."""
+
+    support: np.ndarray
+    covered: np.ndarray
+    outside_sum: np.ndarray
+    outside_count: np.ndarray
+    inside_sum: np.ndarray
+    inside_count: np.ndarray
+    outside_steps: np.ndarray
+    """Summed absolute differences between neighbouring samples just outside: a bezel is smooth."""
+
+
+@dataclass(frozen=True)
+class _Profiles:
+    """Cumulative sums along each line of one family, one step per column (near-horizontal lines) or
+    row (near-vertical): edge hits, points inside the image, grey levels BEZEL_OFFSET before and after
+    the line (and how many were inside), so a segment's figures cost O(1)."""
+
+    hits: np.ndarray
+    within: np.ndarray
+    before: np.ndarray
+    before_count: np.ndarray
+    after: np.ndarray
+    after_count: np.ndarray
+    before_steps: np.ndarray
+    after_steps: np.ndarray
+
+    @classmethod
+    def along(
+        cls, g: np.ndarray, edge: np.ndarray, lines: list[tuple[float, float, float]], horizontal: bool
+    ) -> _Profiles:
+        if not horizontal:
+            g, edge = g.T, edge.T
+        h, w = g.shape
+        steps = np.arange(w, dtype=np.float64)
+        angle = np.array([line[0] for line in lines])[:, None]
+        rho = np.array([line[1] for line in lines])[:, None]
+        cos, sin = np.cos(angle), np.sin(angle)
+        # x cos + y sin = ρ; on the transposed copy the roles of x and y swap
+        across = (rho - steps * cos) / sin if horizontal else (rho - steps * sin) / cos
+        position = np.round(across).astype(np.int64)
+        inside = (position >= 1) & (position < h - 1)
+        rows = np.clip(position, 1, h - 2)
+        near = (
+            edge[rows, steps.astype(np.int64)]
+            | edge[rows - 1, steps.astype(np.int64)]
+            | edge[rows + 1, steps.astype(np.int64)]
+        )
+
+        def sampled(offset: int) -> tuple[np.ndarray, np.ndarray]:
+            at = position + offset
+            valid = (at >= 0) & (at < h)
+            levels = np.where(valid, g[np.clip(at, 0, h - 1), steps.astype(np.int64)], 0.0)
+            return levels, valid
+
+        before, before_valid = sampled(-BEZEL_OFFSET)
+        after, after_valid = sampled(BEZEL_OFFSET)
+
+        def steps_of(levels: np.ndarray, valid: np.ndarray) -> np.ndarray:
+            jumps = np.zeros(levels.shape, dtype=np.float64)
+            jumps[:, 1:] = np.abs(np.diff(levels, axis=1)) * (valid[:, 1:] & valid[:, :-1])
+            return jumps
+
+        def running(values: np.ndarray) -> np.ndarray:
+            total = np.zeros((values.shape[0], values.shape[1] + 1), dtype=np.float64)
+            np.cumsum(values, axis=1, out=total[:, 1:])
+            return total
+
+        return cls(
+            running(near & inside),
+            running(inside),
+            running(before),
+            running(before_valid),
+            running(after),
+            running(after_valid),
+            running(steps_of(before, before_valid)),
+            running(steps_of(after, after_valid)),
+        )
+
+    def side(self, line: np.ndarray, start: np.ndarray, end: np.ndarray, outward: int) -> _Side:
+        """The segments of lines `line` between positions `start` and `end` along them; `outward` -1
+        when the quadrilateral's outside lies before the line (above, or left of, it), 1 after."""
+        length = self.hits.shape[1] - 1
+        first = np.clip(np.round(np.minimum(start, end)), 0, length).astype(np.int64)
+        last = np.clip(np.round(np.maximum(start, end)), 0, length).astype(np.int64)
+        span = np.maximum(np.abs(end - start), 1.0)
+
+        def over(table: np.ndarray) -> np.ndarray:
+            result: np.ndarray = table[line, last] - table[line, first]
+            return result
+
+        within = over(self.within)
+        outer, inner = (self.before, self.after) if outward < 0 else (self.after, self.before)
+        outer_count, inner_count = (
+            (self.before_count, self.after_count) if outward < 0 else (self.after_count, self.before_count)
+        )
+        return _Side(
+            over(self.hits) / np.maximum(within, 1.0),
+            within / span,
+            over(outer),
+            over(outer_count),
+            over(inner),
+            over(inner_count),
+            over(self.before_steps if outward < 0 else self.after_steps),
+        )
+
+
+def rectified(rgb: Image.Image, corners: Quad) -> Image.Image:
+    """The quadrilateral `corners` (in `rgb`'s pixels) warped to an upright rectangle as wide and tall
+    as its sides are long on average."""
+    c = np.array(corners, dtype=np.float64)
+    width = 0.5 * (np.hypot(*(c[1] - c[0])) + np.hypot(*(c[2] - c[3])))
+    height = 0.5 * (np.hypot(*(c[3] - c[0])) + np.hypot(*(c[2] - c[1])))
+    size = (max(1, round(width)), max(1, round(height)))
+    target = [(0.0, 0.0), (float(size[0]), 0.0), (float(size[0]), float(size[1])), (0.0, float(size[1]))]
+    rows = []
+    for (u, v), (x, y) in zip(target, c, strict=True):
+        rows.append([u, v, 1, 0, 0, 0, -x * u, -x * v])
+        rows.append([0, 0, 0, u, v, 1, -y * u, -y * v])
+    coefficients = np.linalg.solve(np.array(rows), c.ravel())
+    return rgb.transform(size, Image.Transform.PERSPECTIVE, tuple(coefficients), Image.Resampling.BILINEAR)

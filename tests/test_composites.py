@@ -1,5 +1,6 @@
 """Copies inside other pictures, end to end on a real server with real photos: a listed picture in a
-collage or pasted onto another photo is found; composites of unlisted photos are accepted."""
+collage, pasted onto another photo or on a screen photographed at an angle is found; composites of
+unlisted photos are accepted."""
 
 from __future__ import annotations
 
@@ -50,6 +51,27 @@ def test_a_listed_picture_inside_a_collage_or_pasted_on_a_photo_is_found(
 
 
 @pytest.mark.slow
+def test_a_listed_picture_on_a_photographed_screen_is_found(
+    lookalike: ServerHandle, photos: tuple[list[Path], list[Path]]
+) -> None:
+    """Screens photographed at an angle: the rectified screen is searched as a view of its own. The
+    benchmark catches about two in five on the tuning seed (one in eight without); here at least
+    three of eight (one without)."""
+    listed, unlisted = photos
+    client = lookalike.client
+    client.create_list("banned")
+    ids = {path.name: client.add("banned", path).id for path in listed}
+    others = others_from(unlisted)
+    caught = []
+    for seed in range(2):
+        for number, path in enumerate(listed):
+            query = encode_edited(apply_edit("screen_photo", rgb(path), random.Random(10 * seed + number), others))
+            result = client.check(query, ["banned"])
+            caught.append(result.decision != "accept" and result.matches[0].id == ids[path.name])
+    assert sum(caught) >= 3, caught
+
+
+@pytest.mark.slow
 def test_composites_of_unlisted_photos_are_accepted(
     lookalike: ServerHandle, photos: tuple[list[Path], list[Path]]
 ) -> None:
@@ -59,7 +81,7 @@ def test_composites_of_unlisted_photos_are_accepted(
     for path in listed:
         client.add("banned", path)
     others = others_from(unlisted[4:])
-    for family in ("collage_2x2", "collage_3x3", "paste_on_photo", "paste_on_busy", "app_screenshot"):
+    for family in ("collage_2x2", "collage_3x3", "paste_on_photo", "paste_on_busy", "app_screenshot", "screen_photo"):
         for seed, path in enumerate(unlisted[:4]):
             query = encode_edited(apply_edit(family, rgb(path), random.Random(seed), others))
             result = client.check(query, ["banned"])
