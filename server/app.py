@@ -470,13 +470,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
 
 def _shared_state(cluster: Cluster, config: ServerConfig) -> NodeState | None:
     """The node state a cluster shares through JetStream; None (this node's own, as a single node keeps it)
-    when NATS cannot be reached at start-up, so checks are served meanwhile: a restart shares it again."""
+    when NATS cannot be reached at start-up, so checks are served meanwhile; `_join_cluster` shares it once
+    NATS answers."""
     try:
         return node_state(cluster.log, cluster.node, config.check_retention)
     except LookalikeError as error:
@@ -502,3 +500,7 @@ def _join_cluster(
         "cluster from now on (checks deferred here meanwhile run here, and every check stored here meanwhile is "
         "shared; the flood guard goes on from the cluster's counts, without the matches counted here alone)"
     )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

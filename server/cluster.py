@@ -21,12 +21,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import overload
 
 from nats.aio.msg import Msg
 
 from lookalike.client.errors import Internal, InvalidArgument, LookalikeError, Unavailable
+from lookalike.index import configure_threads
 from lookalike.server.changes import (
     Change,
     EntriesAdded,
@@ -161,7 +163,14 @@ class Cluster:
         """Follow the log from the last sequence this node applied (its indexes are loaded by now), and
         look for snapshots to take."""
         self._follower = Follower(
-            self.log.connection, self.log.stream, self._handle, self._applied, name="follow-changes"
+            self.log.connection,
+            self.log.stream,
+            self._handle,
+            self._applied,
+            name="follow-changes",
+            # Applying adds to FAISS indexes: with OpenMP's default threads each add cost about 30 times
+            # the CPU (benchmarks/README.md, Cluster), as on request threads.
+            on_start=partial(configure_threads, 1),
         )
         self._snapshotter = threading.Thread(target=self._snapshot_loop, name="cluster-snapshots", daemon=True)
         self._snapshotter.start()

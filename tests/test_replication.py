@@ -401,6 +401,23 @@ def test_a_sequence_handed_over_again_is_not_applied_twice(nats_one: NatsCluster
         assert hole.value.reason == "LOG_TRIMMED"
 
 
+def test_the_follower_thread_gets_its_settings_before_the_first_record(nats_one: NatsCluster) -> None:
+    """A node's follower adds to FAISS indexes: it runs with one OpenMP thread, as request threads do, not
+    OpenMP's default (which made every applied add about 30 times costlier)."""
+    faiss = pytest.importorskip("faiss")
+    from lookalike.index import configure_threads
+
+    seen: list[int] = []
+    with ChangeLog(nats_one.urls, "SETTINGS", node="a") as log:
+        log.append(b"r0", "id-0")
+        follower = log.follow(
+            0, lambda seq, record: seen.append(faiss.omp_get_max_threads()), on_start=lambda: configure_threads(1)
+        )
+        assert follower.wait_for(1, 5)
+        follower.stop()
+    assert seen == [1]
+
+
 def read_messages(url: str, stream: str) -> list[Msg]:
     """Every message of `stream` as a consumer delivers it (with its stream sequence)."""
 

@@ -168,17 +168,22 @@ class ChangeLog:
         acknowledgement = await js.publish(self.subject, record, timeout=timeout, stream=self.stream, headers=headers)
         return acknowledgement.seq
 
-    def follow(self, after_seq: int, apply: Callable[[int, bytes], None]) -> Follower:
+    def follow(
+        self, after_seq: int, apply: Callable[[int, bytes], None], on_start: Callable[[], None] | None = None
+    ) -> Follower:
         """Call `apply(seq, record)` for every record after `after_seq`, in order, on one thread, for as
         long as the follower runs (`stop()` ends it); it resumes by itself after disconnects. The caller
-        stores the applied sequence with what `apply` writes and passes it as `after_seq` next time."""
+        stores the applied sequence with what `apply` writes and passes it as `after_seq` next time.
+        `on_start` runs first on that thread (per-thread settings `apply` needs)."""
         if after_seq < 0:
             raise InvalidArgument("after_seq is a stream sequence: 0 to start at the beginning")
 
         def handle(seq: int, message: Msg) -> None:
             apply(seq, message.data)
 
-        return Follower(self.connection, self.stream, handle, after_seq, name=f"follow-{self.stream}")
+        return Follower(
+            self.connection, self.stream, handle, after_seq, name=f"follow-{self.stream}", on_start=on_start
+        )
 
     def last_seq(self, timeout: float = 5.0) -> int:
         """The stream's last sequence (0 when empty)."""

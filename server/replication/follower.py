@@ -65,12 +65,15 @@ class Follower:
         contiguous: bool = True,
         last_per_subject: bool = False,
         name: str = "follower",
+        on_start: Callable[[], None] | None = None,
     ) -> None:
+        """`on_start` runs first on the follower's own thread: per-thread settings the handler's work needs."""
         if after_seq < 0:
             raise ValueError("after_seq must be 0 or a stream sequence")
         self._connection = connection
         self._stream = stream
         self._handle = handle
+        self._on_start = on_start
         self._filter_subject = filter_subject
         self._contiguous = contiguous
         self._last_per_subject = last_per_subject
@@ -111,6 +114,8 @@ class Follower:
     def _run(self) -> None:
         consumer: _Consumer | None = None
         try:
+            if self._on_start is not None:
+                self._on_start()
             while not self._stopping.is_set():
                 try:
                     if consumer is None:
