@@ -701,7 +701,7 @@ def screen_quad(picture: Image.Image, size: tuple[int, int] | None = None) -> Qu
 
 def screen_gate(picture: Image.Image, size: tuple[int, int] | None = None) -> bool:
     """Whether a screen may be there: the finder, loosened, on a coarse copy finds a quadrilateral.
-    Most plain photos stop here at about a third of the full finder's cost."""
+    Most plain photos stop here, at a bit over half the full finder's cost (about 3.5 against 6 ms)."""
     coarse, _ = _gray_copy(picture, size or picture.size, SCREEN_GATE_SIDE, np.float32)
     return _screen_quad(ndimage.gaussian_filter(coarse, QUAD_SMOOTHING), SCREEN_GATE_SLACK) is not None
 
