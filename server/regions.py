@@ -676,6 +676,11 @@ BEZEL_ROUGHNESS = 4.0
 chessboard's squares or a building's windows are not."""
 BEZEL_SIDE_LEVEL = 120.0
 """Mean grey just outside each side at most."""
+SCREEN_GATE_SIDE = 200
+"""Long side of the coarse copy the whole finder first runs on (`screen_gate`): 0.4 of the pixels."""
+SCREEN_GATE_SLACK = 2.5
+"""How much the coarse look loosens the bezel and support tests: on seed 1 it kept 167 of the 171
+screens the full finder found and sent 69 of 393 plain photos on to it."""
 
 
 def screen_quad(picture: Image.Image, size: tuple[int, int] | None = None) -> Quad | None:
@@ -683,6 +688,8 @@ def screen_quad(picture: Image.Image, size: tuple[int, int] | None = None) -> Qu
     of the image of `size` (default: `picture`'s) that `picture` is a copy of; else None."""
     width, height = size or picture.size
     if min(width, height) < MIN_SIDE:
+        return None
+    if not screen_gate(picture, (width, height)):
         return None
     gray, scale = _gray_copy(picture, (width, height), FRAME_WORK_SIDE, np.float32)
     found = _screen_quad(ndimage.gaussian_filter(gray, QUAD_SMOOTHING))
@@ -692,8 +699,16 @@ def screen_quad(picture: Image.Image, size: tuple[int, int] | None = None) -> Qu
     return tuple((float(x), float(y)) for x, y in corners)  # type: ignore[return-value]
 
 
-def _screen_quad(g: np.ndarray) -> np.ndarray | None:
-    """The 4×2 corners (x, y) on the grey copy, or None."""
+def screen_gate(picture: Image.Image, size: tuple[int, int] | None = None) -> bool:
+    """Whether a screen may be there: the finder, loosened, on a coarse copy finds a quadrilateral.
+    Most plain photos stop here, at a bit over half the full finder's cost (about 3.5 against 6 ms)."""
+    coarse, _ = _gray_copy(picture, size or picture.size, SCREEN_GATE_SIDE, np.float32)
+    return _screen_quad(ndimage.gaussian_filter(coarse, QUAD_SMOOTHING), SCREEN_GATE_SLACK) is not None
+
+
+def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
+    """The 4×2 corners (x, y) on the grey copy, or None; `slack` above 1 loosens the bezel and
+    support tests (the coarse look of `screen_gate`)."""
     h, w = g.shape
     gx, gy = ndimage.sobel(g, 1), ndimage.sobel(g, 0)
     magnitude = np.hypot(gx, gy)
@@ -753,11 +768,11 @@ def _screen_quad(g: np.ndarray) -> np.ndarray | None:
     outside = np.array([side.outside_sum / np.maximum(side.outside_count, 1) for side in sides])
     inside = np.array([side.inside_sum / np.maximum(side.inside_count, 1) for side in sides])
     contrast = inside - outside
-    bezel = (outside.mean(axis=0) <= BEZEL_LEVEL) & (contrast.mean(axis=0) >= BEZEL_CONTRAST)
-    bezel &= outside.max(axis=0) <= BEZEL_SIDE_LEVEL
+    bezel = (outside.mean(axis=0) <= BEZEL_LEVEL * slack) & (contrast.mean(axis=0) >= BEZEL_CONTRAST / slack)
+    bezel &= outside.max(axis=0) <= BEZEL_SIDE_LEVEL * slack
     roughness = np.array([side.outside_steps / np.maximum(side.outside_count, 1) for side in sides])
-    bezel &= roughness.max(axis=0) <= BEZEL_ROUGHNESS
-    passed = (support >= QUAD_SUPPORT) & (covered >= 0.5) & bezel
+    bezel &= roughness.max(axis=0) <= BEZEL_ROUGHNESS * slack
+    passed = (support >= QUAD_SUPPORT / slack) & (covered >= 0.5) & bezel
     if not passed.any():
         return None
     x, y = quads[:, :, 0], quads[:, :, 1]
