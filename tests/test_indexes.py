@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -19,7 +20,7 @@ from lookalike.index import list_index
 from lookalike.index.list_index import EXACT_VECTORS_MAX, PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET, Layout, ListIndex
 from lookalike.server.changes import EntriesAdded, EntryRemoved, ListCreated
 from lookalike.server.flood import FloodGuard, FloodSettings
-from lookalike.server.indexes import IndexRegistry
+from lookalike.server.indexes import IndexRegistry, index_thread
 from lookalike.server.records import NewEntry, encode_embedding
 from lookalike.server.storage.schema import DB_SNAPSHOT_PIECES
 from lookalike.server.storage.store import Store
@@ -246,3 +247,13 @@ def test_a_list_past_the_exact_pdq_limit_gets_hash_tables_when_rebuilt_and_on_a_
         assert index.search_pdq([removed_code.tobytes()], 0) == []
     finally:
         fixture.store.close()
+
+
+def test_index_builds_and_rebuilds_run_faiss_on_one_openmp_thread() -> None:
+    """A rebuild replays the changes since its read under the list's write lock: with OpenMP's default
+    team each add cost about 30 times the CPU on a busy box and held up every write to the list."""
+    seen: list[int] = []
+    worker = index_thread(lambda: seen.append(faiss.omp_get_max_threads()), "test-index-thread")
+    worker.start()
+    worker.join()
+    assert seen == [1]
