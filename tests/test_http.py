@@ -467,9 +467,15 @@ def test_a_body_past_the_request_limit_is_refused_with_413_before_it_is_read(tmp
 
 
 def test_http_and_grpc_calls_share_the_concurrency_limit(tmp_path: Path) -> None:
-    handle, base = http_server(tmp_path / "data", max_concurrent_requests=2, threads=4, max_streams_per_key=2)
+    handle, base = http_server(
+        tmp_path / "data", max_concurrent_requests=2, threads=4, max_streams_per_key=2, metrics_listen="127.0.0.1:0"
+    )
     secret = handle.client.create_key("admin", name="ops").secret
     release = threading.Event()
+
+    def calls_in_flight() -> float:
+        scrape = httpx.get(f"http://127.0.0.1:{handle.running.metrics_port}/metrics", timeout=10).text
+        return float(re.search(r"^lookalike_requests_in_flight (\S+)$", scrape, re.MULTILINE)[1])
 
     def idle() -> Iterator[pb.CheckRequest]:
         release.wait(60)
@@ -486,7 +492,10 @@ def test_http_and_grpc_calls_share_the_concurrency_limit(tmp_path: Path) -> None
             streams = [
                 stub.CheckStream(idle(), metadata=metadata, timeout=60, wait_for_ready=True) for _ in range(2)
             ]
+            # both streams admitted before the HTTP call: one sent while a stream still arrives takes its slot
             deadline = time.monotonic() + 30
+            while calls_in_flight() < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
             while (refused := client.get("/v1/lists")).status_code != 429 and time.monotonic() < deadline:
                 ended = [stream for stream in streams if stream.done()]
                 assert not ended, f"an idle stream ended before it was released: {ended[0].code()} {ended[0].details()}"
