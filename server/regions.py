@@ -123,7 +123,17 @@ def locate(g: np.ndarray) -> tuple[tuple[int, int, int, int] | None, str]:
     h, w = g.shape
     if min(h, w) < 8:
         return None, "small"
-    canvas, colours = canvas_mask(g)
+    flat = _flat(g)
+    candidates = _canvas_colours(g, flat)
+    if not candidates:
+        return None, "no canvas"
+    # Canvas pixels lie within CANVAS_SPREAD of a candidate colour (their bands never overlap): when
+    # too few do, no canvas can be large enough, and the connected regions need not be labelled.
+    levels = np.bincount(g.ravel(), minlength=256)
+    near = sum(int(levels[max(0, colour - CANVAS_SPREAD) : colour + CANVAS_SPREAD + 1].sum()) for colour in candidates)
+    if near / g.size < 1.0 - MAX_AREA:
+        return None, "little canvas"
+    canvas, colours = canvas_mask(g, flat)
     if not colours:
         return None, "no canvas"
     if canvas.mean() < 1.0 - MAX_AREA:
@@ -164,25 +174,14 @@ def locate(g: np.ndarray) -> tuple[tuple[int, int, int, int] | None, str]:
     return (top, bottom, left, right), "ok"
 
 
-def canvas_mask(g: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """Pixels of flat one-colour regions touching the image's edge, and those colours."""
-    flat = _flat(g)
-    edge = np.zeros(g.shape, dtype=bool)
-    edge[[0, -1]] = True
-    edge[:, [0, -1]] = True
+def canvas_mask(g: np.ndarray, flat: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+    """Pixels of flat one-colour regions touching the image's edge, and those colours (`flat`: `_flat(g)`
+    where the caller has it)."""
+    flat = _flat(g) if flat is None else flat
+    edge = _edge(g.shape)
     canvas = np.zeros(g.shape, dtype=bool)
     colours: list[int] = []
-    levels = g[edge & flat]
-    if levels.size == 0:
-        return canvas, colours
-    # edge pixels within CANVAS_SPREAD of each grey level, then the densest levels in turn
-    band = np.convolve(np.bincount(levels, minlength=256), np.ones(2 * CANVAS_SPREAD + 1), mode="same")
-    edge_count = int(edge.sum())
-    for _ in range(MAX_CANVAS_COLOURS):
-        colour = int(band.argmax())
-        if band[colour] < MIN_EDGE_SHARE * edge_count:
-            break
-        band[max(0, colour - 2 * CANVAS_SPREAD) : colour + 2 * CANVAS_SPREAD + 1] = 0
+    for colour in _canvas_colours(g, flat):
         near = np.abs(g - colour) <= CANVAS_SPREAD
         labels, count = ndimage.label(near & flat, _FOUR)
         sizes = np.bincount(labels.ravel(), minlength=count + 1)
@@ -197,6 +196,33 @@ def canvas_mask(g: np.ndarray) -> tuple[np.ndarray, list[int]]:
         canvas |= core | (near & _grow(core))
         colours.append(colour)
     return canvas, colours
+
+
+def _edge(shape: tuple[int, ...]) -> np.ndarray:
+    """The image's outermost rows and columns."""
+    edge = np.zeros(shape, dtype=bool)
+    edge[[0, -1]] = True
+    edge[:, [0, -1]] = True
+    return edge
+
+
+def _canvas_colours(g: np.ndarray, flat: np.ndarray) -> list[int]:
+    """The grey levels a canvas may have: the densest levels of the edge's flat pixels (counting those
+    within CANVAS_SPREAD), each on at least MIN_EDGE_SHARE of the edge, at most MAX_CANVAS_COLOURS."""
+    edge = _edge(g.shape)
+    levels = g[edge & flat]
+    if levels.size == 0:
+        return []
+    band = np.convolve(np.bincount(levels, minlength=256), np.ones(2 * CANVAS_SPREAD + 1), mode="same")
+    edge_count = int(edge.sum())
+    colours: list[int] = []
+    for _ in range(MAX_CANVAS_COLOURS):
+        colour = int(band.argmax())
+        if band[colour] < MIN_EDGE_SHARE * edge_count:
+            break
+        band[max(0, colour - 2 * CANVAS_SPREAD) : colour + 2 * CANVAS_SPREAD + 1] = 0
+        colours.append(colour)
+    return colours
 
 
 def _flat(g: np.ndarray) -> np.ndarray:
@@ -434,7 +460,7 @@ class _Edges:
         width, height = size or image.size
         if min(width, height) < MIN_SIDE:
             return None
-        gray, scale = _gray_copy(image, (width, height), FRAME_WORK_SIDE, np.float32)
+        gray, scale = _gray_copy(image, (width, height), FRAME_WORK_SIDE, np.uint8)
         rows = _bridge(_step_edges(gray, EDGE_BAND, EDGE_STEP))
         cols = _bridge(_step_edges(gray.T, EDGE_BAND, EDGE_STEP))
         return cls(rows, cols, scale, (width, height))
@@ -444,12 +470,8 @@ class _Edges:
         h, w = cols.shape[1], rows.shape[1]
         ys = np.array([0, *_line_positions(rows, MIN_LINE_RUN * w), h])
         xs = np.array([0, *_line_positions(cols, MIN_LINE_RUN * h), w])
-        along_rows = np.zeros((h + 1, w + 1), dtype=np.int32)
-        np.cumsum(rows, axis=1, out=along_rows[:, 1:])
-        along_cols = np.zeros((w + 1, h + 1), dtype=np.int32)
-        np.cumsum(cols, axis=1, out=along_cols[:, 1:])
-        horizontal = _supports(along_rows, ys, xs)  # [line, left, right]
-        vertical = _supports(along_cols, xs, ys)  # [line, top, bottom]
+        horizontal = _supports(rows, ys, xs)  # [line, left, right]
+        vertical = _supports(cols, xs, ys)  # [line, top, bottom]
         ny, nx = len(ys), len(xs)
         # Sides supported enough first (a cheap boolean test over every rectangle), the rest for those only.
         h_ok = horizontal >= MIN_SIDE_SUPPORT
@@ -514,16 +536,17 @@ class _Edges:
 def _step_edges(g: np.ndarray, band: int, step: float) -> np.ndarray:
     """[y, x]: a step edge between rows y-1 and y (the means of `band` rows on each side differ by
     more than `step`, at the row where that difference peaks), ±1 row; shape (rows + 1, columns).
-    Rows nearer the border than `band` have none: there the border itself frames."""
+    Rows nearer the border than `band` have none: there the border itself frames. `g` holds whole grey
+    levels, so the band sums are exact integers, and `band` times each mean difference is compared."""
     n, m = g.shape
     edges = np.zeros((n + 1, m), dtype=bool)
     if n <= 2 * band:
         return edges
-    sums = np.zeros((n + 1, m), dtype=np.float32)
+    sums = np.zeros((n + 1, m), dtype=np.int32)
     np.cumsum(g, axis=0, out=sums[1:])
     middle = sums[band : n - band + 1]
-    difference = np.abs(2.0 * middle - sums[: n - 2 * band + 1] - sums[2 * band :]) / band
-    peak = difference > step
+    difference = np.abs(2 * middle - sums[: n - 2 * band + 1] - sums[2 * band :])
+    peak = difference > step * band
     peak[1:] &= difference[1:] >= difference[:-1]
     peak[:-1] &= difference[:-1] >= difference[1:]
     edges[band : n - band + 1] = peak
@@ -544,13 +567,17 @@ def _bridge(rows: np.ndarray, gap: int = EDGE_GAP) -> np.ndarray:
 def _line_positions(rows: np.ndarray, min_run: float) -> list[int]:
     """The MAX_LINES rows with the longest runs of edge (at least `min_run`), 3 rows apart at least."""
     runs = np.zeros(rows.shape[0], dtype=np.int32)
-    candidates = np.flatnonzero(rows.sum(axis=1) >= min_run)  # a run needs that many edge pixels at least
+    candidates = np.flatnonzero(np.count_nonzero(rows, axis=1) >= min_run)  # a run needs that many edge pixels
     candidates = candidates[(candidates > 0) & (candidates < rows.shape[0] - 1)]
     if candidates.size:
-        chosen = rows[candidates]
-        counted = np.cumsum(chosen, axis=1, dtype=np.int32)
-        restarted = np.maximum.accumulate(np.where(chosen, 0, counted), axis=1)
-        runs[candidates] = (counted - restarted).max(axis=1)
+        # Each candidate row (it has edge pixels) padded with a gap at both ends, all laid end to end: a run
+        # starts where a gap turns to edge and ends where it turns back.
+        padded = np.zeros((candidates.size, rows.shape[1] + 2), dtype=np.int8)
+        padded[:, 1:-1] = rows[candidates]
+        turns = np.diff(padded.ravel())
+        starts, ends = np.flatnonzero(turns == 1), np.flatnonzero(turns == -1)
+        first = np.searchsorted(starts, np.arange(candidates.size) * padded.shape[1])
+        runs[candidates] = np.maximum.reduceat(ends - starts, first)
     kept: list[int] = []
     for y in np.argsort(-runs, kind="stable")[: 4 * MAX_LINES]:
         if runs[y] < min_run or len(kept) == MAX_LINES:
@@ -560,19 +587,19 @@ def _line_positions(rows: np.ndarray, min_run: float) -> list[int]:
     return sorted(kept)
 
 
-def _supports(along: np.ndarray, lines: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """[i, a, b]: share of line `lines[i]` that is edge between `ends[a]` and `ends[b]`; 0 where it does
-    not stand out from the lines beside it on either side; 1 on the image's border."""
+def _supports(rows: np.ndarray, lines: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """[i, a, b]: share of line `lines[i]` of the edge map `rows` that is edge between `ends[a]` and
+    `ends[b]`; 0 where it does not stand out from the lines beside it on either side; 1 on the image's
+    border. Only the rows looked at are summed."""
     span = np.maximum((ends[None, :] - ends[:, None]).astype(np.float32), 1.0)[None]
-
-    def at(positions: np.ndarray) -> np.ndarray:
-        covered = along[np.clip(positions, 0, along.shape[0] - 1)][:, ends]
-        result: np.ndarray = (covered[:, None, :] - covered[:, :, None]) / span
-        return result
-
-    support = at(lines)
-    before = np.mean([at(lines - k) for k in LINE_OFFSETS], axis=0)
-    after = np.mean([at(lines + k) for k in LINE_OFFSETS], axis=0)
+    offsets = np.array([0, *(-k for k in LINE_OFFSETS), *LINE_OFFSETS])
+    positions = np.clip(lines[None, :] + offsets[:, None], 0, rows.shape[0] - 1)
+    along = np.zeros((*positions.shape, rows.shape[1] + 1), dtype=np.int32)
+    np.cumsum(rows[positions], axis=2, out=along[..., 1:])
+    covered = along[..., ends]  # [offset, line, end]
+    shares = (covered[:, :, None, :] - covered[:, :, :, None]) / span[None]
+    count = len(LINE_OFFSETS)
+    support, before, after = shares[0], shares[1 : 1 + count].mean(axis=0), shares[1 + count :].mean(axis=0)
     support = np.where(support - np.minimum(before, after) >= LINE_PROMINENCE, support, 0.0)
     support[[0, -1]] = 1.0
     return support
