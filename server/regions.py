@@ -124,15 +124,11 @@ def locate(g: np.ndarray) -> tuple[tuple[int, int, int, int] | None, str]:
     if min(h, w) < 8:
         return None, "small"
     flat = _flat(g)
-    candidates = _canvas_colours(g, flat)
+    candidates = canvas_colours(g, flat)
     if not candidates:
         return None, "no canvas"
-    # Canvas pixels lie within CANVAS_SPREAD of a candidate colour (their bands never overlap): when
-    # too few do, no canvas can be large enough, and the connected regions need not be labelled.
-    levels = np.bincount(g.ravel(), minlength=256)
-    near = sum(int(levels[max(0, colour - CANVAS_SPREAD) : colour + CANVAS_SPREAD + 1].sum()) for colour in candidates)
-    if near / g.size < 1.0 - MAX_AREA:
-        return None, "little canvas"
+    if canvas_bound(g, candidates) < 1.0 - MAX_AREA:
+        return None, "little canvas"  # no need to label the canvas's connected regions
     canvas, colours = canvas_mask(g, flat)
     if not colours:
         return None, "no canvas"
@@ -181,7 +177,7 @@ def canvas_mask(g: np.ndarray, flat: np.ndarray | None = None) -> tuple[np.ndarr
     edge = _edge(g.shape)
     canvas = np.zeros(g.shape, dtype=bool)
     colours: list[int] = []
-    for colour in _canvas_colours(g, flat):
+    for colour in canvas_colours(g, flat):
         near = np.abs(g - colour) <= CANVAS_SPREAD
         labels, count = ndimage.label(near & flat, _FOUR)
         sizes = np.bincount(labels.ravel(), minlength=count + 1)
@@ -206,11 +202,19 @@ def _edge(shape: tuple[int, ...]) -> np.ndarray:
     return edge
 
 
-def _canvas_colours(g: np.ndarray, flat: np.ndarray) -> list[int]:
+def canvas_bound(g: np.ndarray, colours: list[int]) -> float:
+    """Share of the image within CANVAS_SPREAD of one of `colours` (the colours a canvas may have, more
+    than 2 CANVAS_SPREAD apart): the most the canvas may cover, from a histogram alone."""
+    levels = np.bincount(g.ravel(), minlength=256)
+    near = sum(int(levels[max(0, colour - CANVAS_SPREAD) : colour + CANVAS_SPREAD + 1].sum()) for colour in colours)
+    return near / g.size
+
+
+def canvas_colours(g: np.ndarray, flat: np.ndarray | None = None) -> list[int]:
     """The grey levels a canvas may have: the densest levels of the edge's flat pixels (counting those
     within CANVAS_SPREAD), each on at least MIN_EDGE_SHARE of the edge, at most MAX_CANVAS_COLOURS."""
     edge = _edge(g.shape)
-    levels = g[edge & flat]
+    levels = g[edge & (_flat(g) if flat is None else flat)]
     if levels.size == 0:
         return []
     band = np.convolve(np.bincount(levels, minlength=256), np.ones(2 * CANVAS_SPREAD + 1), mode="same")
@@ -678,12 +682,18 @@ QUAD_EDGE = 60.0
 """Sobel gradient magnitude of an edge pixel (a step of about 15 grey levels)."""
 QUAD_ANGLE_SPREAD = 2
 """Degrees on each side of a pixel's own gradient direction it votes for."""
+_SPREAD = np.arange(2 * QUAD_ANGLE_SPREAD + 1)
+_WRAPPED = np.arange(-QUAD_ANGLE_SPREAD, 180 + QUAD_ANGLE_SPREAD) % 180
+"""The θ a pixel of gradient direction d (0-179°) votes for: `_WRAPPED[d + _SPREAD]` (d ± spread, mod 180)."""
 QUAD_MIN_VOTES = 0.12
 """Votes a line needs, as a share of the image's short side."""
 QUAD_LINES = 12
 """Lines kept per family (near-horizontal, near-vertical), most voted first."""
 QUAD_MAX_TILT = 30
 """Degrees a side may turn away from the axis it follows."""
+_ACROSS = np.abs(np.arange(180) - 90) <= QUAD_MAX_TILT
+_DOWN = np.minimum(np.arange(180), 180 - np.arange(180)) <= QUAD_MAX_TILT
+"""The θ (degrees) of near-horizontal lines, and of near-vertical ones."""
 QUAD_MIN_TILT = 3.0
 """Degrees at least one side turns from its axis: an upright rectangle is a frame's business (`frame_boxes`)."""
 QUAD_MIN_SIDE = 0.2
@@ -737,22 +747,24 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
     """The 4×2 corners (x, y) on the grey copy, or None; `slack` above 1 loosens the bezel and
     support tests (the coarse look of `screen_gate`)."""
     h, w = g.shape
-    gx, gy = ndimage.sobel(g, 1), ndimage.sobel(g, 0)
-    magnitude = np.hypot(gx, gy)
-    edge = magnitude > QUAD_EDGE
+    gx, gy = _sobel(g)
+    edge = _steep(gx, gy, QUAD_EDGE)
     ys, xs = np.nonzero(edge)
     if ys.size < 4:
         return None
-    direction = np.round(np.degrees(np.arctan2(gy[ys, xs], gx[ys, xs]))).astype(np.int64) % 180
+    direction = np.round(np.degrees(np.arctan2(gy[edge], gx[edge]))).astype(np.int64) % 180
     off_axis = np.minimum(np.abs(direction - 90), np.minimum(direction, 180 - direction))
     useful = off_axis <= QUAD_MAX_TILT + QUAD_ANGLE_SPREAD  # diagonal edges belong to no side
     ys, xs, direction = ys[useful], xs[useful], direction[useful]
     diagonal = int(np.ceil(np.hypot(h, w)))
-    spread = np.arange(-QUAD_ANGLE_SPREAD, QUAD_ANGLE_SPREAD + 1)
-    thetas = (direction[:, None] + spread[None, :]) % 180
+    thetas = _WRAPPED[direction[:, None] + _SPREAD[None, :]]
     rhos = np.round(xs[:, None] * _COS[thetas] + ys[:, None] * _SIN[thetas]).astype(np.int64) + diagonal
     cells = np.bincount((thetas * (2 * diagonal + 1) + rhos).ravel(), minlength=180 * (2 * diagonal + 1))
-    theta, rho = _peaks(cells.reshape(180, 2 * diagonal + 1), QUAD_MIN_VOTES * min(h, w))
+    votes, least = cells.reshape(180, 2 * diagonal + 1), QUAD_MIN_VOTES * min(h, w)
+    strong = np.count_nonzero(votes >= least, axis=1)  # cells a line may come from, per θ
+    if strong[_ACROSS].sum() < 2 or strong[_DOWN].sum() < 2:
+        return None  # fewer than two lines in a family, whatever the peaks
+    theta, rho = _peaks(votes, least)
     rho = rho - diagonal
     tilt_from_horizontal = np.abs(theta - 90)
     tilt_from_vertical = np.minimum(theta, 180 - theta)
@@ -760,8 +772,6 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
     down = _lines(theta, rho, tilt_from_vertical <= QUAD_MAX_TILT, h / 2, horizontal=False)
     if len(across) < 2 or len(down) < 2:
         return None
-    horizontal = _Profiles.along(g, edge, across, horizontal=True)
-    vertical = _Profiles.along(g, edge, down, horizontal=False)
     corners = _crossings(across, down)  # [across, down, (x, y)]
     na, nd = len(across), len(down)
     top, bottom, left, right = (
@@ -784,6 +794,8 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
     quads, top, bottom, left, right = quads[keep], top[keep], bottom[keep], left[keep], right[keep]
     if quads.shape[0] == 0:
         return None
+    horizontal = _Profiles.along(g, edge, across, horizontal=True)
+    vertical = _Profiles.along(g, edge, down, horizontal=False)
     sides = [
         horizontal.side(top, quads[:, 0, 0], quads[:, 1, 0], outward=-1),
         horizontal.side(bottom, quads[:, 3, 0], quads[:, 2, 0], outward=1),
@@ -808,6 +820,26 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
     best = chosen[np.lexsort((-area[chosen], -np.round(support[chosen], 1)))[0]]
     found: np.ndarray = quads[best]
     return found
+
+
+def _sobel(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`ndimage.sobel(g, 1)` and `ndimage.sobel(g, 0)` of a float32 image, to the bit (each pass rounded to
+    float32 as there, the smoothing summed in float64, the border mirrored), in fewer passes."""
+    padded = np.pad(g, 1, mode="symmetric")  # ndimage's "reflect"
+    dx, dy = padded[:, 2:] - padded[:, :-2], padded[2:] - padded[:-2]
+    gx = (dx[:-2].astype(np.float64) + dx[2:] + 2.0 * dx[1:-1]).astype(np.float32)
+    gy = (dy[:, :-2].astype(np.float64) + dy[:, 2:] + 2.0 * dy[:, 1:-1]).astype(np.float32)
+    return gx, gy
+
+
+def _steep(gx: np.ndarray, gy: np.ndarray, least: float) -> np.ndarray:
+    """Where `np.hypot(gx, gy) > least`, from the squares (float32 rounds them by far less than 1e-4), with
+    hypot itself only for the few pixels that close to `least`."""
+    squares = gx * gx + gy * gy
+    steep: np.ndarray = squares > least * least * (1 + 1e-4)
+    close = np.flatnonzero((squares >= least * least * (1 - 1e-4)) & ~steep)
+    steep.flat[close] = np.hypot(gx.flat[close], gy.flat[close]) > least
+    return steep
 
 
 def _peaks(votes: np.ndarray, least: float) -> tuple[np.ndarray, np.ndarray]:
