@@ -472,8 +472,10 @@ class _Edges:
     def frame_boxes(self) -> list[Box]:
         rows, cols = self.rows, self.cols
         h, w = cols.shape[1], rows.shape[1]
-        ys = np.array([0, *_line_positions(rows, MIN_LINE_RUN * w), h])
-        xs = np.array([0, *_line_positions(cols, MIN_LINE_RUN * h), w])
+        across, down = _line_positions(rows, MIN_LINE_RUN * w), _line_positions(cols, MIN_LINE_RUN * h)
+        if min(2, len(across)) + min(2, len(down)) < MIN_FRAMED_SIDES:
+            return []  # too few lines for the sides a frame needs
+        ys, xs = np.array([0, *across, h]), np.array([0, *down, w])
         horizontal = _supports(rows, ys, xs)  # [line, left, right]
         vertical = _supports(cols, xs, ys)  # [line, top, bottom]
         ny, nx = len(ys), len(xs)
