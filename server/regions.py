@@ -585,11 +585,14 @@ def _line_positions(rows: np.ndarray, min_run: float) -> list[int]:
         first = np.searchsorted(starts, np.arange(candidates.size) * padded.shape[1])
         runs[candidates] = np.maximum.reduceat(ends - starts, first)
     kept: list[int] = []
-    for y in np.argsort(-runs, kind="stable")[: 4 * MAX_LINES]:
-        if runs[y] < min_run or len(kept) == MAX_LINES:
+    near_kept = np.zeros(rows.shape[0] + 2, dtype=bool)  # within 2 rows of a kept one
+    order = np.argsort(-runs, kind="stable")[: 4 * MAX_LINES]
+    for y, run in zip(order.tolist(), runs[order].tolist(), strict=True):
+        if run < min_run or len(kept) == MAX_LINES:
             break
-        if all(abs(int(y) - k) > 2 for k in kept):
-            kept.append(int(y))
+        if not near_kept[y]:
+            kept.append(y)
+            near_kept[max(0, y - 2) : y + 3] = True
     return sorted(kept)
 
 
