@@ -124,14 +124,9 @@ def locate(g: np.ndarray) -> tuple[tuple[int, int, int, int] | None, str]:
     if min(h, w) < 8:
         return None, "small"
     flat = _flat(g)
-    candidates = canvas_colours(g, flat)
-    if not candidates:
+    if not canvas_colours(g, flat):
         return None, "no canvas"
-    if canvas_bound(g, candidates) < 1.0 - MAX_AREA:
-        return None, "little canvas"  # no need to label the canvas's connected regions
-    canvas, colours = canvas_mask(g, flat)
-    if not colours:
-        return None, "no canvas"
+    canvas, colours = canvas_mask(g, flat, least=1.0 - MAX_AREA)  # all its colours when it is large enough
     if canvas.mean() < 1.0 - MAX_AREA:
         return None, "little canvas"
     content = ~canvas
@@ -170,14 +165,20 @@ def locate(g: np.ndarray) -> tuple[tuple[int, int, int, int] | None, str]:
     return (top, bottom, left, right), "ok"
 
 
-def canvas_mask(g: np.ndarray, flat: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
+def canvas_mask(g: np.ndarray, flat: np.ndarray | None = None, least: float = 0.0) -> tuple[np.ndarray, list[int]]:
     """Pixels of flat one-colour regions touching the image's edge, and those colours (`flat`: `_flat(g)`
-    where the caller has it)."""
+    where the caller has it). Labelling the regions is most of the cost, so with `least` (a share of the
+    image) it stops, with what it has, once the canvas can no longer cover that much: what it has plus
+    every pixel near the colours still to try (`canvas_bound`) falls short."""
     flat = _flat(g) if flat is None else flat
     edge = _edge(g.shape)
     canvas = np.zeros(g.shape, dtype=bool)
     colours: list[int] = []
-    for colour in canvas_colours(g, flat):
+    candidates = canvas_colours(g, flat)
+    near_counts = _near_counts(g, candidates)
+    for i, colour in enumerate(candidates):
+        if (int(canvas.sum()) + sum(near_counts[i:])) / g.size < least:
+            break
         near = np.abs(g - colour) <= CANVAS_SPREAD
         labels, count = ndimage.label(near & flat, _FOUR)
         sizes = np.bincount(labels.ravel(), minlength=count + 1)
@@ -205,9 +206,13 @@ def _edge(shape: tuple[int, ...]) -> np.ndarray:
 def canvas_bound(g: np.ndarray, colours: list[int]) -> float:
     """Share of the image within CANVAS_SPREAD of one of `colours` (the colours a canvas may have, more
     than 2 CANVAS_SPREAD apart): the most the canvas may cover, from a histogram alone."""
+    return sum(_near_counts(g, colours)) / g.size
+
+
+def _near_counts(g: np.ndarray, colours: list[int]) -> list[int]:
+    """Pixels within CANVAS_SPREAD of each colour."""
     levels = np.bincount(g.ravel(), minlength=256)
-    near = sum(int(levels[max(0, colour - CANVAS_SPREAD) : colour + CANVAS_SPREAD + 1].sum()) for colour in colours)
-    return near / g.size
+    return [int(levels[max(0, colour - CANVAS_SPREAD) : colour + CANVAS_SPREAD + 1].sum()) for colour in colours]
 
 
 def canvas_colours(g: np.ndarray, flat: np.ndarray | None = None) -> list[int]:

@@ -127,15 +127,19 @@ def test_most_corpus_photos_have_no_box() -> None:
 
 
 def test_the_canvas_bound_spares_most_plain_photos_the_labelling_and_never_hides_a_canvas() -> None:
-    """`content_box` stops before labelling the canvas's regions where too few pixels have a canvas
-    colour (`canvas_bound`): on most plain photos, never where the canvas mask would be large enough,
-    and never on a screenshot or a padded photo, which are still boxed."""
+    """`content_box` stops labelling the canvas's regions once too few pixels are left with a canvas
+    colour for it to be large enough (`canvas_bound`, `canvas_mask(least=...)`): before the first on
+    most plain photos, never where the whole canvas mask would be large enough, and never on a
+    screenshot or a padded photo, which are still boxed."""
     photos = corpus_photos()[::4]
     skipped = 0
     for path in photos:
         gray = work_gray(Image.open(path).convert("RGB"))[0]
         bound = canvas_bound(gray, canvas_colours(gray))
-        assert canvas_mask(gray)[0].mean() <= bound, path.name
+        whole = canvas_mask(gray)[0].mean()
+        assert whole <= bound, path.name
+        stopped = canvas_mask(gray, least=1.0 - MAX_AREA)[0].mean()
+        assert (stopped < 1.0 - MAX_AREA) == (whole < 1.0 - MAX_AREA), path.name
         skipped += bound < 1.0 - MAX_AREA
     assert skipped >= 0.5 * len(photos), skipped
     for name in PHOTOS:
