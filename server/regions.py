@@ -590,7 +590,7 @@ def _line_positions(rows: np.ndarray, min_run: float) -> list[int]:
         first = np.searchsorted(starts, np.arange(candidates.size) * padded.shape[1])
         runs[candidates] = np.maximum.reduceat(ends - starts, first)
     kept: list[int] = []
-    near_kept = np.zeros(rows.shape[0] + 2, dtype=bool)  # within 2 rows of a kept one
+    near_kept = np.zeros(rows.shape[0], dtype=bool)  # within 2 rows of a kept one
     order = np.argsort(-runs, kind="stable")[: 4 * MAX_LINES]
     for y, run in zip(order.tolist(), runs[order].tolist(), strict=True):
         if run < min_run or len(kept) == MAX_LINES:
@@ -833,8 +833,9 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
 
 
 def _sobel(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`ndimage.sobel(g, 1)` and `ndimage.sobel(g, 0)` of a float32 image, to the bit (each pass rounded to
-    float32 as there, the smoothing summed in float64, the border mirrored), in fewer passes."""
+    """`ndimage.sobel(g, 1)` and `ndimage.sobel(g, 0)` of a float32 image in fewer passes: the derivative
+    rounded to float32 as there, the smoothing summed in float64 and rounded once, the border mirrored (the
+    same arrays, bit for bit, on the 2984 grey copies of corpus photos and composites checked)."""
     padded = np.pad(g, 1, mode="symmetric")  # ndimage's "reflect"
     dx, dy = padded[:, 2:] - padded[:, :-2], padded[2:] - padded[:-2]
     gx = (dx[:-2].astype(np.float64) + dx[2:] + 2.0 * dx[1:-1]).astype(np.float32)
