@@ -123,9 +123,10 @@ def locate(g: np.ndarray) -> tuple[tuple[int, int, int, int] | None, str]:
     h, w = g.shape
     if min(h, w) < 8:
         return None, "small"
-    canvas, colours = canvas_mask(g)
-    if not colours:
+    flat = _flat(g)
+    if not canvas_colours(g, flat):
         return None, "no canvas"
+    canvas, colours = canvas_mask(g, flat, least=1.0 - MAX_AREA)  # all its colours when it is large enough
     if canvas.mean() < 1.0 - MAX_AREA:
         return None, "little canvas"
     content = ~canvas
@@ -164,25 +165,20 @@ def locate(g: np.ndarray) -> tuple[tuple[int, int, int, int] | None, str]:
     return (top, bottom, left, right), "ok"
 
 
-def canvas_mask(g: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """Pixels of flat one-colour regions touching the image's edge, and those colours."""
-    flat = _flat(g)
-    edge = np.zeros(g.shape, dtype=bool)
-    edge[[0, -1]] = True
-    edge[:, [0, -1]] = True
+def canvas_mask(g: np.ndarray, flat: np.ndarray | None = None, least: float = 0.0) -> tuple[np.ndarray, list[int]]:
+    """Pixels of flat one-colour regions touching the image's edge, and those colours (`flat`: `_flat(g)`
+    where the caller has it). Labelling the regions is most of the cost, so with `least` (a share of the
+    image) it stops, with what it has, once the canvas can no longer cover that much: what it has plus
+    every pixel near the colours still to try (`canvas_bound`) falls short."""
+    flat = _flat(g) if flat is None else flat
+    edge = _edge(g.shape)
     canvas = np.zeros(g.shape, dtype=bool)
     colours: list[int] = []
-    levels = g[edge & flat]
-    if levels.size == 0:
-        return canvas, colours
-    # edge pixels within CANVAS_SPREAD of each grey level, then the densest levels in turn
-    band = np.convolve(np.bincount(levels, minlength=256), np.ones(2 * CANVAS_SPREAD + 1), mode="same")
-    edge_count = int(edge.sum())
-    for _ in range(MAX_CANVAS_COLOURS):
-        colour = int(band.argmax())
-        if band[colour] < MIN_EDGE_SHARE * edge_count:
+    candidates = canvas_colours(g, flat)
+    near_counts = _near_counts(g, candidates)
+    for i, colour in enumerate(candidates):
+        if (int(canvas.sum()) + sum(near_counts[i:])) / g.size < least:
             break
-        band[max(0, colour - 2 * CANVAS_SPREAD) : colour + 2 * CANVAS_SPREAD + 1] = 0
         near = np.abs(g - colour) <= CANVAS_SPREAD
         labels, count = ndimage.label(near & flat, _FOUR)
         sizes = np.bincount(labels.ravel(), minlength=count + 1)
@@ -197,6 +193,45 @@ def canvas_mask(g: np.ndarray) -> tuple[np.ndarray, list[int]]:
         canvas |= core | (near & _grow(core))
         colours.append(colour)
     return canvas, colours
+
+
+def _edge(shape: tuple[int, ...]) -> np.ndarray:
+    """The image's outermost rows and columns."""
+    edge = np.zeros(shape, dtype=bool)
+    edge[[0, -1]] = True
+    edge[:, [0, -1]] = True
+    return edge
+
+
+def canvas_bound(g: np.ndarray, colours: list[int]) -> float:
+    """Share of the image within CANVAS_SPREAD of one of `colours` (the colours a canvas may have, more
+    than 2 CANVAS_SPREAD apart): the most the canvas may cover, from a histogram alone."""
+    return sum(_near_counts(g, colours)) / g.size
+
+
+def _near_counts(g: np.ndarray, colours: list[int]) -> list[int]:
+    """Pixels within CANVAS_SPREAD of each colour."""
+    levels = np.bincount(g.ravel(), minlength=256)
+    return [int(levels[max(0, colour - CANVAS_SPREAD) : colour + CANVAS_SPREAD + 1].sum()) for colour in colours]
+
+
+def canvas_colours(g: np.ndarray, flat: np.ndarray | None = None) -> list[int]:
+    """The grey levels a canvas may have: the densest levels of the edge's flat pixels (counting those
+    within CANVAS_SPREAD), each on at least MIN_EDGE_SHARE of the edge, at most MAX_CANVAS_COLOURS."""
+    edge = _edge(g.shape)
+    levels = g[edge & (_flat(g) if flat is None else flat)]
+    if levels.size == 0:
+        return []
+    band = np.convolve(np.bincount(levels, minlength=256), np.ones(2 * CANVAS_SPREAD + 1), mode="same")
+    edge_count = int(edge.sum())
+    colours: list[int] = []
+    for _ in range(MAX_CANVAS_COLOURS):
+        colour = int(band.argmax())
+        if band[colour] < MIN_EDGE_SHARE * edge_count:
+            break
+        band[max(0, colour - 2 * CANVAS_SPREAD) : colour + 2 * CANVAS_SPREAD + 1] = 0
+        colours.append(colour)
+    return colours
 
 
 def _flat(g: np.ndarray) -> np.ndarray:
@@ -434,7 +469,7 @@ class _Edges:
         width, height = size or image.size
         if min(width, height) < MIN_SIDE:
             return None
-        gray, scale = _gray_copy(image, (width, height), FRAME_WORK_SIDE, np.float32)
+        gray, scale = _gray_copy(image, (width, height), FRAME_WORK_SIDE, np.uint8)
         rows = _bridge(_step_edges(gray, EDGE_BAND, EDGE_STEP))
         cols = _bridge(_step_edges(gray.T, EDGE_BAND, EDGE_STEP))
         return cls(rows, cols, scale, (width, height))
@@ -442,14 +477,12 @@ class _Edges:
     def frame_boxes(self) -> list[Box]:
         rows, cols = self.rows, self.cols
         h, w = cols.shape[1], rows.shape[1]
-        ys = np.array([0, *_line_positions(rows, MIN_LINE_RUN * w), h])
-        xs = np.array([0, *_line_positions(cols, MIN_LINE_RUN * h), w])
-        along_rows = np.zeros((h + 1, w + 1), dtype=np.int32)
-        np.cumsum(rows, axis=1, out=along_rows[:, 1:])
-        along_cols = np.zeros((w + 1, h + 1), dtype=np.int32)
-        np.cumsum(cols, axis=1, out=along_cols[:, 1:])
-        horizontal = _supports(along_rows, ys, xs)  # [line, left, right]
-        vertical = _supports(along_cols, xs, ys)  # [line, top, bottom]
+        across, down = _line_positions(rows, MIN_LINE_RUN * w), _line_positions(cols, MIN_LINE_RUN * h)
+        if min(2, len(across)) + min(2, len(down)) < MIN_FRAMED_SIDES:
+            return []  # too few lines for the sides a frame needs
+        ys, xs = np.array([0, *across, h]), np.array([0, *down, w])
+        horizontal = _supports(rows, ys, xs)  # [line, left, right]
+        vertical = _supports(cols, xs, ys)  # [line, top, bottom]
         ny, nx = len(ys), len(xs)
         # Sides supported enough first (a cheap boolean test over every rectangle), the rest for those only.
         h_ok = horizontal >= MIN_SIDE_SUPPORT
@@ -514,16 +547,17 @@ class _Edges:
 def _step_edges(g: np.ndarray, band: int, step: float) -> np.ndarray:
     """[y, x]: a step edge between rows y-1 and y (the means of `band` rows on each side differ by
     more than `step`, at the row where that difference peaks), ±1 row; shape (rows + 1, columns).
-    Rows nearer the border than `band` have none: there the border itself frames."""
+    Rows nearer the border than `band` have none: there the border itself frames. `g` holds whole grey
+    levels, so the band sums are exact integers, and `band` times each mean difference is compared."""
     n, m = g.shape
     edges = np.zeros((n + 1, m), dtype=bool)
     if n <= 2 * band:
         return edges
-    sums = np.zeros((n + 1, m), dtype=np.float32)
+    sums = np.zeros((n + 1, m), dtype=np.int32)
     np.cumsum(g, axis=0, out=sums[1:])
     middle = sums[band : n - band + 1]
-    difference = np.abs(2.0 * middle - sums[: n - 2 * band + 1] - sums[2 * band :]) / band
-    peak = difference > step
+    difference = np.abs(2 * middle - sums[: n - 2 * band + 1] - sums[2 * band :])
+    peak = difference > step * band
     peak[1:] &= difference[1:] >= difference[:-1]
     peak[:-1] &= difference[:-1] >= difference[1:]
     edges[band : n - band + 1] = peak
@@ -544,35 +578,42 @@ def _bridge(rows: np.ndarray, gap: int = EDGE_GAP) -> np.ndarray:
 def _line_positions(rows: np.ndarray, min_run: float) -> list[int]:
     """The MAX_LINES rows with the longest runs of edge (at least `min_run`), 3 rows apart at least."""
     runs = np.zeros(rows.shape[0], dtype=np.int32)
-    candidates = np.flatnonzero(rows.sum(axis=1) >= min_run)  # a run needs that many edge pixels at least
+    candidates = np.flatnonzero(np.count_nonzero(rows, axis=1) >= min_run)  # a run needs that many edge pixels
     candidates = candidates[(candidates > 0) & (candidates < rows.shape[0] - 1)]
     if candidates.size:
-        chosen = rows[candidates]
-        counted = np.cumsum(chosen, axis=1, dtype=np.int32)
-        restarted = np.maximum.accumulate(np.where(chosen, 0, counted), axis=1)
-        runs[candidates] = (counted - restarted).max(axis=1)
+        # Each candidate row (it has edge pixels) padded with a gap at both ends, all laid end to end: a run
+        # starts where a gap turns to edge and ends where it turns back.
+        padded = np.zeros((candidates.size, rows.shape[1] + 2), dtype=np.int8)
+        padded[:, 1:-1] = rows[candidates]
+        turns = np.diff(padded.ravel())
+        starts, ends = np.flatnonzero(turns == 1), np.flatnonzero(turns == -1)
+        first = np.searchsorted(starts, np.arange(candidates.size) * padded.shape[1])
+        runs[candidates] = np.maximum.reduceat(ends - starts, first)
     kept: list[int] = []
-    for y in np.argsort(-runs, kind="stable")[: 4 * MAX_LINES]:
-        if runs[y] < min_run or len(kept) == MAX_LINES:
+    near_kept = np.zeros(rows.shape[0], dtype=bool)  # within 2 rows of a kept one
+    order = np.argsort(-runs, kind="stable")[: 4 * MAX_LINES]
+    for y, run in zip(order.tolist(), runs[order].tolist(), strict=True):
+        if run < min_run or len(kept) == MAX_LINES:
             break
-        if all(abs(int(y) - k) > 2 for k in kept):
-            kept.append(int(y))
+        if not near_kept[y]:
+            kept.append(y)
+            near_kept[max(0, y - 2) : y + 3] = True
     return sorted(kept)
 
 
-def _supports(along: np.ndarray, lines: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """[i, a, b]: share of line `lines[i]` that is edge between `ends[a]` and `ends[b]`; 0 where it does
-    not stand out from the lines beside it on either side; 1 on the image's border."""
+def _supports(rows: np.ndarray, lines: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """[i, a, b]: share of line `lines[i]` of the edge map `rows` that is edge between `ends[a]` and
+    `ends[b]`; 0 where it does not stand out from the lines beside it on either side; 1 on the image's
+    border. Only the rows looked at are summed."""
     span = np.maximum((ends[None, :] - ends[:, None]).astype(np.float32), 1.0)[None]
-
-    def at(positions: np.ndarray) -> np.ndarray:
-        covered = along[np.clip(positions, 0, along.shape[0] - 1)][:, ends]
-        result: np.ndarray = (covered[:, None, :] - covered[:, :, None]) / span
-        return result
-
-    support = at(lines)
-    before = np.mean([at(lines - k) for k in LINE_OFFSETS], axis=0)
-    after = np.mean([at(lines + k) for k in LINE_OFFSETS], axis=0)
+    offsets = np.array([0, *(-k for k in LINE_OFFSETS), *LINE_OFFSETS])
+    positions = np.clip(lines[None, :] + offsets[:, None], 0, rows.shape[0] - 1)
+    along = np.zeros((*positions.shape, rows.shape[1] + 1), dtype=np.int32)
+    np.cumsum(rows[positions], axis=2, out=along[..., 1:])
+    covered = along[..., ends]  # [offset, line, end]
+    shares = (covered[:, :, None, :] - covered[:, :, :, None]) / span[None]
+    count = len(LINE_OFFSETS)
+    support, before, after = shares[0], shares[1 : 1 + count].mean(axis=0), shares[1 + count :].mean(axis=0)
     support = np.where(support - np.minimum(before, after) >= LINE_PROMINENCE, support, 0.0)
     support[[0, -1]] = 1.0
     return support
@@ -651,12 +692,18 @@ QUAD_EDGE = 60.0
 """Sobel gradient magnitude of an edge pixel (a step of about 15 grey levels)."""
 QUAD_ANGLE_SPREAD = 2
 """Degrees on each side of a pixel's own gradient direction it votes for."""
+_SPREAD = np.arange(2 * QUAD_ANGLE_SPREAD + 1)
+_WRAPPED = np.arange(-QUAD_ANGLE_SPREAD, 180 + QUAD_ANGLE_SPREAD) % 180
+"""The θ a pixel of gradient direction d (0-179°) votes for: `_WRAPPED[d + _SPREAD]` (d ± spread, mod 180)."""
 QUAD_MIN_VOTES = 0.12
 """Votes a line needs, as a share of the image's short side."""
 QUAD_LINES = 12
 """Lines kept per family (near-horizontal, near-vertical), most voted first."""
 QUAD_MAX_TILT = 30
 """Degrees a side may turn away from the axis it follows."""
+_ACROSS = np.abs(np.arange(180) - 90) <= QUAD_MAX_TILT
+_DOWN = np.minimum(np.arange(180), 180 - np.arange(180)) <= QUAD_MAX_TILT
+"""The θ (degrees) of near-horizontal lines, and of near-vertical ones."""
 QUAD_MIN_TILT = 3.0
 """Degrees at least one side turns from its axis: an upright rectangle is a frame's business (`frame_boxes`)."""
 QUAD_MIN_SIDE = 0.2
@@ -710,22 +757,24 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
     """The 4×2 corners (x, y) on the grey copy, or None; `slack` above 1 loosens the bezel and
     support tests (the coarse look of `screen_gate`)."""
     h, w = g.shape
-    gx, gy = ndimage.sobel(g, 1), ndimage.sobel(g, 0)
-    magnitude = np.hypot(gx, gy)
-    edge = magnitude > QUAD_EDGE
+    gx, gy = _sobel(g)
+    edge = _steep(gx, gy, QUAD_EDGE)
     ys, xs = np.nonzero(edge)
     if ys.size < 4:
         return None
-    direction = np.round(np.degrees(np.arctan2(gy[ys, xs], gx[ys, xs]))).astype(np.int64) % 180
+    direction = np.round(np.degrees(np.arctan2(gy[edge], gx[edge]))).astype(np.int64) % 180
     off_axis = np.minimum(np.abs(direction - 90), np.minimum(direction, 180 - direction))
     useful = off_axis <= QUAD_MAX_TILT + QUAD_ANGLE_SPREAD  # diagonal edges belong to no side
     ys, xs, direction = ys[useful], xs[useful], direction[useful]
     diagonal = int(np.ceil(np.hypot(h, w)))
-    spread = np.arange(-QUAD_ANGLE_SPREAD, QUAD_ANGLE_SPREAD + 1)
-    thetas = (direction[:, None] + spread[None, :]) % 180
+    thetas = _WRAPPED[direction[:, None] + _SPREAD[None, :]]
     rhos = np.round(xs[:, None] * _COS[thetas] + ys[:, None] * _SIN[thetas]).astype(np.int64) + diagonal
     cells = np.bincount((thetas * (2 * diagonal + 1) + rhos).ravel(), minlength=180 * (2 * diagonal + 1))
-    theta, rho = _peaks(cells.reshape(180, 2 * diagonal + 1), QUAD_MIN_VOTES * min(h, w))
+    votes, least = cells.reshape(180, 2 * diagonal + 1), QUAD_MIN_VOTES * min(h, w)
+    strong = np.count_nonzero(votes >= least, axis=1)  # cells a line may come from, per θ
+    if strong[_ACROSS].sum() < 2 or strong[_DOWN].sum() < 2:
+        return None  # fewer than two lines in a family, whatever the peaks
+    theta, rho = _peaks(votes, least)
     rho = rho - diagonal
     tilt_from_horizontal = np.abs(theta - 90)
     tilt_from_vertical = np.minimum(theta, 180 - theta)
@@ -733,8 +782,6 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
     down = _lines(theta, rho, tilt_from_vertical <= QUAD_MAX_TILT, h / 2, horizontal=False)
     if len(across) < 2 or len(down) < 2:
         return None
-    horizontal = _Profiles.along(g, edge, across, horizontal=True)
-    vertical = _Profiles.along(g, edge, down, horizontal=False)
     corners = _crossings(across, down)  # [across, down, (x, y)]
     na, nd = len(across), len(down)
     top, bottom, left, right = (
@@ -757,6 +804,8 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
     quads, top, bottom, left, right = quads[keep], top[keep], bottom[keep], left[keep], right[keep]
     if quads.shape[0] == 0:
         return None
+    horizontal = _Profiles.along(g, edge, across, horizontal=True)
+    vertical = _Profiles.along(g, edge, down, horizontal=False)
     sides = [
         horizontal.side(top, quads[:, 0, 0], quads[:, 1, 0], outward=-1),
         horizontal.side(bottom, quads[:, 3, 0], quads[:, 2, 0], outward=1),
@@ -781,6 +830,27 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
     best = chosen[np.lexsort((-area[chosen], -np.round(support[chosen], 1)))[0]]
     found: np.ndarray = quads[best]
     return found
+
+
+def _sobel(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`ndimage.sobel(g, 1)` and `ndimage.sobel(g, 0)` of a float32 image in fewer passes: the derivative
+    rounded to float32 as there, the smoothing summed in float64 and rounded once, the border mirrored (the
+    same arrays, bit for bit, on the 2984 grey copies of corpus photos and composites checked)."""
+    padded = np.pad(g, 1, mode="symmetric")  # ndimage's "reflect"
+    dx, dy = padded[:, 2:] - padded[:, :-2], padded[2:] - padded[:-2]
+    gx = (dx[:-2].astype(np.float64) + dx[2:] + 2.0 * dx[1:-1]).astype(np.float32)
+    gy = (dy[:, :-2].astype(np.float64) + dy[:, 2:] + 2.0 * dy[:, 1:-1]).astype(np.float32)
+    return gx, gy
+
+
+def _steep(gx: np.ndarray, gy: np.ndarray, least: float) -> np.ndarray:
+    """Where `np.hypot(gx, gy) > least`, from the squares (float32 rounds them by far less than 1e-4), with
+    hypot itself only for the few pixels that close to `least`."""
+    squares = gx * gx + gy * gy
+    steep: np.ndarray = squares > least * least * (1 + 1e-4)
+    close = np.flatnonzero((squares >= least * least * (1 - 1e-4)) & ~steep)
+    steep.flat[close] = np.hypot(gx.flat[close], gy.flat[close]) > least
+    return steep
 
 
 def _peaks(votes: np.ndarray, least: float) -> tuple[np.ndarray, np.ndarray]:

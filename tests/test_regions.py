@@ -13,8 +13,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from benchmarks.edits import Others, apply_edit, region_of
 from lookalike.server.regions import (
+    MAX_AREA,
     Box,
     Regions,
+    canvas_bound,
+    canvas_colours,
+    canvas_mask,
     content_box,
     find_regions,
     finder_picture,
@@ -25,6 +29,7 @@ from lookalike.server.regions import (
     screen_quad,
     straightened,
     tilt,
+    work_gray,
 )
 from tests.conftest import CORPUS, corpus_photos
 
@@ -119,6 +124,29 @@ def test_most_corpus_photos_have_no_box() -> None:
     photos = corpus_photos()[::4]
     found = [path.name for path in photos if content_box(Image.open(path).convert("RGB")) is not None]
     assert len(found) <= 0.05 * len(photos), found
+
+
+def test_the_canvas_bound_spares_most_plain_photos_the_labelling_and_never_hides_a_canvas() -> None:
+    """`content_box` stops labelling the canvas's regions once too few pixels are left with a canvas
+    colour for it to be large enough (`canvas_bound`, `canvas_mask(least=...)`): before the first on
+    most plain photos, never where the whole canvas mask would be large enough, and never on a
+    screenshot or a padded photo, which are still boxed."""
+    photos = corpus_photos()[::4]
+    skipped = 0
+    for path in photos:
+        gray = work_gray(Image.open(path).convert("RGB"))[0]
+        bound = canvas_bound(gray, canvas_colours(gray))
+        whole = canvas_mask(gray)[0].mean()
+        assert whole <= bound, path.name
+        stopped = canvas_mask(gray, least=1.0 - MAX_AREA)[0].mean()
+        assert (stopped < 1.0 - MAX_AREA) == (whole < 1.0 - MAX_AREA), path.name
+        skipped += bound < 1.0 - MAX_AREA
+    assert skipped >= 0.5 * len(photos), skipped
+    for name in PHOTOS:
+        for image, _ in (screenshot(photo(name), dark=True), padded(photo(name), (200, 120, 40))):
+            gray = work_gray(image)[0]
+            assert canvas_bound(gray, canvas_colours(gray)) >= 1.0 - MAX_AREA
+            assert content_box(image) is not None
 
 
 @pytest.mark.parametrize("colour", [(0, 0, 0), (255, 255, 255), (90, 140, 200)])
