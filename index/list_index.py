@@ -47,6 +47,16 @@ still read, so an upgrade does not rebuild every large list."""
 
 EXACT_VECTORS_MAX = 20_000
 """Largest embedding count searched exactly: 20k × 512 floats scan in about 2.5 ms."""
+HALF_SCAN_FROM = 4_096
+"""Exact lists from this many embeddings are scanned first in half precision (`_search_exact`): half
+the bytes read, and the float vectors only for a shortlist. One view on one core of a quiet box: 1.23
+against 1.84 ms at 20 000 entries, even at 4 096 (0.32 against 0.33 ms), dearer below (0.12 against
+0.05 ms at 1 024)."""
+HALF_SHORTLIST = 128
+"""Entries per view (at least twice k) the half-precision scan shortlists for the float scan to visit."""
+HALF_ERROR = 2.0**-9
+"""Bound on a half-precision similarity's error, relative to the two vectors' norms: half precision
+keeps 11 significant bits (2^-11 per component), with room for float sums on either side."""
 EXACT_PDQ_MAX = 200_000
 """Largest PDQ count searched exactly: 8 query variants over 200k codes take about 3 ms."""
 VECTOR_SCAN_BUDGET = 3_200_000
@@ -234,6 +244,31 @@ def _empty_vectors(cells: int, dim: int) -> faiss.Index:
     return index
 
 
+def _empty_half(dim: int) -> faiss.Index:
+    """The half-precision copy of an exact list's embeddings, under the same ids."""
+    return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT))
+
+
+def _search_exact(
+    flat: faiss.Index, half: faiss.Index, max_norm: float, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """What `flat.search(queries, k)` returns, to the bit, reading half the memory on large lists.
+
+    The half-precision copy shortlists each view's nearest entries; the float scan then visits only
+    the shortlisted ones, with the same kernel, so similarities and order are those of a full scan.
+    A half-precision similarity lies within HALF_ERROR × both norms of the float one, so an entry left out cannot
+    reach the top k when the shortlist's last similarity lies more than twice that below its k-th.
+    When it does not (a crowd of near-equal entries), the float scan reads the whole list after all."""
+    wanted = max(HALF_SHORTLIST, 2 * k)
+    if 4 * wanted < int(flat.ntotal):  # else a shortlist saves little
+        margins = HALF_ERROR * max_norm * np.linalg.norm(queries, axis=1)
+        coarse, labels = half.search(queries, wanted)
+        if np.all(coarse[:, -1] < coarse[:, k - 1] - 2 * margins):
+            chosen = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.unique(labels)))  # type: ignore[call-arg]
+            return flat.search(queries, k, params=chosen)
+    return flat.search(queries, k)
+
+
 def _file_in_nearest_cells(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, copies: int) -> None:
     """Add each vector to its `copies` (2 or more) nearest cells of a fast-scan inverted file.
 
@@ -289,6 +324,10 @@ class ListIndex:
             raise ValueError("an IVF layout needs training data: use ListIndex.build")
         self._pdq: faiss.IndexBinary = _empty_pdq(0)
         self._vectors: faiss.Index = _empty_vectors(0, dim)
+        self._half: faiss.Index | None = _empty_half(dim)
+        """An exact side's embeddings in half precision (None on an inverted file), for `_search_exact`."""
+        self._max_norm = 0.0
+        """No stored embedding's norm exceeds this (unit vectors: 1), for the half-precision error bound."""
         self._lock = _ReadWriteLock()
         self._writer = threading.Lock()
         """Orders changes with the PDQ tables' builds and merges, which run beside searches, not under `_lock`."""
@@ -326,6 +365,7 @@ class ListIndex:
             matrix = np.ascontiguousarray(vector_sample, dtype=np.float32).reshape(-1, dim)
             sample = _training_sample(matrix, layout.vector_cells)
             index._vectors = _empty_vectors(layout.vector_cells, dim)
+            index._half = None
             index._vectors.train(sample)
             index._rerank = RerankCodes.trained(sample)
         return index
@@ -355,7 +395,7 @@ class ListIndex:
         that find an id again, trained centroids, and re-rank codes."""
         lookup = ID_BYTES + ID_LOOKUP_BYTES
         pdq_per_entry = PDQ_BYTES + lookup
-        vector_per_code = PQ_SUBQUANTIZERS // 2 + ID_BYTES if self.layout.vector_cells else 4 * self.dim + lookup
+        vector_per_code = PQ_SUBQUANTIZERS // 2 + ID_BYTES if self.layout.vector_cells else 6 * self.dim + 2 * lookup
         centroids = self.layout.vector_cells * self.dim * 4 + self.layout.pdq_cells * PDQ_BYTES
         rerank = self._rerank.memory_bytes() if self._rerank else 0
         tables = self._pdq_tables.memory_bytes() if self._pdq_tables else 0
@@ -384,6 +424,9 @@ class ListIndex:
                     _file_in_nearest_cells(self._vectors, ids, matrix, self.layout.cells_per_vector)
                 else:  # FAISS files each vector in its one nearest cell itself
                     self._vectors.add_with_ids(matrix, ids)
+                if self._half is not None:
+                    self._half.add_with_ids(matrix, ids)
+                    self._max_norm = max(self._max_norm, float(np.linalg.norm(matrix, axis=1).max()))
                 if self._rerank is not None:
                     self._rerank.add(ids, matrix)
             self._set_probes()
@@ -467,6 +510,8 @@ class ListIndex:
                     self._purge()
             else:
                 self._vectors.remove_ids(faiss.IDSelectorBatch(ids))
+                if self._half is not None:
+                    self._half.remove_ids(faiss.IDSelectorBatch(ids))
             self._set_probes()
             self.change = max(self.change, change)
 
@@ -506,7 +551,11 @@ class ListIndex:
             if self.vector_count == 0 or k <= 0:
                 return []
             if self._rerank is None:
-                similarities, labels = self._vectors.search(queries, min(k, int(self._vectors.ntotal)))
+                k = min(k, int(self._vectors.ntotal))
+                if self._half is not None and self._vectors.ntotal >= HALF_SCAN_FROM:
+                    similarities, labels = _search_exact(self._vectors, self._half, self._max_norm, queries, k)
+                else:
+                    similarities, labels = self._vectors.search(queries, k)
                 best: dict[int, float] = {}
                 for label, similarity in zip(labels.ravel().tolist(), similarities.ravel().tolist(), strict=True):
                     if label >= 0 and similarity > best.get(label, -2.0):
@@ -604,6 +653,14 @@ class ListIndex:
             index._rerank.load(data[params_start + params_len :], pieces)
         elif vector_cells:
             raise ValueError("index snapshot of an inverted file holds no re-rank codes")
+        if vector_cells:
+            index._half = None
+        elif index._vectors.ntotal:  # the half-precision copy is not stored: made from the float vectors
+            assert isinstance(index._vectors, faiss.IndexIDMap2)
+            matrix = index._vectors.index.reconstruct_n(0, index._vectors.ntotal)
+            index._half = _empty_half(dim)
+            index._half.add_with_ids(matrix, faiss.vector_to_array(index._vectors.id_map))
+            index._max_norm = float(np.linalg.norm(matrix, axis=1).max())
         index.change = int(change)
         index._set_probes()
         return index

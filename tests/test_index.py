@@ -21,6 +21,7 @@ from lookalike.index.list_index import (
     EMBEDDING_DIM,
     EXACT_PDQ_MAX,
     EXACT_VECTORS_MAX,
+    HALF_SCAN_FROM,
     MAX_CELLS,
     PDQ_BITS,
     PDQ_BYTES,
@@ -31,6 +32,8 @@ from lookalike.index.list_index import (
     IndexCheckpoint,
     Layout,
     ListIndex,
+    _empty_half,
+    _search_exact,
     configure_threads,
 )
 from lookalike.index.pdq_tables import SampledBitTables
@@ -416,6 +419,63 @@ def test_pdq_search_over_several_codes_reports_each_entry_at_its_smallest_distan
     hits = index.search_pdq([codes[0].tobytes(), variant.tobytes()], 10)
     assert sorted((h.id, h.distance) for h in hits) == [(1, 0), (3, 3)]
     assert index.search_pdq([], 10) == []
+
+
+def crowded_list(seed: int = 3, crowd: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An exact list past HALF_SCAN_FROM (ids, vectors) and views: for each view, near copies at a spread of
+    similarities and a crowd within a thousandth of each other (no two equal), closer than half precision
+    tells apart."""
+    rng = np.random.default_rng(seed)
+    count = HALF_SCAN_FROM + 1000
+    ids = rng.permutation(np.unique(rng.integers(1, 10**12, size=2 * count, dtype=np.int64)))[:count]
+    vectors = unit(rng, count)
+    views = unit(rng, 3)
+    slot = 0
+    for view in views:
+        for strength in (*np.linspace(0.05, 2.0, 40), *[1.0] * crowd):
+            noisy = view + strength * rng.standard_normal(EMBEDDING_DIM).astype(np.float32) / 20
+            if strength == 1.0:
+                noisy = view * 0.9 + vectors[0] * 0.1 + rng.standard_normal(EMBEDDING_DIM).astype(np.float32) * 3e-5
+            vectors[slot] = noisy / np.linalg.norm(noisy)
+            slot += 1
+    return ids, vectors, views
+
+
+def test_a_large_exact_list_s_half_precision_scan_answers_as_the_float_scan_to_the_bit() -> None:
+    ids, vectors, views = crowded_list()
+    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(EMBEDDING_DIM))
+    flat.add_with_ids(vectors, ids)
+    half = _empty_half(EMBEDDING_DIM)
+    half.add_with_ids(vectors, ids)
+    for k in (1, 10, 30, 64, 200, 2000):  # the crowd ranks about 4..304: some shortlists cannot tell it apart
+        for queries in (views[:1], views):
+            expected = flat.search(queries, k)
+            found = _search_exact(flat, half, 1.0, queries, k)
+            np.testing.assert_array_equal(found[1], expected[1])
+            np.testing.assert_array_equal(found[0], expected[0])  # the same floats, not merely close ones
+
+
+def test_a_large_exact_list_answers_as_a_float_scan_after_removals_and_a_snapshot_round_trip() -> None:
+    ids, vectors, views = crowded_list(seed=4, crowd=0)  # no crowd: the shortlists decide
+    index = ListIndex()
+    index.add(ids, None, vectors, change=1)
+    flat = faiss.IndexIDMap2(faiss.IndexFlatIP(EMBEDDING_DIM))
+    flat.add_with_ids(vectors, ids)
+
+    def float_scan_hits(k: int) -> list[tuple[int, float]]:
+        similarities, labels = flat.search(views, k)
+        best: dict[int, float] = {}
+        for label, similarity in zip(labels.ravel().tolist(), similarities.ravel().tolist(), strict=True):
+            best[label] = max(similarity, best.get(label, -2.0))
+        return sorted(best.items(), key=lambda item: -item[1])[:k]
+
+    for current in (index, ListIndex.deserialize(index.serialize().blob)):
+        assert [(hit.id, hit.similarity) for hit in current.search_vectors(views, TOP_K)] == float_scan_hits(TOP_K)
+    gone = ids[:20]  # the nearest copies of the first view
+    index.remove(gone, change=2)
+    flat.remove_ids(faiss.IDSelectorBatch(gone))
+    for current in (index, ListIndex.deserialize(index.serialize().blob)):
+        assert [(hit.id, hit.similarity) for hit in current.search_vectors(views, 50)] == float_scan_hits(50)
 
 
 def test_vector_search_over_several_views_reports_each_entry_at_its_best_similarity() -> None:

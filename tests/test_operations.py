@@ -100,7 +100,8 @@ def test_metrics_count_calls_by_method_and_code_and_report_lists(observed: Serve
     assert scrape("lookalike_stage_seconds_count", stage="vector_search") == 2
     assert scrape("lookalike_list_entries", list="banned") == 1
     per_id = ID_BYTES + ID_LOOKUP_BYTES
-    assert scrape("lookalike_index_bytes", list="banned") == (PDQ_BYTES + per_id) + (EMBEDDING_DIM * 4 + per_id)
+    floats_and_half_copy = EMBEDDING_DIM * (4 + 2) + 2 * per_id  # an exact list's embeddings, twice
+    assert scrape("lookalike_index_bytes", list="banned") == (PDQ_BYTES + per_id) + floats_and_half_copy
     assert scrape("lookalike_requests_in_flight") == 0
     assert scrape("lookalike_ready") == 1
 
