@@ -301,14 +301,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     review = _cosine_at(args.model, 0.5)
     reject = _cosine_at(args.model, 0.8)
+    photos = sorted(args.corpus.glob("*.jpg")) + sorted(args.corpus.glob("*.png"))
+    if args.max_photos:
+        photos = sorted(random.Random(args.seed).sample(photos, min(args.max_photos, len(photos))))
+    split = split_corpus(photos, args.seed, args.listed_share)
     if args.source:
         saved = json.loads(args.source.read_text())
         records, meta = saved["records"], saved["meta"]
     else:
-        photos = sorted(args.corpus.glob("*.jpg")) + sorted(args.corpus.glob("*.png"))
-        if args.max_photos:
-            photos = sorted(random.Random(args.seed).sample(photos, min(args.max_photos, len(photos))))
-        split = split_corpus(photos, args.seed, args.listed_share)
         others = OtherPhotos(split.distractors)
         configure_threads(1)
         fingerprinter = Fingerprinter(ServerConfig().max_pixels, EmbedderPool(threads=1))
@@ -337,8 +337,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"meta": meta, "records": records}))
     if args.costs:
-        photos = sorted(args.corpus.glob("*.jpg")) + sorted(args.corpus.glob("*.png"))
-        split = split_corpus(photos, args.seed, args.listed_share)
         sample = random.Random(args.seed)
         chosen = sample.sample(split.listed, min(args.costs, len(split.listed)))
         made_from = make_queries(chosen, POSITIVE, ["paste_on_photo", "paste_on_busy", "app_screenshot"])

@@ -123,10 +123,9 @@ def locate(g: np.ndarray) -> tuple[tuple[int, int, int, int] | None, str]:
     h, w = g.shape
     if min(h, w) < 8:
         return None, "small"
-    flat = _flat(g)
-    if not canvas_colours(g, flat):
+    canvas, colours = canvas_mask(g, least=1.0 - MAX_AREA)  # all its colours when it is large enough
+    if not colours:
         return None, "no canvas"
-    canvas, colours = canvas_mask(g, flat, least=1.0 - MAX_AREA)  # all its colours when it is large enough
     if canvas.mean() < 1.0 - MAX_AREA:
         return None, "little canvas"
     content = ~canvas
@@ -165,12 +164,12 @@ def locate(g: np.ndarray) -> tuple[tuple[int, int, int, int] | None, str]:
     return (top, bottom, left, right), "ok"
 
 
-def canvas_mask(g: np.ndarray, flat: np.ndarray | None = None, least: float = 0.0) -> tuple[np.ndarray, list[int]]:
-    """Pixels of flat one-colour regions touching the image's edge, and those colours (`flat`: `_flat(g)`
-    where the caller has it). Labelling the regions is most of the cost, so with `least` (a share of the
-    image) it stops, with what it has, once the canvas can no longer cover that much: what it has plus
-    every pixel near the colours still to try (`canvas_bound`) falls short."""
-    flat = _flat(g) if flat is None else flat
+def canvas_mask(g: np.ndarray, least: float = 0.0) -> tuple[np.ndarray, list[int]]:
+    """Pixels of flat one-colour regions touching the image's edge, and those colours. Labelling the
+    regions is most of the cost, so with `least` (a share of the image) it stops, with what it has, once
+    the canvas can no longer cover that much: what it has plus every pixel near the colours still to try
+    (`canvas_bound`) falls short."""
+    flat = _flat(g)
     edge = _edge(g.shape)
     canvas = np.zeros(g.shape, dtype=bool)
     colours: list[int] = []

@@ -8,7 +8,7 @@ import os
 import onnxruntime
 import pytest
 
-from benchmarks import cluster, gpu, scale, throughput
+from benchmarks import cluster, gpu, regions, scale, throughput
 from lookalike.index import list_index
 from lookalike.index.list_index import EXACT_VECTORS_MAX
 from tests.processes import descendants
@@ -112,3 +112,13 @@ def test_cluster_benchmark_reports_lag_apply_rates_a_new_nodes_catch_up_and_chec
     assert all(arm["entries_written_per_s"] > 0 for arm in checks["arms"] if arm["arm"] == "replicating")
     assert run["stream_appends_per_s"]["1"] > 0 and run["stream_appends_per_s"]["4"] > 0
     assert "new_node_s" in output.splitlines()[0], "the table comes first, the JSON last"
+
+
+def test_regions_benchmark_times_both_arms_and_finds_the_same_regions_as_the_committed_finders(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert regions.main(["--against", "HEAD", "--max-photos", "4", "--passes", "2"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {(row["arm"], row["pictures"]) for row in report["rows"]} == {("HEAD", "plain"), ("today", "plain")}
+    assert all(row["mean ms"] > 0 for row in report["rows"])
+    assert report["differing"] == [], "the committed finders and the working tree's are the same code"
