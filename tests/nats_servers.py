@@ -5,13 +5,20 @@ elected, streams and consumers current), polled with a bounded wait."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import nats
+import nats.js.errors
+
 from benchmarks.nats_server import READY_WAIT_S, NatsServer, free_ports
+from lookalike.server.replication.connection import NO_PEERS_FOR_PLACEMENT
+
+PLACEMENT_PROBE = "PLACEMENT_PROBE"
 
 
 class NatsCluster:
@@ -38,6 +45,31 @@ class NatsCluster:
         for server in self.servers:
             server.start()
         self.wait_ready()
+        if len(self.servers) > 1:
+            self.wait_placeable()
+
+    def wait_placeable(self, timeout: float = READY_WAIT_S) -> None:
+        """Wait (bounded) until the cluster can place a stream on all its servers: healthy servers can
+        still answer "no suitable peers for placement" until the meta leader has heard from every peer."""
+
+        async def place() -> None:
+            client = await nats.connect(self.urls, allow_reconnect=False)
+            js = client.jetstream(timeout=5)
+            deadline = time.monotonic() + timeout
+            try:
+                while True:
+                    try:
+                        await js.add_stream(name=PLACEMENT_PROBE, num_replicas=len(self.servers))
+                        await js.delete_stream(PLACEMENT_PROBE)
+                        return
+                    except nats.js.errors.APIError as error:
+                        if error.err_code != NO_PEERS_FOR_PLACEMENT or time.monotonic() > deadline:
+                            raise
+                    await asyncio.sleep(0.1)
+            finally:
+                await client.close()
+
+        asyncio.run(place())
 
     def wait_ready(self, servers: list[NatsServer] | None = None, timeout: float = READY_WAIT_S) -> None:
         """Wait (bounded) until every running server reports JetStream healthy."""

@@ -226,6 +226,28 @@ def test_killing_one_of_three_nats_servers_loses_no_acknowledged_append(nats_thr
         assert stored == {seq: dedup_id.encode() for dedup_id, seq in acknowledged.items()}, server.name
 
 
+def test_a_cluster_that_cannot_place_replicas_yet_is_a_retry_later_not_an_internal_error(
+    nats_three: NatsCluster,
+) -> None:
+    async def refused_placement() -> nats.js.errors.APIError:
+        """JetStream's own answer when it has too few servers for the replicas asked (as right after
+        a cluster forms, before the leader knows every peer)."""
+        client = await nats.connect(nats_three.servers[0].url, allow_reconnect=False)
+        try:
+            await client.jetstream().add_stream(name="FIVE", subjects=["five"], num_replicas=5)
+        except nats.js.errors.APIError as error:
+            return error
+        finally:
+            await client.close()
+        raise AssertionError("a three-server cluster placed five replicas")
+
+    refused = asyncio.run(refused_placement())
+    with ChangeLog(nats_three.urls, "PLACE", node="a") as log:
+        error = log.connection.translate(refused, "create the map")
+    assert isinstance(error, Unavailable) and error.reason == LOG_UNAVAILABLE
+    assert "no suitable peers for placement" in str(error) and "retry later" in str(error)
+
+
 def read_through(url: str, stream: str, last: int) -> dict[int, bytes]:
     """Every message of `stream` read by sequence through the server at `url` (direct gets: any current
     replica may answer one, and NATS prefers a responder on the server the client is connected to)."""

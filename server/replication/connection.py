@@ -34,6 +34,10 @@ LOG_UNAVAILABLE = "LOG_UNAVAILABLE"
 RECONNECT_WAIT_S = 0.25
 """Pause before trying the same NATS server again; other servers of a cluster are tried at once."""
 
+NO_PEERS_FOR_PLACEMENT = 10005
+"""JetStream's code for "no suitable peers for placement" (e.g. "peer offline"): the cluster cannot place
+a replicated stream until its servers are back or known to the leader again, so retry later."""
+
 API_TIMEOUT_S = 5.0
 """nats-py's own limit on a JetStream API request; every call is bounded by its caller's timeout anyway."""
 
@@ -218,7 +222,10 @@ class Connection:
         )
 
     def translate(self, error: Exception, what: str) -> LookalikeError:
-        """A NATS failure as a domain error: unreachable or leaderless is Unavailable, the rest Internal."""
+        """A NATS failure as a domain error: unreachable, leaderless or short of servers to place replicas on
+        is Unavailable, the rest Internal."""
+        if isinstance(error, nats.js.errors.APIError) and error.err_code == NO_PEERS_FOR_PLACEMENT:
+            return self.unavailable(what, f"JetStream cannot place the replicas yet: {error.description}")
         if isinstance(error, nats.js.errors.APIError) and not (error.code or 0) >= 500:
             return Internal(f"JetStream refused to {what}: {error.description}")
         if isinstance(error, nats.js.errors.NoStreamResponseError):
