@@ -108,14 +108,18 @@ def _gray_copy(picture: Image.Image, size: tuple[int, int], long_side: int, dtyp
 
 def _gray_picture(picture: Image.Image, size: tuple[int, int], scale: float) -> Image.Image:
     """A grey copy, at `scale` of an image of `size`, of `picture` (that image or a smaller copy)."""
+    return _small_copy(picture if picture.mode == "L" else picture.convert("L"), size, scale)
+
+
+def _small_copy(picture: Image.Image, size: tuple[int, int], scale: float) -> Image.Image:
+    """`picture` (an image of `size` or a smaller copy of it) at `scale` of `size`, its mode kept."""
     target = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-    gray = picture if picture.mode == "L" else picture.convert("L")
-    if target != gray.size:
-        factor = min(gray.size[0] // target[0], gray.size[1] // target[1])
+    if target != picture.size:
+        factor = min(picture.size[0] // target[0], picture.size[1] // target[1])
         if factor >= 2:
-            gray = gray.reduce(factor)  # cheap integer box first, the exact size after
-        gray = gray.resize(target, Image.Resampling.BOX)
-    return gray
+            picture = picture.reduce(factor)  # cheap integer box first, the exact size after
+        picture = picture.resize(target, Image.Resampling.BOX)
+    return picture
 
 
 def locate(g: np.ndarray) -> tuple[tuple[int, int, int, int] | None, str]:
@@ -339,11 +343,12 @@ def _tilt(g: np.ndarray) -> float | None:
 #
 # A picture pasted onto a photograph, a post in a feed, a chat bubble or a collage tile has no flat
 # canvas around it, but its sides are straight step edges: along the whole side, the rows (or
-# columns) just inside differ from those just outside. On a grey copy FRAME_WORK_SIDE pixels long:
+# columns) just inside differ from those just outside. On a copy FRAME_WORK_SIDE pixels long:
 #
 # 1. Step edges between rows: the mean of EDGE_BAND rows above and below differ by more than
-#    EDGE_STEP grey levels, at the row where that difference peaks (±1 row), gaps of EDGE_GAP
-#    pixels bridged. Columns likewise.
+#    EDGE_STEP levels, at the row where that difference peaks (±1 row), in grey or in one of two
+#    opponent colour channels (red-green, yellow-blue: a pasted picture often meets its surroundings
+#    in colour where their greys match), gaps of EDGE_GAP pixels bridged. Columns likewise.
 # 2. Frames (`frame_boxes`): candidate lines are the MAX_LINES rows (columns) with the longest
 #    runs of edge, at least MIN_LINE_RUN of the side. A line's support over a span is the share
 #    of it that is edge; it counts only where it stands out by LINE_PROMINENCE from the parallel
@@ -356,7 +361,7 @@ def _tilt(g: np.ndarray) -> float | None:
 #    more than the lines a few pixels off it on one side; the best-covered grid wins.
 
 FRAME_WORK_SIDE = 320
-"""Long side of the grey copy frames and grids are looked for on (a 10 px seam of a 1280 px image is 2-3 px)."""
+"""Long side of the copy frames and grids are looked for on (a 10 px seam of a 1280 px image is 2-3 px)."""
 EDGE_BAND = 3
 """Rows averaged on each side of a candidate edge: enough to smooth texture, not a seam."""
 EDGE_STEP = 18.0
@@ -408,19 +413,20 @@ class Regions:
 
 
 def finder_picture(rgb: Image.Image) -> Image.Image:
-    """The grey copy the finders need (FRAME_WORK_SIDE on the long side at most): what `find_regions`
-    takes when no smaller decode of the image is at hand."""
-    return _gray_picture(rgb, rgb.size, min(1.0, FRAME_WORK_SIDE / max(rgb.size)))
+    """The small colour copy the finders need (FRAME_WORK_SIDE on the long side at most): what
+    `find_regions` takes when no smaller decode of the image is at hand."""
+    colour = rgb if rgb.mode == "RGB" else rgb.convert("RGB")
+    return _small_copy(colour, rgb.size, min(1.0, FRAME_WORK_SIDE / max(rgb.size)))
 
 
 def find_regions(picture: Image.Image, size: tuple[int, int] | None = None) -> Regions:
-    """Every kind of region at once, from one grey copy and one pair of edge maps. `picture` is the
+    """Every kind of region at once, from one small copy and one pair of edge maps. `picture` is the
     image or a smaller copy of it (`finder_picture`, or a decode at a reduced scale) at least
     FRAME_WORK_SIDE on its long side where the image is; boxes are in the pixels of the image, whose
     `size` is `picture`'s by default."""
     size = size or picture.size
     gray = picture.convert("L")
-    edges = _Edges.of(gray, size)
+    edges = _Edges.of(gray, size, picture if picture.mode == "RGB" else None)
     if edges is None:
         return Regions(None, None, [], [])
     small, scale = work_gray(gray, size)
@@ -454,7 +460,7 @@ def grid_cells(rgb: Image.Image) -> list[Box]:
 
 @dataclass(frozen=True)
 class _Edges:
-    """Step edges of the FRAME_WORK_SIDE grey copy: `rows[y, x]` between rows y-1 and y, `cols[x, y]`
+    """Step edges of the FRAME_WORK_SIDE copy: `rows[y, x]` between rows y-1 and y, `cols[x, y]`
     between columns x-1 and x (gaps bridged)."""
 
     rows: np.ndarray
@@ -463,15 +469,21 @@ class _Edges:
     size: tuple[int, int]
 
     @classmethod
-    def of(cls, image: Image.Image, size: tuple[int, int] | None = None) -> _Edges | None:
-        """The edges of an image of `size` (default: `image`'s), from `image` (it or a smaller copy)."""
+    def of(
+        cls, image: Image.Image, size: tuple[int, int] | None = None, colour: Image.Image | None = None
+    ) -> _Edges | None:
+        """The edges of an image of `size` (default: `image`'s), from `image` (it or a smaller copy), and
+        with `colour` (an RGB copy of it) the edges between colours of one grey too."""
         width, height = size or image.size
         if min(width, height) < MIN_SIDE:
             return None
         gray, scale = _gray_copy(image, (width, height), FRAME_WORK_SIDE, np.uint8)
-        rows = _bridge(_step_edges(gray, EDGE_BAND, EDGE_STEP))
-        cols = _bridge(_step_edges(gray.T, EDGE_BAND, EDGE_STEP))
-        return cls(rows, cols, scale, (width, height))
+        rows, cols = _step_edges(gray, EDGE_BAND, EDGE_STEP), _step_edges(gray.T, EDGE_BAND, EDGE_STEP)
+        if colour is not None:
+            for channel in _opponents(np.asarray(_small_copy(colour, (width, height), scale))):
+                rows |= _step_edges(channel, EDGE_BAND, EDGE_STEP)
+                cols |= _step_edges(channel.T, EDGE_BAND, EDGE_STEP)
+        return cls(_bridge(rows), _bridge(cols), scale, (width, height))
 
     def frame_boxes(self) -> list[Box]:
         rows, cols = self.rows, self.cols
@@ -541,6 +553,16 @@ class _Edges:
             for i in range(len(ys) - 1)
             for j in range(len(xs) - 1)
         ]
+
+
+def _opponents(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The red-green and yellow-blue opponent channels of an RGB array, as whole grey levels around 128
+    (half and a quarter of the differences): a picture pasted on another often meets it in colour
+    where their greys match."""
+    red, green, blue = (rgb[..., i].astype(np.int16) for i in range(3))
+    red_green = (red - green) // 2 + 128
+    yellow_blue = (red + green - 2 * blue) // 4 + 128
+    return red_green.astype(np.uint8), yellow_blue.astype(np.uint8)
 
 
 def _step_edges(g: np.ndarray, band: int, step: float) -> np.ndarray:
