@@ -447,14 +447,14 @@ def straightened(rgb: Image.Image, angle: float) -> Image.Image:
 def frame_boxes(rgb: Image.Image) -> list[Box]:
     """Rectangles framed by straight edges (pictures inside a screenshot, a post, a photo they were
     pasted on), best supported and largest first, in the image's pixels; empty when none."""
-    edges = _Edges.of(rgb)
+    edges = _Edges.of(rgb, colour=rgb if rgb.mode == "RGB" else None)
     return [] if edges is None else edges.frame_boxes()
 
 
 def grid_cells(rgb: Image.Image) -> list[Box]:
     """The cells of a collage (2 or 3 rows by 2 or 3 columns of pictures), row by row, in the image's
     pixels; empty when the image is not one."""
-    edges = _Edges.of(rgb)
+    edges = _Edges.of(rgb, colour=rgb if rgb.mode == "RGB" else None)
     return [] if edges is None else edges.grid_cells()
 
 
