@@ -426,7 +426,7 @@ def find_regions(picture: Image.Image, size: tuple[int, int] | None = None) -> R
     `size` is `picture`'s by default."""
     size = size or picture.size
     gray = picture.convert("L")
-    edges = _Edges.of(gray, size, picture if picture.mode == "RGB" else None)
+    edges = _Edges.of(picture, size)
     if edges is None:
         return Regions(None, None, [], [])
     small, scale = work_gray(gray, size)
@@ -447,14 +447,14 @@ def straightened(rgb: Image.Image, angle: float) -> Image.Image:
 def frame_boxes(rgb: Image.Image) -> list[Box]:
     """Rectangles framed by straight edges (pictures inside a screenshot, a post, a photo they were
     pasted on), best supported and largest first, in the image's pixels; empty when none."""
-    edges = _Edges.of(rgb, colour=rgb if rgb.mode == "RGB" else None)
+    edges = _Edges.of(rgb)
     return [] if edges is None else edges.frame_boxes()
 
 
 def grid_cells(rgb: Image.Image) -> list[Box]:
     """The cells of a collage (2 or 3 rows by 2 or 3 columns of pictures), row by row, in the image's
     pixels; empty when the image is not one."""
-    edges = _Edges.of(rgb, colour=rgb if rgb.mode == "RGB" else None)
+    edges = _Edges.of(rgb)
     return [] if edges is None else edges.grid_cells()
 
 
@@ -469,18 +469,16 @@ class _Edges:
     size: tuple[int, int]
 
     @classmethod
-    def of(
-        cls, image: Image.Image, size: tuple[int, int] | None = None, colour: Image.Image | None = None
-    ) -> _Edges | None:
-        """The edges of an image of `size` (default: `image`'s), from `image` (it or a smaller copy), and
-        with `colour` (an RGB copy of it) the edges between colours of one grey too."""
+    def of(cls, image: Image.Image, size: tuple[int, int] | None = None) -> _Edges | None:
+        """The edges of an image of `size` (default: `image`'s), from `image` (it or a smaller copy); of an
+        RGB `image`, the edges between colours of one grey too."""
         width, height = size or image.size
         if min(width, height) < MIN_SIDE:
             return None
         gray, scale = _gray_copy(image, (width, height), FRAME_WORK_SIDE, np.uint8)
         rows, cols = _step_edges(gray, EDGE_BAND, EDGE_STEP), _step_edges(gray.T, EDGE_BAND, EDGE_STEP)
-        if colour is not None:
-            for channel in _opponents(np.asarray(_small_copy(colour, (width, height), scale))):
+        if image.mode == "RGB":
+            for channel in _opponents(np.asarray(_small_copy(image, (width, height), scale))):
                 rows |= _step_edges(channel, EDGE_BAND, EDGE_STEP)
                 cols |= _step_edges(channel.T, EDGE_BAND, EDGE_STEP)
         return cls(_bridge(rows), _bridge(cols), scale, (width, height))
