@@ -43,7 +43,7 @@ from lookalike.index.list_index import Layout
 from lookalike.server.app import create_server
 from lookalike.server.config import ServerConfig
 from lookalike.server.embedder import MODELS, EmbedderPool, embedding_input
-from lookalike.server.fingerprint import phash
+from lookalike.server.fingerprint import phash_variants
 from lookalike.server.imaging import decode_image
 from lookalike.server.pdq import pdq_hashes
 from lookalike.server.regions import content_box, find_regions, finder_picture, screen_quad
@@ -82,7 +82,7 @@ def stage_costs(datas: Sequence[bytes]) -> dict[str, list[float]]:
 
     warm = decode_image(datas[0], MAX_PIXELS)  # load and warm up (imports, models) outside the timings
     pdq_hashes(warm.pdq_rgb, warm.original_size)
-    phash(warm.rgb)
+    phash_variants(warm.rgb)
     find_regions(finder_picture(warm.shown), warm.shown.size)
     for model in MODELS:
         embedders.get(model).embed(model_input(datas[0]))
@@ -93,7 +93,7 @@ def stage_costs(datas: Sequence[bytes]) -> dict[str, list[float]]:
         record("sha256 + md5", timed(digests, data))
         record("pdq (8 variants)", timed(pdq_hashes, decoded.pdq_rgb, decoded.original_size))
         small = embedding_input(decoded.rgb)  # the picture itself unless smaller than the model's input
-        record("phash", timed(phash, small))
+        record("phash", timed(phash_variants, small))
         record("region detection", timed(lambda: find_regions(finder_picture(decoded.shown), decoded.shown.size)))  # noqa: B023
         finder_input = finder_picture(decoded.shown)
         record(

@@ -15,6 +15,7 @@ from functools import cached_property
 
 import imagehash
 import numpy as np
+import scipy.fftpack
 from PIL import Image
 
 from lookalike.server.embedder import EmbedderPool, EmbeddingBatcher, embedding_input, resized_to
@@ -58,6 +59,8 @@ class Fingerprint:
     """The picture at the embedding's input size; pHash is taken from it too."""
     pdq_variants: tuple[bytes, ...]
     """PDQ of the picture's eight rotations and mirrors: a turned re-upload still matches."""
+    phash_variants: tuple[bytes, ...]
+    """pHash of the same eight, in the same order: a turned copy's pHash is compared in the entry's orientation."""
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     """Per model: the whole picture's embedding (what an entry stores)."""
     views: dict[str, np.ndarray] = field(default_factory=dict)
@@ -112,6 +115,8 @@ class Fingerprinted:
     stage_seconds: tuple[tuple[str, float], ...] = ()
     thumbnail: bytes | None = None
     """A small WebP of the picture, when asked for (lists that keep thumbnails)."""
+    phash_variants: tuple[bytes, ...] = ()
+    """pHash of the picture's eight rotations and mirrors (`phash_variants`); empty for a check by hashes."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,7 @@ class ModelInputs:
             {model: np.stack([vectors[model, n] for n in range(len(self.pictures))]) for model in self.views},
             (*done.stage_seconds, ("embed", time.perf_counter() - started)) if asked else done.stage_seconds,
             done.thumbnail,
+            done.phash_variants,
         )
 
 
@@ -156,10 +162,29 @@ def _timed(stages: list[tuple[str, float]], stage: str) -> Iterator[None]:
         stages.append((stage, time.perf_counter() - started))
 
 
-def phash(rgb: Image.Image) -> bytes:
-    """imagehash's 64-bit DCT hash, packed. Taken from the small model input:
-    its 32×32 resize then costs a tenth, and the bits barely move."""
-    return np.packbits(imagehash.phash(rgb).hash.flatten().astype(np.uint8)).tobytes()
+_ALTERNATING = np.array([(-1.0) ** frequency for frequency in range(8)])
+"""Mirroring a picture flips the sign of its odd DCT frequencies along that axis."""
+
+
+def phash_variants(rgb: Image.Image) -> tuple[bytes, ...]:
+    """imagehash's 64-bit DCT hash, packed, of the picture and of its rotations and mirrors, in
+    `hashes.pdq_dihedral`'s order. A turned picture's low frequencies are the picture's, transposed or
+    with signs flipped, so the seven others come from the picture's own DCT, as imagehash takes it.
+    Taken from the small model input: its 32×32 resize then costs a tenth, and the bits barely move."""
+    grey = rgb.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+    low = scipy.fftpack.dct(scipy.fftpack.dct(np.asarray(grey), axis=0), axis=1)[:8, :8]
+    rows, columns = _ALTERNATING[:, np.newaxis], _ALTERNATING[np.newaxis, :]
+    turned = (
+        low.T * rows,  # ROTATE_90
+        low * rows * columns,  # ROTATE_180
+        low.T * columns,  # ROTATE_270
+        low * columns,  # FLIP_LEFT_RIGHT
+        low * rows,  # FLIP_TOP_BOTTOM
+        low.T,  # TRANSPOSE
+        low.T * rows * columns,  # TRANSVERSE
+    )
+    itself = imagehash.phash(grey).hash  # 32×32 already: imagehash's own resize is a copy
+    return tuple(np.packbits(bits.reshape(-1)).tobytes() for bits in (itself, *(b > np.median(b) for b in turned)))
 
 
 class Fingerprinter:
@@ -176,14 +201,15 @@ class Fingerprinter:
         with _timed(stages, "hash"):
             variants, quality = pdq_hashes(decoded.pdq_rgb, decoded.original_size)
             model_input = embedding_input(decoded.rgb)
+            phashes = phash_variants(model_input)
             hashes = Hashes(
                 sha256=hashlib.sha256(data).digest(),
                 pdq=variants[0],
                 pdq_quality=quality,
-                phash=phash(model_input),
+                phash=phashes[0],
                 md5=hashlib.md5(data, usedforsecurity=False).digest(),  # shared lists carry MD5s
             )
-        return Fingerprint(hashes, decoded, model_input, variants, stage_seconds=stages)
+        return Fingerprint(hashes, decoded, model_input, variants, phashes, stage_seconds=stages)
 
     def compute(
         self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = (), thumbnail: bool = False
@@ -203,6 +229,7 @@ class Fingerprinter:
             fingerprint.views,
             tuple(fingerprint.stage_seconds),
             small,
+            fingerprint.phash_variants,
         )
 
     @staticmethod
@@ -222,7 +249,13 @@ class Fingerprinter:
             pictures += [np.asarray(picture, dtype=np.uint8) for batch in batches for picture in batch]
         small = self._thumbnail(fingerprint) if thumbnail else None
         hashes_only = Fingerprinted(
-            fingerprint.hashes, fingerprint.pdq_variants, {}, {}, tuple(fingerprint.stage_seconds), small
+            fingerprint.hashes,
+            fingerprint.pdq_variants,
+            {},
+            {},
+            tuple(fingerprint.stage_seconds),
+            small,
+            fingerprint.phash_variants,
         )
         return ModelInputs(hashes_only, tuple(pictures), tuple(embed), tuple(views))
 

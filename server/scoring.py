@@ -61,7 +61,7 @@ class Evidence:
     embedding_similarity: float | None = None
     model: str = ""
     exact_md5: bool = False
-    phash_distance: int | None = None  # of the pictures as they are (not turned); None when one has none
+    phash_distance: int | None = None  # in the query's orientation nearest the entry's; None when one has none
 
     def signal_scores(self) -> dict[str, float]:
         """Each usable signal's own calibrated score."""

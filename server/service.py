@@ -178,6 +178,12 @@ def hamming(a: bytes, b: bytes) -> int | None:
     return int(np.bitwise_count(np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)).sum())
 
 
+def nearest_hamming(variants: Sequence[bytes], entry_hash: bytes) -> int | None:
+    """The fewest bits any of the query's variants differs from the entry's hash by; None without a comparable pair."""
+    distances = [hamming(variant, entry_hash) for variant in variants] if entry_hash else []
+    return min((distance for distance in distances if distance is not None), default=None)
+
+
 def nearest_bits(variants: Sequence[bytes], listed: bytes) -> int:
     """Smallest Hamming distance from any of a picture's PDQ variants to a listed code."""
     return nearest_bits_each(variants, [listed])[0]
@@ -651,6 +657,8 @@ class LookalikeService:
         exact = self.store.seq_for_digest(record.uid, hashes.sha256) if hashes.sha256 else None
         exact_md5 = self.store.seq_for_md5(record.uid, hashes.md5) if hashes.md5 else None
         variants = fingerprint.pdq_variants if record.dihedral else fingerprint.pdq_variants[:1]
+        phashes = (fingerprint.phash_variants or (hashes.phash,)) if hashes.phash else ()
+        phashes = phashes if record.dihedral else phashes[:1]
         views = fingerprint.views.get(record.model)
         # When every hashed entry also has an embedding, the embedding search finds turned and mirrored copies
         # (SSCD sees through them), so the PDQ search looks up the picture as it is: one scan of the codes, not
@@ -689,7 +697,7 @@ class LookalikeService:
                 pdq_quality=min(hashes.pdq_quality, entry.pdq_quality) if entry.pdq else 0,
                 embedding_similarity=None if seq not in similarities else min(1.0, similarities[seq]),
                 model=entry.model,
-                phash_distance=hamming(hashes.phash, entry.phash) if hashes.phash and entry.phash else None,
+                phash_distance=nearest_hamming(phashes, entry.phash),
             )
             value = score(evidence)
             decision = decide(value, record)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import imagehash
 import lmdb
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from PIL import Image
 from benchmarks.edits import EDIT_FAMILIES, encode_edited
 from lookalike.client import CheckResult, InvalidArgument, LookalikeClient, NotFound
 from lookalike.client.stub import translate
+from lookalike.server.fingerprint import phash_variants
 from lookalike.server.hashes import pdq_dihedral
 from lookalike.server.pdq import pdq_hashes
 from lookalike.server.scoring import DEFAULT_REJECT_THRESHOLD, DEFAULT_REVIEW_THRESHOLD, Evidence, score
@@ -88,6 +90,21 @@ def test_pdq_variants_derived_from_a_hash_match_the_turned_pictures() -> None:
     for turn, found in distances.items():
         assert np.mean(found) <= 20 and sum(d <= 31 for d in found) >= 8, (TURNS[turn], found)
     assert np.mean(from_pixels) <= 12, from_pixels  # PDQ's own variants, from the pixels, are close by
+
+
+def test_phash_variants_are_imagehash_of_the_picture_and_of_each_turn() -> None:
+    """The first is imagehash's pHash itself; the others, derived from one DCT, are the turned pictures' own pHash,
+    but for a bit pair at the median now and then (resampling rounds differently)."""
+    differing: list[int] = []
+    for path in distinct_photos(10, seed=23):
+        picture = photo_rgb(path).reduce(4)
+        variants = phash_variants(picture)
+        assert variants[0] == np.packbits(imagehash.phash(picture).hash.reshape(-1)).tobytes()
+        assert len(set(variants)) == 8
+        for turn, transpose in enumerate(TURNS[1:], start=1):
+            own = phash_variants(picture.transpose(transpose))[0]
+            differing.append(nearest_bits([own], variants[turn]))
+    assert max(differing) <= 4 and sum(d == 0 for d in differing) >= 0.8 * len(differing), differing
 
 
 # Adding and checking by hash -------------------------------------------------------------
