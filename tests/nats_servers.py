@@ -50,7 +50,8 @@ class NatsCluster:
 
     def wait_placeable(self, timeout: float = READY_WAIT_S) -> None:
         """Wait (bounded) until the cluster can place a stream on all its servers: healthy servers can
-        still answer "no suitable peers for placement" until the meta leader has heard from every peer."""
+        still answer "no suitable peers for placement" until the meta leader has heard from every peer,
+        or not answer at all while no meta leader is elected (a loaded box)."""
 
         async def place() -> None:
             client = await nats.connect(self.urls, allow_reconnect=False)
@@ -64,6 +65,9 @@ class NatsCluster:
                         return
                     except nats.js.errors.APIError as error:
                         if error.err_code != NO_PEERS_FOR_PLACEMENT or time.monotonic() > deadline:
+                            raise
+                    except nats.errors.TimeoutError:
+                        if time.monotonic() > deadline:
                             raise
                     await asyncio.sleep(0.1)
             finally:
