@@ -109,12 +109,20 @@ def series_key(name: str) -> str:
     return re.sub(r"(left|right|l|r|a|b)$", "", word)
 
 
+SAME_SCENE_TABLE = Path(__file__).with_name("same_scene.tsv")
+"""Pairs of corpus photos that show one scene but that the corpus's NEAR_DUPLICATES.tsv lacks, in its format,
+each with the evidence it was added on."""
+
+
 def near_duplicate_pairs(photos: Sequence[Path]) -> list[tuple[str, str, str]]:
-    """(file a, file b, evidence) of the corpus's NEAR_DUPLICATES.tsv, beside the photos' folder."""
-    table = photos[0].parent.parent / "NEAR_DUPLICATES.tsv" if photos else None
-    if table is None or not table.exists():
+    """(file a, file b, evidence) of the corpus's NEAR_DUPLICATES.tsv, beside the photos' folder, and of
+    SAME_SCENE_TABLE."""
+    if not photos:
         return []
-    rows = [line.split("\t") for line in table.read_text().splitlines()[1:] if line.strip()]
+    rows = []
+    for table in (photos[0].parent.parent / "NEAR_DUPLICATES.tsv", SAME_SCENE_TABLE):
+        if table.exists():
+            rows += [line.split("\t") for line in table.read_text().splitlines()[1:] if line.strip()]
     return [(row[0], row[1], row[2] if len(row) > 2 else "") for row in rows]
 
 

@@ -40,13 +40,14 @@ def corpus_photos() -> list[Path]:
 
 
 def near_duplicate_groups() -> list[set[str]]:
-    """File names the corpus README says are the same picture (never split them)."""
-    table = CORPUS.parent / "NEAR_DUPLICATES.tsv"
+    """File names the corpus's NEAR_DUPLICATES.tsv (and benchmarks/same_scene.tsv, what it lacks) say show one
+    picture or scene (never split them)."""
     groups: list[set[str]] = []
-    if table.exists():
-        for line in table.read_text().splitlines()[1:]:
-            a, b = line.split("\t")[:2]
-            groups.append({a, b})
+    for table in (CORPUS.parent / "NEAR_DUPLICATES.tsv", REPO / "benchmarks" / "same_scene.tsv"):
+        if table.exists():
+            for line in table.read_text().splitlines()[1:]:
+                a, b = line.split("\t")[:2]
+                groups.append({a, b})
     return groups
 
 

@@ -56,6 +56,7 @@ def test_other_shots_of_a_scene_are_held_back_beside_a_listed_shot_and_copies_ar
     pairs = near_duplicate_pairs(photos)
     scene_pairs = [(a, b) for a, b, evidence in pairs if not is_copy_pair(a, b, evidence)]
     assert scene_pairs and held_back
+    assert ("pypi_mvtb__mosaic__aerial-08.jpg", "pypi_mvtb__mosaic__aerialphoto.jpg") in scene_pairs  # same_scene.tsv
     for name in held_back:  # every held-back shot has a listed shot of its scene
         assert any({name, other} == {a, b} and other in listed for a, b in scene_pairs for other in (a, b))
     copies = [(a, b) for a, b, evidence in pairs if is_copy_pair(a, b, evidence)]
