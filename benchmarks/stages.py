@@ -2,7 +2,8 @@
 
 Stages, as a fingerprint worker runs them: decoding to the sizes the work needs (a JPEG
 draft, then the model's input; a full decode beside it for comparison), SHA-256 and MD5,
-PDQ (all eight dihedral variants, one pass, from the draft), pHash, region detection,
+PDQ (all eight dihedral variants, one pass, from the draft), pHash, region detection (on the
+draft; what it finds is cut from the picture decoded finer, which plain photos never need),
 each embedding model; beside them the model's own work (the JPEG draft-decoded to the
 model's input, resized, embedded: what `benchmarks/throughput.py` calls the model's own
 rate); then index search (PDQ range search and embedding top-k over a list of `--entries`
@@ -11,7 +12,7 @@ in-process cost of the same check. The sum of the worker's stages is the floor o
 check: what one core must spend per image whatever the server around it does. Stages
 are timed by the thread's CPU clock, the round trip by the wall clock.
 
-    .venv/bin/python -m benchmarks.stages [--images 60] [--entries 100000]
+    .venv/bin/python -m benchmarks.stages [--images 60] [--entries 100000] [--long-side 1600]
 
 Prints a table and one JSON object.
 """
@@ -36,7 +37,7 @@ from PIL import Image
 
 from benchmarks.accuracy import DEFAULT_CORPUS, hardware
 from benchmarks.metrics import format_table
-from benchmarks.throughput import model_input
+from benchmarks.throughput import at_long_side, model_input
 from lookalike.client import LookalikeClient
 from lookalike.index import ListIndex, configure_threads
 from lookalike.index.list_index import Layout
@@ -83,7 +84,7 @@ def stage_costs(datas: Sequence[bytes]) -> dict[str, list[float]]:
     warm = decode_image(datas[0], MAX_PIXELS)  # load and warm up (imports, models) outside the timings
     pdq_hashes(warm.pdq_rgb, warm.original_size)
     phash_variants(warm.rgb)
-    find_regions(finder_picture(warm.shown), warm.shown.size)
+    find_regions(finder_picture(warm.upright), warm.upright.size)
     for model in MODELS:
         embedders.get(model).embed(model_input(datas[0]))
     for data in datas:
@@ -94,18 +95,15 @@ def stage_costs(datas: Sequence[bytes]) -> dict[str, list[float]]:
         record("pdq (8 variants)", timed(pdq_hashes, decoded.pdq_rgb, decoded.original_size))
         small = embedding_input(decoded.rgb)  # the picture itself unless smaller than the model's input
         record("phash", timed(phash_variants, small))
-        record("region detection", timed(lambda: find_regions(finder_picture(decoded.shown), decoded.shown.size)))  # noqa: B023
-        finder_input = finder_picture(decoded.shown)
+        upright = decoded.upright
+        record("region detection", timed(lambda: find_regions(finder_picture(upright), upright.size)))  # noqa: B023
+        finder_input = finder_picture(upright)
         record(
-            "region detection, on its small grey copy (made elsewhere)",
-            timed(find_regions, finder_input, decoded.shown.size),
+            "region detection, on its small grey copy (made elsewhere)", timed(find_regions, finder_input, upright.size)
         )
+        record("region detection, flat canvas alone (as before frames, grids, tilts)", timed(content_box, upright))
         record(
-            "region detection, flat canvas alone (as before frames, grids, tilts)", timed(content_box, decoded.shown)
-        )
-        record(
-            "region detection, screen finder alone (part of the above)",
-            timed(screen_quad, finder_input, decoded.shown.size),
+            "region detection, screen finder alone (part of the above)", timed(screen_quad, finder_input, upright.size)
         )
         for model in MODELS:
             embedder = embedders.get(model)
@@ -197,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, default=Path(os.environ.get("LOOKALIKE_CORPUS", DEFAULT_CORPUS)))
     parser.add_argument("--images", type=int, default=60, help="photos timed (spread over the corpus)")
     parser.add_argument("--entries", type=int, default=100_000, help="synthetic list size for index search")
+    parser.add_argument("--long-side", type=int, default=0, help="re-encode the photos this long (0: as they are)")
     args = parser.parse_args(argv)
     photos = sorted(args.corpus.glob("*.jpg"))
     if not photos:
@@ -204,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     step = max(1, len(photos) // args.images)
     datas = [p.read_bytes() for p in photos[::step][: args.images]]
+    if args.long_side:
+        datas = at_long_side(datas, args.long_side)
     configure_threads(1)
     costs = stage_costs(datas)
     costs.update(batch_costs(datas))

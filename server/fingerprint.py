@@ -75,10 +75,14 @@ class Fingerprint:
         upright, at model input size; a picture on a screen photographed at an angle, rectified, at
         model input size; the cells of a collage; else up to MAX_REGION_VIEWS pictures
         framed by straight edges (pasted on a photo, inside an app's UI). Looked for only when a
-        check needs it, never for an add. Looked for on the picture as decoded (`DecodedImage.shown`), and
-        cut from the file decoded finer where a part is too small there."""
+        check needs it, never for an add. Looked for on the draft (`DecodedImage.upright`), and cut from
+        the picture decoded finer (`DecodedImage.shown`), only when something was found."""
+        upright = self.image.upright
+        found = find_regions(finder_picture(upright), upright.size)
+        if not found:
+            return []
         shown = self.image.shown
-        regions = find_regions(finder_picture(shown), shown.size)
+        regions = found.scaled(shown.width / upright.width, shown.height / upright.height)
         batches: list[list[Image.Image]] = []
         if regions.canvas is not None:
             batches.append([embedding_input(self.image.crops([regions.canvas])[0])])

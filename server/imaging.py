@@ -15,8 +15,9 @@ scaling: several times cheaper than a full decode) so that its short side stays 
 embedding's input (288), any other format reduced by whole pixel blocks to the same scale. PDQ
 reads that picture with the file's weights (server/pdq.py): on the 393 dev corpus photos it lies 0.23 bits
 from the reference hasher's on the whole file on average, 4 at most. The embedding and pHash read the
-picture resized to the model's input; the region search, when a check asks for it, reads the picture
-decoded again at a short side of at least 512 (`DecodedImage.shown`), as the region finders were tuned.
+picture resized to the model's input; the region search, when a check asks for it, reads the draft set
+upright (`DecodedImage.upright`: its finders work on a copy 320 pixels long), and only the parts it finds
+are cut from the picture decoded finer (`DecodedImage.shown`, `crops`).
 """
 
 from __future__ import annotations
@@ -47,9 +48,8 @@ DRAFT_SHORT_SIDE = SHORT_SIDE
 """Short side that JPEG draft decoding keeps at least: the embedding's input (PDQ, pHash and the
 region search need no more)."""
 REGION_SHORT_SIDE = 512
-"""Short side the picture regions are looked for on keeps at least (a JPEG draft, a block reduction): the
-scale the region finders were tuned at. Searched on the 288-pixel draft instead, their frames moved enough
-that tests/test_composites.py's pastes were missed (3 of 8 caught where 4 are required)."""
+"""Short side the picture that parts found inside it are cut from keeps at least (a JPEG draft, a block
+reduction). Decoded only when the region search found something: the finders read the draft."""
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,16 @@ class DecodedImage:
     """The file, decoded again, finer, when parts of the picture need it (`crops`)."""
 
     @cached_property
+    def upright(self) -> Image.Image:
+        """The draft as shown (turned, flattened): where pictures inside it are looked for."""
+        return self.draft if self.turn is None else self.draft.transpose(self.turn)
+
+    @cached_property
     def shown(self) -> Image.Image:
         """The picture shown (turned, flattened) with a short side of at least REGION_SHORT_SIDE where the file
-        has it: where parts of it are looked for. The draft itself when large enough, else the file decoded again."""
+        has it: where parts of it are cut from. The draft itself when large enough, else the file decoded again."""
         if min(self.draft.size) >= REGION_SHORT_SIDE or self.draft.size == self.original_size:
-            return self.draft if self.turn is None else self.draft.transpose(self.turn)
+            return self.upright
         return _shown(self.data, REGION_SHORT_SIDE, self.turn)
 
     def crops(

@@ -411,6 +411,28 @@ class Regions:
     """A picture on a screen photographed at an angle (`screen_quad`); not looked for where a flat
     canvas or a collage explains the image."""
 
+    def __bool__(self) -> bool:
+        return bool(self.canvas or self.tilt is not None or self.cells or self.frames or self.screen)
+
+    def scaled(self, across: float, down: float) -> Regions:
+        """The same regions in the pixels of a copy of the image `across` times as wide, `down` times as tall."""
+
+        def box(b: Box) -> Box:
+            return (round(b[0] * across), round(b[1] * down), round(b[2] * across), round(b[3] * down))
+
+        def point(p: tuple[float, float]) -> tuple[float, float]:
+            return (p[0] * across, p[1] * down)
+
+        q = self.screen
+        screen = None if q is None else (point(q[0]), point(q[1]), point(q[2]), point(q[3]))
+        return Regions(
+            None if self.canvas is None else box(self.canvas),
+            self.tilt,
+            [box(cell) for cell in self.cells],
+            [box(frame) for frame in self.frames],
+            screen,
+        )
+
 
 def finder_picture(rgb: Image.Image) -> Image.Image:
     """The small colour copy the finders need (FRAME_WORK_SIDE on the long side at most): what

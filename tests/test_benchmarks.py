@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
 import onnxruntime
 import pytest
+from PIL import Image
 
 from benchmarks import cluster, gpu, regions, scale, throughput
 from lookalike.index import list_index
@@ -55,6 +57,15 @@ def test_throughput_benchmark_reports_the_models_own_rate_and_the_ratio_to_it(
     assert load["cpu_ms_per_check"] > model_cpu["mean"] / 4, "the server and its workers' CPU, not the clients'"
     assert 0 < load["server_cpu_ms_per_check"] < load["cpu_ms_per_check"], "the workers' is the rest"
     assert load["cpu_ratio_to_model"] == pytest.approx(model_cpu["mean"] / load["cpu_ms_per_check"])
+
+
+def test_throughput_and_stages_can_time_camera_sized_jpegs() -> None:
+    """`--long-side 1600`: the issue's phone-sized uploads, made from any photo (here a drawn one)."""
+    buffer = io.BytesIO()
+    Image.radial_gradient("L").convert("RGB").resize((400, 300)).save(buffer, "JPEG")
+    (resized,) = throughput.at_long_side([buffer.getvalue()], 1600)
+    with Image.open(io.BytesIO(resized)) as image:
+        assert image.format == "JPEG" and image.size == (1600, 1200)
 
 
 @pytest.mark.slow

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from benchmarks.edits import Others, apply_edit, region_of
+from benchmarks.edits import Others, apply_edit, encode_edited, region_of
+from lookalike.server.embedder import EmbedderPool
+from lookalike.server.fingerprint import Fingerprinter
 from lookalike.server.regions import (
     MAX_AREA,
     Box,
@@ -353,3 +355,25 @@ def test_screens_are_not_looked_for_on_flat_images_noise_and_tiny_ones() -> None
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8), "RGB")
     for image in (Image.new("RGB", (640, 480), (90, 140, 200)), noise, Image.new("RGB", (20, 20), (0, 0, 0))):
         assert screen_quad(image) is None
+
+
+def test_a_check_looks_on_the_draft_and_decodes_the_file_again_only_to_cut_what_it_found() -> None:
+    """The finders read a copy 320 pixels long, which the JPEG draft holds; the finer picture parts are
+    cut from is decoded only when there are parts to cut (a plain photo, most checks, never pays for it)."""
+    fingerprinter = Fingerprinter(64_000_000, EmbedderPool())
+    buffer = io.BytesIO()
+    photo(PHOTOS[0]).resize((1280, 852), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
+    plain = fingerprinter.fingerprint(buffer.getvalue())
+    assert plain.image.draft.size == (640, 426)
+    assert plain.region_inputs == [] and "shown" not in vars(plain.image)
+
+    edited = apply_edit("paste_on_busy", photo(PHOTOS[0]), random.Random(0))
+    truth = region_of(edited)
+    assert truth is not None
+    composite = fingerprinter.fingerprint(encode_edited(edited))
+    assert min(composite.image.draft.size) < 512
+    views = composite.region_inputs
+    assert "shown" in vars(composite.image) and min(composite.image.shown.size) >= 512  # decoded again, finer
+    pasted = np.asarray(edited.crop(truth).convert("L").resize((32, 32)), dtype=np.float32)
+    cuts = [np.asarray(batch[0].convert("L").resize((32, 32)), dtype=np.float32) for batch in views]
+    assert min(float(np.abs(cut - pasted).mean()) for cut in cuts) < 8  # the pasted picture, cut where it is
