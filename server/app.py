@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import faulthandler
 import logging
 import os
 import signal
@@ -442,6 +443,10 @@ def _snapshot_loop(service: LookalikeService, config: ServerConfig, stop: thread
             log.exception("index snapshot failed; will retry")
 
 
+SHUTDOWN_DUMP_SECONDS = 30.0
+"""How long past its grace period a shutdown may run before every thread's stack goes to stderr (the log)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`lookalike serve`: run until SIGTERM or SIGINT, then shut down gracefully."""
     config = parse_config(sys.argv[1:] if argv is None else argv)
@@ -466,7 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("dashboard at %s://%s/ (open it in a browser; log in with an API key)", scheme, address)
     stopping.wait()
     log.info("shutting down (grace %.0f s)", config.grace)
+    faulthandler.dump_traceback_later(config.grace + SHUTDOWN_DUMP_SECONDS)  # a hung shutdown says where
     running.stop(config.grace)
+    faulthandler.cancel_dump_traceback_later()
     return 0
 
 

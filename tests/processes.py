@@ -134,7 +134,13 @@ class ServerProcess:
         """SIGTERM: graceful shutdown; returns the exit code."""
         self.client.close()
         self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=60)
+        try:
+            code = self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # the server dumped its threads' stacks into the log first (SHUTDOWN_DUMP_SECONDS)
+            self.process.wait()
+            self._close_log()
+            raise AssertionError(f"the server did not stop within 60 s of SIGTERM:\n{self.log.read_text()}") from None
         self._close_log()
         return code
 
