@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from benchmarks.edits import Others, apply_edit, encode_edited
 from tests.conftest import ServerHandle, distinct_photos
@@ -100,3 +100,24 @@ def test_a_listed_picture_turned_on_a_fill_is_found(
         turned = rgb(path).rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=(250, 250, 250))
         result = client.check(encode_edited(turned), ["banned"])
         assert result.decision != "accept" and result.matches[0].id == ids[path.name], (path.name, angle)
+
+
+@pytest.mark.slow
+def test_a_listed_picture_pasted_large_on_a_photo_can_be_rejected(
+    lookalike: ServerHandle, photos: tuple[list[Path], list[Path]]
+) -> None:
+    """The best frame is embedded at the model's input size, where a pasted copy can reach the cosine that
+    rejects on its own (0.93; half of these pastes, none when frames were embedded at 224 pixels)."""
+    listed, unlisted = photos
+    client = lookalike.client
+    client.create_list("banned")
+    ids = {path.name: client.add("banned", path).id for path in listed}
+    decisions = []
+    for background in unlisted[4:]:
+        for path in listed:
+            canvas = rgb(background).resize((1200, 800), Image.Resampling.BICUBIC)
+            canvas.paste(ImageOps.contain(rgb(path), (780, 520), Image.Resampling.LANCZOS), (300, 160))
+            result = client.check(encode_edited(canvas), ["banned"])
+            assert result.decision != "accept" and result.matches[0].id == ids[path.name], (path.name, background.name)
+            decisions.append(result.decision)
+    assert decisions.count("reject") >= 5, decisions
