@@ -20,8 +20,8 @@ none, from a grayscale copy at most WORK_SIDE pixels on its long side (a few ms)
 3. Checks: the box covers MIN_AREA..MAX_AREA of the image; at least MIN_FILL of it is
    not canvas; each side not at the image's edge has, within RING_DEPTH pixels
    outside (room for JPEG ringing), a line at least RING_SHARE canvas-coloured (a
-   straight frame, not a cut through the scene); and at least MIN_BOUNDED_SIDES sides
-   are framed that way, which rules out a photo whose flat sky merely tops the scene.
+   straight frame, not a cut through the scene); and at least MIN_BOUNDED_SIDES side is
+   framed that way: a meme's caption block frames its picture on one side only.
 
 Noise-textured borders are not canvas here (they are not flat), so those pads give None.
 """
@@ -64,8 +64,10 @@ RING_SHARE = 0.8
 """Share of a frame line that must be canvas-coloured."""
 EDGE_TOLERANCE = 2
 """A side this close to the image's edge is taken as the edge (margins of 1-2 px)."""
-MIN_BOUNDED_SIDES = 2
-"""Sides that must be framed by canvas."""
+MIN_BOUNDED_SIDES = 1
+"""Sides that must be framed by canvas. One is enough: a photo whose flat sky tops the scene fails the
+straight frame line or MIN_FILL (2 of 393 corpus photos more get a box, against 0.28 -> 0.69 of memes
+whose caption block is above only)."""
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 _EIGHT = ndimage.generate_binary_structure(2, 2)
