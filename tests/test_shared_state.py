@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from lookalike.client import NotFound
+from lookalike.client import NotFound, Unavailable
 from lookalike.server.replication import ChangeLog
 from lookalike.server.shared_state import BUSY, MINE, SETTLED, ClusterClaims, NodeState, node_state
 from lookalike.server.storage.schema import owned_key
@@ -88,6 +88,19 @@ def nodes(tmp_path: Path, nats_one: NatsCluster) -> Iterator[Nodes]:
     started = Nodes(tmp_path, nats_one.urls)
     yield started
     started.close()
+
+
+def retried[T](call: Callable[[], T], timeout: float = 30.0) -> T:
+    """`call` again, with its request id, while the cluster answers UNAVAILABLE, as that error asks: a new
+    cluster's streams may still be electing their leaders."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except Unavailable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
@@ -276,8 +289,11 @@ def test_nodes_on_different_servers_of_a_three_server_nats_cluster_share_checks_
             for node in (a, b):
                 node.client.create_list("banned")
                 node.client.add("banned", photos[1], id="listed")
-            a.client.check(photos[1], ["banned"], request_id="answered")
-            queued = [a.client.check(photo, ["banned"], defer=True) for photo in photos]
+            retried(partial(a.client.check, photos[1], ["banned"], request_id="answered"))
+            queued = [
+                retried(partial(a.client.check, photo, ["banned"], defer=True, request_id=f"deferred-{number}"))
+                for number, photo in enumerate(photos)
+            ]
             cluster.servers[2].kill()  # one NATS server of three: every stream keeps a majority
             for check_id in ("answered", *(check.id for check in queued)):
                 record = wait_until(partial(_done, b, check_id), timeout=60.0)
