@@ -55,8 +55,8 @@ def test_a_listed_picture_on_a_photographed_screen_is_found(
     lookalike: ServerHandle, photos: tuple[list[Path], list[Path]]
 ) -> None:
     """Screens photographed at an angle: the rectified screen is searched as a view of its own. The
-    benchmark catches about two in five on the tuning seed (one in eight without); here at least
-    three of eight (one without)."""
+    benchmark catches about three in four on the tuning seed (one in eight without); here at least
+    five of eight (one without)."""
     listed, unlisted = photos
     client = lookalike.client
     client.create_list("banned")
@@ -68,7 +68,7 @@ def test_a_listed_picture_on_a_photographed_screen_is_found(
             query = encode_edited(apply_edit("screen_photo", rgb(path), random.Random(10 * seed + number), others))
             result = client.check(query, ["banned"])
             caught.append(result.decision != "accept" and result.matches[0].id == ids[path.name])
-    assert sum(caught) >= 3, caught
+    assert sum(caught) >= 5, caught
 
 
 @pytest.mark.slow

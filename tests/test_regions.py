@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from benchmarks.edits import Others, apply_edit, encode_edited, region_of
 from lookalike.server.embedder import EmbedderPool
 from lookalike.server.fingerprint import Fingerprinter
+from lookalike.server.imaging import decode_image
 from lookalike.server.regions import (
     MAX_AREA,
     Box,
@@ -317,7 +318,7 @@ def quad_box(quad: tuple[tuple[float, float], ...]) -> Box:
 
 def test_most_screens_photographed_at_an_angle_are_found() -> None:
     """A photo of a screen (dark bezel, perspective, moiré, glare) of a picture: the picture's four
-    corners are found for about two in three on the tuning photos; here at least half of twelve. The
+    corners are found for 10 of these twelve (two in three of the corpus photos); here at least half. The
     edit notes the screen's outer box, the picture lies just inside its bezel."""
     found = []
     for seed in range(4):
@@ -331,15 +332,41 @@ def test_most_screens_photographed_at_an_angle_are_found() -> None:
     assert sum(found) >= 6, found
 
 
+SEQUENCE = tuple(f"pypi_mvtb__seq__im.{number:03d}.jpg" for number in range(1, 10))
+"""A model house on black: a picture as dark at its border as a screen's bezel."""
+
+
+def test_a_picture_as_dark_at_its_border_as_the_bezel_is_framed_by_the_screens_outline() -> None:
+    """The picture's own edges do not show against the bezel; the screen's outline, with the bezel just
+    inside it, frames the picture and the bezel, which the embedding shrugs off."""
+    found = []
+    for seed in range(3):
+        for name in SEQUENCE:
+            rng = random.Random(f"{seed}:{name}")
+            edited = apply_edit("screen_photo", photo(name), rng, others_from(BACKGROUNDS))
+            truth = region_of(edited)
+            assert truth is not None
+            composite = jpeg_roundtrip(edited)
+            quad = find_regions(finder_picture(composite), composite.size).screen
+            found.append(quad is not None and iou(quad_box(quad), truth) >= 0.7)
+    assert sum(found) >= 6, found
+
+
 def test_few_corpus_photos_look_like_a_screen() -> None:
+    """As a check looks: on the upright draft, gate first (10 of 393 photos get one more view)."""
     photos = corpus_photos()[::4]
-    screens = [path.name for path in photos if screen_quad(Image.open(path).convert("RGB"))]
+    screens = []
+    for path in photos:
+        upright = decode_image(path.read_bytes(), 64_000_000).upright
+        if find_regions(finder_picture(upright), upright.size).screen is not None:
+            screens.append(path.name)
     assert len(screens) <= 0.06 * len(photos), screens  # about one in twenty: one more view each
 
 
 def test_the_screen_gate_turns_away_most_plain_photos_and_keeps_the_screens() -> None:
-    """The coarse look (`screen_gate`) spares most plain photos the full finder (69 of 393 pass on
-    the corpus) and lets through screen photos (167 of the 171 the full finder found on seed 1)."""
+    """The coarse look (`screen_gate`) spares most plain photos the full finder (87 of 393 pass on
+    the corpus) and lets through screen photos (258 of the 264 the full finder found among the
+    corpus photos shown on a screen, seed 1)."""
     photos = corpus_photos()[::4]
     passed = [path.name for path in photos if screen_gate(finder_picture(Image.open(path).convert("RGB")))]
     assert len(passed) <= 0.3 * len(photos), passed
