@@ -13,7 +13,14 @@ from PIL import Image
 from benchmarks import cluster, gpu, regions, scale, throughput
 from lookalike.index import list_index
 from lookalike.index.list_index import EXACT_VECTORS_MAX
+from tests.conftest import corpus_photos
 from tests.processes import descendants
+
+
+@pytest.fixture
+def corpus() -> None:
+    """The benchmarks below time real photos: skip, saying where they were looked for, without them."""
+    corpus_photos()
 
 
 @pytest.mark.slow
@@ -40,7 +47,7 @@ def test_scale_benchmark_reports_an_ivf_list_with_full_recall_and_a_matchable_ne
 
 @pytest.mark.slow
 def test_throughput_benchmark_reports_the_models_own_rate_and_the_ratio_to_it(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], corpus: None
 ) -> None:
     arguments = ["--entries", "200", "--seconds", "1", "--clients", "2", "--bulk-images", "4"]
     assert throughput.main(arguments) == 0
@@ -70,7 +77,7 @@ def test_throughput_and_stages_can_time_camera_sized_jpegs() -> None:
 
 @pytest.mark.slow
 def test_gpu_benchmark_says_no_gpu_was_found_and_runs_the_batched_path_on_the_cpu(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], corpus: None
 ) -> None:
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this ONNX Runtime has CUDA: the benchmark would measure a GPU")
@@ -91,7 +98,7 @@ def test_gpu_benchmark_says_no_gpu_was_found_and_runs_the_batched_path_on_the_cp
 
 @pytest.mark.slow
 def test_cluster_benchmark_reports_lag_apply_rates_a_new_nodes_catch_up_and_checks_while_replicating(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], corpus: None
 ) -> None:
     arguments = ["--entries", "1000", "--tail", "20", "--batch", "20", "--bulk-changes", "5"]
     running_before = set(descendants(os.getpid()))  # e.g. multiprocessing's resource tracker, from earlier tests
@@ -126,7 +133,7 @@ def test_cluster_benchmark_reports_lag_apply_rates_a_new_nodes_catch_up_and_chec
 
 
 def test_regions_benchmark_times_both_arms_and_finds_the_same_regions_as_the_committed_finders(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], corpus: None
 ) -> None:
     assert regions.main(["--against", "HEAD", "--max-photos", "4", "--passes", "2"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -49,8 +49,8 @@ def settled(server: ServerProcess, bounds: dict[int, int]) -> dict[int, int]:
 
 
 def test_idle_memory_returns_near_its_start_after_concurrent_large_checks(tmp_path: Path) -> None:
+    image = large_image()  # first: without the corpus the test skips before a server starts
     server = ServerProcess(tmp_path / "data")
-    image = large_image()
     try:
         server.client.create_list("big")
         assert server.client.check(image, ["big"]).decision == "accept"  # models loaded, buffers made once
