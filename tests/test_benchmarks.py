@@ -46,8 +46,9 @@ def test_scale_benchmark_reports_an_ivf_list_with_full_recall_and_a_matchable_ne
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("corpus")
 def test_throughput_benchmark_reports_the_models_own_rate_and_the_ratio_to_it(
-    capsys: pytest.CaptureFixture[str], corpus: None
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     arguments = ["--entries", "200", "--seconds", "1", "--clients", "2", "--bulk-images", "4"]
     assert throughput.main(arguments) == 0
@@ -76,8 +77,9 @@ def test_throughput_and_stages_can_time_camera_sized_jpegs() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("corpus")
 def test_gpu_benchmark_says_no_gpu_was_found_and_runs_the_batched_path_on_the_cpu(
-    capsys: pytest.CaptureFixture[str], corpus: None
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this ONNX Runtime has CUDA: the benchmark would measure a GPU")
@@ -97,8 +99,9 @@ def test_gpu_benchmark_says_no_gpu_was_found_and_runs_the_batched_path_on_the_cp
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("corpus")
 def test_cluster_benchmark_reports_lag_apply_rates_a_new_nodes_catch_up_and_checks_while_replicating(
-    capsys: pytest.CaptureFixture[str], corpus: None
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     arguments = ["--entries", "1000", "--tail", "20", "--batch", "20", "--bulk-changes", "5"]
     running_before = set(descendants(os.getpid()))  # e.g. multiprocessing's resource tracker, from earlier tests
@@ -132,8 +135,9 @@ def test_cluster_benchmark_reports_lag_apply_rates_a_new_nodes_catch_up_and_chec
     assert "new_node_s" in output.splitlines()[0], "the table comes first, the JSON last"
 
 
+@pytest.mark.usefixtures("corpus")
 def test_regions_benchmark_times_both_arms_and_finds_the_same_regions_as_the_committed_finders(
-    capsys: pytest.CaptureFixture[str], corpus: None
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert regions.main(["--against", "HEAD", "--max-photos", "4", "--passes", "2"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
