@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import imagehash
@@ -19,9 +19,9 @@ import scipy.fftpack
 from PIL import Image
 
 from lookalike.server.embedder import EmbedderPool, EmbeddingBatcher, embedding_input, resized_to
-from lookalike.server.imaging import DecodedImage, decode_image, thumbnail_webp
+from lookalike.server.imaging import DRAFT_SHORT_SIDE, DecodedImage, decode_image, thumbnail_webp
 from lookalike.server.pdq import pdq_hashes
-from lookalike.server.regions import Box, find_regions, finder_picture, overlap, rectified, straightened
+from lookalike.server.regions import Box, Regions, find_regions, finder_picture, overlap, rectified, straightened
 
 PDQ_BYTES = 32
 PHASH_BYTES = 8
@@ -37,6 +37,9 @@ MAX_REGION_VIEWS = 2
 """Framed pictures embedded per check at most (the flat-canvas box counts), best supported first."""
 SAME_REGION = 0.7
 """Frames overlapping the flat-canvas box this much (intersection over union) are that box."""
+
+Cutter = Callable[[Sequence[Box], int], list[Image.Image]]
+"""What boxes of a picture frame, each with its short side at least the given one where the pixels allow."""
 
 
 @dataclass(frozen=True)
@@ -72,39 +75,56 @@ class Fingerprint:
 
     @cached_property
     def region_inputs(self) -> list[list[Image.Image]]:
-        """Pictures found inside the image, ready to embed, in batches of one size: the one framed by
-        a flat canvas (a padded border, a plain screenshot) and one turned on a flat fill, set
-        upright, at model input size; a picture on a screen photographed at an angle, rectified, at
-        model input size; the cells of a collage; else up to MAX_REGION_VIEWS pictures
-        framed by straight edges (pasted on a photo, inside an app's UI). Looked for only when a
-        check needs it, never for an add. Looked for on the draft (`DecodedImage.upright`), and cut from
-        the picture decoded finer (`DecodedImage.shown`), only when something was found."""
+        """Pictures found inside the image, ready to embed, in batches of one size (`_region_views`).
+        Looked for only when a check needs it, never for an add. Looked for on the draft
+        (`DecodedImage.upright`), and cut from the picture decoded finer (`DecodedImage.shown`), only when
+        something was found."""
         upright = self.image.upright
         found = find_regions(finder_picture(upright), upright.size)
         if not found:
             return []
         shown = self.image.shown
-        regions = found.scaled(shown.width / upright.width, shown.height / upright.height)
-        batches: list[list[Image.Image]] = []
-        if regions.canvas is not None:
-            batches.append([embedding_input(self.image.crops([regions.canvas])[0])])
-        if regions.tilt is not None:
-            batches.append([embedding_input(straightened(shown, regions.tilt))])
-        if regions.cells:
-            batches.append(_same_size(self.image.crops(regions.cells, CELL_SHORT_SIDE), CELL_SHORT_SIDE))
-        if regions.screen is not None:
-            batches.append([embedding_input(rectified(shown, regions.screen))])
-        taken: list[Box] = [] if regions.canvas is None else [regions.canvas]
-        framed: list[Box] = []
-        for box in regions.frames:
-            if len(taken) == MAX_REGION_VIEWS:
-                break
-            if all(overlap(box, other) < SAME_REGION for other in taken):
-                taken.append(box)
-                framed.append(box)
-        for rank, picture in enumerate(self.image.crops(framed)):
-            batches.append([embedding_input(picture) if rank == 0 else resized_to(picture, FRAME_SHORT_SIDE)])
-        return batches
+        return _region_views(
+            found.scaled(shown.width / upright.width, shown.height / upright.height), shown, self.image.crops
+        )
+
+
+def _region_views(regions: Regions, picture: Image.Image, cut: Cutter) -> list[list[Image.Image]]:
+    """The views of what `regions` found in `picture` (each part cut by `cut`): the picture framed by a flat
+    canvas (a padded border, a plain screenshot) and one turned on a flat fill, set upright, at model input
+    size, with what lies inside the latter (`_turned_views`); a picture on a screen photographed at an angle,
+    rectified, at model input size; the cells of a collage; else up to MAX_REGION_VIEWS pictures framed by
+    straight edges (pasted on a photo, inside an app's UI)."""
+    batches: list[list[Image.Image]] = []
+    if regions.canvas is not None:
+        batches.append([embedding_input(cut([regions.canvas], DRAFT_SHORT_SIDE)[0])])
+    if regions.tilt is not None:
+        upright = straightened(picture, regions.tilt)
+        batches.append([embedding_input(upright)])
+        batches += _turned_views(upright)
+    if regions.cells:
+        batches.append(_same_size(cut(regions.cells, CELL_SHORT_SIDE), CELL_SHORT_SIDE))
+    if regions.screen is not None:
+        batches.append([embedding_input(rectified(picture, regions.screen))])
+    taken: list[Box] = [] if regions.canvas is None else [regions.canvas]
+    framed: list[Box] = []
+    for box in regions.frames:
+        if len(taken) == MAX_REGION_VIEWS:
+            break
+        if all(overlap(box, other) < SAME_REGION for other in taken):
+            taken.append(box)
+            framed.append(box)
+    for rank, part in enumerate(cut(framed, DRAFT_SHORT_SIDE)):
+        batches.append([embedding_input(part) if rank == 0 else resized_to(part, FRAME_SHORT_SIDE)])
+    return batches
+
+
+def _turned_views(upright: Image.Image) -> list[list[Image.Image]]:
+    """The views of pictures inside a picture that was turned on a fill, once set upright: a composite
+    turned as a whole turns the frames inside it too, which are only found straight (its turn is not
+    looked for again)."""
+    found = replace(find_regions(finder_picture(upright), upright.size), tilt=None)
+    return _region_views(found, upright, lambda boxes, _: [upright.crop(box) for box in boxes]) if found else []
 
 
 @dataclass(frozen=True)
