@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from benchmarks.edits import Others, apply_edit, encode_edited
+from lookalike.client import LookalikeClient
 from tests.conftest import ServerHandle, distinct_photos
 
 
@@ -22,6 +23,12 @@ def rgb(path: Path) -> Image.Image:
 def others_from(paths: list[Path]) -> Others:
     pictures = [rgb(path) for path in paths]
     return lambda rng: rng.choice(pictures)
+
+
+def listed_as_banned(client: LookalikeClient, listed: list[Path]) -> dict[str, str]:
+    """A list "banned" holding the photos; each photo's entry id by file name."""
+    client.create_list("banned")
+    return {path.name: client.add("banned", path).id for path in listed}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +43,7 @@ def test_a_listed_picture_inside_a_collage_or_pasted_on_a_photo_is_found(
 ) -> None:
     listed, unlisted = photos
     client = lookalike.client
-    client.create_list("banned")
-    ids = {path.name: client.add("banned", path).id for path in listed}
+    ids = listed_as_banned(client, listed)
     others = others_from(unlisted)
     caught: dict[str, list[bool]] = {}
     for family in ("collage_2x2", "collage_3x3", "paste_on_photo", "paste_on_busy"):
@@ -59,8 +65,7 @@ def test_a_listed_picture_on_a_photographed_screen_is_found(
     five of eight (one without)."""
     listed, unlisted = photos
     client = lookalike.client
-    client.create_list("banned")
-    ids = {path.name: client.add("banned", path).id for path in listed}
+    ids = listed_as_banned(client, listed)
     others = others_from(unlisted)
     caught = []
     for seed in range(2):
@@ -77,9 +82,7 @@ def test_composites_of_unlisted_photos_are_accepted(
 ) -> None:
     listed, unlisted = photos
     client = lookalike.client
-    client.create_list("banned")
-    for path in listed:
-        client.add("banned", path)
+    listed_as_banned(client, listed)
     others = others_from(unlisted[4:])
     for family in ("collage_2x2", "collage_3x3", "paste_on_photo", "paste_on_busy", "app_screenshot", "screen_photo"):
         for seed, path in enumerate(unlisted[:4]):
@@ -94,8 +97,7 @@ def test_a_listed_picture_turned_on_a_fill_is_found(
 ) -> None:
     listed, _ = photos
     client = lookalike.client
-    client.create_list("banned")
-    ids = {path.name: client.add("banned", path).id for path in listed}
+    ids = listed_as_banned(client, listed)
     for angle, path in zip((-28, -19, 22, 30), listed, strict=True):
         turned = rgb(path).rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=(250, 250, 250))
         result = client.check(encode_edited(turned), ["banned"])
@@ -110,8 +112,7 @@ def test_a_listed_picture_pasted_large_on_a_photo_can_be_rejected(
     rejects on its own (0.93; half of these pastes, none when frames were embedded at 224 pixels)."""
     listed, unlisted = photos
     client = lookalike.client
-    client.create_list("banned")
-    ids = {path.name: client.add("banned", path).id for path in listed}
+    ids = listed_as_banned(client, listed)
     decisions = []
     for background in unlisted[4:]:
         for path in listed:
@@ -132,8 +133,7 @@ def test_a_composite_turned_as_a_whole_is_searched_set_upright(
     tuning seed chain_composite went from 0.716 to 0.746 caught)."""
     listed, unlisted = photos
     client = lookalike.client
-    client.create_list("banned")
-    ids = {path.name: client.add("banned", path).id for path in listed}
+    ids = listed_as_banned(client, listed)
     others = others_from(unlisted)
     caught = []
     for family in ("paste_on_photo", "paste_on_busy"):
