@@ -39,7 +39,7 @@ SAME_REGION = 0.7
 """Frames overlapping the flat-canvas box this much (intersection over union) are that box."""
 
 Cutter = Callable[[Sequence[Box], int], list[Image.Image]]
-"""What boxes of a picture frame, each with its short side at least the given one where the pixels allow."""
+"""Cuts boxes out of a picture, each part with its short side at least the given one where the pixels allow."""
 
 
 @dataclass(frozen=True)

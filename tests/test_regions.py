@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -352,14 +353,17 @@ def test_a_picture_as_dark_at_its_border_as_the_bezel_is_framed_by_the_screens_o
     assert sum(found) >= 6, found
 
 
+def as_a_check_sees(path: Path) -> tuple[Image.Image, tuple[int, int]]:
+    """The small copy a check's finders read (`finder_picture` of the upright draft) and the size of
+    the picture it stands for."""
+    upright = decode_image(path.read_bytes(), 64_000_000).upright
+    return finder_picture(upright), upright.size
+
+
 def test_few_corpus_photos_look_like_a_screen() -> None:
     """As a check looks: on the upright draft, gate first (10 of 393 photos get one more view)."""
     photos = corpus_photos()[::4]
-    screens = []
-    for path in photos:
-        upright = decode_image(path.read_bytes(), 64_000_000).upright
-        if find_regions(finder_picture(upright), upright.size).screen is not None:
-            screens.append(path.name)
+    screens = [path.name for path in photos if find_regions(*as_a_check_sees(path)).screen is not None]
     assert len(screens) <= 0.06 * len(photos), screens  # about one in twenty: one more view each
 
 
@@ -368,7 +372,7 @@ def test_the_screen_gate_turns_away_most_plain_photos_and_keeps_the_screens() ->
     the corpus) and lets through screen photos (258 of the 264 the full finder found among the
     corpus photos shown on a screen, seed 1)."""
     photos = corpus_photos()[::4]
-    passed = [path.name for path in photos if screen_gate(finder_picture(Image.open(path).convert("RGB")))]
+    passed = [path.name for path in photos if screen_gate(*as_a_check_sees(path))]
     assert len(passed) <= 0.3 * len(photos), passed
     screens = []
     for seed in range(4):
