@@ -356,8 +356,9 @@ def _tilt(g: np.ndarray) -> float | None:
 #    of it that is edge; it counts only where it stands out by LINE_PROMINENCE from the parallel
 #    lines LINE_OFFSETS pixels away on at least one side (a boundary, not a texture). A frame is a
 #    rectangle of candidate lines and the image's border with at least MIN_FRAMED_SIDES sides on
-#    lines, each supported at least MIN_SIDE_SUPPORT and on average MIN_MEAN_SUPPORT, no line
-#    crossing it whole (else it is two pictures), covering FRAME_AREA of the image.
+#    lines, each supported at least MIN_SIDE_SUPPORT and on average MIN_MEAN_SUPPORT, covering
+#    FRAME_AREA of the image. A frame that a line crosses whole may be two pictures, or one with a
+#    horizon of its own: it comes after every frame no line crosses.
 # 3. Grids (`grid_cells`): a collage of 2 or 3 rows by 2 or 3 columns has a boundary near each
 #    i/n of the side (within GRID_WINDOW), a line covering at least GRID_COVER of the whole side
 #    more than the lines a few pixels off it on one side; the best-covered grid wins.
@@ -388,7 +389,7 @@ FRAME_AREA = (0.03, 0.9)
 MIN_FRAME_SIDE = 0.1
 """A frame's width and height, as shares of the image's."""
 MAX_SPLIT = 0.9
-"""A line inside a frame supported this much from side to side makes it two frames, not one."""
+"""A line inside a frame supported this much from side to side crosses it (see `frame_boxes`)."""
 GRID_WINDOW = 0.03
 """How far from i/n of the side a grid boundary may lie (gutters, rounding)."""
 GRID_COVER = 0.4
@@ -471,7 +472,9 @@ def straightened(rgb: Image.Image, angle: float) -> Image.Image:
 
 def frame_boxes(rgb: Image.Image) -> list[Box]:
     """Rectangles framed by straight edges (pictures inside a screenshot, a post, a photo they were
-    pasted on), best supported and largest first, in the image's pixels; empty when none."""
+    pasted on), in the image's pixels, best supported and largest first, those no line crosses before
+    those a line crosses (two pictures side by side, or one with a horizon; each hides only its own
+    kind); empty when none."""
     edges = _Edges.of(rgb)
     return [] if edges is None else edges.frame_boxes()
 
@@ -546,16 +549,17 @@ class _Edges:
             _strongest_inside(horizontal)[top, bottom, left, right],
             _strongest_inside(vertical)[left, right, top, bottom],
         )
-        found = np.flatnonzero((mean >= MIN_MEAN_SUPPORT) & (split < MAX_SPLIT))
+        found = np.flatnonzero(mean >= MIN_MEAN_SUPPORT)
         if found.size == 0:
             return []
         support: np.ndarray = np.round(sides.min(axis=0)[found], 1)
-        kept: list[Box] = []
-        for i in found[np.lexsort((-area[found], -support))]:
+        crossed = split[found] >= MAX_SPLIT
+        kept: list[tuple[Box, bool]] = []
+        for i, is_crossed in zip(found[np.lexsort((-area[found], -support, crossed))], np.sort(crossed), strict=True):
             box = (int(xs[left[i]]), int(ys[top[i]]), int(xs[right[i]]), int(ys[bottom[i]]))
-            if all(overlap(box, other) < 0.5 for other in kept):
-                kept.append(box)
-        return [_to_image(box, self.scale, self.size) for box in kept]
+            if all(overlap(box, other) < 0.5 for other, other_crossed in kept if other_crossed == is_crossed):
+                kept.append((box, bool(is_crossed)))
+        return [_to_image(box, self.scale, self.size) for box, _ in kept]
 
     def grid_cells(self) -> list[Box]:
         h, w = self.cols.shape[1], self.rows.shape[1]

