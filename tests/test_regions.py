@@ -273,6 +273,11 @@ def test_a_picture_pasted_on_a_busy_canvas_is_framed_where_it_meets_the_canvas_i
     assert framed >= 11
 
 
+def backdrop(name: str) -> Image.Image:
+    """A corpus photo at 1000 × 750, for pictures pasted at known places."""
+    return photo(name).resize((1000, 750), Image.Resampling.BICUBIC)
+
+
 def test_a_print_with_a_white_border_pasted_on_a_photo_is_framed() -> None:
     """The border's inner edge runs from side to side a few pixels inside the print's own edge: the print
     is framed inside it, and as a whole after it. Seven photos at three sizes on four backgrounds: 67 of
@@ -288,7 +293,7 @@ def test_a_print_with_a_white_border_pasted_on_a_photo_is_framed() -> None:
     for name in names:
         for number, background in enumerate(BACKGROUNDS):
             for share in (0.3, 0.4, 0.5):
-                canvas = photo(background).resize((1000, 750), Image.Resampling.BICUBIC)
+                canvas = backdrop(background)
                 picture = ImageOps.contain(
                     photo(name), (round(1000 * share), round(750 * share)), Image.Resampling.LANCZOS
                 )
@@ -308,7 +313,7 @@ def test_two_pictures_one_above_the_other_are_framed_apart_first_and_together_af
     apart_first = 0
     for upper, lower in pairs:
         for background in BACKGROUNDS:
-            canvas = photo(background).resize((1000, 750), Image.Resampling.BICUBIC)
+            canvas = backdrop(background)
             canvas.paste(ImageOps.fit(photo(upper), (360, 220), Image.Resampling.LANCZOS), (300, 150))
             canvas.paste(ImageOps.fit(photo(lower), (360, 200), Image.Resampling.LANCZOS), (300, 370))
             boxes = frame_boxes(jpeg_roundtrip(canvas))
