@@ -69,13 +69,13 @@ def pictures(photos: Sequence[Path], families: Sequence[str], seed: int) -> Iter
     """(name, the picture a check shows the finders): each plain photo, then each edit asked for."""
     max_pixels = ServerConfig().max_pixels
     for photo in photos:
-        yield photo.name, decode_image(photo.read_bytes(), max_pixels).shown
+        yield photo.name, decode_image(photo.read_bytes(), max_pixels).upright
     if families:
         split = split_corpus(photos, seed, 0.6)
         queries = make_queries(split.listed, POSITIVE, families) + make_queries(split.distractors, NEGATIVE, families)
         queries = [query for query in queries if query.family in families]
         for query, data in zip(queries, render(queries, seed, OtherPhotos(split.distractors)), strict=True):
-            yield query.id, decode_image(data, max_pixels).shown
+            yield query.id, decode_image(data, max_pixels).upright
 
 
 def regions_found(module: ModuleType, picture: Image.Image) -> tuple[object, float]:

@@ -593,18 +593,20 @@ def _opponents(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _step_edges(g: np.ndarray, band: int, step: float) -> np.ndarray:
-    """[y, x]: a step edge between rows y-1 and y (the means of `band` rows on each side differ by
-    more than `step`, at the row where that difference peaks), ±1 row; shape (rows + 1, columns).
-    Rows nearer the border than `band` have none: there the border itself frames. `g` holds whole grey
-    levels, so the band sums are exact integers, and `band` times each mean difference is compared."""
+    """[y, x]: a step edge between rows y-1 and y (the sums of `band` rows on each side differ by
+    more than `step` times `band`, at the row where that difference peaks), ±1 row; shape (rows + 1,
+    columns). Rows nearer the border than `band` have none: there the border itself frames. `g` holds
+    whole grey levels, so the sums are exact: each row's band is summed from shifted copies, which costs
+    less than a running sum down the rows."""
     n, m = g.shape
     edges = np.zeros((n + 1, m), dtype=bool)
     if n <= 2 * band:
         return edges
-    sums = np.zeros((n + 1, m), dtype=np.int32)
-    np.cumsum(g, axis=0, out=sums[1:])
-    middle = sums[band : n - band + 1]
-    difference = np.abs(2 * middle - sums[: n - 2 * band + 1] - sums[2 * band :])
+    levels = g.astype(np.int16)  # a band of 3 rows sums to 765 at most
+    bands = levels[: n - band + 1].copy()  # bands[k]: rows k .. k+band-1
+    for shift in range(1, band):
+        bands += levels[shift : n - band + 1 + shift]
+    difference = np.abs(bands[band:] - bands[:-band])
     peak = difference > step * band
     peak[1:] &= difference[1:] >= difference[:-1]
     peak[:-1] &= difference[:-1] >= difference[1:]
