@@ -600,7 +600,7 @@ def _step_edges(g: np.ndarray, band: int, step: float) -> np.ndarray:
     less than a running sum down the rows."""
     n, m = g.shape
     edges = np.zeros((n + 1, m), dtype=bool)
-    if n <= 2 * band:
+    if n < 2 * band:
         return edges
     levels = g.astype(np.int16)  # a band of 3 rows sums to 765 at most
     bands = levels[: n - band + 1].copy()  # bands[k]: rows k .. k+band-1

@@ -17,6 +17,8 @@ from lookalike.server.embedder import EmbedderPool
 from lookalike.server.fingerprint import Fingerprinter
 from lookalike.server.imaging import decode_image
 from lookalike.server.regions import (
+    EDGE_BAND,
+    EDGE_STEP,
     MAX_AREA,
     Box,
     Regions,
@@ -35,6 +37,7 @@ from lookalike.server.regions import (
     tilt,
     work_gray,
 )
+from lookalike.server.regions import _step_edges as step_edges
 from tests.conftest import CORPUS, corpus_photos
 
 PHOTOS = ("skimage__chelsea.jpg", "opencv__data__baboon.jpg", "skimage__astronaut.jpg")
@@ -324,6 +327,33 @@ def test_two_pictures_one_above_the_other_are_framed_apart_first_and_together_af
             assert pair_at is not None, (upper, lower, background, boxes)
             apart_first += {upper_at, lower_at} == {0, 1}
     assert apart_first >= 6
+
+
+def step_edges_by_definition(g: np.ndarray, band: int, step: float) -> np.ndarray:
+    """Row by row: between rows y-1 and y where the `band` rows below differ from the `band` rows above by
+    more than `step` on average, and by no less than between the rows beside; then widened by a row."""
+    n, m = g.shape
+    levels = g.astype(np.int64)
+    difference = {
+        y: np.abs(levels[y : y + band].sum(0) - levels[y - band : y].sum(0)) for y in range(band, n - band + 1)
+    }
+    edges = np.zeros((n + 1, m), dtype=bool)
+    for y, here in difference.items():
+        beside = [difference[b] for b in (y - 1, y + 1) if b in difference]
+        edges[y] = (here > step * band) & np.logical_and.reduce([here >= other for other in beside])
+    near = edges.copy()
+    near[1:] |= edges[:-1]
+    near[:-1] |= edges[1:]
+    return near
+
+
+def test_step_edges_are_where_the_bands_on_either_side_differ_most() -> None:
+    grey = np.asarray(photo("opencv__data__baboon.jpg").convert("L").resize((320, 240)))
+    noise = np.random.default_rng(0).integers(0, 256, (90, 160), dtype=np.uint8)
+    for g in (grey, grey.T, noise, grey[:6]):
+        expected = step_edges_by_definition(g, EDGE_BAND, EDGE_STEP)
+        assert np.array_equal(step_edges(g, EDGE_BAND, EDGE_STEP), expected)
+    assert step_edges_by_definition(grey, EDGE_BAND, EDGE_STEP).any()
 
 
 @pytest.mark.parametrize("name", PHOTOS)
