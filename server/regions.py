@@ -602,7 +602,7 @@ def _step_edges(g: np.ndarray, band: int, step: float) -> np.ndarray:
     edges = np.zeros((n + 1, m), dtype=bool)
     if n < 2 * band:
         return edges
-    levels = g.astype(np.int16)  # a band of 3 rows sums to 765 at most
+    levels = g.astype(np.int16)  # exact for bands of up to 128 rows (EDGE_BAND is 3)
     bands = levels[: n - band + 1].copy()  # bands[k]: rows k .. k+band-1
     for shift in range(1, band):
         bands += levels[shift : n - band + 1 + shift]
