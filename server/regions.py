@@ -554,8 +554,9 @@ class _Edges:
             return []
         support: np.ndarray = np.round(sides.min(axis=0)[found], 1)
         crossed = split[found] >= MAX_SPLIT
+        order = np.lexsort((-area[found], -support, crossed))
         kept: list[tuple[Box, bool]] = []
-        for i, is_crossed in zip(found[np.lexsort((-area[found], -support, crossed))], np.sort(crossed), strict=True):
+        for i, is_crossed in zip(found[order], crossed[order], strict=True):
             box = (int(xs[left[i]]), int(ys[top[i]]), int(xs[right[i]]), int(ys[bottom[i]]))
             if all(overlap(box, other) < 0.5 for other, other_crossed in kept if other_crossed == is_crossed):
                 kept.append((box, bool(is_crossed)))
