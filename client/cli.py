@@ -208,12 +208,9 @@ class Output:
 
 
 def _progress(total: int | None, label: str, enabled: bool, unit: str = "img") -> Any:
-    """A progress bar on stderr, drawn only where stderr is a terminal: a log file or a pipe would keep
-    every redraw of it."""
     from tqdm import tqdm
 
-    shown = enabled and sys.stderr.isatty()
-    return tqdm(total=total, unit=unit, desc=label, file=sys.stderr, disable=not shown, leave=False)
+    return tqdm(total=total, unit=unit, desc=label, file=sys.stderr, disable=not enabled, leave=False)
 
 
 def _streamed(items: list[str], output: Output, make_request: Any) -> tuple[list[str], Iterator[Any]]:

@@ -280,18 +280,6 @@ def test_results_and_the_progress_bar_never_share_a_terminal_line(lookalike: Ser
     assert re.fullmatch(r"4 checked: 2 reject, 0 review, 2 accept, 0 failed in \d+\.\d s", lines[-1]), lines
 
 
-def test_a_log_or_a_pipe_gets_the_summary_but_no_progress_bar(lookalike: ServerHandle, tmp_path: Path) -> None:
-    """A bar redrawn in a file leaves every frame of it there; only a terminal shows one."""
-    photos = distinct_photos(3, seed=37)
-    lookalike.client.create_list("banned")
-    folder = copies(tmp_path / "uploads", photos)
-    for command in (["add", "banned"], ["check", "banned"]):
-        code, stdout, stderr = cli(lookalike, *command, str(folder), "--json")
-        assert code == 0 and len(stdout.splitlines()) == 3, (command, stdout, stderr)
-        assert "\r" not in stderr and "img/s" not in stderr and "%|" not in stderr, (command, stderr)
-    assert re.fullmatch(r"3 checked: 3 reject, 0 review, 0 accept, 0 failed in \d+\.\d s\n", stderr), stderr
-
-
 def test_plain_text_shows_every_match_readable_meta_and_plurals(lookalike: ServerHandle) -> None:
     photos = distinct_photos(4, seed=29)
     lookalike.client.create_list("banned")
