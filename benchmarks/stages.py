@@ -46,6 +46,7 @@ from lookalike.server.config import ServerConfig
 from lookalike.server.embedder import MODELS, EmbedderPool, embedding_input
 from lookalike.server.fingerprint import phash_variants
 from lookalike.server.imaging import decode_image
+from lookalike.server.keypoints import agreeing_keypoints, entry_keypoints, query_keypoints
 from lookalike.server.pdq import pdq_hashes
 from lookalike.server.regions import content_box, find_regions, finder_picture, screen_quad
 
@@ -105,6 +106,13 @@ def stage_costs(datas: Sequence[bytes]) -> dict[str, list[float]]:
         record(
             "region detection, screen finder alone (part of the above)", timed(screen_quad, finder_input, upright.size)
         )
+        record("keypoints an entry keeps (each add)", timed(entry_keypoints, decoded.rgb))
+        record(
+            "keypoints of a check's picture, decode included (unsure checks only)",
+            timed(lambda: query_keypoints(decode_image(data, MAX_PIXELS).rgb)),  # noqa: B023
+        )
+        kept, found = entry_keypoints(decoded.rgb), query_keypoints(decoded.rgb)
+        record("keypoints compared with one candidate's (unsure checks only)", timed(agreeing_keypoints, found, kept))
         for model in MODELS:
             embedder = embedders.get(model)
             record(f"embed {model}", timed(embedder.embed, small))

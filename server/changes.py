@@ -25,19 +25,21 @@ Encoding (version 1): `VERSION KIND time actor body`, where
     3 ListDeleted     name:str
     4 EntriesAdded    list:str model:str count:uvarint entry*
                       entry: id:str has:u8 [sha256:32] [md5:16] [pdq:32 quality:u8] [phash:8] [embedding:blob]
-                      [thumbnail:blob] meta:map
-                      (has: bit 0 sha256, 1 md5, 2 pdq, 3 phash, 4 embedding, 5 thumbnail; an embedding is
-                      float16 little-endian, as stored; a thumbnail a small WebP, a few kilobytes)
+                      [thumbnail:blob] [keypoints:blob] meta:map
+                      (has: bit 0 sha256, 1 md5, 2 pdq, 3 phash, 4 embedding, 5 thumbnail, 6 keypoints; an
+                      embedding is float16 little-endian, as stored; a thumbnail a small WebP, a few kilobytes;
+                      keypoints as `server/keypoints.py` encodes them, up to 18 KiB)
     5 EntryRemoved    list:str entry_id:str
     6 KeyCreated      name:str role:str lists:(uvarint count, str*) digest:32 (the SHA-256 of the secret)
     7 KeyRevoked      key_id:str
     8 EntryConfirmed  list:str entry_id:str detail:map (the audit detail: the accepting node's flood guard state)
 
 No pickle, no JSON: hashes stay raw bytes and embeddings float16, so an entry with an embedding takes about
-1.1 KiB (plus its thumbnail's few kilobytes on a list that keeps them) and a hash-only entry about 100 bytes
+1.1 KiB (plus its keypoints' up to 18 KiB, and its thumbnail's few kilobytes on a list that keeps them) and a
+hash-only entry about 100 bytes
 plus its id and meta. A record must fit one NATS message
 (1 MiB by default): `split_to_fit` cuts an EntriesAdded into several that each fit (a 1000-entry batch of
-hash-only entries fits one; with embeddings it takes two), each applied in a transaction of its own.
+hash-only entries fits one; of pictures it takes about twenty), each applied in a transaction of its own.
 """
 
 from __future__ import annotations
@@ -158,7 +160,7 @@ KINDS: dict[type[_Change], int] = {
     EntryConfirmed: 8,
 }
 _BY_KIND = {kind: cls for cls, kind in KINDS.items()}
-_HAS_SHA256, _HAS_MD5, _HAS_PDQ, _HAS_PHASH, _HAS_EMBEDDING, _HAS_THUMBNAIL = 1, 2, 4, 8, 16, 32
+_HAS_SHA256, _HAS_MD5, _HAS_PDQ, _HAS_PHASH, _HAS_EMBEDDING, _HAS_THUMBNAIL, _HAS_KEYPOINTS = 1, 2, 4, 8, 16, 32, 64
 _HAS_DESCRIPTION, _HAS_REVIEW, _HAS_REJECT, _HAS_DIHEDRAL, _HAS_THUMBNAILS = 1, 2, 4, 8, 16
 
 
@@ -210,6 +212,7 @@ def _entry(writer: _Writer, entry: NewEntry) -> None:
         | (_HAS_PHASH if entry.phash else 0)
         | (_HAS_EMBEDDING if entry.embedding else 0)
         | (_HAS_THUMBNAIL if entry.thumbnail else 0)
+        | (_HAS_KEYPOINTS if entry.keypoints else 0)
     )
     writer.text(entry.id)
     writer.u8(has)
@@ -226,6 +229,8 @@ def _entry(writer: _Writer, entry: NewEntry) -> None:
         writer.blob(entry.embedding)
     if entry.thumbnail:
         writer.blob(entry.thumbnail)
+    if entry.keypoints:
+        writer.blob(entry.keypoints)
     writer.map(entry.meta)
 
 
@@ -358,7 +363,7 @@ class _Reader:
 def _read_entry(reader: _Reader) -> NewEntry:
     entry_id = reader.text()
     has = reader.u8()
-    if has >= 2 * _HAS_THUMBNAIL:
+    if has >= 2 * _HAS_KEYPOINTS:
         raise MalformedChange(f"entry {entry_id[:40]!r} has unknown parts ({has:#x})")
     sha256 = reader.take(SHA256.size) if has & _HAS_SHA256 else b""
     md5 = reader.take(MD5.size) if has & _HAS_MD5 else b""
@@ -366,7 +371,8 @@ def _read_entry(reader: _Reader) -> NewEntry:
     phash = reader.take(PHASH.size) if has & _HAS_PHASH else b""
     embedding = reader.blob() if has & _HAS_EMBEDDING else b""
     thumbnail = reader.blob() if has & _HAS_THUMBNAIL else b""
-    return NewEntry(entry_id, sha256, pdq, quality, phash, embedding, reader.map(), md5, thumbnail)
+    keypoints = reader.blob() if has & _HAS_KEYPOINTS else b""
+    return NewEntry(entry_id, sha256, pdq, quality, phash, embedding, reader.map(), md5, thumbnail, keypoints)
 
 
 def _read_body(reader: _Reader, cls: type[_Change], time: float, actor: str) -> Change:

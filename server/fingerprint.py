@@ -20,6 +20,7 @@ from PIL import Image
 
 from lookalike.server.embedder import EmbedderPool, EmbeddingBatcher, embedding_input, resized_to
 from lookalike.server.imaging import DRAFT_SHORT_SIDE, DecodedImage, decode_image, thumbnail_webp
+from lookalike.server.keypoints import entry_keypoints, query_keypoints
 from lookalike.server.pdq import pdq_hashes
 from lookalike.server.regions import Box, Regions, find_regions, finder_picture, overlap, rectified, straightened
 
@@ -143,6 +144,8 @@ class Fingerprinted:
     """A small WebP of the picture, when asked for (lists that keep thumbnails)."""
     phash_variants: tuple[bytes, ...] = ()
     """pHash of the picture's eight rotations and mirrors (`phash_variants`); empty for a check by hashes."""
+    keypoints: bytes | None = None
+    """The picture's keypoints as an entry keeps them (`server/keypoints.py`), when asked for."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,7 @@ class ModelInputs:
             (*done.stage_seconds, ("embed", time.perf_counter() - started)) if asked else done.stage_seconds,
             done.thumbnail,
             done.phash_variants,
+            done.keypoints,
         )
 
 
@@ -238,24 +242,29 @@ class Fingerprinter:
         return Fingerprint(hashes, decoded, model_input, variants, phashes, stage_seconds=stages)
 
     def compute(
-        self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = (), thumbnail: bool = False
+        self,
+        data: bytes,
+        embed: Sequence[str] = (),
+        views: Sequence[str] = (),
+        thumbnail: bool = False,
+        keypoints: bool = False,
     ) -> Fingerprinted:
-        """Hashes, plus embeddings for the models in `embed`, check views for those in `views`, and with
-        `thumbnail` a small WebP of the picture."""
+        """Hashes, plus embeddings for the models in `embed`, check views for those in `views`, with
+        `thumbnail` a small WebP of the picture, and with `keypoints` the keypoints an entry keeps."""
         fingerprint = self.fingerprint(data)
         for model in embed:
             self.embedding(fingerprint, model)
         for model in views:
             self.views(fingerprint, model)
-        small = self._thumbnail(fingerprint) if thumbnail else None
         return Fingerprinted(
             fingerprint.hashes,
             fingerprint.pdq_variants,
             fingerprint.embeddings,
             fingerprint.views,
             tuple(fingerprint.stage_seconds),
-            small,
+            self._thumbnail(fingerprint) if thumbnail else None,
             fingerprint.phash_variants,
+            self._keypoints(fingerprint) if keypoints else None,
         )
 
     @staticmethod
@@ -263,8 +272,22 @@ class Fingerprinter:
         with _timed(fingerprint.stage_seconds, "thumbnail"):
             return thumbnail_webp(fingerprint.image.rgb)
 
+    @staticmethod
+    def _keypoints(fingerprint: Fingerprint) -> bytes:
+        with _timed(fingerprint.stage_seconds, "keypoints"):
+            return entry_keypoints(fingerprint.image.rgb)
+
+    def query_keypoints(self, data: bytes) -> bytes:
+        """A checked picture's keypoints (`server/keypoints.py`), asked only when its candidates need them."""
+        return query_keypoints(decode_image(data, self.max_pixels).rgb)
+
     def model_inputs(
-        self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = (), thumbnail: bool = False
+        self,
+        data: bytes,
+        embed: Sequence[str] = (),
+        views: Sequence[str] = (),
+        thumbnail: bool = False,
+        keypoints: bool = False,
     ) -> ModelInputs:
         """What `compute` does short of running the models: their input pictures instead."""
         fingerprint = self.fingerprint(data)
@@ -273,15 +296,15 @@ class Fingerprinter:
             with _timed(fingerprint.stage_seconds, "region"):
                 batches = fingerprint.region_inputs
             pictures += [np.asarray(picture, dtype=np.uint8) for batch in batches for picture in batch]
-        small = self._thumbnail(fingerprint) if thumbnail else None
         hashes_only = Fingerprinted(
             fingerprint.hashes,
             fingerprint.pdq_variants,
             {},
             {},
             tuple(fingerprint.stage_seconds),
-            small,
+            self._thumbnail(fingerprint) if thumbnail else None,
             fingerprint.phash_variants,
+            self._keypoints(fingerprint) if keypoints else None,
         )
         return ModelInputs(hashes_only, tuple(pictures), tuple(embed), tuple(views))
 

@@ -98,7 +98,7 @@ class EntryScan:
 class NewEntry:
     """An entry to store, as a change carries it: its id (chosen by the node that accepted the write), its
     fingerprints (hashes as bytes, b"" for none; the embedding as `encode_embedding` gives it, b"" for none),
-    meta, and a thumbnail for lists that keep them. Never the picture."""
+    meta, a thumbnail for lists that keep them, and keypoints. Never the picture."""
 
     id: str
     sha256: bytes = b""
@@ -110,6 +110,9 @@ class NewEntry:
     md5: bytes = b""
     thumbnail: bytes = b""
     """A small WebP of the picture (b"" for none), kept only when the list keeps thumbnails as it is applied."""
+    keypoints: bytes = b""
+    """The picture's ORB keypoints (`server/keypoints.py`; b"" for none): they confirm a copy the embedding is
+    unsure of."""
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ EMBEDDING_CURVES: dict[str, Curve] = {
 }
 # Unrelated photos never came closer than 88 bits, other shots of one scene 64.
 PDQ_CURVE = Curve((0.0, 31.0, 50.0, 70.0, 128.0), (1.0, 0.8, 0.5, 0.1, 0.0))
+KEYPOINTS_CURVE = Curve((15.0, 60.0), (0.55, 0.7))
+"""Keypoints agreeing under one transform (from 15, `server/keypoints.py`) send a match to review and rank it
+by their count, never to reject: other shots of a scene agree too, as the ORB study found (docs/tuning.md)."""
 AGREEMENT_LEVEL = 0.5
 """Two independent signals that each reach this level corroborate each other."""
 
@@ -62,6 +65,7 @@ class Evidence:
     model: str = ""
     exact_md5: bool = False
     phash_distance: int | None = None  # in the query's orientation nearest the entry's; None when one has none
+    keypoints_agreeing: int = 0  # the query's keypoints landing on the entry's; 0 when not looked at or too few
 
     def signal_scores(self) -> dict[str, float]:
         """Each usable signal's own calibrated score."""
@@ -70,6 +74,8 @@ class Evidence:
             scores["pdq"] = PDQ_CURVE(self.pdq_distance)
         if self.embedding_similarity is not None and self.model in EMBEDDING_CURVES:
             scores["embedding"] = EMBEDDING_CURVES[self.model](self.embedding_similarity)
+        if self.keypoints_agreeing:
+            scores["keypoints"] = KEYPOINTS_CURVE(self.keypoints_agreeing)
         return scores
 
     def signals(self) -> list[str]:
@@ -110,14 +116,14 @@ def may_reject(evidence: Evidence) -> bool:
 
 def score(evidence: Evidence) -> float:
     """The fused score: 1 for the same bytes (by SHA-256 or MD5), else the strongest signal,
-    boosted by agreement. An entry without an embedding scores on PDQ's curve alone, the same
-    scale, so hash-only entries and picture entries rank and decide alike."""
+    PDQ and the embedding boosted by their agreement. An entry without an embedding scores on PDQ's
+    curve alone, the same scale, so hash-only entries and picture entries rank and decide alike."""
     if evidence.exact_sha256 or evidence.exact_md5:
         return 1.0
-    scores = list(evidence.signal_scores().values())
-    if not scores:
-        return 0.0
-    if len(scores) == 2 and min(scores) >= AGREEMENT_LEVEL:
+    scores = evidence.signal_scores()
+    keypoints = scores.pop("keypoints", 0.0)
+    both = list(scores.values())
+    if len(both) == 2 and min(both) >= AGREEMENT_LEVEL:
         # Independent evidence agreeing: combine as a noisy-OR.
-        return float(1.0 - (1.0 - scores[0]) * (1.0 - scores[1]))
-    return float(max(scores))
+        return float(1.0 - (1.0 - both[0]) * (1.0 - both[1]))
+    return float(max(*both, keypoints, 0.0))

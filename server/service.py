@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
+from functools import cache
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from lookalike.server.fingerprint import Fingerprinted, Hashes
 from lookalike.server.flood import FloodGuard, FloodSettings
 from lookalike.server.hashes import HashAdd, hash_entry, pdq_dihedral
 from lookalike.server.indexes import IndexRegistry
+from lookalike.server.keypoints import agreeing_keypoints
 from lookalike.server.metrics import ListSize, Metrics
 from lookalike.server.records import (
     LIST_KIND_ALLOW,
@@ -68,6 +70,11 @@ STORED_CANDIDATES = 100
 """Nearest entries a check keeps (list, id, score) for calibration; the reply may show fewer."""
 EMBEDDING_CANDIDATES = 10
 """Nearest embeddings fetched per list and check when the caller asks for fewer."""
+KEYPOINT_CANDIDATES = 3
+"""Candidates per list whose keypoints a check compares with its own when none of the list's reaches review."""
+KEYPOINT_COSINE = 0.30
+"""...and only those the embedding finds this close: 4–8 % of the benchmark's unrelated pictures have one, and
+two in three of the copies missed without keypoints have their entry among them (docs/tuning.md, Matching)."""
 MAX_TOP_K = 1000
 EXPORT_PAGE = 1000
 """Entries read per store transaction (and sent per message) by an export."""
@@ -334,12 +341,18 @@ class LookalikeService:
             yield
 
     def fingerprint(
-        self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = (), thumbnail: bool = False
+        self,
+        data: bytes,
+        embed: Sequence[str] = (),
+        views: Sequence[str] = (),
+        thumbnail: bool = False,
+        keypoints: bool = False,
     ) -> Fingerprinted:
-        """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named, and a thumbnail."""
+        """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named, a thumbnail, and
+        the keypoints an entry keeps."""
         with self.cpu_slot():
             self.metrics.fingerprints_started.inc()
-            fingerprinted = self.workers.compute(data, embed, views, thumbnail)
+            fingerprinted = self.workers.compute(data, embed, views, thumbnail, keypoints)
         for stage, seconds in fingerprinted.stage_seconds:
             self.metrics.observe_stage(stage, seconds)
         return fingerprinted
@@ -373,7 +386,10 @@ class LookalikeService:
         # Same bytes already listed: the add is a no-op, so skip the model.
         known = self.store.seq_for_digest(record.uid, hashlib.sha256(request.data).digest()) is not None
         fingerprint = self.fingerprint(
-            request.data, embed=() if known else (record.model,), thumbnail=record.thumbnails and not known
+            request.data,
+            embed=() if known else (record.model,),
+            thumbnail=record.thumbnails and not known,
+            keypoints=not known,
         )
         hashes = fingerprint.hashes
         embedding = fingerprint.embeddings.get(record.model)
@@ -387,6 +403,7 @@ class LookalikeService:
             meta=dict(request.meta),
             md5=hashes.md5,
             thumbnail=fingerprint.thumbnail or b"",
+            keypoints=fingerprint.keypoints or b"",
         )
         return PreparedAdd(record, entry)
 
@@ -478,7 +495,13 @@ class LookalikeService:
         """
         targets = self._check_targets(lists, meta, top_k, min_score, scope)
         fingerprint = self.fingerprint(data, views=sorted({r.model for r, index in targets if index.vector_count}))
-        return self._matched(fingerprint, targets, meta, top_k, min_score, request_id)
+
+        @cache
+        def keypoints() -> bytes:
+            with self.cpu_slot():
+                return self.workers.query_keypoints(data)
+
+        return self._matched(fingerprint, targets, meta, top_k, min_score, request_id, keypoints)
 
     def check_hashes(
         self,
@@ -541,13 +564,14 @@ class LookalikeService:
         top_k: int,
         min_score: float | None,
         request_id: str,
+        query_keypoints: Callable[[], bytes] | None = None,
     ) -> CheckResult:
         candidates: list[Match] = []
         allowing: list[Match] = []
         downgrades: list[Downgrade] = []
         list_decisions: dict[int, str] = {}
         for record, index in targets:
-            found = self._match_list(record, index, fingerprint, max(top_k, EMBEDDING_CANDIDATES))
+            found = self._match_list(record, index, fingerprint, max(top_k, EMBEDDING_CANDIDATES), query_keypoints)
             if record.kind == LIST_KIND_ALLOW:
                 found = [replace(m, decision=ACCEPT, list_kind=LIST_KIND_ALLOW) for m in found]
                 allowing += [m for m in found if m.score >= record.review_threshold]
@@ -652,7 +676,14 @@ class LookalikeService:
         )
         return after
 
-    def _match_list(self, record: ListRecord, index: ListIndex, fingerprint: Fingerprinted, k: int) -> list[Match]:
+    def _match_list(
+        self,
+        record: ListRecord,
+        index: ListIndex,
+        fingerprint: Fingerprinted,
+        k: int,
+        query_keypoints: Callable[[], bytes] | None,
+    ) -> list[Match]:
         hashes = fingerprint.hashes
         exact = self.store.seq_for_digest(record.uid, hashes.sha256) if hashes.sha256 else None
         exact_md5 = self.store.seq_for_md5(record.uid, hashes.md5) if hashes.md5 else None
@@ -699,9 +730,38 @@ class LookalikeService:
                 model=entry.model,
                 phash_distance=nearest_hamming(phashes, entry.phash),
             )
-            value = score(evidence)
-            decision = decide(value, record)
-            if decision == REJECT and not may_reject(evidence):
-                decision = REVIEW  # another shot of the scene looks like this: a person tells them apart
-            matches.append(Match(record.name, entry, value, evidence, decision))
+            matches.append(_judged(record, entry, evidence))
+        if query_keypoints is not None and all(match.decision == ACCEPT for match in matches):
+            matches = self._confirmed_by_keypoints(record, matches, query_keypoints)
         return matches
+
+    def _confirmed_by_keypoints(
+        self, record: ListRecord, matches: list[Match], query_keypoints: Callable[[], bytes]
+    ) -> list[Match]:
+        """The matches again, those of the best few unsure candidates whose keypoints agree with the query's
+        judged with that evidence too (`server/keypoints.py`): the query's keypoints are found only here."""
+        unsure = sorted(
+            (m for m in matches if (m.evidence.embedding_similarity or 0.0) >= KEYPOINT_COSINE),
+            key=lambda m: -m.score,
+        )[:KEYPOINT_CANDIDATES]
+        stored = self.store.keypoints(record.uid, [m.entry.seq for m in unsure]) if unsure else {}
+        if not stored:
+            return matches
+        with self.metrics.stage("keypoints"):
+            query = query_keypoints()
+            agreeing = {seq: agreeing_keypoints(query, entry) for seq, entry in stored.items()}
+        return [
+            _judged(record, m.entry, replace(m.evidence, keypoints_agreeing=agreeing[m.entry.seq]))
+            if agreeing.get(m.entry.seq)
+            else m
+            for m in matches
+        ]
+
+
+def _judged(record: ListRecord, entry: EntryRecord, evidence: Evidence) -> Match:
+    """A candidate's match: its score and the list's decision, which a reject needs `may_reject` for."""
+    value = score(evidence)
+    decision = decide(value, record)
+    if decision == REJECT and not may_reject(evidence):
+        decision = REVIEW  # another shot of the scene looks like this: a person tells them apart
+    return Match(record.name, entry, value, evidence, decision)

@@ -46,6 +46,8 @@ QUEUED_PER_WORKER = 1
 """Images a worker holds beyond the one it works on, so it never waits for the server process between two."""
 _STARTED = "started"
 """A worker's reply to the start-up probe (a request of None), once its models are loaded."""
+_COMPUTE, _MODEL_INPUTS, _QUERY_KEYPOINTS = "compute", "model_inputs", "query_keypoints"
+"""What a request asks of a worker: `Fingerprinter.compute`, `.model_inputs` or `.query_keypoints`."""
 STOP_SECONDS = 10.0
 
 
@@ -88,11 +90,14 @@ def _serve(connection: multiprocessing.connection.Connection, max_pixels: int, m
         if request is None:
             connection.send(_STARTED)
             continue
-        data, embed, views, thumbnail, inputs_only = request
+        kind, data, embed, views, thumbnail, keypoints = request
         reply: tuple[bool, Any]
         try:
-            work = fingerprinter.model_inputs if inputs_only else fingerprinter.compute
-            reply = (True, work(data, embed, views, thumbnail))
+            if kind == _QUERY_KEYPOINTS:
+                reply = (True, fingerprinter.query_keypoints(data))
+            else:
+                work = fingerprinter.model_inputs if kind == _MODEL_INPUTS else fingerprinter.compute
+                reply = (True, work(data, embed, views, thumbnail, keypoints))
         except LookalikeError as error:  # the image's fault (undecodable, too large): status and reason travel
             reply = (False, error)
         except Exception as error:  # noqa: BLE001 - a bug: raised in the caller, with where it happened here
@@ -185,25 +190,37 @@ class FingerprintWorkers:
         return _Worker(self._context, self.max_pixels, self.models)
 
     def compute(
-        self, data: bytes, embed: Sequence[str] = (), views: Sequence[str] = (), thumbnail: bool = False
+        self,
+        data: bytes,
+        embed: Sequence[str] = (),
+        views: Sequence[str] = (),
+        thumbnail: bool = False,
+        keypoints: bool = False,
     ) -> Fingerprinted:
         if self.local is not None:
             if self.batcher is None:
-                return self.local.compute(data, embed, views, thumbnail)
-            return self.local.model_inputs(data, embed, views, thumbnail).embedded(self.batcher)
-        reply = self._ask(data, embed, views, thumbnail, inputs_only=self.batcher is not None)
+                return self.local.compute(data, embed, views, thumbnail, keypoints)
+            return self.local.model_inputs(data, embed, views, thumbnail, keypoints).embedded(self.batcher)
+        kind = _COMPUTE if self.batcher is None else _MODEL_INPUTS
+        reply = self._ask((kind, data, tuple(embed), tuple(views), thumbnail, keypoints))
         if isinstance(reply, ModelInputs) and self.batcher is not None:
             return reply.embedded(self.batcher)
         assert isinstance(reply, Fingerprinted)
         return reply
 
-    def _ask(
-        self, data: bytes, embed: Sequence[str], views: Sequence[str], thumbnail: bool, inputs_only: bool
-    ) -> object:
+    def query_keypoints(self, data: bytes) -> bytes:
+        """A checked picture's keypoints (`Fingerprinter.query_keypoints`), from a worker like its fingerprint."""
+        if self.local is not None:
+            return self.local.query_keypoints(data)
+        reply = self._ask((_QUERY_KEYPOINTS, data, (), (), False, False))
+        assert isinstance(reply, bytes)
+        return reply
+
+    def _ask(self, request: tuple[str, bytes, tuple[str, ...], tuple[str, ...], bool, bool]) -> object:
         """One request to the least busy worker; its reply, or its error raised here."""
         worker = self._take()
         try:
-            ok, value = worker.ask((data, tuple(embed), tuple(views), thumbnail, inputs_only))
+            ok, value = worker.ask(request)
         except (EOFError, OSError):
             self._replace(worker)
             raise WorkerCrashed(

@@ -83,3 +83,13 @@ def test_hash_only_entries_still_reject_on_pdq_alone() -> None:
     """Hash lists (no embedding) keep HMA's rule: PDQ within 31 bits rejects."""
     hashed = Evidence(pdq_distance=31, pdq_quality=100)
     assert score(hashed) >= DEFAULT_REJECT_THRESHOLD and may_reject(hashed)
+
+
+def test_agreeing_keypoints_send_an_unsure_match_to_review_and_never_to_reject() -> None:
+    unsure = Evidence(embedding_similarity=0.40, model=MODEL)
+    assert score(unsure) < DEFAULT_REVIEW_THRESHOLD and unsure.signals() == []
+    for agreeing in (15, 60, 1000):
+        confirmed = replace(unsure, keypoints_agreeing=agreeing)
+        assert DEFAULT_REVIEW_THRESHOLD < score(confirmed) < DEFAULT_REJECT_THRESHOLD
+        assert confirmed.signals() == ["keypoints"] and not may_reject(confirmed)
+    assert score(replace(unsure, keypoints_agreeing=60)) > score(replace(unsure, keypoints_agreeing=15))

@@ -118,6 +118,12 @@ def evidence_words(evidence: Evidence) -> list[str]:
             words.append(f"{similarity}: the model sees a likely copy.")
         else:
             words.append(f"{similarity}: the model sees a different picture.")
+    if evidence.keypoints_agreeing:
+        words.append(
+            f"Local features: {evidence.keypoints_agreeing} keypoints of the upload land on the listed picture's "
+            "under one move and resize, as a crop or a pasted copy of it would (another photo of the same scene "
+            "can too)."
+        )
     if not words:
         words.append("No signal reached review level.")
     return words

@@ -29,7 +29,7 @@ DATA_FILE = "data.mdb"
 LMDB_LOCK_FILE = "lock.mdb"
 WRITE_PROBE_FILE = ".lookalike-write-probe-{pid}"
 MAX_DATABASES = 64
-"""LMDB's `max_dbs`: every database below (24), the format 2 ones an upgrade reads (5), and room to grow."""
+"""LMDB's `max_dbs`: every database below (25), the format 2 ones an upgrade reads (5), and room to grow."""
 
 # Replicated databases --------------------------------------------------------------------------------------
 
@@ -51,6 +51,10 @@ DB_THUMBNAILS = b"thumbnails"
 """`seq_key(uid, seq)` → a small WebP of the entry's picture, for lists that keep them (`ListRecord.thumbnails`):
 made by the node that fingerprinted the picture and carried to the others in its `EntriesAdded`; deleted with
 the entry, the list, and when the list's setting is turned off."""
+DB_KEYPOINTS = b"keypoints"
+"""`seq_key(uid, seq)` → the entry picture's ORB keypoints (`server/keypoints.py`), read only for the few
+candidates of a check that its embedding leaves unsure; made by the node that fingerprinted the picture and
+carried in its `EntriesAdded`; deleted with the entry and the list. Entries added by hashes have none."""
 DB_KEYS = b"keys"
 """Key id → API key record (JSON; the SHA-256 of its secret as hex, never the secret)."""
 DB_AUDIT = b"audit"
@@ -117,6 +121,7 @@ REPLICATED_DATABASES = (
     DB_MD5,
     DB_VECTORS,
     DB_THUMBNAILS,
+    DB_KEYPOINTS,
     DB_KEYS,
     DB_AUDIT,
 )

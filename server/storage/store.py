@@ -251,6 +251,7 @@ class Store:
         self._md5 = db(schema.DB_MD5)
         self._vectors = db(schema.DB_VECTORS)
         self._thumbnails = db(schema.DB_THUMBNAILS)
+        self._keypoints = db(schema.DB_KEYPOINTS)
         self._changes = db(schema.DB_CHANGES)
         self._snapshots = db(schema.DB_SNAPSHOTS)
         self._snapshot_pieces = db(schema.DB_SNAPSHOT_PIECES)
@@ -473,7 +474,7 @@ class Store:
         end = schema.time_key(entry.created + AUDIT_LOOKUP_SECONDS)
         if cursor.set_range(schema.time_key(entry.created)):
             for read, (key, raw) in enumerate(cursor):
-                if bytes(key[:schema.TIME_KEY_SIZE]) > end or read == AUDIT_LOOKUP_RECORDS:
+                if bytes(key[: schema.TIME_KEY_SIZE]) > end or read == AUDIT_LOOKUP_RECORDS:
                     break
                 audit = json.loads(bytes(raw))
                 if (audit["action"], audit["list"], audit["entry_id"]) == (AUDIT_ENTRY_ADD, name, entry.id):
@@ -537,6 +538,12 @@ class Store:
                     except CorruptRecord as error:
                         raise self._corrupt_entry(txn, uid, seq, error) from None
         return found
+
+    def keypoints(self, uid: int, seqs: Sequence[int]) -> dict[int, bytes]:
+        """The keypoints kept with these entries (`server/keypoints.py`), for those that have them."""
+        with self.environment.read() as txn:
+            found = {seq: txn.get(schema.seq_key(uid, seq), db=self._keypoints) for seq in seqs}
+        return {seq: bytes(raw) for seq, raw in found.items() if raw is not None}
 
     def iter_entries(self, uid: int) -> Iterator[tuple[EntryRecord, np.ndarray | None]]:
         """Every entry of a list with its embedding, in sequence order."""
@@ -666,7 +673,6 @@ class Store:
         key_size = 2 * schema.SEQ.size
         return self.environment.page(schema.DB_AUDIT, key_size, decode_audit, list_name, since, limit, page_token)
 
-
     def applied_sequence(self) -> int:
         """The sequence number of the last change committed (0: none yet)."""
         with self.environment.read() as txn:
@@ -792,7 +798,15 @@ class Store:
         detail = {"entries_deleted": str(record.entry_count)}
         self._audit(txn, [AuditRecord(change.time, change.actor, AUDIT_LIST_DELETE, change.name, "", detail)])
         prefix = schema.list_prefix(record.uid)
-        entry_dbs = (self._entries, self._entry_ids, self._digests, self._md5, self._vectors, self._thumbnails)
+        entry_dbs = (
+            self._entries,
+            self._entry_ids,
+            self._digests,
+            self._md5,
+            self._vectors,
+            self._thumbnails,
+            self._keypoints,
+        )
         for db in (*entry_dbs, self._changes, self._snapshots, self._snapshot_pieces, self._snapshot_sums):
             delete_prefix(txn.cursor(db=db), prefix)
         return record
@@ -853,6 +867,8 @@ class Store:
                 stored = decode_embedding(item.embedding)
             if item.thumbnail and record.thumbnails:
                 txn.put(seq_key, item.thumbnail, db=self._thumbnails)
+            if item.keypoints:
+                txn.put(seq_key, item.keypoints, db=self._keypoints)
             txn.put(schema.seq_key(record.uid, number), encode_logged_change(schema.OP_ADD, seq), db=self._changes)
             detail = _add_detail(entry)
             audit.append(AuditRecord(change.time, change.actor, AUDIT_ENTRY_ADD, change.list, item.id, detail))
@@ -879,6 +895,7 @@ class Store:
         txn.delete(key, db=self._entries)
         txn.delete(key, db=self._vectors)
         txn.delete(key, db=self._thumbnails)
+        txn.delete(key, db=self._keypoints)
         txn.delete(prefix + entry.id.encode(), db=self._entry_ids)
         txn.delete(prefix + entry_key(entry.sha256, entry.md5, entry.pdq), db=self._digests)
         md5_key = prefix + entry.md5 if entry.md5 else b""

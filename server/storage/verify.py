@@ -57,6 +57,7 @@ from lookalike.server.storage.schema import (
     DB_ENTRY_IDS,
     DB_FEEDBACK,
     DB_GUARDS,
+    DB_KEYPOINTS,
     DB_KEYS,
     DB_LISTS,
     DB_MD5,
@@ -187,7 +188,8 @@ class _Verifier:
                 problem = f"it counts {record.entry_count} entries; {self.entry_counts.get(uid, 0)} are stored"
                 self.bad(DB_LISTS, record.name.encode(), _text, problem)
         self.each(DB_VECTORS, _seq_text, self.vector)
-        self.each(DB_THUMBNAILS, _seq_text, lambda key, raw: self.points_at_an_entry(key))
+        for database in (DB_THUMBNAILS, DB_KEYPOINTS):
+            self.each(database, _seq_text, lambda key, raw: self.points_at_an_entry(key))
         self.each(DB_ENTRY_IDS, self.prefixed_text, self.entry_id)
         for database in (DB_DIGESTS, DB_MD5):
             self.each(database, lambda key: key.hex(), self.digest)
@@ -345,6 +347,7 @@ _BY_LIST = {
     DB_ENTRIES,
     DB_VECTORS,
     DB_THUMBNAILS,
+    DB_KEYPOINTS,
     DB_ENTRY_IDS,
     DB_DIGESTS,
     DB_MD5,
@@ -384,5 +387,3 @@ def verify(path: Path) -> Report:
     finally:
         if lock is not None:
             lock.close()
-
-

@@ -1,0 +1,63 @@
+"""Keypoints confirm a copy the embedding is unsure of (issue #18): a heavy crop of a listed photo, whose
+embedding falls short of review, goes to review because its keypoints land on the entry's; unrelated photos'
+keypoints do not, and keypoints never reject. Real server, real photos, the benchmark's own edits."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from benchmarks.edits import apply_edit, encode_edited
+from lookalike.server.keypoints import MIN_AGREEING, agreeing_keypoints, entry_keypoints, query_keypoints
+from tests.conftest import ServerHandle, distinct_photos
+
+
+def rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def no_other_photos(rng: random.Random) -> Image.Image:
+    raise AssertionError("a crop needs no other photo")
+
+
+def test_a_crop_agrees_with_its_own_photo_and_not_with_another() -> None:
+    photo, other = (rgb(path) for path in distinct_photos(2, seed=5))
+    width, height = photo.size
+    crop = photo.crop((width // 4, height // 4, width * 3 // 4, height * 3 // 4))
+    assert agreeing_keypoints(query_keypoints(crop), entry_keypoints(photo)) >= MIN_AGREEING
+    assert agreeing_keypoints(query_keypoints(crop), entry_keypoints(other)) == 0
+    assert agreeing_keypoints(b"not keypoints", entry_keypoints(photo)) == 0
+
+
+def test_a_few_keypoints_agreeing_by_chance_count_as_none() -> None:
+    pictures = [rgb(path) for path in distinct_photos(8, seed=9)]
+    kept = [entry_keypoints(picture) for picture in pictures]
+    for picture in pictures:
+        found = query_keypoints(picture)
+        counts = [agreeing_keypoints(found, entry) for entry in kept]
+        assert all(count == 0 or count >= MIN_AGREEING for count in counts), counts
+
+
+@pytest.mark.slow
+def test_heavy_crops_the_embedding_misses_go_to_review_by_their_keypoints(lookalike: ServerHandle) -> None:
+    photos = distinct_photos(40, seed=3)
+    listed, unlisted = photos[:24], photos[24:]
+    client = lookalike.client
+    client.create_list("banned")
+    ids = {path.name: client.add("banned", path).id for path in listed}
+    by_keypoints = 0
+    for seed, path in enumerate(listed):
+        crop = encode_edited(apply_edit("crop_70", rgb(path), random.Random(seed), no_other_photos))
+        result = client.check(crop, ["banned"])
+        assert result.decision != "reject" or "keypoints" not in result.matches[0].evidence.signals
+        if result.decision == "review" and tuple(result.matches[0].evidence.signals) == ("keypoints",):
+            assert result.matches[0].id == ids[path.name]
+            by_keypoints += 1
+    assert by_keypoints >= 2, "no heavy crop was confirmed by keypoints alone"
+    for path in unlisted:  # (a chessboard may meet another shot of its board through the embedding)
+        matches = client.check(path, ["banned"], top_k=3).matches
+        assert not any("keypoints" in match.evidence.signals for match in matches), path.name
