@@ -12,12 +12,21 @@ from PIL import Image
 
 from benchmarks.edits import apply_edit, encode_edited
 from lookalike.server.keypoints import MIN_AGREEING, agreeing_keypoints, entry_keypoints, query_keypoints
-from tests.conftest import ServerHandle, distinct_photos
+from lookalike.server.storage.schema import DB_KEYPOINTS
+from lookalike.server.verify import verify
+from tests.conftest import ServerHandle, distinct_photos, start_server
 
 
 def rgb(path: Path) -> Image.Image:
     with Image.open(path) as image:
         return image.convert("RGB")
+
+
+def kept(lookalike: ServerHandle) -> int:
+    """Keypoints stored, every list's."""
+    store = lookalike.running.service.store
+    with store.env.begin() as txn:
+        return int(txn.stat(store.environment.db(DB_KEYPOINTS))["entries"])
 
 
 def no_other_photos(rng: random.Random) -> Image.Image:
@@ -61,3 +70,21 @@ def test_heavy_crops_the_embedding_misses_go_to_review_by_their_keypoints(lookal
     for path in unlisted:  # (a chessboard may meet another shot of its board through the embedding)
         matches = client.check(path, ["banned"], top_k=3).matches
         assert not any("keypoints" in match.evidence.signals for match in matches), path.name
+
+
+@pytest.mark.slow
+def test_picture_entries_keep_keypoints_until_removed_with_the_entry_or_the_list(tmp_path: Path) -> None:
+    lookalike = start_server(tmp_path / "data")
+    try:
+        client = lookalike.client
+        client.create_list("banned")
+        ids = [client.add("banned", path).id for path in distinct_photos(3, seed=4)]
+        client.add_hash("banned", client.hash_entry(pdq="f0" * 32, pdq_quality=90))  # no picture, no keypoints
+        assert kept(lookalike) == 3
+        client.remove("banned", ids[0])
+        assert kept(lookalike) == 2
+        client.delete_list("banned")
+        assert kept(lookalike) == 0
+    finally:
+        lookalike.stop()
+    assert verify(tmp_path / "data").problems == []
