@@ -665,6 +665,7 @@ def list_record(info: ListInfo) -> dict[str, Any]:
             for guard in info.guarded
         ],
         "thumbnails": info.thumbnails,
+        "keypoints": info.keypoints,
         "checks_last_day": {
             "accept": info.checks_last_day.accept,
             "review": info.checks_last_day.review,
@@ -683,6 +684,8 @@ def _list_text(info: ListInfo) -> str:
         text += f"\t({info.kind} list)"
     if info.thumbnails:
         text += "\tkeeps thumbnails"
+    if not info.keypoints:
+        text += "\tno keypoints"
     if info.guarded:
         text += f"\t{_plural(len(info.guarded), 'entry', 'entries')} under flood guard"
     return text
@@ -707,6 +710,7 @@ def cmd_lists(client: LookalikeClient, args: argparse.Namespace, output: Output)
             dihedral=args.dihedral,
             kind=args.kind,
             thumbnails=args.thumbnails,
+            keypoints=args.keypoints,
         )
         output.emit(list_record(info), f"created {_list_text(info)}")
     elif args.lists_command == "ls":
@@ -723,6 +727,7 @@ def cmd_lists(client: LookalikeClient, args: argparse.Namespace, output: Output)
             reject_threshold=args.reject_threshold,
             dihedral=args.dihedral,
             thumbnails=args.thumbnails,
+            keypoints=args.keypoints,
         )
         output.emit(list_record(info), f"updated {_list_text(info)}")
     elif args.lists_command == "rm":
@@ -970,6 +975,12 @@ def build_parser() -> argparse.ArgumentParser:
         "is kept; never on lists of illegal material); --no-thumbnails deletes those kept"
     )
     create.add_argument("--thumbnails", action=argparse.BooleanOptionalAction, default=False, help=thumbnails_help)
+    keypoints_help = (
+        "keep each picture's keypoints (about 17 KiB), which send a copy the embedding is unsure of (a heavy crop, "
+        "a small paste, a screen photo) to review (default: on; off for lists of millions); --no-keypoints "
+        "deletes those kept"
+    )
+    create.add_argument("--keypoints", action=argparse.BooleanOptionalAction, help=keypoints_help)
     lists_commands.add_parser("ls", parents=[common], help="list all lists")
     show = lists_commands.add_parser("show", parents=[common], help="show one list")
     show.add_argument("name", help="the list")
@@ -980,6 +991,7 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--description", help="what the list holds, for people")
     update.add_argument("--dihedral", action=argparse.BooleanOptionalAction, help=dihedral_help)
     update.add_argument("--thumbnails", action=argparse.BooleanOptionalAction, help=thumbnails_help)
+    update.add_argument("--keypoints", action=argparse.BooleanOptionalAction, help=keypoints_help)
     remove_list = lists_commands.add_parser("rm", parents=[common], help="delete a list and all its entries")
     remove_list.add_argument("name", help="the list")
     remove_list.add_argument(

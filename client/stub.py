@@ -224,15 +224,20 @@ class LookalikeClient:
         dihedral: bool | None = None,
         kind: str = "",
         thumbnails: bool = False,
+        keypoints: bool | None = None,
     ) -> ListInfo:
         """`dihedral` (default true): checks also match the query's rotations and mirrors.
         `kind` "allow" makes an allow list: its matches never flag, and outrank disallow matches.
-        `thumbnails`: pictures added keep a small thumbnail for the dashboard (off: no picture is kept)."""
+        `thumbnails`: pictures added keep a small thumbnail for the dashboard (off: no picture is kept).
+        `keypoints` (default true): pictures added keep their keypoints (about 17 KiB each), which send a copy
+        the embedding is unsure of to review; off for lists of millions."""
         request = pb.CreateListRequest(
             name=name, description=description, model=model, kind=kind, thumbnails=thumbnails
         )
         if dihedral is not None:
             request.dihedral = dihedral
+        if keypoints is not None:
+            request.keypoints = keypoints
         if review_threshold is not None:
             request.review_threshold = review_threshold
         if reject_threshold is not None:
@@ -255,13 +260,16 @@ class LookalikeClient:
         reject_threshold: float | None = None,
         dihedral: bool | None = None,
         thumbnails: bool | None = None,
+        keypoints: bool | None = None,
     ) -> ListInfo:
-        """None leaves a setting as it is; turning `thumbnails` off deletes the thumbnails kept."""
+        """None leaves a setting as it is; turning `thumbnails` or `keypoints` off deletes those kept."""
         request = pb.UpdateListRequest(name=name)
         if dihedral is not None:
             request.dihedral = dihedral
         if thumbnails is not None:
             request.thumbnails = thumbnails
+        if keypoints is not None:
+            request.keypoints = keypoints
         if description is not None:
             request.description = description
         if review_threshold is not None:

@@ -145,6 +145,8 @@ class ListInfo:
     """Pictures added keep a small thumbnail (for the dashboard); off: no picture is kept."""
     consistency_token: str = ""
     """Set on a create's or update's reply: a check with it as `after` (on any node) sees the change."""
+    keypoints: bool = True
+    """Pictures added keep their keypoints, which confirm a copy the embedding is unsure of (sent to review)."""
 
     @classmethod
     def from_pb(cls, message: pb.ListInfo) -> ListInfo:
@@ -162,6 +164,7 @@ class ListInfo:
             CheckCounts.from_pb(message.checks_last_day),
             message.thumbnails,
             message.consistency_token,
+            message.keypoints,
         )
 
 

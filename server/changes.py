@@ -18,10 +18,10 @@ Encoding (version 1): `VERSION KIND time actor body`, where
 
     KIND  body
     1 ListCreated     name:str description:str review:f64 reject:f64 model:str dihedral:u8 kind:str
-                      thumbnails:u8
+                      thumbnails:u8 [keypoints:u8] (absent, from a node before the setting: 1)
     2 ListUpdated     name:str present:u8 [description:str] [review:f64] [reject:f64] [dihedral:u8]
-                      [thumbnails:u8] cause:str
-                      (present: bit 0 description, 1 review, 2 reject, 3 dihedral, 4 thumbnails)
+                      [thumbnails:u8] [keypoints:u8] cause:str
+                      (present: bit 0 description, 1 review, 2 reject, 3 dihedral, 4 thumbnails, 5 keypoints)
     3 ListDeleted     name:str
     4 EntriesAdded    list:str model:str count:uvarint entry*
                       entry: id:str has:u8 [sha256:32] [md5:16] [pdq:32 quality:u8] [phash:8] [embedding:blob]
@@ -82,6 +82,7 @@ class ListCreated(_Change):
     dihedral: bool = True
     kind: str = LIST_KIND_DISALLOW
     thumbnails: bool = False
+    keypoints: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +96,8 @@ class ListUpdated(_Change):
     dihedral: bool | None = None
     thumbnails: bool | None = None
     """Turned off, the list's thumbnails are deleted as it is applied."""
+    keypoints: bool | None = None
+    """Turned off, the list's keypoints are deleted as it is applied."""
     cause: str = ""
     """What made the change when not a person's direct edit ("calibrate"); audited."""
 
@@ -161,7 +164,7 @@ KINDS: dict[type[_Change], int] = {
 }
 _BY_KIND = {kind: cls for cls, kind in KINDS.items()}
 _HAS_SHA256, _HAS_MD5, _HAS_PDQ, _HAS_PHASH, _HAS_EMBEDDING, _HAS_THUMBNAIL, _HAS_KEYPOINTS = 1, 2, 4, 8, 16, 32, 64
-_HAS_DESCRIPTION, _HAS_REVIEW, _HAS_REJECT, _HAS_DIHEDRAL, _HAS_THUMBNAILS = 1, 2, 4, 8, 16
+_HAS_DESCRIPTION, _HAS_REVIEW, _HAS_REJECT, _HAS_DIHEDRAL, _HAS_THUMBNAILS, _HAS_KEYPOINTS_SETTING = 1, 2, 4, 8, 16, 32
 
 
 # Encoding --------------------------------------------------------------------------------------------------
@@ -245,6 +248,7 @@ def _body(writer: _Writer, change: Change) -> None:
             writer.u8(change.dihedral)
             writer.text(change.kind)
             writer.u8(change.thumbnails)
+            writer.u8(change.keypoints)
         case ListUpdated():
             writer.text(change.name)
             present = (
@@ -253,6 +257,7 @@ def _body(writer: _Writer, change: Change) -> None:
                 | (_HAS_REJECT if change.reject_threshold is not None else 0)
                 | (_HAS_DIHEDRAL if change.dihedral is not None else 0)
                 | (_HAS_THUMBNAILS if change.thumbnails is not None else 0)
+                | (_HAS_KEYPOINTS_SETTING if change.keypoints is not None else 0)
             )
             writer.u8(present)
             if change.description is not None:
@@ -265,6 +270,8 @@ def _body(writer: _Writer, change: Change) -> None:
                 writer.u8(change.dihedral)
             if change.thumbnails is not None:
                 writer.u8(change.thumbnails)
+            if change.keypoints is not None:
+                writer.u8(change.keypoints)
             writer.text(change.cause)
         case ListDeleted():
             writer.text(change.name)
@@ -388,6 +395,7 @@ def _read_body(reader: _Reader, cls: type[_Change], time: float, actor: str) -> 
             dihedral=reader.flag(),
             kind=reader.text(),
             thumbnails=reader.flag(),
+            keypoints=reader.flag() if reader.at < len(reader.data) else True,
         )
     if cls is ListUpdated:
         name, present = reader.text(), reader.u8()
@@ -400,6 +408,7 @@ def _read_body(reader: _Reader, cls: type[_Change], time: float, actor: str) -> 
             reject_threshold=reader.f64() if present & _HAS_REJECT else None,
             dihedral=reader.flag() if present & _HAS_DIHEDRAL else None,
             thumbnails=reader.flag() if present & _HAS_THUMBNAILS else None,
+            keypoints=reader.flag() if present & _HAS_KEYPOINTS_SETTING else None,
             cause=reader.text(),
         )
     if cls is ListDeleted:

@@ -62,6 +62,7 @@ def list_spec(request: pb.CreateListRequest) -> ListSpec:
         dihedral=request.dihedral if request.HasField("dihedral") else True,
         kind=request.kind,
         thumbnails=request.thumbnails,
+        keypoints=request.keypoints if request.HasField("keypoints") else True,
     )
 
 
@@ -73,6 +74,7 @@ def list_change(request: pb.UpdateListRequest) -> ListChange:
         optional(request, "reject_threshold"),
         optional(request, "dihedral"),
         optional(request, "thumbnails"),
+        optional(request, "keypoints"),
     )
 
 
@@ -173,6 +175,7 @@ def list_info(state: ListState) -> pb.ListInfo:
         guarded=[guard_message(guard) for guard in state.guarded],
         checks_last_day=counts_message(state.checks_last_day),
         thumbnails=record.thumbnails,
+        keypoints=record.keypoints,
     )
 
 

@@ -273,6 +273,7 @@ class LookalikeService:
         dihedral: bool = True,
         kind: str = "",
         thumbnails: bool = False,
+        keypoints: bool = True,
     ) -> ListRecord:
         model = model or self.default_model
         if model not in MODELS:
@@ -292,6 +293,7 @@ class LookalikeService:
             dihedral=dihedral,
             kind=kind or LIST_KIND_DISALLOW,
             thumbnails=thumbnails,
+            keypoints=keypoints,
         )
         return self.writer.apply(change)
 
@@ -305,9 +307,11 @@ class LookalikeService:
         dihedral: bool | None = None,
         cause: str = "",
         thumbnails: bool | None = None,
+        keypoints: bool | None = None,
     ) -> ListRecord:
         """Change the settings given (None: as they are); `cause` says what made the change when not a person's
-        direct edit (e.g. "calibrate"), and is audited. Turning `thumbnails` off deletes the list's thumbnails."""
+        direct edit (e.g. "calibrate"), and is audited. Turning `thumbnails` or `keypoints` off deletes those
+        the list keeps."""
         change = ListUpdated(
             time=time.time(),
             actor=actor,
@@ -317,6 +321,7 @@ class LookalikeService:
             reject_threshold=reject_threshold,
             dihedral=dihedral,
             thumbnails=thumbnails,
+            keypoints=keypoints,
             cause=cause,
         )
         return self.writer.apply(change)
@@ -389,7 +394,7 @@ class LookalikeService:
             request.data,
             embed=() if known else (record.model,),
             thumbnail=record.thumbnails and not known,
-            keypoints=not known,
+            keypoints=record.keypoints and not known,
         )
         hashes = fingerprint.hashes
         embedding = fingerprint.embeddings.get(record.model)
@@ -731,7 +736,7 @@ class LookalikeService:
                 phash_distance=nearest_hamming(phashes, entry.phash),
             )
             matches.append(_judged(record, entry, evidence))
-        if query_keypoints is not None and all(match.decision == ACCEPT for match in matches):
+        if query_keypoints is not None and record.keypoints and all(match.decision == ACCEPT for match in matches):
             matches = self._confirmed_by_keypoints(record, matches, query_keypoints)
         return matches
 

@@ -57,11 +57,14 @@ def test_list_commands(lookalike: ServerHandle) -> None:
     )
     assert code == 0
     assert created["name"] == "banned" and created["review_threshold"] == 0.4 and created["model"] == "sscd-distilled"
-    run(lookalike, "lists", "create", "full", "--model", "sscd", "--json")
+    assert created["keypoints"] and not created["thumbnails"]
+    run(lookalike, "lists", "create", "full", "--model", "sscd", "--no-keypoints", "--json")
     code, lists, _ = run(lookalike, "lists", "ls", "--json")
     assert code == 0 and [(x["name"], x["count"]) for x in lists] == [("banned", 0), ("full", 0)]
     code, (shown,), _ = run(lookalike, "lists", "show", "full", "--json")
-    assert shown["model"] == "sscd"
+    assert shown["model"] == "sscd" and not shown["keypoints"]
+    code, (updated,), _ = run(lookalike, "lists", "update", "full", "--keypoints", "--json")
+    assert code == 0 and updated["keypoints"]
     code, _, stderr = run(lookalike, "lists", "create", "banned", "--json")
     assert code == 1 and "ALREADY_EXISTS" in stderr
     code, _, stderr = run(lookalike, "lists", "show", "nope")

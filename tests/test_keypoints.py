@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.edits import apply_edit, encode_edited
+from lookalike.client.types import CheckResult
 from lookalike.server.keypoints import MIN_AGREEING, agreeing_keypoints, entry_keypoints, query_keypoints
 from lookalike.server.storage.schema import DB_KEYPOINTS
 from lookalike.server.verify import verify
@@ -27,6 +28,10 @@ def kept(lookalike: ServerHandle) -> int:
     store = lookalike.running.service.store
     with store.env.begin() as txn:
         return int(txn.stat(store.environment.db(DB_KEYPOINTS))["entries"])
+
+
+def by_keypoints_alone(result: CheckResult) -> bool:
+    return result.decision == "review" and tuple(result.matches[0].evidence.signals) == ("keypoints",)
 
 
 def no_other_photos(rng: random.Random) -> Image.Image:
@@ -63,7 +68,7 @@ def test_heavy_crops_the_embedding_misses_go_to_review_by_their_keypoints(lookal
         crop = encode_edited(apply_edit("crop_70", rgb(path), random.Random(seed), no_other_photos))
         result = client.check(crop, ["banned"])
         assert result.decision != "reject" or "keypoints" not in result.matches[0].evidence.signals
-        if result.decision == "review" and tuple(result.matches[0].evidence.signals) == ("keypoints",):
+        if by_keypoints_alone(result):
             assert result.matches[0].id == ids[path.name]
             by_keypoints += 1
     assert by_keypoints >= 2, "no heavy crop was confirmed by keypoints alone"
@@ -88,3 +93,30 @@ def test_picture_entries_keep_keypoints_until_removed_with_the_entry_or_the_list
     finally:
         lookalike.stop()
     assert verify(tmp_path / "data").problems == []
+
+
+@pytest.mark.slow
+def test_a_list_may_keep_no_keypoints_and_its_checks_then_compare_none(lookalike: ServerHandle) -> None:
+    client = lookalike.client
+    photos = distinct_photos(16, seed=3)
+    assert client.create_list("banned").keypoints
+    assert not client.create_list("lean", keypoints=False).keypoints
+    for path in photos[:15]:
+        client.add("banned", path)
+        client.add("lean", path)
+    assert kept(lookalike) == 15  # the lean list's entries keep none
+    crops = [
+        encode_edited(apply_edit("crop_70", rgb(path), random.Random(seed), no_other_photos))
+        for seed, path in enumerate(photos[:15])
+    ]
+    confirmed = [crop for crop in crops if by_keypoints_alone(client.check(crop, ["banned"]))]
+    assert confirmed, "no heavy crop was confirmed by keypoints alone"
+    for crop in confirmed:
+        assert client.check(crop, ["lean"]).decision == "accept"
+
+    assert not client.update_list("banned", keypoints=False).keypoints  # deletes those kept
+    assert kept(lookalike) == 0
+    assert all(client.check(crop, ["banned"]).decision == "accept" for crop in confirmed)
+    assert client.update_list("banned", keypoints=True).keypoints  # only pictures added from now on
+    client.add("banned", photos[15])
+    assert kept(lookalike) == 1

@@ -75,10 +75,11 @@ def examples() -> list[Change]:
         ),
         ListCreated(
             time=NOW, name="logos", description="", review_threshold=0.0, reject_threshold=1.0, model="m",
-            dihedral=False, kind="allow", thumbnails=True,
+            dihedral=False, kind="allow", thumbnails=True, keypoints=False,
         ),
         ListUpdated(time=NOW, actor="k1", name="banned"),
         ListUpdated(time=NOW, actor="k1", name="logos", thumbnails=False),
+        ListUpdated(time=NOW, actor="k1", name="logos", keypoints=True),
         ListUpdated(
             time=NOW, actor="k1", name="banned", description="", review_threshold=0.25, reject_threshold=0.75,
             dihedral=False, cause="calibrate",
@@ -126,13 +127,20 @@ def test_bytes_that_are_not_a_change_of_this_version_are_refused() -> None:
     for bad, problem in [
         (b"\x02" + good[1:], "record version 2"),
         (good[:1] + b"\x63" + good[2:], "unknown kind 99"),
-        (good[:-1], "it ends at byte"),
+        (good[:-2], "it ends at byte"),
         (good + b"\0", "1 bytes left over"),
         (good[:text_at] + b"\xff" + good[text_at + 1 :], "is not UTF-8"),
         (b"", "it ends at byte 0"),
     ]:
         with pytest.raises(MalformedChange, match=problem):
             decode_change(bad)
+
+
+def test_a_list_created_by_a_node_before_the_keypoints_setting_keeps_keypoints() -> None:
+    created = examples()[1]
+    assert isinstance(created, ListCreated) and not created.keypoints
+    older = encode_change(created)[:-1]  # such a node wrote no keypoints byte
+    assert decode_change(older) == replace(created, keypoints=True)
 
 
 def test_a_thousand_hash_entries_fit_one_message_and_picture_entries_are_split_to_fit() -> None:
@@ -213,6 +221,9 @@ def test_two_replicas_fed_the_same_change_records_hold_the_same_bytes_and_applyi
         boot.create_list("shown", thumbnails=True)
         boot.add("shown", photos[1])
         boot.update_list("shown", thumbnails=False)  # its thumbnails deleted as the change is applied
+        boot.update_list("shown", keypoints=False)  # and now its keypoints
+        boot.create_list("small", keypoints=False)
+        boot.add("small", photos[2])  # fingerprinted without keypoints
         root = boot.create_key("admin", name="root")
         with LookalikeClient(leader.address, api_key=root.secret) as admin:
             writer = admin.create_key("writer", ["banned"], name="uploads")

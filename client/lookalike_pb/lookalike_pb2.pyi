@@ -90,7 +90,7 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListInfo(_message.Message):
-    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "entry_count", "created", "dihedral", "kind", "guarded", "checks_last_day", "thumbnails", "consistency_token")
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "entry_count", "created", "dihedral", "kind", "guarded", "checks_last_day", "thumbnails", "consistency_token", "keypoints")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class ListInfo(_message.Message):
     CHECKS_LAST_DAY_FIELD_NUMBER: _ClassVar[int]
     THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    KEYPOINTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     review_threshold: float
@@ -117,7 +118,8 @@ class ListInfo(_message.Message):
     checks_last_day: CheckCounts
     thumbnails: bool
     consistency_token: str
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., entry_count: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dihedral: _Optional[bool] = ..., kind: _Optional[str] = ..., guarded: _Optional[_Iterable[_Union[GuardedEntry, _Mapping]]] = ..., checks_last_day: _Optional[_Union[CheckCounts, _Mapping]] = ..., thumbnails: _Optional[bool] = ..., consistency_token: _Optional[str] = ...) -> None: ...
+    keypoints: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., entry_count: _Optional[int] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dihedral: _Optional[bool] = ..., kind: _Optional[str] = ..., guarded: _Optional[_Iterable[_Union[GuardedEntry, _Mapping]]] = ..., checks_last_day: _Optional[_Union[CheckCounts, _Mapping]] = ..., thumbnails: _Optional[bool] = ..., consistency_token: _Optional[str] = ..., keypoints: _Optional[bool] = ...) -> None: ...
 
 class CheckCounts(_message.Message):
     __slots__ = ("accept", "review", "reject")
@@ -142,7 +144,7 @@ class GuardedEntry(_message.Message):
     def __init__(self, id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recent_matches: _Optional[float] = ..., usual_matches: _Optional[float] = ...) -> None: ...
 
 class CreateListRequest(_message.Message):
-    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "dihedral", "kind", "thumbnails")
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "model", "dihedral", "kind", "thumbnails", "keypoints")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +153,7 @@ class CreateListRequest(_message.Message):
     DIHEDRAL_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
+    KEYPOINTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     review_threshold: float
@@ -159,7 +162,8 @@ class CreateListRequest(_message.Message):
     dihedral: bool
     kind: str
     thumbnails: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., dihedral: _Optional[bool] = ..., kind: _Optional[str] = ..., thumbnails: _Optional[bool] = ...) -> None: ...
+    keypoints: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., model: _Optional[str] = ..., dihedral: _Optional[bool] = ..., kind: _Optional[str] = ..., thumbnails: _Optional[bool] = ..., keypoints: _Optional[bool] = ...) -> None: ...
 
 class GetListRequest(_message.Message):
     __slots__ = ("name",)
@@ -178,20 +182,22 @@ class ListListsResponse(_message.Message):
     def __init__(self, lists: _Optional[_Iterable[_Union[ListInfo, _Mapping]]] = ...) -> None: ...
 
 class UpdateListRequest(_message.Message):
-    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "dihedral", "thumbnails")
+    __slots__ = ("name", "description", "review_threshold", "reject_threshold", "dihedral", "thumbnails", "keypoints")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REVIEW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REJECT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DIHEDRAL_FIELD_NUMBER: _ClassVar[int]
     THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
+    KEYPOINTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     review_threshold: float
     reject_threshold: float
     dihedral: bool
     thumbnails: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., dihedral: _Optional[bool] = ..., thumbnails: _Optional[bool] = ...) -> None: ...
+    keypoints: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., review_threshold: _Optional[float] = ..., reject_threshold: _Optional[float] = ..., dihedral: _Optional[bool] = ..., thumbnails: _Optional[bool] = ..., keypoints: _Optional[bool] = ...) -> None: ...
 
 class DeleteListRequest(_message.Message):
     __slots__ = ("name",)

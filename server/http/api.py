@@ -668,7 +668,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "UpdateList",
         "PATCH",
         "/v1/lists/{list}",
-        "Change a list's description, thresholds or dihedral matching.",
+        "Change a list's description, thresholds, dihedral matching, thumbnails or keypoints.",
         pb.UpdateListRequest,
         body="*",
         path_fields={"list": "name"},

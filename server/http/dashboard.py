@@ -419,6 +419,7 @@ class Dashboard:
             dihedral=view.field("dihedral") == "on",
             kind=view.field("kind"),
             thumbnails=view.field("thumbnails") == "on",
+            keypoints=view.field("keypoints") == "on",
         )
         state = await self.run(lambda: self.ops.lists.create(view.user, spec))
         view.notice(f"List {state.record.name} created.")
@@ -455,6 +456,7 @@ class Dashboard:
             reject_threshold=_score(view.field("reject_threshold"), "reject threshold"),
             dihedral=view.field("dihedral") == "on",
             thumbnails=view.field("thumbnails") == "on",
+            keypoints=view.field("keypoints") == "on",
         )
         await self.run(lambda: self.ops.lists.update(view.user, change))
         view.notice(f"Settings of {name} saved.")

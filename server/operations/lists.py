@@ -24,6 +24,7 @@ class ListSpec:
     dihedral: bool = True
     kind: str = ""
     thumbnails: bool = False
+    keypoints: bool = True
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class ListChange:
     reject_threshold: float | None = None
     dihedral: bool | None = None
     thumbnails: bool | None = None
+    keypoints: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class ListOperations:
             dihedral=spec.dihedral,
             kind=spec.kind,
             thumbnails=spec.thumbnails,
+            keypoints=spec.keypoints,
         )
         return self.state(record)
 
@@ -96,6 +99,7 @@ class ListOperations:
             actor=caller.key_id,
             dihedral=change.dihedral,
             thumbnails=change.thumbnails,
+            keypoints=change.keypoints,
         )
         return self.state(record)
 

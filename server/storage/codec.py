@@ -90,6 +90,7 @@ def check_list_fields(record: ListRecord, key: bytes | memoryview) -> None:
             ("kind", record.kind in LIST_KINDS),
             ("pdq_only_count", record.pdq_only_count is None or _count(record.pdq_only_count)),
             ("thumbnails", isinstance(record.thumbnails, bool)),
+            ("keypoints", isinstance(record.keypoints, bool)),
         )
         if not right
     ]

@@ -168,6 +168,7 @@ def _settings(record: ListRecord) -> dict[str, str]:
         "dihedral": str(record.dihedral).lower(),
         "kind": record.kind,
         "thumbnails": str(record.thumbnails).lower(),
+        "keypoints": str(record.keypoints).lower(),
     }
 
 
@@ -766,6 +767,7 @@ class Store:
             dihedral=change.dihedral,
             kind=change.kind,
             thumbnails=change.thumbnails,
+            keypoints=change.keypoints,
         )
         self._put_list(txn, record)
         detail = _settings(record)
@@ -781,11 +783,14 @@ class Store:
             reject_threshold=record.reject_threshold if change.reject_threshold is None else change.reject_threshold,
             dihedral=record.dihedral if change.dihedral is None else change.dihedral,
             thumbnails=record.thumbnails if change.thumbnails is None else change.thumbnails,
+            keypoints=record.keypoints if change.keypoints is None else change.keypoints,
         )
         validate_thresholds(record.review_threshold, record.reject_threshold)
         validate_description(record.description)
         if not record.thumbnails:
             delete_prefix(txn.cursor(db=self._thumbnails), schema.list_prefix(record.uid))
+        if not record.keypoints:
+            delete_prefix(txn.cursor(db=self._keypoints), schema.list_prefix(record.uid))
         self._put_list(txn, record)
         detail = _settings(record) | ({"cause": change.cause} if change.cause else {})
         self._audit(txn, [AuditRecord(change.time, change.actor, AUDIT_LIST_UPDATE, change.name, "", detail)])
@@ -867,7 +872,7 @@ class Store:
                 stored = decode_embedding(item.embedding)
             if item.thumbnail and record.thumbnails:
                 txn.put(seq_key, item.thumbnail, db=self._thumbnails)
-            if item.keypoints:
+            if item.keypoints and record.keypoints:
                 txn.put(seq_key, item.keypoints, db=self._keypoints)
             txn.put(schema.seq_key(record.uid, number), encode_logged_change(schema.OP_ADD, seq), db=self._changes)
             detail = _add_detail(entry)
