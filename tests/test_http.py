@@ -82,9 +82,10 @@ def test_lists_are_created_read_changed_and_deleted(api: HttpServer) -> None:
     assert created.status_code == 200, created.text
     assert created.json()["name"] == "banned" and created.json()["reviewThreshold"] == 0.6
     assert created.json()["entryCount"] == "0"  # int64 as text, protobuf's JSON mapping
+    assert created.json()["keypoints"] is True  # unset: kept
     assert [info["name"] for info in api.http.get("/v1/lists").json()["lists"]] == ["banned"]
-    changed = api.http.patch("/v1/lists/banned", json={"rejectThreshold": 0.9})
-    assert changed.json()["rejectThreshold"] == 0.9
+    changed = api.http.patch("/v1/lists/banned", json={"rejectThreshold": 0.9, "keypoints": False})
+    assert changed.json()["rejectThreshold"] == 0.9 and changed.json()["keypoints"] is False
     assert api.grpc.get_list("banned").reject_threshold == 0.9  # the same list gRPC sees
     assert api.http.get("/v1/lists/banned").json()["description"] == "removed"
     assert changed.json()["consistencyToken"] == str(int(created.json()["consistencyToken"]) + 1)
