@@ -10,7 +10,7 @@ import onnxruntime
 import pytest
 from PIL import Image
 
-from benchmarks import cluster, gpu, regions, scale, throughput
+from benchmarks import cluster, gpu, regions, scale, throughput, unsure_share
 from lookalike.index import list_index
 from lookalike.index.list_index import EXACT_VECTORS_MAX
 from tests.conftest import corpus_photos
@@ -144,3 +144,16 @@ def test_regions_benchmark_times_both_arms_and_finds_the_same_regions_as_the_com
     assert {(row["arm"], row["pictures"]) for row in report["rows"]} == {("HEAD", "plain"), ("today", "plain")}
     assert all(row["mean ms"] > 0 for row in report["rows"])
     assert report["differing"] == [], "the committed finders and the working tree's are the same code"
+
+
+@pytest.mark.usefixtures("corpus")
+def test_unsure_share_benchmark_reports_more_entries_reaching_the_keypoint_floor_as_the_list_grows(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert unsure_share.main(["--max-photos", "40", "--tiles", "2"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    whole, tiled = report["rows"]
+    assert tiled["entries"] == 5 * whole["entries"], "each listed photo, then its four tiles"
+    floor = "share >= 0.30"
+    assert 0 <= whole[floor] <= tiled[floor] <= tiled["share >= 0.25"] <= 1
+    assert whole["median best cosine"] <= tiled["median best cosine"]
