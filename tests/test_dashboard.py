@@ -5,6 +5,7 @@ drives the same pages in a real browser."""
 from __future__ import annotations
 
 import logging
+import random
 import re
 import ssl
 import threading
@@ -16,12 +17,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
+from benchmarks.edits import apply_edit, encode_edited
 from lookalike.client import LookalikeClient
 from tests.conftest import ServerHandle, distinct_photos, start_server
 from tests.processes import ServerProcess
 from tests.test_access import Pki, pki  # noqa: F401 - the test CA and certificates, a fixture
 from tests.test_check_activity import written
+from tests.test_keypoints import no_other_photos
 
 COOKIE = "lookalike_session"
 
@@ -431,3 +435,16 @@ def test_an_admin_edits_and_deletes_lists_adds_and_checks_by_url_confirms_guards
         handle.stop()
         pictures.shutdown()
         pictures.server_close()
+
+
+def test_a_match_found_by_keypoints_alone_says_so_in_words(site: Site) -> None:
+    photo = distinct_photos(40, seed=3)[4]  # its crop below is one the embedding leaves under review
+    with Image.open(photo) as original:
+        crop = encode_edited(apply_edit("crop_70", original.convert("RGB"), random.Random(4), no_other_photos))
+    site.handle.client.create_list("banned")
+    site.handle.client.add("banned", photo)
+    browser = site.browser()
+    checked = browser.post("/check", data={"csrf_token": csrf(browser.get("/check"))}, files={"image": ("c.jpg", crop)})
+    assert 'class="decision review"' in checked.text
+    assert re.search(r"Local features: \d+ keypoints of the upload land on the listed picture", checked.text)
+    assert "Copy-detection model" in checked.text and "the model sees a different picture" in checked.text
