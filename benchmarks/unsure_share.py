@@ -8,7 +8,7 @@ entries are the embeddings of the listed photos of the accuracy benchmark's spli
 of each other), and queries are the distractors and a few plain edits of them, as a check embeds them (the
 whole picture only: region views, which can only add candidates, are left out, so the shares are a floor).
 
-    .venv/bin/python -m benchmarks.unsure_share [--seed 0] [--tiles 4] [--max-photos 0]   # whole corpus: ~4 min
+    .venv/bin/python -m benchmarks.unsure_share [--seed 0] [--tiles 4] [--max-photos 0]   # whole corpus: ~5 min
 
 Prints a table and one JSON object.
 """

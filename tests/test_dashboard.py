@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
 from benchmarks.edits import apply_edit, encode_edited
 from lookalike.client import LookalikeClient
@@ -25,7 +24,7 @@ from tests.conftest import ServerHandle, distinct_photos, start_server
 from tests.processes import ServerProcess
 from tests.test_access import Pki, pki  # noqa: F401 - the test CA and certificates, a fixture
 from tests.test_check_activity import written
-from tests.test_keypoints import no_other_photos
+from tests.test_keypoints import no_other_photos, rgb
 
 COOKIE = "lookalike_session"
 
@@ -439,8 +438,7 @@ def test_an_admin_edits_and_deletes_lists_adds_and_checks_by_url_confirms_guards
 
 def test_a_match_found_by_keypoints_alone_says_so_in_words(site: Site) -> None:
     photo = distinct_photos(40, seed=3)[4]  # its crop below is one the embedding leaves under review
-    with Image.open(photo) as original:
-        crop = encode_edited(apply_edit("crop_70", original.convert("RGB"), random.Random(4), no_other_photos))
+    crop = encode_edited(apply_edit("crop_70", rgb(photo), random.Random(4), no_other_photos))
     site.handle.client.create_list("banned")
     site.handle.client.add("banned", photo)
     browser = site.browser()
