@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from benchmarks.edits import Others, apply_edit, encode_edited, region_of
 from lookalike.server.embedder import EmbedderPool
@@ -422,6 +422,49 @@ def test_most_screens_photographed_at_an_angle_are_found() -> None:
     assert sum(found) >= 6, found
 
 
+def screen_cut_off(picture: Image.Image, backdrop: Image.Image, turns: int) -> tuple[Image.Image, Box]:
+    """A photo of a screen showing `picture` (dark bezel, seen at an angle, on `backdrop`, slightly blurred,
+    a JPEG) whose left side the photo cuts off, then turned by `turns` quarter turns so that the top, right or
+    bottom side is the one cut off; and the part of the screen in the photo."""
+    screen = ImageOps.expand(picture.resize((360, 270), Image.Resampling.BICUBIC), 14, fill=(18, 18, 22))
+    corners = ((-70.0, 40.0), (400.0, 62.0), (422.0, 322.0), (-90.0, 300.0))
+    size = (480, 360)
+    source = [
+        (0.0, 0.0),
+        (float(screen.width), 0.0),
+        (float(screen.width), float(screen.height)),
+        (0.0, float(screen.height)),
+    ]
+    rows = []  # Pillow's PERSPECTIVE coefficients mapping the photo's pixels back to the screen's
+    for (x, y), (u, v) in zip(corners, source, strict=True):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+    coefficients = tuple(np.linalg.solve(np.array(rows), np.array(source).ravel()))
+    seen = screen.transform(size, Image.Transform.PERSPECTIVE, coefficients, Image.Resampling.BICUBIC)
+    mask = Image.new("L", screen.size, 255).transform(size, Image.Transform.PERSPECTIVE, coefficients)
+    photographed = Image.composite(seen, ImageOps.fit(backdrop, size), mask).filter(ImageFilter.GaussianBlur(0.8))
+    box: Box = (0, 40, 422, 322)
+    for _ in range(turns):
+        photographed = photographed.transpose(Image.Transpose.ROTATE_90)  # counter-clockwise
+        box = (box[1], photographed.height - box[2], box[3], photographed.height - box[0])
+    return jpeg_roundtrip(photographed), box
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3], ids=["left", "bottom", "right", "top"])
+def test_a_screen_the_photo_cuts_off_is_framed_by_the_photos_edge(turns: int) -> None:
+    """Three sides show the bezel; the photo's edge stands for the fourth (a third of the benchmark's screen
+    photos are cut off: with the edge as a side, 216 of its 236 screens are found on seed 1, 180 without).
+    Here at least five of six: the corners' box overlaps the part of the screen in the photo by 0.7 at least
+    (the picture lies just inside its bezel)."""
+    found = []
+    for name in PHOTOS:
+        for backdrop in BACKGROUNDS[:2]:
+            composite, visible = screen_cut_off(photo(name), photo(backdrop), turns)
+            quad = find_regions(finder_picture(composite), composite.size).screen
+            found.append(quad is not None and iou(quad_box(quad), visible) >= 0.7)
+    assert sum(found) >= 5, found
+
+
 SEQUENCE = tuple(f"pypi_mvtb__seq__im.{number:03d}.jpg" for number in range(1, 10))
 """A model house on black: a picture as dark at its border as a screen's bezel."""
 
@@ -444,10 +487,11 @@ def as_a_check_sees(path: Path) -> tuple[Image.Image, tuple[int, int]]:
 
 
 def test_few_corpus_photos_look_like_a_screen() -> None:
-    """As a check looks: on the upright draft, gate first (10 of 393 photos get one more view)."""
+    """As a check looks: on the upright draft, gate first (23 of 393 photos get one more view, 9 of them
+    shapes that touch the photo's edge)."""
     photos = corpus_photos()[::4]
     screens = [path.name for path in photos if find_regions(*as_a_check_sees(path)).screen is not None]
-    assert len(screens) <= 0.06 * len(photos), screens  # about one in twenty: one more view each
+    assert len(screens) <= 0.1 * len(photos), screens  # about one in sixteen: one more view each
 
 
 def test_the_screen_gate_turns_away_most_plain_photos_and_keeps_the_screens() -> None:
