@@ -849,19 +849,21 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
     down = [(0.0, 0.0, 0.0), *down, (0.0, float(w), float(w))]
     corners = _crossings(across, down)  # [across, down, (x, y)]
     na, nd = len(across), len(down)
+    top, bottom = _opposite(np.array([line[2] for line in across]), QUAD_MIN_SIDE * h)
+    left, right = _opposite(np.array([line[2] for line in down]), QUAD_MIN_SIDE * w)
+    pairs = len(left)
     top, bottom, left, right = (
-        index.ravel() for index in np.meshgrid(*(np.arange(n) for n in (na, na, nd, nd)), indexing="ij")
-    )
-    apart = np.array([line[2] for line in across]), np.array([line[2] for line in down])
-    keep = (apart[0][bottom] - apart[0][top] >= QUAD_MIN_SIDE * h) & (
-        apart[1][right] - apart[1][left] >= QUAD_MIN_SIDE * w
+        np.repeat(top, pairs),
+        np.repeat(bottom, pairs),
+        np.tile(left, len(top)),
+        np.tile(right, len(top)),
     )
     tilts = (
         np.abs(np.degrees([line[0] for line in across]) - 90),  # from horizontal
         90 - np.abs(np.degrees([line[0] for line in down]) - 90),  # from vertical
     )
     turned = np.max([tilts[0][top], tilts[0][bottom], tilts[1][left], tilts[1][right]], axis=0)
-    keep &= turned >= QUAD_MIN_TILT
+    keep = turned >= QUAD_MIN_TILT
     border = np.array([top == 0, bottom == na - 1, left == 0, right == nd - 1])  # per side: the image's edge
     keep &= border.sum(axis=0) <= 1
     top, bottom, left, right, border = top[keep], bottom[keep], left[keep], right[keep], border[:, keep]
@@ -914,6 +916,14 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
     best = chosen[np.lexsort((-area[chosen], -np.round(support[chosen], 1), -own_edges[chosen], on_edge[chosen]))[0]]
     found: np.ndarray = quads[best]
     return found
+
+
+def _opposite(positions: np.ndarray, least: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (first, second) of the pairs of lines at least `least` apart, the second further on, in
+    lexicographic order; never the first and the last (the image's two edges) together."""
+    first, second = np.nonzero(positions[None, :] - positions[:, None] >= least)
+    keep = (first > 0) | (second < len(positions) - 1)
+    return first[keep], second[keep]
 
 
 def _three_sides(across: int, down: int) -> bool:
