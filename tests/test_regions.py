@@ -487,7 +487,7 @@ def as_a_check_sees(path: Path) -> tuple[Image.Image, tuple[int, int]]:
 
 
 def test_few_corpus_photos_look_like_a_screen() -> None:
-    """As a check looks: on the upright draft, gate first (23 of 393 photos get one more view, 9 of them
+    """As a check looks: on the upright draft, gate first (17 of 393 photos get one more view, 7 of them
     shapes that touch the photo's edge)."""
     photos = corpus_photos()[::4]
     screens = [path.name for path in photos if find_regions(*as_a_check_sees(path)).screen is not None]
