@@ -364,7 +364,7 @@ def _perspective_coefficients(
     return [float(c) for c in solved]
 
 
-def _warp(
+def warp(
     image: Image.Image, corners: Sequence[tuple[float, float]], size: tuple[int, int], fill: int | tuple[int, int, int]
 ) -> Image.Image:
     """The picture warped so its corners (top-left, top-right, bottom-right, bottom-left) land on
@@ -384,7 +384,7 @@ def perspective(image: Image.Image, rng: random.Random) -> Image.Image:
         (w - rng.uniform(0, 0.2) * w, h - rng.uniform(0, 0.2) * h),
         (rng.uniform(0, 0.2) * w, h - rng.uniform(0, 0.2) * h),
     ]
-    return _warp(image, corners, (w, h), _colour(rng))
+    return warp(image, corners, (w, h), _colour(rng))
 
 
 # Composites: the picture inside a larger picture made of other photos and drawn UI ---------------
@@ -748,8 +748,8 @@ def screen_photo(image: Image.Image, rng: random.Random, others: Others) -> Imag
         (left + box_w + jitter[4] * box_w, top + box_h + jitter[5] * box_h),
         (left + jitter[6] * box_w, top + box_h + jitter[7] * box_h),
     ]
-    warped = _warp(screen, corners, size, (0, 0, 0))
-    mask = _warp(Image.new("L", screen.size, 255), corners, size, 0)
+    warped = warp(screen, corners, size, (0, 0, 0))
+    mask = warp(Image.new("L", screen.size, 255), corners, size, 0)
     photo = Image.composite(warped, backdrop, mask)
     pixels = np.asarray(photo, dtype=np.float32) * _moire(size, rng)[..., None]
     yy, xx = np.mgrid[0 : size[1], 0 : size[0]].astype(np.float32)
