@@ -690,6 +690,33 @@ def _collage(cells: int) -> CompositeEdit:
     return edit
 
 
+def pair(image: Image.Image, rng: random.Random, others: Others) -> Image.Image:
+    """Two photos side by side or one above the other (before-and-after posts, comparison memes), the
+    picture first or second: both cropped square, or both at one height (width) with their shapes kept."""
+    other = others(rng)
+    stacked, square = rng.random() < 0.5, rng.random() < 0.5
+    side, gutter = rng.randint(400, 700), rng.choice((0, 0, 4, 8))
+    if square:
+        parts = [_fill(picture, (side, side)) for picture in (image, other)]
+    elif stacked:
+        parts = [_scaled(picture, side / picture.width) for picture in (image, other)]
+    else:
+        parts = [_scaled(picture, side / picture.height) for picture in (image, other)]
+    mine = rng.randrange(2)
+    if mine:
+        parts.reverse()
+    first, second = parts
+    if stacked:
+        size, at = (side, first.height + gutter + second.height), (0, first.height + gutter)
+    else:
+        size, at = (first.width + gutter + second.width, side), (first.width + gutter, 0)
+    canvas = Image.new("RGB", size, rng.choice(((255, 255, 255), (0, 0, 0))))
+    canvas.paste(first, (0, 0))
+    canvas.paste(second, at)
+    left, top = at if mine else (0, 0)
+    return _marked(canvas, (left, top, left + parts[mine].width, top + parts[mine].height))
+
+
 def meme(image: Image.Image, rng: random.Random, others: Others) -> Image.Image:
     """Meme format: a white caption block above (sometimes another below), black text, the picture
     resized to a typical width."""
@@ -832,6 +859,7 @@ COMPOSITE_FAMILIES: dict[str, CompositeEdit] = {
     "app_screenshot": app_screenshot,
     "collage_2x2": _collage(2),
     "collage_3x3": _collage(3),
+    "pair": pair,
     "meme": meme,
     "screen_photo": screen_photo,
     "chain_composite": chain_with_composite,

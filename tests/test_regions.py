@@ -356,6 +356,30 @@ def test_step_edges_are_where_the_bands_on_either_side_differ_most() -> None:
     assert step_edges_by_definition(grey, EDGE_BAND, EDGE_STEP).any()
 
 
+def two_pictures(picture: Image.Image, other: Image.Image, stacked: bool, gutter: int) -> tuple[Image.Image, Box]:
+    """`picture` and `other` cropped square, side by side (or one above the other) with a white gutter, as
+    before-and-after posts and comparison memes show them; and the box `picture` fills."""
+    side = 480
+    canvas = Image.new("RGB", (side, 2 * side + gutter) if stacked else (2 * side + gutter, side), (255, 255, 255))
+    canvas.paste(ImageOps.fit(picture, (side, side)), (0, 0))
+    canvas.paste(ImageOps.fit(other, (side, side)), (0, side + gutter) if stacked else (side + gutter, 0))
+    return canvas, (0, 0, side, side)
+
+
+@pytest.mark.parametrize("gutter", [0, 8])
+@pytest.mark.parametrize("stacked", [False, True], ids=["side by side", "stacked"])
+def test_two_pictures_side_by_side_or_stacked_are_cut_in_two(stacked: bool, gutter: int) -> None:
+    """A pair is a collage with one boundary, which must cover most of the side (PAIR_COVER), more than a
+    grid's: a single line across the middle of a plain photo is common. Here at least five of six pairs."""
+    cut = []
+    for name in PHOTOS:
+        for other in BACKGROUNDS[:2]:
+            composite, truth = two_pictures(photo(name), photo(other), stacked, gutter)
+            cells = grid_cells(jpeg_roundtrip(composite))
+            cut.append(len(cells) == 2 and iou(cells[0], truth) >= 0.85)
+    assert sum(cut) >= 5, cut
+
+
 @pytest.mark.parametrize("name", PHOTOS)
 def test_the_unedited_photo_has_no_frame_or_grid(name: str) -> None:
     assert find_regions(photo(name)) == Regions(None, None, [], [])
@@ -366,7 +390,7 @@ def test_few_corpus_photos_have_a_frame_and_almost_none_a_grid() -> None:
     framed = [path.name for path in photos if frame_boxes(Image.open(path).convert("RGB"))]
     grids = [path.name for path in photos if grid_cells(Image.open(path).convert("RGB"))]
     assert len(framed) <= 0.17 * len(photos), framed  # about one in six: one more view each
-    assert len(grids) <= 0.02 * len(photos), grids
+    assert len(grids) <= 0.03 * len(photos), grids  # mostly pairs: a line across the middle of a photo
 
 
 def test_frames_and_grids_ignore_flat_images_noise_and_tiny_ones() -> None:
