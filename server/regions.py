@@ -397,12 +397,12 @@ GRID_WINDOW = 0.03
 GRID_COVER = 0.4
 """Share of the whole side a boundary covers beyond the lines just off it (on its quieter side)."""
 GRID_SHAPES = ((2, 2), (2, 3), (3, 2), (3, 3))
+"""Rows and columns of the grids tried."""
 PAIR_SHAPES = ((1, 2), (2, 1))
 """Two pictures side by side or one above the other, looked for only where no grid above is found."""
 PAIR_COVER = 0.7
 """A pair's one boundary must cover this much of the side more than the lines beside it, a single line being
 weaker evidence than a grid's: at GRID_COVER 49 of the 393 corpus photos were cut in two, at 0.7 seven."""
-"""Rows and columns of the grids tried."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,12 @@ def others_from(paths: list[Path]) -> Others:
     return lambda rng: rng.choice(pictures)
 
 
+def found_on_top(client: LookalikeClient, picture: Image.Image, entry_id: str) -> bool:
+    """Whether a check of `picture` against "banned" flags it (reject or review) with `entry_id` on top."""
+    result = client.check(encode_edited(picture), ["banned"])
+    return result.decision != "accept" and result.matches[0].id == entry_id
+
+
 def listed_as_banned(client: LookalikeClient, listed: list[Path]) -> dict[str, str]:
     """A list "banned" holding the photos; each photo's entry id by file name."""
     client.create_list("banned")
@@ -49,10 +55,8 @@ def test_a_listed_picture_inside_a_collage_or_pasted_on_a_photo_is_found(
     caught: dict[str, list[bool]] = {}
     for family in ("collage_2x2", "collage_3x3", "paste_on_photo", "paste_on_busy"):
         for seed, path in enumerate(listed):
-            query = encode_edited(apply_edit(family, rgb(path), random.Random(seed), others))
-            result = client.check(query, ["banned"])
-            found = result.decision != "accept" and result.matches[0].id == ids[path.name]
-            caught.setdefault(family, []).append(found)
+            edited = apply_edit(family, rgb(path), random.Random(seed), others)
+            caught.setdefault(family, []).append(found_on_top(client, edited, ids[path.name]))
     assert all(caught["collage_2x2"]) and all(caught["collage_3x3"]), caught
     assert sum(caught["paste_on_photo"] + caught["paste_on_busy"]) >= 4, caught
 
@@ -71,9 +75,8 @@ def test_a_listed_picture_on_a_photographed_screen_is_found(
     caught = []
     for seed in range(2):
         for number, path in enumerate(listed):
-            query = encode_edited(apply_edit("screen_photo", rgb(path), random.Random(10 * seed + number), others))
-            result = client.check(query, ["banned"])
-            caught.append(result.decision != "accept" and result.matches[0].id == ids[path.name])
+            edited = apply_edit("screen_photo", rgb(path), random.Random(10 * seed + number), others)
+            caught.append(found_on_top(client, edited, ids[path.name]))
     assert sum(caught) >= 5, caught
 
 
@@ -91,8 +94,7 @@ def test_a_listed_picture_on_a_screen_the_photo_cuts_off_is_found(
     for number, path in enumerate(listed):
         for turns in range(4):
             composite, _ = screen_cut_off(rgb(path), rgb(unlisted[number]), turns)
-            result = client.check(encode_edited(composite), ["banned"])
-            caught.append(result.decision != "accept" and result.matches[0].id == ids[path.name])
+            caught.append(found_on_top(client, composite, ids[path.name]))
     assert sum(caught) >= 15, caught
 
 
@@ -113,8 +115,7 @@ def test_a_listed_picture_beside_or_above_another_is_found(
                 other = rgb(unlisted[number])
                 pictures = (rgb(path), other) if first else (other, rgb(path))
                 composite, _ = two_pictures(*pictures, stacked=stacked, gutter=8 * number % 16)
-                result = client.check(encode_edited(composite), ["banned"])
-                caught.append(result.decision != "accept" and result.matches[0].id == ids[path.name])
+                caught.append(found_on_top(client, composite, ids[path.name]))
     assert sum(caught) >= 15, caught
 
 
@@ -195,6 +196,5 @@ def test_a_composite_turned_as_a_whole_is_searched_set_upright(
             for number, path in enumerate(listed):
                 rng = random.Random(10 * seed + number)
                 turned = apply_edit("rotate_small", apply_edit(family, rgb(path), rng, others), rng)
-                result = client.check(encode_edited(turned), ["banned"])
-                caught.append(result.decision != "accept" and result.matches[0].id == ids[path.name])
+                caught.append(found_on_top(client, turned, ids[path.name]))
     assert sum(caught) >= 7, caught  # 10 of these 16; 1 when only the whole was set upright
