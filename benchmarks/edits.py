@@ -475,6 +475,28 @@ def paste_on_busy(image: Image.Image, rng: random.Random, others: Others) -> Ima
     return _paste_at_random(busy_background(_canvas_size(rng), rng), image, rng)
 
 
+def paste_at_edge(image: Image.Image, rng: random.Random, others: Others) -> Image.Image:
+    """Pasted at 30–70 % size onto another photograph against its edge: in a corner, or against one side,
+    as it is or partly outside the photo (up to a third of the picture cut off)."""
+    canvas = _fill(others(rng), _canvas_size(rng))
+    share = rng.uniform(0.3, 0.7)
+    picture = _fit(image, (round(canvas.width * share), round(canvas.height * share)))
+    x, y = rng.randint(0, canvas.width - picture.width), rng.randint(0, canvas.height - picture.height)
+    right, bottom = canvas.width - picture.width, canvas.height - picture.height
+    if rng.random() < 0.4:
+        x, y = rng.choice((0, right)), rng.choice((0, bottom))
+    else:
+        outside = rng.choice((0.0, rng.uniform(0.05, 0.33)))
+        side = rng.randrange(4)
+        if side < 2:
+            x = -round(outside * picture.width) if side == 0 else right + round(outside * picture.width)
+        else:
+            y = -round(outside * picture.height) if side == 2 else bottom + round(outside * picture.height)
+    canvas = canvas.copy()
+    canvas.paste(picture, (x, y))
+    return _marked(canvas, (x, y, x + picture.width, y + picture.height))
+
+
 def _phone_chrome(
     draw: ImageDraw.ImageDraw, size: tuple[int, int], ink: tuple[int, int, int], rng: random.Random
 ) -> int:
@@ -856,6 +878,7 @@ EDIT_FAMILIES: dict[str, Edit] = {
 COMPOSITE_FAMILIES: dict[str, CompositeEdit] = {
     "paste_on_photo": paste_on_photo,
     "paste_on_busy": paste_on_busy,
+    "paste_at_edge": paste_at_edge,
     "app_screenshot": app_screenshot,
     "collage_2x2": _collage(2),
     "collage_3x3": _collage(3),

@@ -355,10 +355,12 @@ def _tilt(g: np.ndarray) -> float | None:
 #    runs of edge, at least MIN_LINE_RUN of the side. A line's support over a span is the share
 #    of it that is edge; it counts only where it stands out by LINE_PROMINENCE from the parallel
 #    lines LINE_OFFSETS pixels away on at least one side (a boundary, not a texture). A frame is a
-#    rectangle of candidate lines and the image's border with at least MIN_FRAMED_SIDES sides on
-#    lines, each supported at least MIN_SIDE_SUPPORT and on average MIN_MEAN_SUPPORT, covering
-#    FRAME_AREA of the image. A frame that a line crosses whole may be two pictures, or one with a
-#    horizon of its own: it comes after every frame no line crosses.
+#    rectangle of candidate lines and the image's border covering FRAME_AREA of the image: either all
+#    four sides on lines, each supported at least MIN_SIDE_SUPPORT and on average MIN_MEAN_SUPPORT; or
+#    a picture in a corner or cut off by the image's edge, two adjacent sides or three on lines, each
+#    supported at least EDGE_FRAME_SUPPORT and each ending where the next one meets it (for
+#    END_LENGTH beyond that corner it is END_MARGIN less edge). A frame that a line crosses whole may
+#    be two pictures, or one with a horizon of its own: it comes after every frame no line crosses.
 # 3. Grids (`grid_cells`): a collage of 2 or 3 rows by 2 or 3 columns has a boundary near each
 #    i/n of the side (within GRID_WINDOW), a line covering at least GRID_COVER of the whole side
 #    more than the lines a few pixels off it on one side; the best-covered grid wins. Where none is
@@ -381,11 +383,19 @@ LINE_OFFSETS = (3, 4, 5, 6)
 """Parallel lines (pixels away) a frame's side must stand out from."""
 LINE_PROMINENCE = 0.35
 """How much more of a side is edge than of the parallel lines beside it (on its quieter side)."""
-MIN_FRAMED_SIDES = 4
-"""Sides of a frame that lie on lines, not on the image's border (a picture touching the border is
-found by its flat canvas or not at all: two or three framed sides are too common in plain photos)."""
 MIN_SIDE_SUPPORT, MIN_MEAN_SUPPORT = 0.7, 0.8
-"""Share of each framed side that is edge, and of all of them on average."""
+"""Share of each side of a frame with four sides on lines that is edge, and of all of them on average."""
+EDGE_FRAME_SUPPORT = 0.8
+"""Share of each side on a line that is edge, for a frame the image's edge closes (two or three sides on
+lines: a picture pasted in a corner, or partly outside the image). Plain photos have such corners of
+straight edges more often than whole rectangles, so each side must be stronger and end at its corners."""
+EDGE_FRAME_AREA = 0.06
+"""Share of the image such a frame covers at least."""
+END_LENGTH = 0.15
+"""How far beyond a corner (share of the side's length, 4 px at least) a side of such a frame is followed."""
+END_MARGIN = 0.25
+"""How much less edge the line is there than along the side: a pasted picture's side stops at its corner,
+a building's or a table's edge runs on."""
 FRAME_AREA = (0.03, 0.9)
 """Share of the image a frame may cover."""
 MIN_FRAME_SIDE = 0.1
@@ -524,8 +534,8 @@ class _Edges:
         rows, cols = self.rows, self.cols
         h, w = cols.shape[1], rows.shape[1]
         across, down = _line_positions(rows, MIN_LINE_RUN * w), _line_positions(cols, MIN_LINE_RUN * h)
-        if min(2, len(across)) + min(2, len(down)) < MIN_FRAMED_SIDES:
-            return []  # too few lines for the sides a frame needs
+        if not across or not down:
+            return []  # a frame needs a side on a line each way
         ys, xs = np.array([0, *across, h]), np.array([0, *down, w])
         horizontal = _supports(rows, ys, xs)  # [line, left, right]
         vertical = _supports(cols, xs, ys)  # [line, top, bottom]
@@ -539,12 +549,12 @@ class _Edges:
         top, bottom, left, right = np.nonzero(ok)
         height, width = ys[bottom] - ys[top], xs[right] - xs[left]
         area = height * width / float(h * w)
-        framed = np.stack([top > 0, bottom < ny - 1, left > 0, right < nx - 1])
-        count = framed.sum(axis=0)
-        keep = (height >= MIN_FRAME_SIDE * h) & (width >= MIN_FRAME_SIDE * w) & (count >= MIN_FRAMED_SIDES)
+        framed = np.stack([top > 0, bottom < ny - 1, left > 0, right < nx - 1])  # [side]: on a line
+        cornered = (framed[0] | framed[1]) & (framed[2] | framed[3])  # a side on a line each way
+        keep = (height >= MIN_FRAME_SIDE * h) & (width >= MIN_FRAME_SIDE * w) & cornered
         keep &= (area >= FRAME_AREA[0]) & (area <= FRAME_AREA[1])
         top, bottom, left, right, area = top[keep], bottom[keep], left[keep], right[keep], area[keep]
-        framed, count = framed[:, keep], count[keep]
+        framed = framed[:, keep]
         sides = np.stack(
             [
                 horizontal[top, left, right],
@@ -553,14 +563,28 @@ class _Edges:
                 vertical[right, top, bottom],
             ]
         )
-        mean = (sides * framed).sum(axis=0) / np.maximum(count, 1)
+        closed = framed.all(axis=0)
+        # The border's sides count 1: the weakest of an edge frame's sides is one on a line
+        good = np.where(
+            closed,
+            sides.mean(axis=0) >= MIN_MEAN_SUPPORT,
+            (sides.min(axis=0) >= EDGE_FRAME_SUPPORT) & (area >= EDGE_FRAME_AREA),
+        )
+        edged = np.flatnonzero(good & ~closed)
+        good[edged] = _sides_end(
+            (_running(rows, ys), _running(cols, xs)),
+            (ys, xs),
+            (top[edged], bottom[edged], left[edged], right[edged]),
+            framed[:, edged],
+            sides[:, edged],
+        )
+        found = np.flatnonzero(good)
+        if found.size == 0:
+            return []
         split = np.maximum(
             _strongest_inside(horizontal)[top, bottom, left, right],
             _strongest_inside(vertical)[left, right, top, bottom],
         )
-        found = np.flatnonzero(mean >= MIN_MEAN_SUPPORT)
-        if found.size == 0:
-            return []
         support: np.ndarray = np.round(sides.min(axis=0)[found], 1)
         crossed = split[found] >= MAX_SPLIT
         order = np.lexsort((-area[found], -support, crossed))
@@ -680,6 +704,52 @@ def _supports(rows: np.ndarray, lines: np.ndarray, ends: np.ndarray) -> np.ndarr
     support = np.where(support - np.minimum(before, after) >= LINE_PROMINENCE, support, 0.0)
     support[[0, -1]] = 1.0
     return support
+
+
+def _running(rows: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    """[i, x]: edge pixels of row `lines[i]` of the edge map `rows` before x."""
+    running = np.zeros((len(lines), rows.shape[1] + 1), dtype=np.int32)
+    np.cumsum(rows[lines], axis=1, out=running[:, 1:])
+    return running
+
+
+def _sides_end(
+    running: tuple[np.ndarray, np.ndarray],
+    lines: tuple[np.ndarray, np.ndarray],
+    frames: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    framed: np.ndarray,
+    sides: np.ndarray,
+) -> np.ndarray:
+    """Whether each frame's sides on lines stop at the corners where its other sides on lines meet them:
+    beyond such a corner, for END_LENGTH of the side, the line is END_MARGIN less edge than along the side
+    (taken as so where the image ends first). Frames as indices (top, bottom, left, right) into the `lines`
+    across and down, whose `running` sums (`_running`) are given; `framed` and `sides` as in `frame_boxes`."""
+    ys, xs = lines
+    top, bottom, left, right = frames
+    ends = np.ones(top.shape, dtype=bool)
+    for k, (table, line, start, stop) in enumerate(
+        (
+            (running[0], top, xs[left], xs[right]),
+            (running[0], bottom, xs[left], xs[right]),
+            (running[1], left, ys[top], ys[bottom]),
+            (running[1], right, ys[top], ys[bottom]),
+        )
+    ):
+        before, after = (framed[2], framed[3]) if k < 2 else (framed[0], framed[1])  # the sides meeting it
+        reach = np.maximum(4, np.round(END_LENGTH * (stop - start))).astype(np.int64)
+        most = sides[k] - END_MARGIN
+        gap = 2  # past the meeting side's own edge pixels (±1)
+        ends &= ~framed[k] | ~before | (_share_between(table, line, start - gap - reach, start - gap) <= most)
+        ends &= ~framed[k] | ~after | (_share_between(table, line, stop + gap, stop + gap + reach) <= most)
+    return ends
+
+
+def _share_between(running: np.ndarray, line: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """Share of edge on lines `line` between `start` and `stop` (clipped to the image); 0 where under 3 px remain."""
+    start, stop = np.clip(start, 0, running.shape[1] - 1), np.clip(stop, 0, running.shape[1] - 1)
+    span = stop - start
+    share = (running[line, stop] - running[line, start]) / np.maximum(span, 1)
+    return np.where(span >= 3, share, 0.0)
 
 
 def _strongest_inside(supports: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.edits import FAMILIES, apply_edit, encode_edited, rotate_large
+from benchmarks.edits import FAMILIES, apply_edit, encode_edited, region_of, rotate_large
 
 
 def picture() -> Image.Image:
@@ -37,6 +37,16 @@ def test_composites_take_their_other_photos_from_the_picker(family: str) -> None
 
     apply_edit(family, picture(), random.Random(3), others)
     assert asked
+
+
+def test_a_picture_pasted_at_the_edge_reaches_the_photos_edge() -> None:
+    def backdrop(rng: random.Random) -> Image.Image:
+        return Image.new("RGB", (1000, 700), (rng.randrange(256), 90, 40))
+
+    for seed in range(12):
+        edited = apply_edit("paste_at_edge", picture(), random.Random(seed), backdrop)
+        box = region_of(edited)
+        assert box is not None and (box[0] == 0 or box[1] == 0 or box[2] == edited.width or box[3] == edited.height)
 
 
 def test_a_large_rotation_cropped_inside_keeps_no_corner_fill() -> None:

@@ -308,6 +308,39 @@ def test_a_print_with_a_white_border_pasted_on_a_photo_is_framed() -> None:
     assert framed >= 63, framed
 
 
+EDGE_PLACES = ("top left", "bottom right", "cut off left", "cut off bottom")
+
+
+def picture_at_edge(picture: Image.Image, backdrop: Image.Image, place: str) -> tuple[Image.Image, Box]:
+    """`picture` at 45 % of `backdrop`'s size (1000 × 750), pasted in a corner of the photo ("top left",
+    "bottom right") or across its edge, a quarter of it outside the photo ("cut off left", "cut off
+    bottom"); and the part of it in the photo."""
+    canvas = backdrop.copy()
+    pasted = ImageOps.contain(picture, (450, 338), Image.Resampling.LANCZOS)
+    w, h = pasted.size
+    at = {
+        "top left": (0, 0),
+        "bottom right": (1000 - w, 750 - h),
+        "cut off left": (-w // 4, 200),
+        "cut off bottom": (300, 750 - 3 * h // 4),
+    }[place]
+    canvas.paste(pasted, at)
+    return jpeg_roundtrip(canvas), (max(0, at[0]), max(0, at[1]), min(1000, at[0] + w), min(750, at[1] + h))
+
+
+@pytest.mark.parametrize("place", EDGE_PLACES)
+def test_a_picture_in_a_corner_or_cut_off_by_the_photos_edge_is_framed_by_it(place: str) -> None:
+    """Two or three sides on lines, the photo's edge closing the frame: each side must be strong and stop
+    at its corners, which plain photos' straight edges seldom do. Here at least six of twelve among the two
+    best boxes for each place (today 7-10; 0-4 when a frame needed four sides on lines)."""
+    framed = []
+    for name in PHOTOS:
+        for background in BACKGROUNDS:
+            composite, truth = picture_at_edge(photo(name), backdrop(background), place)
+            framed.append(any(iou(box, truth) >= 0.8 for box in frame_boxes(composite)[:2]))
+    assert sum(framed) >= 6, framed
+
+
 def test_two_pictures_one_above_the_other_are_framed_apart_first_and_together_after() -> None:
     """The line between them crosses the pair, as a horizon crosses one picture: the pair is framed too,
     after the frames no line crosses. Twelve pairs: both alone are the two best boxes for seven (the pair
@@ -389,7 +422,7 @@ def test_few_corpus_photos_have_a_frame_and_almost_none_a_grid() -> None:
     photos = corpus_photos()[::4]
     framed = [path.name for path in photos if frame_boxes(Image.open(path).convert("RGB"))]
     grids = [path.name for path in photos if grid_cells(Image.open(path).convert("RGB"))]
-    assert len(framed) <= 0.17 * len(photos), framed  # about one in six: one more view each
+    assert len(framed) <= 0.2 * len(photos), framed  # one in five (six before edge frames): one more view each
     assert len(grids) <= 0.03 * len(photos), grids  # mostly pairs: a line across the middle of a photo
 
 
