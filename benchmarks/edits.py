@@ -497,6 +497,24 @@ def paste_at_edge(image: Image.Image, rng: random.Random, others: Others) -> Ima
     return _marked(canvas, (x, y, x + picture.width, y + picture.height))
 
 
+def paste_turned(image: Image.Image, rng: random.Random, others: Others) -> Image.Image:
+    """Pasted at 40–70 % size onto another photograph turned by 5–20° either way, plain or on a white
+    photo-print border (a print laid on a table, a scrapbook page)."""
+    canvas = _fill(others(rng), _canvas_size(rng))
+    share = rng.uniform(0.4, 0.7)
+    picture = _fit(image, (round(canvas.width * share), round(canvas.height * share)))
+    if rng.random() < 0.5:
+        picture = ImageOps.expand(picture, max(2, round(min(picture.size) * 0.04)), fill=(250, 250, 250))
+    angle = rng.uniform(5.0, 20.0) * rng.choice((-1, 1))
+    turned = picture.rotate(angle, Image.Resampling.BICUBIC, expand=True)
+    mask = Image.new("L", picture.size, 255).rotate(angle, Image.Resampling.BICUBIC, expand=True)
+    x = rng.randint(0, max(0, canvas.width - turned.width))
+    y = rng.randint(0, max(0, canvas.height - turned.height))
+    canvas = canvas.copy()
+    canvas.paste(turned, (x, y), mask)
+    return _marked(canvas, (x, y, x + turned.width, y + turned.height))
+
+
 def _phone_chrome(
     draw: ImageDraw.ImageDraw, size: tuple[int, int], ink: tuple[int, int, int], rng: random.Random
 ) -> int:
@@ -879,6 +897,7 @@ COMPOSITE_FAMILIES: dict[str, CompositeEdit] = {
     "paste_on_photo": paste_on_photo,
     "paste_on_busy": paste_on_busy,
     "paste_at_edge": paste_at_edge,
+    "paste_turned": paste_turned,
     "app_screenshot": app_screenshot,
     "collage_2x2": _collage(2),
     "collage_3x3": _collage(3),

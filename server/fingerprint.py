@@ -93,9 +93,9 @@ class Fingerprint:
 def _region_views(regions: Regions, picture: Image.Image, cut: Cutter) -> list[list[Image.Image]]:
     """The views of what `regions` found in `picture` (each part cut by `cut`): the picture framed by a flat
     canvas (a padded border, a plain screenshot) and one turned on a flat fill, set upright, at model input
-    size, with what lies inside the latter (`_turned_views`); a picture on a screen photographed at an angle,
-    rectified, at model input size; the cells of a collage; else up to MAX_REGION_VIEWS pictures framed by
-    straight edges (pasted on a photo, inside an app's UI)."""
+    size, with what lies inside the latter (`_turned_views`); a picture on a screen photographed at an angle
+    or pasted turned, rectified, at model input size; the cells of a collage; else up to MAX_REGION_VIEWS
+    pictures framed by straight edges (pasted on a photo, inside an app's UI)."""
     batches: list[list[Image.Image]] = []
     if regions.canvas is not None:
         batches.append([embedding_input(cut([regions.canvas], DRAFT_SHORT_SIDE)[0])])

@@ -429,8 +429,8 @@ class Regions:
     """Pictures framed by straight edges, best first (`frame_boxes`); not looked for in a collage (a
     pair's two cells are no collage here)."""
     screen: Quad | None = None
-    """A picture on a screen photographed at an angle (`screen_quad`); not looked for where a flat
-    canvas or a collage of more than two cells explains the image."""
+    """A picture on a screen photographed at an angle, or pasted turned (`screen_quad`); not looked for
+    where a flat canvas or a collage of more than two cells explains the image."""
 
     def __bool__(self) -> bool:
         """Whether anything was found: only then is the finer picture decoded to cut it."""
@@ -819,6 +819,10 @@ def _to_image(box: Box, scale: float, size: tuple[int, int]) -> Box:
 #    darker than the other hand, and smooth (BEZEL_ROUGHNESS). One side may be the image's own edge
 #    instead, where the photo cuts the screen off: then the other three carry the tests, unloosened,
 #    with the bezel darker than CUT_OFF_BEZEL_LEVEL on average.
+#    A picture pasted turned onto a photo (a print laid on a table) has no bezel: a quadrilateral with
+#    four sides of its own passes too where it is a true rectangle, opposite sides parallel and corners
+#    square within PASTED_ANGLE, each side PASTED_SUPPORT on edge pixels, PASTED_INSIDE inside the
+#    image, and stopping at its corners (for END_LENGTH beyond them, PASTED_END_MARGIN less edge).
 # 3. The one with four sides of its own, then most sides on the picture's own edge, then the best
 #    supported, then the largest, is warped square into a view of its own (`rectified`).
 # Each line's figures are cumulative sums along it, so every quadrilateral is judged at once.
@@ -866,6 +870,16 @@ fewer, it must be darker (seed 1: 35 of the 42 such screens found, 6 of the 17 p
 BEZEL_SIDE_LEVEL = 120.0
 """Mean grey just outside each of the picture's own edges at most (an outline's bezel keeps to
 BEZEL_LEVEL: a dark-bordered picture framed by anything a little darker around it is no screen)."""
+PASTED_SUPPORT = 0.8
+"""Share of each side that is edge, for a picture pasted turned onto a photo (no bezel around it)."""
+PASTED_ANGLE = 2.0
+"""Degrees its opposite sides may be off parallel and its corners off square: a picture turned, not seen in
+perspective (a shape in a photo seen at an angle is seldom square that closely)."""
+PASTED_INSIDE = 0.9
+"""Share of its sides inside the image at least."""
+PASTED_END_MARGIN = 0.1
+"""How much less edge each side's line is beyond its corners (for END_LENGTH) than along the side. Less than
+frames ask (END_MARGIN): these edge pixels are gradients, which texture beyond a corner also has."""
 SCREEN_GATE_SIDE = 200
 """Long side of the coarse copy the whole finder first runs on (`screen_gate`): 0.4 of the pixels."""
 SCREEN_GATE_SLACK = 2.5
@@ -875,8 +889,8 @@ photos on to it."""
 
 
 def screen_quad(picture: Image.Image, size: tuple[int, int] | None = None) -> Quad | None:
-    """The corners of a picture shown on a screen photographed at an angle (see above), in the pixels
-    of the image of `size` (default: `picture`'s) that `picture` is a copy of; else None."""
+    """The corners of a picture shown on a screen photographed at an angle, or pasted turned (see above),
+    in the pixels of the image of `size` (default: `picture`'s) that `picture` is a copy of; else None."""
     width, height = size or picture.size
     if min(width, height) < MIN_SIDE:
         return None
@@ -989,6 +1003,26 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
     )
     bezel &= (roughness * real).max(axis=0) <= BEZEL_ROUGHNESS * loosened
     passed = (support >= QUAD_SUPPORT / loosened) & (covered >= 0.5) & bezel
+    across_angle, down_angle = np.degrees([line[0] for line in across]), np.degrees([line[0] for line in down])
+    pasted = (
+        ~on_edge
+        & (support >= PASTED_SUPPORT / slack)
+        & (covered >= PASTED_INSIDE)
+        & (_turn(across_angle[top], across_angle[bottom]) <= PASTED_ANGLE)
+        & (_turn(down_angle[left], down_angle[right]) <= PASTED_ANGLE)
+        & (_turn(across_angle[top], down_angle[left] + 90) <= PASTED_ANGLE)
+    )
+    if slack == 1.0 and pasted.any():
+        corners = quads[pasted]
+        ends = [
+            horizontal.beyond(top[pasted], corners[:, 0, 0], corners[:, 1, 0]),
+            horizontal.beyond(bottom[pasted], corners[:, 3, 0], corners[:, 2, 0]),
+            vertical.beyond(left[pasted], corners[:, 0, 1], corners[:, 3, 1]),
+            vertical.beyond(right[pasted], corners[:, 1, 1], corners[:, 2, 1]),
+        ]
+        own = np.array([side.support[pasted] for side in sides])
+        pasted[pasted] = (np.array(ends) <= own - PASTED_END_MARGIN).all(axis=0)
+    passed |= pasted
     if not passed.any():
         return None
     x, y = quads[:, :, 0], quads[:, :, 1]
@@ -1006,6 +1040,13 @@ def _opposite(positions: np.ndarray, least: float) -> tuple[np.ndarray, np.ndarr
     first, second = np.nonzero(positions[None, :] - positions[:, None] >= least)
     keep = (first > 0) | (second < len(positions) - 1)
     return first[keep], second[keep]
+
+
+def _turn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Degrees between lines whose normals point `a` and `b` degrees (lines have no sense: mod 180)."""
+    apart = np.abs(a - b) % 180
+    turn: np.ndarray = np.minimum(apart, 180 - apart)
+    return turn
 
 
 def _three_sides(across: int, down: int) -> bool:
@@ -1163,6 +1204,25 @@ class _Profiles:
             running(steps_of(before, before_valid)),
             running(steps_of(after, after_valid)),
         )
+
+    def beyond(self, line: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """The more edge of lines `line` has just before `start` or just after `end` (END_LENGTH of the
+        segment between them, 4 steps at least, past a gap of 2); 0 outside the image."""
+        reach = np.maximum(4.0, END_LENGTH * np.abs(end - start))
+        first, last = np.minimum(start, end), np.maximum(start, end)
+        before = self._support(line, first - 2 - reach, first - 2)
+        after = self._support(line, last + 2, last + 2 + reach)
+        most: np.ndarray = np.maximum(before, after)
+        return most
+
+    def _support(self, line: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """Share of edge of lines `line` between `start` and `end` (clipped to the image; 0 under 3 steps)."""
+        length = self.hits.shape[1] - 1
+        first = np.clip(np.round(start), 0, length).astype(np.int64)
+        last = np.clip(np.round(end), 0, length).astype(np.int64)
+        hits = self.hits[line, last] - self.hits[line, first]
+        within = self.within[line, last] - self.within[line, first]
+        return np.where(within >= 3, hits / np.maximum(within, 1.0), 0.0)
 
     def side(self, line: np.ndarray, start: np.ndarray, end: np.ndarray, outward: int) -> _Side:
         """The segments of lines `line` between positions `start` and `end` along them; `outward` -1
