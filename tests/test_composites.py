@@ -5,6 +5,7 @@ composites of unlisted photos are accepted."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,19 @@ def listed_as_banned(client: LookalikeClient, listed: list[Path]) -> dict[str, s
     return {path.name: client.add("banned", path).id for path in listed}
 
 
+def found_each(
+    client: LookalikeClient, listed: list[Path], composites: Callable[[int, Image.Image], Iterable[Image.Image]]
+) -> list[bool]:
+    """With the photos listed in "banned", whether each composite of each photo (made from its number and
+    its picture) is flagged with that photo's entry on top."""
+    ids = listed_as_banned(client, listed)
+    return [
+        found_on_top(client, composite, ids[path.name])
+        for number, path in enumerate(listed)
+        for composite in composites(number, rgb(path))
+    ]
+
+
 @pytest.fixture(scope="module")
 def photos() -> tuple[list[Path], list[Path]]:
     chosen = distinct_photos(12, seed=11)
@@ -69,14 +83,13 @@ def test_a_listed_picture_on_a_photographed_screen_is_found(
     benchmark catches about three in four on the tuning seed (one in eight without); here at least
     five of eight (one without)."""
     listed, unlisted = photos
-    client = lookalike.client
-    ids = listed_as_banned(client, listed)
     others = others_from(unlisted)
-    caught = []
-    for seed in range(2):
-        for number, path in enumerate(listed):
-            edited = apply_edit("screen_photo", rgb(path), random.Random(10 * seed + number), others)
-            caught.append(found_on_top(client, edited, ids[path.name]))
+
+    def screen_photos(number: int, picture: Image.Image) -> Iterator[Image.Image]:
+        for seed in range(2):
+            yield apply_edit("screen_photo", picture, random.Random(10 * seed + number), others)
+
+    caught = found_each(lookalike.client, listed, screen_photos)
     assert sum(caught) >= 5, caught
 
 
@@ -88,13 +101,12 @@ def test_a_listed_picture_on_a_screen_the_photo_cuts_off_is_found(
     edge stands for the fourth. Cut off on each of its four sides, each listed picture is found on top, at
     least 15 of the 16 times (13 when the finder took no edge for a side)."""
     listed, unlisted = photos
-    client = lookalike.client
-    ids = listed_as_banned(client, listed)
-    caught = []
-    for number, path in enumerate(listed):
+
+    def cut_off(number: int, picture: Image.Image) -> Iterator[Image.Image]:
         for turns in range(4):
-            composite, _ = screen_cut_off(rgb(path), rgb(unlisted[number]), turns)
-            caught.append(found_on_top(client, composite, ids[path.name]))
+            yield screen_cut_off(picture, rgb(unlisted[number]), turns)[0]
+
+    caught = found_each(lookalike.client, listed, cut_off)
     assert sum(caught) >= 15, caught
 
 
@@ -106,16 +118,14 @@ def test_a_listed_picture_beside_or_above_another_is_found(
     two and each half searched. Each listed picture, first or second, is found on top at least 15 of
     the 16 times (16 now; 12 before pairs were cut)."""
     listed, unlisted = photos
-    client = lookalike.client
-    ids = listed_as_banned(client, listed)
-    caught = []
-    for number, path in enumerate(listed):
+
+    def pairs(number: int, picture: Image.Image) -> Iterator[Image.Image]:
+        other = rgb(unlisted[number])
         for stacked in (False, True):
-            for first in (True, False):
-                other = rgb(unlisted[number])
-                pictures = (rgb(path), other) if first else (other, rgb(path))
-                composite, _ = two_pictures(*pictures, stacked=stacked, gutter=8 * number % 16)
-                caught.append(found_on_top(client, composite, ids[path.name]))
+            for pictures in ((picture, other), (other, picture)):
+                yield two_pictures(*pictures, stacked=stacked, gutter=8 * number % 16)[0]
+
+    caught = found_each(lookalike.client, listed, pairs)
     assert sum(caught) >= 15, caught
 
 
@@ -133,13 +143,12 @@ def test_a_listed_picture_in_a_corner_or_cut_off_by_the_photos_edge_is_found(
     least 7 of the 16 times (9 today, where a backdrop's own rectangles do not outrank it; 2 when a frame
     needed four sides on lines)."""
     listed, unlisted = photos
-    client = lookalike.client
-    ids = listed_as_banned(client, listed)
-    caught = []
-    for number, path in enumerate(listed):
+
+    def at_edge(number: int, picture: Image.Image) -> Iterator[Image.Image]:
         for place in EDGE_PLACES:
-            composite, _ = picture_at_edge(rgb(path), backdrop(unlisted[number]), place)
-            caught.append(found_on_top(client, composite, ids[path.name]))
+            yield picture_at_edge(picture, backdrop(unlisted[number]), place)[0]
+
+    caught = found_each(lookalike.client, listed, at_edge)
     assert sum(caught) >= 7, caught
 
 
@@ -153,13 +162,12 @@ def test_a_listed_picture_laid_turned_as_a_print_on_a_photo_is_found(
     photos, where the white border hardly stands out, far fewer are (4 of 16 on this module's unlisted
     photos)."""
     listed, _ = photos
-    client = lookalike.client
-    ids = listed_as_banned(client, listed)
-    caught = []
-    for number, path in enumerate(listed):
+
+    def turned(number: int, picture: Image.Image) -> Iterator[Image.Image]:
         for angle, background in zip((-15, -7, 9, 18), BACKGROUNDS, strict=True):
-            composite, _ = print_turned_on(rgb(path), backdrop(CORPUS / background), angle + number)
-            caught.append(found_on_top(client, composite, ids[path.name]))
+            yield print_turned_on(picture, backdrop(CORPUS / background), angle + number)[0]
+
+    caught = found_each(lookalike.client, listed, turned)
     assert sum(caught) >= 11, caught
 
 
