@@ -1012,7 +1012,7 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
         & (_turn(down_angle[left], down_angle[right]) <= PASTED_ANGLE)
         & (_turn(across_angle[top], down_angle[left] + 90) <= PASTED_ANGLE)
     )
-    if slack == 1.0 and pasted.any():
+    if slack == 1.0 and pasted.any():  # the gate's coarse look leaves the ends to the full finder
         corners = quads[pasted]
         ends = [
             horizontal.beyond(top[pasted], corners[:, 0, 0], corners[:, 1, 0]),
