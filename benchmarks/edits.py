@@ -481,8 +481,8 @@ def paste_at_edge(image: Image.Image, rng: random.Random, others: Others) -> Ima
     canvas = _fill(others(rng), _canvas_size(rng))
     share = rng.uniform(0.3, 0.7)
     picture = _fit(image, (round(canvas.width * share), round(canvas.height * share)))
-    x, y = rng.randint(0, canvas.width - picture.width), rng.randint(0, canvas.height - picture.height)
     right, bottom = canvas.width - picture.width, canvas.height - picture.height
+    x, y = rng.randint(0, right), rng.randint(0, bottom)
     if rng.random() < 0.4:
         x, y = rng.choice((0, right)), rng.choice((0, bottom))
     else:
