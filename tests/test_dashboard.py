@@ -398,12 +398,14 @@ def test_an_admin_edits_and_deletes_lists_adds_and_checks_by_url_confirms_guards
         assert "its flood guard is lifted" in browser.get("/lists/banned").text
 
         assert client.get_list("banned").keypoints  # on by default
+        assert re.findall(r"<td>(on|off)</td>", browser.get("/lists").text) == ["on", "on"]  # thumbnails, keypoints
         settings = {"description": "new", "review_threshold": "0.6", "reject_threshold": "0.9", "dihedral": "on"}
         assert browser.post("/lists/banned/settings", data={"csrf_token": token, **settings}).status_code == 303
         info = client.get_list("banned")
         assert (info.description, info.review_threshold, info.reject_threshold) == ("new", 0.6, 0.9)
         assert info.dihedral and not info.thumbnails and not info.keypoints  # boxes left unticked turn them off
         assert "keypoints off" in browser.get("/lists/banned").text
+        assert re.findall(r"<td>(on|off)</td>", browser.get("/lists").text) == ["off", "off"]
         reversed_order = {**settings, "review_threshold": "0.95"}
         refused = browser.post("/lists/banned/settings", data={"csrf_token": token, **reversed_order})
         assert refused.status_code == 400 and "THRESHOLD_ORDER" in refused.text
