@@ -393,6 +393,8 @@ EDGE_FRAME_AREA = 0.06
 """Share of the image such a frame covers at least."""
 END_LENGTH = 0.15
 """How far beyond a corner (share of the side's length, 4 px at least) a side of such a frame is followed."""
+END_GAP = 2
+"""Pixels skipped just beyond the corner before that: the meeting side's own edge pixels (±1)."""
 END_MARGIN = 0.25
 """How much less edge the line is there than along the side: a pasted picture's side stops at its corner,
 a building's or a table's edge runs on."""
@@ -738,9 +740,8 @@ def _sides_end(
         before, after = (framed[2], framed[3]) if k < 2 else (framed[0], framed[1])  # the sides meeting it
         reach = np.maximum(4, np.round(END_LENGTH * (stop - start))).astype(np.int64)
         most = sides[k] - END_MARGIN
-        gap = 2  # past the meeting side's own edge pixels (±1)
-        ends &= ~framed[k] | ~before | (_share_between(table, line, start - gap - reach, start - gap) <= most)
-        ends &= ~framed[k] | ~after | (_share_between(table, line, stop + gap, stop + gap + reach) <= most)
+        ends &= ~framed[k] | ~before | (_share_between(table, line, start - END_GAP - reach, start - END_GAP) <= most)
+        ends &= ~framed[k] | ~after | (_share_between(table, line, stop + END_GAP, stop + END_GAP + reach) <= most)
     return ends
 
 
@@ -954,10 +955,8 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
         np.tile(left, len(top)),
         np.tile(right, len(top)),
     )
-    tilts = (
-        np.abs(np.degrees([line[0] for line in across]) - 90),  # from horizontal
-        90 - np.abs(np.degrees([line[0] for line in down]) - 90),  # from vertical
-    )
+    across_angle, down_angle = np.degrees([line[0] for line in across]), np.degrees([line[0] for line in down])
+    tilts = (np.abs(across_angle - 90), 90 - np.abs(down_angle - 90))  # from horizontal, from vertical
     turned = np.max([tilts[0][top], tilts[0][bottom], tilts[1][left], tilts[1][right]], axis=0)
     keep = turned >= QUAD_MIN_TILT
     border = np.array([top == 0, bottom == na - 1, left == 0, right == nd - 1])  # per side: the image's edge
@@ -1003,7 +1002,6 @@ def _screen_quad(g: np.ndarray, slack: float = 1.0) -> np.ndarray | None:
     )
     bezel &= (roughness * real).max(axis=0) <= BEZEL_ROUGHNESS * loosened
     passed = (support >= QUAD_SUPPORT / loosened) & (covered >= 0.5) & bezel
-    across_angle, down_angle = np.degrees([line[0] for line in across]), np.degrees([line[0] for line in down])
     pasted = (
         ~on_edge
         & (support >= PASTED_SUPPORT / slack)
@@ -1207,29 +1205,32 @@ class _Profiles:
 
     def beyond(self, line: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """The more edge of lines `line` has just before `start` or just after `end` (END_LENGTH of the
-        segment between them, 4 steps at least, past a gap of 2); 0 outside the image."""
+        segment between them, 4 steps at least, past END_GAP); 0 outside the image."""
         reach = np.maximum(4.0, END_LENGTH * np.abs(end - start))
         first, last = np.minimum(start, end), np.maximum(start, end)
-        before = self._support(line, first - 2 - reach, first - 2)
-        after = self._support(line, last + 2, last + 2 + reach)
+        before = self._support(line, first - END_GAP - reach, first - END_GAP)
+        after = self._support(line, last + END_GAP, last + END_GAP + reach)
         most: np.ndarray = np.maximum(before, after)
         return most
 
     def _support(self, line: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """Share of edge of lines `line` between `start` and `end` (clipped to the image; 0 under 3 steps)."""
-        length = self.hits.shape[1] - 1
-        first = np.clip(np.round(start), 0, length).astype(np.int64)
-        last = np.clip(np.round(end), 0, length).astype(np.int64)
+        first, last = self._span(start, end)
         hits = self.hits[line, last] - self.hits[line, first]
         within = self.within[line, last] - self.within[line, first]
         return np.where(within >= 3, hits / np.maximum(within, 1.0), 0.0)
 
-    def side(self, line: np.ndarray, start: np.ndarray, end: np.ndarray, outward: int) -> _Side:
-        """The segments of lines `line` between positions `start` and `end` along them; `outward` -1
-        when the quadrilateral's outside lies before the line (above, or left of, it), 1 after."""
+    def _span(self, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The steps (first, last) between positions `start` and `end`, in either order, clipped to the lines."""
         length = self.hits.shape[1] - 1
         first = np.clip(np.round(np.minimum(start, end)), 0, length).astype(np.int64)
         last = np.clip(np.round(np.maximum(start, end)), 0, length).astype(np.int64)
+        return first, last
+
+    def side(self, line: np.ndarray, start: np.ndarray, end: np.ndarray, outward: int) -> _Side:
+        """The segments of lines `line` between positions `start` and `end` along them; `outward` -1
+        when the quadrilateral's outside lies before the line (above, or left of, it), 1 after."""
+        first, last = self._span(start, end)
         span = np.maximum(np.abs(end - start), 1.0)
 
         def over(table: np.ndarray) -> np.ndarray:

@@ -13,8 +13,16 @@ from PIL import Image, ImageOps
 
 from benchmarks.edits import Others, apply_edit, encode_edited
 from lookalike.client import LookalikeClient
-from tests.conftest import CORPUS, ServerHandle, distinct_photos
-from tests.test_regions import BACKGROUNDS, EDGE_PLACES, picture_at_edge, print_turned_on, screen_cut_off, two_pictures
+from tests.conftest import ServerHandle, distinct_photos
+from tests.test_regions import (
+    BACKGROUNDS,
+    EDGE_PLACES,
+    backdrop,
+    picture_at_edge,
+    print_turned_on,
+    screen_cut_off,
+    two_pictures,
+)
 
 
 def rgb(path: Path) -> Image.Image:
@@ -129,11 +137,6 @@ def test_a_listed_picture_beside_or_above_another_is_found(
     assert sum(caught) >= 15, caught
 
 
-def backdrop(path: Path) -> Image.Image:
-    """A photo at 1000 × 750, for pictures pasted at known places (`picture_at_edge`)."""
-    return rgb(path).resize((1000, 750), Image.Resampling.BICUBIC)
-
-
 @pytest.mark.slow
 def test_a_listed_picture_in_a_corner_or_cut_off_by_the_photos_edge_is_found(
     lookalike: ServerHandle, photos: tuple[list[Path], list[Path]]
@@ -146,7 +149,7 @@ def test_a_listed_picture_in_a_corner_or_cut_off_by_the_photos_edge_is_found(
 
     def at_edge(number: int, picture: Image.Image) -> Iterator[Image.Image]:
         for place in EDGE_PLACES:
-            yield picture_at_edge(picture, backdrop(unlisted[number]), place)[0]
+            yield picture_at_edge(picture, backdrop(unlisted[number].name), place)[0]
 
     caught = found_each(lookalike.client, listed, at_edge)
     assert sum(caught) >= 7, caught
@@ -165,7 +168,7 @@ def test_a_listed_picture_laid_turned_as_a_print_on_a_photo_is_found(
 
     def turned(number: int, picture: Image.Image) -> Iterator[Image.Image]:
         for angle, background in zip((-15, -7, 9, 18), BACKGROUNDS, strict=True):
-            yield print_turned_on(picture, backdrop(CORPUS / background), angle + number)[0]
+            yield print_turned_on(picture, backdrop(background), angle + number)[0]
 
     caught = found_each(lookalike.client, listed, turned)
     assert sum(caught) >= 11, caught
@@ -198,10 +201,10 @@ def test_composites_of_unlisted_photos_are_accepted(
         composite, _ = screen_cut_off(rgb(path), rgb(unlisted[4 + turns]), turns)
         result = client.check(encode_edited(composite), ["banned"])
         assert result.decision == "accept", ("screen cut off", path.name, result.matches[:1])
-        composite, _ = picture_at_edge(rgb(path), backdrop(unlisted[4 + turns]), EDGE_PLACES[turns])
+        composite, _ = picture_at_edge(rgb(path), backdrop(unlisted[4 + turns].name), EDGE_PLACES[turns])
         result = client.check(encode_edited(composite), ["banned"])
         assert result.decision == "accept", (EDGE_PLACES[turns], path.name, result.matches[:1])
-        composite, _ = print_turned_on(rgb(path), backdrop(unlisted[4 + turns]), 9 - 6 * turns)
+        composite, _ = print_turned_on(rgb(path), backdrop(unlisted[4 + turns].name), 9 - 6 * turns)
         result = client.check(encode_edited(composite), ["banned"])
         assert result.decision == "accept", ("print turned", path.name, result.matches[:1])
 
