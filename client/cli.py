@@ -68,7 +68,7 @@ from lookalike.client.types import (
     image_message,
 )
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".avif", ".heic", ".heif", ".gif", ".bmp", ".tif", ".tiff", ".jfif"}
 MODEL_CHOICES = ("sscd", "sscd-distilled")
 OWNER_HELP = "the key id that made the check (admin, to reach another key's check; default: your own)"
 STDIN = "-"

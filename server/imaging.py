@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import pillow_heif
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from lookalike.client.errors import InvalidArgument, ResourceExhausted
@@ -41,8 +42,13 @@ from lookalike.server.embedder import SHORT_SIDE, embedding_input, input_size
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-"""Decoders we let untrusted bytes reach (the JPEG one also reads phones' MPO files)."""
+# HEIC/HEIF through libheif, on the calling thread alone (a fingerprint worker's one core), its primary
+# picture only: thumbnails, depth maps and auxiliary pictures are never decoded. libheif turns and mirrors
+# the picture as the file says and leaves EXIF orientation 1.
+pillow_heif.register_heif_opener(decode_threads=1, thumbnails=False, depth_images=False, aux_images=False)
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
+"""Decoders we let untrusted bytes reach (the JPEG one also reads phones' MPO files; HEIF reads HEIC)."""
 
 DRAFT_SHORT_SIDE = SHORT_SIDE
 """Short side that JPEG draft decoding keeps at least: the embedding's input (PDQ, pHash and the
@@ -137,12 +143,12 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         raise
     except UnidentifiedImageError:
         raise InvalidArgument(
-            "image format not recognised; send JPEG, PNG, WebP, GIF, BMP or TIFF bytes",
+            "image format not recognised; send JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP or TIFF bytes",
             "IMAGE_UNDECODABLE",
         ) from None
     except Image.DecompressionBombError as error:
         raise ResourceExhausted(str(error), "IMAGE_TOO_MANY_PIXELS") from None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, struct.error) as error:
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, RuntimeError, struct.error) as error:
         raise InvalidArgument(
             f"image could not be decoded ({type(error).__name__}: {error})", "IMAGE_UNDECODABLE"
         ) from None

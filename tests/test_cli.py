@@ -302,6 +302,31 @@ def test_plain_text_shows_every_match_readable_meta_and_plurals(lookalike: Serve
     assert cli(lookalike, "lists", "rm", "single")[1] == "deleted single (1 entry)\n"
 
 
+def test_phone_photos_in_heic_and_avif_are_added_and_found(lookalike: ServerHandle, tmp_path: Path) -> None:
+    """A folder of HEIC photos is listed as any other; the same photo re-encoded as AVIF is found."""
+    photos = distinct_photos(3, seed=41)
+    phone = tmp_path / "phone"
+    phone.mkdir()
+    for path in photos[:2]:
+        with Image.open(path) as image:
+            image.convert("RGB").save(phone / f"{path.stem}.HEIC", format="HEIF", quality=80)
+    with Image.open(photos[0]) as image:
+        image.convert("RGB").resize((image.width // 2, image.height // 2)).save(tmp_path / "shared.avif", quality=60)
+    with Image.open(photos[2]) as image:
+        image.convert("RGB").save(tmp_path / "other.avif", quality=60)
+    lookalike.client.create_list("banned")
+
+    code, added, _ = run(lookalike, "add", "banned", str(phone), "--json")
+    assert code == 0 and sorted(Path(x["path"]).stem for x in added) == sorted(p.stem for p in photos[:2])
+    code, checks, _ = run(
+        lookalike, "check", "banned", str(tmp_path / "shared.avif"), str(tmp_path / "other.avif"), "--json"
+    )
+    shared, other = checks
+    first = next(x["id"] for x in added if Path(x["path"]).stem == photos[0].stem)
+    assert code == 0 and shared["decision"] in ("reject", "review") and shared["matches"][0]["id"] == first
+    assert other["decision"] == "accept"
+
+
 def test_an_error_every_image_would_meet_is_reported_once(lookalike: ServerHandle, tmp_path: Path) -> None:
     folder = copies(tmp_path / "uploads", distinct_photos(12, seed=31))
     lookalike.client.create_list("banned")

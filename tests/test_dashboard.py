@@ -262,7 +262,7 @@ def test_pages_refuse_bad_input_with_the_apis_status_and_are_logged_like_api_cal
     assert added["file"] == photo.name and added["duplicate"] is False
     assert refused_file == {
         "file": "notes.txt",
-        "error": "image format not recognised; send JPEG, PNG, WebP, GIF, BMP or TIFF bytes",
+        "error": "image format not recognised; send JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP or TIFF bytes",
         "reason": "IMAGE_UNDECODABLE",
     }
     assert 'Decision: <span class="decision reject">reject</span>' in checked.text and added["id"] in checked.text

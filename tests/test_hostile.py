@@ -137,6 +137,8 @@ SIGNATURES = [
     b"BM",
     b"II*\x00",
     b"MM\x00*",
+    b"\x00\x00\x00\x1cftypavif",
+    b"\x00\x00\x00\x18ftypheic",
 ]
 
 
@@ -168,6 +170,10 @@ def _originals() -> list[bytes]:
         encode(image, "TIFF", compression="tiff_lzw"),
         encode(image.convert("CMYK"), "TIFF"),
         encode(image, "BMP"),
+        encode(image, "AVIF", quality=80),
+        encode(image, "AVIF", exif=exif.tobytes()),
+        encode(image, "HEIF", quality=80),
+        encode(image, "HEIF", exif=exif.tobytes()),
     ]
 
 

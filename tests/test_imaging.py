@@ -63,8 +63,10 @@ def jpeg_with_exif(image: Image.Image, orientation: int) -> bytes:
         ("BMP", {}, 0),
         ("TIFF", {}, 0),
         ("TIFF", {"compression": "tiff_lzw"}, 0),
+        ("AVIF", {"quality": 90}, 20),
+        ("HEIF", {"quality": 90}, 20),
     ],
-    ids=["jpeg", "png", "webp-lossless", "webp-lossy", "bmp", "tiff", "tiff-lzw"],
+    ids=["jpeg", "png", "webp-lossless", "webp-lossy", "bmp", "tiff", "tiff-lzw", "avif", "heic"],
 )
 def test_common_formats_decode_to_the_same_rgb_picture(image_format: str, options: dict, tolerance: int) -> None:
     original = gradient()
@@ -112,18 +114,36 @@ def test_a_multi_page_tiff_gives_its_first_page() -> None:
 # Orientation -----------------------------------------------------------------------------
 
 
-def test_exif_orientation_6_rotates_a_40x20_jpeg_to_20x40() -> None:
-    original = Image.new("RGB", (40, 20), WHITE)
-    original.paste(Image.new("RGB", (10, 20), RED), (0, 0))  # the left end is red
+def red_left_end(width: int = 40, height: int = 20) -> Image.Image:
+    picture = Image.new("RGB", (width, height), WHITE)
+    picture.paste(Image.new("RGB", (width // 4, height), RED), (0, 0))
+    return picture
 
-    decoded = decode_image(jpeg_with_exif(original, 6), MAX_PIXELS)
+
+def assert_left_end_on_top(decoded: Image.Image) -> None:
+    """Orientation 6 means "rotate 90° clockwise to display": the left end goes to the top."""
+    top, bottom = pixels(decoded)[: decoded.height // 5], pixels(decoded)[-decoded.height // 5 :]
+    assert np.abs(top - np.array(RED)).mean() < 20
+    assert np.abs(bottom - np.array(WHITE)).mean() < 20
+
+
+def test_exif_orientation_6_rotates_a_40x20_jpeg_to_20x40() -> None:
+    decoded = decode_image(jpeg_with_exif(red_left_end(), 6), MAX_PIXELS)
 
     assert decoded.original_size == (40, 20)
     assert_rgb8(decoded.rgb, (20, 40))
-    # Orientation 6 means "rotate 90° clockwise to display": the left end goes to the top.
-    top, bottom = pixels(decoded.rgb)[:8], pixels(decoded.rgb)[-8:]
-    assert np.abs(top - np.array(RED)).mean() < 20
-    assert np.abs(bottom - np.array(WHITE)).mean() < 20
+    assert_left_end_on_top(decoded.rgb)
+
+
+@pytest.mark.parametrize("image_format", ["AVIF", "HEIF"])
+def test_a_phone_photo_in_avif_or_heic_is_turned_once(image_format: str) -> None:
+    """Both store the turn in the container (irot/imir) rather than in EXIF: Pillow reports an AVIF's as
+    its EXIF orientation, libheif applies a HEIC's itself. Either way the picture is turned once."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    decoded = decode_image(encode(red_left_end(80, 40), image_format, quality=90, exif=exif.tobytes()), MAX_PIXELS)
+    assert_rgb8(decoded.rgb, (40, 80))
+    assert_left_end_on_top(decoded.rgb)
 
 
 @pytest.mark.parametrize(("orientation", "size"), [(1, (40, 20)), (3, (40, 20)), (8, (20, 40)), (5, (20, 40))])
@@ -334,8 +354,9 @@ def test_parts_cut_together_share_the_scale_the_smallest_needs_and_none_asked_gi
 # Pixel limit ---------------------------------------------------------------------------------
 
 
-def test_an_image_with_more_pixels_than_the_limit_is_refused() -> None:
-    data = encode(gradient(200, 200), "PNG")
+@pytest.mark.parametrize("image_format", ["PNG", "AVIF", "HEIF"])
+def test_an_image_with_more_pixels_than_the_limit_is_refused(image_format: str) -> None:
+    data = encode(gradient(200, 200), image_format)
     with pytest.raises(ResourceExhausted) as caught:
         decode_image(data, max_pixels=100 * 100)
     assert caught.value.reason == "IMAGE_TOO_MANY_PIXELS"
@@ -394,7 +415,7 @@ def test_bytes_that_are_no_picture_give_image_undecodable(data: bytes) -> None:
     assert caught.value.reason == "IMAGE_UNDECODABLE"
 
 
-@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP"])
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "AVIF", "HEIF"])
 def test_a_truncated_picture_gives_invalid_argument(image_format: str) -> None:
     data = encode(gradient(256, 256), image_format)
     for cut in (len(data) // 2, 40):
@@ -441,7 +462,8 @@ def test_corrupt_exif_never_raises_anything_but_invalid_argument(payload: bytes)
 def test_random_corruption_of_real_pictures_gives_only_typed_errors() -> None:
     """Flip bytes all over small pictures: every outcome is a picture or a LookalikeError."""
     rng = np.random.default_rng(2)
-    originals = [encode(gradient(48, 32), fmt) for fmt in ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")]
+    formats = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "AVIF", "HEIF")
+    originals = [encode(gradient(48, 32), fmt) for fmt in formats]
     for original in originals:
         for _ in range(25):
             data = bytearray(original)
