@@ -16,7 +16,7 @@ false-positive rate of 1e-3 and at zero false positives, µAP (DISC21's metric),
 edit family; and at the lists' default thresholds, the recall of reject + review and the
 false reviews and rejects; per family the share caught (reject or review with the true
 original the top flagged match), rejected automatically and sent to review; and the CPU a
-check's fingerprint costs, plain photos against composites.
+check's fingerprint costs, plain photos against composites and against animations.
 
     .venv/bin/python -m benchmarks.accuracy [--corpus DIR] [--seed 0] [--models sscd-distilled,sscd]
 
@@ -35,7 +35,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.edits import COMPOSITE_FAMILIES, FAMILIES, Others, apply_edit, drawn_others, encode_edited
+from benchmarks.edits import (
+    ANIMATED_FAMILIES,
+    COMPOSITE_FAMILIES,
+    FAMILIES,
+    Others,
+    apply_edit,
+    drawn_others,
+    encode_edited,
+)
 from benchmarks.metrics import (
     Prediction,
     best_scores,
@@ -76,7 +84,7 @@ SCENE_FAMILIES = ("resize_jpeg", "crop_30", "colour_jitter", "flip_h")
 COMPOSITE_SIDE = 800
 """Other photos are used at most this large on the long side (backgrounds, tiles, avatars)."""
 COST_SAMPLES = 40
-"""Plain photos and composites each fingerprinted this many times for the CPU costs."""
+"""Plain photos, composites and animations each fingerprinted this many times for the CPU costs."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +247,11 @@ def render(queries: Sequence[Query], seed: int, others: OtherPhotos) -> Iterator
             with Image.open(query.path) as image:
                 cached = (query.path, image.convert("RGB"))
         yield edited_bytes(query, cached[1], seed, others)
+
+
+def rgb_image(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def edited_bytes(query: Query, picture: Image.Image, seed: int, others: OtherPhotos) -> bytes:
@@ -459,16 +472,17 @@ def _family_order(family: str) -> int:
     return FAMILIES.index(family) if family in FAMILIES else len(FAMILIES)
 
 
-def measure_costs(plain: Sequence[bytes], composites: Sequence[bytes], model: str) -> dict[str, Any]:
-    """CPU milliseconds of a check's fingerprint (decode, hashes, every view embedded) in this
-    process on one thread, for plain photos and for composites, alternated so load hits both alike."""
+def measure_costs(pictures: Mapping[str, Sequence[bytes]], model: str) -> dict[str, Any]:
+    """CPU milliseconds of a check's fingerprint (decode, hashes, every view embedded) in this process on
+    one thread, for each kind of picture (plain photos, composites, ...), the kinds alternated so load hits
+    them alike."""
     configure_threads(1)
     fingerprinter = Fingerprinter(ServerConfig().max_pixels, EmbedderPool(threads=1))
-    fingerprinter.compute(plain[0], views=(model,))  # load the model before timing
-    spent: dict[str, list[float]] = {"plain": [], "composite": []}
-    views: dict[str, list[int]] = {"plain": [], "composite": []}
-    for pair in zip(plain, composites, strict=False):
-        for kind, data in zip(("plain", "composite"), pair, strict=True):
+    fingerprinter.compute(next(iter(pictures.values()))[0], views=(model,))  # load the model before timing
+    spent: dict[str, list[float]] = {kind: [] for kind in pictures}
+    views: dict[str, list[int]] = {kind: [] for kind in pictures}
+    for turn in zip(*pictures.values(), strict=False):
+        for kind, data in zip(pictures, turn, strict=True):
             started = time.process_time()
             fingerprinted = fingerprinter.compute(data, views=(model,))
             spent[kind].append(1000.0 * (time.process_time() - started))
@@ -588,7 +602,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated edit families")
     parser.add_argument("--models", default=f"{MODEL_SSCD_DISTILLED},{MODEL_SSCD}", help="lists to build, one a model")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for accuracy.json and accuracy.png")
-    parser.add_argument("--no-costs", action="store_true", help="skip the CPU cost of plain photos and composites")
+    parser.add_argument(
+        "--no-costs", action="store_true", help="skip the CPU cost of plain photos, composites and animations"
+    )
     parser.add_argument("--details", action="store_true", help="also write each query's best matches' evidence")
     args = parser.parse_args(argv)
 
@@ -637,16 +653,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = evaluate(collected, queries, truth)
     curves = results.pop("curves")
     costs: dict[str, Any] = {}
-    composite_queries = [q for q in queries if q.family in COMPOSITE_FAMILIES]
-    if not args.no_costs and composite_queries:
+    if not args.no_costs:
         sample = random.Random(args.seed)
-        plain = [p.read_bytes() for p in sample.sample(photos, min(COST_SAMPLES, len(photos)))]
-        chosen = sample.sample(composite_queries, min(COST_SAMPLES, len(composite_queries)))
-        composites = []
-        for query in chosen:
-            with Image.open(query.path) as image:
-                composites.append(edited_bytes(query, image.convert("RGB"), args.seed, others))
-        costs = measure_costs(plain, composites, models[0])
+        kinds = {
+            "composite": [q for q in queries if q.family in COMPOSITE_FAMILIES and q.family not in ANIMATED_FAMILIES],
+            "animation": [q for q in queries if q.family in ANIMATED_FAMILIES],
+        }
+        pictures: dict[str, list[bytes]] = {
+            "plain": [p.read_bytes() for p in sample.sample(photos, min(COST_SAMPLES, len(photos)))]
+        }
+        for kind, candidates in kinds.items():
+            if candidates:
+                chosen = sample.sample(candidates, min(COST_SAMPLES, len(candidates)))
+                pictures[kind] = [edited_bytes(q, rgb_image(q.path), args.seed, others) for q in chosen]
+        if len(pictures) > 1:
+            costs = measure_costs(pictures, models[0])
     meta = {
         "corpus": str(args.corpus),
         "seed": args.seed,

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 Edit = Callable[[Image.Image, random.Random], Image.Image]
 
-_JPEG_KEY = "lookalike_jpeg"
+_ENCODED_KEY = "lookalike_encoded"
 _REGION_KEY = "lookalike_region"
 _WORDS = (
     "when",
@@ -61,18 +61,27 @@ def encode_png(image: Image.Image) -> bytes:
 
 
 def encode_edited(image: Image.Image, quality: int = 85) -> bytes:
-    """The bytes an edit produced itself if its last step was a JPEG encode, else JPEG `quality`."""
-    data = image.info.get(_JPEG_KEY) if image.format == "JPEG" else None
+    """The bytes an edit produced itself if its last step was an encode (a JPEG, an animation), else JPEG
+    `quality`. A picture decoded from a file has its format; what an edit makes of it afterwards has none."""
+    data = image.info.get(_ENCODED_KEY) if image.format is not None else None
     return data if isinstance(data, bytes) else encode_jpeg(image, quality)
+
+
+def _decoded(data: bytes) -> Image.Image:
+    """The file's (first) picture in RGB, remembering its bytes (and format) for `encode_edited`."""
+    decoded: Image.Image = Image.open(io.BytesIO(data))
+    decoded.load()
+    if decoded.mode != "RGB":
+        rgb = decoded.convert("RGB")
+        rgb.format = decoded.format
+        decoded = rgb
+    decoded.info[_ENCODED_KEY] = data
+    return decoded
 
 
 def _jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:
     """Encode to JPEG and decode again, remembering the bytes for `encode_edited`."""
-    data = encode_jpeg(image, quality)
-    decoded = Image.open(io.BytesIO(data))
-    decoded.load()
-    decoded.info[_JPEG_KEY] = data
-    return decoded
+    return _decoded(encode_jpeg(image, quality))
 
 
 def _marked(image: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
@@ -860,6 +869,26 @@ def chain_with_composite(image: Image.Image, rng: random.Random, others: Others)
     return image
 
 
+ANIMATION_SIDE = 480
+"""Long side of an animation's frames: what animated GIFs are commonly made at."""
+
+
+def animation(image: Image.Image, rng: random.Random, others: Others) -> Image.Image:
+    """The picture as one frame, never the first, of a short animation of other photos (4–8 frames of
+    0.2–0.5 s, ANIMATION_SIDE on the long side) saved as a 256-colour GIF or a lossy WebP: an upload whose
+    first frame shows something else. Its first frame, carrying the file's bytes for `encode_edited`."""
+    scale = ANIMATION_SIDE / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    frames = [_fill(others(rng), size) for _ in range(rng.randint(3, 7))]
+    frames.insert(rng.randint(1, len(frames)), image.resize(size, Image.Resampling.LANCZOS))
+    image_format = rng.choice(("GIF", "WEBP"))
+    options = {"quality": rng.randint(60, 90)} if image_format == "WEBP" else {}
+    buffer = io.BytesIO()
+    duration = rng.choice((200, 300, 500))
+    frames[0].save(buffer, image_format, save_all=True, append_images=frames[1:], duration=duration, loop=0, **options)
+    return _decoded(buffer.getvalue())
+
+
 def drawn_others(rng: random.Random) -> Image.Image:
     """Busy drawn pictures standing in for other photos where none are given."""
     return busy_background(_canvas_size(rng), rng)
@@ -905,8 +934,13 @@ COMPOSITE_FAMILIES: dict[str, CompositeEdit] = {
     "meme": meme,
     "screen_photo": screen_photo,
     "chain_composite": chain_with_composite,
+    "animation": animation,
 }
 """Edits that put the picture inside a larger picture made of other photos and drawn UI."""
+
+ANIMATED_FAMILIES = ("animation",)
+"""Composites whose picture is a frame of an animation rather than a part of one picture: what their check
+costs is the frames', not the search inside a picture."""
 
 FAMILIES = (*EDIT_FAMILIES, *COMPOSITE_FAMILIES)
 """Every family's name, composites last."""

@@ -89,6 +89,23 @@ class Fingerprint:
             found.scaled(shown.width / upright.width, shown.height / upright.height), shown, self.image.crops
         )
 
+    @cached_property
+    def frame_inputs(self) -> list[list[Image.Image]]:
+        """An animation's later frames that show something else (`DecodedImage.other_frames`), ready to embed,
+        in batches of one size. Looked for only when a check needs it: an entry is its first frame."""
+        batches: dict[tuple[int, int], list[Image.Image]] = {}
+        for frame in self.image.other_frames:
+            picture = embedding_input(frame)
+            batches.setdefault(picture.size, []).append(picture)
+        return list(batches.values())
+
+    def check_inputs(self) -> list[list[Image.Image]]:
+        """Every view a check embeds beyond the whole picture: pictures inside it, then other frames."""
+        with _timed(self.stage_seconds, "region"):
+            regions = self.region_inputs
+        with _timed(self.stage_seconds, "frames"):
+            return regions + self.frame_inputs
+
 
 def _region_views(regions: Regions, picture: Image.Image, cut: Cutter) -> list[list[Image.Image]]:
     """The views of what `regions` found in `picture` (each part cut by `cut`): the picture framed by a flat
@@ -293,8 +310,7 @@ class Fingerprinter:
         fingerprint = self.fingerprint(data)
         pictures = [np.asarray(fingerprint.model_input, dtype=np.uint8)] if embed or views else []
         if views:
-            with _timed(fingerprint.stage_seconds, "region"):
-                batches = fingerprint.region_inputs
+            batches = fingerprint.check_inputs()
             pictures += [np.asarray(picture, dtype=np.uint8) for batch in batches for picture in batch]
         hashes_only = Fingerprinted(
             fingerprint.hashes,
@@ -318,12 +334,12 @@ class Fingerprinter:
         return vector
 
     def views(self, fingerprint: Fingerprint, model: str) -> np.ndarray:
-        """The embeddings a check searches with: the whole picture, then the pictures found inside it."""
+        """The embeddings a check searches with: the whole picture, the pictures found inside it, then an
+        animation's other frames."""
         views = fingerprint.views.get(model)
         if views is None:
             rows = [self.embedding(fingerprint, model)[np.newaxis]]
-            with _timed(fingerprint.stage_seconds, "region"):
-                batches = fingerprint.region_inputs
+            batches = fingerprint.check_inputs()
             if batches:
                 with _timed(fingerprint.stage_seconds, "embed"):
                     rows += [self.embedders.get(model).embed_many(batch) for batch in batches]

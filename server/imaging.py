@@ -49,6 +49,8 @@ pillow_heif.register_heif_opener(decode_threads=1, thumbnails=False, depth_image
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF")
 """Decoders we let untrusted bytes reach (the JPEG one also reads phones' MPO files; HEIF reads HEIC)."""
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, RuntimeError, struct.error)
+"""What those decoders raise on a damaged file."""
 
 DRAFT_SHORT_SIDE = SHORT_SIDE
 """Short side that JPEG draft decoding keeps at least: the embedding's input (PDQ, pHash and the
@@ -56,6 +58,22 @@ region search need no more)."""
 REGION_SHORT_SIDE = 512
 """Short side the picture that parts found inside it are cut from keeps at least (a JPEG draft, a block
 reduction). Decoded only when the region search found something: the finders read the draft."""
+
+MAX_FRAME_VIEWS = 8
+"""Frames of an animation (or pages of a multi-page file) after the first that a check looks at at most:
+a listed picture shown for a moment inside an animated upload is found, whatever its first frame shows."""
+DISTINCT_FRAME = 16.0
+"""Mean grey difference (0-255) between two frames' 16×16 thumbnails above which the later one shows another
+picture. On the dev corpus, two different photos differ by 27 at the first percentile (12 at least), a photo
+and its 256-colour GIF by under 1, two views of a 3 % pan by 10 (median): frames that only move a little are
+not worth an embedding."""
+FRAME_READ_PIXELS = 16_000_000
+"""Pixels of an animation's frames read at most to choose among them (a 500×500 GIF's first 64 frames, a
+1000×1000 one's first 16): a long animation is looked at from its start."""
+MAX_FRAMES_READ = 200
+"""Frames read at most, however small."""
+FRAME_SIGNATURE = 16
+"""Side of the grey thumbnail frames are told apart by."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,14 @@ class DecodedImage:
         if min(self.draft.size) >= REGION_SHORT_SIDE or self.draft.size == self.original_size:
             return self.upright
         return _shown(self.data, REGION_SHORT_SIDE, self.turn)
+
+    @cached_property
+    def other_frames(self) -> list[Image.Image]:
+        """Up to MAX_FRAME_VIEWS later frames of an animation (pages of a multi-page file), shown (turned,
+        flattened) at the embedding's input size: the most distinct from the first frame and from each
+        other, and only those more than DISTINCT_FRAME from all of them. Empty for a still picture. Decoded
+        only when a check asks; a frame that fails to decode ends the reading, the frames before it count."""
+        return _distinct_frames(self.data, self.turn)
 
     def crops(
         self, boxes: Sequence[tuple[int, int, int, int]], short_side: int = DRAFT_SHORT_SIDE
@@ -148,7 +174,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         ) from None
     except Image.DecompressionBombError as error:
         raise ResourceExhausted(str(error), "IMAGE_TOO_MANY_PIXELS") from None
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, RuntimeError, struct.error) as error:
+    except _DECODE_ERRORS as error:
         raise InvalidArgument(
             f"image could not be decoded ({type(error).__name__}: {error})", "IMAGE_UNDECODABLE"
         ) from None
@@ -183,6 +209,61 @@ def _shown(data: bytes, short_side: int, turn: Image.Transpose | None) -> Image.
         image.load()
         shown = _drafted(_to_rgb(image), short_side)
     return shown if turn is None else shown.transpose(turn)
+
+
+def _distinct_frames(data: bytes, turn: Image.Transpose | None) -> list[Image.Image]:
+    """`DecodedImage.other_frames`: thumbnails of the frames read first (FRAME_READ_PIXELS, MAX_FRAMES_READ),
+    the most distinct of them chosen, then those decoded again at the embedding's input size. A phone's MPO
+    holds a second view of one scene, not another picture: none."""
+    frames: list[Image.Image] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            if image.format == "MPO" or not getattr(image, "is_animated", False):
+                return frames
+            for index in _most_distinct(_frame_signatures(image)):
+                image.seek(index)
+                frame = _reduced(_drafted(_to_rgb(image)))
+                frame = frame.copy() if frame is image else frame  # the next seek reuses the frame's pixels
+                frames.append(frame if turn is None else frame.transpose(turn))
+        except _DECODE_ERRORS:
+            pass
+    return frames
+
+
+def _frame_signatures(image: Image.Image) -> list[np.ndarray]:
+    """A grey FRAME_SIGNATURE² thumbnail of each frame read, from the first; a damaged frame ends the list."""
+    signatures: list[np.ndarray] = []
+    budget = FRAME_READ_PIXELS
+    for index in range(MAX_FRAMES_READ):
+        budget -= image.width * image.height
+        if budget < 0:
+            break
+        try:
+            image.seek(index)
+            grey = _to_rgb(image).convert("L").resize((FRAME_SIGNATURE, FRAME_SIGNATURE), Image.Resampling.BOX)
+        except _DECODE_ERRORS:
+            break
+        signatures.append(np.asarray(grey, dtype=np.float32).reshape(-1))
+    return signatures
+
+
+def _most_distinct(signatures: Sequence[np.ndarray]) -> list[int]:
+    """Indices of up to MAX_FRAME_VIEWS frames after the first, in order: each the farthest from the first
+    and those chosen before it, while that is more than DISTINCT_FRAME."""
+    if len(signatures) < 2:
+        return []
+    table = np.stack(signatures)
+    nearest = np.abs(table - table[0]).mean(axis=1)  # from each frame to the closest frame chosen (or the first)
+    chosen: list[int] = []
+    while len(chosen) < MAX_FRAME_VIEWS:
+        index = int(np.argmax(nearest))
+        if nearest[index] <= DISTINCT_FRAME:
+            break
+        chosen.append(index)
+        nearest = np.minimum(nearest, np.abs(table - table[index]).mean(axis=1))
+    return sorted(chosen)
 
 
 def _draft_request(width: int, height: int, short_side: int = DRAFT_SHORT_SIDE) -> tuple[int, int]:

@@ -105,7 +105,8 @@ class Metrics:
         self.in_flight = Gauge("lookalike_requests_in_flight", "Calls being served now", registry=self.registry)
         self.stage_seconds = Histogram(
             "lookalike_stage_seconds",
-            "Time per stage of one image: decode, hash, embed, region, thumbnail, keypoints, pdq_search, vector_search",
+            "Time per stage of one image: decode, hash, embed, region, frames, thumbnail, keypoints, pdq_search, "
+            "vector_search",
             ["stage"],
             buckets=STAGE_BUCKETS,
             registry=self.registry,

@@ -34,7 +34,7 @@ from lookalike.client import LookalikeError
 from lookalike.client.errors import InvalidArgument, ResourceExhausted
 from lookalike.client.lookalike_pb import lookalike_pb2 as pb
 from lookalike.client.stub import translate
-from lookalike.server.imaging import decode_image
+from lookalike.server.imaging import DecodedImage, decode_image
 from tests.conftest import ServerHandle, jpeg_bytes, start_server
 
 MAX_PIXELS = 64_000_000  # the server's default
@@ -112,10 +112,17 @@ def png(
 _watchdog = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-watchdog")
 
 
+def decoded_with_frames(data: bytes) -> DecodedImage:
+    """`decode_image`, then the other frames a check would read (never an error of their own)."""
+    decoded = decode_image(data, MAX_PIXELS)
+    assert all(frame.mode == "RGB" for frame in decoded.other_frames)
+    return decoded
+
+
 def assert_decodes_or_refuses(data: bytes) -> None:
-    """A decoded 8-bit RGB picture, or InvalidArgument/ResourceExhausted with a message; anything
-    else (another exception type, a hang) fails the test."""
-    future = _watchdog.submit(decode_image, data, MAX_PIXELS)
+    """A decoded 8-bit RGB picture (its other frames read too), or InvalidArgument/ResourceExhausted with a
+    message; anything else (another exception type, a hang) fails the test."""
+    future = _watchdog.submit(decoded_with_frames, data)
     try:
         decoded = future.result(timeout=HANG_S)
     except (InvalidArgument, ResourceExhausted) as error:
@@ -164,6 +171,8 @@ def _originals() -> list[bytes]:
         encode(Image.fromarray(np.asarray(image.convert("L"), dtype=np.uint16) * 257), "PNG"),
         encode(image, "GIF"),
         encode(image, "GIF", save_all=True, append_images=[picture(2, (48, 40))], duration=50),
+        encode(image, "WEBP", save_all=True, append_images=[picture(2, (48, 40))], duration=50, lossless=True),
+        encode(image, "PNG", save_all=True, append_images=[picture(2, (48, 40))], duration=50),
         encode(image, "WEBP", quality=80),
         encode(image, "WEBP", lossless=True),
         encode(image, "TIFF"),

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from lookalike.client.errors import InvalidArgument, LookalikeError, ResourceExhausted
-from lookalike.server.imaging import DRAFT_SHORT_SIDE, decode_image
+from lookalike.server.imaging import DRAFT_SHORT_SIDE, MAX_FRAME_VIEWS, MAX_FRAMES_READ, decode_image
 
 MAX_PIXELS = 50_000_000
 RED, GREEN, BLUE, WHITE = (220, 20, 30), (20, 200, 40), (30, 40, 210), (255, 255, 255)
@@ -109,6 +109,71 @@ def test_a_multi_page_tiff_gives_its_first_page() -> None:
     pages = [Image.new("RGB", (16, 16), colour) for colour in (GREEN, RED)]
     data = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])
     assert (pixels(decode_image(data, MAX_PIXELS).rgb) == np.array(GREEN)).all()
+
+
+def animated(frames: list[Image.Image], image_format: str = "GIF") -> bytes:
+    return encode(frames[0], image_format, save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def colour_of(frame: Image.Image) -> tuple[int, ...]:
+    return tuple(int(round(v)) for v in pixels(frame).reshape(-1, 3).mean(axis=0))
+
+
+def test_an_animations_other_frames_are_those_showing_something_else_in_order() -> None:
+    """The first frame is what the picture is; of the others, a check looks at those that differ from it and
+    from each other: not a repeat, nor a frame a few levels lighter."""
+    lighter_red = tuple(min(255, v + 6) for v in RED)
+    colours = [RED, lighter_red, GREEN, RED, BLUE, GREEN]
+    data = animated([Image.new("RGB", (64, 48), colour) for colour in colours])
+    decoded = decode_image(data, MAX_PIXELS)
+
+    assert np.abs(pixels(decoded.rgb) - np.array(RED)).max() <= 8
+    frames = decoded.other_frames
+    assert [colour_of(frame) for frame in frames] == [GREEN, BLUE]
+    assert all(frame.size == (64, 48) and frame.mode == "RGB" for frame in frames)
+
+
+def test_an_animations_frames_are_turned_and_scaled_as_its_first_is() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    frames = [red_left_end(800, 400), Image.new("RGB", (800, 400), BLUE)]
+    data = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True, exif=exif.tobytes())
+    decoded = decode_image(data, MAX_PIXELS)
+    assert_left_end_on_top(decoded.rgb)
+    (other,) = decoded.other_frames
+    assert other.size == decoded.rgb.size == (DRAFT_SHORT_SIDE, 2 * DRAFT_SHORT_SIDE)
+
+
+@pytest.mark.parametrize("image_format", ["PNG", "TIFF"])
+def test_pages_and_apng_frames_count_too(image_format: str) -> None:
+    frames = [Image.new("RGB", (40, 30), colour) for colour in (GREEN, RED)]
+    assert [colour_of(f) for f in decode_image(animated(frames, image_format), MAX_PIXELS).other_frames] == [RED]
+
+
+def test_a_still_picture_and_a_phones_mpo_have_no_other_frames() -> None:
+    assert decode_image(encode(gradient(), "JPEG"), MAX_PIXELS).other_frames == []
+    mpo = encode(gradient(), "MPO", save_all=True, append_images=[Image.new("RGB", (64, 48), BLUE)])
+    decoded = decode_image(mpo, MAX_PIXELS)
+    assert decoded.format == "MPO" and decoded.other_frames == []
+
+
+def test_a_long_slideshow_gives_its_most_distinct_frames_read_from_its_start() -> None:
+    """Twelve greys 20 levels apart, shown in turn, then white past the frames read: MAX_FRAME_VIEWS frames,
+    no repeat among them, not the first frame's grey, nothing from beyond MAX_FRAMES_READ."""
+    palette = [(level, level, level) for level in range(10, 240, 20)]
+    colours = [palette[i % 12] for i in range(MAX_FRAMES_READ)] + [WHITE]
+    frames = decode_image(animated([Image.new("RGB", (8, 8), c) for c in colours]), MAX_PIXELS).other_frames
+    shown = [colour_of(frame) for frame in frames]
+    assert len(shown) == MAX_FRAME_VIEWS and len(set(shown)) == MAX_FRAME_VIEWS
+    assert WHITE not in shown and palette[0] not in shown
+
+
+def test_a_damaged_later_frame_ends_the_frames_read() -> None:
+    """The first frame decodes, so the check goes on; frames after the damage are not looked at."""
+    data = animated([Image.new("RGB", (64, 48), colour) for colour in (RED, GREEN, BLUE)])
+    cut = data[: data.rindex(b"\x2c")] + b"\x2c\x00\x00"  # the third frame's descriptor, cut short
+    decoded = decode_image(cut, MAX_PIXELS)
+    assert [colour_of(frame) for frame in decoded.other_frames] == [GREEN]
 
 
 # Orientation -----------------------------------------------------------------------------
