@@ -163,6 +163,9 @@ class Fingerprinted:
     """pHash of the picture's eight rotations and mirrors (`phash_variants`); empty for a check by hashes."""
     keypoints: bytes | None = None
     """The picture's keypoints as an entry keeps them (`server/keypoints.py`), when asked for."""
+    frame_pdqs: tuple[tuple[bytes, int], ...] = ()
+    """PDQ (as shown, no turns) and its quality of each of an animation's other frames a check looks at
+    (`DecodedImage.other_frames`), when asked for: hash-only entries are found in them too."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,7 @@ class ModelInputs:
             done.thumbnail,
             done.phash_variants,
             done.keypoints,
+            done.frame_pdqs,
         )
 
 
@@ -265,9 +269,11 @@ class Fingerprinter:
         views: Sequence[str] = (),
         thumbnail: bool = False,
         keypoints: bool = False,
+        frames: bool = False,
     ) -> Fingerprinted:
         """Hashes, plus embeddings for the models in `embed`, check views for those in `views`, with
-        `thumbnail` a small WebP of the picture, and with `keypoints` the keypoints an entry keeps."""
+        `thumbnail` a small WebP of the picture, with `keypoints` the keypoints an entry keeps, and with
+        `frames` the PDQ of an animation's other frames (a check's)."""
         fingerprint = self.fingerprint(data)
         for model in embed:
             self.embedding(fingerprint, model)
@@ -282,7 +288,14 @@ class Fingerprinter:
             self._thumbnail(fingerprint) if thumbnail else None,
             fingerprint.phash_variants,
             self._keypoints(fingerprint) if keypoints else None,
+            self._frame_pdqs(fingerprint) if frames else (),
         )
+
+    @staticmethod
+    def _frame_pdqs(fingerprint: Fingerprint) -> tuple[tuple[bytes, int], ...]:
+        with _timed(fingerprint.stage_seconds, "frames"):
+            hashed = [pdq_hashes(frame) for frame in fingerprint.image.other_frames]
+        return tuple((variants[0], quality) for variants, quality in hashed)
 
     @staticmethod
     def _thumbnail(fingerprint: Fingerprint) -> bytes:
@@ -305,6 +318,7 @@ class Fingerprinter:
         views: Sequence[str] = (),
         thumbnail: bool = False,
         keypoints: bool = False,
+        frames: bool = False,
     ) -> ModelInputs:
         """What `compute` does short of running the models: their input pictures instead."""
         fingerprint = self.fingerprint(data)
@@ -321,6 +335,7 @@ class Fingerprinter:
             self._thumbnail(fingerprint) if thumbnail else None,
             fingerprint.phash_variants,
             self._keypoints(fingerprint) if keypoints else None,
+            self._frame_pdqs(fingerprint) if frames else (),
         )
         return ModelInputs(hashes_only, tuple(pictures), tuple(embed), tuple(views))
 

@@ -49,6 +49,7 @@ from lookalike.server.records import (
 from lookalike.server.scoring import (
     DEFAULT_REJECT_THRESHOLD,
     DEFAULT_REVIEW_THRESHOLD,
+    PDQ_MIN_QUALITY,
     PDQ_SEARCH_RADIUS,
     Evidence,
     may_reject,
@@ -205,6 +206,21 @@ def nearest_bits_each(variants: Sequence[bytes], listed: Sequence[bytes]) -> lis
     return [int(bits) for bits in np.bitwise_count(queries ^ codes).sum(axis=2).min(axis=0)]
 
 
+def _nearest_frames(frames: Sequence[tuple[bytes, int]], listed: dict[int, bytes]) -> dict[int, tuple[int, int]]:
+    """Per listed PDQ code (by seq): the fewest bits any frame's code (code, quality) differs from it by, and
+    that frame's quality."""
+    if not frames or not listed:
+        return {}
+    codes = np.frombuffer(b"".join(code for code, _ in frames), np.uint8).reshape(len(frames), 1, -1)
+    entries = np.frombuffer(b"".join(listed.values()), np.uint8).reshape(len(listed), -1)
+    bits = np.bitwise_count(codes ^ entries).sum(axis=2)  # [frame, entry]
+    nearest = bits.argmin(axis=0)
+    return {
+        seq: (int(bits[frame, column]), frames[frame][1])
+        for column, (seq, frame) in enumerate(zip(listed, nearest.tolist(), strict=True))
+    }
+
+
 def best_similarities(views: np.ndarray, stored: dict[int, np.ndarray]) -> dict[int, float]:
     """Each stored vector's best cosine with any view of the picture, in one matrix product."""
     if not stored:
@@ -352,12 +368,13 @@ class LookalikeService:
         views: Sequence[str] = (),
         thumbnail: bool = False,
         keypoints: bool = False,
+        frames: bool = False,
     ) -> Fingerprinted:
-        """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named, a thumbnail, and
-        the keypoints an entry keeps."""
+        """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named, a thumbnail, the
+        keypoints an entry keeps, and the PDQ of an animation's other frames (`frames`, a check's)."""
         with self.cpu_slot():
             self.metrics.fingerprints_started.inc()
-            fingerprinted = self.workers.compute(data, embed, views, thumbnail, keypoints)
+            fingerprinted = self.workers.compute(data, embed, views, thumbnail, keypoints, frames)
         for stage, seconds in fingerprinted.stage_seconds:
             self.metrics.observe_stage(stage, seconds)
         return fingerprinted
@@ -499,7 +516,8 @@ class LookalikeService:
         may lower the decision (`_apply_allow_lists`); each step is reported as a `Downgrade`.
         """
         targets = self._check_targets(lists, meta, top_k, min_score, scope)
-        fingerprint = self.fingerprint(data, views=sorted({r.model for r, index in targets if index.vector_count}))
+        models = sorted({r.model for r, index in targets if index.vector_count})
+        fingerprint = self.fingerprint(data, views=models, frames=True)
 
         @cache
         def keypoints() -> bytes:
@@ -700,7 +718,9 @@ class LookalikeService:
         # (SSCD sees through them), so the PDQ search looks up the picture as it is: one scan of the codes, not
         # eight. Each candidate's distance still counts every variant, below.
         narrowed = views is not None and record.pdq_only_count == 0 and len(variants) > 1
-        searched = variants[:1] if narrowed else variants
+        # An animation's other frames are looked up as they are; their distances are kept apart, below.
+        frames = [(code, quality) for code, quality in fingerprint.frame_pdqs if quality >= PDQ_MIN_QUALITY]
+        searched = (variants[:1] if narrowed else variants) + tuple(code for code, _ in frames)
         with self.metrics.stage("pdq_search"):
             pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(searched, PDQ_SEARCH_RADIUS)}
         similarities: dict[int, float] = {}
@@ -716,21 +736,25 @@ class LookalikeService:
             similarities.update(best_similarities(views, self.store.embeddings(record.uid, missing)))
         # Entries found otherwise (embedding, digest) or by fewer variants still get their PDQ distance, in one go.
         unsearched = (
-            [seq for seq, entry in entries.items() if entry.pdq and (narrowed or seq not in pdq_hits)]
+            [seq for seq, entry in entries.items() if entry.pdq and (narrowed or frames or seq not in pdq_hits)]
             if variants
             else []
         )
         measured = nearest_bits_each(variants, [entries[seq].pdq for seq in unsearched])
         pdq_distances = pdq_hits | dict(zip(unsearched, measured, strict=True))
+        frame_distances = _nearest_frames(frames, {seq: entry.pdq for seq, entry in entries.items() if entry.pdq})
         matches = []
         for seq, entry in entries.items():
-            distance = pdq_distances.get(seq)
+            distance, quality = pdq_distances.get(seq), hashes.pdq_quality
+            in_frame = frame_distances.get(seq)
+            if in_frame is not None and (distance is None or quality < PDQ_MIN_QUALITY or in_frame[0] < distance):
+                distance, quality = in_frame
             evidence = Evidence(
                 # the digest keys of hash-only entries are no SHA-256 of bytes: confirm with the entry's own
                 exact_sha256=seq == exact and entry.sha256 == hashes.sha256,
                 exact_md5=seq == exact_md5,
                 pdq_distance=distance,
-                pdq_quality=min(hashes.pdq_quality, entry.pdq_quality) if entry.pdq else 0,
+                pdq_quality=min(quality, entry.pdq_quality) if entry.pdq else 0,
                 embedding_similarity=None if seq not in similarities else min(1.0, similarities[seq]),
                 model=entry.model,
                 phash_distance=nearest_hamming(phashes, entry.phash),

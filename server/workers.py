@@ -90,14 +90,14 @@ def _serve(connection: multiprocessing.connection.Connection, max_pixels: int, m
         if request is None:
             connection.send(_STARTED)
             continue
-        kind, data, embed, views, thumbnail, keypoints = request
+        kind, data, embed, views, thumbnail, keypoints, frames = request
         reply: tuple[bool, Any]
         try:
             if kind == _QUERY_KEYPOINTS:
                 reply = (True, fingerprinter.query_keypoints(data))
             else:
                 work = fingerprinter.model_inputs if kind == _MODEL_INPUTS else fingerprinter.compute
-                reply = (True, work(data, embed, views, thumbnail, keypoints))
+                reply = (True, work(data, embed, views, thumbnail, keypoints, frames))
         except LookalikeError as error:  # the image's fault (undecodable, too large): status and reason travel
             reply = (False, error)
         except Exception as error:  # noqa: BLE001 - a bug: raised in the caller, with where it happened here
@@ -196,13 +196,14 @@ class FingerprintWorkers:
         views: Sequence[str] = (),
         thumbnail: bool = False,
         keypoints: bool = False,
+        frames: bool = False,
     ) -> Fingerprinted:
         if self.local is not None:
             if self.batcher is None:
-                return self.local.compute(data, embed, views, thumbnail, keypoints)
-            return self.local.model_inputs(data, embed, views, thumbnail, keypoints).embedded(self.batcher)
+                return self.local.compute(data, embed, views, thumbnail, keypoints, frames)
+            return self.local.model_inputs(data, embed, views, thumbnail, keypoints, frames).embedded(self.batcher)
         kind = _COMPUTE if self.batcher is None else _MODEL_INPUTS
-        reply = self._ask((kind, data, tuple(embed), tuple(views), thumbnail, keypoints))
+        reply = self._ask((kind, data, tuple(embed), tuple(views), thumbnail, keypoints, frames))
         if isinstance(reply, ModelInputs) and self.batcher is not None:
             return reply.embedded(self.batcher)
         assert isinstance(reply, Fingerprinted)
@@ -212,11 +213,11 @@ class FingerprintWorkers:
         """A checked picture's keypoints (`Fingerprinter.query_keypoints`), from a worker like its fingerprint."""
         if self.local is not None:
             return self.local.query_keypoints(data)
-        reply = self._ask((_QUERY_KEYPOINTS, data, (), (), False, False))
+        reply = self._ask((_QUERY_KEYPOINTS, data, (), (), False, False, False))
         assert isinstance(reply, bytes)
         return reply
 
-    def _ask(self, request: tuple[str, bytes, tuple[str, ...], tuple[str, ...], bool, bool]) -> object:
+    def _ask(self, request: tuple[str, bytes, tuple[str, ...], tuple[str, ...], bool, bool, bool]) -> object:
         """One request to the least busy worker; its reply, or its error raised here."""
         worker = self._take()
         try:

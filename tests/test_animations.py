@@ -64,3 +64,27 @@ def test_animations_of_unlisted_photos_are_accepted(
     for image_format in ("GIF", "WEBP"):
         result = client.check(animation([frame_of(path) for path in unlisted], image_format), ["banned"])
         assert result.decision == "accept", (image_format, result.matches[:1])
+
+
+def test_a_pdq_list_finds_a_listed_picture_inside_an_animation(
+    lookalike: ServerHandle, photos: tuple[list[Path], list[Path]]
+) -> None:
+    """A list of PDQ hashes alone, as platforms share them: the frame showing the picture matches its hash
+    as the picture itself would, behind a black title frame (whose PDQ is no evidence) too; the animation
+    without that frame does not."""
+    listed, unlisted = photos
+    client = lookalike.client
+    client.create_list("pictures")
+    client.add("pictures", listed[0])
+    (exported,) = client.export_entries("pictures")
+    client.create_list("shared")
+    entry = client.hash_entry(pdq=exported.hashes.pdq, pdq_quality=exported.hashes.pdq_quality, id="shared-one")
+    client.add_hash("shared", entry)
+
+    frames = [frame_of(path) for path in unlisted[:4]]
+    title = Image.new("RGB", FRAME_SIZE)
+    for image_format, opening in (("GIF", frames[:2]), ("WEBP", [title, *frames[:1]])):
+        result = client.check(animation([*opening, frame_of(listed[0]), *frames[2:]], image_format), ["shared"])
+        assert result.decision == "reject" and result.matches[0].id == "shared-one", (image_format, result.matches)
+        assert result.matches[0].evidence.pdq_distance is not None and result.matches[0].evidence.pdq_distance <= 31
+        assert client.check(animation(frames, image_format), ["shared"]).decision == "accept"
