@@ -227,11 +227,12 @@ def plot_precision_recall(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], p
 
 
 def _cell(value: object) -> str:
-    """Floats get 3 decimals so columns of scores line up; None shows as empty."""
+    """Floats get 3 decimals so columns of scores line up (3 significant digits when huge: a threshold
+    just above scores of -inf is the most negative float); None shows as empty."""
     if value is None:
         return ""
     if isinstance(value, (float, np.floating)):
-        return f"{float(value):.3f}"
+        return f"{float(value):.3f}" if abs(value) < 1e6 else f"{float(value):.3g}"
     return str(value)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,10 @@ def test_format_table() -> None:
     for top, bottom in (("0.500", "0.912"), ("1000", "20")):
         assert lines[2].index(top) + len(top) == lines[3].index(bottom) + len(bottom)
     assert lines[2].startswith("pdq ") and lines[3].startswith("sscd-disc")
+
+
+def test_a_threshold_above_scores_of_minus_infinity_stays_one_short_cell() -> None:
+    """A signal no negative reached (SHA-256) has its threshold at the most negative float."""
+    threshold = threshold_at_fpr([-math.inf, -math.inf], 1e-3)
+    assert threshold == -sys.float_info.max
+    assert format_table([{"thr": threshold}], ["thr"]).splitlines()[2] == "-1.8e+308"
