@@ -232,7 +232,8 @@ def _cell(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, (float, np.floating)):
-        return f"{float(value):.3f}" if abs(value) < 1e6 else f"{float(value):.3g}"
+        number = float(value)
+        return f"{number:.3f}" if abs(number) < 1e6 else f"{number:.3g}"
     return str(value)
 
 
