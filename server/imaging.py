@@ -227,7 +227,7 @@ def _distinct_frames(data: bytes, turn: Image.Transpose | None) -> list[Image.Im
                 frame = _reduced(_drafted(_to_rgb(image)))
                 frame = frame.copy() if frame is image else frame  # the next seek reuses the frame's pixels
                 frames.append(frame if turn is None else frame.transpose(turn))
-        except _DECODE_ERRORS:
+        except (*_DECODE_ERRORS, MemoryError):
             pass
     return frames
 
@@ -237,13 +237,13 @@ def _frame_signatures(image: Image.Image) -> list[np.ndarray]:
     signatures: list[np.ndarray] = []
     budget = FRAME_READ_PIXELS
     for index in range(MAX_FRAMES_READ):
-        budget -= image.width * image.height
-        if budget < 0:
-            break
         try:
-            image.seek(index)
+            image.seek(index)  # reads the frame's header (a TIFF page's own size), not yet its pixels
+            budget -= image.width * image.height
+            if budget < 0:
+                break
             grey = _to_rgb(image).convert("L").resize((FRAME_SIGNATURE, FRAME_SIGNATURE), Image.Resampling.BOX)
-        except _DECODE_ERRORS:
+        except (*_DECODE_ERRORS, MemoryError):
             break
         signatures.append(np.asarray(grey, dtype=np.float32).reshape(-1))
     return signatures

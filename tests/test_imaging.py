@@ -11,7 +11,13 @@ import pytest
 from PIL import Image
 
 from lookalike.client.errors import InvalidArgument, LookalikeError, ResourceExhausted
-from lookalike.server.imaging import DRAFT_SHORT_SIDE, MAX_FRAME_VIEWS, MAX_FRAMES_READ, decode_image
+from lookalike.server.imaging import (
+    DRAFT_SHORT_SIDE,
+    FRAME_READ_PIXELS,
+    MAX_FRAME_VIEWS,
+    MAX_FRAMES_READ,
+    decode_image,
+)
 
 MAX_PIXELS = 50_000_000
 RED, GREEN, BLUE, WHITE = (220, 20, 30), (20, 200, 40), (30, 40, 210), (255, 255, 255)
@@ -166,6 +172,20 @@ def test_a_long_slideshow_gives_its_most_distinct_frames_read_from_its_start() -
     shown = [colour_of(frame) for frame in frames]
     assert len(shown) == MAX_FRAME_VIEWS and len(set(shown)) == MAX_FRAME_VIEWS
     assert WHITE not in shown and palette[0] not in shown
+
+
+def test_a_large_animation_is_read_up_to_its_pixel_budget() -> None:
+    """500×500 frames: the first FRAME_READ_PIXELS of them (64) are read, so a frame shown after them is not.
+    Each frame has a dot of its own (an encoder merges identical frames)."""
+    side = 500
+    assert FRAME_READ_PIXELS // (side * side) == 64
+    frames = []
+    for number in range(100):
+        frame = Image.new("RGB", (side, side), GREEN if number == 10 else BLUE if number == 80 else RED)
+        frame.putpixel((number, number), WHITE)
+        frames.append(frame)
+    other = decode_image(animated(frames), MAX_PIXELS).other_frames
+    assert [colour_of(frame) for frame in other] == [GREEN]
 
 
 def test_a_damaged_later_frame_ends_the_frames_read() -> None:
