@@ -44,7 +44,7 @@ from lookalike.index.list_index import Layout
 from lookalike.server.app import create_server
 from lookalike.server.config import ServerConfig
 from lookalike.server.embedder import MODELS, EmbedderPool, embedding_input
-from lookalike.server.fingerprint import phash_variants
+from lookalike.server.fingerprint import hashes_of_view, phash_variants
 from lookalike.server.imaging import decode_image
 from lookalike.server.keypoints import agreeing_keypoints, entry_keypoints, query_keypoints
 from lookalike.server.pdq import pdq_hashes
@@ -96,6 +96,7 @@ def stage_costs(datas: Sequence[bytes]) -> dict[str, list[float]]:
         record("pdq (8 variants)", timed(pdq_hashes, decoded.pdq_rgb, decoded.original_size))
         small = embedding_input(decoded.rgb)  # the picture itself unless smaller than the model's input
         record("phash", timed(phash_variants, small))
+        record("a view's pdq + phash (each picture found inside, each other frame)", timed(hashes_of_view, small))
         upright = decoded.upright
         record("region detection", timed(lambda: find_regions(finder_picture(upright), upright.size)))  # noqa: B023
         finder_input = finder_picture(upright)

@@ -55,6 +55,15 @@ class Hashes:
     md5: bytes = b""
 
 
+@dataclass(frozen=True)
+class ViewHashes:
+    """PDQ (and its quality) and pHash of one view, as it is shown (no turns or mirrors)."""
+
+    pdq: bytes
+    pdq_quality: int
+    phash: bytes
+
+
 @dataclass
 class Fingerprint:
     """Hashes plus embeddings computed lazily, one per model asked for."""
@@ -99,8 +108,9 @@ class Fingerprint:
             batches.setdefault(picture.size, []).append(picture)
         return list(batches.values())
 
+    @cached_property
     def check_inputs(self) -> list[list[Image.Image]]:
-        """Every view a check embeds beyond the whole picture: pictures inside it, then other frames."""
+        """Every view a check looks at beyond the whole picture: pictures inside it, then other frames."""
         with _timed(self.stage_seconds, "region"):
             regions = self.region_inputs
         with _timed(self.stage_seconds, "frames"):
@@ -163,9 +173,10 @@ class Fingerprinted:
     """pHash of the picture's eight rotations and mirrors (`phash_variants`); empty for a check by hashes."""
     keypoints: bytes | None = None
     """The picture's keypoints as an entry keeps them (`server/keypoints.py`), when asked for."""
-    frame_pdqs: tuple[tuple[bytes, int], ...] = ()
-    """PDQ (as shown, no turns) and its quality of each of an animation's other frames a check looks at
-    (`DecodedImage.other_frames`), when asked for: hash-only entries are found in them too."""
+    view_hashes: tuple[ViewHashes, ...] = ()
+    """The hashes of each view a check looks at beyond the whole picture (`Fingerprint.check_inputs`:
+    pictures found inside it, an animation's other frames), when asked for: a copy inside another picture
+    matches an entry's hashes as the copy alone would."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +210,7 @@ class ModelInputs:
             done.thumbnail,
             done.phash_variants,
             done.keypoints,
-            done.frame_pdqs,
+            done.view_hashes,
         )
 
 
@@ -269,11 +280,11 @@ class Fingerprinter:
         views: Sequence[str] = (),
         thumbnail: bool = False,
         keypoints: bool = False,
-        frames: bool = False,
+        view_hashes: bool = False,
     ) -> Fingerprinted:
         """Hashes, plus embeddings for the models in `embed`, check views for those in `views`, with
         `thumbnail` a small WebP of the picture, with `keypoints` the keypoints an entry keeps, and with
-        `frames` the PDQ of an animation's other frames (a check's)."""
+        `view_hashes` the PDQ and pHash of each view a check looks at beyond the whole picture."""
         fingerprint = self.fingerprint(data)
         for model in embed:
             self.embedding(fingerprint, model)
@@ -288,14 +299,14 @@ class Fingerprinter:
             self._thumbnail(fingerprint) if thumbnail else None,
             fingerprint.phash_variants,
             self._keypoints(fingerprint) if keypoints else None,
-            self._frame_pdqs(fingerprint) if frames else (),
+            self._view_hashes(fingerprint) if view_hashes else (),
         )
 
     @staticmethod
-    def _frame_pdqs(fingerprint: Fingerprint) -> tuple[tuple[bytes, int], ...]:
-        with _timed(fingerprint.stage_seconds, "frames"):
-            hashed = [pdq_hashes(frame) for frame in fingerprint.image.other_frames]
-        return tuple((variants[0], quality) for variants, quality in hashed)
+    def _view_hashes(fingerprint: Fingerprint) -> tuple[ViewHashes, ...]:
+        pictures = [picture for batch in fingerprint.check_inputs for picture in batch]
+        with _timed(fingerprint.stage_seconds, "hash"):
+            return tuple(hashes_of_view(picture) for picture in pictures)
 
     @staticmethod
     def _thumbnail(fingerprint: Fingerprint) -> bytes:
@@ -318,13 +329,13 @@ class Fingerprinter:
         views: Sequence[str] = (),
         thumbnail: bool = False,
         keypoints: bool = False,
-        frames: bool = False,
+        view_hashes: bool = False,
     ) -> ModelInputs:
         """What `compute` does short of running the models: their input pictures instead."""
         fingerprint = self.fingerprint(data)
         pictures = [np.asarray(fingerprint.model_input, dtype=np.uint8)] if embed or views else []
         if views:
-            batches = fingerprint.check_inputs()
+            batches = fingerprint.check_inputs
             pictures += [np.asarray(picture, dtype=np.uint8) for batch in batches for picture in batch]
         hashes_only = Fingerprinted(
             fingerprint.hashes,
@@ -335,7 +346,7 @@ class Fingerprinter:
             self._thumbnail(fingerprint) if thumbnail else None,
             fingerprint.phash_variants,
             self._keypoints(fingerprint) if keypoints else None,
-            self._frame_pdqs(fingerprint) if frames else (),
+            self._view_hashes(fingerprint) if view_hashes else (),
         )
         return ModelInputs(hashes_only, tuple(pictures), tuple(embed), tuple(views))
 
@@ -354,12 +365,19 @@ class Fingerprinter:
         views = fingerprint.views.get(model)
         if views is None:
             rows = [self.embedding(fingerprint, model)[np.newaxis]]
-            batches = fingerprint.check_inputs()
+            batches = fingerprint.check_inputs
             if batches:
                 with _timed(fingerprint.stage_seconds, "embed"):
                     rows += [self.embedders.get(model).embed_many(batch) for batch in batches]
             views = fingerprint.views[model] = np.concatenate(rows)
         return views
+
+
+def hashes_of_view(picture: Image.Image) -> ViewHashes:
+    """A view's PDQ and pHash, each of the view as it is."""
+    variants, quality = pdq_hashes(picture)
+    grey = picture.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+    return ViewHashes(variants[0], quality, np.packbits(imagehash.phash(grey).hash.reshape(-1)).tobytes())
 
 
 def _same_size(pictures: Sequence[Image.Image], short_side: int) -> list[Image.Image]:

@@ -66,6 +66,7 @@ class Evidence:
     exact_md5: bool = False
     phash_distance: int | None = None  # in the query's orientation nearest the entry's; None when one has none
     keypoints_agreeing: int = 0  # the query's keypoints landing on the entry's; 0 when not looked at or too few
+    pdq_in_view: bool = False  # the PDQ (and pHash) distance is a view's: a picture found inside the query, a frame
 
     def signal_scores(self) -> dict[str, float]:
         """Each usable signal's own calibrated score."""
@@ -103,14 +104,20 @@ def may_reject(evidence: Evidence) -> bool:
     """Whether the evidence can carry an automatic reject, whatever the score: the same bytes, or a
     picture whose signals say copy rather than another shot of the scene. An entry without an embedding
     is judged by PDQ alone, as a hash list asks; otherwise PDQ in the same-scene band without pHash's
-    support, or a cosine under EMBEDDING_ALONE_REJECT without PDQ's, leaves the match to a person."""
+    support, or a cosine under EMBEDDING_ALONE_REJECT without PDQ's, leaves the match to a person. A view's
+    PDQ (a picture found inside the query) may carry a reject as the whole picture's does, but never holds
+    one back: its box is only nearly the picture's, so its pHash seldom agrees to the bit, and the
+    embedding judged views alone before they were hashed."""
     if evidence.exact_sha256 or evidence.exact_md5 or evidence.embedding_similarity is None:
         return True
     pdq = evidence.pdq_distance if evidence.pdq_quality >= PDQ_MIN_QUALITY else None
     if pdq is not None and pdq <= PDQ_SAME_PICTURE:
         return True
     if pdq is not None and pdq <= PDQ_SAME_SCENE:
-        return evidence.phash_distance is not None and evidence.phash_distance <= PHASH_SAME_PICTURE
+        if evidence.phash_distance is not None and evidence.phash_distance <= PHASH_SAME_PICTURE:
+            return True
+        if not evidence.pdq_in_view:
+            return False
     return evidence.embedding_similarity >= EMBEDDING_ALONE_REJECT
 
 

@@ -28,7 +28,7 @@ from lookalike.index import ListIndex
 from lookalike.index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET
 from lookalike.server.changes import EntriesAdded, EntryConfirmed, EntryRemoved, ListCreated, ListDeleted, ListUpdated
 from lookalike.server.embedder import MODELS
-from lookalike.server.fingerprint import Fingerprinted, Hashes
+from lookalike.server.fingerprint import Fingerprinted, Hashes, ViewHashes
 from lookalike.server.flood import FloodGuard, FloodSettings
 from lookalike.server.hashes import HashAdd, hash_entry, pdq_dihedral
 from lookalike.server.indexes import IndexRegistry
@@ -206,18 +206,17 @@ def nearest_bits_each(variants: Sequence[bytes], listed: Sequence[bytes]) -> lis
     return [int(bits) for bits in np.bitwise_count(queries ^ codes).sum(axis=2).min(axis=0)]
 
 
-def _nearest_frames(frames: Sequence[tuple[bytes, int]], listed: dict[int, bytes]) -> dict[int, tuple[int, int]]:
-    """Per listed PDQ code (by seq): the fewest bits any frame's code (code, quality) differs from it by, and
-    that frame's quality."""
-    if not frames or not listed:
+def _nearest_views(views: Sequence[ViewHashes], listed: dict[int, bytes]) -> dict[int, tuple[int, ViewHashes]]:
+    """Per listed PDQ code (by seq): the fewest bits any view's PDQ differs from it by, and that view."""
+    if not views or not listed:
         return {}
-    codes = np.frombuffer(b"".join(code for code, _ in frames), np.uint8).reshape(len(frames), 1, -1)
+    codes = np.frombuffer(b"".join(view.pdq for view in views), np.uint8).reshape(len(views), 1, -1)
     entries = np.frombuffer(b"".join(listed.values()), np.uint8).reshape(len(listed), -1)
-    bits = np.bitwise_count(codes ^ entries).sum(axis=2)  # [frame, entry]
+    bits = np.bitwise_count(codes ^ entries).sum(axis=2)  # [view, entry]
     nearest = bits.argmin(axis=0)
     return {
-        seq: (int(bits[frame, column]), frames[frame][1])
-        for column, (seq, frame) in enumerate(zip(listed, nearest.tolist(), strict=True))
+        seq: (int(bits[view, column]), views[view])
+        for column, (seq, view) in enumerate(zip(listed, nearest.tolist(), strict=True))
     }
 
 
@@ -368,13 +367,13 @@ class LookalikeService:
         views: Sequence[str] = (),
         thumbnail: bool = False,
         keypoints: bool = False,
-        frames: bool = False,
+        view_hashes: bool = False,
     ) -> Fingerprinted:
         """Hashes, plus embeddings (`embed`) and check views (`views`) of the models named, a thumbnail, the
-        keypoints an entry keeps, and the PDQ of an animation's other frames (`frames`, a check's)."""
+        keypoints an entry keeps, and the PDQ and pHash of every view a check looks at (`view_hashes`)."""
         with self.cpu_slot():
             self.metrics.fingerprints_started.inc()
-            fingerprinted = self.workers.compute(data, embed, views, thumbnail, keypoints, frames)
+            fingerprinted = self.workers.compute(data, embed, views, thumbnail, keypoints, view_hashes)
         for stage, seconds in fingerprinted.stage_seconds:
             self.metrics.observe_stage(stage, seconds)
         return fingerprinted
@@ -517,7 +516,7 @@ class LookalikeService:
         """
         targets = self._check_targets(lists, meta, top_k, min_score, scope)
         models = sorted({r.model for r, index in targets if index.vector_count})
-        fingerprint = self.fingerprint(data, views=models, frames=True)
+        fingerprint = self.fingerprint(data, views=models, view_hashes=True)
 
         @cache
         def keypoints() -> bytes:
@@ -718,9 +717,10 @@ class LookalikeService:
         # (SSCD sees through them), so the PDQ search looks up the picture as it is: one scan of the codes, not
         # eight. Each candidate's distance still counts every variant, below.
         narrowed = views is not None and record.pdq_only_count == 0 and len(variants) > 1
-        # An animation's other frames are looked up as they are; their distances are kept apart, below.
-        frames = [(code, quality) for code, quality in fingerprint.frame_pdqs if quality >= PDQ_MIN_QUALITY]
-        searched = (variants[:1] if narrowed else variants) + tuple(code for code, _ in frames)
+        # The check's other views (pictures inside it, other frames) are looked up as they are; their
+        # distances are kept apart, below, each with its own quality.
+        inside = [view for view in fingerprint.view_hashes if view.pdq_quality >= PDQ_MIN_QUALITY]
+        searched = (variants[:1] if narrowed else variants) + tuple(view.pdq for view in inside)
         with self.metrics.stage("pdq_search"):
             pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(searched, PDQ_SEARCH_RADIUS)}
         similarities: dict[int, float] = {}
@@ -736,19 +736,23 @@ class LookalikeService:
             similarities.update(best_similarities(views, self.store.embeddings(record.uid, missing)))
         # Entries found otherwise (embedding, digest) or by fewer variants still get their PDQ distance, in one go.
         unsearched = (
-            [seq for seq, entry in entries.items() if entry.pdq and (narrowed or frames or seq not in pdq_hits)]
+            [seq for seq, entry in entries.items() if entry.pdq and (narrowed or inside or seq not in pdq_hits)]
             if variants
             else []
         )
         measured = nearest_bits_each(variants, [entries[seq].pdq for seq in unsearched])
         pdq_distances = pdq_hits | dict(zip(unsearched, measured, strict=True))
-        frame_distances = _nearest_frames(frames, {seq: entry.pdq for seq, entry in entries.items() if entry.pdq})
+        view_distances = _nearest_views(inside, {seq: entry.pdq for seq, entry in entries.items() if entry.pdq})
         matches = []
         for seq, entry in entries.items():
             distance, quality = pdq_distances.get(seq), hashes.pdq_quality
-            in_frame = frame_distances.get(seq)
-            if in_frame is not None and (distance is None or quality < PDQ_MIN_QUALITY or in_frame[0] < distance):
-                distance, quality = in_frame
+            phash_distance, viewed = nearest_hamming(phashes, entry.phash), False
+            in_view = view_distances.get(seq)
+            if in_view is not None and (distance is None or quality < PDQ_MIN_QUALITY or in_view[0] < distance):
+                # the view nearest by PDQ is judged as that picture alone would be, by its own pHash too
+                distance, view = in_view
+                quality, viewed = view.pdq_quality, True
+                phash_distance = hamming(view.phash, entry.phash) if entry.phash else None
             evidence = Evidence(
                 # the digest keys of hash-only entries are no SHA-256 of bytes: confirm with the entry's own
                 exact_sha256=seq == exact and entry.sha256 == hashes.sha256,
@@ -757,7 +761,8 @@ class LookalikeService:
                 pdq_quality=min(quality, entry.pdq_quality) if entry.pdq else 0,
                 embedding_similarity=None if seq not in similarities else min(1.0, similarities[seq]),
                 model=entry.model,
-                phash_distance=nearest_hamming(phashes, entry.phash),
+                phash_distance=phash_distance,
+                pdq_in_view=viewed,
             )
             matches.append(_judged(record, entry, evidence))
         if query_keypoints is not None and record.keypoints and all(match.decision == ACCEPT for match in matches):

@@ -90,14 +90,14 @@ def _serve(connection: multiprocessing.connection.Connection, max_pixels: int, m
         if request is None:
             connection.send(_STARTED)
             continue
-        kind, data, embed, views, thumbnail, keypoints, frames = request
+        kind, data, embed, views, thumbnail, keypoints, view_hashes = request
         reply: tuple[bool, Any]
         try:
             if kind == _QUERY_KEYPOINTS:
                 reply = (True, fingerprinter.query_keypoints(data))
             else:
                 work = fingerprinter.model_inputs if kind == _MODEL_INPUTS else fingerprinter.compute
-                reply = (True, work(data, embed, views, thumbnail, keypoints, frames))
+                reply = (True, work(data, embed, views, thumbnail, keypoints, view_hashes))
         except LookalikeError as error:  # the image's fault (undecodable, too large): status and reason travel
             reply = (False, error)
         except Exception as error:  # noqa: BLE001 - a bug: raised in the caller, with where it happened here
@@ -196,14 +196,15 @@ class FingerprintWorkers:
         views: Sequence[str] = (),
         thumbnail: bool = False,
         keypoints: bool = False,
-        frames: bool = False,
+        view_hashes: bool = False,
     ) -> Fingerprinted:
+        asked = (data, embed, views, thumbnail, keypoints, view_hashes)
         if self.local is not None:
             if self.batcher is None:
-                return self.local.compute(data, embed, views, thumbnail, keypoints, frames)
-            return self.local.model_inputs(data, embed, views, thumbnail, keypoints, frames).embedded(self.batcher)
+                return self.local.compute(*asked)
+            return self.local.model_inputs(*asked).embedded(self.batcher)
         kind = _COMPUTE if self.batcher is None else _MODEL_INPUTS
-        reply = self._ask((kind, data, tuple(embed), tuple(views), thumbnail, keypoints, frames))
+        reply = self._ask((kind, data, tuple(embed), tuple(views), thumbnail, keypoints, view_hashes))
         if isinstance(reply, ModelInputs) and self.batcher is not None:
             return reply.embedded(self.batcher)
         assert isinstance(reply, Fingerprinted)

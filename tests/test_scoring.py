@@ -79,6 +79,19 @@ def test_a_reject_needs_evidence_of_a_copy_rather_than_of_another_shot() -> None
     assert may_reject(Evidence(exact_sha256=True, pdq_distance=PDQ_SAME_SCENE, pdq_quality=100))
 
 
+def test_a_views_pdq_carries_a_reject_as_a_whole_pictures_does_but_never_holds_one_back() -> None:
+    """A picture found inside the query (a paste, a frame) is hashed too: within PDQ_SAME_PICTURE, or in the
+    same-scene band with its own pHash agreeing, it rejects; in the band with its pHash off (its box is only
+    nearly the picture's) the embedding decides, as it did for views before they were hashed."""
+    pasted = Evidence(pdq_distance=18, pdq_quality=100, embedding_similarity=0.96, model=MODEL, phash_distance=6)
+    assert not may_reject(pasted)  # the whole picture this close: maybe another shot of the scene
+    in_view = replace(pasted, pdq_in_view=True)
+    assert may_reject(in_view)
+    assert not may_reject(replace(in_view, embedding_similarity=EMBEDDING_ALONE_REJECT - 0.01))
+    assert may_reject(replace(in_view, embedding_similarity=0.6, phash_distance=PHASH_SAME_PICTURE))
+    assert may_reject(replace(in_view, embedding_similarity=0.6, pdq_distance=PDQ_SAME_PICTURE))
+
+
 def test_hash_only_entries_still_reject_on_pdq_alone() -> None:
     """Hash lists (no embedding) keep HMA's rule: PDQ within 31 bits rejects."""
     hashed = Evidence(pdq_distance=31, pdq_quality=100)
