@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ServerHandle, distinct_photos
+from tests.test_composites import listed_as_banned
 
 FRAME_SIZE = (480, 360)
 
@@ -42,8 +43,7 @@ def test_a_listed_picture_shown_for_a_moment_inside_an_animation_is_found(
     would be accepted."""
     listed, unlisted = photos
     client = lookalike.client
-    client.create_list("banned")
-    ids = {path.name: client.add("banned", path).id for path in listed}
+    ids = listed_as_banned(client, listed)
     for number, path in enumerate(listed):
         frames = [frame_of(other) for other in unlisted[number : number + 5]]
         frames.insert((1, 3, 5)[number], frame_of(path))
@@ -58,9 +58,7 @@ def test_animations_of_unlisted_photos_are_accepted(
 ) -> None:
     listed, unlisted = photos
     client = lookalike.client
-    client.create_list("banned")
-    for path in listed:
-        client.add("banned", path)
+    listed_as_banned(client, listed)
     for image_format in ("GIF", "WEBP"):
         result = client.check(animation([frame_of(path) for path in unlisted], image_format), ["banned"])
         assert result.decision == "accept", (image_format, result.matches[:1])
