@@ -376,8 +376,7 @@ class Fingerprinter:
 def hashes_of_view(picture: Image.Image) -> ViewHashes:
     """A view's PDQ and pHash, each of the view as it is."""
     variants, quality = pdq_hashes(picture)
-    grey = picture.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
-    return ViewHashes(variants[0], quality, np.packbits(imagehash.phash(grey).hash.reshape(-1)).tobytes())
+    return ViewHashes(variants[0], quality, phash_variants(picture)[0])
 
 
 def _same_size(pictures: Sequence[Image.Image], short_side: int) -> list[Image.Image]:
