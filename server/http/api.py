@@ -628,7 +628,11 @@ async def export_entries(request: Request, endpoint: Endpoint, context: HttpCont
 # The routes -------------------------------------------------------------------------------------
 
 _IMAGE_FORM = (
-    FormField("image", "the picture", "file"),
+    FormField(
+        "image",
+        "the picture: JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP or TIFF (an animation's other frames count)",
+        "file",
+    ),
     FormField("meta.KEY", "a meta value (one field per key, e.g. meta.case)"),
 )
 
