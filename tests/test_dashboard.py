@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import ImageOps
 
 from benchmarks.edits import apply_edit, encode_edited
 from lookalike.client import LookalikeClient
@@ -448,3 +449,17 @@ def test_a_match_found_by_keypoints_alone_says_so_in_words(site: Site) -> None:
     assert 'class="decision review"' in checked.text
     assert re.search(r"Local features: \d+ keypoints of the upload land on the listed picture", checked.text)
     assert "Copy-detection model" in checked.text and "the model sees a different picture" in checked.text
+
+
+def test_a_match_found_by_a_pictures_hash_inside_the_upload_says_so(site: Site) -> None:
+    """A picture pasted on another photo: its PDQ, not the whole upload's, is close to the entry's."""
+    photo, background = distinct_photos(12, seed=11)[:2]
+    canvas = rgb(background).resize((1200, 800))
+    canvas.paste(ImageOps.contain(rgb(photo), (780, 520)), (300, 160))
+    site.handle.client.create_list("banned")
+    site.handle.client.add("banned", photo)
+    browser = site.browser()
+    checked = browser.post(
+        "/check", data={"csrf_token": csrf(browser.get("/check"))}, files={"image": ("p.jpg", encode_edited(canvas))}
+    )
+    assert re.search(r"PDQ perceptual hash of a picture found inside the upload: \d+ of 256 bits differ", checked.text)

@@ -100,7 +100,8 @@ def evidence_words(evidence: Evidence) -> list[str]:
         words.append("The very same file: its MD5 digest is identical.")
     scores = evidence.signal_scores()
     if evidence.pdq_distance is not None:
-        bits = f"PDQ perceptual hash: {evidence.pdq_distance} of 256 bits differ"
+        whose = " of a picture found inside the upload" if evidence.pdq_in_view else ""
+        bits = f"PDQ perceptual hash{whose}: {evidence.pdq_distance} of 256 bits differ"
         if "pdq" not in scores:
             words.append(f"{bits}, but the picture is too plain for PDQ to count (quality {evidence.pdq_quality}).")
         elif scores["pdq"] >= 0.8:
