@@ -244,12 +244,12 @@ def render(queries: Sequence[Query], seed: int, others: OtherPhotos) -> Iterator
             yield query.path.read_bytes()
             continue
         if cached is None or cached[0] != query.path:
-            with Image.open(query.path) as image:
-                cached = (query.path, image.convert("RGB"))
+            cached = (query.path, rgb_image(query.path))
         yield edited_bytes(query, cached[1], seed, others)
 
 
 def rgb_image(path: Path) -> Image.Image:
+    """A photo of the corpus, decoded, in RGB."""
     with Image.open(path) as image:
         return image.convert("RGB")
 
