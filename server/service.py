@@ -197,22 +197,26 @@ def nearest_bits(variants: Sequence[bytes], listed: bytes) -> int:
     return nearest_bits_each(variants, [listed])[0]
 
 
+def _bits_apart(codes: Sequence[bytes], listed: Sequence[bytes]) -> np.ndarray:
+    """[code, listed code]: the bits in which each of `codes` differs from each listed code, in one array operation."""
+    queries = np.frombuffer(b"".join(codes), np.uint8).reshape(len(codes), 1, -1)
+    entries = np.frombuffer(b"".join(listed), np.uint8).reshape(len(listed), -1)
+    table: np.ndarray = np.bitwise_count(queries ^ entries).sum(axis=2)
+    return table
+
+
 def nearest_bits_each(variants: Sequence[bytes], listed: Sequence[bytes]) -> list[int]:
-    """`nearest_bits` of several listed codes, in one array operation (a check scores ten or more)."""
+    """`nearest_bits` of several listed codes at once (a check scores ten or more)."""
     if not listed:
         return []
-    queries = np.frombuffer(b"".join(variants), np.uint8).reshape(len(variants), 1, -1)
-    codes = np.frombuffer(b"".join(listed), np.uint8).reshape(len(listed), -1)
-    return [int(bits) for bits in np.bitwise_count(queries ^ codes).sum(axis=2).min(axis=0)]
+    return [int(bits) for bits in _bits_apart(variants, listed).min(axis=0)]
 
 
 def _nearest_views(views: Sequence[ViewHashes], listed: dict[int, bytes]) -> dict[int, tuple[int, ViewHashes]]:
     """Per listed PDQ code (by seq): the fewest bits any view's PDQ differs from it by, and that view."""
     if not views or not listed:
         return {}
-    codes = np.frombuffer(b"".join(view.pdq for view in views), np.uint8).reshape(len(views), 1, -1)
-    entries = np.frombuffer(b"".join(listed.values()), np.uint8).reshape(len(listed), -1)
-    bits = np.bitwise_count(codes ^ entries).sum(axis=2)  # [view, entry]
+    bits = _bits_apart([view.pdq for view in views], list(listed.values()))
     nearest = bits.argmin(axis=0)
     return {
         seq: (int(bits[view, column]), views[view])

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ServerHandle, distinct_photos
-from tests.test_composites import listed_as_banned
+from tests.test_composites import listed_as_banned, listed_as_pdq_hashes
 
 FRAME_SIZE = (480, 360)
 
@@ -72,17 +72,12 @@ def test_a_pdq_list_finds_a_listed_picture_inside_an_animation(
     without that frame does not."""
     listed, unlisted = photos
     client = lookalike.client
-    client.create_list("pictures")
-    client.add("pictures", listed[0])
-    (exported,) = client.export_entries("pictures")
-    client.create_list("shared")
-    entry = client.hash_entry(pdq=exported.hashes.pdq, pdq_quality=exported.hashes.pdq_quality, id="shared-one")
-    client.add_hash("shared", entry)
+    (entry_id,) = listed_as_pdq_hashes(client, listed[:1])
 
     frames = [frame_of(path) for path in unlisted[:4]]
     title = Image.new("RGB", FRAME_SIZE)
     for image_format, opening in (("GIF", frames[:2]), ("WEBP", [title, *frames[:1]])):
         result = client.check(animation([*opening, frame_of(listed[0]), *frames[2:]], image_format), ["shared"])
-        assert result.decision == "reject" and result.matches[0].id == "shared-one", (image_format, result.matches)
+        assert result.decision == "reject" and result.matches[0].id == entry_id, (image_format, result.matches)
         assert result.matches[0].evidence.pdq_distance is not None and result.matches[0].evidence.pdq_distance <= 31
         assert client.check(animation(frames, image_format), ["shared"]).decision == "accept"

@@ -47,6 +47,18 @@ def listed_as_banned(client: LookalikeClient, listed: list[Path]) -> dict[str, s
     return {path.name: client.add("banned", path).id for path in listed}
 
 
+def listed_as_pdq_hashes(client: LookalikeClient, listed: list[Path]) -> list[str]:
+    """A list "shared" holding only the photos' PDQ hashes, as platforms share them (taken from a picture list
+    "pictures" of the same photos); each photo's entry id, in order."""
+    client.create_list("pictures")
+    client.create_list("shared")
+    ids = [client.add("pictures", path).id for path in listed]
+    for entry in client.export_entries("pictures"):
+        hashes = entry.hashes
+        client.add_hash("shared", client.hash_entry(pdq=hashes.pdq, pdq_quality=hashes.pdq_quality, id=entry.id))
+    return ids
+
+
 def found_each(
     client: LookalikeClient, listed: list[Path], composites: Callable[[int, Image.Image], Iterable[Image.Image]]
 ) -> list[bool]:
@@ -251,12 +263,7 @@ def test_a_list_of_pdq_hashes_finds_a_picture_pasted_on_a_photo(
     was hashed). The same photos without a paste are accepted."""
     listed, unlisted = photos
     client = lookalike.client
-    client.create_list("pictures")
-    client.create_list("shared")
-    ids = [client.add("pictures", path).id for path in listed]
-    for entry in client.export_entries("pictures"):
-        hashes = entry.hashes
-        client.add_hash("shared", client.hash_entry(pdq=hashes.pdq, pdq_quality=hashes.pdq_quality, id=entry.id))
+    ids = listed_as_pdq_hashes(client, listed)
     found = []
     for background in unlisted[4:6]:
         canvas = rgb(background).resize((1200, 800), Image.Resampling.BICUBIC)
