@@ -19,6 +19,7 @@ from lookalike.client.types import (
     AddResult,
     AuditRecord,
     Base64,
+    Box,
     Calibration,
     CheckCounts,
     CheckRecord,
@@ -37,6 +38,7 @@ from lookalike.client.types import (
     NewKey,
     ThresholdAdvice,
     Url,
+    View,
     WebhookDelivery,
 )
 
@@ -45,6 +47,7 @@ __all__ = [
     "AlreadyExists",
     "AuditRecord",
     "Base64",
+    "Box",
     "Calibration",
     "CheckCounts",
     "CheckRecord",
@@ -72,5 +75,6 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Url",
+    "View",
     "WebhookDelivery",
 ]

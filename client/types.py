@@ -226,6 +226,32 @@ class EntryPage:
 
 
 @dataclass(frozen=True)
+class Box:
+    """A rectangle in a picture's pixels as shown (its EXIF turn applied), from the top-left corner."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class View:
+    """Where in the checked picture a signal found the entry: "whole" (the picture itself), "part" (a picture
+    found inside it) or "frame" (another frame of an animation)."""
+
+    kind: str
+    box: Box
+    frame: int = 0
+    """The animation frame (0: the first)."""
+
+    @classmethod
+    def from_pb(cls, message: pb.View) -> View:
+        box = message.box
+        return cls(message.kind, Box(box.x, box.y, box.width, box.height), message.frame)
+
+
+@dataclass(frozen=True)
 class Evidence:
     exact_sha256: bool
     pdq_distance: int | None
@@ -233,6 +259,8 @@ class Evidence:
     model: str
     signals: tuple[str, ...]
     exact_md5: bool = False
+    pdq_view: View | None = None
+    embedding_view: View | None = None
 
     @classmethod
     def from_pb(cls, message: pb.Evidence) -> Evidence:
@@ -243,6 +271,8 @@ class Evidence:
             message.model,
             tuple(message.signals),
             message.exact_md5,
+            View.from_pb(message.pdq_view) if message.HasField("pdq_view") else None,
+            View.from_pb(message.embedding_view) if message.HasField("embedding_view") else None,
         )
 
 

@@ -187,6 +187,8 @@ class HashHit:
 class VectorHit:
     id: int
     similarity: float
+    view: int = 0
+    """The row of the searched vectors (one picture's views) that came closest."""
 
 
 class _ReadWriteLock:
@@ -556,12 +558,15 @@ class ListIndex:
                     similarities, labels = _search_exact(self._vectors, self._half, self._max_norm, queries, k)
                 else:
                     similarities, labels = self._vectors.search(queries, k)
-                best: dict[int, float] = {}
-                for label, similarity in zip(labels.ravel().tolist(), similarities.ravel().tolist(), strict=True):
-                    if label >= 0 and similarity > best.get(label, -2.0):
-                        best[label] = similarity
-                ranked = sorted(best.items(), key=lambda item: -item[1])[:k]
-                return [VectorHit(label, similarity) for label, similarity in ranked]
+                best: dict[int, tuple[float, int]] = {}
+                views = np.repeat(np.arange(len(queries)), labels.shape[1]).tolist()
+                for label, similarity, view in zip(
+                    labels.ravel().tolist(), similarities.ravel().tolist(), views, strict=True
+                ):
+                    if label >= 0 and similarity > best.get(label, (-2.0, 0))[0]:
+                        best[label] = (similarity, view)
+                ranked = sorted(best.items(), key=lambda item: -item[1][0])[:k]
+                return [VectorHit(label, similarity, view) for label, (similarity, view) in ranked]
             # An entry's copies score alike and come back together: fetch enough for the distinct ones.
             wanted = max(4 * k, SHORTLIST_MIN) * self.layout.cells_per_vector
             _, labels = self._vectors.search(queries, min(wanted, int(self._vectors.ntotal)))
@@ -570,9 +575,11 @@ class ListIndex:
                 candidates = candidates[~np.isin(candidates, np.fromiter(self._tombstones, np.int64))]
             if not len(candidates):
                 return []
-            reranked = self._rerank.similarities(candidates, queries).max(axis=0)
+            table = self._rerank.similarities(candidates, queries)
+        nearest_view = table.argmax(axis=0)
+        reranked = table[nearest_view, np.arange(len(candidates))]
         top = np.argsort(-reranked, kind="stable")[:k]
-        return [VectorHit(int(candidates[i]), float(reranked[i])) for i in top]
+        return [VectorHit(int(candidates[i]), float(reranked[i]), int(nearest_view[i])) for i in top]
 
     def checkpoint(self) -> IndexCheckpoint:
         with self._lock.reading():

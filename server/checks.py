@@ -38,7 +38,7 @@ from lookalike.index import configure_threads
 from lookalike.server.check_index import IndexedCheck
 from lookalike.server.config import ServerConfig
 from lookalike.server.fetch import check_url
-from lookalike.server.fingerprint import Hashes
+from lookalike.server.fingerprint import Hashes, Place
 from lookalike.server.hashes import MD5, PDQ, PHASH, SHA256, HashCodec
 from lookalike.server.scoring import Evidence
 from lookalike.server.service import (
@@ -168,6 +168,19 @@ def _hash(codec: HashCodec, text: str) -> bytes:
     return value
 
 
+def _evidence(fields: dict[str, Any]) -> Evidence:
+    """Evidence as stored, its places made Places again. Results stored before places were kept hold
+    `pdq_in_view` instead (whether the PDQ was of a picture inside the upload): their places read as unknown."""
+    fields = dict(fields)
+    fields.pop("pdq_in_view", None)
+    for name in ("pdq_place", "embedding_place"):
+        place = fields.get(name)
+        if place is not None:
+            left, top, right, bottom = place["box"]
+            fields[name] = Place(place["kind"], (left, top, right, bottom), place["frame"])
+    return Evidence(**fields)
+
+
 def result_from_json(raw: dict[str, Any]) -> CheckResult:
     sha256, pdq, quality, phash, md5 = raw["hashes"]
     matches = [
@@ -175,7 +188,7 @@ def result_from_json(raw: dict[str, Any]) -> CheckResult:
             m["list"],
             entry_from_fields(m["entry"]),
             m["score"],
-            Evidence(**m["evidence"]),
+            _evidence(m["evidence"]),
             m["decision"],
             m["list_kind"],
             m["guarded"],

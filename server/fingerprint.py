@@ -7,6 +7,7 @@ so they are computed per model, only for the models the lists being touched use.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,7 +23,17 @@ from lookalike.server.embedder import EmbedderPool, EmbeddingBatcher, embedding_
 from lookalike.server.imaging import DRAFT_SHORT_SIDE, DecodedImage, decode_image, thumbnail_webp
 from lookalike.server.keypoints import entry_keypoints, query_keypoints
 from lookalike.server.pdq import pdq_hashes
-from lookalike.server.regions import Box, Regions, find_regions, finder_picture, overlap, rectified, straightened
+from lookalike.server.regions import (
+    Box,
+    Quad,
+    Regions,
+    content_box,
+    find_regions,
+    finder_picture,
+    overlap,
+    rectified,
+    straightened,
+)
 
 PDQ_BYTES = 32
 PHASH_BYTES = 8
@@ -41,6 +52,32 @@ SAME_REGION = 0.7
 
 Cutter = Callable[[Sequence[Box], int], list[Image.Image]]
 """Cuts boxes out of a picture, each part with its short side at least the given one where the pixels allow."""
+
+WHOLE, PART, FRAME = "whole", "part", "frame"
+"""What a view of a checked picture is: the picture itself, a picture found inside it, another frame of it."""
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where in a checked picture one of its views lies: what a reviewer is shown to look at."""
+
+    kind: str
+    """WHOLE, PART or FRAME."""
+    box: Box
+    """Left, top, right, bottom in the file's pixels as shown (its EXIF turn applied). A part found turned or
+    on a photographed screen: the upright box around it; a part inside a turned picture: that picture's box."""
+    frame: int = 0
+    """The animation frame the view is of (0: the first)."""
+
+    def scaled(self, across: float, down: float) -> Place:
+        """The same place in the pixels of a copy of the picture `across` times as wide, `down` times as tall."""
+        left, top, right, bottom = self.box
+        box = (round(left * across), round(top * down), round(right * across), round(bottom * down))
+        return replace(self, box=box)
+
+
+Placed = list[tuple[Image.Image, Place]]
+"""A batch of views of one size, each with its place."""
 
 
 @dataclass(frozen=True)
@@ -84,9 +121,9 @@ class Fingerprint:
     """Time spent per stage (decode, hash, embed, region), for metrics kept by the caller."""
 
     @cached_property
-    def region_inputs(self) -> list[list[Image.Image]]:
-        """Pictures found inside the image, ready to embed, in batches of one size (`_region_views`).
-        Looked for only when a check needs it, never for an add. Looked for on the draft
+    def placed_regions(self) -> list[Placed]:
+        """Pictures found inside the image, ready to embed, in batches of one size (`_region_views`), with
+        their places. Looked for only when a check needs it, never for an add. Looked for on the draft
         (`DecodedImage.upright`), and cut from the picture decoded finer (`DecodedImage.shown`), only when
         something was found."""
         upright = self.image.upright
@@ -94,46 +131,66 @@ class Fingerprint:
         if not found:
             return []
         shown = self.image.shown
-        return _region_views(
-            found.scaled(shown.width / upright.width, shown.height / upright.height), shown, self.image.crops
-        )
+        width, height = self.image.shown_size
+        return [
+            [(picture, Place(PART, box).scaled(width / shown.width, height / shown.height)) for picture, box in batch]
+            for batch in _region_views(
+                found.scaled(shown.width / upright.width, shown.height / upright.height), shown, self.image.crops
+            )
+        ]
 
     @cached_property
-    def frame_inputs(self) -> list[list[Image.Image]]:
-        """An animation's later frames that show something else (`DecodedImage.other_frames`), ready to embed,
-        in batches of one size. Looked for only when a check needs it: an entry is its first frame."""
-        batches: dict[tuple[int, int], list[Image.Image]] = {}
-        for frame in self.image.other_frames:
+    def placed_frames(self) -> list[Placed]:
+        """An animation's later frames that show something else (`DecodedImage.numbered_frames`), ready to
+        embed, in batches of one size, with their places. Looked for only when a check needs it: an entry is
+        its first frame."""
+        whole = (0, 0, *self.image.shown_size)
+        batches: dict[tuple[int, int], Placed] = {}
+        for number, frame in self.image.numbered_frames:
             picture = embedding_input(frame)
-            batches.setdefault(picture.size, []).append(picture)
+            batches.setdefault(picture.size, []).append((picture, Place(FRAME, whole, number)))
         return list(batches.values())
 
     @cached_property
-    def check_inputs(self) -> list[list[Image.Image]]:
-        """Every view a check looks at beyond the whole picture: pictures inside it, then other frames."""
+    def check_views(self) -> list[Placed]:
+        """Every view a check looks at beyond the whole picture, with its place: pictures inside it, then other
+        frames."""
         with _timed(self.stage_seconds, "region"):
-            regions = self.region_inputs
+            regions = self.placed_regions
         with _timed(self.stage_seconds, "frames"):
-            return regions + self.frame_inputs
+            return regions + self.placed_frames
+
+    @property
+    def check_inputs(self) -> list[list[Image.Image]]:
+        """`check_views` without their places, in batches of one size to embed."""
+        return [[picture for picture, _ in batch] for batch in self.check_views]
+
+    @property
+    def places(self) -> tuple[Place, ...]:
+        """Where each view a check searches with lies: the whole picture, then each of `check_views`."""
+        whole = Place(WHOLE, (0, 0, *self.image.shown_size))
+        return (whole, *(place for batch in self.check_views for _, place in batch))
 
 
-def _region_views(regions: Regions, picture: Image.Image, cut: Cutter) -> list[list[Image.Image]]:
-    """The views of what `regions` found in `picture` (each part cut by `cut`): the picture framed by a flat
-    canvas (a padded border, a plain screenshot) and one turned on a flat fill, set upright, at model input
-    size, with what lies inside the latter (`_turned_views`); a picture on a screen photographed at an angle
-    or pasted turned, rectified, at model input size; the cells of a collage; else up to MAX_REGION_VIEWS
-    pictures framed by straight edges (pasted on a photo, inside an app's UI)."""
-    batches: list[list[Image.Image]] = []
+def _region_views(regions: Regions, picture: Image.Image, cut: Cutter) -> list[list[tuple[Image.Image, Box]]]:
+    """The views of what `regions` found in `picture` (each part cut by `cut`), each with its box in `picture`'s
+    pixels: the picture framed by a flat canvas (a padded border, a plain screenshot) and one turned on a flat
+    fill, set upright, at model input size, with what lies inside the latter (`_turned_views`); a picture on a
+    screen photographed at an angle or pasted turned, rectified, at model input size; the cells of a collage;
+    else up to MAX_REGION_VIEWS pictures framed by straight edges (pasted on a photo, inside an app's UI)."""
+    batches: list[list[tuple[Image.Image, Box]]] = []
     if regions.canvas is not None:
-        batches.append([embedding_input(cut([regions.canvas], DRAFT_SHORT_SIDE)[0])])
+        batches.append([(embedding_input(cut([regions.canvas], DRAFT_SHORT_SIDE)[0]), regions.canvas)])
     if regions.tilt is not None:
         upright = straightened(picture, regions.tilt)
-        batches.append([embedding_input(upright)])
-        batches += _turned_views(upright)
+        turned_box = content_box(picture) or (0, 0, *picture.size)
+        batches.append([(embedding_input(upright), turned_box)])
+        batches += [[(view, turned_box) for view, _ in batch] for batch in _turned_views(upright)]
     if regions.cells:
-        batches.append(_same_size(cut(regions.cells, CELL_SHORT_SIDE), CELL_SHORT_SIDE))
+        cells = _same_size(cut(regions.cells, CELL_SHORT_SIDE), CELL_SHORT_SIDE)
+        batches.append(list(zip(cells, regions.cells, strict=True)))
     if regions.screen is not None:
-        batches.append([embedding_input(rectified(picture, regions.screen))])
+        batches.append([(embedding_input(rectified(picture, regions.screen)), _around(regions.screen))])
     taken: list[Box] = [] if regions.canvas is None else [regions.canvas]
     framed: list[Box] = []
     for box in regions.frames:
@@ -142,12 +199,18 @@ def _region_views(regions: Regions, picture: Image.Image, cut: Cutter) -> list[l
         if all(overlap(box, other) < SAME_REGION for other in taken):
             taken.append(box)
             framed.append(box)
-    for rank, part in enumerate(cut(framed, DRAFT_SHORT_SIDE)):
-        batches.append([embedding_input(part) if rank == 0 else resized_to(part, FRAME_SHORT_SIDE)])
+    for rank, (part, box) in enumerate(zip(cut(framed, DRAFT_SHORT_SIDE), framed, strict=True)):
+        batches.append([(embedding_input(part) if rank == 0 else resized_to(part, FRAME_SHORT_SIDE), box)])
     return batches
 
 
-def _turned_views(upright: Image.Image) -> list[list[Image.Image]]:
+def _around(corners: Quad) -> Box:
+    """The upright box around a quadrilateral."""
+    xs, ys = [x for x, _ in corners], [y for _, y in corners]
+    return (math.floor(min(xs)), math.floor(min(ys)), math.ceil(max(xs)), math.ceil(max(ys)))
+
+
+def _turned_views(upright: Image.Image) -> list[list[tuple[Image.Image, Box]]]:
     """The views of pictures inside a picture that was turned on a fill, once set upright: a composite
     turned as a whole turns the frames inside it too, which are only found straight (its turn is not
     looked for again)."""
@@ -177,6 +240,9 @@ class Fingerprinted:
     """The hashes of each view a check looks at beyond the whole picture (`Fingerprint.check_inputs`:
     pictures found inside it, an animation's other frames), when asked for: a copy inside another picture
     matches an entry's hashes as the copy alone would."""
+    places: tuple[Place, ...] = ()
+    """Where each view lies in the picture (`Fingerprint.places`): row i of `views` at places[i], view_hashes[i]
+    at places[i + 1]; empty when neither views nor view_hashes were asked for."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +277,7 @@ class ModelInputs:
             done.phash_variants,
             done.keypoints,
             done.view_hashes,
+            done.places,
         )
 
 
@@ -300,6 +367,7 @@ class Fingerprinter:
             fingerprint.phash_variants,
             self._keypoints(fingerprint) if keypoints else None,
             self._view_hashes(fingerprint) if view_hashes else (),
+            fingerprint.places if views or view_hashes else (),
         )
 
     @staticmethod
@@ -347,6 +415,7 @@ class Fingerprinter:
             fingerprint.phash_variants,
             self._keypoints(fingerprint) if keypoints else None,
             self._view_hashes(fingerprint) if view_hashes else (),
+            fingerprint.places if views or view_hashes else (),
         )
         return ModelInputs(hashes_only, tuple(pictures), tuple(embed), tuple(views))
 

@@ -109,12 +109,24 @@ class DecodedImage:
         return _shown(self.data, REGION_SHORT_SIDE, self.turn)
 
     @cached_property
-    def other_frames(self) -> list[Image.Image]:
-        """Up to MAX_FRAME_VIEWS later frames of an animation (pages of a multi-page file), shown (turned,
-        flattened) at the embedding's input size: the most distinct from the first frame and from each
-        other, and only those more than DISTINCT_FRAME from all of them. Empty for a still picture. Decoded
-        only when a check asks; a frame that fails to decode ends the reading, the frames before it count."""
+    def numbered_frames(self) -> list[tuple[int, Image.Image]]:
+        """Up to MAX_FRAME_VIEWS later frames of an animation (pages of a multi-page file), each with its
+        number (0: the first), shown (turned, flattened) at the embedding's input size: the most distinct from
+        the first frame and from each other, and only those more than DISTINCT_FRAME from all of them. Empty
+        for a still picture. Decoded only when a check asks; a frame that fails to decode ends the reading,
+        the frames before it count."""
         return _distinct_frames(self.data, self.turn)
+
+    @property
+    def other_frames(self) -> list[Image.Image]:
+        """`numbered_frames` without their numbers."""
+        return [frame for _, frame in self.numbered_frames]
+
+    @property
+    def shown_size(self) -> tuple[int, int]:
+        """The file's full size as shown: `original_size`, turned."""
+        width, height = self.original_size
+        return (height, width) if self.turn in _QUARTER_TURNS else (width, height)
 
     def crops(
         self, boxes: Sequence[tuple[int, int, int, int]], short_side: int = DRAFT_SHORT_SIDE
@@ -211,11 +223,11 @@ def _shown(data: bytes, short_side: int, turn: Image.Transpose | None) -> Image.
     return shown if turn is None else shown.transpose(turn)
 
 
-def _distinct_frames(data: bytes, turn: Image.Transpose | None) -> list[Image.Image]:
+def _distinct_frames(data: bytes, turn: Image.Transpose | None) -> list[tuple[int, Image.Image]]:
     """`DecodedImage.other_frames`: thumbnails of the frames read first (FRAME_READ_PIXELS, MAX_FRAMES_READ),
     the most distinct of them chosen, then those decoded again at the embedding's input size. A phone's MPO
     holds a second view of one scene, not another picture: none."""
-    frames: list[Image.Image] = []
+    frames: list[tuple[int, Image.Image]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -226,7 +238,7 @@ def _distinct_frames(data: bytes, turn: Image.Transpose | None) -> list[Image.Im
                 image.seek(index)
                 frame = _reduced(_drafted(_to_rgb(image)))
                 frame = frame.copy() if frame is image else frame  # the next seek reuses the frame's pixels
-                frames.append(frame if turn is None else frame.transpose(turn))
+                frames.append((index, frame if turn is None else frame.transpose(turn)))
         except (*_DECODE_ERRORS, MemoryError):
             pass
     return frames
@@ -300,6 +312,12 @@ _TURNS = {
     8: Image.Transpose.ROTATE_90,
 }
 """EXIF orientation → the transpose that shows the picture upright."""
+
+
+_QUARTER_TURNS = frozenset(
+    (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE)
+)
+"""Turns that swap a picture's width and height."""
 
 
 def _orientation(image: Image.Image) -> Image.Transpose | None:

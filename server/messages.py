@@ -18,7 +18,7 @@ from lookalike.client.webhooks import CHECK_ID_HEADER, SIGNATURE_HEADER, TIMESTA
 from lookalike.server.check_index import DecisionCounts, HourCounts
 from lookalike.server.checks import StoredCheck
 from lookalike.server.feedback import CONFIRMED, FALSE_POSITIVE, MISSED_DUPLICATE, ThresholdAdvice
-from lookalike.server.fingerprint import Hashes
+from lookalike.server.fingerprint import Hashes, Place
 from lookalike.server.hashes import MD5, PDQ, PHASH, SHA256, HashAdd
 from lookalike.server.operations.checking import CheckPage, CheckQuery, CheckView, HashCheck, NewCheck
 from lookalike.server.operations.entries import EntryPage, EntryQuery, ListedEntry, NewPicture
@@ -234,6 +234,13 @@ def entry_page(page: EntryPage) -> pb.ListEntriesResponse:
     )
 
 
+def view_message(place: Place) -> pb.View:
+    left, top, right, bottom = place.box
+    return pb.View(
+        kind=place.kind, box=pb.Box(x=left, y=top, width=right - left, height=bottom - top), frame=place.frame
+    )
+
+
 def match_message(match: Match) -> pb.Match:
     evidence = pb.Evidence(
         exact_sha256=match.evidence.exact_sha256,
@@ -245,6 +252,10 @@ def match_message(match: Match) -> pb.Match:
         evidence.pdq_distance = match.evidence.pdq_distance
     if match.evidence.embedding_similarity is not None:
         evidence.embedding_similarity = match.evidence.embedding_similarity
+    if match.evidence.pdq_place is not None:
+        evidence.pdq_view.CopyFrom(view_message(match.evidence.pdq_place))
+    if match.evidence.embedding_place is not None:
+        evidence.embedding_view.CopyFrom(view_message(match.evidence.embedding_place))
     return pb.Match(
         list=match.list,
         id=match.entry.id,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lookalike.server.embedder import MODEL_SSCD, MODEL_SSCD_DISTILLED
+from lookalike.server.fingerprint import WHOLE, Place
 
 DEFAULT_REVIEW_THRESHOLD = 0.5
 DEFAULT_REJECT_THRESHOLD = 0.8
@@ -66,7 +67,15 @@ class Evidence:
     exact_md5: bool = False
     phash_distance: int | None = None  # in the query's orientation nearest the entry's; None when one has none
     keypoints_agreeing: int = 0  # the query's keypoints landing on the entry's; 0 when not looked at or too few
-    pdq_in_view: bool = False  # the PDQ (and pHash) distance is a view's: a picture found inside the query, a frame
+    pdq_place: Place | None = None
+    """The view of the query the PDQ (and pHash) distance is of; None where the query had no views (by hashes)."""
+    embedding_place: Place | None = None
+    """The view of the query nearest the entry's embedding; None likewise."""
+
+    @property
+    def pdq_in_view(self) -> bool:
+        """Whether the PDQ distance is of a view beyond the whole picture: a picture found inside it, a frame."""
+        return self.pdq_place is not None and self.pdq_place.kind != WHOLE
 
     def signal_scores(self) -> dict[str, float]:
         """Each usable signal's own calibrated score."""

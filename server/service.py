@@ -28,7 +28,7 @@ from lookalike.index import ListIndex
 from lookalike.index.list_index import PDQ_SCAN_BUDGET, VECTOR_SCAN_BUDGET
 from lookalike.server.changes import EntriesAdded, EntryConfirmed, EntryRemoved, ListCreated, ListDeleted, ListUpdated
 from lookalike.server.embedder import MODELS
-from lookalike.server.fingerprint import Fingerprinted, Hashes, ViewHashes
+from lookalike.server.fingerprint import Fingerprinted, Hashes, Place, ViewHashes
 from lookalike.server.flood import FloodGuard, FloodSettings
 from lookalike.server.hashes import HashAdd, hash_entry, pdq_dihedral
 from lookalike.server.indexes import IndexRegistry
@@ -212,24 +212,28 @@ def nearest_bits_each(variants: Sequence[bytes], listed: Sequence[bytes]) -> lis
     return [int(bits) for bits in _bits_apart(variants, listed).min(axis=0)]
 
 
-def _nearest_views(views: Sequence[ViewHashes], listed: dict[int, bytes]) -> dict[int, tuple[int, ViewHashes]]:
+def _nearest_views(
+    views: Sequence[tuple[ViewHashes, Place]], listed: dict[int, bytes]
+) -> dict[int, tuple[int, ViewHashes, Place]]:
     """Per listed PDQ code (by seq): the fewest bits any view's PDQ differs from it by, and that view."""
     if not views or not listed:
         return {}
-    bits = _bits_apart([view.pdq for view in views], list(listed.values()))
+    bits = _bits_apart([view.pdq for view, _ in views], list(listed.values()))
     nearest = bits.argmin(axis=0)
     return {
-        seq: (int(bits[view, column]), views[view])
+        seq: (int(bits[view, column]), *views[view])
         for column, (seq, view) in enumerate(zip(listed, nearest.tolist(), strict=True))
     }
 
 
-def best_similarities(views: np.ndarray, stored: dict[int, np.ndarray]) -> dict[int, float]:
-    """Each stored vector's best cosine with any view of the picture, in one matrix product."""
+def best_similarities(views: np.ndarray, stored: dict[int, np.ndarray]) -> dict[int, tuple[float, int]]:
+    """Each stored vector's best cosine with any view of the picture, and that view's row, in one matrix product."""
     if not stored:
         return {}
-    similarities = (views @ np.stack(list(stored.values())).T).max(axis=0)
-    return dict(zip(stored, similarities.tolist(), strict=True))
+    table = views @ np.stack(list(stored.values())).T
+    nearest = table.argmax(axis=0)
+    similarities = table[nearest, np.arange(len(stored))]
+    return dict(zip(stored, zip(similarities.tolist(), nearest.tolist(), strict=True), strict=True))
 
 
 class LookalikeService:
@@ -723,14 +727,19 @@ class LookalikeService:
         narrowed = views is not None and record.pdq_only_count == 0 and len(variants) > 1
         # The check's other views (pictures inside it, other frames) are looked up as they are; their
         # distances are kept apart, below, each with its own quality.
-        inside = [view for view in fingerprint.view_hashes if view.pdq_quality >= PDQ_MIN_QUALITY]
-        searched = (variants[:1] if narrowed else variants) + tuple(view.pdq for view in inside)
+        places = fingerprint.places
+        inside = [
+            (view, place)
+            for view, place in zip(fingerprint.view_hashes, places[1:], strict=True)
+            if view.pdq_quality >= PDQ_MIN_QUALITY
+        ]
+        searched = (variants[:1] if narrowed else variants) + tuple(view.pdq for view, _ in inside)
         with self.metrics.stage("pdq_search"):
             pdq_hits = {hit.id: hit.distance for hit in index.search_pdq(searched, PDQ_SEARCH_RADIUS)}
-        similarities: dict[int, float] = {}
+        similarities: dict[int, tuple[float, int]] = {}  # the best cosine, and the row of `views` it is with
         if views is not None:
             with self.metrics.stage("vector_search"):
-                similarities = {hit.id: hit.similarity for hit in index.search_vectors(views, k)}
+                similarities = {hit.id: (hit.similarity, hit.view) for hit in index.search_vectors(views, k)}
         seqs = set(pdq_hits) | set(similarities) | {seq for seq in (exact, exact_md5) if seq is not None}
         if not seqs:
             return []
@@ -747,26 +756,29 @@ class LookalikeService:
         measured = nearest_bits_each(variants, [entries[seq].pdq for seq in unsearched])
         pdq_distances = pdq_hits | dict(zip(unsearched, measured, strict=True))
         view_distances = _nearest_views(inside, {seq: entry.pdq for seq, entry in entries.items() if entry.pdq})
+        whole = places[0] if places else None
         matches = []
         for seq, entry in entries.items():
-            distance, quality = pdq_distances.get(seq), hashes.pdq_quality
-            phash_distance, viewed = nearest_hamming(phashes, entry.phash), False
+            distance, quality, pdq_place = pdq_distances.get(seq), hashes.pdq_quality, whole
+            phash_distance = nearest_hamming(phashes, entry.phash)
             in_view = view_distances.get(seq)
             if in_view is not None and (distance is None or quality < PDQ_MIN_QUALITY or in_view[0] < distance):
                 # the view nearest by PDQ is judged as that picture alone would be, by its own pHash too
-                distance, view = in_view
-                quality, viewed = view.pdq_quality, True
+                distance, view, pdq_place = in_view
+                quality = view.pdq_quality
                 phash_distance = hamming(view.phash, entry.phash) if entry.phash else None
+            similarity, nearest_view = similarities.get(seq, (None, 0))
             evidence = Evidence(
                 # the digest keys of hash-only entries are no SHA-256 of bytes: confirm with the entry's own
                 exact_sha256=seq == exact and entry.sha256 == hashes.sha256,
                 exact_md5=seq == exact_md5,
                 pdq_distance=distance,
                 pdq_quality=min(quality, entry.pdq_quality) if entry.pdq else 0,
-                embedding_similarity=None if seq not in similarities else min(1.0, similarities[seq]),
+                embedding_similarity=None if similarity is None else min(1.0, similarity),
                 model=entry.model,
                 phash_distance=phash_distance,
-                pdq_in_view=viewed,
+                pdq_place=pdq_place if distance is not None else None,
+                embedding_place=places[nearest_view] if similarity is not None and places else None,
             )
             matches.append(_judged(record, entry, evidence))
         if query_keypoints is not None and record.keypoints and all(match.decision == ACCEPT for match in matches):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from lookalike.client import Box, View
 from tests.conftest import ServerHandle, distinct_photos
 from tests.test_composites import listed_as_banned, listed_as_pdq_hashes
 
@@ -39,18 +40,21 @@ def test_a_listed_picture_shown_for_a_moment_inside_an_animation_is_found(
     lookalike: ServerHandle, photos: tuple[list[Path], list[Path]]
 ) -> None:
     """Each listed picture as one frame among five unlisted ones, at the second, fourth or last place, in a
-    GIF and in a WebP: flagged with its entry on top every time. The first frame alone (what an entry keeps)
-    would be accepted."""
+    GIF and in a WebP: flagged with its entry on top every time, the match saying which frame it is in. The
+    first frame alone (what an entry keeps) would be accepted."""
     listed, unlisted = photos
     client = lookalike.client
     ids = listed_as_banned(client, listed)
     for number, path in enumerate(listed):
         frames = [frame_of(other) for other in unlisted[number : number + 5]]
-        frames.insert((1, 3, 5)[number], frame_of(path))
+        shown_at = (1, 3, 5)[number]
+        frames.insert(shown_at, frame_of(path))
         assert client.check(animation(frames[:1], "GIF"), ["banned"]).decision == "accept"
         for image_format in ("GIF", "WEBP"):
             result = client.check(animation(frames, image_format), ["banned"])
             assert result.decision != "accept" and result.matches[0].id == ids[path.name], (path.name, image_format)
+            found_in = result.matches[0].evidence.embedding_view
+            assert found_in == View("frame", Box(0, 0, *FRAME_SIZE), shown_at)
 
 
 def test_animations_of_unlisted_photos_are_accepted(

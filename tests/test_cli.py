@@ -116,6 +116,8 @@ def test_add_check_remove_contract(lookalike: ServerHandle, tmp_path: Path) -> N
     assert shrunk["matches"][0]["id"] == by_path[photos[0].name]["id"]
     assert shrunk["matches"][0]["meta"] == {"source": "cli"}
     assert 0 < shrunk["matches"][0]["score"] <= 1 and shrunk["matches"][0]["list"] == "banned"
+    whole = {"kind": "whole", "box": {"x": 0, "y": 0, "width": 200, "height": 150}, "frame": 0}
+    assert shrunk["matches"][0]["evidence"]["embedding_view"] == whole  # the copy is the whole upload
     assert other["decision"] == "accept" and other["matches"] == [] and len(other["sha256"]) == 64
     assert "error" in missing
 

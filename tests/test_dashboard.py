@@ -451,8 +451,9 @@ def test_a_match_found_by_keypoints_alone_says_so_in_words(site: Site) -> None:
     assert "Copy-detection model" in checked.text and "the model sees a different picture" in checked.text
 
 
-def test_a_match_found_by_a_pictures_hash_inside_the_upload_says_so(site: Site) -> None:
-    """A picture pasted on another photo: its PDQ, not the whole upload's, is close to the entry's."""
+def test_a_match_found_by_a_pictures_hash_inside_the_upload_says_so_and_where(site: Site) -> None:
+    """A picture pasted on another photo: its PDQ, not the whole upload's, is close to the entry's, and the
+    reviewer is told where in the upload it lies."""
     photo, background = distinct_photos(12, seed=11)[:2]
     canvas = rgb(background).resize((1200, 800))
     canvas.paste(ImageOps.contain(rgb(photo), (780, 520)), (300, 160))
@@ -462,4 +463,9 @@ def test_a_match_found_by_a_pictures_hash_inside_the_upload_says_so(site: Site) 
     checked = browser.post(
         "/check", data={"csrf_token": csrf(browser.get("/check"))}, files={"image": ("p.jpg", encode_edited(canvas))}
     )
-    assert re.search(r"PDQ perceptual hash of a picture found inside the upload: \d+ of 256 bits differ", checked.text)
+    words = r"PDQ perceptual hash of a picture found inside the upload \((\d+) × (\d+) px at (\d+), (\d+)\): \d+ of"
+    found = re.search(words, checked.text)
+    assert found is not None
+    width, height, left, top = map(int, found.groups())
+    pasted = ImageOps.contain(rgb(photo), (780, 520)).size
+    assert abs(left - 300) + abs(top - 160) + abs(width - pasted[0]) + abs(height - pasted[1]) <= 24

@@ -21,7 +21,7 @@ import grpc
 import httpx
 import pytest
 from google.api import annotations_pb2
-from PIL import Image
+from PIL import Image, ImageOps
 from starlette.routing import Route
 
 from lookalike.client import LookalikeClient
@@ -116,6 +116,10 @@ def test_a_picture_added_by_multipart_is_found_by_a_json_check(api: HttpServer) 
     assert result["decision"] == "REJECT"
     assert result["suggestedActions"] == {"reject": True, "review": False}
     assert result["matches"][0]["id"] == "first" and result["matches"][0]["meta"] == {"case": "1234"}
+    with Image.open(photo) as image:
+        width, height = ImageOps.exif_transpose(image).size
+    whole = {"kind": "whole", "box": {"x": 0, "y": 0, "width": width, "height": height}, "frame": 0}
+    assert result["matches"][0]["evidence"]["embeddingView"] == result["matches"][0]["evidence"]["pdqView"] == whole
     clean = api.http.post("/v1/check", files={"image": ("o.jpg", other.read_bytes())}, data={"lists": "banned"})
     assert clean.json()["decision"] == "ACCEPT" and clean.json()["matches"] == []
 

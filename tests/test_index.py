@@ -8,7 +8,7 @@ embeddings.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import faiss
 import numpy as np
@@ -554,6 +554,18 @@ def test_ivf_vector_search_finds_every_planted_neighbour_at_its_similarity_withi
         assert set(planted) <= set(hits)
         for entry_id, similarity in planted.items():
             assert hits[entry_id] == pytest.approx(similarity, abs=1e-3)
+
+
+@pytest.mark.parametrize("build", [Data.index, ivf_index], ids=["exact", "ivf"])
+def test_a_search_by_several_views_says_which_view_each_entry_is_nearest(
+    data: Data, build: Callable[[Data], ListIndex]
+) -> None:
+    """One picture's views (the whole, the pictures found inside it) are searched together; each hit names the
+    view nearest it, so that a check can say where in the picture it found the entry."""
+    hits = {hit.id: hit for hit in build(data).search_vectors(data.vector_queries, 3 * N_QUERIES)}
+    for view in range(N_QUERIES):
+        for planted in data.ids[14 * view + 11 : 14 * view + 14]:  # the three vectors planted near this view
+            assert hits[int(planted)].view == view
 
 
 def test_ivf_files_each_embedding_in_its_two_nearest_cells_under_one_code(data: Data) -> None:

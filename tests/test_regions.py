@@ -30,6 +30,7 @@ from lookalike.server.regions import (
     finder_picture,
     frame_boxes,
     grid_cells,
+    overlap,
     rectified,
     screen_gate,
     screen_quad,
@@ -603,15 +604,16 @@ def test_a_check_looks_on_the_draft_and_decodes_the_file_again_only_to_cut_what_
     photo(PHOTOS[0]).resize((1280, 852), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
     plain = fingerprinter.fingerprint(buffer.getvalue())
     assert plain.image.draft.size == (640, 426)
-    assert plain.region_inputs == [] and "shown" not in vars(plain.image)
+    assert plain.placed_regions == [] and "shown" not in vars(plain.image)
 
     edited = apply_edit("paste_on_busy", photo(PHOTOS[0]), random.Random(0))
     truth = region_of(edited)
     assert truth is not None
     composite = fingerprinter.fingerprint(encode_edited(edited))
     assert min(composite.image.draft.size) < 512
-    views = composite.region_inputs
+    views = composite.placed_regions
     assert "shown" in vars(composite.image) and min(composite.image.shown.size) >= 512  # decoded again, finer
     pasted = np.asarray(edited.crop(truth).convert("L").resize((32, 32)), dtype=np.float32)
-    cuts = [np.asarray(batch[0].convert("L").resize((32, 32)), dtype=np.float32) for batch in views]
+    cuts = [np.asarray(batch[0][0].convert("L").resize((32, 32)), dtype=np.float32) for batch in views]
     assert min(float(np.abs(cut - pasted).mean()) for cut in cuts) < 8  # the pasted picture, cut where it is
+    assert max(overlap(place.box, truth) for batch in views for _, place in batch) > 0.9  # in the upload's pixels

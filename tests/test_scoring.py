@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from lookalike.server.fingerprint import PART, Place
 from lookalike.server.scoring import (
     DEFAULT_REJECT_THRESHOLD,
     DEFAULT_REVIEW_THRESHOLD,
@@ -85,7 +86,7 @@ def test_a_views_pdq_carries_a_reject_as_a_whole_pictures_does_but_never_holds_o
     nearly the picture's) the embedding decides, as it did for views before they were hashed."""
     pasted = Evidence(pdq_distance=18, pdq_quality=100, embedding_similarity=0.96, model=MODEL, phash_distance=6)
     assert not may_reject(pasted)  # the whole picture this close: maybe another shot of the scene
-    in_view = replace(pasted, pdq_in_view=True)
+    in_view = replace(pasted, pdq_place=Place(PART, (40, 60, 840, 660)))
     assert may_reject(in_view)
     assert not may_reject(replace(in_view, embedding_similarity=EMBEDDING_ALONE_REJECT - 0.01))
     assert may_reject(replace(in_view, embedding_similarity=0.6, phash_distance=PHASH_SAME_PICTURE))

@@ -399,20 +399,46 @@ class SuggestedActions(_message.Message):
     def __init__(self, reject: _Optional[bool] = ..., review: _Optional[bool] = ...) -> None: ...
 
 class Evidence(_message.Message):
-    __slots__ = ("exact_sha256", "pdq_distance", "embedding_similarity", "model", "signals", "exact_md5")
+    __slots__ = ("exact_sha256", "pdq_distance", "embedding_similarity", "model", "signals", "exact_md5", "pdq_view", "embedding_view")
     EXACT_SHA256_FIELD_NUMBER: _ClassVar[int]
     PDQ_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SIGNALS_FIELD_NUMBER: _ClassVar[int]
     EXACT_MD5_FIELD_NUMBER: _ClassVar[int]
+    PDQ_VIEW_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_VIEW_FIELD_NUMBER: _ClassVar[int]
     exact_sha256: bool
     pdq_distance: int
     embedding_similarity: float
     model: str
     signals: _containers.RepeatedScalarFieldContainer[str]
     exact_md5: bool
-    def __init__(self, exact_sha256: _Optional[bool] = ..., pdq_distance: _Optional[int] = ..., embedding_similarity: _Optional[float] = ..., model: _Optional[str] = ..., signals: _Optional[_Iterable[str]] = ..., exact_md5: _Optional[bool] = ...) -> None: ...
+    pdq_view: View
+    embedding_view: View
+    def __init__(self, exact_sha256: _Optional[bool] = ..., pdq_distance: _Optional[int] = ..., embedding_similarity: _Optional[float] = ..., model: _Optional[str] = ..., signals: _Optional[_Iterable[str]] = ..., exact_md5: _Optional[bool] = ..., pdq_view: _Optional[_Union[View, _Mapping]] = ..., embedding_view: _Optional[_Union[View, _Mapping]] = ...) -> None: ...
+
+class View(_message.Message):
+    __slots__ = ("kind", "box", "frame")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    box: Box
+    frame: int
+    def __init__(self, kind: _Optional[str] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., frame: _Optional[int] = ...) -> None: ...
+
+class Box(_message.Message):
+    __slots__ = ("x", "y", "width", "height")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    x: int
+    y: int
+    width: int
+    height: int
+    def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...
 
 class Match(_message.Message):
     __slots__ = ("list", "id", "meta", "score", "evidence", "decision", "list_kind", "guarded")

@@ -34,6 +34,7 @@ from lookalike.server.checks import StoredCheck
 from lookalike.server.embedder import MODELS
 from lookalike.server.errors import reported
 from lookalike.server.feedback import CONFIRMED, FALSE_POSITIVE
+from lookalike.server.fingerprint import FRAME, WHOLE, Place
 from lookalike.server.hashes import HashAdd
 from lookalike.server.http import auth
 from lookalike.server.http.api import MULTIPART_MEDIA, _import, media_type, read_body, read_form
@@ -91,6 +92,16 @@ def segment(text: str) -> str:
     return urllib.parse.quote(text, safe="")
 
 
+def _whose(place: Place | None, preposition: str = "of") -> str:
+    """Which part of the upload a signal is of, for a reviewer to look at: nothing for the whole upload."""
+    if place is None or place.kind == WHOLE:
+        return ""
+    if place.kind == FRAME:
+        return f" {preposition} frame {place.frame + 1} of the animation"
+    left, top, right, bottom = place.box
+    return f" {preposition} a picture found inside the upload ({right - left} × {bottom - top} px at {left}, {top})"
+
+
 def evidence_words(evidence: Evidence) -> list[str]:
     """Each signal's evidence, worded for a reviewer."""
     words = []
@@ -100,8 +111,7 @@ def evidence_words(evidence: Evidence) -> list[str]:
         words.append("The very same file: its MD5 digest is identical.")
     scores = evidence.signal_scores()
     if evidence.pdq_distance is not None:
-        whose = " of a picture found inside the upload" if evidence.pdq_in_view else ""
-        bits = f"PDQ perceptual hash{whose}: {evidence.pdq_distance} of 256 bits differ"
+        bits = f"PDQ perceptual hash{_whose(evidence.pdq_place)}: {evidence.pdq_distance} of 256 bits differ"
         if "pdq" not in scores:
             words.append(f"{bits}, but the picture is too plain for PDQ to count (quality {evidence.pdq_quality}).")
         elif scores["pdq"] >= 0.8:
@@ -111,7 +121,8 @@ def evidence_words(evidence: Evidence) -> list[str]:
         else:
             words.append(f"{bits}: far apart, as different photos are.")
     if evidence.embedding_similarity is not None:
-        similarity = f"Copy-detection model ({evidence.model}): similarity {evidence.embedding_similarity:.3f}"
+        model = f"Copy-detection model ({evidence.model}){_whose(evidence.embedding_place, 'on')}"
+        similarity = f"{model}: similarity {evidence.embedding_similarity:.3f}"
         value = scores.get("embedding", 0.0)
         if value >= 0.8:
             words.append(f"{similarity}: the model sees a copy, edited or not.")
