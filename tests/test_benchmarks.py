@@ -38,6 +38,7 @@ def test_scale_benchmark_reports_an_ivf_list_with_full_recall_and_a_matchable_ne
     assert report["new_entry_matchable_on_next_search"] is True
     assert report["startup"]["entries"] == entries + 1 - 20  # one added, twenty removed, after a restart
     assert report["embedding_search"]["p50_ms"] > 0
+    assert set(report["check_searches_by_views"]) == {"3", "10"}, "a composite's and a collage's searches"
     assert report["picture_check_searches"]["p50_ms"] >= report["embedding_search"]["p50_ms"]
     assert 0 < report["pdq_search_own_code"]["p50_ms"] <= report["picture_check_searches"]["p50_ms"]
     assert report["layout"]["pdq_cells"] > 0 and report["pdq_tables_s"] > 0
