@@ -444,10 +444,12 @@ def busy_background(size: tuple[int, int], rng: random.Random) -> Image.Image:
     return canvas
 
 
-def _paste_at_random(canvas: Image.Image, picture: Image.Image, rng: random.Random) -> Image.Image:
-    """The picture at 30–70 % of the canvas's size (per side, aspect kept) at a random place,
-    plain, on a white photo-print frame or with a drop shadow."""
-    share = rng.uniform(0.3, 0.7)
+def _paste_at_random(
+    canvas: Image.Image, picture: Image.Image, rng: random.Random, shares: tuple[float, float] = (0.3, 0.7)
+) -> Image.Image:
+    """The picture at a share of the canvas's size (per side, aspect kept; 30–70 % by default) at a random
+    place, plain, on a white photo-print frame or with a drop shadow."""
+    share = rng.uniform(*shares)
     picture = _fit(picture, (round(canvas.width * share), round(canvas.height * share)))
     style = rng.random()
     if style < 0.3:
@@ -477,6 +479,11 @@ def _canvas_size(rng: random.Random) -> tuple[int, int]:
 def paste_on_photo(image: Image.Image, rng: random.Random, others: Others) -> Image.Image:
     """Pasted at 30–70 % size at a random place onto another photograph."""
     return _paste_at_random(_fill(others(rng), _canvas_size(rng)), image, rng)
+
+
+def paste_small(image: Image.Image, rng: random.Random, others: Others) -> Image.Image:
+    """Pasted at 20–30 % size at a random place onto another photograph: a sticker-sized copy."""
+    return _paste_at_random(_fill(others(rng), _canvas_size(rng)), image, rng, (0.2, 0.3))
 
 
 def paste_on_busy(image: Image.Image, rng: random.Random, others: Others) -> Image.Image:
@@ -927,6 +934,7 @@ COMPOSITE_FAMILIES: dict[str, CompositeEdit] = {
     "paste_on_busy": paste_on_busy,
     "paste_at_edge": paste_at_edge,
     "paste_turned": paste_turned,
+    "paste_small": paste_small,
     "app_screenshot": app_screenshot,
     "collage_2x2": _collage(2),
     "collage_3x3": _collage(3),

@@ -64,3 +64,15 @@ def test_a_large_rotation_cropped_inside_keeps_no_corner_fill() -> None:
 def test_unknown_family_is_refused() -> None:
     with pytest.raises(KeyError, match="unknown edit family"):
         apply_edit("nope", picture(), random.Random(0))
+
+
+def test_a_small_paste_spans_a_fifth_to_three_tenths_of_the_photo() -> None:
+    def backdrop(rng: random.Random) -> Image.Image:
+        return Image.new("RGB", (1000, 700), (rng.randrange(256), 90, 40))
+
+    for seed in range(12):
+        edited = apply_edit("paste_small", picture(), random.Random(seed), backdrop)
+        box = region_of(edited)
+        assert box is not None
+        span = max((box[2] - box[0]) / edited.width, (box[3] - box[1]) / edited.height)
+        assert 0.19 <= span <= 0.33, span  # a print's white border adds up to 8 %
