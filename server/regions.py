@@ -377,8 +377,9 @@ EDGE_GAP = 2
 """Gaps along an edge bridged (JPEG blocks, rounded corners, a similar colour on both sides)."""
 MAX_LINES = 16
 """Candidate lines kept per direction, longest runs first."""
-MIN_LINE_RUN = 0.12
-"""A candidate line's longest run of edge, as a share of the side."""
+MIN_LINE_RUN = 0.08
+"""A candidate line's longest run of edge, as a share of the side. A picture pasted at a fifth of the side
+often meets its surroundings in the same grey along part of a side: half its side is a tenth of the image's."""
 LINE_OFFSETS = (3, 4, 5, 6)
 """Parallel lines (pixels away) a frame's side must stand out from."""
 LINE_PROMINENCE = 0.35
