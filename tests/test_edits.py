@@ -39,14 +39,25 @@ def test_composites_take_their_other_photos_from_the_picker(family: str) -> None
     assert asked
 
 
-def test_a_picture_pasted_at_the_edge_reaches_the_photos_edge() -> None:
-    def backdrop(rng: random.Random) -> Image.Image:
-        return Image.new("RGB", (1000, 700), (rng.randrange(256), 90, 40))
+def backdrop(rng: random.Random) -> Image.Image:
+    """A plain photo for a picture to be pasted on."""
+    return Image.new("RGB", (1000, 700), (rng.randrange(256), 90, 40))
 
+
+def test_a_picture_pasted_at_the_edge_reaches_the_photos_edge() -> None:
     for seed in range(12):
         edited = apply_edit("paste_at_edge", picture(), random.Random(seed), backdrop)
         box = region_of(edited)
         assert box is not None and (box[0] == 0 or box[1] == 0 or box[2] == edited.width or box[3] == edited.height)
+
+
+def test_a_small_paste_spans_a_fifth_to_three_tenths_of_the_photo() -> None:
+    for seed in range(12):
+        edited = apply_edit("paste_small", picture(), random.Random(seed), backdrop)
+        box = region_of(edited)
+        assert box is not None
+        span = max((box[2] - box[0]) / edited.width, (box[3] - box[1]) / edited.height)
+        assert 0.19 <= span <= 0.33, span  # a print's white border adds up to 8 %
 
 
 def test_a_large_rotation_cropped_inside_keeps_no_corner_fill() -> None:
@@ -64,15 +75,3 @@ def test_a_large_rotation_cropped_inside_keeps_no_corner_fill() -> None:
 def test_unknown_family_is_refused() -> None:
     with pytest.raises(KeyError, match="unknown edit family"):
         apply_edit("nope", picture(), random.Random(0))
-
-
-def test_a_small_paste_spans_a_fifth_to_three_tenths_of_the_photo() -> None:
-    def backdrop(rng: random.Random) -> Image.Image:
-        return Image.new("RGB", (1000, 700), (rng.randrange(256), 90, 40))
-
-    for seed in range(12):
-        edited = apply_edit("paste_small", picture(), random.Random(seed), backdrop)
-        box = region_of(edited)
-        assert box is not None
-        span = max((box[2] - box[0]) / edited.width, (box[3] - box[1]) / edited.height)
-        assert 0.19 <= span <= 0.33, span  # a print's white border adds up to 8 %
