@@ -25,7 +25,7 @@ def test_the_whole_pictures_place_is_the_upload_as_shown_its_exif_turn_applied()
     assert fingerprint.places[0] == Place(WHOLE, (0, 0, 600, 900))
 
 
-def test_a_plain_photos_only_view_is_the_whole_picture() -> None:
+def test_a_picture_with_nothing_inside_it_has_only_the_whole_as_a_view() -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (640, 480), (90, 90, 90)).save(buffer, "PNG")
     assert Fingerprinter(64_000_000, EmbedderPool()).fingerprint(buffer.getvalue()).places == (
