@@ -65,6 +65,7 @@ from lookalike.client.types import (
     KeyInfo,
     ListInfo,
     ThresholdAdvice,
+    View,
     image_message,
 )
 
@@ -316,14 +317,27 @@ def check_record(path: str, result: CheckResult) -> dict[str, Any]:
 
 def _check_text(label: str, result: CheckResult, signals: bool = True) -> str:
     """`label<TAB>decision`, then the best match and its score (and its signals, unless `signals` is false);
-    each further match (--top-k, --min-score) on a line of its own below, indented, with its own decision."""
+    each further match (--top-k, --min-score) on a line of its own below, indented, with its own decision.
+    A match found in part of the picture ends with where (`_where`)."""
     text = f"{label}\t{result.decision}"
     for number, match in enumerate(result.matches):
         shown = f"{match.list}/{match.id}\tscore {match.score:.3f}"
         if signals:
             shown += f"\t{'+'.join(match.evidence.signals) or '-'}"
         text += f"\t{shown}" if number == 0 else f"\n  {shown}\t{match.decision}"
+        text += _where(match.evidence.embedding_view or match.evidence.pdq_view)
     return text
+
+
+def _where(view: View | None) -> str:
+    """`<TAB>in part WxH at X,Y` or `<TAB>in frame N` (from 0) for a match found in part of the picture; nothing
+    for the whole picture."""
+    if view is None or view.kind == "whole":
+        return ""
+    if view.kind == "frame":
+        return f"\tin frame {view.frame}"
+    box = view.box
+    return f"\tin {view.kind} {box.width}x{box.height} at {box.x},{box.y}"
 
 
 def cmd_check(client: LookalikeClient, args: argparse.Namespace, output: Output) -> None:

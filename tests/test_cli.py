@@ -18,7 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from lookalike.client import LookalikeClient
 from lookalike.client.cli import MAX_TOP_K, build_parser
@@ -438,3 +438,27 @@ def test_removing_a_list_asks_on_a_terminal(lookalike: ServerHandle) -> None:
     code, lines = on_terminal(lookalike, "lists", "rm", "piped", stdin_terminal=False)
     assert code == 0 and lines == ["deleted piped (0 entries)"]
     assert [info.name for info in lookalike.client.lists()] == ["kept"]
+
+
+def test_a_check_in_plain_text_says_where_in_the_picture_the_match_lies(
+    lookalike: ServerHandle, tmp_path: Path
+) -> None:
+    """A listed photo pasted on another: the line ends with the part's size and place in the upload's pixels;
+    the photo itself, matched whole, ends with its score as before."""
+    photo, background = distinct_photos(12, seed=11)[:2]
+    lookalike.client.create_list("banned")
+    lookalike.client.add("banned", photo)
+    with Image.open(background) as image:
+        canvas = image.convert("RGB").resize((1200, 800))
+    with Image.open(photo) as image:
+        pasted = ImageOps.contain(image.convert("RGB"), (780, 520))
+    canvas.paste(pasted, (300, 160))
+    (tmp_path / "pasted.jpg").write_bytes(jpeg_bytes(canvas, quality=90))
+    code, stdout, _ = cli(lookalike, "check", "banned", str(tmp_path / "pasted.jpg"), str(photo))
+    assert code == 0
+    inside, whole = stdout.splitlines()
+    found = re.search(r"\tin part (\d+)x(\d+) at (\d+),(\d+)$", inside)
+    assert found is not None, inside
+    width, height, left, top = map(int, found.groups())
+    assert abs(left - 300) + abs(top - 160) + abs(width - pasted.width) + abs(height - pasted.height) <= 24
+    assert whole.endswith("score 1.000"), whole
