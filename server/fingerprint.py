@@ -27,12 +27,12 @@ from lookalike.server.regions import (
     Box,
     Quad,
     Regions,
-    content_box,
     find_regions,
     finder_picture,
     overlap,
     rectified,
     straightened,
+    turned_box,
 )
 
 PDQ_BYTES = 32
@@ -183,9 +183,9 @@ def _region_views(regions: Regions, picture: Image.Image, cut: Cutter) -> list[l
         batches.append([(embedding_input(cut([regions.canvas], DRAFT_SHORT_SIDE)[0]), regions.canvas)])
     if regions.tilt is not None:
         upright = straightened(picture, regions.tilt)
-        turned_box = content_box(picture) or (0, 0, *picture.size)
-        batches.append([(embedding_input(upright), turned_box)])
-        batches += [[(view, turned_box) for view, _ in batch] for batch in _turned_views(upright)]
+        around = turned_box(picture)
+        batches.append([(embedding_input(upright), around)])
+        batches += [[(view, around) for view, _ in batch] for batch in _turned_views(upright)]
     if regions.cells:
         cells = _same_size(cut(regions.cells, CELL_SHORT_SIDE), CELL_SHORT_SIDE)
         batches.append(list(zip(cells, regions.cells, strict=True)))

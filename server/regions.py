@@ -492,6 +492,21 @@ def straightened(rgb: Image.Image, angle: float) -> Image.Image:
     return upright if box is None else upright.crop(box)
 
 
+TURNED_FILL_STEP = 24
+"""Levels (in any channel) a pixel must lie from the fill to belong to the picture turned on it."""
+
+
+def turned_box(rgb: Image.Image) -> Box:
+    """The upright box around a picture turned on a flat fill (see `tilt`): what is not the fill's colour,
+    `straightened`'s fill. `content_box` finds only an upright picture on a canvas."""
+    pixels = np.asarray(rgb, dtype=np.int16)
+    inside = np.abs(pixels - pixels[0, 0]).max(axis=2) > TURNED_FILL_STEP
+    rows, columns = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    if rows.size == 0:
+        return (0, 0, rgb.width, rgb.height)
+    return (int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1)
+
+
 def frame_boxes(rgb: Image.Image) -> list[Box]:
     """Rectangles framed by straight edges (pictures inside a screenshot, a post, a photo they were
     pasted on), in the image's pixels, best supported and largest first, those no line crosses before

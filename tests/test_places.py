@@ -12,6 +12,7 @@ from lookalike.server.checks import result_from_json, result_to_json
 from lookalike.server.embedder import EmbedderPool
 from lookalike.server.fingerprint import PART, WHOLE, Fingerprinter, Hashes, Place
 from lookalike.server.records import EntryRecord
+from lookalike.server.regions import turned_box
 from lookalike.server.scoring import Evidence
 from lookalike.server.service import CheckResult, Match
 from tests.test_imaging import jpeg_with_exif
@@ -63,3 +64,16 @@ def test_a_check_stored_before_places_were_kept_still_reads_its_places_unknown()
     del fields["pdq_place"], fields["embedding_place"]
     fields["pdq_in_view"] = True
     assert result_from_json(stored).matches[0].evidence == evidence
+
+
+def test_a_picture_turned_on_a_fill_is_placed_in_the_upright_box_around_it() -> None:
+    photo = Image.new("RGB", (600, 400), (200, 120, 40))
+    turned = photo.rotate(15, Image.Resampling.BICUBIC, expand=True, fillcolor=(40, 160, 90))
+    upload = Image.new("RGB", (turned.width + 200, turned.height + 160), (40, 160, 90))
+    upload.paste(turned, (100, 80))
+    buffer = io.BytesIO()
+    upload.save(buffer, "JPEG", quality=90)
+    decoded = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    left, top, right, bottom = turned_box(decoded)
+    expected = (100, 80, 100 + turned.width, 80 + turned.height)
+    assert max(abs(a - b) for a, b in zip((left, top, right, bottom), expected, strict=True)) <= 3
