@@ -342,6 +342,25 @@ def test_a_picture_in_a_corner_or_cut_off_by_the_photos_edge_is_framed_by_it(pla
     assert sum(framed) >= 6, framed
 
 
+@pytest.mark.parametrize("place", EDGE_PLACES[:2])
+def test_a_picture_in_a_corner_in_line_with_a_line_of_the_photo_is_framed(place: str) -> None:
+    """Its side across the photo runs on past the corner where its two sides on lines meet (the photo has a
+    line there, a shelf's or a horizon's); the other side stops at that corner, which is enough: beyond a
+    corner, a busy photo often lines up with one side. Two lines that cross run on past each other. Here at
+    least six of twelve (10 and 7 today; 2 and 3 when both sides had to stop there)."""
+    framed = []
+    for name in PHOTOS:
+        for background in BACKGROUNDS:
+            _, (left, top, right, bottom) = picture_at_edge(photo(name), backdrop(background), place)
+            lined = backdrop(background)
+            across = bottom if top == 0 else top  # the side across the photo, away from its edge
+            run = (right + 2, 999) if left == 0 else (0, left - 3)
+            ImageDraw.Draw(lined).line([(run[0], across), (run[1], across)], fill=(30, 30, 30), width=5)
+            composite, truth = picture_at_edge(photo(name), lined, place)
+            framed.append(any(iou(box, truth) >= 0.8 for box in frame_boxes(composite)[:2]))
+    assert sum(framed) >= 6, framed
+
+
 def test_two_pictures_one_above_the_other_are_framed_apart_first_and_together_after() -> None:
     """The line between them crosses the pair, as a horizon crosses one picture: the pair is framed too,
     after the frames no line crosses. Twelve pairs: both alone are the two best boxes for seven (the pair
@@ -423,8 +442,9 @@ def test_few_corpus_photos_have_a_frame_and_almost_none_a_grid() -> None:
     photos = corpus_photos()[::4]
     framed = [path.name for path in photos if frame_boxes(Image.open(path).convert("RGB"))]
     grids = [path.name for path in photos if grid_cells(Image.open(path).convert("RGB"))]
-    # 21 of these 99 (18 when a line had to run an eighth of the side; one in six before edge frames): a view each
-    assert len(framed) <= 0.22 * len(photos), framed
+    # 26 of these 99 (21 when both sides had to stop at an edge frame's corner, 18 when a line had to run an
+    # eighth of the side too, one in six before edge frames): a view each
+    assert len(framed) <= 0.28 * len(photos), framed
     assert len(grids) <= 0.03 * len(photos), grids  # mostly pairs: a line across the middle of a photo
 
 
@@ -524,12 +544,24 @@ def print_turned_on(picture: Image.Image, backdrop: Image.Image, angle: float) -
     return jpeg_roundtrip(canvas), (at[0], at[1], at[0] + turned.width, at[1] + turned.height)
 
 
+def turned_corners(size: tuple[int, int], angle: float, at: tuple[int, int]) -> np.ndarray:
+    """The corners (top left, top right, bottom right, bottom left) of a picture of `size` turned by
+    `angle` degrees counter-clockwise (as `Image.rotate`, expanded) and pasted with its box's corner at `at`."""
+    turn = np.radians(angle)
+    spin = np.array([[np.cos(turn), np.sin(turn)], [-np.sin(turn), np.cos(turn)]])
+    width, height = size
+    offsets = np.array([(0, 0), (width, 0), (width, height), (0, height)]) - np.array([width, height]) / 2
+    turned = offsets @ spin.T
+    return turned - turned.min(axis=0) + np.array(at)
+
+
 @pytest.mark.parametrize("angle", [-15, -7, 9, 18])
 def test_a_print_laid_turned_on_a_photo_is_framed_by_its_four_sides(angle: float) -> None:
     """No bezel around it, but its four sides make a true rectangle (parallel and square within 2°, where a
-    shape seen in perspective seldom is), each stopping at its corners. Here at least nine of twelve (all
-    twelve today, none when only screens were looked for). Without a border of its own, a turned picture
-    is framed only where its edges stand out in grey (2 of these 48 pictures without the border)."""
+    shape seen in perspective seldom is), each stopping at one of its corners at least. Here at least nine
+    of twelve (all twelve today, none when only screens were looked for). Without a border of its own, a
+    turned picture is framed only where its edges stand out in grey (none of these 48 pictures without the
+    border)."""
     found = []
     for name in PHOTOS:
         for background in BACKGROUNDS:
@@ -537,6 +569,33 @@ def test_a_print_laid_turned_on_a_photo_is_framed_by_its_four_sides(angle: float
             quad = find_regions(finder_picture(composite), composite.size).screen
             found.append(quad is not None and iou(quad_box(quad), spanned) >= 0.8)
     assert sum(found) >= 9, found
+
+
+def print_in_line_with(picture: Image.Image, backdrop: Image.Image, angle: float) -> tuple[Image.Image, Box]:
+    """`print_turned_on`, laid where a dark line of the backdrop (a table's edge, a shelf) runs on from
+    its top right corner in line with its top side, to the backdrop's edge."""
+    pasted_size = tuple(side + 30 for side in ImageOps.contain(picture, (470, 345)).size)
+    turned_size = Image.new("L", pasted_size).rotate(angle, expand=True).size
+    at = ((1000 - turned_size[0]) // 2, (750 - turned_size[1]) // 2)
+    left, right = turned_corners(pasted_size, angle, at)[:2]
+    along = (right - left) / np.hypot(*(right - left))
+    lined = backdrop.copy()
+    ImageDraw.Draw(lined).line([tuple(right + 2 * along), tuple(right + 1000 * along)], fill=(30, 30, 30), width=5)
+    return print_turned_on(picture, lined, angle)
+
+
+@pytest.mark.parametrize("angle", [-12, 8])
+def test_a_print_in_line_with_a_line_of_the_photo_is_framed(angle: float) -> None:
+    """A side's line runs on past one corner, where the photo lines up with it, and stops at the other: a
+    print's sides need stop at one corner each, since a busy photo lines up with many (a longer line that
+    a shape merely cuts runs on past both)."""
+    found = []
+    for name in PHOTOS:
+        for background in BACKGROUNDS:
+            composite, spanned = print_in_line_with(photo(name), backdrop(background), angle)
+            quad = find_regions(finder_picture(composite), composite.size).screen
+            found.append(quad is not None and iou(quad_box(quad), spanned) >= 0.8)
+    assert sum(found) >= 11, found  # 24 of 24 today; 17 when a side had to stop at both corners
 
 
 SEQUENCE = tuple(f"pypi_mvtb__seq__im.{number:03d}.jpg" for number in range(1, 10))
