@@ -558,19 +558,18 @@ class _Edges:
         horizontal = _supports(rows, ys, xs)  # [line, left, right]
         vertical = _supports(cols, xs, ys)  # [line, top, bottom]
         ny, nx = len(ys), len(xs)
-        # Sides supported enough first (a cheap boolean test over every rectangle), the rest for those only.
-        h_ok = horizontal >= MIN_SIDE_SUPPORT
-        v_ok = (vertical >= MIN_SIDE_SUPPORT).transpose(1, 2, 0)  # [top, bottom, x]
-        ok = h_ok[:, None, :, :] & h_ok[None, :, :, :] & v_ok[:, :, :, None] & v_ok[:, :, None, :]
-        ok &= np.triu(np.ones((ny, ny), dtype=bool), 1)[:, :, None, None]
-        ok &= np.triu(np.ones((nx, nx), dtype=bool), 1)[None, None, :, :]
-        top, bottom, left, right = np.nonzero(ok)
-        height, width = ys[bottom] - ys[top], xs[right] - xs[left]
-        area = height * width / float(h * w)
+        # The pairs of lines far enough apart each way; of the rectangles of a pair each way, those whose four
+        # sides are supported enough (a cheap boolean test over all of them), the rest for those only.
+        tops, bottoms = np.nonzero(ys[None, :] - ys[:, None] >= MIN_FRAME_SIDE * h)
+        lefts, rights = np.nonzero(xs[None, :] - xs[:, None] >= MIN_FRAME_SIDE * w)
+        h_ok = (horizontal >= MIN_SIDE_SUPPORT)[:, lefts, rights]  # [line, column pair]
+        v_ok = (vertical >= MIN_SIDE_SUPPORT)[:, tops, bottoms]  # [line, row pair]
+        row_pair, column_pair = np.nonzero(h_ok[tops] & h_ok[bottoms] & (v_ok[lefts] & v_ok[rights]).T)
+        top, bottom, left, right = tops[row_pair], bottoms[row_pair], lefts[column_pair], rights[column_pair]
+        area = (ys[bottom] - ys[top]) * (xs[right] - xs[left]) / float(h * w)
         framed = np.stack([top > 0, bottom < ny - 1, left > 0, right < nx - 1])  # [side]: on a line
         cornered = (framed[0] | framed[1]) & (framed[2] | framed[3])  # a side on a line each way
-        keep = (height >= MIN_FRAME_SIDE * h) & (width >= MIN_FRAME_SIDE * w) & cornered
-        keep &= (area >= FRAME_AREA[0]) & (area <= FRAME_AREA[1])
+        keep = cornered & (area >= FRAME_AREA[0]) & (area <= FRAME_AREA[1])
         top, bottom, left, right, area = top[keep], bottom[keep], left[keep], right[keep], area[keep]
         framed = framed[:, keep]
         sides = np.stack(
@@ -599,15 +598,16 @@ class _Edges:
         found = np.flatnonzero(good)
         if found.size == 0:
             return []
+        top, bottom, left, right = top[found], bottom[found], left[found], right[found]
         split = np.maximum(
-            _strongest_inside(horizontal)[top, bottom, left, right],
-            _strongest_inside(vertical)[left, right, top, bottom],
+            _strongest_between(horizontal, top, bottom, left, right),
+            _strongest_between(vertical, left, right, top, bottom),
         )
         support: np.ndarray = np.round(sides.min(axis=0)[found], 1)
-        crossed = split[found] >= MAX_SPLIT
+        crossed = split >= MAX_SPLIT
         order = np.lexsort((-area[found], -support, crossed))
         kept: list[tuple[Box, bool]] = []
-        for i, is_crossed in zip(found[order], crossed[order], strict=True):
+        for i, is_crossed in zip(order, crossed[order], strict=True):
             box = (int(xs[left[i]]), int(ys[top[i]]), int(xs[right[i]]), int(ys[bottom[i]]))
             if all(overlap(box, other) < 0.5 for other, other_crossed in kept if other_crossed == is_crossed):
                 kept.append((box, bool(is_crossed)))
@@ -784,14 +784,14 @@ def _share_between(running: np.ndarray, line: np.ndarray, start: np.ndarray, sto
     return np.where(span >= 3, share, 0.0)
 
 
-def _strongest_inside(supports: np.ndarray) -> np.ndarray:
-    """[first, last, a, b]: the best support between a and b of the lines strictly between `first` and `last`."""
-    count = supports.shape[0]
-    strongest = np.zeros((count, count, *supports.shape[1:]), dtype=np.float32)
-    inner = supports[1:-1]  # the border lines never split anything
-    for first in range(count - 2):
-        running = np.maximum.accumulate(inner[first:], axis=0)  # lines first+1 .. count-2
-        strongest[first, first + 2 :] = running
+def _strongest_between(
+    supports: np.ndarray, first: np.ndarray, last: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> np.ndarray:
+    """Per frame: the best support between `a` and `b` of the lines strictly between `first` and `last`
+    (0 where none lie between), in float32 as the supports were once kept."""
+    lines = np.arange(supports.shape[0])[:, None]
+    between = (lines > first) & (lines < last)
+    strongest: np.ndarray = np.where(between, supports[:, a, b], 0.0).max(axis=0).astype(np.float32)
     return strongest
 
 
