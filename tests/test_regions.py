@@ -442,9 +442,9 @@ def test_few_corpus_photos_have_a_frame_and_almost_none_a_grid() -> None:
     photos = corpus_photos()[::4]
     framed = [path.name for path in photos if frame_boxes(Image.open(path).convert("RGB"))]
     grids = [path.name for path in photos if grid_cells(Image.open(path).convert("RGB"))]
-    # 26 of these 99 (21 when both sides had to stop at an edge frame's corner, 18 when a line had to run an
-    # eighth of the side too, one in six before edge frames): a view each
-    assert len(framed) <= 0.28 * len(photos), framed
+    # 29 of these 99 (26 with 16 candidate lines a direction, 21 when both sides had to stop at an edge frame's
+    # corner too, 18 when a line had to run an eighth of the side, one in six before edge frames): a view each
+    assert len(framed) <= 0.3 * len(photos), framed
     assert len(grids) <= 0.03 * len(photos), grids  # mostly pairs: a line across the middle of a photo
 
 
