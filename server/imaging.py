@@ -200,10 +200,11 @@ THUMBNAIL_SIDE = 160
 THUMBNAIL_QUALITY = 70
 
 
-def thumbnail_webp(rgb: Image.Image) -> bytes:
-    """A small WebP of the picture as shown (upright, on white), for the dashboard: a few kilobytes."""
+def thumbnail_webp(rgb: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
+    """A small WebP of the picture as shown (upright, on white), `side` on its long side at most, for the
+    dashboard: a few kilobytes."""
     small = rgb.copy()
-    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+    small.thumbnail((side, side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     small.save(buffer, format="WEBP", quality=THUMBNAIL_QUALITY, method=4)
     return buffer.getvalue()

@@ -4,6 +4,8 @@ drives the same pages in a real browser."""
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import random
 import re
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from benchmarks.edits import apply_edit, encode_edited
 from lookalike.client import LookalikeClient
@@ -389,6 +391,7 @@ def test_an_admin_edits_and_deletes_lists_adds_and_checks_by_url_confirms_guards
         assert f"{url}: added as entry from-url." in browser.get("/lists/banned").text
         checked = browser.post("/check", data={"csrf_token": token, "url": url, "lists": "banned"}, files={})
         assert 'class="decision reject"' in checked.text and "from-url" in checked.text
+        assert 'class="upload"' not in checked.text  # the server fetched the picture: the page has none to show
 
         flooding = client.add_hash("banned", client.hash_entry(pdq="ab" * 32, id="stock")).id
         for _ in range(3):
@@ -470,3 +473,38 @@ def test_a_match_found_by_a_pictures_hash_inside_the_upload_says_so_and_where(si
     width, height, left, top = map(int, found.groups())
     pasted = ImageOps.contain(rgb(photo), (780, 520)).size
     assert abs(left - 300) + abs(top - 160) + abs(width - pasted[0]) + abs(height - pasted[1]) <= 24
+
+
+def test_the_check_page_shows_the_upload_with_a_box_where_each_match_was_found_inside_it(site: Site) -> None:
+    """The upload is never stored, so the page carries it (small, as a data: URI the page's policy allows for
+    images only) under the boxes, in the upload's pixels, numbered as the matches are; folded where a match's
+    list keeps no pictures (lists of illegal material)."""
+    photo, background = distinct_photos(12, seed=11)[:2]
+    canvas = rgb(background).resize((1200, 800))
+    canvas.paste(ImageOps.contain(rgb(photo), (780, 520)), (300, 160))
+    site.handle.client.create_list("banned")
+    site.handle.client.add("banned", photo)
+    browser = site.browser()
+    checked = browser.post(
+        "/check", data={"csrf_token": csrf(browser.get("/check"))}, files={"image": ("p.jpg", encode_edited(canvas))}
+    )
+    assert "img-src 'self' data:;" in checked.headers["content-security-policy"]
+    assert '<svg viewBox="0 0 1200 800"' in checked.text
+    shown = re.search(r'<image href="data:image/webp;base64,([A-Za-z0-9+/=]+)"', checked.text)
+    assert shown is not None
+    with Image.open(io.BytesIO(base64.b64decode(shown.group(1)))) as preview:
+        assert preview.format == "WEBP" and preview.size == (480, 320)
+    drawn = r'<rect class="found" data-match="1" x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)"'
+    boxes = re.findall(drawn, checked.text)
+    pasted = ImageOps.contain(rgb(photo), (780, 520)).size
+    assert boxes and all(
+        abs(left - 300) + abs(top - 160) + abs(width - pasted[0]) + abs(height - pasted[1]) <= 24
+        for left, top, width, height in (map(int, box) for box in boxes)
+    ), boxes
+    assert '<span class="number">1.</span>' in checked.text
+    assert '<details class="upload">' in checked.text  # folded: the list keeps no pictures, so none is shown at once
+
+    whole = browser.post(
+        "/check", data={"csrf_token": csrf(browser.get("/check"))}, files={"image": ("w.jpg", photo.read_bytes())}
+    )
+    assert 'class="upload"' in whole.text and 'class="found"' not in whole.text  # found as the whole upload

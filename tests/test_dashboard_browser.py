@@ -7,6 +7,7 @@ server, real photos, the real model. Each page's screenshot is saved under tests
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
 import re
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps, ImageStat
 from playwright.sync_api import Page, expect, sync_playwright
 
 from benchmarks.edits import EDIT_FAMILIES, encode_edited
@@ -177,4 +178,50 @@ def test_a_reviewer_lists_checks_judges_and_calibrates_in_a_real_browser(
     expect(page.get_by_role("alert")).to_contain_text("may not read the audit log")
     expect(page.get_by_role("heading")).to_contain_text("403")
     shot("08-checker-refused")
+    admin.close()
+
+
+def test_a_checked_picture_is_shown_with_the_box_where_its_match_was_found_in_a_real_browser(
+    page: Page, server: ServerHandle, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The check page draws the upload (a `data:` image, which the page's policy must let Chromium show) with a
+    numbered box where the listed picture was found inside it."""
+    base = f"http://127.0.0.1:{server.running.http_port}"
+    photo, background = distinct_photos(12, seed=11)[:2]
+    with Image.open(background) as opened:
+        canvas = opened.convert("RGB").resize((1200, 800))
+    with Image.open(photo) as opened:
+        canvas.paste(ImageOps.contain(opened.convert("RGB"), (780, 520)), (300, 160))
+    composite = tmp_path / "pasted.jpg"
+    composite.write_bytes(encode_edited(canvas))
+    admin_secret = server.client.create_key("admin", name="ops").secret
+    admin = LookalikeClient(server.address, api_key=admin_secret)
+    admin.create_list("banned", thumbnails=True)  # its pictures are shown: so is the upload, unfolded
+    admin.add("banned", photo)
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+
+    page.goto(base + "/login")
+    page.get_by_label("API key").fill(admin_secret)
+    page.get_by_role("button", name="Log in").click()
+    page.goto(base + "/check")
+    page.get_by_label("Picture", exact=True).set_input_files(str(composite))
+    page.get_by_role("button", name="Check", exact=True).click()
+    expect(page.get_by_role("heading", name=re.compile(r"^Decision: (review|reject)"))).to_be_visible()
+    expect(page.locator("details.upload")).to_have_attribute("open", "")
+    box = page.locator("details.upload svg rect.found[data-match='1']").first
+    expect(box).to_be_visible()
+    drawn = box.bounding_box()
+    shown = page.locator("details.upload svg").bounding_box()
+    assert drawn is not None and shown is not None
+    scale = shown["width"] / 1200  # the box in the upload's pixels, drawn at the figure's scale
+    assert abs(drawn["x"] - shown["x"] - 300 * scale) < 8 and abs(drawn["y"] - shown["y"] - 160 * scale) < 8
+    with Image.open(io.BytesIO(page.locator("details.upload svg").screenshot())) as rendered:
+        corner = rendered.convert("L").crop((0, 0, rendered.width // 5, rendered.height // 6))  # no box there
+        assert ImageStat.Stat(corner).stddev[0] > 12  # the upload is drawn there (22 today), not an empty figure (5)
+    assert not [text for text in console if "Content Security Policy" in text], console
+    SCREENSHOTS.mkdir(exist_ok=True)
+    path = SCREENSHOTS / "09-check-found-inside.png"
+    page.screenshot(path=str(path), full_page=True)
+    request.config.stash.setdefault(screenshots_taken, []).append(path)
     admin.close()

@@ -10,6 +10,7 @@ Everything a user wrote (list descriptions, entry ids, meta, key names) is escap
 
 from __future__ import annotations
 
+import base64
 import functools
 import time
 import urllib.parse
@@ -34,7 +35,7 @@ from lookalike.server.checks import StoredCheck
 from lookalike.server.embedder import MODELS
 from lookalike.server.errors import reported
 from lookalike.server.feedback import CONFIRMED, FALSE_POSITIVE
-from lookalike.server.fingerprint import FRAME, WHOLE, Place
+from lookalike.server.fingerprint import FRAME, PART, WHOLE, Place
 from lookalike.server.hashes import HashAdd
 from lookalike.server.http import auth
 from lookalike.server.http.api import MULTIPART_MEDIA, _import, media_type, read_body, read_form
@@ -42,6 +43,7 @@ from lookalike.server.http.charts import hourly_chart, score_histogram
 from lookalike.server.http.context import HttpContext
 from lookalike.server.http.errors import error_body, http_status
 from lookalike.server.http.sessions import COOKIE, Session, Sessions
+from lookalike.server.imaging import decode_image, thumbnail_webp
 from lookalike.server.observability import CallNotes, record_call
 from lookalike.server.operations.checking import CheckQuery, NewCheck
 from lookalike.server.operations.entries import EntryQuery, NewPicture
@@ -66,7 +68,7 @@ UPLOAD_FILES_MAX = 100
 ACTIVITY_HOURS = (24, 48, 168)
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; object-src 'none'; "
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
         "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
@@ -100,6 +102,41 @@ def _whose(place: Place | None, preposition: str = "of") -> str:
         return f" {preposition} frame {place.frame + 1} of the animation"
     left, top, right, bottom = place.box
     return f" {preposition} a picture found inside the upload ({right - left} × {bottom - top} px at {left}, {top})"
+
+
+PREVIEW_SIDE = 480
+"""Long side of the checked upload as the check page shows it, with where each match was found drawn on it."""
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A checked upload, small, and the boxes inside it where matches were found: the words give a box's
+    pixels, the picture shows a reviewer what lies there."""
+
+    uri: str
+    """The picture as a `data:` URI (the upload itself is never stored, so it has no address to load it from)."""
+    size: tuple[int, int]
+    """The upload's size as shown: the pixels the boxes are in."""
+    found: list[tuple[int, tuple[int, int, int, int]]]
+    """(match number from 1, box) for each picture found inside the upload that a match's signal came from."""
+    unfolded: bool
+    """Shown at once only where every match's entry shows its picture anyway (its list keeps thumbnails); else
+    folded, for a reviewer to open on purpose (lists of illegal material keep no pictures)."""
+
+
+def upload_preview(data: bytes, max_pixels: int, matches: list[Match], unfolded: bool) -> Preview | None:
+    """The preview of an uploaded picture that was just checked (so it decodes); None where it does not."""
+    try:
+        decoded = decode_image(data, max_pixels)
+    except LookalikeError:
+        return None
+    found: list[tuple[int, tuple[int, int, int, int]]] = []
+    for number, match in enumerate(matches, 1):
+        for place in (match.evidence.embedding_place, match.evidence.pdq_place):
+            if place is not None and place.kind == PART and (number, place.box) not in found:
+                found.append((number, place.box))
+    picture = base64.b64encode(thumbnail_webp(decoded.upright, PREVIEW_SIDE)).decode("ascii")
+    return Preview(f"data:image/webp;base64,{picture}", decoded.shown_size, found, unfolded)
 
 
 def evidence_words(evidence: Evidence) -> list[str]:
@@ -585,7 +622,8 @@ class Dashboard:
     # Checks ----------------------------------------------------------------------------------------
 
     async def check_form(self, view: View) -> Response:
-        return self.render(view, "check.html", lists=await self._checkable(view), result=None, thumbnails={})
+        lists = await self._checkable(view)
+        return self.render(view, "check.html", lists=lists, result=None, thumbnails={}, preview=None)
 
     async def _checkable(self, view: View) -> list[str]:
         if not view.may(Action.READ_LISTS):
@@ -598,8 +636,9 @@ class Dashboard:
         url = view.field("url")
         if pictures and url:
             raise InvalidArgument("give a picture or a URL, not both", "IMAGE_TWICE")
+        upload = await pictures[0].read() if pictures else b""
         if pictures:
-            image = ImageSource("data", await pictures[0].read())
+            image = ImageSource("data", upload)
         elif url:
             image = ImageSource("url", url)
         else:
@@ -612,7 +651,14 @@ class Dashboard:
         view.notes.decisions[result.decision] += 1
         view.notes.request_id = result.request_id
         thumbnails = await self.run(lambda: self._thumbnails_of(view.user, result.matches))
-        return self.render(view, "check.html", lists=await self._checkable(view), result=result, thumbnails=thumbnails)
+        max_pixels, matches = self.context.config.max_pixels, result.matches
+        pictures_shown = bool(matches) and all(thumbnails.get((match.list, match.entry.id)) for match in matches)
+        preview = None
+        if upload:  # a URL's picture was fetched by the server: the page has none to show
+            preview = await self.run(lambda: upload_preview(upload, max_pixels, matches, pictures_shown))
+        return self.render(
+            view, "check.html", lists=await self._checkable(view), result=result, thumbnails=thumbnails, preview=preview
+        )
 
     def _thumbnails_of(self, caller: Caller, matches: list[Match]) -> dict[tuple[str, str], bool]:
         """Which matched entries have a thumbnail the caller may see."""
