@@ -455,54 +455,50 @@ def test_a_match_found_by_keypoints_alone_says_so_in_words(site: Site) -> None:
     assert "Copy-detection model" in checked.text and "the model sees a different picture" in checked.text
 
 
-def test_a_match_found_by_a_pictures_hash_inside_the_upload_says_so_and_where(site: Site) -> None:
-    """A picture pasted on another photo: its PDQ, not the whole upload's, is close to the entry's, and the
-    reviewer is told where in the upload it lies."""
-    photo, background = distinct_photos(12, seed=11)[:2]
+def pasted_on_a_photo(photo: Path, background: Path) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """`photo` pasted at (300, 160) on `background` resized to 1200 × 800, and the box it covers."""
     canvas = rgb(background).resize((1200, 800))
-    canvas.paste(ImageOps.contain(rgb(photo), (780, 520)), (300, 160))
+    pasted = ImageOps.contain(rgb(photo), (780, 520))
+    canvas.paste(pasted, (300, 160))
+    return canvas, (300, 160, 300 + pasted.width, 160 + pasted.height)
+
+
+def test_a_match_found_inside_the_upload_says_where_in_words_and_drawn_on_the_upload(site: Site) -> None:
+    """A picture pasted on another photo: its PDQ, not the whole upload's, is close to the entry's, and the
+    reviewer is told where in the upload it lies, and shown. The upload is never stored, so the page carries it
+    (small, as a data: URI the page's policy allows for images only) under a box in the upload's pixels,
+    numbered as the match is; folded where the match's list keeps no pictures (lists of illegal material)."""
+    photo, background = distinct_photos(12, seed=11)[:2]
+    canvas, pasted = pasted_on_a_photo(photo, background)
     site.handle.client.create_list("banned")
     site.handle.client.add("banned", photo)
     browser = site.browser()
     checked = browser.post(
         "/check", data={"csrf_token": csrf(browser.get("/check"))}, files={"image": ("p.jpg", encode_edited(canvas))}
     )
+
+    def near(left: int, top: int, width: int, height: int) -> bool:
+        return (
+            abs(left - pasted[0]) + abs(top - pasted[1]) + abs(left + width - pasted[2]) + abs(top + height - pasted[3])
+            <= 24
+        )
+
     words = r"PDQ perceptual hash of a picture found inside the upload \((\d+) × (\d+) px at (\d+), (\d+)\): \d+ of"
     found = re.search(words, checked.text)
     assert found is not None
     width, height, left, top = map(int, found.groups())
-    pasted = ImageOps.contain(rgb(photo), (780, 520)).size
-    assert abs(left - 300) + abs(top - 160) + abs(width - pasted[0]) + abs(height - pasted[1]) <= 24
+    assert near(left, top, width, height), found.groups()
 
-
-def test_the_check_page_shows_the_upload_with_a_box_where_each_match_was_found_inside_it(site: Site) -> None:
-    """The upload is never stored, so the page carries it (small, as a data: URI the page's policy allows for
-    images only) under the boxes, in the upload's pixels, numbered as the matches are; folded where a match's
-    list keeps no pictures (lists of illegal material)."""
-    photo, background = distinct_photos(12, seed=11)[:2]
-    canvas = rgb(background).resize((1200, 800))
-    canvas.paste(ImageOps.contain(rgb(photo), (780, 520)), (300, 160))
-    site.handle.client.create_list("banned")
-    site.handle.client.add("banned", photo)
-    browser = site.browser()
-    checked = browser.post(
-        "/check", data={"csrf_token": csrf(browser.get("/check"))}, files={"image": ("p.jpg", encode_edited(canvas))}
-    )
     assert "img-src 'self' data:;" in checked.headers["content-security-policy"]
-    assert '<svg viewBox="0 0 1200 800"' in checked.text
+    assert '<details class="upload">' in checked.text and '<svg viewBox="0 0 1200 800"' in checked.text
     shown = re.search(r'<image href="data:image/webp;base64,([A-Za-z0-9+/=]+)"', checked.text)
     assert shown is not None
     with Image.open(io.BytesIO(base64.b64decode(shown.group(1)))) as preview:
         assert preview.format == "WEBP" and preview.size == (480, 320)
     drawn = r'<rect class="found" data-match="1" x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)"'
-    boxes = re.findall(drawn, checked.text)
-    pasted = ImageOps.contain(rgb(photo), (780, 520)).size
-    assert boxes and all(
-        abs(left - 300) + abs(top - 160) + abs(width - pasted[0]) + abs(height - pasted[1]) <= 24
-        for left, top, width, height in (map(int, box) for box in boxes)
-    ), boxes
+    boxes = [tuple(map(int, box)) for box in re.findall(drawn, checked.text)]
+    assert boxes and all(near(*box) for box in boxes), boxes
     assert '<span class="number">1.</span>' in checked.text
-    assert '<details class="upload">' in checked.text  # folded: the list keeps no pictures, so none is shown at once
 
     whole = browser.post(
         "/check", data={"csrf_token": csrf(browser.get("/check"))}, files={"image": ("w.jpg", photo.read_bytes())}

@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageOps, ImageStat
+from PIL import Image, ImageStat
 from playwright.sync_api import Page, expect, sync_playwright
 
 from benchmarks.edits import EDIT_FAMILIES, encode_edited
 from lookalike.client import LookalikeClient
 from tests.conftest import SCREENSHOTS, ServerHandle, distinct_photos, screenshots_taken, start_server
+from tests.test_dashboard import pasted_on_a_photo
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -188,10 +189,7 @@ def test_a_checked_picture_is_shown_with_the_box_where_its_match_was_found_in_a_
     numbered box where the listed picture was found inside it."""
     base = f"http://127.0.0.1:{server.running.http_port}"
     photo, background = distinct_photos(12, seed=11)[:2]
-    with Image.open(background) as opened:
-        canvas = opened.convert("RGB").resize((1200, 800))
-    with Image.open(photo) as opened:
-        canvas.paste(ImageOps.contain(opened.convert("RGB"), (780, 520)), (300, 160))
+    canvas, _ = pasted_on_a_photo(photo, background)
     composite = tmp_path / "pasted.jpg"
     composite.write_bytes(encode_edited(canvas))
     admin_secret = server.client.create_key("admin", name="ops").secret
