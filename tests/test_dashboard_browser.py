@@ -1,8 +1,9 @@
 """The dashboard in a real headless Chromium (Debian's `chromium`, which scripts/test installs; driven by
 Playwright's Python package, never `playwright install`): log in, create a list, upload three pictures, check an
 edited copy and see the right entry flagged, mark it a false positive on the review page and see the calibration
-change and apply it, remove an entry; then a checker key, which is shown no admin page and refused one. A real
-server, real photos, the real model. Each page's screenshot is saved under tests/screenshots/."""
+change and apply it, remove an entry; then a checker key, which is shown no admin page and refused one; and a
+picture pasted on a photo, checked, drawn with the box where its match was found. A real server, real photos, the
+real model. Each page's screenshot is saved under tests/screenshots/."""
 
 from __future__ import annotations
 
