@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from lookalike.client import LookalikeClient
 from lookalike.server.app import RunningServer, create_server
@@ -69,6 +69,17 @@ def distinct_photos(count: int, seed: int = 0, exclude: set[str] | None = None) 
         if len(taken) == count:
             break
     return taken
+
+
+def pasted_on_a_photo(photo: Path, background: Path) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """`photo` pasted at (300, 160) on `background` resized to 1200 × 800 (a listed picture inside another
+    photo), and the box it covers."""
+    with Image.open(background) as opened:
+        canvas = opened.convert("RGB").resize((1200, 800))
+    with Image.open(photo) as opened:
+        pasted = ImageOps.contain(opened.convert("RGB"), (780, 520))
+    canvas.paste(pasted, (300, 160))
+    return canvas, (300, 160, 300 + pasted.width, 160 + pasted.height)
 
 
 def jpeg_bytes(image: Image.Image, quality: int = 85) -> bytes:

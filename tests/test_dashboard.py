@@ -19,11 +19,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image
 
 from benchmarks.edits import apply_edit, encode_edited
 from lookalike.client import LookalikeClient
-from tests.conftest import ServerHandle, distinct_photos, start_server
+from tests.conftest import ServerHandle, distinct_photos, pasted_on_a_photo, start_server
 from tests.processes import ServerProcess
 from tests.test_access import Pki, pki  # noqa: F401 - the test CA and certificates, a fixture
 from tests.test_check_activity import written
@@ -453,14 +453,6 @@ def test_a_match_found_by_keypoints_alone_says_so_in_words(site: Site) -> None:
     assert 'class="decision review"' in checked.text
     assert re.search(r"Local features: \d+ keypoints of the upload land on the listed picture", checked.text)
     assert "Copy-detection model" in checked.text and "the model sees a different picture" in checked.text
-
-
-def pasted_on_a_photo(photo: Path, background: Path) -> tuple[Image.Image, tuple[int, int, int, int]]:
-    """`photo` pasted at (300, 160) on `background` resized to 1200 × 800, and the box it covers."""
-    canvas = rgb(background).resize((1200, 800))
-    pasted = ImageOps.contain(rgb(photo), (780, 520))
-    canvas.paste(pasted, (300, 160))
-    return canvas, (300, 160, 300 + pasted.width, 160 + pasted.height)
 
 
 def test_a_match_found_inside_the_upload_says_where_in_words_and_drawn_on_the_upload(site: Site) -> None:

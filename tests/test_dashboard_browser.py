@@ -21,8 +21,14 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from benchmarks.edits import EDIT_FAMILIES, encode_edited
 from lookalike.client import LookalikeClient
-from tests.conftest import SCREENSHOTS, ServerHandle, distinct_photos, screenshots_taken, start_server
-from tests.test_dashboard import pasted_on_a_photo
+from tests.conftest import (
+    SCREENSHOTS,
+    ServerHandle,
+    distinct_photos,
+    pasted_on_a_photo,
+    screenshots_taken,
+    start_server,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

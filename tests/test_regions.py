@@ -533,11 +533,16 @@ def test_a_screen_the_photo_cuts_off_is_framed_by_the_photos_edge(turns: int) ->
     assert sum(found) >= 5, found
 
 
+PRINT_BORDER = 15
+"""Pixels of white around a print (`print_turned_on`)."""
+
+
 def print_turned_on(picture: Image.Image, backdrop: Image.Image, angle: float) -> tuple[Image.Image, Box]:
     """`picture` as a print with a white border, half of `backdrop`'s size (1000 × 750), turned by `angle`
     degrees and laid near the middle, as on a table or a scrapbook page; and the box its corners span."""
     canvas = backdrop.copy()
-    pasted = ImageOps.expand(ImageOps.contain(picture, (470, 345), Image.Resampling.LANCZOS), 15, fill=(250, 250, 250))
+    pasted = ImageOps.contain(picture, (470, 345), Image.Resampling.LANCZOS)
+    pasted = ImageOps.expand(pasted, PRINT_BORDER, fill=(250, 250, 250))
     turned = pasted.rotate(angle, Image.Resampling.BICUBIC, expand=True)
     mask = Image.new("L", pasted.size, 255).rotate(angle, Image.Resampling.BICUBIC, expand=True)
     at = ((1000 - turned.width) // 2, (750 - turned.height) // 2)
@@ -582,7 +587,7 @@ def prints_framed(lay: Callable[[Image.Image, Image.Image], tuple[Image.Image, B
 def print_in_line_with(picture: Image.Image, backdrop: Image.Image, angle: float) -> tuple[Image.Image, Box]:
     """`print_turned_on`, laid where a dark line of the backdrop (a table's edge, a shelf) runs on from
     its top right corner in line with its top side, to the backdrop's edge."""
-    pasted_size = tuple(side + 30 for side in ImageOps.contain(picture, (470, 345)).size)
+    pasted_size = tuple(side + 2 * PRINT_BORDER for side in ImageOps.contain(picture, (470, 345)).size)
     turned_size = Image.new("L", pasted_size).rotate(angle, expand=True).size
     at = ((1000 - turned_size[0]) // 2, (750 - turned_size[1]) // 2)
     left, right = turned_corners(pasted_size, angle, at)[:2]

@@ -51,6 +51,7 @@ from lookalike.server.operations.judging import FeedbackSubmission
 from lookalike.server.operations.lists import ListChange, ListSpec
 from lookalike.server.operations.types import ImageSource, PageRequest
 from lookalike.server.records import LIST_KIND_ALLOW, LIST_KINDS, ROLES, AddOutcome, AuditRecord
+from lookalike.server.regions import Box
 from lookalike.server.scoring import Evidence
 from lookalike.server.service import CheckResult, Match
 
@@ -117,7 +118,7 @@ class Preview:
     """The picture as a `data:` URI (the upload itself is never stored, so it has no address to load it from)."""
     size: tuple[int, int]
     """The upload's size as shown: the pixels the boxes are in."""
-    found: list[tuple[int, tuple[int, int, int, int]]]
+    found: list[tuple[int, Box]]
     """(match number from 1, box) for each picture found inside the upload that a match's signal came from."""
     unfolded: bool
     """Shown at once only where every match's entry shows its picture anyway (its list keeps thumbnails); else
@@ -130,7 +131,7 @@ def upload_preview(data: bytes, max_pixels: int, matches: list[Match], unfolded:
         decoded = decode_image(data, max_pixels)
     except LookalikeError:
         return None
-    found: list[tuple[int, tuple[int, int, int, int]]] = []
+    found: list[tuple[int, Box]] = []
     for number, match in enumerate(matches, 1):
         for place in (match.evidence.embedding_place, match.evidence.pdq_place):
             if place is not None and place.kind == PART and (number, place.box) not in found:
